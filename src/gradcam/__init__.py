@@ -1,0 +1,31 @@
+"""gradcam: why did the image model decide that? Grad-CAM-family heatmaps for any PyTorch vision model.
+
+Example:
+    >>> import gradcam, torch, torchvision                     # doctest: +SKIP
+    >>> model = torchvision.models.vgg19(weights="DEFAULT")
+    >>> ex = gradcam.explain(model, images, method="gradcam", layer="features.35", targets="top-3")
+    >>> ex.maps.shape                                          # (B, 3, 224, 224), in [0, 1]
+"""
+
+from .explain import explain
+from .layers import auto_layer, list_layers
+from .methods import CAMMethod, get_method, methods, register
+from .result import ChannelContributions, Explanation, LayerResult
+from .targets import ClassScore, imagenet_labels
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CAMMethod",
+    "ChannelContributions",
+    "ClassScore",
+    "Explanation",
+    "LayerResult",
+    "auto_layer",
+    "explain",
+    "get_method",
+    "imagenet_labels",
+    "list_layers",
+    "methods",
+    "register",
+]

@@ -1,0 +1,106 @@
+"""Call-scoped hooks and a guard that leaves the user's model exactly as it was found.
+
+The graph starts at the target layer (see docs/methods.md): the part of the network before the first
+target layer runs without autograd, the layer's output is replaced by a fresh leaf that requires grad, and
+gradients are taken with ``torch.autograd.grad`` to that leaf only. No parameter ``.grad`` is written.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+@contextmanager
+def preserved_state(model: nn.Module, eval_mode: bool = True) -> Iterator[None]:
+    """Run a block with ``model`` in eval mode; restore every module's mode, ``requires_grad``, parameter
+    ``.grad`` and the global grad mode afterwards, also when the block raises.
+
+    Example:
+        >>> with preserved_state(model):   # doctest: +SKIP
+        ...     model(x)
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    params = [(p, p.requires_grad, p.grad) for p in model.parameters()]
+    grad_enabled = torch.is_grad_enabled()
+    try:
+        if eval_mode:
+            model.eval()
+        yield
+    finally:
+        torch.set_grad_enabled(grad_enabled)
+        for module, training in modes:
+            module.training = training
+        for p, requires_grad, grad in params:
+            if p.requires_grad != requires_grad:
+                p.requires_grad_(requires_grad)
+            if p.grad is not grad:
+                p.grad = grad
+
+
+@dataclass
+class Capture:
+    """What the hooks recorded in one forward pass: each target layer's output, in the order asked for."""
+
+    names: list[str]
+    outputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)
+
+    def tensors(self) -> list[torch.Tensor]:
+        missing = [name for name in self.names if name not in self.outputs]
+        if missing:
+            raise RuntimeError(f"layer {missing[0]!r} did not run in the forward pass; choose a layer the model uses")
+        return [self.outputs[name] for name in self.names]
+
+
+def _spatial_output(name: str, output: object) -> torch.Tensor:
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        raise TypeError(f"layer {name!r} returns a {type(output).__name__}; pick a layer that returns one tensor")
+    raise TypeError(f"layer {name!r} returns {type(output).__name__}, not a tensor; pick another layer")
+
+
+@contextmanager
+def capture(layers: list[tuple[str, nn.Module]], graph_from_layer: bool = True) -> Iterator[Capture]:
+    """Hook ``layers`` for one forward pass; the hooks are removed when the block ends, also on error.
+
+    With ``graph_from_layer`` the forward must start with grad disabled: the first target layer that runs
+    turns autograd on and hands the rest of the network a leaf tensor, so nothing before it is recorded.
+    Each captured output is handed on as a copy, so an in-place module after the layer (VGG's ReLUs)
+    cannot overwrite the activations or break the graph.
+    """
+    record = Capture(names=[name for name, _ in layers])
+    handles = []
+
+    def make_hook(name: str):
+        def hook(module: nn.Module, args: object, output: object) -> torch.Tensor:
+            tensor = _spatial_output(name, output)
+            record.calls[name] = record.calls.get(name, 0) + 1
+            if graph_from_layer and not torch.is_grad_enabled():
+                torch.set_grad_enabled(True)
+                tensor = tensor.detach().requires_grad_()
+            record.outputs[name] = tensor
+            return tensor.clone() if tensor.requires_grad else tensor
+
+        return hook
+
+    try:
+        for name, module in layers:
+            handles.append(module.register_forward_hook(make_hook(name)))
+        yield record
+    finally:
+        for handle in handles:
+            handle.remove()
+        repeated = [name for name, count in record.calls.items() if count > 1]
+        if repeated:
+            warnings.warn(
+                f"layer {repeated[0]!r} ran {record.calls[repeated[0]]} times in one forward pass; "
+                "its last output was explained (pick a layer that runs once for an unambiguous map)",
+                stacklevel=3,
+            )

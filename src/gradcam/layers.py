@@ -1,0 +1,169 @@
+"""Resolve the layer to explain: a name, a module, several of them, or an automatic choice.
+
+Example:
+    >>> resolve_layers(model, "features.35")          # doctest: +SKIP
+    [('features.35', ReLU(inplace=True))]
+"""
+
+from __future__ import annotations
+
+import difflib
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+LayerSpec = str | nn.Module | Sequence[str | nn.Module] | None
+
+# Modules whose output is never a good place for a class activation map: they only pool, reshape or
+# pass the features through, so the map belongs to the module that produced their input.
+_PASS_THROUGH = (
+    nn.modules.pooling._MaxPoolNd,
+    nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._AdaptiveAvgPoolNd,
+    nn.modules.pooling._AdaptiveMaxPoolNd,
+    nn.modules.dropout._DropoutNd,
+    nn.Identity,
+    nn.Flatten,
+)
+
+_auto_cache: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, ...], str]] = weakref.WeakKeyDictionary()
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One candidate layer: its name, output shape (without the batch) and whether it is the default."""
+
+    name: str
+    shape: tuple[int, ...]
+    kind: str
+    default: bool = False
+
+
+def resolve_layers(
+    model: nn.Module, layer: LayerSpec, example: torch.Tensor | None = None
+) -> list[tuple[str, nn.Module]]:
+    """Turn a layer spec into ``[(name, module), ...]``.
+
+    ``None`` picks the last module with a spatial output before global pooling (see :func:`auto_layer`),
+    which needs an ``example`` input to trace shapes.
+    """
+    if layer is None:
+        if example is None:
+            raise ValueError("layer=None needs an example input to choose a layer automatically")
+        name = auto_layer(model, example)
+        return [(name, model.get_submodule(name))]
+    specs = [layer] if isinstance(layer, (str, nn.Module)) else list(layer)
+    if not specs:
+        raise ValueError("layer: empty list; give at least one layer name")
+    return [_resolve_one(model, spec) for spec in specs]
+
+
+def _resolve_one(model: nn.Module, spec: str | nn.Module) -> tuple[str, nn.Module]:
+    if isinstance(spec, nn.Module):
+        for name, module in model.named_modules():
+            if module is spec:
+                return name, module
+        raise ValueError(f"layer: the module {type(spec).__name__} given is not part of the model")
+    if not isinstance(spec, str):
+        raise TypeError(f"layer: expected a module name or an nn.Module, got {type(spec).__name__}")
+    names = [name for name, _ in model.named_modules() if name]
+    if spec in names:
+        return spec, model.get_submodule(spec)
+    close = difflib.get_close_matches(spec, names, n=5, cutoff=0.5)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise ValueError(f"unknown layer {spec!r}{hint} (list the layers with `gradcam layers MODEL`)")
+
+
+def trace_layers(model: nn.Module, example: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    """Run ``model`` once on ``example`` and return ``(name, output)`` for every module, in completion order.
+
+    The model's mode is left as it was; the forward runs without gradients.
+    """
+    from .hooks import preserved_state
+
+    fired: list[tuple[str, torch.Tensor]] = []
+    handles = []
+
+    def make_hook(name: str):
+        def hook(module: nn.Module, args: object, output: object) -> None:
+            if isinstance(output, torch.Tensor):
+                fired.append((name, output))
+
+        return hook
+
+    with preserved_state(model):
+        try:
+            for name, module in model.named_modules():
+                if name:
+                    handles.append(module.register_forward_hook(make_hook(name)))
+            with torch.no_grad():
+                model(example)
+        finally:
+            for handle in handles:
+                handle.remove()
+    return fired
+
+
+def _candidates(model: nn.Module, fired: list[tuple[str, torch.Tensor]]) -> list[tuple[str, torch.Tensor]]:
+    """Spatial (B, C, h, w) outputs not produced by pooling or pass-through modules.
+
+    A pass-through module's output is "pooled" until a computing leaf module (an in-place activation
+    after a timm ``Identity``, say) returns that same tensor; a container returning a pooled tensor is
+    skipped, as VGG's ``features`` is.
+    """
+    pooled: set[int] = set()
+    eligible = []
+    for name, output in fired:
+        module = model.get_submodule(name)
+        is_leaf = next(module.children(), None) is None
+        if isinstance(module, _PASS_THROUGH):
+            pooled.add(id(output))
+            continue
+        if is_leaf:
+            pooled.discard(id(output))
+        elif id(output) in pooled:
+            continue
+        if output.dim() == 4 and output.shape[-1] * output.shape[-2] > 1:
+            eligible.append((name, output))
+    return eligible
+
+
+def auto_layer(model: nn.Module, example: torch.Tensor) -> str:
+    """The last module with a spatial map before global pooling.
+
+    Pooling, dropout and flatten modules are skipped, and so are containers whose output is a pooled map
+    (VGG's ``features`` ends with a max-pool, so VGG-19 gets ``features.35``, the original work's layer).
+    Where a block and the container around it return the same tensor, the outer name wins (``layer4`` for
+    ResNets). The choice is cached per model and input shape.
+    """
+    key = tuple(example.shape[1:])
+    cached = _auto_cache.get(model, {}).get(key)
+    if cached is not None:
+        return cached
+    candidates = _candidates(model, trace_layers(model, example[:1]))
+    if not candidates:
+        raise ValueError(
+            "no layer with a spatial (B, C, h, w) output was found; pass layer= (the CLI's --layer) "
+            "naming the layer to explain"
+        )
+    name = candidates[-1][0]
+    _auto_cache.setdefault(model, {})[key] = name
+    return name
+
+
+def list_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
+    """Every module with a spatial output, in execution order, the automatic choice marked."""
+    fired = trace_layers(model, example[:1])
+    default = auto_layer(model, example)
+    seen: set[str] = set()
+    infos = []
+    for name, output in _candidates(model, fired):
+        if name in seen:
+            continue
+        seen.add(name)
+        kind = type(model.get_submodule(name)).__name__
+        infos.append(LayerInfo(name, tuple(output.shape[1:]), kind, name == default))
+    return infos

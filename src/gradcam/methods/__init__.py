@@ -1,0 +1,7 @@
+"""The CAM methods, one class each, registered by name (gradient methods first)."""
+
+from . import gradient  # noqa: I001  (import order is registry order)
+from . import activation  # noqa: F401
+from .base import CAMMethod, channel_contributions, get_method, methods, register, weighted_sum
+
+__all__ = ["CAMMethod", "channel_contributions", "get_method", "methods", "register", "weighted_sum", "gradient"]

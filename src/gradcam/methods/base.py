@@ -1,0 +1,80 @@
+"""The method contract and the registry.
+
+A method turns a layer's activations ``A`` (B, C, h, w) and the gradients ``G = dy/dA`` of the explained
+score into a map before the ReLU. Most methods only supply channel weights, (B, C) or element-wise
+(B, C, h, w); the shared code forms ``sum_c w_c * A_c``, and :mod:`gradcam.explain` does the ReLU,
+upsampling and normalisation.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import ClassVar
+
+import torch
+
+
+class CAMMethod:
+    """Base class: override :meth:`weights`, or :meth:`combine` for methods without channel weights."""
+
+    name: ClassVar[str]
+    uses_gradients: ClassVar[bool] = True
+
+    def weights(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def combine(
+        self, activations: torch.Tensor, gradients: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(map before ReLU (B, h, w), weights or None)``."""
+        if gradients is None:
+            raise ValueError(f"method {self.name!r} needs gradients")
+        weights = self.weights(activations, gradients)
+        return weighted_sum(weights, activations), weights
+
+
+def weighted_sum(weights: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
+    """``sum_c w_c * A_c`` for channel weights (B, C) or element-wise weights (B, C, h, w)."""
+    if weights.dim() == 2:
+        return torch.einsum("bc,bchw->bhw", weights, activations)
+    return (weights * activations).sum(dim=1)
+
+
+def channel_contributions(weights: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
+    """Each feature map's contribution ``w_c * A_c``, (..., C, h, w): the maps that add up to the CAM.
+
+    ``weights`` are per channel (..., C) or element-wise (..., C, h, w)."""
+    if weights.dim() == activations.dim() - 2:
+        weights = weights[..., None, None]
+    return weights * activations
+
+
+_REGISTRY: dict[str, type[CAMMethod]] = {}
+
+
+def register(cls: type[CAMMethod]) -> type[CAMMethod]:
+    """Class decorator adding a method to the registry under ``cls.name``."""
+    if cls.name in _REGISTRY:
+        raise ValueError(f"method {cls.name!r} is registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def methods() -> list[str]:
+    """The registered method names."""
+    return list(_REGISTRY)
+
+
+def get_method(name: str | CAMMethod) -> CAMMethod:
+    """A method instance by name (case-insensitive); an unknown name raises with the closest names."""
+    if isinstance(name, CAMMethod):
+        return name
+    key = name.strip().lower().replace("_", "")
+    aliases = {registered.replace("-", "").replace("_", ""): registered for registered in _REGISTRY}
+    if key in _REGISTRY:
+        return _REGISTRY[key]()
+    if key.replace("-", "") in aliases:
+        return _REGISTRY[aliases[key.replace("-", "")]]()
+    close = difflib.get_close_matches(key, list(_REGISTRY), n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise ValueError(f"unknown method {name!r}{hint} (choose from {', '.join(_REGISTRY)})")

@@ -1,0 +1,108 @@
+"""The result of one :func:`gradcam.explain` call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .methods import channel_contributions
+
+
+def normalise(maps: torch.Tensor) -> torch.Tensor:
+    """Min-max normalise each map over its last two dimensions to [0, 1]; a constant map becomes 0."""
+    low = maps.amin(dim=(-2, -1), keepdim=True)
+    span = maps.amax(dim=(-2, -1), keepdim=True) - low
+    return torch.where(span > 0, (maps - low) / torch.where(span > 0, span, 1), torch.zeros_like(maps))
+
+
+def upsample(maps: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """Bilinear resize of (B, K, h, w) maps to ``size`` (pixel centres aligned, as image resizers do)."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+
+
+@dataclass(frozen=True)
+class LayerResult:
+    """One layer's share of an explanation.
+
+    ``activations`` (B, C, h, w) float32; ``weights`` the method's channel weights, (B, K, C) or
+    element-wise (B, K, C, h, w), None for methods without them; ``raw`` (B, K, h, w) the ReLU'd map.
+    """
+
+    name: str
+    activations: torch.Tensor
+    weights: torch.Tensor | None
+    raw: torch.Tensor
+
+
+@dataclass(frozen=True)
+class ChannelContributions:
+    """The N feature maps that contribute most to each map: ``channels`` (B, K, N), ``maps``
+    (B, K, N, h, w) holding ``w_c * A_c``, and ``totals`` (B, K, N) their sums over the map."""
+
+    channels: torch.Tensor
+    maps: torch.Tensor
+    totals: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Maps for B images and K targets each.
+
+    Attributes:
+        maps: (B, K, H, W) float32 in [0, 1], upsampled (bilinear) to the input's H x W.
+        targets: (B, K) class indices explained, or None where the targets were callables.
+        scores: (B, K) the explained scores (the logits by default).
+        logits: (B, num_classes) the model's scores for every class.
+        method: the method's registered name.
+        layer_results: one :class:`LayerResult` per layer, in the order asked for.
+        counterfactual: True when the maps show what speaks against the targets.
+    """
+
+    maps: torch.Tensor
+    targets: torch.Tensor | None
+    scores: torch.Tensor
+    logits: torch.Tensor
+    method: str
+    layer_results: tuple[LayerResult, ...]
+    counterfactual: bool = False
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return tuple(result.name for result in self.layer_results)
+
+    @property
+    def layer(self) -> str:
+        """The resolved layer name; several fused layers are joined by ``+``."""
+        return "+".join(self.layers)
+
+    @property
+    def raw(self) -> torch.Tensor:
+        """(B, K, h, w) layer-resolution maps before upsampling and normalisation. With several layers,
+        each layer's map is normalised, resized to the finest layer's grid and averaged."""
+        if len(self.layer_results) == 1:
+            return self.layer_results[0].raw
+        size = max((tuple(r.raw.shape[-2:]) for r in self.layer_results), key=lambda s: s[0] * s[1])
+        return torch.stack([upsample(normalise(r.raw), size) for r in self.layer_results]).mean(0)
+
+    def channel_contributions(self, top: int = 8, layer: int = 0) -> ChannelContributions:
+        """The ``top`` feature maps contributing most (largest ``sum_ij w_c A_c,ij``) to each map: the
+        "Grad-CAM per feature map" picture of the original work.
+
+        Example:
+            >>> ex.channel_contributions(top=8).maps.shape   # doctest: +SKIP
+            torch.Size([1, 1, 8, 14, 14])
+        """
+        result = self.layer_results[layer]
+        if result.weights is None:
+            raise ValueError(f"method {self.method!r} has no channel weights, so no per-feature-map contributions")
+        activations = result.activations.unsqueeze(1)  # (B, 1, C, h, w)
+        contributions = channel_contributions(result.weights, activations)  # (B, K, C, h, w)
+        totals = contributions.sum(dim=(-2, -1))
+        top = min(top, totals.shape[-1])
+        best = totals.topk(top, dim=-1)
+        index = best.indices[..., None, None].expand(-1, -1, -1, *contributions.shape[-2:])
+        return ChannelContributions(best.indices, contributions.gather(2, index), best.values)

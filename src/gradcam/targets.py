@@ -1,0 +1,172 @@
+"""Which scalar is explained: targets are callables on the model output returning one score per image.
+
+Shorthands, resolved against the model's output in :func:`resolve_targets`:
+
+- ``None``: each image's top-1 class;
+- ``int``: that class for every image; a list with one int per image; a list of lists (K per image);
+- ``"top-k"`` / ``"top3"``: each image's k best classes;
+- a class name (``"tiger cat"``), case-insensitive, where labels are known;
+- a callable ``f(logits) -> (B,)``, or a list of them (K targets per image).
+
+Example:
+    >>> ClassScore(281)(torch.zeros(2, 1000)).shape
+    torch.Size([2])
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import torch
+
+TargetFn = Callable[[torch.Tensor], torch.Tensor]
+TargetSpec = int | str | TargetFn | Sequence[Any] | None
+
+_TOPK = re.compile(r"^top-?(\d+)$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    """The logit of one class: ``logits[:, index]``."""
+
+    index: int
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits[:, self.index]
+
+
+@dataclass(frozen=True)
+class ResolvedTargets:
+    """K targets for each of B images: class indices (B, K), or K callables applied to every image."""
+
+    indices: torch.Tensor | None
+    functions: tuple[TargetFn, ...] | None
+
+    @property
+    def count(self) -> int:
+        return self.indices.shape[1] if self.indices is not None else len(self.functions or ())
+
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, K) scores to differentiate."""
+        if self.indices is not None:
+            return logits.gather(1, self.indices.to(logits.device))
+        columns = [_check_score(fn(logits), logits.shape[0]) for fn in self.functions or ()]
+        return torch.stack(columns, dim=1)
+
+
+def _check_score(score: torch.Tensor, batch: int) -> torch.Tensor:
+    if not isinstance(score, torch.Tensor) or score.shape != (batch,):
+        shape = tuple(score.shape) if isinstance(score, torch.Tensor) else type(score).__name__
+        raise ValueError(f"targets: a callable target must return one score per image, shape ({batch},), got {shape}")
+    return score
+
+
+@lru_cache(maxsize=1)
+def imagenet_labels() -> tuple[str, ...]:
+    """The 1,000 ImageNet class names that ship with torchvision (no download)."""
+    from torchvision.models import ResNet50_Weights
+
+    return tuple(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def class_index(name: str, labels: Sequence[str]) -> int:
+    """Index of a class name, case-insensitive; an unknown name raises with the closest names."""
+    lowered = [label.lower() for label in labels]
+    key = name.strip().lower()
+    if key in lowered:
+        return lowered.index(key)
+    close = difflib.get_close_matches(key, lowered, n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(repr(labels[lowered.index(c)]) for c in close)}?" if close else ""
+    raise ValueError(f"unknown class name {name!r}{hint}")
+
+
+def _to_index(item: Any, labels: Sequence[str] | None, num_classes: int) -> int:
+    if isinstance(item, bool):
+        raise TypeError("targets: a class must be an int or a class name, not a bool")
+    if isinstance(item, int) or (isinstance(item, torch.Tensor) and item.dim() == 0):
+        index = int(item)
+    elif isinstance(item, str):
+        if item.strip().lstrip("-").isdigit():
+            index = int(item)
+        elif labels is None:
+            raise ValueError(f"targets: class name {item!r} given but the model's labels are unknown; pass labels=")
+        else:
+            index = class_index(item, labels)
+    else:
+        raise TypeError(f"targets: expected a class index or name, got {type(item).__name__}")
+    if not 0 <= index < num_classes:
+        raise ValueError(f"targets: class index {index} is out of range for a model with {num_classes} outputs")
+    return index
+
+
+def resolve_targets(targets: TargetSpec, logits: torch.Tensor, labels: Sequence[str] | None = None) -> ResolvedTargets:
+    """Resolve a target spec against ``logits`` (B, num_classes). A count that does not match the batch
+    is an error, never a silent drop."""
+    batch, num_classes = logits.shape[0], logits.shape[-1]
+    if labels is None and num_classes == 1000:
+        labels = imagenet_labels()
+    if targets is None:
+        return ResolvedTargets(logits.argmax(dim=1, keepdim=True), None)
+    if callable(targets) and not isinstance(targets, (str, int)):
+        return ResolvedTargets(None, (targets,))
+    if isinstance(targets, str):
+        top = _TOPK.match(targets.strip())
+        if top:
+            k = int(top.group(1))
+            if not 1 <= k <= num_classes:
+                raise ValueError(f"targets: {targets!r} asks for {k} classes; the model has {num_classes}")
+            return ResolvedTargets(logits.topk(k, dim=1).indices, None)
+        return _same_for_all([targets], batch, labels, num_classes)
+    if isinstance(targets, int) or (isinstance(targets, torch.Tensor) and targets.dim() == 0):
+        return _same_for_all([targets], batch, labels, num_classes)
+    if isinstance(targets, torch.Tensor):
+        targets = targets.tolist()
+    items = list(targets)
+    if not items:
+        raise ValueError("targets: empty list")
+    if all(callable(item) and not isinstance(item, (str, int)) for item in items):
+        return ResolvedTargets(None, tuple(items))
+    if len(items) != batch:
+        raise ValueError(
+            f"targets: {len(items)} targets given for a batch of {batch} images; give one per image "
+            "(or a list per image for several classes)"
+        )
+    rows = [item if isinstance(item, (list, tuple)) else [item] for item in items]
+    widths = {len(row) for row in rows}
+    if len(widths) != 1 or 0 in widths:
+        raise ValueError(f"targets: every image needs the same number of classes, got {sorted(widths)}")
+    indices = [[_to_index(item, labels, num_classes) for item in row] for row in rows]
+    return ResolvedTargets(torch.tensor(indices, dtype=torch.long, device=logits.device), None)
+
+
+def _same_for_all(row: list[Any], batch: int, labels: Sequence[str] | None, num_classes: int) -> ResolvedTargets:
+    indices = [_to_index(item, labels, num_classes) for item in row]
+    return ResolvedTargets(torch.tensor([indices] * batch, dtype=torch.long), None)
+
+
+def select_logits(output: Any) -> torch.Tensor:
+    """The default output selector: a tensor itself; the first element of a tuple or list; ``.logits``;
+    a dict's ``"logits"`` or ``"out"`` entry, else its first tensor."""
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(output, dict):
+        for key in ("logits", "out"):
+            if isinstance(output.get(key), torch.Tensor):
+                return output[key]
+        for value in output.values():
+            if isinstance(value, torch.Tensor):
+                return value
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise TypeError(
+        f"cannot find the scores in a model output of type {type(output).__name__}; pass output= "
+        "(a function from the model output to a (B, num_classes) tensor)"
+    )

@@ -1,0 +1,109 @@
+"""Every method's formula on a model small enough to work out by hand.
+
+Activations at layer ``act`` (ReLU of the input), per channel, and the gradient of class 0 (the
+head's weight row; the head is linear on the flattened map):
+
+    A0 = [[1, 2], [0, 1]]    G0 = [[1, -1], [2, 0]]      sum A0 = 4
+    A1 = [[0, 1], [3, 0]]    G1 = [[0,  1], [1, 1]]      sum A1 = 4
+
+Score of class 0: sum(G * A) = (1 - 2 + 0 + 0) + (0 + 1 + 3 + 0) = 3; class 1: 0.1 * 8 = 0.8, so the
+top-1 class is 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import gradcam
+from tiny_models import HAND_INPUT
+
+
+def raw_map(model, method, **kwargs):
+    return gradcam.explain(model, HAND_INPUT, method=method, layer="act", **kwargs).raw[0, 0]
+
+
+def test_scores_and_top1(hand_model):
+    ex = gradcam.explain(hand_model, HAND_INPUT, layer="act")
+    assert ex.targets.tolist() == [[0]]
+    assert ex.scores.tolist() == [[pytest.approx(3.0)]]
+
+
+def test_gradcam(hand_model):
+    # w0 = mean G0 = 2/4 = 0.5; w1 = mean G1 = 3/4 = 0.75
+    # 0.5 * A0 + 0.75 * A1 = [[0.5, 1 + 0.75], [0 + 2.25, 0.5]]
+    expected = torch.tensor([[0.5, 1.75], [2.25, 0.5]])
+    torch.testing.assert_close(raw_map(hand_model, "gradcam"), expected)
+
+
+def test_gradcam_maps_are_normalised_raw(hand_model):
+    # the input is 2x2 like the map, so no resize: (raw - 0.5) / (2.25 - 0.5)
+    maps = gradcam.explain(hand_model, HAND_INPUT, layer="act").maps[0, 0]
+    torch.testing.assert_close(maps, torch.tensor([[0.0, 1.25 / 1.75], [1.0, 0.0]]))
+
+
+def test_gradcam_plus_plus(hand_model):
+    # alpha = g^2 / (2 g^2 + S g^3), S = 4 for both channels:
+    #   g = 1 -> 1 / 6;   g = 2 -> 4 / (8 + 32) = 1 / 10;   g = -1 -> (ReLU(g) = 0, no weight);   g = 0 -> 0
+    # w0 = 1/6 * 1 + 1/10 * 2 = 11/30;   w1 = 3 * (1/6 * 1) = 1/2
+    # 11/30 * A0 + 1/2 * A1 = [[11/30, 22/30 + 15/30], [45/30, 11/30]]
+    expected = torch.tensor([[11 / 30, 37 / 30], [45 / 30, 11 / 30]])
+    torch.testing.assert_close(raw_map(hand_model, "gradcam++"), expected)
+
+
+def test_xgradcam(hand_model):
+    # w0 = sum(A0 * G0) / sum A0 = (1 - 2 + 0 + 0) / 4 = -1/4;   w1 = (0 + 1 + 3 + 0) / 4 = 1
+    # -1/4 * A0 + A1 = [[-0.25, -0.5 + 1], [0 + 3, -0.25]] -> ReLU
+    expected = torch.tensor([[0.0, 0.5], [3.0, 0.0]])
+    torch.testing.assert_close(raw_map(hand_model, "xgradcam"), expected)
+
+
+def test_hirescam(hand_model):
+    # G0 * A0 = [[1, -2], [0, 0]];  G1 * A1 = [[0, 1], [3, 0]];  sum = [[1, -1], [3, 0]] -> ReLU
+    expected = torch.tensor([[1.0, 0.0], [3.0, 0.0]])
+    torch.testing.assert_close(raw_map(hand_model, "hirescam"), expected)
+
+
+def test_layercam(hand_model):
+    # ReLU(G0) * A0 = [[1, 0], [0, 0]];  ReLU(G1) * A1 = [[0, 1], [3, 0]]
+    expected = torch.tensor([[1.0, 1.0], [3.0, 0.0]])
+    torch.testing.assert_close(raw_map(hand_model, "layercam"), expected)
+
+
+def test_eigencam(hand_model):
+    # positions x channels: (1,0) (2,1) (0,3) (1,0); mean (1,1); centred X = (0,-1) (1,0) (-1,2) (0,-1)
+    # X^T X = [[2, -2], [-2, 6]]: top eigenvalue 4 + 2 sqrt2, eigenvector v ~ (1, -(1 + sqrt2))
+    # X v = (1 + sqrt2, 1, -3 - 2 sqrt2, 1 + sqrt2) / |v|,  |v| = sqrt(4 + 2 sqrt2)
+    # summed activation per position (1, 3, 3, 1) disagrees with that sign, so it flips; ReLU keeps
+    # only position (1, 0): (3 + 2 sqrt2) / sqrt(4 + 2 sqrt2)
+    r2 = math.sqrt(2)
+    expected = torch.tensor([[0.0, 0.0], [(3 + 2 * r2) / math.sqrt(4 + 2 * r2), 0.0]])
+    torch.testing.assert_close(raw_map(hand_model, "eigencam"), expected)
+
+
+def test_counterfactual_negates_the_gradients(hand_model):
+    # HiRes-CAM with -G: -[[1, -1], [3, 0]] -> ReLU -> [[0, 1], [0, 0]]
+    expected = torch.tensor([[0.0, 1.0], [0.0, 0.0]])
+    torch.testing.assert_close(raw_map(hand_model, "hirescam", counterfactual=True), expected)
+    # Grad-CAM with -G: every weight is negative and every activation >= 0, so nothing speaks against class 0
+    torch.testing.assert_close(raw_map(hand_model, "gradcam", counterfactual=True), torch.zeros(2, 2))
+
+
+def test_channel_contributions(hand_model):
+    ex = gradcam.explain(hand_model, HAND_INPUT, layer="act")
+    contributions = ex.channel_contributions(top=2)
+    # w0 * A0 sums to 0.5 * 4 = 2; w1 * A1 sums to 0.75 * 4 = 3: channel 1 first
+    assert contributions.channels.tolist() == [[[1, 0]]]
+    torch.testing.assert_close(contributions.totals, torch.tensor([[[3.0, 2.0]]]))
+    torch.testing.assert_close(contributions.maps[0, 0, 1], 0.5 * HAND_INPUT[0, 0])
+    torch.testing.assert_close(contributions.maps[0, 0].sum(0), raw_map(hand_model, "gradcam"))
+
+
+def test_second_class_with_one_forward(hand_model):
+    # class 1: every gradient is 0.1, so Grad-CAM's weights are 0.1 and the map is 0.1 * (A0 + A1)
+    ex = gradcam.explain(hand_model, HAND_INPUT, layer="act", targets=[[0, 1]])
+    assert ex.targets.tolist() == [[0, 1]]
+    torch.testing.assert_close(ex.raw[0, 1], 0.1 * torch.tensor([[1.0, 3.0], [3.0, 1.0]]))
+    torch.testing.assert_close(ex.scores, torch.tensor([[3.0, 0.8]]))

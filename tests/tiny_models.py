@@ -1,0 +1,51 @@
+"""Tiny models for the tests: small enough to run in milliseconds, some small enough to work out by hand."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class HandModel(nn.Module):
+    """A model small enough to work every method out by hand (see tests/test_methods_by_hand.py).
+
+    The explained layer is ``act`` (a ReLU on the 2-channel, 2x2 input); the head is a bias-free linear
+    layer on the flattened activations, so the gradient of class 0 is its weight row, reshaped.
+    """
+
+    GRAD_CLASS0 = torch.tensor([[[1.0, -1.0], [2.0, 0.0]], [[0.0, 1.0], [1.0, 1.0]]])
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.act = nn.ReLU()
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(8, 2, bias=False))
+        with torch.no_grad():
+            self.head[1].weight.copy_(torch.stack([self.GRAD_CLASS0.flatten(), torch.full((8,), 0.1)]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.act(x))
+
+
+HAND_INPUT = torch.tensor([[[[1.0, 2.0], [0.0, 1.0]], [[-1.0, 1.0], [3.0, 0.0]]]])
+
+
+class TinyCNN(nn.Module):
+    """A small CNN with batch norm, dropout, an in-place ReLU and global pooling: 10 classes."""
+
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(8, 16, 3, padding=1, stride=2),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(16, 16, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(16, classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.pool(self.features(x)))
