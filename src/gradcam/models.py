@@ -228,16 +228,25 @@ def _load_torchvision(name: str, weights: str | None) -> LoadedModel:
     )
 
 
+def _is_torchscript(path: str) -> bool:
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("constants.pkl") for name in archive.namelist())
+
+
 def _load_weights_file(model: nn.Module, path: str) -> None:
     """Load a state dict, a checkpoint holding one, a whole pickled model or a TorchScript file's weights
     into ``model`` (hooks need the eager architecture, so a TorchScript file lends its weights only)."""
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:
-        try:
+        if _is_torchscript(path):
             loaded = torch.jit.load(path, map_location="cpu").state_dict()
-        except Exception:
-            raise ModelLoadError(f"--weights {path}: not a PyTorch file ({type(error).__name__})") from error
+        else:
+            loaded = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:
+        raise ModelLoadError(f"--weights {path}: not a PyTorch file ({type(error).__name__})") from error
     if isinstance(loaded, (nn.Module, torch.jit.ScriptModule)):
         loaded = loaded.state_dict()
     if isinstance(loaded, dict):

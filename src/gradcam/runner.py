@@ -117,7 +117,8 @@ def parse_target(target: str | None, labels: Sequence[str] | None, num_classes: 
                 raise UsageError(f"--target: {error}") from None
         if num_classes is not None and not 0 <= index < num_classes:
             raise UsageError(f"--target {index}: out of range for a model with {num_classes} classes")
-        row.append(index)
+        if index not in row:
+            row.append(index)
     if not row:
         raise UsageError(f"--target {target!r}: no class given")
     return row
@@ -304,25 +305,22 @@ class Runner:
         mean = torch.tensor(spec.mean).view(3, 1, 1)
         std = torch.tensor(spec.std).view(3, 1, 1)
         model_view = ((item["input"] * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)
-        targets = []
+        planned = []
         for k in range(ex.maps.shape[1]):
             class_id = int(ex.targets[row, k]) if ex.targets is not None else None
-            name = (
-                f"{base.name}.{options.method}.{class_id}-{slug(self.label(class_id))}"
-                if class_id is not None
-                else f"{base.name}.{options.method}.target{k}"
-            )
+            suffix = f"{class_id}-{slug(self.label(class_id))}" if class_id is not None else f"target{k}"
+            name = f"{base.name}.{options.method}.{suffix}"
             files = {"overlay": base.with_name(name + ".png"), "map": base.with_name(name + ".npy")}
             if contributions is not None:
                 files["channels"] = base.with_name(name + ".channels.png")
-            if not options.overwrite:
-                existing = [str(p) for p in files.values() if p.exists()]
-                if existing:
-                    return {
-                        "path": str(path),
-                        "status": "error",
-                        "error": f"{existing[0]}: exists; pass --overwrite to replace it",
-                    }
+            planned.append((k, class_id, files))
+        if not options.overwrite:
+            existing = [p for _, _, files in planned for p in files.values() if p.exists()]
+            if existing:
+                error = f"{existing[0]}: exists; pass --overwrite to replace it"
+                return {"path": str(path), "status": "error", "error": error}
+        targets = []
+        for k, class_id, files in planned:
             save_png(
                 overlay(item["photo"], full_maps[k], options.alpha, options.colormap, coverage[k]), files["overlay"]
             )

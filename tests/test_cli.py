@@ -1,0 +1,367 @@
+"""The `gradcam` command end to end on the embedded model, with every kind of bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gradcam import runner
+from gradcam.cli import main
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def run(*argv: str) -> int:
+    return main(["explain", *argv, "--workers", "0", "--quiet"] if argv and argv[0] != "--no-defaults" else argv[1:])
+
+
+def manifest(out: Path) -> dict:
+    return json.loads((out / "results.json").read_text())
+
+
+@pytest.fixture
+def photo_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(EXAMPLES / "chelsea.jpg", folder / "chelsea.jpg")
+    return folder
+
+
+def test_explain_one_photo_writes_overlay_map_grid_and_manifest(tmp_path):
+    out = tmp_path / "out"
+    assert run(str(EXAMPLES / "chelsea.jpg"), "--out", str(out), "--per-channel", "4") == 0
+    entry = manifest(out)["images"][0]
+    assert entry["status"] == "ok"
+    assert entry["predictions"][0]["label"] in {"tiger cat", "Egyptian cat", "tabby"}
+    assert len(entry["predictions"]) == 5
+    assert abs(sum(p["probability"] for p in entry["predictions"])) <= 1.0
+    files = entry["targets"][0]["files"]
+    overlay = Image.open(files["overlay"])
+    assert overlay.size == Image.open(EXAMPLES / "chelsea.jpg").size  # the photo's own resolution
+    heatmap = np.load(files["map"])
+    assert heatmap.dtype == np.float32 and heatmap.shape == (224, 224)
+    assert heatmap.min() >= 0 and heatmap.max() == pytest.approx(1.0)
+    assert Image.open(files["channels"]).size[0] > 0
+    assert manifest(out)["model"] == "efficientnet_lite0" and manifest(out)["layer"] == "bn2"
+
+
+def test_espresso_on_coffee_and_several_targets(tmp_path):
+    out = tmp_path / "out"
+    assert run(str(EXAMPLES / "coffee.jpg"), "--out", str(out), "--target", "espresso,cup,967") == 0
+    entry = manifest(out)["images"][0]
+    assert entry["predictions"][0]["label"] == "espresso" and entry["predictions"][0]["probability"] > 0.9
+    # "967" is espresso again: each class is explained once
+    assert [(t["index"], t["label"]) for t in entry["targets"]] == [(967, "espresso"), (968, "cup")]
+
+
+def test_top3_and_method(tmp_path):
+    out = tmp_path / "out"
+    assert run(str(EXAMPLES / "chelsea.jpg"), "--out", str(out), "--target", "top3", "--method", "layercam") == 0
+    entry = manifest(out)["images"][0]
+    assert [t["index"] for t in entry["targets"]] == [p["index"] for p in entry["predictions"][:3]]
+    assert all(".layercam." in t["files"]["overlay"] for t in entry["targets"])
+
+
+def test_folder_with_bad_files_reports_each_and_processes_the_rest(tmp_path, photo_dir, capsys):
+    (photo_dir / "notes.txt").write_text("not an image")
+    (photo_dir / "empty.jpg").write_bytes(b"")
+    (photo_dir / "text.jpg").write_text("this is text, not a JPEG")
+    data = (EXAMPLES / "coffee.jpg").read_bytes()
+    (photo_dir / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    sub = photo_dir / "nested"
+    sub.mkdir()
+    shutil.copy(EXAMPLES / "coffee.jpg", sub / "coffee.jpg")
+    out = tmp_path / "out"
+    code = main(["explain", str(photo_dir), "--out", str(out), "--workers", "0"])
+    assert code == 1
+    captured = capsys.readouterr()
+    entries = {Path(e["path"]).name: e for e in manifest(out)["images"]}
+    assert set(entries) == {"chelsea.jpg", "coffee.jpg", "empty.jpg", "text.jpg", "truncated.jpg"}
+    assert entries["chelsea.jpg"]["status"] == entries["coffee.jpg"]["status"] == "ok"
+    assert "empty file" in entries["empty.jpg"]["error"]
+    assert "not a readable image" in entries["text.jpg"]["error"]
+    assert "truncated" in entries["truncated.jpg"]["error"]
+    for name in ("empty.jpg", "text.jpg", "truncated.jpg"):
+        lines = [line for line in captured.err.splitlines() if name in line]
+        assert len(lines) == 1, lines  # one clear line each
+    assert "1 non-image files skipped" in captured.out
+    assert (out / "nested").is_dir()  # the folder structure is kept
+
+
+def test_odd_image_modes(tmp_path):
+    folder = tmp_path / "modes"
+    folder.mkdir()
+    rgb = np.asarray(Image.open(EXAMPLES / "chelsea.jpg").resize((96, 64)))
+    Image.fromarray(rgb).convert("L").save(folder / "gray.png")
+    rgba = Image.fromarray(rgb).convert("RGBA")
+    rgba.putalpha(128)
+    rgba.save(folder / "rgba.png")
+    Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE).save(folder / "palette.png")
+    Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(folder / "sixteen.png")
+    Image.fromarray(rgb).convert("CMYK").save(folder / "cmyk.jpg")
+    out = tmp_path / "out"
+    assert run(str(folder), "--out", str(out)) == 0
+    assert {e["status"] for e in manifest(out)["images"]} == {"ok"}
+    sixteen = Image.open(out / "sixteen.gradcam.{}.png".format(_target_of(out, "sixteen.png")))
+    assert sixteen.size == (96, 64)
+
+
+def _target_of(out: Path, name: str) -> str:
+    entry = next(e for e in manifest(out)["images"] if e["path"].endswith(name))
+    return Path(entry["targets"][0]["files"]["overlay"]).name.split(".gradcam.")[1].removesuffix(".png")
+
+
+def test_sixteen_bit_is_rescaled_not_clipped():
+    from gradcam.images import to_rgb
+
+    values = np.array([[0, 32768, 65535]], dtype=np.uint16)
+    rgb = np.asarray(to_rgb(Image.fromarray(values)))
+    assert rgb[0, :, 0].tolist() == [0, 128, 255]
+
+
+def test_exif_rotated_jpeg_matches_what_a_viewer_shows(tmp_path):
+    image = Image.open(EXAMPLES / "chelsea.jpg").resize((120, 60))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    path = tmp_path / "rotated.jpg"
+    image.save(path, exif=exif)
+    out = tmp_path / "out"
+    assert run(str(path), "--out", str(out)) == 0
+    entry = manifest(out)["images"][0]
+    assert entry["size"] == [60, 120]
+    assert Image.open(entry["targets"][0]["files"]["overlay"]).size == (60, 120)
+
+
+def test_huge_png_is_refused_without_memory_blow_up(tmp_path):
+    path = tmp_path / "huge.png"
+    Image.new("1", (20000, 20000)).save(path)  # 1-bit: small to make and store, 1.2 GB as RGB
+    out = tmp_path / "out"
+    assert run(str(path), "--out", str(out)) == 1
+    assert "400 megapixels, over the limit" in manifest(out)["images"][0]["error"]
+
+
+def test_huge_jpeg_is_decoded_reduced(tmp_path):
+    from gradcam.images import read_image
+
+    path = tmp_path / "big.jpg"
+    Image.new("RGB", (6000, 4000), (90, 120, 200)).save(path, quality=50)
+    image = read_image(path, draft_size=256, max_megapixels=1)  # over the limit at full size
+    assert min(image.size) >= 256 and image.size[0] * image.size[1] < 1e6
+
+
+def test_missing_path_is_reported_and_the_rest_processed(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run(str(EXAMPLES / "chelsea.jpg"), str(tmp_path / "nope.jpg"), "--out", str(out)) == 1
+    assert "nope.jpg: no such file or folder" in capsys.readouterr().err
+    assert manifest(out)["summary"]["ok"] == 1
+
+
+def test_only_missing_paths_is_a_usage_error(tmp_path, capsys):
+    assert run(str(tmp_path / "nope.jpg"), "--out", str(tmp_path / "out")) == 2
+    assert "no images found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--model", "resnet5O"], "unknown model 'resnet5O'; did you mean"),
+        (["--layer", "bn3"], "unknown layer 'bn3'; did you mean 'bn2'"),
+        (["--target", "tigre cat"], "did you mean 'tiger cat'"),
+        (["--colormap", "jets"], "unknown colormap 'jets'"),
+        (["--alpha", "2"], "--alpha 2.0: must be between 0 and 1"),
+        (["--weights", "missing.pth"], "--weights missing.pth: no such file"),
+    ],
+)
+def test_usage_errors_are_one_line_with_suggestions(tmp_path, capsys, options, message):
+    assert run(str(EXAMPLES / "chelsea.jpg"), "--out", str(tmp_path / "out"), *options) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+def test_unknown_method_lists_choices(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run(str(EXAMPLES / "chelsea.jpg"), "--method", "gradcma")
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'gradcma'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_output_folder(tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    assert run(str(EXAMPLES / "chelsea.jpg"), "--out", str(locked / "out")) == 2
+    assert "cannot write there" in capsys.readouterr().err
+
+
+def test_output_path_that_is_a_file(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert run(str(EXAMPLES / "chelsea.jpg"), "--out", str(blocker / "out")) == 2
+    assert "cannot write there" in capsys.readouterr().err
+
+
+def test_existing_outputs_are_never_overwritten_without_asking(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run(str(EXAMPLES / "chelsea.jpg"), "--out", str(out)) == 0
+    overlay = Path(manifest(out)["images"][0]["targets"][0]["files"]["overlay"])
+    overlay.write_bytes(b"user's own file")
+    assert run(str(EXAMPLES / "chelsea.jpg"), "--out", str(out)) == 2
+    assert "--resume" in capsys.readouterr().err
+    (out / "results.json").unlink()
+    assert run(str(EXAMPLES / "chelsea.jpg"), "--out", str(out)) == 1
+    assert "exists; pass --overwrite" in manifest(out)["images"][0]["error"]
+    assert overlay.read_bytes() == b"user's own file"
+    assert run(str(EXAMPLES / "chelsea.jpg"), "--out", str(out), "--overwrite") == 0
+    assert overlay.read_bytes().startswith(b"\x89PNG")
+
+
+def test_resume_skips_done_images(tmp_path, photo_dir, monkeypatch):
+    out = tmp_path / "out"
+    assert run(str(photo_dir), "--out", str(out)) == 0
+    shutil.copy(EXAMPLES / "coffee.jpg", photo_dir / "coffee.jpg")
+    explained: list[int] = []
+    original = runner.Runner.explain_batch
+    monkeypatch.setattr(
+        runner.Runner, "explain_batch", lambda self, items: (explained.append(len(items)), original(self, items))[1]
+    )
+    assert run(str(photo_dir), "--out", str(out), "--resume") == 0
+    assert explained == [1]
+    assert manifest(out)["summary"] == {"images": 2, "ok": 2, "failed": 0}
+
+
+def test_interrupt_leaves_a_valid_manifest(tmp_path, photo_dir, monkeypatch, capsys):
+    for i in range(3):
+        shutil.copy(EXAMPLES / "coffee.jpg", photo_dir / f"coffee{i}.jpg")
+    calls = {"n": 0}
+    original = runner.Runner.explain_batch
+
+    def interrupted(self, items):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self, items)
+
+    monkeypatch.setattr(runner.Runner, "explain_batch", interrupted)
+    out = tmp_path / "out"
+    assert run(str(photo_dir), "--out", str(out), "--batch-size", "2") == 130
+    data = manifest(out)
+    assert data["finished"] is None and data["summary"]["ok"] == 2
+    assert "--resume" in capsys.readouterr().err
+    monkeypatch.setattr(runner.Runner, "explain_batch", original)
+    assert run(str(photo_dir), "--out", str(out), "--batch-size", "2", "--resume") == 0
+    assert manifest(out)["summary"]["ok"] == 4
+
+
+def test_background_workers_and_batches_give_the_same_maps(tmp_path, photo_dir):
+    shutil.copy(EXAMPLES / "coffee.jpg", photo_dir / "coffee.jpg")
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["explain", str(photo_dir), "--out", str(one), "--workers", "0", "--batch-size", "1", "--quiet"]) == 0
+    assert main(["explain", str(photo_dir), "--out", str(two), "--workers", "2", "--batch-size", "2", "--quiet"]) == 0
+    for a, b in zip(manifest(one)["images"], manifest(two)["images"], strict=True):
+        assert a["predictions"] == b["predictions"]
+        np.testing.assert_allclose(
+            np.load(a["targets"][0]["files"]["map"]), np.load(b["targets"][0]["files"]["map"]), atol=1e-4
+        )
+
+
+def test_weights_file_state_dict_checkpoint_and_torchscript(tmp_path):
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18()
+    state = tmp_path / "state.pth"
+    torch.save(model.state_dict(), state)
+    checkpoint = tmp_path / "checkpoint.pth"
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, checkpoint)
+    scripted = tmp_path / "scripted.pt"
+    torch.jit.script(model).save(str(scripted))
+    maps = []
+    for index, weights in enumerate((state, checkpoint, scripted)):
+        out = tmp_path / f"out{index}"
+        assert (
+            run(str(EXAMPLES / "chelsea.jpg"), "--model", "resnet18", "--weights", str(weights), "--out", str(out)) == 0
+        )
+        maps.append(np.load(manifest(out)["images"][0]["targets"][0]["files"]["map"]))
+    np.testing.assert_allclose(maps[0], maps[1], atol=1e-5)
+    np.testing.assert_allclose(maps[0], maps[2], atol=1e-5)
+
+
+def test_weights_that_do_not_fit(tmp_path, capsys):
+    bad = tmp_path / "bad.pth"
+    torch.save({"fc.weight": torch.zeros(3, 3)}, bad)
+    assert run(str(EXAMPLES / "chelsea.jpg"), "--model", "resnet18", "--weights", str(bad), "--out", str(tmp_path)) == 2
+    assert "does not fit this model" in capsys.readouterr().err
+
+
+def test_pretrained_weights_offline_give_a_clear_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-cache"))
+    import torch.hub
+
+    def no_network(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    assert run(str(EXAMPLES / "chelsea.jpg"), "--model", "vgg19", "--out", str(tmp_path / "out")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "cannot download the vgg19 weights" in err and "vgg19-dcbb9e9d.pth" in err and "--weights FILE" in err
+
+
+def test_original_work_case_vgg19_features_35(tmp_path):
+    out = tmp_path / "out"
+    assert run(str(EXAMPLES / "chelsea.jpg"), "--model", "vgg19", "--weights", "none", "--out", str(out)) == 0
+    assert manifest(out)["layer"] == "features.35"
+
+
+def test_models_and_layers_commands(capsys):
+    assert main(["models"]) == 0
+    listing = capsys.readouterr().out
+    assert "efficientnet_lite0" in listing and "yes" in listing and "timm:NAME" in listing
+    assert main(["layers", "vgg19"]) == 0
+    layers = capsys.readouterr().out
+    line = next(line for line in layers.splitlines() if line.startswith("features.35 "))
+    assert "(512, 14, 14)" in line and "<- default" in line
+    assert main(["layers"]) == 0
+    assert "bn2" in capsys.readouterr().out
+
+
+def test_help_lists_every_option_with_defaults():
+    parser_help = io.StringIO()
+    from gradcam.cli import build_parser
+
+    parser = build_parser()
+    explain_parser = parser._subparsers._group_actions[0].choices["explain"]  # type: ignore[union-attr]
+    explain_parser.print_help(parser_help)
+    text = parser_help.getvalue()
+    for option in (
+        "--model",
+        "--method",
+        "--layer",
+        "--target",
+        "--per-channel",
+        "--alpha",
+        "--colormap",
+        "--device",
+        "--batch-size",
+        "--out",
+        "--overwrite",
+        "--resume",
+    ):
+        assert option in text
+    assert "(default: efficientnet_lite0)" in text and "(default: gradcam-out)" in text
+
+
+def test_python_dash_m(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "gradcam", "-h"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "explain" in result.stdout
