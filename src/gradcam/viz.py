@@ -59,10 +59,11 @@ def to_pil(picture: torch.Tensor) -> Image.Image:
 
 
 def save_png(picture: torch.Tensor | Image.Image, path: Path) -> None:
-    """Write a PNG atomically: a temporary file in the same folder, then a rename."""
+    """Write a PNG atomically: a temporary file in the same folder, then a rename. zlib level 1: 3.5x
+    faster than PIL's default for 10% larger files (docs/benchmarks.md)."""
     image = to_pil(picture) if isinstance(picture, torch.Tensor) else picture
     temporary = path.with_name(f".{path.name}.tmp")
-    image.save(temporary, format="PNG")
+    image.save(temporary, format="PNG", compress_level=1)
     temporary.replace(path)
 
 
