@@ -25,7 +25,11 @@ ORACLES = {
     "hirescam": pytorch_grad_cam.HiResCAM,
     "layercam": pytorch_grad_cam.LayerCAM,
     "eigencam": pytorch_grad_cam.EigenCAM,
+    "scorecam": pytorch_grad_cam.ScoreCAM,
+    "ablationcam": pytorch_grad_cam.AblationCAM,
 }
+# perturbation methods run one forward pass per channel: smaller inputs, and the paper-level bar (0.99)
+PERTURBATION = {"scorecam", "ablationcam"}
 
 CASES = {"resnet18": "layer4", "vgg11": "features.19"}
 
@@ -35,9 +39,9 @@ def seeded(name: str) -> torch.nn.Module:
     return torchvision.models.get_model(name, weights=None, num_classes=10).eval()
 
 
-def images(size: int = 112) -> torch.Tensor:
+def images(size: int = 112, count: int = 2) -> torch.Tensor:
     torch.manual_seed(2)
-    return torch.randn(2, 3, size, size)
+    return torch.randn(count, 3, size, size)
 
 
 def correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -70,7 +74,9 @@ def informative_targets(model, x, layer) -> list[int]:
 @pytest.mark.parametrize("arch", CASES)
 @pytest.mark.parametrize("method", ORACLES)
 def test_maps_correlate_with_pytorch_grad_cam(arch, method):
-    model, x = seeded(arch), images()
+    if method in PERTURBATION and arch == "vgg11":
+        pytest.skip("perturbation methods are checked on ResNet-18: the oracle's 1,024 VGG-11 passes are slow")
+    model, x = seeded(arch), images(64 if method in PERTURBATION else 112)
     targets = informative_targets(model, x, CASES[arch])
     ours = gradcam.explain(model, x, method, CASES[arch], targets=targets).maps[:, 0].numpy()
     reference_model = copy.deepcopy(model)
@@ -88,7 +94,7 @@ def test_maps_correlate_with_pytorch_grad_cam(arch, method):
             flipped = -first_principal_component(acts)[image].clamp(min=0)
             up = torch.nn.functional.interpolate(flipped[None, None], size=x.shape[-2:], mode="bilinear")
             r = correlation(up[0, 0].numpy(), theirs[image])
-        assert r >= 0.999, (arch, method, image, r)
+        assert r >= (0.99 if method in PERTURBATION else 0.999), (arch, method, image, r)
 
 
 def ours_activations(model, x, layer):

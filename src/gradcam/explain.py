@@ -12,8 +12,9 @@ from torch import nn
 from .hooks import capture, preserved_state
 from .layers import LayerSpec, resolve_layers
 from .methods import CAMMethod, get_method
+from .methods.perturbation import PerturbationMethod, Probe
 from .result import Explanation, LayerResult, normalise, upsample
-from .targets import TargetSpec, resolve_targets, select_logits
+from .targets import ResolvedTargets, TargetSpec, resolve_targets, select_logits
 
 
 def explain(
@@ -80,6 +81,14 @@ def explain(
             )
     results = []
     for index, (name, _) in enumerate(layers):
+        if isinstance(cam_method, PerturbationMethod):
+            probe = Probe(
+                model, images, name, activations[index].detach(), _row_scores(select, resolved), scores.detach()
+            )
+            with preserved_state(model, eval_mode=eval_mode):
+                weights = cam_method.perturbation_weights(probe)
+            results.append(_weighted_result(name, activations[index], weights))
+            continue
         layer_gradients = [g[index] for g in gradients] if gradients is not None else None
         results.append(
             _layer_result(cam_method, name, activations[index], layer_gradients, resolved.count, counterfactual)
@@ -94,6 +103,22 @@ def explain(
         layer_results=tuple(results),
         counterfactual=counterfactual,
     )
+
+
+def _row_scores(
+    select: Callable[[Any], torch.Tensor], resolved: ResolvedTargets
+) -> Callable[[Any, torch.Tensor], torch.Tensor]:
+    def scores(output: Any, image_ids: torch.Tensor) -> torch.Tensor:
+        return resolved.scores(select(output), image_ids)
+
+    return scores
+
+
+def _weighted_result(name: str, activation: torch.Tensor, weights: torch.Tensor) -> LayerResult:
+    """``ReLU(sum_c w_c A_c)`` for channel weights (B, K, C) computed by a perturbation method."""
+    activations = activation.detach().float()
+    raw = torch.einsum("bkc,bchw->bkhw", weights.float(), activations).clamp(min=0)
+    return LayerResult(name, activations, weights.float(), raw)
 
 
 def _gradients(scores: torch.Tensor, activations: list[torch.Tensor], names: list[str]) -> list[list[torch.Tensor]]:

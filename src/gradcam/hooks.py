@@ -72,8 +72,8 @@ def capture(layers: list[tuple[str, nn.Module]], graph_from_layer: bool = True) 
 
     With ``graph_from_layer`` the forward must start with grad disabled: the first target layer that runs
     turns autograd on and hands the rest of the network a leaf tensor, so nothing before it is recorded.
-    Each captured output is handed on as a copy, so an in-place module after the layer (VGG's ReLUs)
-    cannot overwrite the activations or break the graph.
+    The recorded and the handed-on tensors are never the same object, so an in-place module after the
+    layer (VGG's ReLUs) cannot overwrite the activations or break the graph.
     """
     record = Capture(names=[name for name, _ in layers])
     handles = []
@@ -85,8 +85,11 @@ def capture(layers: list[tuple[str, nn.Module]], graph_from_layer: bool = True) 
             if graph_from_layer and not torch.is_grad_enabled():
                 torch.set_grad_enabled(True)
                 tensor = tensor.detach().requires_grad_()
-            record.outputs[name] = tensor
-            return tensor.clone() if tensor.requires_grad else tensor
+            if tensor.requires_grad:
+                record.outputs[name] = tensor
+                return tensor.clone()
+            record.outputs[name] = tensor.detach().clone()
+            return tensor
 
         return hook
 

@@ -51,10 +51,14 @@ class ResolvedTargets:
     def count(self) -> int:
         return self.indices.shape[1] if self.indices is not None else len(self.functions or ())
 
-    def scores(self, logits: torch.Tensor) -> torch.Tensor:
-        """(B, K) scores to differentiate."""
+    def scores(self, logits: torch.Tensor, image_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, K) scores to differentiate; row n of ``logits`` stands for image ``image_ids[n]``
+        (default: row n is image n)."""
         if self.indices is not None:
-            return logits.gather(1, self.indices.to(logits.device))
+            indices = self.indices.to(logits.device)
+            if image_ids is not None:
+                indices = indices[image_ids.to(logits.device)]
+            return logits.gather(1, indices)
         columns = [_check_score(fn(logits), logits.shape[0]) for fn in self.functions or ()]
         return torch.stack(columns, dim=1)
 

@@ -1,0 +1,160 @@
+"""Perturbation methods: Score-CAM and Ablation-CAM. They query the model again, in chunks, with no
+gradients; each supplies channel weights (B, K, C) and the shared code forms ``ReLU(sum_c w_c A_c)``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import CAMMethod, register
+
+
+@dataclass
+class Probe:
+    """What a perturbation method may use: the model, the batch, the layer and its activations, and a
+    ``scores(output, image_ids) -> (N, K)`` function giving the K explained scores of rows that stand
+    for images ``image_ids``."""
+
+    model: nn.Module
+    images: torch.Tensor
+    layer_name: str
+    activations: torch.Tensor
+    scores: Callable[[Any, torch.Tensor], torch.Tensor]
+    original_scores: torch.Tensor
+
+
+class PerturbationMethod(CAMMethod):
+    """A method whose channel weights come from re-running (part of) the model."""
+
+    uses_gradients = False
+
+    def __init__(self, batch_size: int = 32) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+
+    def perturbation_weights(self, probe: Probe) -> torch.Tensor:
+        """(B, K, C) channel weights."""
+        raise NotImplementedError
+
+
+def _chunks(total: int, size: int):
+    for start in range(0, total, size):
+        yield slice(start, min(start + size, total))
+
+
+@register
+class ScoreCAM(PerturbationMethod):
+    """Score-CAM (Wang et al., CVPR-W 2020, arXiv:1910.01279), Algorithm 1.
+
+    ``H_c = minmax(upsample(A_c))``;  ``s_c = y(X * H_c)``;  ``w = softmax_c(s)``;
+    ``L = ReLU(sum_c w_c A_c)``.
+
+    One forward pass per channel, run in chunks of ``batch_size`` masked images under
+    ``torch.inference_mode()``; the scores stay on the device. A constant channel's mask is all zero, so
+    all such channels share one forward pass of the zero image. ``top_channels=N`` scores only the N
+    channels whose activations vary most (the "Faster Score-CAM" shortcut); the others get no weight.
+
+    Example:
+        >>> gradcam.explain(model, x, method=ScoreCAM(batch_size=64, top_channels=128))   # doctest: +SKIP
+    """
+
+    name = "scorecam"
+
+    def __init__(self, batch_size: int = 32, top_channels: int | None = None) -> None:
+        super().__init__(batch_size)
+        if top_channels is not None and top_channels < 1:
+            raise ValueError(f"top_channels must be >= 1, got {top_channels}")
+        self.top_channels = top_channels
+
+    def perturbation_weights(self, probe: Probe) -> torch.Tensor:
+        images, activations = probe.images, probe.activations
+        batch, channels = activations.shape[:2]
+        count = probe.original_scores.shape[1]
+        flat = activations.flatten(2)
+        low, high = flat.amin(dim=2), flat.amax(dim=2)
+        varying = high > low  # (B, C)
+        selected = varying.clone()
+        if self.top_channels is not None and self.top_channels < channels:
+            spread = flat.float().var(dim=2).masked_fill(~varying, -1)
+            keep = spread.topk(self.top_channels, dim=1).indices
+            selected = torch.zeros_like(varying).scatter_(1, keep, True) & varying
+        scores = torch.full((batch, channels, count), float("-inf"), device=images.device)
+        pairs = selected.nonzero()  # (N, 2): image, channel
+        size = images.shape[-2:]
+        with torch.inference_mode():
+            for part in _chunks(len(pairs), self.batch_size):
+                image_ids, channel_ids = pairs[part, 0], pairs[part, 1]
+                maps = activations[image_ids, channel_ids][:, None].float()
+                masks = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+                lo = masks.amin(dim=(2, 3), keepdim=True)
+                hi = masks.amax(dim=(2, 3), keepdim=True)
+                masks = (masks - lo) / (hi - lo)
+                masked = images[image_ids] * masks.to(images.dtype)
+                scores[image_ids, channel_ids] = probe.scores(probe.model(masked), image_ids).float()
+            constant = ~varying
+            if self.top_channels is None and constant.any():
+                image_ids = torch.arange(batch, device=images.device)
+                zero_scores = probe.scores(probe.model(torch.zeros_like(images)), image_ids).float()
+                scores = torch.where(constant[..., None], zero_scores[:, None, :], scores)
+        return torch.softmax(scores, dim=1).nan_to_num(0.0).transpose(1, 2)  # (B, K, C)
+
+
+@register
+class AblationCAM(PerturbationMethod):
+    """Ablation-CAM (Desai & Ramaswamy, WACV 2020).
+
+    ``w_c = (y - y_c) / y`` with ``y_c`` the score when channel c of the layer is zeroed;
+    ``L = ReLU(sum_c w_c A_c)``.
+
+    Only the part of the network after the layer is re-run (see :mod:`gradcam.tail`), in chunks of
+    ``batch_size`` ablated copies; where the model cannot be split, the whole model is re-run with the
+    channel zeroed through a forward hook (slower, same result).
+    """
+
+    name = "ablationcam"
+
+    def perturbation_weights(self, probe: Probe) -> torch.Tensor:
+        from ..tail import Tail, TailUnavailable
+
+        activations = probe.activations
+        batch, channels = activations.shape[:2]
+        try:
+            tail: Any = Tail(probe.model, probe.layer_name, probe.images)
+        except TailUnavailable as error:
+            warnings.warn(f"Ablation-CAM re-runs the whole model per chunk: {error}", stacklevel=4)
+            tail = _WholeModel(probe)
+        ablated_scores = torch.empty(batch, channels, probe.original_scores.shape[1], device=activations.device)
+        pairs = torch.cartesian_prod(torch.arange(batch), torch.arange(channels)).to(activations.device)
+        with torch.inference_mode():
+            for part in _chunks(len(pairs), self.batch_size):
+                image_ids, channel_ids = pairs[part, 0], pairs[part, 1]
+                ablated = activations[image_ids].clone()
+                ablated[torch.arange(len(image_ids), device=ablated.device), channel_ids] = 0
+                ablated_scores[image_ids, channel_ids] = probe.scores(tail(ablated, image_ids), image_ids).float()
+        original = probe.original_scores.float()[:, None, :]  # (B, 1, K)
+        safe = torch.where(original != 0, original, torch.ones_like(original))
+        weights = torch.where(original != 0, (original - ablated_scores) / safe, original - ablated_scores)
+        return weights.transpose(1, 2)
+
+
+class _WholeModel:
+    """Fallback for :class:`AblationCAM`: the whole model with the layer's output replaced by a hook."""
+
+    def __init__(self, probe: Probe) -> None:
+        self.probe = probe
+        self.layer = probe.model.get_submodule(probe.layer_name)
+
+    def __call__(self, layer_output: torch.Tensor, image_ids: torch.Tensor) -> Any:
+        handle = self.layer.register_forward_hook(lambda module, args, output: layer_output)
+        try:
+            return self.probe.model(self.probe.images[image_ids])
+        finally:
+            handle.remove()
