@@ -365,3 +365,30 @@ def test_help_lists_every_option_with_defaults():
 def test_python_dash_m(tmp_path):
     result = subprocess.run([sys.executable, "-m", "gradcam", "-h"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "explain" in result.stdout
+
+
+def test_perturbation_smoothing_and_guided_options(tmp_path):
+    out = tmp_path / "out"
+    assert run(str(EXAMPLES / "coffee.jpg"), "--out", str(out), "--method", "scorecam", "--top-channels", "32",
+               "--perturbation-batch", "16", "--guided", "--eigen-smooth") == 0  # fmt: skip
+    entry = manifest(out)["images"][0]
+    files = entry["targets"][0]["files"]
+    assert Image.open(files["guided"]).size == (224, 224)
+    assert manifest(out)["eigen_smooth"] is True
+    out2 = tmp_path / "out2"
+    assert run(str(EXAMPLES / "coffee.jpg"), "--out", str(out2), "--method", "ablationcam", "--aug-smooth") == 0
+    assert manifest(out2)["images"][0]["status"] == "ok"
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--top-channels", "8"], "with --method scorecam"),
+        (["--method", "eigencam", "--per-channel", "4"], "eigencam has no channel weights"),
+        (["--token-grid", "14by14"], "write it as HxW"),
+        (["--perturbation-batch", "0"], "must be >= 1"),
+    ],
+)
+def test_variant_option_errors(tmp_path, capsys, options, message):
+    assert run(str(EXAMPLES / "chelsea.jpg"), "--out", str(tmp_path / "out"), *options) == 2
+    assert message in capsys.readouterr().err

@@ -64,6 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--counterfactual", action="store_true", help="show what speaks against the target (negated gradients)"
     )
+    run.add_argument("--eigen-smooth", action="store_true", help="first principal component of w_c * A_c (less noise)")
+    run.add_argument("--aug-smooth", action="store_true", help="average 6 flipped/scaled copies (6x the cost)")
+    run.add_argument("--guided", action="store_true", help="also write the Guided Grad-CAM picture")
+    run.add_argument(
+        "--perturbation-batch",
+        type=int,
+        default=32,
+        help="masked/ablated copies per forward pass (scorecam, ablationcam)",
+    )
+    run.add_argument(
+        "--top-channels", type=int, default=None, metavar="N", help="scorecam: score only the N most varied channels"
+    )
+    run.add_argument("--prefix-tokens", type=int, default=None, help="transformers: tokens before the patch grid")
+    run.add_argument("--token-grid", default=None, metavar="HxW", help="transformers: the patch grid, e.g. 14x14")
     run.add_argument(
         "--per-channel",
         type=int,
@@ -129,8 +143,19 @@ def _explain(args: argparse.Namespace) -> int:
 
     if not 0 <= args.alpha <= 1:
         return _error(f"--alpha {args.alpha}: must be between 0 and 1")
-    if args.batch_size < 1 or args.workers < 0 or args.per_channel < 0:
-        return _error("--batch-size must be >= 1, --workers and --per-channel >= 0")
+    if args.batch_size < 1 or args.workers < 0 or args.per_channel < 0 or args.perturbation_batch < 1:
+        return _error("--batch-size and --perturbation-batch must be >= 1, --workers and --per-channel >= 0")
+    if args.top_channels is not None and (args.top_channels < 1 or args.method != "scorecam"):
+        return _error("--top-channels N: N >= 1, with --method scorecam")
+    if args.per_channel and args.method == "eigencam":
+        return _error("--per-channel: eigencam has no channel weights; choose a gradient or perturbation method")
+    grid = None
+    if args.token_grid is not None:
+        try:
+            height, width = (int(v) for v in args.token_grid.lower().split("x"))
+            grid = (height, width)
+        except ValueError:
+            return _error(f"--token-grid {args.token_grid!r}: write it as HxW, e.g. 14x14")
     try:
         colormap_table(args.colormap)
     except ValueError as error:
@@ -169,6 +194,13 @@ def _explain(args: argparse.Namespace) -> int:
         resume=args.resume,
         max_megapixels=args.max_megapixels,
         counterfactual=args.counterfactual,
+        eigen_smooth=args.eigen_smooth,
+        aug_smooth=args.aug_smooth,
+        guided=args.guided,
+        perturbation_batch=args.perturbation_batch,
+        top_channels=args.top_channels,
+        prefix_tokens=args.prefix_tokens,
+        token_grid=grid,
     )
     runner = Runner(bundle, found, options)
     progress_bar = None

@@ -4,17 +4,33 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .hooks import capture, preserved_state
 from .layers import LayerSpec, resolve_layers
-from .methods import CAMMethod, get_method
+from .methods import CAMMethod, channel_contributions, get_method
+from .methods.activation import first_principal_component
 from .methods.perturbation import PerturbationMethod, Probe
 from .result import Explanation, LayerResult, normalise, upsample
+from .spatial import infer_layout
 from .targets import ResolvedTargets, TargetSpec, resolve_targets, select_logits
+
+
+@dataclass(frozen=True)
+class _Settings:
+    method: CAMMethod
+    select: Callable[[Any], torch.Tensor]
+    labels: Sequence[str] | None
+    counterfactual: bool
+    eval_mode: bool
+    eigen_smooth: bool
+    prefix_tokens: int | None
+    grid: tuple[int, int] | None
 
 
 def explain(
@@ -28,6 +44,11 @@ def explain(
     labels: Sequence[str] | None = None,
     counterfactual: bool = False,
     eval_mode: bool = True,
+    eigen_smooth: bool = False,
+    aug_smooth: bool = False,
+    guided: bool = False,
+    prefix_tokens: int | None = None,
+    grid: tuple[int, int] | None = None,
 ) -> Explanation:
     """Explain ``model``'s decision on ``images`` with a class activation map.
 
@@ -40,11 +61,17 @@ def explain(
             last layer with a spatial map before global pooling.
         targets: None (top-1), an int, one int per image, a list of K per image, ``"top-k"``, a class
             name, or callables on the output; all K targets come from one forward pass.
-        output: picks the (B, num_classes) scores from the model's output (default: the tensor, the first
-            element of a tuple, ``.logits``, or a dict's ``"logits"``/``"out"``).
+        output: picks the scores from the model's output (default: the tensor, the first element of a
+            tuple, ``.logits``, or a dict's ``"logits"``/``"out"``).
         labels: class names for name targets (ImageNet's for 1,000-class models by default).
         counterfactual: negate the gradients: what speaks *against* each target (Grad-CAM paper, sec. 5).
         eval_mode: run the model in eval mode (restored afterwards).
+        eigen_smooth: replace the weighted sum by the first principal component of the weighted
+            activations ``w_c A_c`` (less noise; sign agreeing with the unsmoothed map).
+        aug_smooth: average the maps of 6 test-time augmentations (horizontal flip x scales 1, 0.875,
+            1.125), each carried back to the original frame; targets fixed by the plain image.
+        guided: also compute guided backpropagation (``ex.guided``) and so ``ex.guided_gradcam``.
+        prefix_tokens, grid: how a transformer layer's tokens lie on the image (guessed when None).
 
     Returns:
         an :class:`Explanation`; ``maps`` is (B, K, H, W) in [0, 1].
@@ -58,67 +85,110 @@ def explain(
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"images: expected a float tensor (B, C, H, W), got {shape}")
-    cam_method = get_method(method)
-    select = output or select_logits
+    settings = _Settings(
+        get_method(method),
+        output or select_logits,
+        labels,
+        counterfactual,
+        eval_mode,
+        eigen_smooth,
+        prefix_tokens,
+        grid,
+    )
     with torch.inference_mode(False):
         if images.is_inference():
             images = images.clone()
         layers = resolve_layers(model, layer, images)
-        with preserved_state(model, eval_mode=eval_mode):
-            torch.set_grad_enabled(False)
-            with capture(layers, graph_from_layer=cam_method.uses_gradients) as record:
-                logits = select(model(images))
-            activations = record.tensors()
-            if logits.dim() != 2:
-                raise ValueError(
-                    f"the model's scores have shape {tuple(logits.shape)}; expected (B, num_classes): pass output= "
-                    "or a callable target for other outputs"
-                )
-            resolved = resolve_targets(targets, logits.detach(), labels)
-            scores = resolved.scores(logits)
-            gradients = (
-                _gradients(scores, activations, [name for name, _ in layers]) if cam_method.uses_gradients else None
+        result = _explain_once(model, images, layers, targets, settings)
+        if aug_smooth:
+            result = _augmented(model, images, layers, result, settings)
+        if guided:
+            from dataclasses import replace
+
+            from .guided import guided_backprop
+
+            fixed = result.targets.tolist() if result.targets is not None else targets
+            result = replace(result, guided=guided_backprop(model, images, fixed, output=output, labels=labels))
+    return result
+
+
+def _explain_once(
+    model: nn.Module,
+    images: torch.Tensor,
+    layers: list[tuple[str, nn.Module]],
+    targets: TargetSpec,
+    settings: _Settings,
+) -> Explanation:
+    method = settings.method
+    with preserved_state(model, eval_mode=settings.eval_mode):
+        torch.set_grad_enabled(False)
+        with capture(layers, graph_from_layer=method.uses_gradients) as record:
+            raw_output = model(images)
+        outputs = record.tensors()
+        callables = callable(targets) or (
+            isinstance(targets, (list, tuple))
+            and targets
+            and all(callable(t) and not isinstance(t, (str, int)) for t in targets)
+        )
+        logits = (
+            raw_output
+            if callables and settings.select is select_logits and not _is_scores(raw_output)
+            else settings.select(raw_output)
+        )
+        if not callables and (not isinstance(logits, torch.Tensor) or logits.dim() != 2):
+            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise ValueError(
+                f"the model's scores have shape {shape}; expected (B, num_classes): pass output= "
+                "or callable targets for other outputs (segmentation, detection)"
             )
+        resolved = resolve_targets(
+            targets, logits.detach() if isinstance(logits, torch.Tensor) else logits, settings.labels, len(images)
+        )
+        scores = resolved.scores(logits)
+        gradients = _gradients(scores, outputs, [n for n, _ in layers]) if method.uses_gradients else None
+    size = (images.shape[-2], images.shape[-1])
     results = []
     for index, (name, _) in enumerate(layers):
-        if isinstance(cam_method, PerturbationMethod):
+        layout = infer_layout(outputs[index], size, settings.prefix_tokens, settings.grid, name)
+        activations = layout.to_spatial(outputs[index].detach()).float()
+        if isinstance(method, PerturbationMethod):
             probe = Probe(
-                model, images, name, activations[index].detach(), _row_scores(select, resolved), scores.detach()
-            )
-            with preserved_state(model, eval_mode=eval_mode):
-                weights = cam_method.perturbation_weights(probe)
-            results.append(_weighted_result(name, activations[index], weights))
+                model, images, name, activations, _row_scores(settings.select, resolved, logits), scores.detach(),
+                layout, outputs[index].detach(),
+            )  # fmt: skip
+            with preserved_state(model, eval_mode=settings.eval_mode):
+                weights = method.perturbation_weights(probe).float()
+            results.append(_result(name, activations, weights, None, settings.eigen_smooth))
             continue
-        layer_gradients = [g[index] for g in gradients] if gradients is not None else None
-        results.append(
-            _layer_result(cam_method, name, activations[index], layer_gradients, resolved.count, counterfactual)
-        )
-    maps = _fuse([upsample(result.raw, tuple(images.shape[-2:])) for result in results])
+        layer_gradients = None
+        if gradients is not None:
+            layer_gradients = [layout.to_spatial(g[index].detach()).float() for g in gradients]
+        results.append(_layer_result(method, name, activations, layer_gradients, resolved.count, settings))
+    maps = _fuse([upsample(result.raw, size) for result in results])
     return Explanation(
         maps=maps,
         targets=resolved.indices,
         scores=scores.detach().float(),
-        logits=logits.detach().float(),
-        method=cam_method.name,
+        logits=logits.detach().float() if isinstance(logits, torch.Tensor) and logits.dim() == 2 else None,
+        method=method.name,
         layer_results=tuple(results),
-        counterfactual=counterfactual,
+        counterfactual=settings.counterfactual,
     )
 
 
+def _is_scores(output: Any) -> bool:
+    return isinstance(output, torch.Tensor) and output.dim() == 2
+
+
 def _row_scores(
-    select: Callable[[Any], torch.Tensor], resolved: ResolvedTargets
+    select: Callable[[Any], torch.Tensor], resolved: ResolvedTargets, logits: Any
 ) -> Callable[[Any, torch.Tensor], torch.Tensor]:
+    passthrough = not isinstance(logits, torch.Tensor)
+
     def scores(output: Any, image_ids: torch.Tensor) -> torch.Tensor:
-        return resolved.scores(select(output), image_ids)
+        return resolved.scores(output if passthrough else select(output), image_ids)
 
     return scores
-
-
-def _weighted_result(name: str, activation: torch.Tensor, weights: torch.Tensor) -> LayerResult:
-    """``ReLU(sum_c w_c A_c)`` for channel weights (B, K, C) computed by a perturbation method."""
-    activations = activation.detach().float()
-    raw = torch.einsum("bkc,bchw->bkhw", weights.float(), activations).clamp(min=0)
-    return LayerResult(name, activations, weights.float(), raw)
 
 
 def _gradients(scores: torch.Tensor, activations: list[torch.Tensor], names: list[str]) -> list[list[torch.Tensor]]:
@@ -127,16 +197,16 @@ def _gradients(scores: torch.Tensor, activations: list[torch.Tensor], names: lis
     connected = [a.requires_grad for a in activations]
     if not scores.requires_grad or not any(connected):
         warnings.warn(
-            f"the scores do not depend on layer {names[0]!r} through autograd; its gradients are zero", stacklevel=3
+            f"the scores do not depend on layer {names[0]!r} through autograd; its gradients are zero", stacklevel=4
         )
         return [[torch.zeros_like(a) for a in activations] for _ in range(scores.shape[1])]
-    inputs = [a for a, c in zip(activations, connected, strict=False) if c]
+    inputs = [a for a, c in zip(activations, connected, strict=True) if c]
     per_target = []
     for k in range(scores.shape[1]):
         grads = torch.autograd.grad(scores[:, k].sum(), inputs, retain_graph=k < scores.shape[1] - 1, allow_unused=True)
         filled = iter(grads)
         row = []
-        for activation, is_connected in zip(activations, connected, strict=False):
+        for activation, is_connected in zip(activations, connected, strict=True):
             grad = next(filled) if is_connected else None
             row.append(torch.zeros_like(activation) if grad is None else grad)
         per_target.append(row)
@@ -146,35 +216,46 @@ def _gradients(scores: torch.Tensor, activations: list[torch.Tensor], names: lis
 def _layer_result(
     method: CAMMethod,
     name: str,
-    activation: torch.Tensor,
+    activations: torch.Tensor,
     gradients: list[torch.Tensor] | None,
     count: int,
-    counterfactual: bool,
+    settings: _Settings,
 ) -> LayerResult:
-    activations = activation.detach().float()
     if gradients is None:
         cam, _ = method.combine(activations, None)
         raw = cam.clamp(min=0).unsqueeze(1).expand(-1, count, -1, -1).contiguous()
         return LayerResult(name, activations, None, raw)
-    cams, weights = [], []
-    for gradient in gradients:
-        gradient = gradient.detach().float()
-        if counterfactual:
-            gradient = -gradient
-        cam, weight = method.combine(activations, gradient)
-        cams.append(cam)
-        weights.append(weight)
-    stacked_gradients = torch.stack([g.detach() for g in gradients], dim=1)
-    if bool((stacked_gradients == 0).flatten(2).all(dim=2).any()):
+    if bool((torch.stack(gradients, dim=1) == 0).flatten(2).all(dim=2).any()):
         warnings.warn(
             f"layer {name!r}: the gradient of a target is zero everywhere, so its map is zero; "
             "the layer may not influence that score",
-            stacklevel=3,
+            stacklevel=4,
         )
-    raw = torch.stack(cams, dim=1).clamp(min=0)
+    cams, weights = [], []
+    for gradient in gradients:
+        cam, weight = method.combine(activations, -gradient if settings.counterfactual else gradient)
+        cams.append(cam)
+        weights.append(weight)
     present = [w for w in weights if w is not None]
     stacked = torch.stack(present, dim=1) if len(present) == len(weights) else None
-    return LayerResult(name, activations, stacked, raw)
+    if settings.eigen_smooth and stacked is not None:
+        return _result(name, activations, stacked, None, True)
+    return LayerResult(name, activations, stacked, torch.stack(cams, dim=1).clamp(min=0))
+
+
+def _result(
+    name: str, activations: torch.Tensor, weights: torch.Tensor, cams: torch.Tensor | None, eigen_smooth: bool
+) -> LayerResult:
+    """``ReLU(sum_c w_c A_c)`` for weights (B, K, C) or (B, K, C, h, w); with ``eigen_smooth`` the first
+    principal component of the contributions ``w_c A_c`` instead of their sum."""
+    contributions = channel_contributions(weights, activations.unsqueeze(1))  # (B, K, C, h, w)
+    if eigen_smooth:
+        batch, count = contributions.shape[:2]
+        flat = contributions.flatten(0, 1)
+        cams = first_principal_component(flat).reshape(batch, count, *flat.shape[-2:])
+    elif cams is None:
+        cams = contributions.sum(dim=2)
+    return LayerResult(name, activations, weights, cams.clamp(min=0))
 
 
 def _fuse(maps: list[torch.Tensor]) -> torch.Tensor:
@@ -182,3 +263,30 @@ def _fuse(maps: list[torch.Tensor]) -> torch.Tensor:
     if len(maps) == 1:
         return normalise(maps[0])
     return normalise(torch.stack([normalise(m) for m in maps]).mean(dim=0))
+
+
+AUGMENTATIONS = [(flip, scale) for flip in (False, True) for scale in (1.0, 0.875, 1.125)]
+
+
+def _augmented(
+    model: nn.Module, images: torch.Tensor, layers: list[tuple[str, nn.Module]], plain: Explanation, settings: _Settings
+) -> Explanation:
+    """Test-time augmentation: each flipped/scaled copy is explained for the plain image's targets, its
+    maps carried back to the original frame, and all are averaged."""
+    from dataclasses import replace
+
+    targets: Any = plain.targets.tolist() if plain.targets is not None else None
+    if targets is None:
+        raise ValueError("aug_smooth needs class targets (callable targets cannot follow a flip)")
+    size = tuple(images.shape[-2:])
+    maps, raws = [], []
+    for flip, scale in AUGMENTATIONS:
+        x = images.flip(-1) if flip else images
+        if scale != 1.0:
+            x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
+        ex = plain if (not flip and scale == 1.0) else _explain_once(model, x, layers, targets, settings)
+        m, r = upsample(ex.maps, size), upsample(ex.layer_results[0].raw, tuple(plain.layer_results[0].raw.shape[-2:]))
+        maps.append(m.flip(-1) if flip else m)
+        raws.append(normalise(r.flip(-1) if flip else r))
+    first = replace(plain.layer_results[0], raw=torch.stack(raws).mean(0))
+    return replace(plain, maps=normalise(torch.stack(maps).mean(0)), layer_results=(first, *plain.layer_results[1:]))

@@ -131,6 +131,23 @@ def _candidates(model: nn.Module, fired: list[tuple[str, torch.Tensor]]) -> list
     return eligible
 
 
+def transformer_layer(model: nn.Module) -> str | None:
+    """The conventional layer of a vision transformer: the first norm of the last block (timm ViT/DeiT,
+    torchvision ViT). Swin returns a channels-last map and takes the automatic choice."""
+    blocks = getattr(model, "blocks", None)
+    if (
+        isinstance(blocks, nn.Sequential)
+        and len(blocks)
+        and hasattr(blocks[-1], "norm1")
+        and hasattr(model, "patch_embed")
+    ):
+        return f"blocks.{len(blocks) - 1}.norm1"
+    encoder_layers = getattr(getattr(model, "encoder", None), "layers", None)
+    if isinstance(encoder_layers, nn.Sequential) and len(encoder_layers) and hasattr(encoder_layers[-1], "ln_1"):
+        return f"encoder.layers.{list(dict(encoder_layers.named_children()))[-1]}.ln_1"
+    return None
+
+
 def auto_layer(model: nn.Module, example: torch.Tensor) -> str:
     """The last module with a spatial map before global pooling.
 
@@ -143,6 +160,10 @@ def auto_layer(model: nn.Module, example: torch.Tensor) -> str:
     cached = _auto_cache.get(model, {}).get(key)
     if cached is not None:
         return cached
+    transformer = transformer_layer(model)
+    if transformer is not None:
+        _auto_cache.setdefault(model, {})[key] = transformer
+        return transformer
     candidates = _candidates(model, trace_layers(model, example[:1]))
     if not candidates:
         raise ValueError(

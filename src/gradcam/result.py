@@ -58,19 +58,28 @@ class Explanation:
         maps: (B, K, H, W) float32 in [0, 1], upsampled (bilinear) to the input's H x W.
         targets: (B, K) class indices explained, or None where the targets were callables.
         scores: (B, K) the explained scores (the logits by default).
-        logits: (B, num_classes) the model's scores for every class.
+        logits: (B, num_classes) the model's scores for every class (None for other outputs).
         method: the method's registered name.
         layer_results: one :class:`LayerResult` per layer, in the order asked for.
         counterfactual: True when the maps show what speaks against the targets.
+        guided: (B, K, C, H, W) guided backpropagation, with ``explain(guided=True)``.
     """
 
     maps: torch.Tensor
     targets: torch.Tensor | None
     scores: torch.Tensor
-    logits: torch.Tensor
+    logits: torch.Tensor | None
     method: str
     layer_results: tuple[LayerResult, ...]
     counterfactual: bool = False
+    guided: torch.Tensor | None = None
+
+    @property
+    def guided_gradcam(self) -> torch.Tensor:
+        """(B, K, C, H, W) Guided Grad-CAM: guided backpropagation times the map (``explain(guided=True)``)."""
+        if self.guided is None:
+            raise ValueError("no guided backpropagation in this explanation; call explain(..., guided=True)")
+        return self.guided * self.maps.unsqueeze(2)
 
     @property
     def layers(self) -> tuple[str, ...]:

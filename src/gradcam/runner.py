@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .explain import explain
+from .guided import gradient_picture
 from .images import (
     DEFAULT_MAX_MEGAPIXELS,
     FoundImages,
@@ -29,6 +30,8 @@ from .images import (
     to_original,
 )
 from .layers import auto_layer
+from .methods import CAMMethod
+from .methods.perturbation import AblationCAM, ScoreCAM
 from .models import LoadedModel, Preprocessing
 from .targets import class_index
 from .viz import channel_grid, overlay, save_png
@@ -57,6 +60,21 @@ class RunOptions:
     resume: bool = False
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
     counterfactual: bool = False
+    eigen_smooth: bool = False
+    aug_smooth: bool = False
+    guided: bool = False
+    perturbation_batch: int = 32
+    top_channels: int | None = None
+    prefix_tokens: int | None = None
+    token_grid: tuple[int, int] | None = None
+
+    def cam_method(self) -> CAMMethod | str:
+        """The method, with its options where it takes some."""
+        if self.method == "scorecam":
+            return ScoreCAM(batch_size=self.perturbation_batch, top_channels=self.top_channels)
+        if self.method == "ablationcam":
+            return AblationCAM(batch_size=self.perturbation_batch)
+        return self.method
 
 
 @dataclass
@@ -196,6 +214,8 @@ class Runner:
             "layer": self.layer,
             "target": options.target,
             "counterfactual": options.counterfactual,
+            "eigen_smooth": options.eigen_smooth,
+            "aug_smooth": options.aug_smooth,
             "started": self.started,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z") if finished else None,
             "summary": {
@@ -266,14 +286,21 @@ class Runner:
             ex = explain(
                 model,
                 inputs,
-                self.options.method,
+                self.options.cam_method(),
                 self.layer,
                 targets,
                 labels=self.bundle.labels,
                 counterfactual=self.options.counterfactual,
+                eigen_smooth=self.options.eigen_smooth,
+                aug_smooth=self.options.aug_smooth,
+                guided=self.options.guided,
+                prefix_tokens=self.options.prefix_tokens,
+                grid=self.options.token_grid,
             )
         except (ValueError, TypeError) as error:
             raise UsageError(str(error)) from None
+        if ex.logits is None:
+            raise UsageError("the model's output is not (B, num_classes) class scores")
         probabilities = ex.logits.softmax(dim=-1)
         top = probabilities.topk(min(5, probabilities.shape[-1]), dim=-1)
         contributions = ex.channel_contributions(self.options.per_channel) if self.options.per_channel else None
@@ -313,6 +340,8 @@ class Runner:
             files = {"overlay": base.with_name(name + ".png"), "map": base.with_name(name + ".npy")}
             if contributions is not None:
                 files["channels"] = base.with_name(name + ".channels.png")
+            if ex.guided is not None:
+                files["guided"] = base.with_name(name + ".guided-gradcam.png")
             planned.append((k, class_id, files))
         if not options.overwrite:
             existing = [p for _, _, files in planned for p in files.values() if p.exists()]
@@ -325,6 +354,8 @@ class Runner:
                 overlay(item["photo"], full_maps[k], options.alpha, options.colormap, coverage[k]), files["overlay"]
             )
             save_npy_atomic(ex.maps[row, k].cpu().numpy().astype(np.float32), files["map"])
+            if ex.guided is not None:
+                save_png(gradient_picture(ex.guided_gradcam[row, k].cpu()), files["guided"])
             if contributions is not None:
                 grid = channel_grid(
                     model_view,

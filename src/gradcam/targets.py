@@ -51,7 +51,7 @@ class ResolvedTargets:
     def count(self) -> int:
         return self.indices.shape[1] if self.indices is not None else len(self.functions or ())
 
-    def scores(self, logits: torch.Tensor, image_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def scores(self, logits: Any, image_ids: torch.Tensor | None = None) -> torch.Tensor:
         """(N, K) scores to differentiate; row n of ``logits`` stands for image ``image_ids[n]``
         (default: row n is image n)."""
         if self.indices is not None:
@@ -59,7 +59,8 @@ class ResolvedTargets:
             if image_ids is not None:
                 indices = indices[image_ids.to(logits.device)]
             return logits.gather(1, indices)
-        columns = [_check_score(fn(logits), logits.shape[0]) for fn in self.functions or ()]
+        rows = logits.shape[0] if isinstance(logits, torch.Tensor) else len(logits)
+        columns = [_check_score(fn(logits), rows) for fn in self.functions or ()]
         return torch.stack(columns, dim=1)
 
 
@@ -108,16 +109,21 @@ def _to_index(item: Any, labels: Sequence[str] | None, num_classes: int) -> int:
     return index
 
 
-def resolve_targets(targets: TargetSpec, logits: torch.Tensor, labels: Sequence[str] | None = None) -> ResolvedTargets:
+def resolve_targets(
+    targets: TargetSpec, logits: Any, labels: Sequence[str] | None = None, batch: int | None = None
+) -> ResolvedTargets:
     """Resolve a target spec against ``logits`` (B, num_classes). A count that does not match the batch
-    is an error, never a silent drop."""
-    batch, num_classes = logits.shape[0], logits.shape[-1]
+    is an error, never a silent drop. Callable targets accept any model output (segmentation maps,
+    detection lists)."""
+    if _is_function(targets):
+        return ResolvedTargets(None, (targets,))  # type: ignore[arg-type]
+    if isinstance(targets, (list, tuple)) and targets and all(_is_function(t) for t in targets):
+        return ResolvedTargets(None, tuple(targets))
+    batch, num_classes = (batch or logits.shape[0]), logits.shape[-1]
     if labels is None and num_classes == 1000:
         labels = imagenet_labels()
     if targets is None:
         return ResolvedTargets(logits.argmax(dim=1, keepdim=True), None)
-    if callable(targets) and not isinstance(targets, (str, int)):
-        return ResolvedTargets(None, (targets,))
     if isinstance(targets, str):
         top = _TOPK.match(targets.strip())
         if top:
@@ -130,11 +136,9 @@ def resolve_targets(targets: TargetSpec, logits: torch.Tensor, labels: Sequence[
         return _same_for_all([targets], batch, labels, num_classes)
     if isinstance(targets, torch.Tensor):
         targets = targets.tolist()
-    items = list(targets)
+    items = list(targets)  # type: ignore[arg-type]
     if not items:
         raise ValueError("targets: empty list")
-    if all(callable(item) and not isinstance(item, (str, int)) for item in items):
-        return ResolvedTargets(None, tuple(items))
     if len(items) != batch:
         raise ValueError(
             f"targets: {len(items)} targets given for a batch of {batch} images; give one per image "
@@ -146,6 +150,10 @@ def resolve_targets(targets: TargetSpec, logits: torch.Tensor, labels: Sequence[
         raise ValueError(f"targets: every image needs the same number of classes, got {sorted(widths)}")
     indices = [[_to_index(item, labels, num_classes) for item in row] for row in rows]
     return ResolvedTargets(torch.tensor(indices, dtype=torch.long, device=logits.device), None)
+
+
+def _is_function(item: Any) -> bool:
+    return callable(item) and not isinstance(item, (str, int, torch.Tensor))
 
 
 def _same_for_all(row: list[Any], batch: int, labels: Sequence[str] | None, num_classes: int) -> ResolvedTargets:
@@ -174,3 +182,65 @@ def select_logits(output: Any) -> torch.Tensor:
         f"cannot find the scores in a model output of type {type(output).__name__}; pass output= "
         "(a function from the model output to a (B, num_classes) tensor)"
     )
+
+
+@dataclass(frozen=True)
+class SegmentationScore:
+    """Semantic segmentation: the summed score of class ``index`` over a pixel ``mask`` (H, W), for
+    outputs (B, classes, H, W) (torchvision's ``{"out": ...}`` is unwrapped).
+
+    Example:
+        >>> target = SegmentationScore(15, mask=(logits.argmax(1)[0] == 15).float())   # doctest: +SKIP
+        >>> gradcam.explain(deeplab, x, layer="backbone.layer4", targets=target)
+    """
+
+    index: int
+    mask: torch.Tensor
+
+    def __call__(self, output: Any) -> torch.Tensor:
+        maps = output["out"] if isinstance(output, dict) else select_logits(output)
+        return (maps[:, self.index] * self.mask.to(maps.device, maps.dtype)).sum(dim=(-2, -1))
+
+
+def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of boxes (N, 4) and (M, 4) in (x1, y1, x2, y2): (N, M)."""
+    top_left = torch.maximum(a[:, None, :2], b[None, :, :2])
+    bottom_right = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = (bottom_right - top_left).clamp(min=0).prod(dim=2)
+    area_a = (a[:, 2:] - a[:, :2]).prod(dim=1)
+    area_b = (b[:, 2:] - b[:, :2]).prod(dim=1)
+    return inter / (area_a[:, None] + area_b[None, :] - inter).clamp(min=1e-12)
+
+
+@dataclass(frozen=True)
+class BoxScore:
+    """Detection (torchvision Faster R-CNN style outputs, a list of ``{"boxes", "labels", "scores"}`` per
+    image): the score of the detection of class ``label`` that overlaps ``box`` (x1, y1, x2, y2) most,
+    among those with IoU >= ``iou_threshold``; 0 (and so a zero map) where none does.
+
+    Example:
+        >>> det = model(x)[0]                                                   # doctest: +SKIP
+        >>> target = BoxScore(int(det["labels"][0]), det["boxes"][0].detach())
+        >>> gradcam.explain(model, x, layer="backbone.body.layer4", targets=target)
+    """
+
+    label: int
+    box: torch.Tensor
+    iou_threshold: float = 0.5
+
+    def __call__(self, output: Any) -> torch.Tensor:
+        scores = []
+        for detections in output:
+            boxes, labels, values = detections["boxes"], detections["labels"], detections["scores"]
+            same = labels == self.label
+            if boxes.numel() == 0 or not bool(same.any()):
+                scores.append(values.sum() * 0 if values.numel() else torch.zeros((), device=self.box.device))
+                continue
+            overlap = box_iou(boxes, self.box.view(1, 4).to(boxes))[:, 0]
+            candidates = same & (overlap >= self.iou_threshold)
+            if not bool(candidates.any()):
+                scores.append(values.sum() * 0)
+                continue
+            best = torch.where(candidates, overlap, torch.full_like(overlap, -1)).argmax()
+            scores.append(values[best])
+        return torch.stack(scores)

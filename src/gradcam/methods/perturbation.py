@@ -28,6 +28,14 @@ class Probe:
     activations: torch.Tensor
     scores: Callable[[Any, torch.Tensor], torch.Tensor]
     original_scores: torch.Tensor
+    layout: Any = None
+    layer_output: torch.Tensor | None = None
+
+    def as_layer_output(self, spatial: torch.Tensor, image_ids: torch.Tensor) -> torch.Tensor:
+        """(N, C, h, w) activations back in the layer's own form (tokens, channels-last)."""
+        if self.layout is None or self.layer_output is None:
+            return spatial
+        return self.layout.from_spatial(spatial, self.layer_output[image_ids])
 
 
 class PerturbationMethod(CAMMethod):
@@ -138,7 +146,8 @@ class AblationCAM(PerturbationMethod):
                 image_ids, channel_ids = pairs[part, 0], pairs[part, 1]
                 ablated = activations[image_ids].clone()
                 ablated[torch.arange(len(image_ids), device=ablated.device), channel_ids] = 0
-                ablated_scores[image_ids, channel_ids] = probe.scores(tail(ablated, image_ids), image_ids).float()
+                output = tail(probe.as_layer_output(ablated, image_ids), image_ids)
+                ablated_scores[image_ids, channel_ids] = probe.scores(output, image_ids).float()
         original = probe.original_scores.float()[:, None, :]  # (B, 1, K)
         safe = torch.where(original != 0, original, torch.ones_like(original))
         weights = torch.where(original != 0, (original - ablated_scores) / safe, original - ablated_scores)

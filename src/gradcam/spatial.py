@@ -1,0 +1,111 @@
+"""Turn a layer's output into a (B, C, h, w) map: token sequences of vision transformers (with class,
+distillation or register tokens in front) and channels-last outputs (Swin) are laid back on their grid.
+
+Example:
+    >>> layout = infer_layout(torch.zeros(2, 197, 192), (224, 224))   # ViT-Tiny: 1 class token, 14 x 14
+    >>> layout
+    TokenGrid(prefix=1, height=14, width=14)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+class LayoutError(ValueError):
+    """The layer's output cannot be laid on a grid without help."""
+
+
+@dataclass(frozen=True)
+class Spatial:
+    """Already (B, C, h, w)."""
+
+    def to_spatial(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def from_spatial(self, spatial: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+        return spatial
+
+
+@dataclass(frozen=True)
+class ChannelsLast:
+    """(B, h, w, C), as Swin transformers return."""
+
+    def to_spatial(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.permute(0, 3, 1, 2)
+
+    def from_spatial(self, spatial: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+        return spatial.permute(0, 2, 3, 1)
+
+
+@dataclass(frozen=True)
+class TokenGrid:
+    """(B, prefix + h * w, C): ``prefix`` class/distillation/register tokens, then the patch tokens row by row."""
+
+    prefix: int
+    height: int
+    width: int
+
+    def to_spatial(self, tensor: torch.Tensor) -> torch.Tensor:
+        batch, _, channels = tensor.shape
+        patches = tensor[:, self.prefix :]
+        return patches.reshape(batch, self.height, self.width, channels).permute(0, 3, 1, 2)
+
+    def from_spatial(self, spatial: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+        batch, channels = spatial.shape[:2]
+        patches = spatial.permute(0, 2, 3, 1).reshape(batch, self.height * self.width, channels)
+        prefix = original[:, : self.prefix].expand(batch, -1, -1) if self.prefix else patches[:, :0]
+        return torch.cat([prefix.to(patches.dtype), patches], dim=1)
+
+
+Layout = Spatial | ChannelsLast | TokenGrid
+
+
+def _close(a: float, b: float) -> bool:
+    return abs(a - b) <= 0.25 * b
+
+
+def infer_layout(
+    output: torch.Tensor,
+    input_size: tuple[int, int],
+    prefix_tokens: int | None = None,
+    grid: tuple[int, int] | None = None,
+    name: str = "layer",
+) -> Layout:
+    """Guess how ``output`` lies on the image: NCHW, NHWC or a token sequence with a prefix.
+
+    The patch grid follows the input's aspect ratio; the prefix is the count that leaves the grid closest
+    to it, the smallest on ties (1 for ViT/DeiT, 2 for distilled DeiT, 5 with four register tokens).
+    ``prefix_tokens`` and ``grid`` override the guesses.
+    """
+    aspect = input_size[0] / input_size[1]
+    hint = "; set the token grid with grid=(h, w) and prefix_tokens= (CLI: --token-grid HxW --prefix-tokens N)"  # noqa: E501
+    if output.dim() == 4:
+        if grid is not None:
+            return ChannelsLast() if tuple(output.shape[1:3]) == tuple(grid) else Spatial()
+        nchw = _close(output.shape[2] / output.shape[3], aspect)
+        nhwc = _close(output.shape[1] / output.shape[2], aspect) and output.shape[3] > output.shape[2]
+        return ChannelsLast() if nhwc and not nchw else Spatial()
+    if output.dim() != 3:
+        raise LayoutError(f"{name}: output of shape {tuple(output.shape)} is not a map or a token sequence{hint}")
+    tokens = output.shape[1]
+    prefixes = [prefix_tokens] if prefix_tokens is not None else range(0, min(tokens, 17))
+    best: tuple[float, TokenGrid] | None = None
+    for prefix in prefixes:
+        count = tokens - prefix
+        if grid is not None:
+            if grid[0] * grid[1] == count:
+                return TokenGrid(prefix, *grid)
+            continue
+        height = max(1, round(math.sqrt(count * aspect)))
+        for h in (height, height - 1, height + 1):
+            if h > 0 and count % h == 0:
+                error = abs(h / (count // h) - aspect) / aspect
+                if error <= 0.15 and (best is None or error < best[0]):
+                    best = (error, TokenGrid(prefix, h, count // h))
+    if best is not None:
+        return best[1]
+    raise LayoutError(f"{name}: cannot lay {tokens} tokens on a grid for a {input_size[0]}x{input_size[1]} input{hint}")
