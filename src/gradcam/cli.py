@@ -101,6 +101,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
 
+    judge = commands.add_parser(
+        "evaluate",
+        help="measure how faithful and well-localised the maps of several methods are",
+        formatter_class=_Formatter,
+        description="Deletion/insertion, Average Drop/Increase, ROAD, pointing game (with --boxes) and, with "
+        "--sanity, the model-randomisation check, for each method and layer; writes report.md, results.json "
+        "and curves.png into --out.",
+    )
+    judge.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or globs")
+    judge.add_argument("--model", default=DEFAULT_MODEL, help="as for explain")
+    judge.add_argument("--weights", default=None, help="as for explain")
+    judge.add_argument(
+        "--methods", default=",".join(m for m in methods() if m not in ("scorecam", "ablationcam")),
+        help="comma-separated methods (scorecam and ablationcam are slower: add them by name)",
+    )  # fmt: skip
+    judge.add_argument(
+        "--layers", default=None, help="comma-separated layers to compare (default: the model's default)"
+    )
+    judge.add_argument("--boxes", default=None, help="COCO-style JSON or CSV (image,class,x1,y1,x2,y2) of object boxes")
+    judge.add_argument("--steps", type=int, default=16, help="points on the deletion and insertion curves")
+    judge.add_argument("--batch-size", type=int, default=32, help="perturbed images per forward pass")
+    judge.add_argument("--sanity", action="store_true", help="also run the cascading model-randomisation check")
+    judge.add_argument("--device", default="cpu", help="cpu, cuda, ...")
+    judge.add_argument("--out", default="gradcam-eval", help="report folder")
+
     listing = commands.add_parser(
         "models", help="list model names and which work offline now", formatter_class=_Formatter
     )
@@ -124,6 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _explain(args)
         if args.command == "models":
             return _models(args)
+        if args.command == "evaluate":
+            return _evaluate(args)
         return _layers(args)
     except KeyboardInterrupt:
         print("gradcam: interrupted", file=sys.stderr)
@@ -255,6 +282,54 @@ def Path_name(path: str) -> str:  # noqa: N802
     from pathlib import Path
 
     return Path(path).name
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .evaluate import EvaluationOptions, evaluate, markdown_table, read_boxes, write_report
+    from .methods import get_method
+
+    try:
+        chosen = [get_method(m).name for m in args.methods.split(",") if m.strip()]
+    except ValueError as error:
+        return _error(f"--methods: {error}")
+    if not chosen or args.steps < 1 or args.batch_size < 1:
+        return _error("--methods needs at least one method; --steps and --batch-size must be >= 1")
+    found = find_images(args.paths)
+    for missing in found.missing:
+        print(f"gradcam: error: {missing}: no such file or folder", file=sys.stderr)
+    if not found.paths:
+        return _error("no images found in " + ", ".join(args.paths))
+    try:
+        bundle = load_model(args.model, args.weights, args.device)
+    except ModelLoadError as error:
+        return _error(str(error))
+    layers: list[str | None] = [name.strip() for name in args.layers.split(",")] if args.layers else [None]
+    try:
+        from .layers import resolve_layers
+
+        for name in layers:
+            if name is not None:
+                resolve_layers(bundle.model, name)
+        boxes = read_boxes(Path(args.boxes), bundle.labels) if args.boxes else {}
+    except ValueError as error:
+        return _error(str(error))
+    options = EvaluationOptions(chosen, layers, args.steps, args.batch_size, args.sanity, boxes=boxes)
+    from tqdm import tqdm
+
+    with tqdm(
+        total=len(found.paths) * len(chosen) * len(layers), unit="map", desc="evaluating", file=sys.stderr
+    ) as bar:
+        evaluation = evaluate(bundle, found, options, progress=bar.update)
+    for error in evaluation.errors:
+        print(f"gradcam: {error}", file=sys.stderr)
+    if not evaluation.rows:
+        return _error("no image could be read")
+    report = write_report(evaluation, Path(args.out), bundle.name)
+    print(markdown_table(evaluation.summary))
+    print(f"Report: {report}")
+    return EXIT_FAILED if evaluation.errors or found.missing else EXIT_OK
 
 
 def _models(args: argparse.Namespace) -> int:

@@ -1,0 +1,250 @@
+"""``gradcam evaluate``: every metric of :mod:`gradcam.metrics` for several methods (and layers) over a
+set of photos, as a Markdown/JSON table and a PNG of the deletion/insertion curves."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import metrics
+from .explain import explain
+from .images import FoundImages, ImageReadError, preprocess, read_image, to_original
+from .models import LoadedModel
+
+ANY_CLASS = -1
+
+METRIC_COLUMNS = [
+    ("deletion_auc", "Deletion AUC", "lower"),
+    ("insertion_auc", "Insertion AUC", "higher"),
+    ("average_drop", "Avg Drop %", "lower"),
+    ("increase_in_confidence", "Increase %", "higher"),
+    ("road_combined", "ROAD (LeRF-MoRF)", "higher"),
+    ("pointing", "Pointing game", "higher"),
+    ("energy_pointing", "Energy pointing", "higher"),
+    ("sanity_correlation", "Sanity rank corr.", "lower"),
+]
+
+
+def read_boxes(path: Path, labels: Sequence[str] | None) -> dict[str, list[tuple[int, list[float]]]]:
+    """Boxes per image file name: ``[(class index or -1 for any class, [x1, y1, x2, y2]), ...]``.
+
+    COCO-style JSON (``images``, ``annotations`` with ``bbox`` = [x, y, w, h] and ``category_id``), or a
+    CSV with the columns ``image, class, x1, y1, x2, y2`` (class: an index, a class name, or ``*``).
+    """
+    boxes: dict[str, list[tuple[int, list[float]]]] = {}
+    try:
+        if path.suffix.lower() == ".csv":
+            with open(path, newline="") as handle:
+                for row in csv.DictReader(handle):
+                    label = row["class"].strip()
+                    if label in ("*", "", "-1"):
+                        index = ANY_CLASS
+                    elif label.lstrip("-").isdigit():
+                        index = int(label)
+                    else:
+                        from .targets import class_index
+
+                        index = class_index(label, labels or [])
+                    box = [float(row[k]) for k in ("x1", "y1", "x2", "y2")]
+                    boxes.setdefault(Path(row["image"]).name, []).append((index, box))
+            return boxes
+        data = json.loads(path.read_text())
+        names = {image["id"]: Path(image["file_name"]).name for image in data["images"]}
+        for annotation in data["annotations"]:
+            x, y, w, h = annotation["bbox"]
+            boxes.setdefault(names[annotation["image_id"]], []).append(
+                (int(annotation.get("category_id", ANY_CLASS)), [x, y, x + w, y + h])
+            )
+        return boxes
+    except (OSError, KeyError, ValueError, json.JSONDecodeError) as error:
+        raise ValueError(f"--boxes {path}: cannot read boxes ({type(error).__name__}: {error})") from None
+
+
+@dataclass
+class EvaluationOptions:
+    methods: list[str]
+    layers: list[str | None]
+    steps: int = 16
+    batch_size: int = 32
+    sanity: bool = False
+    sanity_layers: int = 6
+    boxes: dict[str, list[tuple[int, list[float]]]] = field(default_factory=dict)
+
+
+@dataclass
+class Evaluation:
+    """Per (method, layer): mean metrics, mean curves, and the per-image rows."""
+
+    rows: list[dict[str, Any]]
+    summary: list[dict[str, Any]]
+    curves: dict[str, dict[str, list[float]]]
+    errors: list[str]
+
+
+def evaluate(
+    bundle: LoadedModel,
+    found: FoundImages,
+    options: EvaluationOptions,
+    progress: Callable[[int], None] | None = None,
+) -> Evaluation:
+    """Explain every photo with every method and layer (top-1 class) and measure every metric."""
+    model = bundle.model
+    device = next(model.parameters()).device
+    loaded, errors = [], []
+    for path in found.paths:
+        try:
+            image = read_image(path, draft_size=bundle.preprocessing.resize)
+            pixels, geometry = preprocess(image, bundle.preprocessing)
+            loaded.append((path, pixels, geometry))
+        except ImageReadError as error:
+            errors.append(str(error))
+    rows: list[dict[str, Any]] = []
+    curves: dict[str, dict[str, list[float]]] = {}
+    for method in options.methods:
+        for layer in options.layers:
+            key = f"{method} @ {layer or 'default'}"
+            deletion_sum = insertion_sum = fractions = None
+            for start in range(0, len(loaded), 8):
+                chunk = loaded[start : start + 8]
+                x = torch.stack([pixels for _, pixels, _ in chunk]).to(device)
+                ex = explain(model, x, method, layer or bundle.default_layer, labels=bundle.labels)
+                maps, classes = ex.maps[:, 0], ex.targets[:, 0]
+                di = metrics.deletion_insertion(model, x, maps, classes, options.steps, options.batch_size)
+                change = metrics.confidence_change(model, x, maps, classes, options.batch_size)
+                road = metrics.road(model, x, maps, classes, batch_size=options.batch_size)
+                sanity = None
+                if options.sanity:
+                    sanity = metrics.sanity_check(
+                        model,
+                        x,
+                        _map_function(x, method, ex.layers[0], classes.tolist()),
+                        max_layers=options.sanity_layers,
+                    )
+                deletion_sum = di.deletion.sum(0) if deletion_sum is None else deletion_sum + di.deletion.sum(0)
+                insertion_sum = di.insertion.sum(0) if insertion_sum is None else insertion_sum + di.insertion.sum(0)
+                fractions = di.fractions[0]
+                for i, (path, _, geometry) in enumerate(chunk):
+                    row = {
+                        "method": method,
+                        "layer": ex.layer,
+                        "key": key,
+                        "image": str(path),
+                        "class": int(classes[i]),
+                        "label": bundle.labels[int(classes[i])] if bundle.labels else str(int(classes[i])),
+                        "deletion_auc": float(di.deletion_auc[i]),
+                        "insertion_auc": float(di.insertion_auc[i]),
+                        "average_drop": float(
+                            100
+                            * (change.original[i] - change.explained[i]).clamp(min=0)
+                            / change.original[i].clamp(min=1e-12)
+                        ),
+                        "increase_in_confidence": 100.0 * float(change.explained[i] > change.original[i]),
+                        "road_combined": float(road.combined[i]),
+                        "road_morf": road.most_relevant_first[i].tolist(),
+                        "road_lerf": road.least_relevant_first[i].tolist(),
+                    }
+                    image_boxes = [b for c, b in options.boxes.get(path.name, []) if c in (ANY_CLASS, int(classes[i]))]
+                    if image_boxes:
+                        full, coverage = to_original(maps[i : i + 1].cpu(), geometry)
+                        pointing = metrics.pointing_game(full * coverage, [torch.tensor(image_boxes)])
+                        row["pointing"] = 100.0 * float(pointing.hits[0])
+                        row["energy_pointing"] = 100.0 * float(pointing.energy[0])
+                    if sanity is not None:
+                        row["sanity_correlation"] = float(sanity.correlations[-1, i])
+                        row["sanity_layers"] = list(sanity.layers)
+                        row["sanity_curve"] = sanity.correlations[:, i].tolist()
+                    rows.append(row)
+                if progress:
+                    progress(len(chunk))
+            if fractions is not None and deletion_sum is not None and insertion_sum is not None:
+                curves[key] = {
+                    "fractions": fractions.tolist(),
+                    "deletion": (deletion_sum / len(loaded)).tolist(),
+                    "insertion": (insertion_sum / len(loaded)).tolist(),
+                }
+    return Evaluation(rows, summarise(rows), curves, errors)
+
+
+def _map_function(x: torch.Tensor, method: str, layer: str, classes: list[int]) -> Callable[[Any], torch.Tensor]:
+    """The (B, H, W) maps of ``method`` on ``x`` for a given model: what the sanity check re-runs."""
+
+    def maps(model: Any) -> torch.Tensor:
+        return explain(model, x, method, layer, classes).maps[:, 0]
+
+    return maps
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean of each metric per (method, layer), over the images that have it."""
+    summary = []
+    for key in dict.fromkeys(row["key"] for row in rows):
+        group = [row for row in rows if row["key"] == key]
+        entry: dict[str, Any] = {"method": group[0]["method"], "layer": group[0]["layer"], "images": len(group)}
+        for column, _, _ in METRIC_COLUMNS:
+            values = [row[column] for row in group if column in row]
+            entry[column] = sum(values) / len(values) if values else None
+        summary.append(entry)
+    return summary
+
+
+def markdown_table(summary: list[dict[str, Any]]) -> str:
+    columns = [c for c in METRIC_COLUMNS if any(entry[c[0]] is not None for entry in summary)]
+    header = "| method | layer | " + " | ".join(f"{title} ({better} is better)" for _, title, better in columns) + " |"
+    lines = [header, "|---|---|" + "---:|" * len(columns)]
+    for entry in summary:
+        cells = [f"{entry[c]:.3f}" if entry[c] is not None else "" for c, _, _ in columns]
+        lines.append(f"| {entry['method']} | {entry['layer']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(evaluation: Evaluation, out: Path, model_name: str) -> Path:
+    """``report.md``, ``results.json`` and ``curves.png`` in ``out``; returns the Markdown path."""
+    out.mkdir(parents=True, exist_ok=True)
+    table = markdown_table(evaluation.summary)
+    markdown = out / "report.md"
+    lines = [
+        f"# gradcam evaluation: {model_name}",
+        "",
+        f"{len({row['image'] for row in evaluation.rows})} images, top-1 class of each. "
+        "Deletion/insertion: RISE protocol, softmax probability of the class; ROAD at 20/40/60/80% with noisy "
+        "linear imputation; pointing game where boxes were given. See docs/evaluation.md for how to read it.",
+        "",
+        table,
+        "",
+        "![deletion and insertion curves](curves.png)",
+    ]
+    if evaluation.errors:
+        lines += ["", "Skipped images:", *[f"- {error}" for error in evaluation.errors]]
+    markdown.write_text("\n".join(lines) + "\n")
+    payload = {"model": model_name, "summary": evaluation.summary, "images": evaluation.rows,
+               "curves": evaluation.curves, "errors": evaluation.errors}  # fmt: skip
+    (out / "results.json").write_text(json.dumps(payload, indent=1))
+    plot_curves(evaluation.curves, out / "curves.png")
+    return markdown
+
+
+def plot_curves(curves: dict[str, dict[str, list[float]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+    for key, curve in curves.items():
+        axes[0].plot(curve["fractions"], curve["deletion"], label=key)
+        axes[1].plot(curve["fractions"], curve["insertion"], label=key)
+    for axis, title in zip(axes, ("Deletion (lower area is better)", "Insertion (higher area is better)"), strict=True):
+        axis.set_title(title)
+        axis.set_xlabel("fraction of pixels removed" if "Deletion" in title else "fraction of pixels inserted")
+        axis.set_ylabel("class probability")
+        axis.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
