@@ -322,8 +322,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         total=len(found.paths) * len(chosen) * len(layers), unit="map", desc="evaluating", file=sys.stderr
     ) as bar:
         evaluation = evaluate(bundle, found, options, progress=bar.update)
-    for error in evaluation.errors:
-        print(f"gradcam: {error}", file=sys.stderr)
+    for message in evaluation.errors:
+        print(f"gradcam: {message}", file=sys.stderr)
     if not evaluation.rows:
         return _error("no image could be read")
     report = write_report(evaluation, Path(args.out), bundle.name)

@@ -114,6 +114,7 @@ def evaluate(
                 chunk = loaded[start : start + 8]
                 x = torch.stack([pixels for _, pixels, _ in chunk]).to(device)
                 ex = explain(model, x, method, layer or bundle.default_layer, labels=bundle.labels)
+                assert ex.targets is not None  # top-1 class targets
                 maps, classes = ex.maps[:, 0], ex.targets[:, 0]
                 di = metrics.deletion_insertion(model, x, maps, classes, options.steps, options.batch_size)
                 change = metrics.confidence_change(model, x, maps, classes, options.batch_size)
