@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 # torch and torchvision first, pinned to releases pip can take from a local mirror where one exists;
 # override with `make test TORCH="torch torchvision"`.
 TORCH ?= torch==2.14.1 torchvision==0.29.1
-EXTRAS ?= test
+EXTRAS ?= test,web,ray
 
 .PHONY: demo test bench lint typecheck clean
 

@@ -392,3 +392,18 @@ def test_perturbation_smoothing_and_guided_options(tmp_path):
 def test_variant_option_errors(tmp_path, capsys, options, message):
     assert run(str(EXAMPLES / "chelsea.jpg"), "--out", str(tmp_path / "out"), *options) == 2
     assert message in capsys.readouterr().err
+
+
+def test_html_report_is_self_contained_with_relative_links(tmp_path):
+    out = tmp_path / "out"
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not an image")
+    assert run(str(EXAMPLES / "coffee.jpg"), str(bad), "--out", str(out), "--per-channel", "2") == 1
+    page = (out / "index.html").read_text()
+    assert "http://" not in page and "https://" not in page  # no network, no CDN
+    payload = json.loads(page.split('<script type="application/json" id="data">')[1].split("</script>")[0])
+    entries = {Path(e["path"]).name: e for e in payload["images"]}
+    files = entries["coffee.jpg"]["targets"][0]["files"]
+    assert not Path(files["overlay"]).is_absolute() and (out / files["overlay"]).exists()
+    assert (out / files["channels"]).exists() and (out / entries["coffee.jpg"]["photo"]).exists()
+    assert "not a readable image" in entries["bad.jpg"]["error"]

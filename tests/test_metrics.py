@@ -158,6 +158,8 @@ def test_evaluate_command_writes_a_deterministic_report(tmp_path, capsys):
     assert 0 <= entry["deletion_auc"] < entry["insertion_auc"] <= 1
     assert (tmp_path / "a" / "curves.png").stat().st_size > 0
     assert "Insertion AUC" in (tmp_path / "a" / "report.md").read_text()
+    page = (tmp_path / "a" / "report.html").read_text()
+    assert "<td>gradcam</td>" in page and 'src="curves.png"' in page and "https://" not in page
 
 
 def test_evaluate_usage_errors(tmp_path, capsys):

@@ -126,6 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("--device", default="cpu", help="cpu, cuda, ...")
     judge.add_argument("--out", default="gradcam-eval", help="report folder")
 
+    web = commands.add_parser(
+        "serve",
+        help="try photos in the browser (needs: pip install 'gradcam[web]')",
+        formatter_class=_Formatter,
+    )
+    web.add_argument("--host", default="127.0.0.1", help="address to listen on; anything but loopback opens the app")
+    web.add_argument("--port", type=int, default=7860, help="port")
+    web.add_argument("--examples", default="examples", help="folder of example photos offered in the page")
+
     listing = commands.add_parser(
         "models", help="list model names and which work offline now", formatter_class=_Formatter
     )
@@ -151,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _models(args)
         if args.command == "evaluate":
             return _evaluate(args)
+        if args.command == "serve":
+            return _serve(args)
         return _layers(args)
     except KeyboardInterrupt:
         print("gradcam: interrupted", file=sys.stderr)
@@ -330,6 +341,22 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(markdown_table(evaluation.summary))
     print(f"Report: {report}")
     return EXIT_FAILED if evaluation.errors or found.missing else EXIT_OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    try:
+        from .web import serve
+    except ImportError as error:
+        return _error(f"gradcam serve needs the web extra: pip install 'gradcam[web]' ({error.name} is missing)")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"gradcam: warning: listening on {args.host}: anyone who can reach this machine can use the app",
+            file=sys.stderr,
+        )
+    serve(args.host, args.port, Path(args.examples))
+    return EXIT_OK
 
 
 def _models(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ from . import metrics
 from .explain import explain
 from .images import FoundImages, ImageReadError, preprocess, read_image, to_original
 from .models import LoadedModel
+from .report import evaluation_page
 
 ANY_CLASS = -1
 
@@ -227,6 +228,7 @@ def write_report(evaluation: Evaluation, out: Path, model_name: str) -> Path:
                "curves": evaluation.curves, "errors": evaluation.errors}  # fmt: skip
     (out / "results.json").write_text(json.dumps(payload, indent=1))
     plot_curves(evaluation.curves, out / "curves.png")
+    (out / "report.html").write_text(evaluation_page(model_name, table, evaluation.errors), encoding="utf-8")
     return markdown
 
 

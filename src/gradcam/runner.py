@@ -33,6 +33,7 @@ from .layers import auto_layer
 from .methods import CAMMethod
 from .methods.perturbation import AblationCAM, ScoreCAM
 from .models import LoadedModel, Preprocessing
+from .report import write_explain_page
 from .targets import class_index
 from .viz import channel_grid, overlay, save_png
 
@@ -227,7 +228,10 @@ class Runner:
         }
 
     def write_manifest(self, finished: bool) -> None:
-        write_json_atomic(self.manifest(finished), self.manifest_path)
+        """``results.json`` and the ``index.html`` page that shows it, both written atomically."""
+        manifest = self.manifest(finished)
+        write_json_atomic(manifest, self.manifest_path)
+        write_explain_page(manifest, self.options.out)
         self.last_manifest = time.monotonic()
 
     def run(self, progress: Callable[[int], None] | None = None) -> RunResult:

@@ -1,0 +1,156 @@
+"""Self-contained HTML pages: ``index.html`` for a ``gradcam explain`` run, ``report.html`` for
+``gradcam evaluate``. No network, no CDN: inline CSS and JavaScript, relative links to the PNGs.
+
+The explain page embeds the manifest as JSON and renders it in pages of cards, so 10,000 photos stay
+usable: only one page of cards is in the document at a time, and images load lazily.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+_STYLE = """
+body{font:14px/1.4 system-ui,sans-serif;margin:0;background:#f4f4f6;color:#222}
+header{position:sticky;top:0;background:#fff;border-bottom:1px solid #ddd;padding:10px 16px;z-index:1}
+header h1{font-size:18px;margin:0 0 6px}
+.controls{display:flex;gap:12px;flex-wrap:wrap;align-items:center}
+main{display:grid;grid-template-columns:repeat(auto-fill,minmax(340px,1fr));gap:14px;padding:16px}
+.card{background:#fff;border-radius:8px;box-shadow:0 1px 3px #0002;padding:10px;overflow:hidden}
+.card.failed{border-left:4px solid #c0392b}
+.card h2{font-size:13px;margin:0 0 6px;word-break:break-all}
+.card img{width:100%;border-radius:4px;background:#eee}
+.maps{display:grid;grid-template-columns:1fr 1fr;gap:6px}
+.maps figure{margin:0}.maps figcaption{font-size:12px;color:#555}
+.bar{display:flex;align-items:center;gap:6px;font-size:12px;margin:2px 0}
+.bar span.label{flex:0 0 45%;overflow:hidden;white-space:nowrap;text-overflow:ellipsis}
+.bar span.fill{height:10px;background:#3b7dd8;border-radius:2px}
+.error{color:#c0392b;font-family:monospace;font-size:12px}
+nav{padding:0 16px 16px}
+table{border-collapse:collapse;background:#fff}td,th{border:1px solid #ddd;padding:4px 8px;text-align:right}
+th:first-child,td:first-child,th:nth-child(2),td:nth-child(2){text-align:left}
+"""
+
+_SCRIPT = """
+const data = JSON.parse(document.getElementById('data').textContent);
+const PAGE = 60;
+let page = 0;
+const el = (tag, attrs = {}, ...children) => {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  for (const c of children) node.append(c);
+  return node;
+};
+function best(entry) { return entry.predictions && entry.predictions.length ? entry.predictions[0] : null; }
+function card(entry) {
+  const box = el('div', {class: 'card' + (entry.status === 'ok' ? '' : ' failed'), 'data-path': entry.path});
+  box.append(el('h2', {}, entry.path));
+  if (entry.status !== 'ok') { box.append(el('div', {class: 'error'}, entry.error)); return box; }
+  const maps = el('div', {class: 'maps'});
+  if (entry.photo) maps.append(el('figure', {}, el('img', {src: entry.photo, loading: 'lazy', alt: 'photo'}), el('figcaption', {}, 'photo')));
+  for (const t of entry.targets) {
+    maps.append(el('figure', {}, el('img', {src: t.files.overlay, loading: 'lazy', alt: t.label}),
+      el('figcaption', {}, `${t.label} (${t.index}), score ${t.score.toFixed(2)}`)));
+    if (t.files.channels) maps.append(el('figure', {}, el('img', {src: t.files.channels, loading: 'lazy', alt: 'per channel'}), el('figcaption', {}, 'feature maps')));
+    if (t.files.guided) maps.append(el('figure', {}, el('img', {src: t.files.guided, loading: 'lazy', alt: 'guided'}), el('figcaption', {}, 'Guided Grad-CAM')));
+  }
+  box.append(maps);
+  for (const p of entry.predictions) {
+    const row = el('div', {class: 'bar'}, el('span', {class: 'label'}, p.label), el('span', {class: 'fill', style: `width:${Math.max(1, 50 * p.probability)}%`}), `${(100 * p.probability).toFixed(1)}%`);
+    box.append(row);
+  }
+  return box;
+}
+function visible() {
+  const wanted = document.getElementById('filter').value;
+  const order = document.getElementById('sort').value;
+  let rows = data.images.filter(e => !wanted || (wanted === '__failed__' ? e.status !== 'ok' : best(e) && best(e).label === wanted));
+  if (order !== 'path') {
+    const sign = order === 'desc' ? -1 : 1;
+    rows = rows.slice().sort((a, b) => sign * ((best(a) ? best(a).probability : -1) - (best(b) ? best(b).probability : -1)));
+  }
+  return rows;
+}
+function render() {
+  const rows = visible();
+  const pages = Math.max(1, Math.ceil(rows.length / PAGE));
+  page = Math.min(page, pages - 1);
+  const main = document.querySelector('main');
+  main.replaceChildren(...rows.slice(page * PAGE, (page + 1) * PAGE).map(card));
+  document.getElementById('count').textContent = `${rows.length} of ${data.images.length} images`;
+  document.getElementById('page').textContent = `page ${page + 1} / ${pages}`;
+}
+const classes = [...new Set(data.images.map(best).filter(Boolean).map(p => p.label))].sort();
+const filter = document.getElementById('filter');
+for (const c of classes) filter.append(el('option', {value: c}, c));
+if (data.images.some(e => e.status !== 'ok')) filter.append(el('option', {value: '__failed__'}, 'failed images'));
+filter.onchange = document.getElementById('sort').onchange = () => { page = 0; render(); };
+document.getElementById('prev').onclick = () => { page = Math.max(0, page - 1); render(); };
+document.getElementById('next').onclick = () => { page += 1; render(); };
+render();
+"""
+
+
+def _relative(path: str, start: Path) -> str:
+    try:
+        return Path(os.path.relpath(Path(path).resolve(), start.resolve())).as_posix()
+    except ValueError:  # another drive on Windows
+        return Path(path).resolve().as_uri()
+
+
+def explain_page(manifest: dict[str, Any], out: Path) -> str:
+    """The HTML of ``index.html`` for a run's manifest; file links are made relative to ``out``."""
+    images = []
+    for entry in manifest.get("images", []):
+        item = dict(entry)
+        if entry.get("status") == "ok":
+            item["photo"] = _relative(entry["path"], out)
+            item["targets"] = [
+                {**t, "files": {kind: _relative(p, out) for kind, p in t["files"].items()}} for t in entry["targets"]
+            ]
+        images.append(item)
+    payload = json.dumps({"images": images}).replace("</", "<\\/")
+    summary = manifest.get("summary", {})
+    title = f"gradcam: {manifest.get('method', '')} on {manifest.get('model', '')}"
+    subtitle = f"layer {manifest.get('layer')}, {summary.get('ok', 0)} explained, {summary.get('failed', 0)} failed"
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<meta name="viewport" content="width=device-width,initial-scale=1"><style>{_STYLE}</style></head>
+<body><header><h1>{html.escape(title)}</h1><div class="controls">
+<span>{html.escape(subtitle)}</span>
+<label>predicted class <select id="filter"><option value="">all</option></select></label>
+<label>sort <select id="sort"><option value="path">by path</option><option value="desc">most confident first</option>
+<option value="asc">least confident first</option></select></label>
+<button id="prev">&larr;</button><span id="page"></span><button id="next">&rarr;</button><span id="count"></span>
+</div></header><main></main>
+<script type="application/json" id="data">{payload}</script>
+<script>{_SCRIPT}</script></body></html>
+"""
+
+
+def write_explain_page(manifest: dict[str, Any], out: Path) -> Path:
+    path = out / "index.html"
+    temporary = out / ".index.html.tmp"
+    temporary.write_text(explain_page(manifest, out), encoding="utf-8")
+    temporary.replace(path)
+    return path
+
+
+def evaluation_page(model: str, table_markdown: str, errors: list[str]) -> str:
+    """``report.html``: the evaluation table and the curves, one page."""
+    lines = [line for line in table_markdown.splitlines() if line.startswith("|") and not line.startswith("|---")]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cells[0]) if cells else ""
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in cells[1:])
+    skipped = "".join(f"<li class='error'>{html.escape(e)}</li>" for e in errors)
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>gradcam evaluation: {html.escape(model)}</title>
+<style>{_STYLE}</style></head><body><header><h1>gradcam evaluation: {html.escape(model)}</h1>
+<div class="controls">Top-1 class of each photo; see docs/evaluation.md for how to read it.</div></header>
+<nav><h2>Metrics</h2><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
+<h2>Deletion and insertion curves</h2><img src="curves.png" alt="deletion and insertion curves" style="max-width:100%">
+{f"<h2>Skipped images</h2><ul>{skipped}</ul>" if skipped else ""}</nav></body></html>
+"""

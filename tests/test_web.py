@@ -1,0 +1,86 @@
+"""The web app: its logic directly, then the real page in headless Chromium."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+gradio = pytest.importorskip("gradio", reason="the web extra is not installed (pip install 'gradcam[web]')")
+
+from gradcam.web import AppError, build_app, explain_photo, model_choices  # noqa: E402
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"]  # fmt: skip
+
+
+def test_explain_photo_side_by_side_with_downloads(tmp_path):
+    result = explain_photo(str(EXAMPLES / "coffee.jpg"), "efficientnet_lite0", ["gradcam", "layercam"], None, "",
+                           0.5, "jet", out_dir=tmp_path)  # fmt: skip
+    assert next(iter(result.top5)) == "espresso"
+    assert [caption.split(":")[0] for _, caption in result.overlays] == ["gradcam", "layercam"]
+    assert result.overlays[0][0].size == (600, 400)  # the photo's own resolution
+    assert result.grid is not None
+    suffixes = sorted(Path(f).suffix for f in result.files)
+    assert suffixes == [".json", ".npy", ".npy", ".png", ".png"]
+
+
+def test_explain_photo_errors_are_messages(tmp_path):
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    with pytest.raises(AppError, match="notes.jpg: not a readable image"):
+        explain_photo(str(text), "efficientnet_lite0", ["gradcam"], None, "", 0.5, "jet")
+    with pytest.raises(AppError, match="Upload, paste or pick a photo first"):
+        explain_photo(None, "efficientnet_lite0", ["gradcam"], None, "", 0.5, "jet")
+    with pytest.raises(AppError, match="did you mean 'tiger cat'"):
+        explain_photo(str(EXAMPLES / "chelsea.jpg"), "efficientnet_lite0", ["gradcam"], None, "tigre cat", 0.5, "jet")
+    with pytest.raises(AppError, match="unknown model"):
+        explain_photo(str(EXAMPLES / "chelsea.jpg"), "resnet5O", ["gradcam"], None, "", 0.5, "jet")
+    big = tmp_path / "big.jpg"
+    big.write_bytes(b"\xff" * (21 * 1024 * 1024))
+    with pytest.raises(AppError, match="over 20 MB"):
+        explain_photo(str(big), "efficientnet_lite0", ["gradcam"], None, "", 0.5, "jet")
+
+
+def test_offline_models_come_first():
+    assert model_choices()[0] == "efficientnet_lite0"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def running_app():
+    app = build_app(EXAMPLES)
+    port = free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}"
+    app.close()
+
+
+def test_in_a_real_browser(running_app, tmp_path):
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    if executable is None:
+        pytest.skip("no chromium on this machine (apt-get install chromium)")
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(running_app)
+        page.locator("#explain").click()  # no photo yet: a message, not a stack trace
+        page.get_by_text("Upload, paste or pick a photo first.").first.wait_for(timeout=30_000)
+        page.locator("#photo input[type=file]").set_input_files(str(EXAMPLES / "coffee.jpg"))
+        page.locator("#photo img").first.wait_for(timeout=30_000)
+        page.locator("#explain").click()
+        page.locator("#top5").get_by_text("espresso").first.wait_for(timeout=60_000)
+        page.locator("#overlays img").first.wait_for(timeout=60_000)
+        assert "Traceback" not in page.content()
+        page.screenshot(path=str(tmp_path / "web-app.png"), full_page=True)
+        browser.close()
+    assert (tmp_path / "web-app.png").stat().st_size > 10_000
