@@ -7,6 +7,7 @@ alpha). Everything after :func:`read_image` is a torch tensor.
 from __future__ import annotations
 
 import glob
+import io
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -84,24 +85,33 @@ def find_images(inputs: Iterable[str]) -> FoundImages:
 
 
 def read_image(
-    path: Path, draft_size: int | None = None, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
+    path: Path | bytes,
+    draft_size: int | None = None,
+    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+    name: str = "",
 ) -> Image.Image:
     """Decode ``path`` to an upright 8-bit RGB image.
 
     JPEGs larger than needed are decoded at a reduced scale (``draft_size`` is the smallest side that must
     survive), so a 20000 x 20000 photo never reaches full-size memory; other formats over
     ``max_megapixels`` are refused. Alpha is composited on white; 16-bit and float images are rescaled.
+    ``path`` may also be a file's bytes (read from an object store, say), called ``name`` in messages.
     """
-    try:
-        size = path.stat().st_size
-    except OSError as error:
-        raise ImageReadError(f"{path}: cannot read ({error.strerror})") from error
+    source: Path | io.BytesIO
+    if isinstance(path, bytes):
+        source, size, path = io.BytesIO(path), len(path), Path(name or "<bytes>")
+    else:
+        source = path
+        try:
+            size = path.stat().st_size
+        except OSError as error:
+            raise ImageReadError(f"{path}: cannot read ({error.strerror})") from error
     if size == 0:
         raise ImageReadError(f"{path}: empty file (0 bytes)")
     bomb_limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None  # our own limit applies after the JPEG draft has shrunk the decode
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             if image.format == "JPEG" and draft_size:
                 scale = min(image.size) / draft_size
                 if scale >= 2:

@@ -89,6 +89,20 @@ class RunResult:
         return sum(1 for entry in self.entries if entry["status"] != "ok")
 
 
+def decode(source: Path | bytes, spec: Preprocessing, max_megapixels: float, name: str = "") -> dict[str, Any]:
+    """One photo (a path, or the bytes of a file called ``name``) as the model's input, the photo itself
+    and its :class:`Geometry`; a bad file gives ``{"error": one line}``, never an exception."""
+    label = name or str(source)
+    try:
+        image = read_image(source, draft_size=spec.resize, max_megapixels=max_megapixels, name=name)
+        pixels, geometry = preprocess(image, spec)
+        return {"input": pixels, "geometry": geometry, "photo": image_tensor(image), "error": None}
+    except ImageReadError as error:
+        return {"error": str(error)}
+    except Exception as error:  # a decoder crash must not end the run
+        return {"error": f"{label}: cannot decode ({type(error).__name__}: {error})"}
+
+
 class PhotoDataset(Dataset):
     """Decodes and preprocesses one photo per item, in DataLoader workers; a bad file becomes an error item."""
 
@@ -99,15 +113,7 @@ class PhotoDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        path = self.paths[index]
-        try:
-            image = read_image(path, draft_size=self.spec.resize, max_megapixels=self.max_megapixels)
-            pixels, geometry = preprocess(image, self.spec)
-            return {"index": index, "input": pixels, "geometry": geometry, "photo": image_tensor(image), "error": None}
-        except ImageReadError as error:
-            return {"index": index, "error": str(error)}
-        except Exception as error:  # a decoder crash must not end the run
-            return {"index": index, "error": f"{path}: cannot decode ({type(error).__name__}: {error})"}
+        return {"index": index, **decode(self.paths[index], self.spec, self.max_megapixels)}
 
 
 def _collate(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -182,7 +188,8 @@ class Runner:
         self.entries: dict[int, dict[str, Any]] = {}
         self.previous: dict[str, dict[str, Any]] = {}
         self.manifest_path = options.out / MANIFEST
-        self.layer: str | None = options.layer or bundle.default_layer
+        self.explainer = BatchExplainer(bundle, options)
+        self.layer: str | None = self.explainer.layer
         self.started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self.last_manifest = time.monotonic()
 
@@ -269,18 +276,39 @@ class Runner:
         return RunResult(self.manifest_path, [self.entries[i] for i in sorted(self.entries)], interrupted)
 
     def explain_batch(self, items: list[tuple[int, dict[str, Any]]]) -> None:
+        photos = [(str(self.found.paths[index]), self.keys[index], item) for index, item in items]
+        for (index, _), entry in zip(items, self.explainer.explain(photos), strict=True):
+            self.entries[index] = entry
+        self.layer = self.explainer.layer
+
+
+class BatchExplainer:
+    """Explains batches of decoded photos and writes their outputs: the part of a run that the local
+    engine and the Ray actors share, so both give the same maps and files."""
+
+    def __init__(self, bundle: LoadedModel, options: RunOptions) -> None:
+        self.bundle, self.options = bundle, options
+        self.layer: str | None = options.layer or bundle.default_layer
+
+    def explain(self, photos: list[tuple[str, str, dict[str, Any]]]) -> list[dict[str, Any]]:
+        """``photos``: (path, output key, decoded item) each; returns one manifest entry per photo."""
+        entries: list[dict[str, Any] | None] = [None] * len(photos)
         good = []
-        for index, item in items:
+        for position, (path, key, item) in enumerate(photos):
             if item["error"] is not None:
-                self.entries[index] = {"path": str(self.found.paths[index]), "status": "error", "error": item["error"]}
+                entries[position] = {"path": path, "status": "error", "error": item["error"]}
             else:
-                good.append((index, item))
-        if not good:
-            return
+                good.append((position, path, key, item))
+        if good:
+            for position, entry in self._explain_good(good):
+                entries[position] = entry
+        return [entry for entry in entries if entry is not None]
+
+    def _explain_good(self, good: list[tuple[int, str, str, dict[str, Any]]]) -> list[tuple[int, dict[str, Any]]]:
         model = self.bundle.model
         device = next(model.parameters()).device
         dtype = next(model.parameters()).dtype
-        inputs = torch.stack([item["input"] for _, item in good]).to(device=device, dtype=dtype)
+        inputs = torch.stack([item["input"] for _, _, _, item in good]).to(device=device, dtype=dtype)
         if self.layer is None:
             self.layer = auto_layer(model, inputs)
         targets = parse_target(self.options.target, self.bundle.labels)
@@ -308,28 +336,25 @@ class Runner:
         probabilities = ex.logits.softmax(dim=-1)
         top = probabilities.topk(min(5, probabilities.shape[-1]), dim=-1)
         contributions = ex.channel_contributions(self.options.per_channel) if self.options.per_channel else None
-        for row, (index, item) in enumerate(good):
+        results = []
+        for row, (position, path, key, item) in enumerate(good):
             try:
-                self.entries[index] = self.write_outputs(index, item, ex, row, top, contributions)
+                entry = self.write_outputs(path, key, item, ex, row, top, contributions)
             except OSError as error:
-                path = self.found.paths[index]
-                self.entries[index] = {
-                    "path": str(path),
-                    "status": "error",
-                    "error": f"{path}: cannot write outputs ({error})",
-                }
+                entry = {"path": path, "status": "error", "error": f"{path}: cannot write outputs ({error})"}
+            results.append((position, entry))
+        return results
 
     def label(self, index: int) -> str:
         labels = self.bundle.labels
         return labels[index] if labels is not None and index < len(labels) else str(index)
 
     def write_outputs(
-        self, index: int, item: dict[str, Any], ex: Any, row: int, top: Any, contributions: Any
+        self, path: str, key: str, item: dict[str, Any], ex: Any, row: int, top: Any, contributions: Any
     ) -> dict[str, Any]:
         options = self.options
-        path = self.found.paths[index]
         geometry: Geometry = item["geometry"]
-        base = options.out / self.keys[index]
+        base = options.out / key
         base.parent.mkdir(parents=True, exist_ok=True)
         full_maps, coverage = to_original(ex.maps[row].cpu(), geometry)
         spec = self.bundle.preprocessing
@@ -351,7 +376,7 @@ class Runner:
             existing = [p for _, _, files in planned for p in files.values() if p.exists()]
             if existing:
                 error = f"{existing[0]}: exists; pass --overwrite to replace it"
-                return {"path": str(path), "status": "error", "error": error}
+                return {"path": path, "status": "error", "error": error}
         targets = []
         for k, class_id, files in planned:
             save_png(
@@ -381,7 +406,7 @@ class Runner:
                 }
             )
         return {
-            "path": str(path),
+            "path": path,
             "status": "ok",
             "size": [geometry.original[1], geometry.original[0]],
             "predictions": [
