@@ -100,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="refuse larger non-JPEG images (JPEGs are decoded reduced)",
     )
     run.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
+    run.add_argument("--engine", choices=["local", "ray"], default="local", help="ray: explain on a Ray cluster")
+    run.add_argument("--address", default=None, help="ray: 'auto' or ray://HOST:PORT (default: a local instance)")
+    run.add_argument("--actors", type=int, default=2, help="ray: model replicas")
+    run.add_argument("--cpus-per-actor", type=float, default=1.0, help="ray: CPUs reserved by each actor")
+    run.add_argument("--gpus-per-actor", type=float, default=0.0, help="ray: GPUs given to each actor")
 
     judge = commands.add_parser(
         "evaluate",
@@ -240,6 +245,8 @@ def _explain(args: argparse.Namespace) -> int:
         prefix_tokens=args.prefix_tokens,
         token_grid=grid,
     )
+    if args.engine == "ray":
+        return _explain_on_ray(args, options)
     runner = Runner(bundle, found, options)
     progress_bar = None
     if not args.quiet and len(found.paths) > 1:
@@ -265,6 +272,38 @@ def _explain(args: argparse.Namespace) -> int:
         )
         return EXIT_INTERRUPTED
     return EXIT_FAILED if result.failed or found.missing else EXIT_OK
+
+
+def _explain_on_ray(args: argparse.Namespace, options: object) -> int:
+    try:
+        from .distributed import explain_dataset
+    except ImportError as error:
+        return _error(f"--engine ray needs the ray extra: pip install 'gradcam[ray]' ({error.name} is missing)")
+    from .runner import UsageError
+
+    if args.actors < 1 or args.cpus_per_actor < 0 or args.gpus_per_actor < 0:
+        return _error("--actors must be >= 1; --cpus-per-actor and --gpus-per-actor >= 0")
+    try:
+        result = explain_dataset(
+            args.paths if len(args.paths) > 1 else args.paths[0],
+            args.out,
+            model=args.model,
+            weights=args.weights,
+            options=options,  # type: ignore[arg-type]
+            actors=args.actors,
+            cpus_per_actor=args.cpus_per_actor,
+            gpus_per_actor=args.gpus_per_actor,
+            address=args.address,
+        )
+    except UsageError as error:
+        return _error(str(error))
+    for entry in result.entries or []:
+        if entry["status"] != "ok":
+            print(f"gradcam: {entry['error']}", file=sys.stderr)
+    print(
+        f"{result.ok} explained, {result.failed} failed in {result.seconds:.1f} s on Ray. Manifest: {result.manifest}"
+    )
+    return EXIT_FAILED if result.failed else EXIT_OK
 
 
 def _print_summary(entries: list[dict], manifest: object, skipped: int, limit: int = 20) -> None:

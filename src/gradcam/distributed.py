@@ -1,0 +1,245 @@
+"""Explain a whole dataset on a Ray cluster (optional extra: ``pip install gradcam[ray]``).
+
+Ray Data does the scheduling: the photos become a Dataset, a pool of actors (each loading the model once,
+with GPUs where the cluster has them) runs the same :class:`gradcam.runner.BatchExplainer` as the local
+engine, so the maps and files are the same. The manifest is written as Parquet shards with a small
+``summary.json`` (and ``results.json`` plus ``index.html`` for runs small enough to read on one machine).
+
+Every photo ends in the manifest exactly once, with outputs or an error: a dead actor's batch is retried
+by Ray on another actor, outputs are written atomically under fixed names (a retry rewrites the same
+bytes), and only the retried task's rows reach the manifest.
+
+Example:
+    >>> from gradcam.distributed import explain_dataset                      # doctest: +SKIP
+    >>> explain_dataset("s3://bucket/photos/", "s3://bucket/gradcam-out/", actors=16, gpus_per_actor=1)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .images import IMAGE_SUFFIXES, find_images
+from .runner import MANIFEST, BatchExplainer, RunOptions, UsageError, decode, output_keys, write_json_atomic
+
+PARQUET_FOLDER = "manifest"
+SUMMARY = "summary.json"
+RESULTS_JSON_LIMIT = 100_000
+
+
+def _is_uri(location: str) -> bool:
+    return "://" in location
+
+
+class ExplainActor:
+    """A Ray Data actor: loads the model once, then explains batches of rows ``{"path", "key"[, "bytes"]}``."""
+
+    def __init__(self, model: str, weights: str | None, options: RunOptions, out_uri: str | None, threads: int):
+        import torch
+
+        from .models import load_model
+
+        torch.set_num_threads(threads)
+        device = options.device
+        if device == "cpu" and torch.cuda.is_available() and os.environ.get("CUDA_VISIBLE_DEVICES"):
+            device = "cuda"  # Ray gave this actor a GPU
+        self.bundle = load_model(model, weights, device)
+        self.out_uri = out_uri
+        self.local_out = Path(tempfile.mkdtemp(prefix="gradcam-actor-")) if out_uri else options.out
+        self.options = replace(options, out=self.local_out, overwrite=True, device=device)
+        self.explainer = BatchExplainer(self.bundle, self.options)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        paths = [str(p) for p in batch["path"]]
+        keys = [str(k) for k in batch["key"]]
+        contents = batch.get("bytes")
+        spec, limit = self.bundle.preprocessing, self.options.max_megapixels
+        photos = []
+        for i, (path, key) in enumerate(zip(paths, keys, strict=True)):
+            source: Path | bytes = bytes(contents[i]) if contents is not None else Path(path)
+            photos.append((path, key, decode(source, spec, limit, name=path)))
+        entries = self.explainer.explain(photos)
+        if self.out_uri:
+            entries = [self._upload(entry) for entry in entries]
+        return {
+            "path": np.array([e["path"] for e in entries], dtype=object),
+            "status": np.array([e["status"] for e in entries], dtype=object),
+            "error": np.array([e.get("error", "") for e in entries], dtype=object),
+            "entry": np.array([json.dumps(e) for e in entries], dtype=object),
+        }
+
+    def _upload(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """Copy a photo's files from the actor's scratch folder to the output URI."""
+        import pyarrow.fs as pafs
+
+        assert self.out_uri is not None
+        filesystem, root = pafs.FileSystem.from_uri(self.out_uri)
+        for target in entry.get("targets", []):
+            for kind, local in list(target["files"].items()):
+                relative = Path(local).relative_to(self.local_out).as_posix()
+                destination = f"{root.rstrip('/')}/{relative}"
+                filesystem.create_dir(destination.rsplit("/", 1)[0], recursive=True)
+                with open(local, "rb") as source, filesystem.open_output_stream(destination) as sink:
+                    shutil.copyfileobj(source, sink)
+                os.remove(local)
+                target["files"][kind] = f"{self.out_uri.rstrip('/')}/{relative}"
+        return entry
+
+
+@dataclass
+class DistributedResult:
+    images: int
+    ok: int
+    failed: int
+    manifest: str
+    seconds: float
+    entries: list[dict[str, Any]] | None
+
+
+def _rows_from_source(source: Any) -> Any:
+    """A Ray Dataset of ``{"path", "key"[, "bytes"]}`` rows from a folder, files, a URI or a Dataset."""
+    import ray.data
+
+    if isinstance(source, ray.data.Dataset):
+        columns = set(source.columns() or [])
+        if "path" not in columns:
+            raise UsageError("a Ray Dataset to explain needs a 'path' column (and 'bytes' unless paths are readable)")
+        if "key" not in columns:
+            source = source.map(lambda row: {**row, "key": Path(str(row["path"])).stem})
+        return source
+    locations = [source] if isinstance(source, (str, Path)) else list(source)
+    if len(locations) == 1 and _is_uri(str(locations[0])):
+        uri = str(locations[0]).rstrip("/")
+        files = ray.data.read_binary_files(uri, include_paths=True, file_extensions=[s[1:] for s in IMAGE_SUFFIXES])
+        root = uri.split("://", 1)[1]
+        return files.map(lambda row: {**row, "key": str(Path(str(row["path"])).relative_to(root).with_suffix(""))})
+    found = find_images([str(loc) for loc in locations])
+    if found.missing:
+        raise UsageError(f"{found.missing[0]}: no such file or folder")
+    if not found.paths:
+        raise UsageError("no images found in " + ", ".join(map(str, locations)))
+    keys = output_keys(found)
+    return ray.data.from_items([{"path": str(p), "key": k} for p, k in zip(found.paths, keys, strict=True)])
+
+
+def explain_dataset(
+    source: Any,
+    out: str | Path,
+    *,
+    model: str = "efficientnet_lite0",
+    weights: str | None = None,
+    options: RunOptions | None = None,
+    actors: int = 2,
+    cpus_per_actor: float = 1.0,
+    gpus_per_actor: float = 0.0,
+    address: str | None = None,
+    threads_per_actor: int = 1,
+) -> DistributedResult:
+    """Explain every photo of ``source`` (a folder, files, a URI ``s3://...``/``gs://...`` read through
+    pyarrow's filesystems, or a Ray Dataset with ``path`` and ``bytes`` columns) into ``out`` (a folder or
+    a URI), with ``actors`` model replicas. ``options`` are those of the local engine."""
+    import ray
+
+    out_text = str(out)
+    out_uri = out_text if _is_uri(out_text) else None
+    local_out = Path(out_text) if out_uri is None else None
+    options = replace(options or RunOptions(out=Path(".")), out=local_out or Path("."))
+    if local_out is not None:
+        _check_output_folder(local_out, options)
+    else:
+        _check_output_uri(out_text, options)
+    if not ray.is_initialized():
+        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+    started = time.perf_counter()
+    rows = _rows_from_source(source)
+    results = rows.map_batches(
+        ExplainActor,
+        fn_constructor_kwargs={
+            "model": model,
+            "weights": weights,
+            "options": options,
+            "out_uri": out_uri,
+            "threads": threads_per_actor,
+        },  # fmt: skip
+        batch_size=options.batch_size,
+        batch_format="numpy",
+        concurrency=actors,
+        num_cpus=cpus_per_actor,
+        num_gpus=gpus_per_actor,
+        max_restarts=-1,
+        max_task_retries=-1,
+    ).materialize()
+    manifest_location = f"{out_text.rstrip('/')}/{PARQUET_FOLDER}"
+    results.write_parquet(manifest_location)
+    counts = {row["status"]: row["count()"] for row in results.groupby("status").count().take_all()}
+    total = sum(counts.values())
+    entries = None
+    if total <= RESULTS_JSON_LIMIT:
+        entries = sorted((json.loads(row["entry"]) for row in results.take_all()), key=lambda e: e["path"])
+    seconds = time.perf_counter() - started
+    summary = {"images": total, "ok": counts.get("ok", 0), "failed": total - counts.get("ok", 0),
+               "seconds": round(seconds, 2), "engine": "ray", "actors": actors, "model": model,
+               "method": options.method, "manifest": manifest_location}  # fmt: skip
+    _write_small_outputs(out_text, local_out, summary, entries, options, model)
+    return DistributedResult(total, summary["ok"], summary["failed"], manifest_location, seconds, entries)
+
+
+def _check_output_folder(out: Path, options: RunOptions) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"--out {out}: cannot write there ({error.strerror})") from None
+    earlier = (out / PARQUET_FOLDER).exists() or (out / MANIFEST).exists()
+    if earlier and not options.overwrite:
+        raise UsageError(f"--out {out}: holds an earlier run; pass --overwrite to replace it, or another --out")
+    if earlier:
+        shutil.rmtree(out / PARQUET_FOLDER, ignore_errors=True)
+
+
+def _check_output_uri(uri: str, options: RunOptions) -> None:
+    import pyarrow.fs as pafs
+
+    filesystem, root = pafs.FileSystem.from_uri(uri)
+    manifest = filesystem.get_file_info(f"{root.rstrip('/')}/{PARQUET_FOLDER}")
+    if manifest.type != pafs.FileType.NotFound:
+        if not options.overwrite:
+            raise UsageError(f"--out {uri}: holds an earlier run; pass --overwrite to replace it, or another --out")
+        filesystem.delete_dir(manifest.path)
+
+
+def _write_small_outputs(
+    out_text: str,
+    local_out: Path | None,
+    summary: dict[str, Any],
+    entries: list[dict[str, Any]] | None,
+    options: RunOptions,
+    model: str,
+) -> None:
+    manifest = None
+    if entries is not None:
+        manifest = {"tool": "gradcam", "engine": "ray", "model": model, "method": options.method,
+                    "layer": options.layer, "target": options.target,
+                    "summary": {k: summary[k] for k in ("images", "ok", "failed")}, "images": entries}  # fmt: skip
+    if local_out is not None:
+        write_json_atomic(summary, local_out / SUMMARY)
+        if manifest is not None:
+            from .report import write_explain_page
+
+            write_json_atomic(manifest, local_out / MANIFEST)
+            write_explain_page(manifest, local_out)
+        return
+    import pyarrow.fs as pafs
+
+    filesystem, root = pafs.FileSystem.from_uri(out_text)
+    for name, payload in ((SUMMARY, summary), (MANIFEST, manifest)):
+        if payload is not None:
+            with filesystem.open_output_stream(f"{root.rstrip('/')}/{name}") as sink:
+                sink.write(json.dumps(payload, indent=1).encode())
