@@ -17,6 +17,7 @@ import torch
 import torchvision
 
 import gradcam
+from gradcam.methods.perturbation import PerturbationMethod
 
 
 def interleaved_medians(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
@@ -89,6 +90,8 @@ def main() -> None:
 
     runs: dict[str, Callable[[], object]] = {"plain forward (inference_mode)": forward}
     for method in gradcam.methods():
+        if isinstance(gradcam.get_method(method), PerturbationMethod):
+            continue  # one forward pass per channel: see bench_perturbation.py
         runs[f"gradcam {method}"] = lambda m=method: gradcam.explain(model, x, m, args.layer)
     runs["gradcam gradcam, 5 targets/image"] = lambda: gradcam.explain(model, x, "gradcam", args.layer, "top-5")
     runs["gradcam gradcam, layer=None (auto)"] = lambda: gradcam.explain(model, x, "gradcam")

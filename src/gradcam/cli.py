@@ -13,7 +13,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .images import DEFAULT_MAX_MEGAPIXELS, find_images
+from .images import DEFAULT_MAX_MEGAPIXELS, FoundImages, find_images
 from .methods import methods
 from .models import DEFAULT_MODEL, ModelLoadError, load_model
 
@@ -173,6 +173,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
+def _find_reporting_missing(paths: list[str]) -> FoundImages:
+    """The photos under ``paths``; each missing path gets one line on stderr (and the run goes on)."""
+    found = find_images(paths)
+    for missing in found.missing:
+        print(f"gradcam: error: {missing}: no such file or folder", file=sys.stderr)
+    return found
+
+
 def _error(message: str) -> int:
     print(f"gradcam: error: {message}", file=sys.stderr)
     return EXIT_USAGE
@@ -203,9 +211,7 @@ def _explain(args: argparse.Namespace) -> int:
         colormap_table(args.colormap)
     except ValueError as error:
         return _error(f"--colormap: {error}")
-    found = find_images(args.paths)
-    for missing in found.missing:
-        print(f"gradcam: error: {missing}: no such file or folder", file=sys.stderr)
+    found = _find_reporting_missing(args.paths)
     if not found.paths:
         return _error("no images found in " + ", ".join(args.paths))
     try:
@@ -346,9 +352,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         return _error(f"--methods: {error}")
     if not chosen or args.steps < 1 or args.batch_size < 1:
         return _error("--methods needs at least one method; --steps and --batch-size must be >= 1")
-    found = find_images(args.paths)
-    for missing in found.missing:
-        print(f"gradcam: error: {missing}: no such file or folder", file=sys.stderr)
+    found = _find_reporting_missing(args.paths)
     if not found.paths:
         return _error("no images found in " + ", ".join(args.paths))
     try:
