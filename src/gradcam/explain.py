@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -18,7 +18,7 @@ from .methods.activation import first_principal_component
 from .methods.perturbation import PerturbationMethod, Probe
 from .result import Explanation, LayerResult, normalise, upsample
 from .spatial import infer_layout
-from .targets import ResolvedTargets, TargetSpec, resolve_targets, select_logits
+from .targets import ResolvedTargets, TargetSpec, are_callable_targets, resolve_targets, select_logits
 
 
 @dataclass(frozen=True)
@@ -103,8 +103,6 @@ def explain(
         if aug_smooth:
             result = _augmented(model, images, layers, result, settings)
         if guided:
-            from dataclasses import replace
-
             from .guided import guided_backprop
 
             fixed = result.targets.tolist() if result.targets is not None else targets
@@ -125,11 +123,7 @@ def _explain_once(
         with capture(layers, graph_from_layer=method.uses_gradients) as record:
             raw_output = model(images)
         outputs = record.tensors()
-        callables = callable(targets) or (
-            isinstance(targets, (list, tuple))
-            and targets
-            and all(callable(t) and not isinstance(t, (str, int)) for t in targets)
-        )
+        callables = are_callable_targets(targets)
         logits = (
             raw_output
             if callables and settings.select is select_logits and not _is_scores(raw_output)
@@ -273,8 +267,6 @@ def _augmented(
 ) -> Explanation:
     """Test-time augmentation: each flipped/scaled copy is explained for the plain image's targets, its
     maps carried back to the original frame, and all are averaged."""
-    from dataclasses import replace
-
     targets: Any = plain.targets.tolist() if plain.targets is not None else None
     if targets is None:
         raise ValueError("aug_smooth needs class targets (callable targets cannot follow a flip)")

@@ -115,10 +115,9 @@ def resolve_targets(
     """Resolve a target spec against ``logits`` (B, num_classes). A count that does not match the batch
     is an error, never a silent drop. Callable targets accept any model output (segmentation maps,
     detection lists)."""
-    if _is_function(targets):
-        return ResolvedTargets(None, (targets,))  # type: ignore[arg-type]
-    if isinstance(targets, (list, tuple)) and targets and all(_is_function(t) for t in targets):
-        return ResolvedTargets(None, tuple(targets))
+    if are_callable_targets(targets):
+        functions = (targets,) if _is_function(targets) else tuple(targets)  # type: ignore[arg-type]
+        return ResolvedTargets(None, functions)
     batch, num_classes = (batch or logits.shape[0]), logits.shape[-1]
     if labels is None and num_classes == 1000:
         labels = imagenet_labels()
@@ -154,6 +153,13 @@ def resolve_targets(
 
 def _is_function(item: Any) -> bool:
     return callable(item) and not isinstance(item, (str, int, torch.Tensor))
+
+
+def are_callable_targets(targets: Any) -> bool:
+    """True for a callable target or a non-empty list of them (they may take any model output)."""
+    if _is_function(targets):
+        return True
+    return isinstance(targets, (list, tuple)) and bool(targets) and all(_is_function(t) for t in targets)
 
 
 def _same_for_all(row: list[Any], batch: int, labels: Sequence[str] | None, num_classes: int) -> ResolvedTargets:
