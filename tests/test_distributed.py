@@ -143,4 +143,11 @@ def test_cli_engine_ray_and_no_silent_overwrite(tmp_path, capsys):
     assert main(argv) == 0
     assert "3 explained, 0 failed" in capsys.readouterr().out
     assert main(argv) == 2
-    assert "holds an earlier run; pass --overwrite" in capsys.readouterr().err
+    assert "holds an earlier run; pass --resume" in capsys.readouterr().err
+    shutil.copy(EXAMPLES / "coffee.jpg", folder / "extra.jpg")
+    assert main([*argv, "--resume"]) == 0
+    assert "4 explained, 0 failed" in capsys.readouterr().out
+    import pyarrow.parquet as pq
+
+    paths = pq.read_table(out / "manifest").column("path").to_pylist()
+    assert len(paths) == len(set(paths)) == 4  # the 3 done photos carried over once, the new one added

@@ -152,14 +152,18 @@ def explain_dataset(
     out_uri = out_text if _is_uri(out_text) else None
     local_out = Path(out_text) if out_uri is None else None
     options = replace(options or RunOptions(out=Path(".")), out=local_out or Path("."))
+    previous: list[dict[str, Any]] = []
     if local_out is not None:
-        _check_output_folder(local_out, options)
+        previous = _check_output_folder(local_out, options)
     else:
         _check_output_uri(out_text, options)
     if not ray.is_initialized():
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
     started = time.perf_counter()
     rows = _rows_from_source(source)
+    if previous:
+        done = {row["path"] for row in previous}
+        rows = rows.filter(lambda row: str(row["path"]) not in done)
     results = rows.map_batches(
         ExplainActor,
         fn_constructor_kwargs={
@@ -180,10 +184,19 @@ def explain_dataset(
     manifest_location = f"{out_text.rstrip('/')}/{PARQUET_FOLDER}"
     results.write_parquet(manifest_location)
     counts = {row["status"]: row["count()"] for row in results.groupby("status").count().take_all()}
+    if previous:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        Path(manifest_location).mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(previous), f"{manifest_location}/resumed.parquet")
+        counts["ok"] = counts.get("ok", 0) + len(previous)
     total = sum(counts.values())
     entries = None
     if total <= RESULTS_JSON_LIMIT:
-        entries = sorted((json.loads(row["entry"]) for row in results.take_all()), key=lambda e: e["path"])
+        rows_done = [json.loads(row["entry"]) for row in results.take_all()]
+        rows_done += [json.loads(row["entry"]) for row in previous]
+        entries = sorted(rows_done, key=lambda e: e["path"])
     seconds = time.perf_counter() - started
     summary = {"images": total, "ok": counts.get("ok", 0), "failed": total - counts.get("ok", 0),
                "seconds": round(seconds, 2), "engine": "ray", "actors": actors, "model": model,
@@ -192,16 +205,26 @@ def explain_dataset(
     return DistributedResult(total, summary["ok"], summary["failed"], manifest_location, seconds, entries)
 
 
-def _check_output_folder(out: Path, options: RunOptions) -> None:
+def _check_output_folder(out: Path, options: RunOptions) -> list[dict[str, Any]]:
+    """Refuse to mix with an earlier run unless asked; with ``resume``, return its successful rows."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UsageError(f"--out {out}: cannot write there ({error.strerror})") from None
     earlier = (out / PARQUET_FOLDER).exists() or (out / MANIFEST).exists()
-    if earlier and not options.overwrite:
-        raise UsageError(f"--out {out}: holds an earlier run; pass --overwrite to replace it, or another --out")
-    if earlier:
-        shutil.rmtree(out / PARQUET_FOLDER, ignore_errors=True)
+    if earlier and not (options.overwrite or options.resume):
+        raise UsageError(
+            f"--out {out}: holds an earlier run; pass --resume to continue it, --overwrite to replace it, "
+            "or another --out"
+        )
+    previous: list[dict[str, Any]] = []
+    if earlier and options.resume and (out / PARQUET_FOLDER).exists():
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(out / PARQUET_FOLDER)
+        previous = [row for row in table.to_pylist() if row["status"] == "ok"]
+    shutil.rmtree(out / PARQUET_FOLDER, ignore_errors=True)
+    return previous
 
 
 def _check_output_uri(uri: str, options: RunOptions) -> None:

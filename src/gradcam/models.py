@@ -155,9 +155,10 @@ def _load_timm(arch: str, weights: str | None) -> LoadedModel:
     try:
         model = timm.create_model(arch, pretrained=pretrained)
     except Exception as error:  # hub and network errors come in many types
+        cfg = timm.models.get_pretrained_cfg(arch)
+        source = getattr(cfg, "hf_hub_id", None) or getattr(cfg, "url", None) or "the timm hub"
         raise ModelLoadError(
-            f"cannot get pretrained weights for timm:{arch} "
-            f"({type(error).__name__}: {str(error).splitlines()[0][:120] if str(error) else ''}); "
+            f"cannot get pretrained weights for timm:{arch} from {source} ({type(error).__name__}); "
             "with no network, download them elsewhere and pass --weights FILE, or --weights none for random weights"
         ) from error
     if weights is not None and not _random(weights):
