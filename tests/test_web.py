@@ -84,3 +84,16 @@ def test_in_a_real_browser(running_app, tmp_path):
         page.screenshot(path=str(tmp_path / "web-app.png"), full_page=True)
         browser.close()
     assert (tmp_path / "web-app.png").stat().st_size > 10_000
+
+
+def test_serve_command_warns_when_opened_to_the_network(monkeypatch, capsys):
+    import gradcam.web
+    from gradcam.cli import main
+
+    calls = []
+    monkeypatch.setattr(gradcam.web, "serve", lambda host, port, examples: calls.append((host, port)))
+    assert main(["serve"]) == 0
+    assert calls[-1] == ("127.0.0.1", 7860) and "warning" not in capsys.readouterr().err
+    assert main(["serve", "--host", "0.0.0.0", "--port", "8000"]) == 0
+    assert calls[-1] == ("0.0.0.0", 8000)
+    assert "warning: listening on 0.0.0.0" in capsys.readouterr().err
