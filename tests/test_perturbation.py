@@ -117,3 +117,22 @@ def test_bad_options():
         ScoreCAM(batch_size=0)
     with pytest.raises(ValueError, match="top_channels"):
         ScoreCAM(top_channels=0)
+
+
+def test_tail_needs_no_trace_of_the_prefix():
+    """timm's same-padding convolutions cannot be traced by torch.fx; they sit before the layer, are kept
+    as opaque calls, and the tail still reproduces the model."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    captured = {}
+    handle = model.bn2.register_forward_hook(lambda m, i, o: captured.setdefault("a", o.clone()))
+    with torch.no_grad():
+        expected = model(x)
+    handle.remove()
+    tail = Tail(model, "bn2", x)
+    assert [node.name for node in tail.downstream] == ["global_pool", "classifier", "output"]
+    with torch.no_grad():
+        torch.testing.assert_close(tail(captured["a"], torch.tensor([0, 1])), expected)

@@ -25,12 +25,16 @@ class TailUnavailable(RuntimeError):
 
 
 class _LayerLeafTracer(torch.fx.Tracer):
+    """Traces only through the target layer's ancestors; every other module (the layer included) is one
+    opaque call. Code FX cannot follow (timm's same-padding convolutions, say) is then no obstacle
+    unless it sits in an ancestor's own ``forward``."""
+
     def __init__(self, layer_name: str) -> None:
         super().__init__()
         self.layer_name = layer_name
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
-        return qualified_name == self.layer_name or super().is_leaf_module(module, qualified_name)
+        return not self.layer_name.startswith(qualified_name + ".")
 
 
 class Tail:
