@@ -173,6 +173,13 @@ def preprocess(image: Image.Image, spec: Preprocessing) -> tuple[torch.Tensor, G
     return (pixels - mean) / std, geometry
 
 
+def model_view(pixels: torch.Tensor, spec: Preprocessing) -> torch.Tensor:
+    """The photo as the model sees it: normalised (3, h, w) input back to (3, h, w) uint8."""
+    mean = torch.tensor(spec.mean, device=pixels.device).view(3, 1, 1)
+    std = torch.tensor(spec.std, device=pixels.device).view(3, 1, 1)
+    return ((pixels.float() * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)
+
+
 def to_original(maps: torch.Tensor, geometry: Geometry) -> tuple[torch.Tensor, torch.Tensor]:
     """Carry (K, h, w) maps in the model's input frame back onto the original photo.
 

@@ -25,6 +25,7 @@ from .images import (
     Geometry,
     ImageReadError,
     image_tensor,
+    model_view,
     preprocess,
     read_image,
     to_original,
@@ -357,10 +358,7 @@ class BatchExplainer:
         base = options.out / key
         base.parent.mkdir(parents=True, exist_ok=True)
         full_maps, coverage = to_original(ex.maps[row].cpu(), geometry)
-        spec = self.bundle.preprocessing
-        mean = torch.tensor(spec.mean).view(3, 1, 1)
-        std = torch.tensor(spec.std).view(3, 1, 1)
-        model_view = ((item["input"] * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)
+        view = model_view(item["input"], self.bundle.preprocessing) if contributions is not None else None
         planned = []
         for k in range(ex.maps.shape[1]):
             class_id = int(ex.targets[row, k]) if ex.targets is not None else None
@@ -386,8 +384,9 @@ class BatchExplainer:
             if ex.guided is not None:
                 save_png(gradient_picture(ex.guided_gradcam[row, k].cpu()), files["guided"])
             if contributions is not None:
+                assert view is not None
                 grid = channel_grid(
-                    model_view,
+                    view,
                     contributions.maps[row, k],
                     contributions.channels[row, k].tolist(),
                     contributions.totals[row, k].tolist(),

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .explain import explain
-from .images import ImageReadError, image_tensor, preprocess, read_image, to_original
+from .images import ImageReadError, image_tensor, model_view, preprocess, read_image, to_original
 from .layers import list_layers
 from .models import DEFAULT_MODEL, LoadedModel, ModelLoadError, cached_weights_path, load_model, torchvision_classifiers
 from .runner import UsageError, parse_target, slug
@@ -132,9 +132,7 @@ def explain_photo(
         per_method[method] = {"layer": ex.layer, "targets": entries}
         if grid is None and per_channel and ex.layer_results[0].weights is not None:
             contributions = ex.channel_contributions(per_channel)
-            mean = torch.tensor(bundle.preprocessing.mean).view(3, 1, 1)
-            std = torch.tensor(bundle.preprocessing.std).view(3, 1, 1)
-            view = ((pixels * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)
+            view = model_view(pixels, bundle.preprocessing)
             grid = channel_grid(
                 view,
                 contributions.maps[0, 0],
