@@ -151,3 +151,12 @@ def test_cli_engine_ray_and_no_silent_overwrite(tmp_path, capsys):
 
     paths = pq.read_table(out / "manifest").column("path").to_pylist()
     assert len(paths) == len(set(paths)) == 4  # the 3 done photos carried over once, the new one added
+
+
+def test_a_ray_dataset_as_input(tmp_path):
+    folder = photo_folder(tmp_path)
+    dataset = ray.data.read_binary_files(str(folder), include_paths=True)
+    out = tmp_path / "out"
+    result = explain_dataset(dataset, str(out), options=RunOptions(out=out, batch_size=2), **POOL)
+    assert result.ok == 3
+    assert sorted(p.name for p in out.glob("*.png"))[0] == "astronaut0.gradcam.560-football_helmet.png"

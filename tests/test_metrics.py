@@ -157,9 +157,23 @@ def test_evaluate_command_writes_a_deterministic_report(tmp_path, capsys):
     assert entry["images"] == 2 and entry["pointing"] == 100.0 and 0 < entry["energy_pointing"] <= 100
     assert 0 <= entry["deletion_auc"] < entry["insertion_auc"] <= 1
     assert (tmp_path / "a" / "curves.png").stat().st_size > 0
+    assert entry["sanity_passed"] is None  # not asked for
     assert "Insertion AUC" in (tmp_path / "a" / "report.md").read_text()
     page = (tmp_path / "a" / "report.html").read_text()
     assert "<td>gradcam</td>" in page and 'src="curves.png"' in page and "https://" not in page
+
+
+def test_evaluate_sanity_column(tmp_path, capsys):
+    argv = ["evaluate", str(EXAMPLES / "coffee.jpg"), "--methods", "gradcam", "--steps", "2", "--sanity",
+            "--out", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 0
+    assert "Sanity check |" in capsys.readouterr().out
+    data = json.loads((tmp_path / "results.json").read_text())
+    image = data["images"][0]
+    assert len(image["sanity_layers"]) == len(image["sanity_curve"]) == 6
+    assert image["sanity_layers"][0] == "classifier"  # randomised from the top down
+    assert data["summary"][0]["sanity_passed"] in (True, False)  # one photo decides little; see the unit test
+    assert image["sanity_curve"][0] != 1.0  # randomising the classifier already changed the map
 
 
 def test_evaluate_usage_errors(tmp_path, capsys):

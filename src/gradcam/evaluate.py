@@ -191,16 +191,24 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for column, _, _ in METRIC_COLUMNS:
             values = [row[column] for row in group if column in row]
             entry[column] = sum(values) / len(values) if values else None
+        correlations = [abs(row["sanity_correlation"]) for row in group if "sanity_correlation" in row]
+        entry["sanity_passed"] = (
+            sum(correlations) / len(correlations) < metrics.SANITY_THRESHOLD if correlations else None
+        )
         summary.append(entry)
     return summary
 
 
 def markdown_table(summary: list[dict[str, Any]]) -> str:
     columns = [c for c in METRIC_COLUMNS if any(entry[c[0]] is not None for entry in summary)]
+    sanity = any(entry.get("sanity_passed") is not None for entry in summary)
     header = "| method | layer | " + " | ".join(f"{title} ({better} is better)" for _, title, better in columns) + " |"
-    lines = [header, "|---|---|" + "---:|" * len(columns)]
+    header += " Sanity check |" if sanity else ""
+    lines = [header, "|---|---|" + "---:|" * len(columns) + ("---|" if sanity else "")]
     for entry in summary:
         cells = [f"{entry[c]:.3f}" if entry[c] is not None else "" for c, _, _ in columns]
+        if sanity:
+            cells.append({True: "pass", False: "FAIL", None: ""}[entry.get("sanity_passed")])
         lines.append(f"| {entry['method']} | {entry['layer']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

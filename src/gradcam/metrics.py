@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 Scorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+SANITY_THRESHOLD = 0.5  # a method passes when, with the whole model randomised, mean |rank corr.| is below
 
 
 def class_probability(model: nn.Module, batch_size: int = 32) -> Scorer:
@@ -294,7 +295,7 @@ class SanityResult:
     layers: tuple[str, ...]
     correlations: torch.Tensor
 
-    def passed(self, threshold: float = 0.5) -> bool:
+    def passed(self, threshold: float = SANITY_THRESHOLD) -> bool:
         """A method passes when randomising the whole model leaves maps unlike the originals."""
         return bool(self.correlations[-1].abs().mean() < threshold) if len(self.layers) else False
 
@@ -314,8 +315,8 @@ def sanity_check(
     layers = [(name, m) for name, m in randomised.named_modules() if any(True for _ in m.parameters(recurse=False))]
     layers.reverse()
     if max_layers is not None and len(layers) > max_layers:
-        step = len(layers) / max_layers
-        checkpoints = {int(round(i * step)) - 1 for i in range(1, max_layers + 1)}
+        # evenly spaced, from the top layer alone to the whole model randomised
+        checkpoints = {int(i) for i in torch.linspace(0, len(layers) - 1, max_layers).round().tolist()}
     else:
         checkpoints = set(range(len(layers)))
     generator = torch.Generator().manual_seed(seed)
