@@ -233,7 +233,9 @@ def test_resume_skips_done_images(tmp_path, photo_dir, monkeypatch):
     explained: list[int] = []
     original = runner.Runner.explain_batch
     monkeypatch.setattr(
-        runner.Runner, "explain_batch", lambda self, items: (explained.append(len(items)), original(self, items))[1]
+        runner.Runner,
+        "explain_batch",
+        lambda self, items, writers=None: (explained.append(len(items)), original(self, items, writers))[1],
     )
     assert run(str(photo_dir), "--out", str(out), "--resume") == 0
     assert explained == [1]
@@ -246,11 +248,11 @@ def test_interrupt_leaves_a_valid_manifest(tmp_path, photo_dir, monkeypatch, cap
     calls = {"n": 0}
     original = runner.Runner.explain_batch
 
-    def interrupted(self, items):
+    def interrupted(self, items, writers=None):
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
-        return original(self, items)
+        return original(self, items, writers)
 
     monkeypatch.setattr(runner.Runner, "explain_batch", interrupted)
     out = tmp_path / "out"

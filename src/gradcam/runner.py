@@ -9,7 +9,9 @@ import json
 import re
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,13 @@ from .viz import channel_grid, overlay, save_png
 
 MANIFEST = "results.json"
 MANIFEST_INTERVAL_S = 20.0
+WRITER_THREADS = 2
+
+
+def _resolved(value: Any) -> Future:
+    future: Future = Future()
+    future.set_result(value)
+    return future
 
 
 class UsageError(ValueError):
@@ -263,24 +272,35 @@ class Runner:
             prefetch_factor=2 if self.options.workers > 0 else None,
         )
         interrupted = False
-        try:
-            for items in loader:
-                self.explain_batch([(todo[item["index"]], item) for item in items])
-                if progress:
-                    progress(len(items))
-                if time.monotonic() - self.last_manifest > MANIFEST_INTERVAL_S:
-                    self.write_manifest(finished=False)
-        except KeyboardInterrupt:
-            interrupted = True
-        finally:
-            self.write_manifest(finished=not interrupted)
+        pending: list[tuple[int, Future]] = []
+        # the pictures of one batch are written by threads while the model explains the next
+        with ThreadPoolExecutor(max_workers=WRITER_THREADS, thread_name_prefix="gradcam-writer") as writers:
+            try:
+                for items in loader:
+                    submitted = self.explain_batch([(todo[item["index"]], item) for item in items], writers)
+                    self._collect(pending, progress)
+                    pending = submitted
+                    if time.monotonic() - self.last_manifest > MANIFEST_INTERVAL_S:
+                        self.write_manifest(finished=False)
+            except KeyboardInterrupt:
+                interrupted = True
+            finally:
+                self._collect(pending, progress)  # what was explained is written, also on Ctrl-C
+                self.write_manifest(finished=not interrupted)
         return RunResult(self.manifest_path, [self.entries[i] for i in sorted(self.entries)], interrupted)
 
-    def explain_batch(self, items: list[tuple[int, dict[str, Any]]]) -> None:
+    def explain_batch(self, items: list[tuple[int, dict[str, Any]]], writers: Executor | None = None) -> list:
+        """Explain a batch now; its outputs are written by ``writers`` (or here). Returns (index, future)s."""
         photos = [(str(self.found.paths[index]), self.keys[index], item) for index, item in items]
-        for (index, _), entry in zip(items, self.explainer.explain(photos), strict=True):
-            self.entries[index] = entry
+        futures = self.explainer.submit(photos, writers)
         self.layer = self.explainer.layer
+        return [(index, future) for (index, _), future in zip(items, futures, strict=True)]
+
+    def _collect(self, pending: list[tuple[int, Future]], progress: Callable[[int], None] | None) -> None:
+        for index, future in pending:
+            self.entries[index] = future.result()
+        if progress and pending:
+            progress(len(pending))
 
 
 class BatchExplainer:
@@ -293,19 +313,26 @@ class BatchExplainer:
 
     def explain(self, photos: list[tuple[str, str, dict[str, Any]]]) -> list[dict[str, Any]]:
         """``photos``: (path, output key, decoded item) each; returns one manifest entry per photo."""
-        entries: list[dict[str, Any] | None] = [None] * len(photos)
+        return [future.result() for future in self.submit(photos)]
+
+    def submit(self, photos: list[tuple[str, str, dict[str, Any]]], writers: Executor | None = None) -> list[Future]:
+        """Explain the photos now; write each one's outputs on ``writers`` (or here, when None). One future
+        per photo, resolving to its manifest entry."""
+        futures: list[Future | None] = [None] * len(photos)
         good = []
         for position, (path, key, item) in enumerate(photos):
             if item["error"] is not None:
-                entries[position] = {"path": path, "status": "error", "error": item["error"]}
+                futures[position] = _resolved({"path": path, "status": "error", "error": item["error"]})
             else:
                 good.append((position, path, key, item))
         if good:
-            for position, entry in self._explain_good(good):
-                entries[position] = entry
-        return [entry for entry in entries if entry is not None]
+            for position, job in self._explain_good(good):
+                futures[position] = writers.submit(job) if writers is not None else _resolved(job())
+        return [future for future in futures if future is not None]
 
-    def _explain_good(self, good: list[tuple[int, str, str, dict[str, Any]]]) -> list[tuple[int, dict[str, Any]]]:
+    def _explain_good(
+        self, good: list[tuple[int, str, str, dict[str, Any]]]
+    ) -> list[tuple[int, Callable[[], dict[str, Any]]]]:
         model = self.bundle.model
         device = next(model.parameters()).device
         dtype = next(model.parameters()).dtype
@@ -337,14 +364,16 @@ class BatchExplainer:
         probabilities = ex.logits.softmax(dim=-1)
         top = probabilities.topk(min(5, probabilities.shape[-1]), dim=-1)
         contributions = ex.channel_contributions(self.options.per_channel) if self.options.per_channel else None
-        results = []
-        for row, (position, path, key, item) in enumerate(good):
-            try:
-                entry = self.write_outputs(path, key, item, ex, row, top, contributions)
-            except OSError as error:
-                entry = {"path": path, "status": "error", "error": f"{path}: cannot write outputs ({error})"}
-            results.append((position, entry))
-        return results
+        return [
+            (position, partial(self._write_safely, path, key, item, ex, row, top, contributions))
+            for row, (position, path, key, item) in enumerate(good)
+        ]
+
+    def _write_safely(self, path: str, *args: Any) -> dict[str, Any]:
+        try:
+            return self.write_outputs(path, *args)
+        except OSError as error:
+            return {"path": path, "status": "error", "error": f"{path}: cannot write outputs ({error})"}
 
     def label(self, index: int) -> str:
         labels = self.bundle.labels
