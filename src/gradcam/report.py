@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .files import write_atomic
+
 _STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:0;background:#f4f4f6;color:#222}
 header{position:sticky;top:0;background:#fff;border-bottom:1px solid #ddd;padding:10px 16px;z-index:1}
@@ -133,9 +135,8 @@ def explain_page(manifest: dict[str, Any], out: Path) -> str:
 
 def write_explain_page(manifest: dict[str, Any], out: Path) -> Path:
     path = out / "index.html"
-    temporary = out / ".index.html.tmp"
-    temporary.write_text(explain_page(manifest, out), encoding="utf-8")
-    temporary.replace(path)
+    page = explain_page(manifest, out)
+    write_atomic(path, lambda temporary: temporary.write_text(page, encoding="utf-8"))
     return path
 
 

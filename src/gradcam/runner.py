@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .explain import explain
+from .files import write_atomic
 from .guided import gradient_picture
 from .images import (
     DEFAULT_MAX_MEGAPIXELS,
@@ -177,16 +178,15 @@ def slug(text: str) -> str:
 
 
 def write_json_atomic(data: Any, path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(data, indent=1))
-    temporary.replace(path)
+    write_atomic(path, lambda temporary: temporary.write_text(json.dumps(data, indent=1)))
 
 
 def save_npy_atomic(array: np.ndarray, path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "wb") as handle:
-        np.save(handle, array)
-    temporary.replace(path)
+    def save(temporary: Path) -> None:
+        with open(temporary, "wb") as handle:
+            np.save(handle, array)
+
+    write_atomic(path, save)
 
 
 class Runner:
@@ -199,7 +199,6 @@ class Runner:
         self.previous: dict[str, dict[str, Any]] = {}
         self.manifest_path = options.out / MANIFEST
         self.explainer = BatchExplainer(bundle, options)
-        self.layer: str | None = self.explainer.layer
         self.started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self.last_manifest = time.monotonic()
 
@@ -229,7 +228,7 @@ class Runner:
             "model": self.bundle.name,
             "model_source": self.bundle.source,
             "method": options.method,
-            "layer": self.layer,
+            "layer": self.explainer.layer,
             "target": options.target,
             "counterfactual": options.counterfactual,
             "eigen_smooth": options.eigen_smooth,
@@ -293,7 +292,6 @@ class Runner:
         """Explain a batch now; its outputs are written by ``writers`` (or here). Returns (index, future)s."""
         photos = [(str(self.found.paths[index]), self.keys[index], item) for index, item in items]
         futures = self.explainer.submit(photos, writers)
-        self.layer = self.explainer.layer
         return [(index, future) for (index, _), future in zip(items, futures, strict=True)]
 
     def _collect(self, pending: list[tuple[int, Future]], progress: Callable[[int], None] | None) -> None:
