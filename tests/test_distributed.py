@@ -160,3 +160,47 @@ def test_a_ray_dataset_as_input(tmp_path):
     result = explain_dataset(dataset, str(out), options=RunOptions(out=out, batch_size=2), **POOL)
     assert result.ok == 3
     assert sorted(p.name for p in out.glob("*.png"))[0] == "astronaut0.gradcam.560-football_helmet.png"
+
+
+def test_same_named_files_without_a_manifest_are_not_overwritten(tmp_path):
+    """Issue 10, case 6: the local engine refused, Ray silently overwrote."""
+    from gradcam.runner import UsageError
+
+    folder = photo_folder(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    mine = out / "chelsea0.gradcam.282-tiger_cat.png"
+    mine.write_bytes(b"the user's own file")
+    with pytest.raises(UsageError, match="chelsea0.gradcam.282-tiger_cat.png exists; pass --overwrite"):
+        explain_dataset(str(folder), str(out), options=RunOptions(out=out), **POOL)
+    assert mine.read_bytes() == b"the user's own file"
+    result = explain_dataset(str(folder), str(out), options=RunOptions(out=out, overwrite=True), **POOL)
+    assert result.ok == 3 and mine.read_bytes() != b"the user's own file"
+
+
+def test_an_interrupted_resume_keeps_the_earlier_manifest_and_resume_reads_a_local_run(tmp_path, monkeypatch):
+    import gradcam.distributed as distributed
+
+    folder = photo_folder(tmp_path)
+    out = tmp_path / "out"
+    assert main(["explain", str(folder / "chelsea0.jpg"), "--out", str(out), "--workers", "0", "--quiet"]) == 0
+    local_overlay = next(out.glob("chelsea0.gradcam.*.png"))
+    written_locally = local_overlay.stat().st_mtime_ns
+    resumed = RunOptions(out=out, resume=True)
+    result = explain_dataset(str(folder), str(out), options=resumed, **POOL)
+    assert (result.images, result.ok) == (3, 3)
+    assert local_overlay.stat().st_mtime_ns == written_locally  # the local run's photo was not redone
+    assert next(out.glob("coffee0.gradcam.*.png")).stat().st_mtime_ns > written_locally
+    before = sorted(p.name for p in (out / "manifest").iterdir())
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(distributed, "_swap_in", interrupted)
+    (folder / "more.jpg").write_bytes((EXAMPLES / "coffee.jpg").read_bytes())
+    with pytest.raises(KeyboardInterrupt):
+        explain_dataset(str(folder), str(out), options=resumed, **POOL)
+    assert sorted(p.name for p in (out / "manifest").iterdir()) == before
+    monkeypatch.undo()
+    result = explain_dataset(str(folder), str(out), options=resumed, **POOL)
+    assert (result.images, result.ok) == (4, 4)

@@ -37,7 +37,7 @@ def test_explain_photo_errors_are_messages(tmp_path):
         explain_photo(None, "efficientnet_lite0", ["gradcam"], None, "", 0.5, "jet")
     with pytest.raises(AppError, match="did you mean 'tiger cat'"):
         explain_photo(str(EXAMPLES / "chelsea.jpg"), "efficientnet_lite0", ["gradcam"], None, "tigre cat", 0.5, "jet")
-    with pytest.raises(AppError, match="unknown model"):
+    with pytest.raises(AppError, match="model 'resnet5O' is not served here .* gradcam serve --models resnet5O"):
         explain_photo(str(EXAMPLES / "chelsea.jpg"), "resnet5O", ["gradcam"], None, "", 0.5, "jet")
     big = tmp_path / "big.jpg"
     big.write_bytes(b"\xff" * (21 * 1024 * 1024))
@@ -47,6 +47,44 @@ def test_explain_photo_errors_are_messages(tmp_path):
 
 def test_offline_models_come_first():
     assert model_choices()[0] == "efficientnet_lite0"
+
+
+def test_requests_are_bounded_in_targets_and_files(tmp_path):
+    """Issue 10, case 7: top1000 wrote 2,001 files in 78 s; every request left a folder behind."""
+    import gradcam
+    from gradcam import web
+
+    with pytest.raises(AppError, match="more than this page draws"):
+        explain_photo(str(EXAMPLES / "chelsea.jpg"), "efficientnet_lite0", ["gradcam"], None, "top1000", 0.5, "jet")
+    with pytest.raises(AppError, match="more than this page draws"):
+        explain_photo(str(EXAMPLES / "chelsea.jpg"), "efficientnet_lite0", gradcam.methods()[:4], None,
+                      "top9", 0.5, "jet")  # fmt: skip
+    space = web.ScratchSpace(keep=3)
+    folders = [space.new_folder() for _ in range(5)]
+    assert [f.exists() for f in folders] == [False, False, True, True, True]
+    result = explain_photo(str(EXAMPLES / "chelsea.jpg"), "efficientnet_lite0", ["gradcam"], None, "", 0.5, "jet")
+    assert Path(result.files[0]).parent.parent == web.scratch().root
+
+
+def test_only_models_named_at_start_are_offered_and_loaded_before_listening(monkeypatch):
+    from gradcam import web
+
+    loaded = []
+    monkeypatch.setattr(web, "load_model", lambda name: loaded.append(name) or _bundle())
+    shelf = web.ModelShelf(["efficientnet_lite0", "resnet18"])
+    shelf.load_all()
+    assert loaded == ["efficientnet_lite0", "resnet18"]
+    shelf.get("resnet18")
+    assert loaded == ["efficientnet_lite0", "resnet18"]  # once each
+    with pytest.raises(AppError, match="not served here"):
+        shelf.get("timm:resnet34")
+    assert loaded == ["efficientnet_lite0", "resnet18"]  # an unserved name loads nothing
+
+
+def _bundle():
+    from gradcam.models import load_model
+
+    return load_model("efficientnet_lite0", "none")
 
 
 def free_port() -> int:
@@ -91,7 +129,7 @@ def test_serve_command_warns_when_opened_to_the_network(monkeypatch, capsys):
     from gradcam.cli import main
 
     calls = []
-    monkeypatch.setattr(gradcam.web, "serve", lambda host, port, examples: calls.append((host, port)))
+    monkeypatch.setattr(gradcam.web, "serve", lambda host, port, examples, models: calls.append((host, port)))
     assert main(["serve"]) == 0
     assert calls[-1] == ("127.0.0.1", 7860) and "warning" not in capsys.readouterr().err
     assert main(["serve", "--host", "0.0.0.0", "--port", "8000"]) == 0

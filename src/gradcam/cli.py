@@ -11,17 +11,29 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 from .images import DEFAULT_MAX_MEGAPIXELS, FoundImages, find_images
 from .methods import methods
 from .models import DEFAULT_MODEL, ModelLoadError, load_model
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+MAX_BATCH_SIZE = 512  # bounds the decoded photos held at once; larger batches gain nothing on any device
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     pass
+
+
+def _add_trust_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trust-weights",
+        action="store_true",
+        help="WARNING: lets --weights run code in the file (a whole pickled model, custom classes, TorchScript); "
+        "only for files from a source you trust. Without it, only tensors are read",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--weights",
         default=None,
-        help="a local state dict / checkpoint / TorchScript file, or 'none' for random weights (default: pretrained)",
+        help="a local state dict or checkpoint file, or 'none' for random weights (default: the pretrained weights)",
     )
+    _add_trust_option(run)
     run.add_argument("--method", default="gradcam", choices=methods(), help="the CAM method")
     run.add_argument(
         "--layer",
@@ -88,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity in the overlay, 0..1")
     run.add_argument("--colormap", default="jet", help="any matplotlib colormap")
     run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps, ...")
-    run.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    run.add_argument("--batch-size", type=int, default=8, help=f"images per forward pass (at most {MAX_BATCH_SIZE})")
     run.add_argument("--workers", type=int, default=2, help="background processes decoding images (0: none)")
     run.add_argument("--out", default="gradcam-out", help="output folder")
     run.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -117,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or globs")
     judge.add_argument("--model", default=DEFAULT_MODEL, help="as for explain")
     judge.add_argument("--weights", default=None, help="as for explain")
+    _add_trust_option(judge)
     judge.add_argument(
         "--methods", default=",".join(m for m in methods() if m not in ("scorecam", "ablationcam")),
         help="comma-separated methods (scorecam and ablationcam are slower: add them by name)",
@@ -139,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--host", default="127.0.0.1", help="address to listen on; anything but loopback opens the app")
     web.add_argument("--port", type=int, default=7860, help="port")
     web.add_argument("--examples", default="examples", help="folder of example photos offered in the page")
+    web.add_argument(
+        "--models",
+        default=DEFAULT_MODEL,
+        help="comma-separated models to offer, all loaded before the app listens (no request waits for a download)",
+    )
 
     listing = commands.add_parser(
         "models", help="list model names and which work offline now", formatter_class=_Formatter
@@ -152,12 +171,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     layers.add_argument("model", nargs="?", default=DEFAULT_MODEL, help="a model name as for explain --model")
     layers.add_argument("--weights", default="none", help="weights do not change shapes, so random by default")
+    _add_trust_option(layers)
     return parser
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    print(f"gradcam: warning: {message}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
+        return _dispatch(args)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         if args.command == "explain":
             return _explain(args)
@@ -173,9 +203,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
-def _find_reporting_missing(paths: list[str]) -> FoundImages:
-    """The photos under ``paths``; each missing path gets one line on stderr (and the run goes on)."""
-    found = find_images(paths)
+def _find_reporting_missing(paths: list[str], exclude: Sequence[Path] = ()) -> FoundImages:
+    """The photos under ``paths`` (none from the ``exclude`` folders: a run's own outputs); each missing
+    path gets one line on stderr (and the run goes on)."""
+    found = find_images(paths, exclude)
     for missing in found.missing:
         print(f"gradcam: error: {missing}: no such file or folder", file=sys.stderr)
     return found
@@ -187,15 +218,15 @@ def _error(message: str) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .runner import Runner, RunOptions, UsageError, parse_target
+    from .runner import OutputError, Runner, RunOptions, UsageError, parse_target
     from .viz import colormap_table
 
     if not 0 <= args.alpha <= 1:
         return _error(f"--alpha {args.alpha}: must be between 0 and 1")
-    if args.batch_size < 1 or args.workers < 0 or args.per_channel < 0 or args.perturbation_batch < 1:
-        return _error("--batch-size and --perturbation-batch must be >= 1, --workers and --per-channel >= 0")
+    if not 1 <= args.batch_size <= MAX_BATCH_SIZE or args.workers < 0 or args.per_channel < 0:
+        return _error(f"--batch-size must be between 1 and {MAX_BATCH_SIZE}; --workers and --per-channel >= 0")
+    if args.perturbation_batch < 1:
+        return _error("--perturbation-batch must be >= 1")
     if args.top_channels is not None and (args.top_channels < 1 or args.method != "scorecam"):
         return _error("--top-channels N: N >= 1, with --method scorecam")
     if args.per_channel and args.method == "eigencam":
@@ -211,12 +242,12 @@ def _explain(args: argparse.Namespace) -> int:
         colormap_table(args.colormap)
     except ValueError as error:
         return _error(f"--colormap: {error}")
-    found = _find_reporting_missing(args.paths)
+    found = _find_reporting_missing(args.paths, exclude=[Path(args.out)])
     if not found.paths:
         return _error("no images found in " + ", ".join(args.paths))
     try:
-        bundle = load_model(args.model, args.weights, args.device)
-        parse_target(args.target, bundle.labels, None)
+        bundle = load_model(args.model, args.weights, args.device, trust_weights=args.trust_weights)
+        parse_target(args.target, bundle.labels, len(bundle.labels) if bundle.labels is not None else None)
     except (ModelLoadError, UsageError) as error:
         return _error(str(error))
     except RuntimeError as error:  # e.g. an unavailable --device
@@ -263,6 +294,9 @@ def _explain(args: argparse.Namespace) -> int:
         result = runner.run(progress=progress_bar.update if progress_bar else None)
     except UsageError as error:
         return _error(str(error))
+    except OutputError as error:
+        print(f"gradcam: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
     finally:
         if progress_bar:
             progress_bar.close()
@@ -295,6 +329,7 @@ def _explain_on_ray(args: argparse.Namespace, options: object) -> int:
             args.out,
             model=args.model,
             weights=args.weights,
+            trust_weights=args.trust_weights,
             options=options,  # type: ignore[arg-type]
             actors=args.actors,
             cpus_per_actor=args.cpus_per_actor,
@@ -335,15 +370,14 @@ def _print_summary(entries: list[dict], manifest: object, skipped: int, limit: i
 
 
 def Path_name(path: str) -> str:  # noqa: N802
-    from pathlib import Path
-
     return Path(path).name
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    import torch
 
     from .evaluate import EvaluationOptions, evaluate, markdown_table, read_boxes, write_report
+    from .explain import explain
     from .methods import get_method
 
     try:
@@ -352,43 +386,58 @@ def _evaluate(args: argparse.Namespace) -> int:
         return _error(f"--methods: {error}")
     if not chosen or args.steps < 1 or args.batch_size < 1:
         return _error("--methods needs at least one method; --steps and --batch-size must be >= 1")
-    found = _find_reporting_missing(args.paths)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        return _error(f"--out {out}: is a file; give a folder for the report")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        return _error(f"--out {out}: cannot write there ({error.strerror}); choose another folder")
+    found = _find_reporting_missing(args.paths, exclude=[out])
     if not found.paths:
         return _error("no images found in " + ", ".join(args.paths))
     try:
-        bundle = load_model(args.model, args.weights, args.device)
+        bundle = load_model(args.model, args.weights, args.device, trust_weights=args.trust_weights)
     except ModelLoadError as error:
         return _error(str(error))
     layers: list[str | None] = [name.strip() for name in args.layers.split(",")] if args.layers else [None]
+    probe = torch.zeros(1, 3, *bundle.preprocessing.crop, device=args.device)
     try:
-        from .layers import resolve_layers
-
         for name in layers:
             if name is not None:
-                resolve_layers(bundle.model, name)
+                try:  # one forward pass per layer: a layer without a spatial map fails here, not at the end
+                    explain(bundle.model, probe, "gradcam", name)
+                except (ValueError, TypeError) as error:
+                    raise ValueError(f"--layers {name}: cannot be explained ({str(error).splitlines()[0]})") from None
         boxes = read_boxes(Path(args.boxes), bundle.labels) if args.boxes else {}
     except ValueError as error:
         return _error(str(error))
     options = EvaluationOptions(chosen, layers, args.steps, args.batch_size, args.sanity, boxes=boxes)
     from tqdm import tqdm
 
-    with tqdm(
-        total=len(found.paths) * len(chosen) * len(layers), unit="map", desc="evaluating", file=sys.stderr
-    ) as bar:
-        evaluation = evaluate(bundle, found, options, progress=bar.update)
+    try:
+        with tqdm(
+            total=len(found.paths) * len(chosen) * len(layers), unit="map", desc="evaluating", file=sys.stderr
+        ) as bar:
+            evaluation = evaluate(bundle, found, options, progress=bar.update)
+    except (MemoryError, torch.OutOfMemoryError):
+        print(f"gradcam: error: out of memory; lower --batch-size (now {args.batch_size})", file=sys.stderr)
+        return EXIT_FAILED
     for message in evaluation.errors:
         print(f"gradcam: {message}", file=sys.stderr)
     if not evaluation.rows:
         return _error("no image could be read")
-    report = write_report(evaluation, Path(args.out), bundle.name)
+    try:
+        report = write_report(evaluation, out, bundle.name)
+    except OSError as error:
+        print(f"gradcam: error: --out {out}: cannot write the report ({error.strerror})", file=sys.stderr)
+        return EXIT_FAILED
     print(markdown_table(evaluation.summary))
     print(f"Report: {report}")
     return EXIT_FAILED if evaluation.errors or found.missing else EXIT_OK
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     try:
         from .web import serve
     except ImportError as error:
@@ -398,7 +447,13 @@ def _serve(args: argparse.Namespace) -> int:
             f"gradcam: warning: listening on {args.host}: anyone who can reach this machine can use the app",
             file=sys.stderr,
         )
-    serve(args.host, args.port, Path(args.examples))
+    from .web import AppError
+
+    models = [name.strip() for name in args.models.split(",") if name.strip()]
+    try:
+        serve(args.host, args.port, Path(args.examples), models=models)
+    except AppError as error:
+        return _error(f"--models: {error}")
     return EXIT_OK
 
 
@@ -439,7 +494,7 @@ def _layers(args: argparse.Namespace) -> int:
     from .layers import list_layers
 
     try:
-        bundle = load_model(args.model, args.weights)
+        bundle = load_model(args.model, args.weights, trust_weights=args.trust_weights)
     except ModelLoadError as error:
         return _error(str(error))
     example = torch.zeros(1, 3, *bundle.preprocessing.crop)

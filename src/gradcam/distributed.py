@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import shutil
@@ -42,7 +43,15 @@ def _is_uri(location: str) -> bool:
 class ExplainActor:
     """A Ray Data actor: loads the model once, then explains batches of rows ``{"path", "key"[, "bytes"]}``."""
 
-    def __init__(self, model: str, weights: str | None, options: RunOptions, out_uri: str | None, threads: int):
+    def __init__(
+        self,
+        model: str,
+        weights: str | None,
+        options: RunOptions,
+        out_uri: str | None,
+        threads: int,
+        trust_weights: bool = False,
+    ):
         import torch
 
         from .models import load_model
@@ -51,7 +60,7 @@ class ExplainActor:
         device = options.device
         if device == "cpu" and torch.cuda.is_available() and os.environ.get("CUDA_VISIBLE_DEVICES"):
             device = "cuda"  # Ray gave this actor a GPU
-        self.bundle = load_model(model, weights, device)
+        self.bundle = load_model(model, weights, device, trust_weights=trust_weights)
         self.out_uri = out_uri
         self.local_out = Path(tempfile.mkdtemp(prefix="gradcam-actor-")) if out_uri else options.out
         self.options = replace(options, out=self.local_out, overwrite=True, device=device)
@@ -104,7 +113,7 @@ class DistributedResult:
     entries: list[dict[str, Any]] | None
 
 
-def _rows_from_source(source: Any) -> Any:
+def _rows_from_source(source: Any, exclude: list[Path]) -> Any:
     """A Ray Dataset of ``{"path", "key"[, "bytes"]}`` rows from a folder, files, a URI or a Dataset."""
     import ray.data
 
@@ -121,7 +130,7 @@ def _rows_from_source(source: Any) -> Any:
         files = ray.data.read_binary_files(uri, include_paths=True, file_extensions=[s[1:] for s in IMAGE_SUFFIXES])
         root = uri.split("://", 1)[1]
         return files.map(lambda row: {**row, "key": str(Path(str(row["path"])).relative_to(root).with_suffix(""))})
-    found = find_images([str(loc) for loc in locations])
+    found = find_images([str(loc) for loc in locations], exclude)
     if found.missing:
         raise UsageError(f"{found.missing[0]}: no such file or folder")
     if not found.paths:
@@ -136,6 +145,7 @@ def explain_dataset(
     *,
     model: str = "efficientnet_lite0",
     weights: str | None = None,
+    trust_weights: bool = False,
     options: RunOptions | None = None,
     actors: int = 2,
     cpus_per_actor: float = 1.0,
@@ -153,16 +163,22 @@ def explain_dataset(
     local_out = Path(out_text) if out_uri is None else None
     options = replace(options or RunOptions(out=Path(".")), out=local_out or Path("."))
     previous: list[dict[str, Any]] = []
+    continuing = False  # a resumed run may redo what the earlier one left unrecorded
     if local_out is not None:
+        continuing = options.resume and ((local_out / PARQUET_FOLDER).exists() or (local_out / MANIFEST).exists())
         previous = _check_output_folder(local_out, options)
     else:
         _check_output_uri(out_text, options)
     if not ray.is_initialized():
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
     started = time.perf_counter()
-    rows = _rows_from_source(source)
-    if previous:
-        done = {row["path"] for row in previous}
+    rows = _rows_from_source(source, exclude=[local_out] if local_out is not None else [])
+    done = {row["path"] for row in previous}
+    if local_out is not None and not (options.overwrite or continuing) and not _is_uri(str(source)):
+        listed = rows.select_columns(["path", "key"]).take_all()
+        keys, paths = [str(r["key"]) for r in listed], [str(r["path"]) for r in listed]
+        _refuse_existing_outputs(local_out, keys, options.method, done, paths)
+    if done:
         rows = rows.filter(lambda row: str(row["path"]) not in done)
     results = rows.map_batches(
         ExplainActor,
@@ -172,6 +188,7 @@ def explain_dataset(
             "options": options,
             "out_uri": out_uri,
             "threads": threads_per_actor,
+            "trust_weights": trust_weights,
         },  # fmt: skip
         batch_size=options.batch_size,
         batch_format="numpy",
@@ -182,15 +199,22 @@ def explain_dataset(
         max_task_retries=-1,
     ).materialize()
     manifest_location = f"{out_text.rstrip('/')}/{PARQUET_FOLDER}"
-    results.write_parquet(manifest_location)
+    # a local manifest is written beside the earlier one and swapped in whole: an interrupted run
+    # (resumed or not) leaves the earlier manifest as it was
+    written_to = manifest_location if local_out is None else f"{manifest_location}.partial"
+    if local_out is not None:
+        shutil.rmtree(written_to, ignore_errors=True)
+    results.write_parquet(written_to)
     counts = {row["status"]: row["count()"] for row in results.groupby("status").count().take_all()}
     if previous:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        Path(manifest_location).mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.Table.from_pylist(previous), f"{manifest_location}/resumed.parquet")
+        Path(written_to).mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(previous), f"{written_to}/resumed.parquet")
         counts["ok"] = counts.get("ok", 0) + len(previous)
+    if local_out is not None:
+        _swap_in(Path(written_to), Path(manifest_location))
     total = sum(counts.values())
     entries = None
     if total <= RESULTS_JSON_LIMIT:
@@ -206,7 +230,9 @@ def explain_dataset(
 
 
 def _check_output_folder(out: Path, options: RunOptions) -> list[dict[str, Any]]:
-    """Refuse to mix with an earlier run unless asked; with ``resume``, return its successful rows."""
+    """Refuse to mix with an earlier run unless asked; with ``resume``, return its successful rows, from
+    the Parquet manifest of a Ray run or the ``results.json`` of a local one. Nothing is deleted here: an
+    interrupted resume leaves the earlier manifest as it was."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -217,14 +243,57 @@ def _check_output_folder(out: Path, options: RunOptions) -> list[dict[str, Any]]
             f"--out {out}: holds an earlier run; pass --resume to continue it, --overwrite to replace it, "
             "or another --out"
         )
-    previous: list[dict[str, Any]] = []
-    if earlier and options.resume and (out / PARQUET_FOLDER).exists():
+    if not earlier or not options.resume:
+        return []
+    rows: dict[str, dict[str, Any]] = {}
+    if (out / MANIFEST).exists():
+        try:
+            entries = json.loads((out / MANIFEST).read_text()).get("images", [])
+        except (OSError, ValueError, AttributeError) as error:
+            raise UsageError(f"--resume: {out / MANIFEST} cannot be read ({type(error).__name__})") from None
+        for entry in entries:
+            if isinstance(entry, dict) and entry.get("status") == "ok":
+                rows[entry["path"]] = _row(entry)
+    if (out / PARQUET_FOLDER).exists():
         import pyarrow.parquet as pq
 
-        table = pq.read_table(out / PARQUET_FOLDER)
-        previous = [row for row in table.to_pylist() if row["status"] == "ok"]
-    shutil.rmtree(out / PARQUET_FOLDER, ignore_errors=True)
-    return previous
+        for row in pq.read_table(out / PARQUET_FOLDER).to_pylist():
+            if row["status"] == "ok":
+                rows[row["path"]] = row
+    return list(rows.values())
+
+
+def _row(entry: dict[str, Any]) -> dict[str, Any]:
+    """A manifest entry as a row of the Parquet manifest."""
+    error = entry.get("error", "")
+    return {"path": entry["path"], "status": entry["status"], "error": error, "entry": json.dumps(entry)}
+
+
+def _refuse_existing_outputs(out: Path, keys: list[str], method: str, done: set[str], paths: list[str]) -> None:
+    """The local engine's rule for Ray: a photo's files are never replaced without ``--overwrite``
+    (``--resume`` may redo the photos an earlier run did not record). One walk of ``out``, not one
+    look-up per photo."""
+    existing = sorted(str(Path(folder, name).relative_to(out)) for folder, _, names in os.walk(out) for name in names)
+    for key, path in zip(keys, paths, strict=True):
+        if path in done:
+            continue
+        prefix = f"{key}.{method}."
+        position = bisect.bisect_left(existing, prefix)
+        if position < len(existing) and existing[position].startswith(prefix):
+            raise UsageError(
+                f"--out {out}: {existing[position]} exists; pass --overwrite to replace the outputs there, "
+                "or another --out"
+            )
+
+
+def _swap_in(new: Path, current: Path) -> None:
+    """Replace the folder ``current`` by ``new`` with renames only."""
+    old = current.with_name(current.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if current.exists():
+        current.rename(old)
+    new.rename(current)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _check_output_uri(uri: str, options: RunOptions) -> None:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .hooks import capture, preserved_state
+from .hooks import capture, model_lock, preserved_state
 from .layers import LayerSpec, resolve_layers
 from .methods import CAMMethod, channel_contributions, get_method
 from .methods.activation import first_principal_component
@@ -85,6 +85,9 @@ def explain(
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"images: expected a float tensor (B, C, H, W), got {shape}")
+    if not bool(torch.isfinite(images).all()):
+        bad = int((~torch.isfinite(images)).sum())
+        warnings.warn(f"images: {bad} values are NaN or infinite; the scores and maps may mean nothing", stacklevel=2)
     settings = _Settings(
         get_method(method),
         output or select_logits,
@@ -95,7 +98,7 @@ def explain(
         prefix_tokens,
         grid,
     )
-    with torch.inference_mode(False):
+    with model_lock(model), torch.inference_mode(False):
         if images.is_inference():
             images = images.clone()
         layers = resolve_layers(model, layer, images)

@@ -7,7 +7,9 @@ gradients are taken with ``torch.autograd.grad`` to that leaf only. No parameter
 
 from __future__ import annotations
 
+import threading
 import warnings
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -15,16 +17,42 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+_MODEL_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_MODEL_LOCKS_GUARD = threading.Lock()
+
+
+@contextmanager
+def model_lock(model: nn.Module) -> Iterator[None]:
+    """Hold ``model``'s own re-entrant lock for a block.
+
+    ``explain()`` switches modes and registers hooks on the user's module object; two threads doing so
+    at once would see each other's hooks and modes. So every call of this library that runs or changes a
+    model holds that model's lock: concurrent calls on one model run one after the other and give the
+    same maps as sequential ones; calls on different models (or copies) run in parallel.
+    """
+    with _MODEL_LOCKS_GUARD:
+        lock = _MODEL_LOCKS.get(model)
+        if lock is None:
+            lock = _MODEL_LOCKS[model] = threading.RLock()
+    with lock:
+        yield
+
 
 @contextmanager
 def preserved_state(model: nn.Module, eval_mode: bool = True) -> Iterator[None]:
     """Run a block with ``model`` in eval mode; restore every module's mode, ``requires_grad``, parameter
-    ``.grad`` and the global grad mode afterwards, also when the block raises.
+    ``.grad`` and the global grad mode afterwards, also when the block raises. Holds :func:`model_lock`.
 
     Example:
         >>> with preserved_state(model):   # doctest: +SKIP
         ...     model(x)
     """
+    with model_lock(model), _restored(model, eval_mode):
+        yield
+
+
+@contextmanager
+def _restored(model: nn.Module, eval_mode: bool) -> Iterator[None]:
     modes = [(module, module.training) for module in model.modules()]
     params = [(p, p.requires_grad, p.grad) for p in model.parameters()]
     grad_enabled = torch.is_grad_enabled()

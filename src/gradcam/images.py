@@ -9,7 +9,9 @@ from __future__ import annotations
 import glob
 import io
 import math
-from collections.abc import Iterable
+import os
+import warnings
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +23,12 @@ from PIL import Image, ImageOps
 from .models import Preprocessing
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
-DEFAULT_MAX_MEGAPIXELS = 200.0
+# The working size bounds the memory a photo can cost, whatever its size on disk (docs/security.md): the
+# decode, the model's input and the overlay at the photo's resolution are all proportional to it.
+DEFAULT_MAX_MEGAPIXELS = 40.0
+MAX_ASPECT_RATIO = 50.0
+STRIP_PIXELS = 1 << 20  # maps are carried onto the photo in strips of about this many pixels
+ORIENTATION = 0x0112  # the EXIF tag; photos without a rotation are not copied to be "transposed"
 
 
 class ImageReadError(ValueError):
@@ -47,16 +54,23 @@ class FoundImages:
     skipped: int
 
 
-def find_images(inputs: Iterable[str]) -> FoundImages:
+def find_images(inputs: Iterable[str], exclude: Iterable[Path] = ()) -> FoundImages:
     """Expand files, folders (recursive, sorted) and globs. ``roots[i]`` is the folder ``paths[i]`` is
-    named relative to in the outputs. Non-image files inside folders are counted in ``skipped``."""
+    named relative to in the outputs. Non-image files inside folders are counted in ``skipped``, and so
+    are files that folders and globs find under an ``exclude`` folder (a run's own output folder)."""
     paths: list[Path] = []
     roots: list[Path] = []
     missing: list[str] = []
     skipped = 0
     seen: set[Path] = set()
+    excluded = [Path(os.path.abspath(folder)) for folder in exclude]
 
-    def add(path: Path, root: Path) -> None:
+    def add(path: Path, root: Path, found_by_pattern: bool = True) -> None:
+        nonlocal skipped
+        absolute = Path(os.path.abspath(path))
+        if found_by_pattern and any(absolute.is_relative_to(folder) for folder in excluded):
+            skipped += 1
+            return
         resolved = path.resolve()
         if resolved not in seen:
             seen.add(resolved)
@@ -72,7 +86,7 @@ def find_images(inputs: Iterable[str]) -> FoundImages:
                 else:
                     skipped += 1
         elif path.is_file():
-            add(path, path.parent)
+            add(path, path.parent, found_by_pattern=False)
         elif glob.has_magic(item):
             matches = sorted(Path(m) for m in glob.glob(item, recursive=True) if Path(m).is_file())
             if not matches:
@@ -93,9 +107,12 @@ def read_image(
     """Decode ``path`` to an upright 8-bit RGB image.
 
     JPEGs larger than needed are decoded at a reduced scale (``draft_size`` is the smallest side that must
-    survive), so a 20000 x 20000 photo never reaches full-size memory; other formats over
-    ``max_megapixels`` are refused. Alpha is composited on white; 16-bit and float images are rescaled.
-    ``path`` may also be a file's bytes (read from an object store, say), called ``name`` in messages.
+    survive), so a 20000 x 20000 photo never reaches full-size memory. The size the decode would have is
+    checked before any pixel is allocated: over ``max_megapixels``, or longer than ``MAX_ASPECT_RATIO``
+    times its width (resizing its short side to the model's size would make the long side huge), it is
+    refused with one line naming the file. Alpha is composited on white; 16-bit and float images are
+    rescaled. ``path`` may also be a file's bytes (read from an object store, say), called ``name`` in
+    messages.
     """
     source: Path | io.BytesIO
     if isinstance(path, bytes):
@@ -116,14 +133,10 @@ def read_image(
                 scale = min(image.size) / draft_size
                 if scale >= 2:
                     image.draft(image.mode, (math.ceil(image.size[0] / scale), math.ceil(image.size[1] / scale)))
-            megapixels = image.size[0] * image.size[1] / 1e6
-            if megapixels > max_megapixels:
-                raise ImageReadError(
-                    f"{path}: {image.size[0]}x{image.size[1]} is {megapixels:.0f} megapixels, over the limit of "
-                    f"{max_megapixels:.0f}; raise --max-megapixels to read it"
-                )
+            check_working_size(image.size, max_megapixels, str(path))
             image.load()
-            return to_rgb(ImageOps.exif_transpose(image))
+            upright = ImageOps.exif_transpose(image) if image.getexif().get(ORIENTATION, 1) != 1 else image
+            return to_rgb(upright, name=str(path))
     except ImageReadError:
         raise
     except (OSError, SyntaxError, ValueError) as error:
@@ -133,24 +146,59 @@ def read_image(
         Image.MAX_IMAGE_PIXELS = bomb_limit
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """8-bit RGB from any PIL mode: 16-bit and float rescaled, CMYK converted, alpha over white."""
+def check_working_size(size: tuple[int, int], max_megapixels: float, name: str) -> None:
+    """Refuse a (width, height) whose decode or resize would cost more than the limits allow."""
+    width, height = size
+    if width < 1 or height < 1:
+        raise ImageReadError(f"{name}: declares a size of {width}x{height}")
+    megapixels = width * height / 1e6
+    if megapixels > max_megapixels:
+        raise ImageReadError(
+            f"{name}: {width}x{height} is {megapixels:.0f} megapixels, over the limit of {max_megapixels:.0f}; "
+            "raise --max-megapixels to read it (each megapixel costs about 10 MB of memory)"
+        )
+    aspect = max(width, height) / min(width, height)
+    if aspect > MAX_ASPECT_RATIO:
+        raise ImageReadError(
+            f"{name}: {width}x{height} has an aspect ratio of {aspect:.0f}:1, over the limit of "
+            f"{MAX_ASPECT_RATIO:.0f}:1; crop it into parts first"
+        )
+
+
+def to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
+    """8-bit RGB from any PIL mode: 16-bit and float rescaled (float images in [0, 1] as such), CMYK
+    converted, alpha over white. NaN and infinite pixels become 0, with a warning naming ``name``."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        values = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+        values = np.asarray(image, dtype=np.float32)
+        finite = np.isfinite(values)
+        if not finite.all():
+            warnings.warn(
+                f"{name}: {int((~finite).sum())} pixels are NaN or infinite; they are read as 0", stacklevel=3
+            )
+            values = np.where(finite, values, 0).astype(np.float32)
+        high = float(values.max()) if values.size else 0.0
+        if image.mode.startswith("I;16"):
+            top = 65535.0
+        elif image.mode == "F" and high <= 1.0:
+            top = 1.0
+        elif high <= 255:
+            top = 255.0
+        else:
+            top = high if image.mode == "F" else 65535.0
+        image = Image.fromarray(np.clip(values * (255.0 / top) + 0.5, 0, 255).astype(np.uint8), mode="L")
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "RGB" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def image_tensor(image: Image.Image) -> torch.Tensor:
-    """(3, H, W) uint8 tensor from an RGB PIL image."""
-    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+    """(3, H, W) uint8 tensor from an RGB PIL image: a channels-last view of one copy of the pixels (a
+    large photo is not copied twice; pictures made with ``empty_like`` keep that layout for PNG writing)."""
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
 
 
 def preprocess(image: Image.Image, spec: Preprocessing) -> tuple[torch.Tensor, Geometry]:
@@ -184,16 +232,41 @@ def to_original(maps: torch.Tensor, geometry: Geometry) -> tuple[torch.Tensor, t
     """Carry (K, h, w) maps in the model's input frame back onto the original photo.
 
     Returns the maps at the photo's (height, width) and a coverage mask (1 where the crop saw the
-    photo, 0 in the cropped-away margins), both (K, H, W).
+    photo, 0 in the cropped-away margins), both (K, H, W). For large photos prefer
+    :func:`original_strips`, which never holds a whole float map at the photo's size.
+    """
+    strips = list(original_strips(maps, geometry))
+    full = torch.cat([m for _, m, _ in strips], dim=1)
+    coverage = torch.cat([c for _, _, c in strips], dim=1)
+    return full, coverage.expand_as(full)
+
+
+def original_strips(
+    maps: torch.Tensor, geometry: Geometry, strip_pixels: int = STRIP_PIXELS
+) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
+    """:func:`to_original` in horizontal strips of about ``strip_pixels`` pixels: ``(rows, maps (K, S, W),
+    coverage (1, S, W))`` each, so the memory needed does not grow with the photo.
+
+    The same bilinear resampling as ``F.interpolate(..., align_corners=False)`` over the whole photo:
+    the rows of a strip are interpolated by hand (source row ``(y + 0.5) * scale - 0.5``), then the
+    columns by ``F.interpolate`` at an unchanged height, which leaves rows as they are.
     """
     maps = F.interpolate(maps[None].float(), size=geometry.crop, mode="bilinear", align_corners=False)[0]
-    canvas = maps.new_zeros(maps.shape[0], *geometry.resized)
-    coverage = maps.new_zeros(1, *geometry.resized)
+    canvas = maps.new_zeros(maps.shape[0] + 1, *geometry.resized)  # the last plane is the coverage
     top, left = geometry.crop_origin
     height = min(geometry.crop[0], geometry.resized[0] - top)
     width = min(geometry.crop[1], geometry.resized[1] - left)
-    canvas[:, top : top + height, left : left + width] = maps[:, :height, :width]
-    coverage[:, top : top + height, left : left + width] = 1
-    canvas = F.interpolate(canvas[None], size=geometry.original, mode="bilinear", align_corners=False)[0]
-    coverage = F.interpolate(coverage[None], size=geometry.original, mode="bilinear", align_corners=False)[0]
-    return canvas.clamp(0, 1), coverage.expand_as(canvas).clamp(0, 1)
+    canvas[:-1, top : top + height, left : left + width] = maps[:, :height, :width]
+    canvas[-1, top : top + height, left : left + width] = 1
+    rows_in, (rows_out, columns_out) = geometry.resized[0], geometry.original
+    step = max(1, strip_pixels // columns_out)
+    for start in range(0, rows_out, step):
+        stop = min(rows_out, start + step)
+        source = ((torch.arange(start, stop, dtype=torch.float32) + 0.5) * (rows_in / rows_out) - 0.5).clamp(min=0)
+        below = source.floor().long().clamp(max=rows_in - 1)
+        above = (below + 1).clamp(max=rows_in - 1)
+        weight = (source - below)[:, None]
+        rows = canvas[:, below] * (1 - weight) + canvas[:, above] * weight
+        strip = F.interpolate(rows[None], size=(stop - start, columns_out), mode="bilinear", align_corners=False)[0]
+        strip = strip.clamp(0, 1)
+        yield slice(start, stop), strip[:-1], strip[-1:]

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .hooks import model_lock
+
 Scorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 SANITY_THRESHOLD = 0.5  # a method passes when, with the whole model randomised, mean |rank corr.| is below
 
@@ -37,7 +39,7 @@ def class_probability(model: nn.Module, batch_size: int = 32) -> Scorer:
 
     def score(images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         out = []
-        with torch.inference_mode():
+        with model_lock(model), torch.inference_mode():  # no explain() hooks of another thread fire here
             for start in range(0, len(images), batch_size):
                 logits = model(images[start : start + batch_size])
                 probabilities = logits.float().softmax(dim=-1)

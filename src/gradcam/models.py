@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,25 +69,33 @@ def _family_default_layer(name: str, model: nn.Module) -> str | None:
 
 
 def load_model(
-    name: str = DEFAULT_MODEL, weights: str | None = None, device: str | torch.device = "cpu"
+    name: str = DEFAULT_MODEL,
+    weights: str | None = None,
+    device: str | torch.device = "cpu",
+    *,
+    trust_weights: bool = False,
 ) -> LoadedModel:
     """Load a model by name.
 
     Args:
         name: ``efficientnet_lite0`` (embedded, offline), a torchvision classification model
             (``vgg19``, ``resnet50``, ...) or ``timm:NAME``.
-        weights: None for the pretrained weights, ``"none"`` for random weights, or a local file (a state
-            dict, a checkpoint holding one under ``state_dict``/``model``, or a whole pickled model).
+        weights: None for the pretrained weights, ``"none"`` for random weights, or a local file: a state
+            dict or a checkpoint holding one under ``state_dict``/``model`` (read with
+            ``torch.load(weights_only=True)``: tensors and plain containers only, no code runs).
         device: where to put the model.
+        trust_weights: also accept files whose loading runs code they contain: a whole pickled model, a
+            checkpoint with custom classes, a TorchScript file. Only for files from a source you trust.
     """
     if weights is not None and weights.lower() != "none" and not Path(weights).is_file():
         raise ModelLoadError(f"--weights {weights}: no such file")
+    file = None if weights is None or _random(weights) else WeightsFile(weights, trust_weights)
     if name == DEFAULT_MODEL:
-        bundle = _load_efficientnet_lite0(weights)
+        bundle = _load_efficientnet_lite0(weights, file)
     elif name.startswith("timm:"):
-        bundle = _load_timm(name.removeprefix("timm:"), weights)
+        bundle = _load_timm(name.removeprefix("timm:"), weights, file)
     else:
-        bundle = _load_torchvision(name, weights)
+        bundle = _load_torchvision(name, weights, file)
     bundle.model = bundle.model.to(device).eval()
     return bundle
 
@@ -95,7 +104,18 @@ def _random(weights: str | None) -> bool:
     return weights is not None and weights.lower() == "none"
 
 
-def _load_efficientnet_lite0(weights: str | None) -> LoadedModel:
+@dataclass(frozen=True)
+class WeightsFile:
+    """A local weights file and whether the user vouched for it (``--trust-weights``)."""
+
+    path: str
+    trusted: bool = False
+
+    def load_into(self, model: nn.Module) -> None:
+        _load_weights_file(model, self.path, self.trusted)
+
+
+def _load_efficientnet_lite0(weights: str | None, file: WeightsFile | None) -> LoadedModel:
     import timm
 
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
@@ -116,8 +136,8 @@ def _load_efficientnet_lite0(weights: str | None) -> LoadedModel:
         # the package names its tensors after another implementation; they map one-to-one, in order
         model.load_state_dict(dict(zip(ours.keys(), packaged.values(), strict=True)))
         source = f"weights from {path}"
-    elif not _random(weights):
-        _load_weights_file(model, weights)
+    elif file is not None:
+        file.load_into(model)
         source = f"weights from {weights}"
     cfg: dict = dict(getattr(model, "pretrained_cfg", {}))
     return LoadedModel(
@@ -142,7 +162,7 @@ def _timm_preprocessing(cfg: dict) -> Preprocessing:
     )
 
 
-def _load_timm(arch: str, weights: str | None) -> LoadedModel:
+def _load_timm(arch: str, weights: str | None, file: WeightsFile | None) -> LoadedModel:
     import timm
 
     if arch not in timm.list_models(pretrained=False):
@@ -161,8 +181,8 @@ def _load_timm(arch: str, weights: str | None) -> LoadedModel:
             f"cannot get pretrained weights for timm:{arch} from {source} ({type(error).__name__}); "
             "with no network, download them elsewhere and pass --weights FILE, or --weights none for random weights"
         ) from error
-    if weights is not None and not _random(weights):
-        _load_weights_file(model, weights)
+    if file is not None:
+        file.load_into(model)
     labels = _imagenet_labels() if getattr(model, "num_classes", 0) == 1000 else None
     return LoadedModel(
         f"timm:{arch}", model, _timm_preprocessing(dict(getattr(model, "pretrained_cfg", {}))), labels, None, arch
@@ -186,7 +206,7 @@ def cached_weights_path(name: str) -> Path | None:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(enum.DEFAULT.url)
 
 
-def _load_torchvision(name: str, weights: str | None) -> LoadedModel:
+def _load_torchvision(name: str, weights: str | None, file: WeightsFile | None) -> LoadedModel:
     import torchvision
 
     names = torchvision_classifiers()
@@ -212,8 +232,8 @@ def _load_torchvision(name: str, weights: str | None) -> LoadedModel:
     else:
         model = torchvision.models.get_model(name, weights=None)
         source = "random weights"
-        if not _random(weights):
-            _load_weights_file(model, weights)
+        if file is not None:
+            file.load_into(model)
             source = f"weights from {weights}"
     transforms = default.transforms()
     crop = transforms.crop_size[0]
@@ -238,14 +258,41 @@ def _is_torchscript(path: str) -> bool:
         return any(name.endswith("constants.pkl") for name in archive.namelist())
 
 
-def _load_weights_file(model: nn.Module, path: str) -> None:
-    """Load a state dict, a checkpoint holding one, a whole pickled model or a TorchScript file's weights
-    into ``model`` (hooks need the eager architecture, so a TorchScript file lends its weights only)."""
+TRUST_HINT = (
+    "pass --trust-weights only if you trust where the file comes from, or save a plain state dict "
+    "(torch.save(model.state_dict(), path))"
+)
+
+
+def _load_weights_file(model: nn.Module, path: str, trusted: bool = False) -> None:
+    """Load a state dict or a checkpoint holding one into ``model``.
+
+    Untrusted (the default), the file is read with ``torch.load(weights_only=True)``: tensors and plain
+    containers only, so a crafted pickle cannot run code. ``trusted`` also accepts a whole pickled model,
+    checkpoints with custom classes and TorchScript files (their weights only: hooks need the eager
+    architecture); loading those runs code that the file contains.
+    """
+    import pickle
+
+    scripted = _is_torchscript(path)
+    if scripted and not trusted:
+        raise ModelLoadError(
+            f"--weights {path}: a TorchScript file is a program and loading it runs its code, refused; {TRUST_HINT}"
+        )
+    if trusted:
+        warnings.warn(f"--trust-weights: loading {path} may run code that the file contains", stacklevel=3)
     try:
-        if _is_torchscript(path):
+        if scripted:
             loaded = torch.jit.load(path, map_location="cpu").state_dict()
         else:
-            loaded = torch.load(path, map_location="cpu", weights_only=False)
+            loaded = torch.load(path, map_location="cpu", weights_only=not trusted)
+    except pickle.UnpicklingError as error:
+        if trusted or "weights only load failed" not in str(error).lower():
+            raise ModelLoadError(f"--weights {path}: not a PyTorch file ({type(error).__name__})") from error
+        raise ModelLoadError(
+            f"--weights {path}: holds Python objects whose loading would run code (a whole pickled model, or "
+            f"a checkpoint with custom classes), refused; {TRUST_HINT}"
+        ) from error
     except Exception as error:
         raise ModelLoadError(f"--weights {path}: not a PyTorch file ({type(error).__name__})") from error
     if isinstance(loaded, (nn.Module, torch.jit.ScriptModule)):

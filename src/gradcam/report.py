@@ -12,6 +12,7 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from .files import write_atomic
 
@@ -30,7 +31,7 @@ main{display:grid;grid-template-columns:repeat(auto-fill,minmax(340px,1fr));gap:
 .bar{display:flex;align-items:center;gap:6px;font-size:12px;margin:2px 0}
 .bar span.label{flex:0 0 45%;overflow:hidden;white-space:nowrap;text-overflow:ellipsis}
 .bar span.fill{height:10px;background:#3b7dd8;border-radius:2px}
-.error{color:#c0392b;font-family:monospace;font-size:12px}
+.error{color:#c0392b;font-family:monospace;font-size:12px;overflow-wrap:anywhere}
 nav{padding:0 16px 16px}
 table{border-collapse:collapse;background:#fff}td,th{border:1px solid #ddd;padding:4px 8px;text-align:right}
 th:first-child,td:first-child,th:nth-child(2),td:nth-child(2){text-align:left}
@@ -96,9 +97,17 @@ render();
 """
 
 
+def json_for_script(data: Any) -> str:
+    """JSON that is inert inside a ``<script>`` element: ``<``, ``>`` and ``&`` as ``\\u`` escapes, so no
+    file name (``</script>``, ``<!--<script>``) can end the element or change how the parser reads it."""
+    return json.dumps(data).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
 def _relative(path: str, start: Path) -> str:
+    """A URL to ``path`` relative to the page in ``start``, percent-encoded: a file called
+    ``javascript:x.jpg`` or ``a#b.jpg`` stays a plain relative link."""
     try:
-        return Path(os.path.relpath(Path(path).resolve(), start.resolve())).as_posix()
+        return quote(Path(os.path.relpath(Path(path).resolve(), start.resolve())).as_posix())
     except ValueError:  # another drive on Windows
         return Path(path).resolve().as_uri()
 
@@ -114,7 +123,7 @@ def explain_page(manifest: dict[str, Any], out: Path) -> str:
                 {**t, "files": {kind: _relative(p, out) for kind, p in t["files"].items()}} for t in entry["targets"]
             ]
         images.append(item)
-    payload = json.dumps({"images": images}).replace("</", "<\\/")
+    payload = json_for_script({"images": images})
     summary = manifest.get("summary", {})
     title = f"gradcam: {manifest.get('method', '')} on {manifest.get('model', '')}"
     subtitle = f"layer {manifest.get('layer')}, {summary.get('ok', 0)} explained, {summary.get('failed', 0)} failed"

@@ -6,8 +6,10 @@ This is the engine behind ``gradcam explain``; the CLI only parses options into 
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,7 +33,6 @@ from .images import (
     model_view,
     preprocess,
     read_image,
-    to_original,
 )
 from .layers import auto_layer
 from .methods import CAMMethod
@@ -39,11 +40,18 @@ from .methods.perturbation import AblationCAM, ScoreCAM
 from .models import LoadedModel, Preprocessing
 from .report import write_explain_page
 from .targets import class_index
-from .viz import channel_grid, overlay, save_png
+from .viz import channel_grid, overlay_on_photo, save_png
 
 MANIFEST = "results.json"
 MANIFEST_INTERVAL_S = 20.0
 WRITER_THREADS = 2
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(error).lower()
+    return "out of memory" in text or "can't allocate memory" in text
 
 
 def _resolved(value: Any) -> Future:
@@ -161,16 +169,28 @@ def parse_target(target: str | None, labels: Sequence[str] | None, num_classes: 
 
 
 def output_keys(found: FoundImages) -> list[str]:
-    """A unique output name per photo: its path relative to its input root, without the suffix (the
-    suffix is kept where two photos would otherwise share a name)."""
-    stems = [str(p.relative_to(r).with_suffix("")) for p, r in zip(found.paths, found.roots, strict=True)]
-    counts: dict[str, int] = {}
-    for stem in stems:
-        counts[stem] = counts.get(stem, 0) + 1
-    keys = []
-    for stem, path, root in zip(stems, found.paths, found.roots, strict=True):
-        keys.append(stem if counts[stem] == 1 else str(path.relative_to(root)).replace(".", "_"))
-    return keys
+    """A unique output name per photo: its path relative to the folder that holds all the inputs' roots,
+    without the suffix. One folder keeps its own layout (``photos/a/x.jpg`` -> ``a/x``); ``a/x.jpg`` and
+    ``b/x.jpg`` given together become ``a/x`` and ``b/x``; where two photos differ only in their suffix
+    (``x.jpg``, ``x.png``) the suffix stays in the name (``x.jpg``, ``x.png``)."""
+    absolute = [Path(os.path.abspath(path)) for path in found.paths]
+    roots = [Path(os.path.abspath(root)) for root in found.roots]
+    if not absolute:
+        return []
+    common = Path(os.path.commonpath(roots))
+    relative = [path.relative_to(common) for path in absolute]
+    stems = [str(path.with_suffix("")) for path in relative]
+    counts = Counter(stems)
+    keys = [stem if counts[stem] == 1 else str(path) for stem, path in zip(stems, relative, strict=True)]
+    taken: set[str] = set()
+    unique = []
+    for key in keys:  # a photo named like another's key (``x.jpg.png`` beside ``x.jpg``, ``x.png``)
+        candidate, number = key, 2
+        while candidate in taken:
+            candidate, number = f"{key}~{number}", number + 1
+        taken.add(candidate)
+        unique.append(candidate)
+    return unique
 
 
 def slug(text: str) -> str:
@@ -189,6 +209,14 @@ def save_npy_atomic(array: np.ndarray, path: Path) -> None:
     write_atomic(path, save)
 
 
+class OutputError(RuntimeError):
+    """The run's own files (the manifest) cannot be written: a full disk, a removed folder. Exit code 1."""
+
+
+# The options that decide what a map means: a --resume must use the same ones as the run it continues.
+RESUME_KEYS = ("model", "method", "target", "counterfactual", "eigen_smooth", "aug_smooth")
+
+
 class Runner:
     """Runs one ``gradcam explain`` over the photos found; see :func:`run`."""
 
@@ -197,6 +225,7 @@ class Runner:
         self.keys = output_keys(found)
         self.entries: dict[int, dict[str, Any]] = {}
         self.previous: dict[str, dict[str, Any]] = {}
+        self.in_flight: list[tuple[int, Future]] = []
         self.manifest_path = options.out / MANIFEST
         self.explainer = BatchExplainer(bundle, options)
         self.started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -213,13 +242,47 @@ class Runner:
             raise UsageError(f"--out {out}: cannot write there ({error.strerror}); choose another folder") from None
         if self.manifest_path.exists():
             if self.options.resume:
-                data = json.loads(self.manifest_path.read_text())
-                self.previous = {e["path"]: e for e in data.get("images", []) if e.get("status") == "ok"}
+                self._continue(self._read_earlier_manifest())
             elif not self.options.overwrite:
                 raise UsageError(
                     f"--out {out}: already holds {MANIFEST} from an earlier run; pass --resume to continue it, "
                     "--overwrite to replace its files, or another --out"
                 )
+
+    def _read_earlier_manifest(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.manifest_path.read_text())
+            if not isinstance(data, dict) or not isinstance(data.get("images", []), list):
+                raise ValueError("not a gradcam manifest")
+            return data
+        except (OSError, ValueError, UnicodeDecodeError) as error:
+            raise UsageError(
+                f"--resume: {self.manifest_path} cannot be read ({type(error).__name__}: {str(error)[:80]}); "
+                "move it away, or pass --overwrite instead of --resume"
+            ) from None
+
+    def _continue(self, earlier: dict[str, Any]) -> None:
+        """Take over an earlier run's successful photos, if it explained them the same way."""
+        current = self.manifest(finished=False)
+        for key in RESUME_KEYS:
+            if key in earlier and earlier[key] != current[key]:
+                flag = "--" + key.replace("_", "-")
+                raise UsageError(
+                    f"--resume: the earlier run in {self.options.out} used {flag} {earlier[key]!r}, this one "
+                    f"{current[key]!r}; run with the same options, or choose another --out"
+                )
+        layer = earlier.get("layer")
+        if self.options.layer is not None and layer not in (None, self.options.layer):
+            raise UsageError(
+                f"--resume: the earlier run in {self.options.out} explained layer {layer!r}, this one asks for "
+                f"{self.options.layer!r}; run with the same --layer, or choose another --out"
+            )
+        if layer is not None:
+            self.explainer.layer = layer
+        self.explainer.replace_unrecorded = True
+        self.previous = {
+            e["path"]: e for e in earlier.get("images", []) if isinstance(e, dict) and e.get("status") == "ok"
+        }
 
     def manifest(self, finished: bool) -> dict[str, Any]:
         options = self.options
@@ -246,11 +309,16 @@ class Runner:
     def write_manifest(self, finished: bool) -> None:
         """``results.json`` and the ``index.html`` page that shows it, both written atomically."""
         manifest = self.manifest(finished)
-        write_json_atomic(manifest, self.manifest_path)
-        write_explain_page(manifest, self.options.out)
+        try:
+            write_json_atomic(manifest, self.manifest_path)
+            write_explain_page(manifest, self.options.out)
+        except OSError as error:
+            raise OutputError(f"{self.manifest_path}: cannot write the manifest ({error.strerror or error})") from None
         self.last_manifest = time.monotonic()
 
     def run(self, progress: Callable[[int], None] | None = None) -> RunResult:
+        """Explain every photo. The manifest says ``finished`` only when every photo was seen; a run
+        stopped by a usage error before any photo was explained leaves no manifest behind."""
         self.prepare_output()
         todo = []
         for index, path in enumerate(self.found.paths):
@@ -270,35 +338,42 @@ class Runner:
             collate_fn=_collate,
             prefetch_factor=2 if self.options.workers > 0 else None,
         )
-        interrupted = False
-        pending: list[tuple[int, Future]] = []
+        interrupted = completed = False
         # the pictures of one batch are written by threads while the model explains the next
         with ThreadPoolExecutor(max_workers=WRITER_THREADS, thread_name_prefix="gradcam-writer") as writers:
             try:
                 for items in loader:
-                    submitted = self.explain_batch([(todo[item["index"]], item) for item in items], writers)
-                    self._collect(pending, progress)
-                    pending = submitted
+                    written_before = len(self.in_flight)
+                    self.explain_batch([(todo[item["index"]], item) for item in items], writers)
+                    self._collect(progress, keep_last=len(self.in_flight) - written_before)
                     if time.monotonic() - self.last_manifest > MANIFEST_INTERVAL_S:
                         self.write_manifest(finished=False)
+                completed = True
             except KeyboardInterrupt:
                 interrupted = True
             finally:
-                self._collect(pending, progress)  # what was explained is written, also on Ctrl-C
-                self.write_manifest(finished=not interrupted)
+                self._collect(progress)  # what was explained is written, also on Ctrl-C
+                if completed or interrupted or self.entries:
+                    self.write_manifest(finished=completed)
         return RunResult(self.manifest_path, [self.entries[i] for i in sorted(self.entries)], interrupted)
 
-    def explain_batch(self, items: list[tuple[int, dict[str, Any]]], writers: Executor | None = None) -> list:
-        """Explain a batch now; its outputs are written by ``writers`` (or here). Returns (index, future)s."""
+    def explain_batch(self, items: list[tuple[int, dict[str, Any]]], writers: Executor | None = None) -> None:
+        """Explain a batch now; its outputs are written by ``writers`` (or here). Each photo's future is
+        in :attr:`in_flight` as soon as it exists, so an interrupt cannot lose a photo being written."""
         photos = [(str(self.found.paths[index]), self.keys[index], item) for index, item in items]
-        futures = self.explainer.submit(photos, writers)
-        return [(index, future) for (index, _), future in zip(items, futures, strict=True)]
+        indices = [index for index, _ in items]
+        self.explainer.submit(
+            photos, writers, lambda position, future: self.in_flight.append((indices[position], future))
+        )
 
-    def _collect(self, pending: list[tuple[int, Future]], progress: Callable[[int], None] | None) -> None:
-        for index, future in pending:
+    def _collect(self, progress: Callable[[int], None] | None, keep_last: int = 0) -> None:
+        """Record the manifest entries of the photos in flight, all but the ``keep_last`` newest."""
+        done = len(self.in_flight) - keep_last
+        for index, future in self.in_flight[:done]:
             self.entries[index] = future.result()
-        if progress and pending:
-            progress(len(pending))
+        del self.in_flight[:done]
+        if progress and done:
+            progress(done)
 
 
 class BatchExplainer:
@@ -308,25 +383,57 @@ class BatchExplainer:
     def __init__(self, bundle: LoadedModel, options: RunOptions) -> None:
         self.bundle, self.options = bundle, options
         self.layer: str | None = options.layer or bundle.default_layer
+        # set when continuing an earlier run: files of photos its manifest does not list are its leftovers
+        self.replace_unrecorded = False
 
     def explain(self, photos: list[tuple[str, str, dict[str, Any]]]) -> list[dict[str, Any]]:
         """``photos``: (path, output key, decoded item) each; returns one manifest entry per photo."""
         return [future.result() for future in self.submit(photos)]
 
-    def submit(self, photos: list[tuple[str, str, dict[str, Any]]], writers: Executor | None = None) -> list[Future]:
+    def submit(
+        self,
+        photos: list[tuple[str, str, dict[str, Any]]],
+        writers: Executor | None = None,
+        on_future: Callable[[int, Future], object] | None = None,
+    ) -> list[Future]:
         """Explain the photos now; write each one's outputs on ``writers`` (or here, when None). One future
-        per photo, resolving to its manifest entry."""
+        per photo, resolving to its manifest entry; ``on_future(position, future)`` hears of each one as
+        soon as it exists."""
         futures: list[Future | None] = [None] * len(photos)
+
+        def settle(position: int, future: Future) -> None:
+            futures[position] = future
+            if on_future is not None:
+                on_future(position, future)
+
         good = []
         for position, (path, key, item) in enumerate(photos):
             if item["error"] is not None:
-                futures[position] = _resolved({"path": path, "status": "error", "error": item["error"]})
+                settle(position, _resolved({"path": path, "status": "error", "error": item["error"]}))
             else:
                 good.append((position, path, key, item))
-        if good:
-            for position, job in self._explain_good(good):
-                futures[position] = writers.submit(job) if writers is not None else _resolved(job())
+        for position, job in self._explain_in_memory(good):
+            settle(position, writers.submit(job) if writers is not None else _resolved(job()))
         return [future for future in futures if future is not None]
+
+    def _explain_in_memory(
+        self, good: list[tuple[int, str, str, dict[str, Any]]]
+    ) -> list[tuple[int, Callable[[], dict[str, Any]]]]:
+        """:meth:`_explain_good`, halving the batch while it runs out of memory; a single photo that
+        still does not fit becomes an error entry."""
+        if not good:
+            return []
+        try:
+            return self._explain_good(good)
+        except (MemoryError, RuntimeError) as error:
+            if not _out_of_memory(error):
+                raise
+        if len(good) > 1:
+            half = len(good) // 2
+            return self._explain_in_memory(good[:half]) + self._explain_in_memory(good[half:])
+        position, path = good[0][0], good[0][1]
+        error_entry = {"path": path, "status": "error", "error": f"{path}: out of memory explaining this photo alone"}
+        return [(position, partial(dict, error_entry))]
 
     def _explain_good(
         self, good: list[tuple[int, str, str, dict[str, Any]]]
@@ -384,7 +491,6 @@ class BatchExplainer:
         geometry: Geometry = item["geometry"]
         base = options.out / key
         base.parent.mkdir(parents=True, exist_ok=True)
-        full_maps, coverage = to_original(ex.maps[row].cpu(), geometry)
         view = model_view(item["input"], self.bundle.preprocessing) if contributions is not None else None
         planned = []
         for k in range(ex.maps.shape[1]):
@@ -397,16 +503,15 @@ class BatchExplainer:
             if ex.guided is not None:
                 files["guided"] = base.with_name(name + ".guided-gradcam.png")
             planned.append((k, class_id, files))
-        if not options.overwrite:
+        if not (options.overwrite or self.replace_unrecorded):
             existing = [p for _, _, files in planned for p in files.values() if p.exists()]
             if existing:
                 error = f"{existing[0]}: exists; pass --overwrite to replace it"
                 return {"path": path, "status": "error", "error": error}
         targets = []
         for k, class_id, files in planned:
-            save_png(
-                overlay(item["photo"], full_maps[k], options.alpha, options.colormap, coverage[k]), files["overlay"]
-            )
+            picture = overlay_on_photo(item["photo"], ex.maps[row, k].cpu(), geometry, options.alpha, options.colormap)
+            save_png(picture, files["overlay"])
             save_npy_atomic(ex.maps[row, k].cpu().numpy().astype(np.float32), files["map"])
             if ex.guided is not None:
                 save_png(gradient_picture(ex.guided_gradcam[row, k].cpu()), files["guided"])

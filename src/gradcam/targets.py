@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import difflib
+import numbers
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -93,7 +94,7 @@ def class_index(name: str, labels: Sequence[str]) -> int:
 def _to_index(item: Any, labels: Sequence[str] | None, num_classes: int) -> int:
     if isinstance(item, bool):
         raise TypeError("targets: a class must be an int or a class name, not a bool")
-    if isinstance(item, int) or (isinstance(item, torch.Tensor) and item.dim() == 0):
+    if isinstance(item, numbers.Integral) or (isinstance(item, torch.Tensor) and item.dim() == 0):
         index = int(item)
     elif isinstance(item, str):
         if item.strip().lstrip("-").isdigit():
@@ -119,6 +120,12 @@ def resolve_targets(
         functions = (targets,) if _is_function(targets) else tuple(targets)  # type: ignore[arg-type]
         return ResolvedTargets(None, functions)
     batch, num_classes = (batch or logits.shape[0]), logits.shape[-1]
+    if labels is not None and len(labels) != num_classes:
+        raise ValueError(f"labels: {len(labels)} class names for a model with {num_classes} outputs")
+    if isinstance(targets, numbers.Integral) and not isinstance(targets, bool):
+        targets = int(targets)  # numpy integers
+    elif hasattr(targets, "tolist") and not isinstance(targets, torch.Tensor):
+        targets = targets.tolist()  # type: ignore[union-attr]  # numpy arrays
     if labels is None and num_classes == 1000:
         labels = imagenet_labels()
     if targets is None:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from .files import write_atomic
+from .images import Geometry, original_strips
 
 
 @lru_cache(maxsize=16)
@@ -54,6 +55,18 @@ def overlay(
     weight = alpha * (coverage if coverage is not None else torch.ones_like(heatmap))
     mixed = (1 - weight) * (photo.float() / 255) + weight * colour
     return (mixed * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+def overlay_on_photo(
+    photo: torch.Tensor, heatmap: torch.Tensor, geometry: Geometry, alpha: float = 0.5, colormap: str = "jet"
+) -> torch.Tensor:
+    """:func:`overlay` of a (h, w) map in the model's input frame on the whole ``photo`` (3, H, W) uint8,
+    carried back through :class:`~gradcam.images.Geometry` strip by strip, so a large photo costs its
+    own pixels and the result, not float copies of them."""
+    picture = torch.empty_like(photo)
+    for rows, maps, coverage in original_strips(heatmap[None], geometry):
+        picture[:, rows] = overlay(photo[:, rows], maps[0], alpha, colormap, coverage[0])
+    return picture
 
 
 def to_pil(picture: torch.Tensor) -> Image.Image:

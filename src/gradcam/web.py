@@ -1,18 +1,28 @@
 """``gradcam serve``: try a photo in the browser (optional extra: ``pip install gradcam[web]``).
 
-Upload, paste or pick a photo; choose the model (offline-ready ones first), one or several methods side
-by side, the layer and the target; see the overlays, the per-feature-map grid and the top-5; download the
-PNG, the ``.npy`` and the JSON. Models are loaded once and cached; errors show as a message in the page.
+Upload, paste or pick a photo; choose the model, one or several methods side by side, the layer and the
+target; see the overlays, the per-feature-map grid and the top-5; download the PNG, the ``.npy`` and the
+JSON. Errors show as a message in the page.
+
+Bounded for a shared server (docs/security.md): only the models named at start are offered, and they are
+loaded before the server listens, so no request waits for another's download; model files are never
+unpickled; each request's files live in a scratch folder of which only the newest ``SCRATCH_FOLDERS`` are
+kept (Gradio's own cache is swept hourly); a request explains at most ``MAX_TARGETS`` targets.
 
 Example:
-    gradcam serve                      # http://127.0.0.1:7860
-    gradcam serve --host 0.0.0.0       # open to the network (a warning says so)
+    gradcam serve                                   # http://127.0.0.1:7860, the embedded model
+    gradcam serve --models efficientnet_lite0,resnet50 --host 0.0.0.0   # open to the network (a warning says so)
 """
 
 from __future__ import annotations
 
+import atexit
 import json
+import shutil
 import tempfile
+import threading
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -22,14 +32,17 @@ import numpy as np
 import torch
 
 from .explain import explain
-from .images import ImageReadError, image_tensor, model_view, preprocess, read_image, to_original
+from .images import DEFAULT_MAX_MEGAPIXELS, ImageReadError, image_tensor, model_view, preprocess, read_image
 from .layers import list_layers
-from .models import DEFAULT_MODEL, LoadedModel, ModelLoadError, cached_weights_path, load_model, torchvision_classifiers
+from .models import DEFAULT_MODEL, LoadedModel, ModelLoadError, load_model
 from .runner import UsageError, parse_target, slug
-from .viz import channel_grid, overlay, to_pil
+from .viz import channel_grid, overlay_on_photo, to_pil
 
 MAX_UPLOAD_MB = 20
-MAX_MEGAPIXELS = 50.0
+MAX_TARGETS = 10  # per method; top1000 would write 2,000 files
+MAX_OVERLAYS = 30  # methods x targets in one request
+SCRATCH_FOLDERS = 64  # requests whose files stay downloadable
+GRADIO_CACHE_SWEEP = (600, 3600)  # every 10 minutes, delete Gradio's cached files older than an hour
 COLORMAPS = ["jet", "turbo", "inferno", "viridis", "magma", "plasma", "coolwarm"]
 
 
@@ -37,21 +50,77 @@ class AppError(ValueError):
     """A message for the page."""
 
 
-@lru_cache(maxsize=4)
+class ModelShelf:
+    """The models this server offers, each loaded once. Only names given at start are loadable, and
+    :func:`build_app` loads them all before the server listens."""
+
+    def __init__(self, names: Sequence[str] = (DEFAULT_MODEL,)) -> None:
+        self.names = list(dict.fromkeys(names)) or [DEFAULT_MODEL]
+        self._loaded: dict[str, LoadedModel] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> LoadedModel:
+        if name not in self.names:
+            raise AppError(
+                f"model {name!r} is not served here (served: {', '.join(self.names)}); "
+                f"start the app with gradcam serve --models {name} to offer it"
+            )
+        with self._lock:
+            if name not in self._loaded:
+                self._loaded[name] = load_model(name)  # never a weights file: nothing is unpickled
+            return self._loaded[name]
+
+    def load_all(self) -> None:
+        for name in self.names:
+            self.get(name)
+
+
+class ScratchSpace:
+    """One folder per request under a private root; only the newest ``keep`` folders are kept, and the
+    root goes when the process ends."""
+
+    def __init__(self, keep: int = SCRATCH_FOLDERS) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="gradcam-web-"))
+        self.keep = keep
+        self._folders: deque[Path] = deque()
+        self._lock = threading.Lock()
+        atexit.register(shutil.rmtree, self.root, ignore_errors=True)
+
+    def new_folder(self) -> Path:
+        folder = Path(tempfile.mkdtemp(dir=self.root))
+        with self._lock:
+            self._folders.append(folder)
+            while len(self._folders) > self.keep:
+                shutil.rmtree(self._folders.popleft(), ignore_errors=True)
+        return folder
+
+
+SHELF = ModelShelf()
+_SCRATCH: ScratchSpace | None = None
+
+
+def scratch() -> ScratchSpace:
+    global _SCRATCH
+    if _SCRATCH is None:
+        _SCRATCH = ScratchSpace()
+    return _SCRATCH
+
+
 def cached_model(name: str) -> LoadedModel:
-    return load_model(name)
+    return SHELF.get(name)
 
 
 def model_choices() -> list[str]:
-    """Offline-ready models first: the embedded default, then torchvision models with cached weights,
-    then the common ones that need a download."""
-    ready = [DEFAULT_MODEL]
-    others: list[str] = []
-    for name in torchvision_classifiers():
-        path = cached_weights_path(name)
-        (ready if path is not None and path.exists() else others).append(name)
-    common = [n for n in ("resnet50", "vgg19", "convnext_tiny", "vit_b_16", "swin_t") if n in others]
-    return ready + common
+    """The served models, the embedded default first where it is served."""
+    return sorted(SHELF.names, key=lambda name: name != DEFAULT_MODEL)
+
+
+def _target_count(targets: Any) -> int:
+    if isinstance(targets, list):
+        return len(targets)
+    if isinstance(targets, str):
+        return int("".join(c for c in targets if c.isdigit()) or 1)
+    return 1
 
 
 @lru_cache(maxsize=8)
@@ -92,14 +161,20 @@ def explain_photo(
         raise AppError(f"{file.name} is over {MAX_UPLOAD_MB} MB; use the command line for large files.")
     try:
         bundle = cached_model(model_name)
-        photo = read_image(file, draft_size=bundle.preprocessing.resize, max_megapixels=MAX_MEGAPIXELS)
-        targets = parse_target(target or None, bundle.labels)
+        targets = parse_target(target or None, bundle.labels, len(bundle.labels) if bundle.labels else None)
+        count = _target_count(targets)
+        if count > MAX_TARGETS or count * len(methods) > MAX_OVERLAYS:
+            raise AppError(
+                f"{count} targets x {len(methods)} methods is more than this page draws (at most {MAX_TARGETS} "
+                f"targets, {MAX_OVERLAYS} overlays); use the command line for more"
+            )
+        photo = read_image(file, draft_size=bundle.preprocessing.resize, max_megapixels=DEFAULT_MAX_MEGAPIXELS)
     except (ModelLoadError, ImageReadError, UsageError) as error:
         raise AppError(str(error).replace(str(file), file.name)) from None
     pixels, geometry = preprocess(photo, bundle.preprocessing)
     x = pixels[None].to(next(bundle.model.parameters()).device)
     chosen_layer = layer or bundle.default_layer
-    out_dir = out_dir or Path(tempfile.mkdtemp(prefix="gradcam-web-"))
+    out_dir = out_dir or scratch().new_folder()
     picture = image_tensor(photo)
     overlays: list[tuple[Any, str]] = []
     files: list[str] = []
@@ -117,12 +192,11 @@ def explain_photo(
             probabilities = ex.logits.softmax(-1)[0]
             values, indices = probabilities.topk(5)
             top5 = {_label(bundle, int(i)): float(v) for v, i in zip(values, indices, strict=True)}
-        full, coverage = to_original(ex.maps[0], geometry)
         entries = []
         for k in range(ex.maps.shape[1]):
             index = int(ex.targets[0, k]) if ex.targets is not None else k
             label = _label(bundle, index)
-            image = to_pil(overlay(picture, full[k], alpha, colormap, coverage[k]))
+            image = to_pil(overlay_on_photo(picture, ex.maps[0, k].cpu(), geometry, alpha, colormap))
             stem = f"{Path(file.name).stem}.{method}.{index}-{slug(label)}"
             image.save(out_dir / f"{stem}.png")
             np.save(out_dir / f"{stem}.npy", ex.maps[0, k].cpu().numpy().astype(np.float32))
@@ -154,14 +228,21 @@ def _label(bundle: LoadedModel, index: int) -> str:
     return bundle.labels[index] if bundle.labels is not None and index < len(bundle.labels) else str(index)
 
 
-def build_app(examples: Path | None = None) -> Any:
-    """The Gradio page."""
+def build_app(examples: Path | None = None, models: Sequence[str] | None = None) -> Any:
+    """The Gradio page, offering ``models`` (default: the embedded one), all loaded before it returns."""
     import gradio as gr
 
     from .methods import methods as registered
 
+    global SHELF
+    if models is not None:
+        SHELF = ModelShelf(models)
+    try:
+        SHELF.load_all()
+    except ModelLoadError as error:
+        raise AppError(str(error)) from None
     choices = model_choices()
-    layers, default_layer = layer_choices(DEFAULT_MODEL)
+    layers, default_layer = layer_choices(choices[0])
     example_files = sorted(str(p) for p in examples.glob("*.jpg")) if examples and examples.is_dir() else []
 
     def run(path, model_name, chosen_methods, layer, target, alpha, colormap):
@@ -178,15 +259,14 @@ def build_app(examples: Path | None = None) -> Any:
             raise gr.Error(str(error)) from None
         return gr.update(choices=names, value=default)
 
-    with gr.Blocks(title="gradcam") as app:
+    with gr.Blocks(title="gradcam", delete_cache=GRADIO_CACHE_SWEEP) as app:
         gr.Markdown("# gradcam\nWhy did the model decide that? Upload or paste a photo, or pick an example.")
         with gr.Row():
             with gr.Column(scale=1):
                 photo = gr.Image(type="filepath", label="Photo", sources=["upload", "clipboard"], elem_id="photo")
                 if example_files:
                     gr.Examples(example_files, inputs=[photo], label="Examples")
-                model = gr.Dropdown(choices, value=DEFAULT_MODEL, label="Model (offline-ready first)",
-                                    allow_custom_value=True, elem_id="model")  # fmt: skip
+                model = gr.Dropdown(choices, value=choices[0], label="Model", elem_id="model")
                 chosen = gr.CheckboxGroup(registered(), value=["gradcam"], label="Methods (side by side)",
                                           elem_id="methods")  # fmt: skip
                 layer = gr.Dropdown(layers, value=default_layer, label="Layer (default selected)", elem_id="layer")
@@ -207,8 +287,14 @@ def build_app(examples: Path | None = None) -> Any:
     return app
 
 
-def serve(host: str = "127.0.0.1", port: int = 7860, examples: Path | None = None, block: bool = True) -> Any:
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    examples: Path | None = None,
+    block: bool = True,
+    models: Sequence[str] | None = None,
+) -> Any:
     """Start the app; returns Gradio's ``(app, local_url, share_url)`` when ``block`` is False."""
-    app = build_app(examples)
+    app = build_app(examples, models)
     return app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=not block,
                       max_file_size=f"{MAX_UPLOAD_MB}mb", show_error=False)  # fmt: skip

@@ -65,10 +65,16 @@ def methods() -> list[str]:
     return list(_REGISTRY)
 
 
-def get_method(name: str | CAMMethod) -> CAMMethod:
+def get_method(name: str | CAMMethod | type[CAMMethod]) -> CAMMethod:
     """A method instance by name (case-insensitive); an unknown name raises with the closest names."""
     if isinstance(name, CAMMethod):
         return name
+    if isinstance(name, type) and issubclass(name, CAMMethod):
+        return name()
+    if not isinstance(name, str):
+        raise TypeError(
+            f"method: expected a method name ({', '.join(_REGISTRY)}) or a CAMMethod, got {type(name).__name__}"
+        )
     key = name.strip().lower().replace("_", "")
     aliases = {registered.replace("-", "").replace("_", ""): registered for registered in _REGISTRY}
     if key in _REGISTRY:

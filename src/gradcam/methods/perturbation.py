@@ -32,8 +32,12 @@ class Probe:
     layer_output: torch.Tensor | None = None
 
     def as_layer_output(self, spatial: torch.Tensor, image_ids: torch.Tensor) -> torch.Tensor:
-        """(N, C, h, w) activations back in the layer's own form (tokens, channels-last)."""
-        if self.layout is None or self.layer_output is None:
+        """(N, C, h, w) activations back in the layer's own form (tokens, channels-last) and dtype: the
+        activations are float32 for the arithmetic, the rest of the model may be float64 or half."""
+        if self.layer_output is None:
+            return spatial.to(self.images.dtype)
+        spatial = spatial.to(self.layer_output.dtype)
+        if self.layout is None:
             return spatial
         return self.layout.from_spatial(spatial, self.layer_output[image_ids])
 
