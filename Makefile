@@ -1,4 +1,4 @@
-# gradcam: make demo · make test · make bench · make lint
+# gradcam: make demo · make test · make fuzz · make bench · make lint
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # torch and torchvision first, pinned to releases pip can take from a local mirror where one exists;
@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 EXTRAS ?= test,web,ray
 
-.PHONY: demo test bench lint typecheck clean
+.PHONY: demo test fuzz bench lint typecheck clean
 
 $(VENV)/.installed-$(EXTRAS): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -20,6 +20,9 @@ demo: $(VENV)/.installed-$(EXTRAS)
 
 test: $(VENV)/.installed-$(EXTRAS)
 	$(PY) -m pytest
+
+fuzz: $(VENV)/.installed-$(EXTRAS)
+	$(PY) tests/fuzz/run_for.py 600
 
 bench: $(VENV)/.installed-$(EXTRAS)
 	$(PY) bench/bench_core.py --model resnet50 --batch 8 --repeats 5

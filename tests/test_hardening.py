@@ -434,3 +434,12 @@ def test_resume_without_an_earlier_run_still_refuses_to_overwrite(tmp_path, caps
     mine.write_bytes(b"the user's own file")
     assert explain_cli(str(EXAMPLES / "chelsea.jpg"), "--out", str(out), "--resume") == 1
     assert "exists; pass --overwrite" in capsys.readouterr().err and mine.read_bytes() == b"the user's own file"
+
+
+@pytest.mark.parametrize("options", [{"method": "eigencam"}, {"eigen_smooth": True}])
+def test_eigen_methods_survive_non_finite_activations(options):
+    """Found by the fuzz suite: the SVD raised on a NaN input (explain() already warns about the input)."""
+    images = torch.full((1, 3, 32, 32), float("nan"))
+    with pytest.warns(UserWarning, match="NaN or infinite"):
+        maps = gradcam.explain(TinyCNN().eval(), images, **options).maps
+    assert bool(torch.isfinite(maps).all())

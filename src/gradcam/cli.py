@@ -227,6 +227,8 @@ def _explain(args: argparse.Namespace) -> int:
         return _error(f"--batch-size must be between 1 and {MAX_BATCH_SIZE}; --workers and --per-channel >= 0")
     if args.perturbation_batch < 1:
         return _error("--perturbation-batch must be >= 1")
+    if not args.max_megapixels > 0 or args.max_megapixels == float("inf"):
+        return _error(f"--max-megapixels {args.max_megapixels}: must be a positive number")
     if args.top_channels is not None and (args.top_channels < 1 or args.method != "scorecam"):
         return _error("--top-channels N: N >= 1, with --method scorecam")
     if args.per_channel and args.method == "eigencam":

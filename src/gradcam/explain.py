@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .hooks import capture, model_lock, preserved_state
+from .hooks import capture, model_lock, preserved_state, run_model
 from .layers import LayerSpec, resolve_layers
 from .methods import CAMMethod, channel_contributions, get_method
 from .methods.activation import first_principal_component
@@ -124,7 +124,7 @@ def _explain_once(
     with preserved_state(model, eval_mode=settings.eval_mode):
         torch.set_grad_enabled(False)
         with capture(layers, graph_from_layer=method.uses_gradients) as record:
-            raw_output = model(images)
+            raw_output = run_model(model, images)
         outputs = record.tensors()
         callables = are_callable_targets(targets)
         logits = (

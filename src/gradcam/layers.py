@@ -82,7 +82,7 @@ def trace_layers(model: nn.Module, example: torch.Tensor) -> list[tuple[str, tor
 
     The model's mode is left as it was; the forward runs without gradients.
     """
-    from .hooks import preserved_state
+    from .hooks import preserved_state, run_model
 
     fired: list[tuple[str, torch.Tensor]] = []
     handles = []
@@ -100,7 +100,7 @@ def trace_layers(model: nn.Module, example: torch.Tensor) -> list[tuple[str, tor
                 if name:
                     handles.append(module.register_forward_hook(make_hook(name)))
             with torch.no_grad():
-                model(example)
+                run_model(model, example)
         finally:
             for handle in handles:
                 handle.remove()

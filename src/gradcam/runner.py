@@ -352,7 +352,12 @@ class Runner:
             except KeyboardInterrupt:
                 interrupted = True
             finally:
-                self._collect(progress)  # what was explained is written, also on Ctrl-C
+                while True:  # what was explained is written and recorded, also on a Ctrl-C in here
+                    try:
+                        self._collect(progress)
+                        break
+                    except KeyboardInterrupt:
+                        interrupted, completed = True, False
                 if completed or interrupted or self.entries:
                     self.write_manifest(finished=completed)
         return RunResult(self.manifest_path, [self.entries[i] for i in sorted(self.entries)], interrupted)

@@ -17,6 +17,8 @@ def first_principal_component(activations: torch.Tensor) -> torch.Tensor:
     batch, channels, height, width = activations.shape
     samples = activations.float().reshape(batch, channels, height * width).transpose(1, 2)
     centred = samples - samples.mean(dim=1, keepdim=True)
+    # non-finite activations (a NaN pixel, which explain() warns about) have no principal component: 0
+    centred = torch.nan_to_num(centred, nan=0.0, posinf=0.0, neginf=0.0)
     _, _, vh = torch.linalg.svd(centred, full_matrices=False)
     projection = centred @ vh[:, 0, :].unsqueeze(-1)
     projection = projection.squeeze(-1)
