@@ -1,6 +1,7 @@
 """Grad-CAM cost against a plain forward pass and the peer libraries, measured in one run.
 
     python bench/bench_core.py --model resnet50 --batch 8 --repeats 5
+    python bench/bench_core.py --model resnet50 --batch 64 --repeats 20 --device cuda
 
 Prints a Markdown table of median seconds per batch and the ratio to a plain forward pass under
 ``torch.inference_mode()``. Peer libraries that are not installed are skipped.
@@ -20,15 +21,20 @@ import gradcam
 from gradcam.methods.perturbation import PerturbationMethod
 
 
-def interleaved_medians(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds of each run; the runs take turns, so drifts in machine speed hit them all alike."""
+def interleaved_medians(
+    runs: dict[str, Callable[[], object]], repeats: int, sync: Callable[[], object] = lambda: None
+) -> dict[str, float]:
+    """Median seconds of each run; the runs take turns, so drifts in machine speed hit them all alike.
+    ``sync`` waits for queued device work (``torch.cuda.synchronize`` on a GPU) before a clock is read."""
     for run in runs.values():
         run()  # warm-up
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
         for name, run in runs.items():
+            sync()
             start = time.perf_counter()
             run()
+            sync()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
 
@@ -77,11 +83,14 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-peers", action="store_true")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, ...")
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    model = torchvision.models.get_model(args.model, weights=None).eval()
-    x = torch.randn(args.batch, 3, args.size, args.size)
+    device = torch.device(args.device)
+    model = torchvision.models.get_model(args.model, weights=None).eval().to(device)
+    x = torch.randn(args.batch, 3, args.size, args.size, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     layer = model.get_submodule(args.layer)
 
     def forward() -> object:
@@ -97,10 +106,11 @@ def main() -> None:
     runs["gradcam gradcam, layer=None (auto)"] = lambda: gradcam.explain(model, x, "gradcam")
     if not args.no_peers:
         runs.update(peer_runs(model, layer, x))
-    rows = list(interleaved_medians(runs, args.repeats).items())
+    rows = list(interleaved_medians(runs, args.repeats, sync).items())
     base = rows[0][1]
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(
-        f"{args.model}, layer {args.layer}, batch {args.batch}, {args.size} px, {torch.get_num_threads()} threads, "
+        f"{args.model}, layer {args.layer}, batch {args.batch}, {args.size} px, {where}, "
         f"torch {torch.__version__}, median of {args.repeats}"
     )
     print("| run | s / batch | x forward |")

@@ -1,6 +1,7 @@
 """A folder of photos through `gradcam explain` vs batched plain inference, and peak memory vs folder size.
 
     python bench/bench_folder.py --counts 1000 10000 --batch 16 --workers 2
+    python bench/bench_folder.py --counts 1000 10000 --batch 64 --workers 8 --device cuda
 
 For each count: a folder of that many JPEGs (copies of the example photos), then
 1. plain inference: the same DataLoader decoding and preprocessing, the model's forward pass under
@@ -23,6 +24,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from gradcam.images import DEFAULT_MAX_MEGAPIXELS
 from gradcam.models import load_model
 from gradcam.runner import PhotoDataset
 
@@ -40,22 +42,21 @@ def make_folder(root: Path, count: int) -> Path:
     return folder
 
 
-def plain_inference(folder: Path, batch: int, workers: int) -> float:
-    bundle = load_model()
+def plain_inference(folder: Path, batch: int, workers: int, device: str) -> float:
+    bundle = load_model(device=device)
     paths = sorted(folder.rglob("*.jpg"))
-    loader = DataLoader(
-        PhotoDataset(paths, bundle.preprocessing, 200.0), batch_size=batch, num_workers=workers, collate_fn=lambda x: x
-    )
+    dataset = PhotoDataset(paths, bundle.preprocessing, DEFAULT_MAX_MEGAPIXELS)
+    loader = DataLoader(dataset, batch_size=batch, num_workers=workers, collate_fn=lambda x: x)
     start = time.perf_counter()
     with torch.inference_mode():
         for items in loader:
-            bundle.model(torch.stack([item["input"] for item in items]))
+            bundle.model(torch.stack([item["input"] for item in items]).to(device)).cpu()  # the result, on the host
     return len(paths) / (time.perf_counter() - start)
 
 
-def explain_child(folder: Path, out: Path, batch: int, workers: int) -> tuple[float, float]:
+def explain_child(folder: Path, out: Path, batch: int, workers: int, device: str) -> tuple[float, float]:
     command = [sys.executable, "-m", "gradcam", "explain", str(folder), "--out", str(out), "--quiet",
-               "--batch-size", str(batch), "--workers", str(workers)]  # fmt: skip
+               "--batch-size", str(batch), "--workers", str(workers), "--device", device]  # fmt: skip
     start = time.perf_counter()
     process = subprocess.Popen(command)
     _, status, usage = os.wait4(process.pid, 0)
@@ -71,15 +72,17 @@ def main() -> None:
     parser.add_argument("--counts", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    print(f"efficientnet_lite0, batch {args.batch}, {args.workers} decoding workers, {os.cpu_count()} cores")
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
+    print(f"efficientnet_lite0 on {where}, batch {args.batch}, {args.workers} decoding workers, {os.cpu_count()} cores")
     print("| images | plain inference (img/s) | gradcam explain (img/s) | ratio | peak RSS of explain (MB) |")
     print("|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         for count in args.counts:
             folder = make_folder(Path(tmp), count)
-            plain = plain_inference(folder, args.batch, args.workers)
-            ours, rss = explain_child(folder, Path(tmp) / f"out{count}", args.batch, args.workers)
+            plain = plain_inference(folder, args.batch, args.workers, args.device)
+            ours, rss = explain_child(folder, Path(tmp) / f"out{count}", args.batch, args.workers, args.device)
             print(f"| {count} | {plain:.1f} | {ours:.1f} | {ours / plain:.2f} | {rss:.0f} |", flush=True)
             shutil.rmtree(folder)
             shutil.rmtree(Path(tmp) / f"out{count}")

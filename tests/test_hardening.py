@@ -443,3 +443,24 @@ def test_eigen_methods_survive_non_finite_activations(options):
     with pytest.warns(UserWarning, match="NaN or infinite"):
         maps = gradcam.explain(TinyCNN().eval(), images, **options).maps
     assert bool(torch.isfinite(maps).all())
+
+
+@pytest.mark.parametrize("targets", [None, 4, np.int64(4), "top2"])
+def test_an_empty_batch_gives_empty_maps(targets):
+    """Found by the fuzz suite: an empty batch with a class target raised IndexError."""
+    ex = gradcam.explain(TinyCNN().eval(), torch.randn(0, 3, 32, 32), "gradcam", None, targets)
+    assert ex.maps.shape[0] == 0 and ex.maps.shape[-2:] == (32, 32)
+
+
+def test_a_picture_that_cannot_be_drawn_fails_its_photo_in_one_line(tmp_path, monkeypatch, capsys):
+    """Seen on a GPU: a drawing error in a writer thread ended the run with a traceback."""
+
+    def broken_grid(*args, **kwargs):
+        raise RuntimeError("Expected all tensors to be on the same device\nmore detail")
+
+    monkeypatch.setattr(runner, "channel_grid", broken_grid)
+    out = tmp_path / "out"
+    assert explain_cli(str(EXAMPLES), "--out", str(out), "--per-channel", "4") == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("cannot draw outputs (RuntimeError: Expected all tensors") == 3
+    assert manifest(out)["summary"] == {"images": 3, "ok": 0, "failed": 3}

@@ -135,3 +135,14 @@ def test_serve_command_warns_when_opened_to_the_network(monkeypatch, capsys):
     assert main(["serve", "--host", "0.0.0.0", "--port", "8000"]) == 0
     assert calls[-1] == ("0.0.0.0", 8000)
     assert "warning: listening on 0.0.0.0" in capsys.readouterr().err
+
+
+def test_a_tiny_upload_that_decodes_huge_is_refused(tmp_path):
+    """Issue 10, case 2: a 100-byte 10000 x 1 PNG took the server to 4.7 GB."""
+    from PIL import Image
+
+    wide = tmp_path / "wide.png"
+    Image.new("L", (10000, 1)).save(wide)
+    assert wide.stat().st_size < 200
+    with pytest.raises(AppError, match="wide.png: 10000x1 has an aspect ratio of 10000:1"):
+        explain_photo(str(wide), "efficientnet_lite0", ["gradcam"], None, "", 0.5, "jet", out_dir=tmp_path)

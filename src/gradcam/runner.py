@@ -480,10 +480,18 @@ class BatchExplainer:
         ]
 
     def _write_safely(self, path: str, *args: Any) -> dict[str, Any]:
+        """:meth:`write_outputs`; whatever fails there fails this photo, in one line, and the run goes on."""
         try:
             return self.write_outputs(path, *args)
         except OSError as error:
             return {"path": path, "status": "error", "error": f"{path}: cannot write outputs ({error})"}
+        except Exception as error:  # a picture that cannot be drawn must not end the run either
+            reason = str(error).splitlines()[0] if str(error) else ""
+            return {
+                "path": path,
+                "status": "error",
+                "error": f"{path}: cannot draw outputs ({type(error).__name__}: {reason})",
+            }
 
     def label(self, index: int) -> str:
         labels = self.bundle.labels

@@ -170,8 +170,8 @@ def are_callable_targets(targets: Any) -> bool:
 
 
 def _same_for_all(row: list[Any], batch: int, labels: Sequence[str] | None, num_classes: int) -> ResolvedTargets:
-    indices = [_to_index(item, labels, num_classes) for item in row]
-    return ResolvedTargets(torch.tensor([indices] * batch, dtype=torch.long), None)
+    indices = torch.tensor([_to_index(item, labels, num_classes) for item in row], dtype=torch.long)
+    return ResolvedTargets(indices.expand(batch, -1).contiguous(), None)  # (batch, K), also for batch 0
 
 
 def select_logits(output: Any) -> torch.Tensor:

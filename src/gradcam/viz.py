@@ -51,6 +51,8 @@ def overlay(
     with ``a = alpha * coverage`` so cropped-away margins show the plain photo. Returns (3, H, W) uint8."""
     if not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    heatmap = heatmap.to(photo.device)  # pictures are drawn where the photo is (maps may be on a GPU)
+    coverage = coverage.to(photo.device) if coverage is not None else None
     colour = colorize(heatmap, colormap)
     weight = alpha * (coverage if coverage is not None else torch.ones_like(heatmap))
     mixed = (1 - weight) * (photo.float() / 255) + weight * colour
@@ -101,6 +103,7 @@ def channel_grid(
         grand_total: the sum over every channel; captions give each tile's share of it.
         combined: (h, w) the final map in [0, 1].
     """
+    contributions, combined = contributions.to(photo.device), combined.to(photo.device)  # maps may be on a GPU
     small = F.interpolate(photo[None].float(), size=(tile, tile), mode="bilinear", align_corners=False)[0]
     small = small.round().clamp(0, 255).to(torch.uint8)
     scale = contributions.clamp(min=0).amax().clamp(min=1e-12)
