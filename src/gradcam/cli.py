@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .images import DEFAULT_MAX_MEGAPIXELS, FoundImages, find_images
 from .methods import methods
-from .models import DEFAULT_MODEL, ModelLoadError, load_model
+from .models import DEFAULT_MODEL, LoadedModel, ModelLoadError, load_model, read_labels, with_labels
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 MAX_BATCH_SIZE = 512  # bounds the decoded photos held at once; larger batches gain nothing on any device
@@ -25,6 +25,16 @@ MAX_BATCH_SIZE = 512  # bounds the decoded photos held at once; larger batches g
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     pass
+
+
+def _add_labels_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--labels",
+        default=None,
+        metavar="FILE",
+        help="class names: one per line, or JSON {index: name}; for a fine-tuned model (default: the model's "
+        "own, else class indices)",
+    )
 
 
 def _add_trust_option(parser: argparse.ArgumentParser) -> None:
@@ -62,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a local state dict or checkpoint file, or 'none' for random weights (default: the pretrained weights)",
     )
     _add_trust_option(run)
+    _add_labels_option(run)
     run.add_argument("--method", default="gradcam", choices=methods(), help="the CAM method")
     run.add_argument(
         "--layer",
@@ -131,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("--model", default=DEFAULT_MODEL, help="as for explain")
     judge.add_argument("--weights", default=None, help="as for explain")
     _add_trust_option(judge)
+    _add_labels_option(judge)
     judge.add_argument(
         "--methods", default=",".join(m for m in methods() if m not in ("scorecam", "ablationcam")),
         help="comma-separated methods (scorecam and ablationcam are slower: add them by name)",
@@ -203,6 +215,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
 
 
+def _load_bundle(args: argparse.Namespace) -> LoadedModel:
+    """The model of ``--model``/``--weights``/``--trust-weights``/``--device``, named by ``--labels``."""
+    bundle = load_model(args.model, args.weights, args.device, trust_weights=args.trust_weights)
+    if args.labels is not None:
+        bundle = with_labels(bundle, read_labels(args.labels))
+    return bundle
+
+
 def _find_reporting_missing(paths: list[str], exclude: Sequence[Path] = ()) -> FoundImages:
     """The photos under ``paths`` (none from the ``exclude`` folders: a run's own outputs); each missing
     path gets one line on stderr (and the run goes on)."""
@@ -248,7 +268,7 @@ def _explain(args: argparse.Namespace) -> int:
     if not found.paths:
         return _error("no images found in " + ", ".join(args.paths))
     try:
-        bundle = load_model(args.model, args.weights, args.device, trust_weights=args.trust_weights)
+        bundle = _load_bundle(args)
         parse_target(args.target, bundle.labels, len(bundle.labels) if bundle.labels is not None else None)
     except (ModelLoadError, UsageError) as error:
         return _error(str(error))
@@ -332,6 +352,7 @@ def _explain_on_ray(args: argparse.Namespace, options: object) -> int:
             model=args.model,
             weights=args.weights,
             trust_weights=args.trust_weights,
+            labels=read_labels(args.labels) if args.labels else None,
             options=options,  # type: ignore[arg-type]
             actors=args.actors,
             cpus_per_actor=args.cpus_per_actor,
@@ -399,7 +420,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if not found.paths:
         return _error("no images found in " + ", ".join(args.paths))
     try:
-        bundle = load_model(args.model, args.weights, args.device, trust_weights=args.trust_weights)
+        bundle = _load_bundle(args)
     except ModelLoadError as error:
         return _error(str(error))
     layers: list[str | None] = [name.strip() for name in args.layers.split(",")] if args.layers else [None]

@@ -51,16 +51,19 @@ class ExplainActor:
         out_uri: str | None,
         threads: int,
         trust_weights: bool = False,
+        labels: list[str] | None = None,
     ):
         import torch
 
-        from .models import load_model
+        from .models import load_model, with_labels
 
         torch.set_num_threads(threads)
         device = options.device
         if device == "cpu" and torch.cuda.is_available() and os.environ.get("CUDA_VISIBLE_DEVICES"):
             device = "cuda"  # Ray gave this actor a GPU
         self.bundle = load_model(model, weights, device, trust_weights=trust_weights)
+        if labels is not None:
+            self.bundle = with_labels(self.bundle, labels)
         self.out_uri = out_uri
         self.local_out = Path(tempfile.mkdtemp(prefix="gradcam-actor-")) if out_uri else options.out
         self.options = replace(options, out=self.local_out, overwrite=True, device=device)
@@ -146,6 +149,7 @@ def explain_dataset(
     model: str = "efficientnet_lite0",
     weights: str | None = None,
     trust_weights: bool = False,
+    labels: list[str] | None = None,
     options: RunOptions | None = None,
     actors: int = 2,
     cpus_per_actor: float = 1.0,
@@ -189,6 +193,7 @@ def explain_dataset(
             "out_uri": out_uri,
             "threads": threads_per_actor,
             "trust_weights": trust_weights,
+            "labels": labels,
         },  # fmt: skip
         batch_size=options.batch_size,
         batch_format="numpy",

@@ -14,8 +14,9 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -49,6 +50,58 @@ class LoadedModel:
     default_layer: str | None = None
     source: str = ""
     extra: dict = field(default_factory=dict)
+
+
+def read_labels(path: str | Path) -> list[str]:
+    """Class names from a file: one name per line (line i names class i), a JSON list, or a JSON object
+    ``{"index": "name"}`` (classes it leaves out are named by their index).
+
+    Example:
+        >>> read_labels("names.txt")          # doctest: +SKIP
+        ['cat', 'dog', 'horse']
+    """
+    import json
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ModelLoadError(f"--labels {path}: cannot read it ({type(error).__name__})") from None
+    if path.suffix.lower() == ".json" or text.lstrip().startswith(("{", "[")):
+        try:
+            data = json.loads(text)
+            if isinstance(data, list):
+                names = [str(name) for name in data]
+            else:
+                indexed = {int(index): str(name) for index, name in data.items()}
+                if min(indexed, default=0) < 0:
+                    raise ValueError("a negative class index")
+                names = [indexed.get(i, str(i)) for i in range(max(indexed, default=-1) + 1)]
+        except (ValueError, AttributeError, TypeError) as error:
+            raise ModelLoadError(
+                f"--labels {path}: not a JSON list or {{index: name}} object ({str(error)[:80]})"
+            ) from None
+    else:
+        names = [line.strip() for line in text.splitlines()]
+        while names and not names[-1]:
+            names.pop()
+    if not names:
+        raise ModelLoadError(f"--labels {path}: no class names in it")
+    return names
+
+
+def with_labels(bundle: LoadedModel, names: Sequence[str], source: str = "--labels") -> LoadedModel:
+    """``bundle`` naming its classes ``names``; their number must be the model's (one forward pass)."""
+    model = bundle.model
+    example = torch.zeros(1, 3, *bundle.preprocessing.crop, device=next(model.parameters()).device)
+    from .hooks import preserved_state, run_model
+
+    with preserved_state(model), torch.inference_mode():
+        output = run_model(model, example)
+    outputs = output.shape[-1] if isinstance(output, torch.Tensor) else None
+    if outputs is not None and outputs != len(names):
+        raise ModelLoadError(f"{source}: {len(names)} class names for a model with {outputs} classes")
+    return replace(bundle, labels=tuple(names))
 
 
 def _imagenet_labels() -> tuple[str, ...]:
@@ -104,21 +157,57 @@ def _random(weights: str | None) -> bool:
     return weights is not None and weights.lower() == "none"
 
 
-@dataclass(frozen=True)
 class WeightsFile:
-    """A local weights file and whether the user vouched for it (``--trust-weights``)."""
+    """A local weights file and whether the user vouched for it (``--trust-weights``); read once."""
 
-    path: str
-    trusted: bool = False
+    def __init__(self, path: str, trusted: bool = False) -> None:
+        self.path, self.trusted = path, trusted
+        self._state: dict[str, torch.Tensor] | None = None
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        if self._state is None:
+            self._state = _read_state_dict(self.path, self.trusted)
+        return self._state
+
+    def head_classes(self, model: nn.Module) -> int | None:
+        """The number of classes of the file's head where it differs from ``model``'s (a fine-tuned
+        checkpoint), else None: the only tensors of another shape are the last layer's, and they agree
+        on their first dimension."""
+        ours = model.state_dict()
+        state = self.state_dict()
+        mismatched = [k for k in state if k in ours and state[k].shape != ours[k].shape]
+        if not mismatched:
+            return None
+        head = next(reversed([k.rsplit(".", 1)[0] for k in ours if k.endswith(".weight")]), None)
+        sizes = {state[k].shape[0] for k in mismatched}
+        if head is None or len(sizes) != 1 or any(k.rsplit(".", 1)[0] != head for k in mismatched):
+            return None
+        return sizes.pop()
 
     def load_into(self, model: nn.Module) -> None:
-        _load_weights_file(model, self.path, self.trusted)
+        try:
+            model.load_state_dict(self.state_dict())
+        except RuntimeError as error:
+            first = str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else str(error)
+            raise ModelLoadError(f"--weights {self.path}: does not fit this model ({first[:160]})") from error
+
+
+def _sized_to(file: WeightsFile | None, build: Callable[..., nn.Module], name: str) -> tuple[nn.Module, bool]:
+    """``build()``, or ``build(num_classes=N)`` when ``file`` is a fine-tuned checkpoint with an N-class
+    head (said in one line); and whether the head was resized (the model's class names no longer apply)."""
+    model = build()
+    classes = file.head_classes(model) if file is not None else None
+    if file is None or classes is None:
+        return model, False
+    warnings.warn(f"--weights {file.path}: a {classes}-class head, so {name} has {classes} classes", stacklevel=4)
+    return build(num_classes=classes), True
 
 
 def _load_efficientnet_lite0(weights: str | None, file: WeightsFile | None) -> LoadedModel:
     import timm
 
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    build = partial(timm.create_model, "tf_efficientnet_lite0", pretrained=False)
+    model, resized = _sized_to(file, build, DEFAULT_MODEL)
     source = "random weights"
     if weights is None:
         try:
@@ -144,7 +233,7 @@ def _load_efficientnet_lite0(weights: str | None, file: WeightsFile | None) -> L
         name=DEFAULT_MODEL,
         model=model,
         preprocessing=_timm_preprocessing(cfg),
-        labels=_imagenet_labels(),
+        labels=None if resized else _imagenet_labels(),
         default_layer=None,
         source=source,
     )
@@ -173,7 +262,7 @@ def _load_timm(arch: str, weights: str | None, file: WeightsFile | None) -> Load
         raise ModelLoadError(f"unknown timm model {arch!r}{hint}")
     pretrained = weights is None
     try:
-        model = timm.create_model(arch, pretrained=pretrained)
+        model, _ = _sized_to(file, partial(timm.create_model, arch, pretrained=pretrained), f"timm:{arch}")
     except Exception as error:  # hub and network errors come in many types
         cfg = timm.models.get_pretrained_cfg(arch)
         source = getattr(cfg, "hf_hub_id", None) or getattr(cfg, "url", None) or "the timm hub"
@@ -219,6 +308,7 @@ def _load_torchvision(name: str, weights: str | None, file: WeightsFile | None) 
             f"unknown model {name!r}{hint} (list them with `gradcam models`; timm models as timm:NAME)"
         )
     default = torchvision.models.get_model_weights(name).DEFAULT
+    resized = False
     if weights is None:
         cached = cached_weights_path(name)
         try:
@@ -230,7 +320,7 @@ def _load_torchvision(name: str, weights: str | None, file: WeightsFile | None) 
             ) from error
         source = f"torchvision {default}"
     else:
-        model = torchvision.models.get_model(name, weights=None)
+        model, resized = _sized_to(file, partial(torchvision.models.get_model, name, weights=None), name)
         source = "random weights"
         if file is not None:
             file.load_into(model)
@@ -244,9 +334,8 @@ def _load_torchvision(name: str, weights: str | None, file: WeightsFile | None) 
         std=tuple(transforms.std),
         interpolation=transforms.interpolation.value,
     )
-    return LoadedModel(
-        name, model, preprocessing, tuple(default.meta["categories"]), _family_default_layer(name, model), source
-    )
+    labels = None if resized else tuple(default.meta["categories"])
+    return LoadedModel(name, model, preprocessing, labels, _family_default_layer(name, model), source)
 
 
 def _is_torchscript(path: str) -> bool:
@@ -264,8 +353,8 @@ TRUST_HINT = (
 )
 
 
-def _load_weights_file(model: nn.Module, path: str, trusted: bool = False) -> None:
-    """Load a state dict or a checkpoint holding one into ``model``.
+def _read_state_dict(path: str, trusted: bool = False) -> dict[str, torch.Tensor]:
+    """The state dict in a file: a state dict, or a checkpoint holding one.
 
     Untrusted (the default), the file is read with ``torch.load(weights_only=True)``: tensors and plain
     containers only, so a crafted pickle cannot run code. ``trusted`` also accepts a whole pickled model,
@@ -307,9 +396,4 @@ def _load_weights_file(model: nn.Module, path: str, trusted: bool = False) -> No
                 break
     if not isinstance(loaded, dict):
         raise ModelLoadError(f"--weights {path}: holds a {type(loaded).__name__}, not a state dict or model")
-    loaded = {k.removeprefix("module."): v for k, v in loaded.items()}
-    try:
-        model.load_state_dict(loaded)
-    except RuntimeError as error:
-        first = str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else str(error)
-        raise ModelLoadError(f"--weights {path}: does not fit this model ({first[:160]})") from error
+    return {k.removeprefix("module."): v for k, v in loaded.items()}
