@@ -112,3 +112,28 @@ def test_a_checkpoint_that_differs_elsewhere_than_the_head_still_does_not_fit(tm
     torch.save(state, path)
     with pytest.raises(ModelLoadError, match="does not fit this model"):
         load_model("resnet18", str(path))
+
+
+def test_an_offline_timm_model_fails_at_once_naming_the_hub_and_weights(monkeypatch):
+    """It took about 50 s of the hub client's retries; now the cache and the hub's port are checked first."""
+    import socket
+    import time
+
+    from gradcam import models
+
+    def no_network(*args, **kwargs):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    start = time.perf_counter()
+    with pytest.raises(ModelLoadError) as caught:
+        load_model("timm:resnet34")
+    assert time.perf_counter() - start < 2.0
+    message = str(caught.value)
+    assert "\n" not in message and "timm/resnet34" in message and "--weights FILE" in message
+    monkeypatch.undo()
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        assert models._reachable(f"http://127.0.0.1:{server.getsockname()[1]}")
+    assert not models._reachable("not a url")

@@ -94,10 +94,15 @@ def _spatial_output(name: str, output: object) -> torch.Tensor:
     raise TypeError(f"layer {name!r} returns {type(output).__name__}, not a tensor; pick another layer")
 
 
+class ForwardError(ValueError, RuntimeError):
+    """The model's own forward pass failed on the input; a ``ValueError`` (the input does not fit) that is
+    also the ``RuntimeError`` torch raised before, for callers that catch that."""
+
+
 def run_model(model: nn.Module, images: torch.Tensor) -> object:
     """``model(images)``; an error of the model's own forward pass on these images (a wrong channel
-    count, an input too small for its poolings, another device) becomes a one-line ``ValueError`` that
-    names the input's shape. Running out of memory stays what it is."""
+    count, an input too small for its poolings, another device) becomes a one-line :class:`ForwardError`
+    that names the input's shape. Running out of memory stays what it is."""
     try:
         return model(images)
     except torch.OutOfMemoryError:
@@ -106,7 +111,7 @@ def run_model(model: nn.Module, images: torch.Tensor) -> object:
         if "out of memory" in str(error).lower() or "can't allocate memory" in str(error).lower():
             raise
         first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
-        raise ValueError(
+        raise ForwardError(
             f"images {tuple(images.shape)} {str(images.dtype).removeprefix('torch.')} on {images.device}: "
             f"the model's forward pass failed ({first[:200]}); check the input's shape, dtype and device"
         ) from error

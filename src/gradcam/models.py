@@ -261,21 +261,68 @@ def _load_timm(arch: str, weights: str | None, file: WeightsFile | None) -> Load
         hint = f"; did you mean {', '.join('timm:' + c for c in close)}?" if close else ""
         raise ModelLoadError(f"unknown timm model {arch!r}{hint}")
     pretrained = weights is None
+    cfg = timm.models.get_pretrained_cfg(arch)
+    source = getattr(cfg, "hf_hub_id", None) or getattr(cfg, "url", None) or "the timm hub"
+
+    def unavailable(reason: str) -> ModelLoadError:
+        return ModelLoadError(
+            f"cannot get pretrained weights for timm:{arch} from {source} ({reason}); with no network, download "
+            "them elsewhere and pass --weights FILE, or --weights none for random weights"
+        )
+
+    if pretrained and not _timm_weights_cached(cfg) and not _reachable(_timm_weights_host(cfg)):
+        raise unavailable("not in the local cache, and the hub cannot be reached")  # at once, not after retries
     try:
         model, _ = _sized_to(file, partial(timm.create_model, arch, pretrained=pretrained), f"timm:{arch}")
     except Exception as error:  # hub and network errors come in many types
-        cfg = timm.models.get_pretrained_cfg(arch)
-        source = getattr(cfg, "hf_hub_id", None) or getattr(cfg, "url", None) or "the timm hub"
-        raise ModelLoadError(
-            f"cannot get pretrained weights for timm:{arch} from {source} ({type(error).__name__}); "
-            "with no network, download them elsewhere and pass --weights FILE, or --weights none for random weights"
-        ) from error
+        raise unavailable(type(error).__name__) from error
     if file is not None:
         file.load_into(model)
     labels = _imagenet_labels() if getattr(model, "num_classes", 0) == 1000 else None
     return LoadedModel(
         f"timm:{arch}", model, _timm_preprocessing(dict(getattr(model, "pretrained_cfg", {}))), labels, None, arch
     )
+
+
+def _timm_weights_cached(cfg: object) -> bool:
+    """Whether timm's pretrained weights for ``cfg`` are already on this machine (Hugging Face cache)."""
+    hub_id = getattr(cfg, "hf_hub_id", None)
+    if not hub_id:
+        url = getattr(cfg, "url", None)
+        return isinstance(url, str) and (Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)).exists()
+    from huggingface_hub import try_to_load_from_cache
+
+    repo = hub_id.split("@")[0]
+    names = [
+        getattr(cfg, "hf_hub_filename", None),
+        "model.safetensors",
+        "open_clip_pytorch_model.bin",
+        "pytorch_model.bin",
+    ]
+    return any(isinstance(try_to_load_from_cache(repo, name), str) for name in names if name)
+
+
+def _timm_weights_host(cfg: object) -> str:
+    if getattr(cfg, "hf_hub_id", None):
+        from huggingface_hub import constants
+
+        return constants.ENDPOINT
+    return getattr(cfg, "url", None) or "https://huggingface.co"
+
+
+def _reachable(url: str, timeout: float = 2.0) -> bool:
+    """Whether a TCP connection to ``url``'s host opens within ``timeout`` seconds (no request is sent)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if not parts.hostname:
+        return False
+    try:
+        with socket.create_connection((parts.hostname, parts.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def torchvision_classifiers() -> list[str]:
