@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 import gradcam
+import gradcam.models
 from gradcam import runner
 from gradcam.cli import main
 from gradcam.images import ImageReadError, read_image
@@ -105,14 +106,16 @@ def test_trust_weights_loads_a_whole_pickled_model_with_a_warning(tmp_path, caps
     )
 
 
-def test_the_web_app_never_unpickles():
-    import inspect
-
+def test_the_web_app_never_unpickles(malicious_weights):
     pytest.importorskip("gradio")
     from gradcam import web
 
-    source = inspect.getsource(web)
-    assert "load_model(name)" in source and "trust_weights" not in source and "torch.load" not in source
+    path, marker = malicious_weights
+    shelf = web.ModelShelf(["resnet18"], weights={"resnet18": str(path)})
+    with pytest.raises(gradcam.models.ModelLoadError, match="refused"):
+        shelf.load_all()
+    assert not marker.exists()
+    assert "trust_weights" not in __import__("inspect").getsource(web)
 
 
 # 2. bounded memory ----------------------------------------------------------------------------------------

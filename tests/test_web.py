@@ -70,7 +70,7 @@ def test_only_models_named_at_start_are_offered_and_loaded_before_listening(monk
     from gradcam import web
 
     loaded = []
-    monkeypatch.setattr(web, "load_model", lambda name: loaded.append(name) or _bundle())
+    monkeypatch.setattr(web, "load_model", lambda name, weights=None: loaded.append(name) or _bundle())
     shelf = web.ModelShelf(["efficientnet_lite0", "resnet18"])
     shelf.load_all()
     assert loaded == ["efficientnet_lite0", "resnet18"]
@@ -146,3 +146,26 @@ def test_a_tiny_upload_that_decodes_huge_is_refused(tmp_path):
     assert wide.stat().st_size < 200
     with pytest.raises(AppError, match="wide.png: 10000x1 has an aspect ratio of 10000:1"):
         explain_photo(str(wide), "efficientnet_lite0", ["gradcam"], None, "", 0.5, "jet", out_dir=tmp_path)
+
+
+def test_a_fine_tuned_checkpoint_with_its_labels_is_served(tmp_path, monkeypatch):
+    import torch
+    import torchvision
+
+    from gradcam import web
+    from gradcam.cli import main
+
+    torch.manual_seed(0)
+    path = tmp_path / "ft.pth"
+    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), path)
+    names = tmp_path / "names.txt"
+    names.write_text("cat\ndog\ncup\n")
+    monkeypatch.setattr(web, "SHELF", web.ModelShelf(["resnet18"], {"resnet18": str(path)}, {"resnet18": str(names)}))
+    result = explain_photo(str(EXAMPLES / "chelsea.jpg"), "resnet18", ["gradcam"], None, "dog", 0.5, "jet",
+                           out_dir=tmp_path)  # fmt: skip
+    assert set(result.top5) == {"cat", "dog", "cup"} and result.overlays[0][1].startswith("gradcam: dog")
+    shelves = []
+    monkeypatch.setattr(web, "serve", lambda host, port, examples, models: shelves.append(models))
+    assert main(["serve", "--models", "resnet18", "--weights", str(path), "--labels", str(names)]) == 0
+    assert shelves[-1].weights == {"resnet18": str(path)} and shelves[-1].labels == {"resnet18": str(names)}
+    assert main(["serve", "--models", "resnet18,vgg19", "--weights", str(path)]) == 2

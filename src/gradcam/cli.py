@@ -170,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MODEL,
         help="comma-separated models to offer, all loaded before the app listens (no request waits for a download)",
     )
+    web.add_argument(
+        "--weights",
+        default=None,
+        help="a fine-tuned state dict or checkpoint for the one model of --models (read without unpickling)",
+    )
+    _add_labels_option(web)
 
     listing = commands.add_parser(
         "models", help="list model names and which work offline now", formatter_class=_Formatter
@@ -470,11 +476,19 @@ def _serve(args: argparse.Namespace) -> int:
             f"gradcam: warning: listening on {args.host}: anyone who can reach this machine can use the app",
             file=sys.stderr,
         )
-    from .web import AppError
+    from .web import AppError, ModelShelf
 
     models = [name.strip() for name in args.models.split(",") if name.strip()]
+    if (args.weights or args.labels) and len(models) != 1:
+        return _error("--weights and --labels apply to one model: name exactly one in --models")
+    first = models[0] if models else DEFAULT_MODEL
+    shelf = ModelShelf(
+        models,
+        weights={first: args.weights} if args.weights else None,
+        labels={first: args.labels} if args.labels else None,
+    )
     try:
-        serve(args.host, args.port, Path(args.examples), models=models)
+        serve(args.host, args.port, Path(args.examples), models=shelf)
     except AppError as error:
         return _error(f"--models: {error}")
     return EXIT_OK

@@ -34,7 +34,7 @@ import torch
 from .explain import explain
 from .images import DEFAULT_MAX_MEGAPIXELS, ImageReadError, image_tensor, model_view, preprocess, read_image
 from .layers import list_layers
-from .models import DEFAULT_MODEL, LoadedModel, ModelLoadError, load_model
+from .models import DEFAULT_MODEL, LoadedModel, ModelLoadError, load_model, read_labels, with_labels
 from .runner import UsageError, parse_target, slug
 from .viz import channel_grid, overlay_on_photo, to_pil
 
@@ -54,8 +54,16 @@ class ModelShelf:
     """The models this server offers, each loaded once. Only names given at start are loadable, and
     :func:`build_app` loads them all before the server listens."""
 
-    def __init__(self, names: Sequence[str] = (DEFAULT_MODEL,)) -> None:
+    def __init__(
+        self,
+        names: Sequence[str] = (DEFAULT_MODEL,),
+        weights: dict[str, str] | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> None:
+        """``weights`` and ``labels`` map a served name to a weights file (a fine-tuned checkpoint, read
+        without unpickling: there is no ``--trust-weights`` here) and to a class-names file."""
         self.names = list(dict.fromkeys(names)) or [DEFAULT_MODEL]
+        self.weights, self.labels = dict(weights or {}), dict(labels or {})
         self._loaded: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()
 
@@ -67,7 +75,10 @@ class ModelShelf:
             )
         with self._lock:
             if name not in self._loaded:
-                self._loaded[name] = load_model(name)  # never a weights file: nothing is unpickled
+                bundle = load_model(name, self.weights.get(name))  # weights_only: nothing is unpickled
+                if name in self.labels:
+                    bundle = with_labels(bundle, read_labels(self.labels[name]))
+                self._loaded[name] = bundle
             return self._loaded[name]
 
     def load_all(self) -> None:
@@ -190,7 +201,7 @@ def explain_photo(
             raise AppError(str(error)) from None
         if not top5 and ex.logits is not None:
             probabilities = ex.logits.softmax(-1)[0]
-            values, indices = probabilities.topk(5)
+            values, indices = probabilities.topk(min(5, probabilities.numel()))
             top5 = {_label(bundle, int(i)): float(v) for v, i in zip(values, indices, strict=True)}
         entries = []
         for k in range(ex.maps.shape[1]):
@@ -228,15 +239,16 @@ def _label(bundle: LoadedModel, index: int) -> str:
     return bundle.labels[index] if bundle.labels is not None and index < len(bundle.labels) else str(index)
 
 
-def build_app(examples: Path | None = None, models: Sequence[str] | None = None) -> Any:
-    """The Gradio page, offering ``models`` (default: the embedded one), all loaded before it returns."""
+def build_app(examples: Path | None = None, models: Sequence[str] | ModelShelf | None = None) -> Any:
+    """The Gradio page, offering ``models`` (names, or a :class:`ModelShelf`; default: the embedded one),
+    all loaded before it returns."""
     import gradio as gr
 
     from .methods import methods as registered
 
     global SHELF
     if models is not None:
-        SHELF = ModelShelf(models)
+        SHELF = models if isinstance(models, ModelShelf) else ModelShelf(models)
     try:
         SHELF.load_all()
     except ModelLoadError as error:
@@ -292,7 +304,7 @@ def serve(
     port: int = 7860,
     examples: Path | None = None,
     block: bool = True,
-    models: Sequence[str] | None = None,
+    models: Sequence[str] | ModelShelf | None = None,
 ) -> Any:
     """Start the app; returns Gradio's ``(app, local_url, share_url)`` when ``block`` is False."""
     app = build_app(examples, models)
