@@ -137,3 +137,16 @@ def test_an_offline_timm_model_fails_at_once_naming_the_hub_and_weights(monkeypa
         server.listen()
         assert models._reachable(f"http://127.0.0.1:{server.getsockname()[1]}")
     assert not models._reachable("not a url")
+
+
+def test_the_python_recipe_of_docs_models(seven_class_checkpoint, tmp_path):
+    path, model = seven_class_checkpoint
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join(NAMES))
+    with pytest.warns(UserWarning, match="a 7-class head"):
+        bundle = gradcam.load_model("resnet18", str(path))
+    bundle = gradcam.with_labels(bundle, gradcam.read_labels(names))
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    ex = gradcam.explain(bundle.model, x, labels=bundle.labels, targets="dog")
+    assert ex.targets.tolist() == [[1]]
+    torch.testing.assert_close(ex.maps, gradcam.explain(model, x, targets=1).maps)

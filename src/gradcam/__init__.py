@@ -10,22 +10,32 @@ Example:
 from .explain import explain
 from .layers import auto_layer, list_layers
 from .methods import CAMMethod, get_method, methods, register
+from .models import LoadedModel, load_model, read_labels, with_labels
 from .result import ChannelContributions, Explanation, LayerResult
-from .targets import ClassScore, imagenet_labels
+from .targets import BoxScore, ClassScore, Negative, Positive, Regression, SegmentationScore, imagenet_labels
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BoxScore",
     "CAMMethod",
     "ChannelContributions",
     "ClassScore",
     "Explanation",
     "LayerResult",
+    "LoadedModel",
+    "Negative",
+    "Positive",
+    "Regression",
+    "SegmentationScore",
     "auto_layer",
     "explain",
     "get_method",
     "imagenet_labels",
     "list_layers",
+    "load_model",
     "methods",
+    "read_labels",
     "register",
+    "with_labels",
 ]

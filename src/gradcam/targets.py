@@ -41,6 +41,76 @@ class ClassScore:
         return logits[:, self.index]
 
 
+def _unit(output: Any, index: int, kind: str) -> torch.Tensor:
+    """Column ``index`` of (B, K) scores, or the (B,) scores themselves (index 0)."""
+    scores = select_logits(output)
+    if scores.dim() == 1 and index == 0:
+        return scores
+    if scores.dim() != 2:
+        raise ValueError(f"{kind}: expected (B,) or (B, K) outputs, got {tuple(scores.shape)}")
+    if not 0 <= index < scores.shape[1]:
+        raise ValueError(f"{kind}: output {index} is out of range for a model with {scores.shape[1]} outputs")
+    return scores[:, index]
+
+
+@dataclass(frozen=True)
+class Positive:
+    """Evidence *for* one output unit: its logit ``y[:, index]``.
+
+    For a binary head with one sigmoid logit (``index=0``), the map of the positive class; for a
+    multi-label head (independent sigmoids), the map of label ``index``. The logit, not the sigmoid,
+    is differentiated: a saturated sigmoid would give vanishing gradients (the Grad-CAM paper explains
+    the pre-softmax score for the same reason).
+
+    Example:
+        >>> ex = gradcam.explain(model, x, targets=gradcam.Positive())          # doctest: +SKIP
+        >>> ex = gradcam.explain(model, x, targets=[gradcam.Positive(i) for i in (2, 5)])   # two labels
+    """
+
+    index: int = 0
+
+    def __call__(self, output: Any) -> torch.Tensor:
+        return _unit(output, self.index, "Positive")
+
+
+@dataclass(frozen=True)
+class Negative:
+    """Evidence *against* one output unit: ``-y[:, index]``. For a binary head, the map of the negative
+    class (what makes the model say "no"); it equals ``Positive`` with ``counterfactual=True``.
+
+    Example:
+        >>> ex = gradcam.explain(model, x, targets=[gradcam.Positive(), gradcam.Negative()])   # doctest: +SKIP
+    """
+
+    index: int = 0
+
+    def __call__(self, output: Any) -> torch.Tensor:
+        return -_unit(output, self.index, "Negative")
+
+
+@dataclass(frozen=True)
+class Regression:
+    """A regression output ``y[:, index]`` (or ``y`` for (B,) outputs): where the evidence raises it.
+
+    With ``toward=v`` the score is ``-(y - v)^2``: where the evidence pulls the prediction toward ``v``
+    (for example the true value, to see what the model got right); ``direction=-1`` shows what lowers it.
+
+    Example:
+        >>> ex = gradcam.explain(age_model, x, targets=gradcam.Regression())               # doctest: +SKIP
+        >>> ex = gradcam.explain(age_model, x, targets=gradcam.Regression(toward=30.0))
+    """
+
+    index: int = 0
+    toward: float | None = None
+    direction: int = 1
+
+    def __call__(self, output: Any) -> torch.Tensor:
+        value = _unit(output, self.index, "Regression")
+        if self.toward is not None:
+            return -((value - self.toward) ** 2)
+        return value if self.direction >= 0 else -value
+
+
 @dataclass(frozen=True)
 class ResolvedTargets:
     """K targets for each of B images: class indices (B, K), or K callables applied to every image."""
