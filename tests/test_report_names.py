@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from browser import headless_page
 from gradcam.cli import main
 from gradcam.report import json_for_script
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run"]  # fmt: skip
 CRAFTED = [  # paths under the photo folder; '/' cannot be in a name, so "</script>" spans a folder
     "<!--<script>.jpg",
     "</script><img src=x onerror=window.pwned=1>.jpg",
@@ -48,13 +47,7 @@ def crafted_run(tmp_path: Path) -> Path:
 
 
 def test_crafted_file_names_run_no_script_in_the_report(crafted_run, tmp_path):
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    executable = shutil.which("chromium") or shutil.which("chromium-browser")
-    if executable is None:
-        pytest.skip("no chromium on this machine (apt-get install chromium)")
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    with headless_page() as page:
         dialogs: list[str] = []
         page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
         page.goto((crafted_run / "index.html").as_uri())
@@ -70,4 +63,3 @@ def test_crafted_file_names_run_no_script_in_the_report(crafted_run, tmp_path):
         )
         assert all(width > 0 for width in loaded)  # every link, '#' and '?' included, finds its file
         page.screenshot(path=str(tmp_path / "crafted.png"), full_page=True)
-        browser.close()

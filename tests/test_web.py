@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import socket
 from pathlib import Path
 
@@ -10,11 +9,10 @@ import pytest
 
 gradio = pytest.importorskip("gradio", reason="the web extra is not installed (pip install 'gradcam[web]')")
 
+from browser import headless_page  # noqa: E402
 from gradcam.web import AppError, build_app, explain_photo, model_choices  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run"]  # fmt: skip
 
 
 def test_explain_photo_side_by_side_with_downloads(tmp_path):
@@ -103,13 +101,7 @@ def running_app():
 
 
 def test_in_a_real_browser(running_app, tmp_path):
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    executable = shutil.which("chromium") or shutil.which("chromium-browser")
-    if executable is None:
-        pytest.skip("no chromium on this machine (apt-get install chromium)")
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    with headless_page() as page:
         page.goto(running_app)
         page.locator("#explain").click()  # no photo yet: a message, not a stack trace
         page.get_by_text("Upload, paste or pick a photo first.").first.wait_for(timeout=30_000)
@@ -120,7 +112,6 @@ def test_in_a_real_browser(running_app, tmp_path):
         page.locator("#overlays img").first.wait_for(timeout=60_000)
         assert "Traceback" not in page.content()
         page.screenshot(path=str(tmp_path / "web-app.png"), full_page=True)
-        browser.close()
     assert (tmp_path / "web-app.png").stat().st_size > 10_000
 
 
