@@ -311,7 +311,7 @@ def _explain(args: argparse.Namespace) -> int:
         token_grid=grid,
     )
     if args.engine == "ray":
-        return _explain_on_ray(args, options)
+        return _explain_on_ray(args, options, bundle.labels if args.labels else None)
     runner = Runner(bundle, found, options)
     progress_bar = None
     if not args.quiet and len(found.paths) > 1:
@@ -342,7 +342,7 @@ def _explain(args: argparse.Namespace) -> int:
     return EXIT_FAILED if result.failed or found.missing else EXIT_OK
 
 
-def _explain_on_ray(args: argparse.Namespace, options: object) -> int:
+def _explain_on_ray(args: argparse.Namespace, options: object, labels: Sequence[str] | None) -> int:
     try:
         from .distributed import explain_dataset
     except ImportError as error:
@@ -358,7 +358,7 @@ def _explain_on_ray(args: argparse.Namespace, options: object) -> int:
             model=args.model,
             weights=args.weights,
             trust_weights=args.trust_weights,
-            labels=read_labels(args.labels) if args.labels else None,
+            labels=list(labels) if labels is not None else None,
             options=options,  # type: ignore[arg-type]
             actors=args.actors,
             cpus_per_actor=args.cpus_per_actor,
@@ -407,6 +407,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from .evaluate import EvaluationOptions, evaluate, markdown_table, read_boxes, write_report
     from .explain import explain
+    from .hooks import is_out_of_memory
     from .methods import get_method
 
     try:
@@ -449,7 +450,9 @@ def _evaluate(args: argparse.Namespace) -> int:
             total=len(found.paths) * len(chosen) * len(layers), unit="map", desc="evaluating", file=sys.stderr
         ) as bar:
             evaluation = evaluate(bundle, found, options, progress=bar.update)
-    except (MemoryError, torch.OutOfMemoryError):
+    except (MemoryError, RuntimeError) as error:
+        if not is_out_of_memory(error):
+            raise
         print(f"gradcam: error: out of memory; lower --batch-size (now {args.batch_size})", file=sys.stderr)
         return EXIT_FAILED
     for message in evaluation.errors:

@@ -29,7 +29,16 @@ from typing import Any
 import numpy as np
 
 from .images import IMAGE_SUFFIXES, find_images
-from .runner import MANIFEST, BatchExplainer, RunOptions, UsageError, decode, output_keys, write_json_atomic
+from .runner import (
+    MANIFEST,
+    BatchExplainer,
+    RunOptions,
+    UsageError,
+    decode,
+    output_keys,
+    read_manifest,
+    write_json_atomic,
+)
 
 PARQUET_FOLDER = "manifest"
 SUMMARY = "summary.json"
@@ -81,12 +90,8 @@ class ExplainActor:
         entries = self.explainer.explain(photos)
         if self.out_uri:
             entries = [self._upload(entry) for entry in entries]
-        return {
-            "path": np.array([e["path"] for e in entries], dtype=object),
-            "status": np.array([e["status"] for e in entries], dtype=object),
-            "error": np.array([e.get("error", "") for e in entries], dtype=object),
-            "entry": np.array([json.dumps(e) for e in entries], dtype=object),
-        }
+        rows = [_row(entry) for entry in entries]
+        return {column: np.array([row[column] for row in rows], dtype=object) for column in ROW_COLUMNS}
 
     def _upload(self, entry: dict[str, Any]) -> dict[str, Any]:
         """Copy a photo's files from the actor's scratch folder to the output URI."""
@@ -252,11 +257,7 @@ def _check_output_folder(out: Path, options: RunOptions) -> list[dict[str, Any]]
         return []
     rows: dict[str, dict[str, Any]] = {}
     if (out / MANIFEST).exists():
-        try:
-            entries = json.loads((out / MANIFEST).read_text()).get("images", [])
-        except (OSError, ValueError, AttributeError) as error:
-            raise UsageError(f"--resume: {out / MANIFEST} cannot be read ({type(error).__name__})") from None
-        for entry in entries:
+        for entry in read_manifest(out / MANIFEST).get("images", []):
             if isinstance(entry, dict) and entry.get("status") == "ok":
                 rows[entry["path"]] = _row(entry)
     if (out / PARQUET_FOLDER).exists():
@@ -268,8 +269,11 @@ def _check_output_folder(out: Path, options: RunOptions) -> list[dict[str, Any]]
     return list(rows.values())
 
 
+ROW_COLUMNS = ("path", "status", "error", "entry")
+
+
 def _row(entry: dict[str, Any]) -> dict[str, Any]:
-    """A manifest entry as a row of the Parquet manifest."""
+    """A manifest entry as a row of the Parquet manifest (``ROW_COLUMNS``)."""
     error = entry.get("error", "")
     return {"path": entry["path"], "status": entry["status"], "error": error, "entry": json.dumps(entry)}
 

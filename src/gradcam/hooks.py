@@ -99,16 +99,23 @@ class ForwardError(ValueError, RuntimeError):
     also the ``RuntimeError`` torch raised before, for callers that catch that."""
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is running out of memory: ``MemoryError``, CUDA's ``OutOfMemoryError``, or the
+    ``RuntimeError`` torch's CPU allocator raises."""
+    if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
 def run_model(model: nn.Module, images: torch.Tensor) -> object:
     """``model(images)``; an error of the model's own forward pass on these images (a wrong channel
     count, an input too small for its poolings, another device) becomes a one-line :class:`ForwardError`
     that names the input's shape. Running out of memory stays what it is."""
     try:
         return model(images)
-    except torch.OutOfMemoryError:
-        raise
     except RuntimeError as error:
-        if "out of memory" in str(error).lower() or "can't allocate memory" in str(error).lower():
+        if is_out_of_memory(error):
             raise
         first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
         raise ForwardError(

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from .explain import explain
 from .files import write_atomic
 from .guided import gradient_picture
+from .hooks import is_out_of_memory
 from .images import (
     DEFAULT_MAX_MEGAPIXELS,
     FoundImages,
@@ -45,13 +46,6 @@ from .viz import channel_grid, overlay_on_photo, save_png
 MANIFEST = "results.json"
 MANIFEST_INTERVAL_S = 20.0
 WRITER_THREADS = 2
-
-
-def _out_of_memory(error: BaseException) -> bool:
-    if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
-        return True
-    text = str(error).lower()
-    return "out of memory" in text or "can't allocate memory" in text
 
 
 def _resolved(value: Any) -> Future:
@@ -209,6 +203,20 @@ def save_npy_atomic(array: np.ndarray, path: Path) -> None:
     write_atomic(path, save)
 
 
+def read_manifest(path: Path) -> dict[str, Any]:
+    """An earlier run's ``results.json`` (either engine's), to continue it; one line when it cannot be read."""
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or not isinstance(data.get("images", []), list):
+            raise ValueError("not a gradcam manifest")
+        return data
+    except (OSError, ValueError, UnicodeDecodeError) as error:
+        raise UsageError(
+            f"--resume: {path} cannot be read ({type(error).__name__}: {str(error)[:80]}); "
+            "move it away, or pass --overwrite instead of --resume"
+        ) from None
+
+
 class OutputError(RuntimeError):
     """The run's own files (the manifest) cannot be written: a full disk, a removed folder. Exit code 1."""
 
@@ -242,24 +250,12 @@ class Runner:
             raise UsageError(f"--out {out}: cannot write there ({error.strerror}); choose another folder") from None
         if self.manifest_path.exists():
             if self.options.resume:
-                self._continue(self._read_earlier_manifest())
+                self._continue(read_manifest(self.manifest_path))
             elif not self.options.overwrite:
                 raise UsageError(
                     f"--out {out}: already holds {MANIFEST} from an earlier run; pass --resume to continue it, "
                     "--overwrite to replace its files, or another --out"
                 )
-
-    def _read_earlier_manifest(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.manifest_path.read_text())
-            if not isinstance(data, dict) or not isinstance(data.get("images", []), list):
-                raise ValueError("not a gradcam manifest")
-            return data
-        except (OSError, ValueError, UnicodeDecodeError) as error:
-            raise UsageError(
-                f"--resume: {self.manifest_path} cannot be read ({type(error).__name__}: {str(error)[:80]}); "
-                "move it away, or pass --overwrite instead of --resume"
-            ) from None
 
     def _continue(self, earlier: dict[str, Any]) -> None:
         """Take over an earlier run's successful photos, if it explained them the same way."""
@@ -431,7 +427,7 @@ class BatchExplainer:
         try:
             return self._explain_good(good)
         except (MemoryError, RuntimeError) as error:
-            if not _out_of_memory(error):
+            if not is_out_of_memory(error):
                 raise
         if len(good) > 1:
             half = len(good) // 2
