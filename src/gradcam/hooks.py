@@ -13,6 +13,7 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -86,12 +87,39 @@ class Capture:
         return [self.outputs[name] for name in self.names]
 
 
-def _spatial_output(name: str, output: object) -> torch.Tensor:
+def first_tensor(output: object) -> torch.Tensor | None:
+    """The hidden state in a layer's output: the tensor itself, or the first element of a tuple/list or
+    of a Hugging Face ``ModelOutput`` (a dict subclass whose first entry is the hidden state)."""
     if isinstance(output, torch.Tensor):
         return output
+    if isinstance(output, dict):
+        output = next(iter(output.values()), None)
+        return output if isinstance(output, torch.Tensor) else None
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        raise TypeError(f"layer {name!r} returns a {type(output).__name__}; pick a layer that returns one tensor")
-    raise TypeError(f"layer {name!r} returns {type(output).__name__}, not a tensor; pick another layer")
+        return output[0]
+    return None
+
+
+def with_first(output: object, tensor: torch.Tensor) -> object:
+    """``output`` with its hidden state (see :func:`first_tensor`) replaced by ``tensor``."""
+    if isinstance(output, torch.Tensor):
+        return tensor
+    if isinstance(output, dict):
+        output[next(iter(output))] = tensor  # a ModelOutput keeps its attribute in step
+        return output
+    if isinstance(output, list):
+        return [tensor, *output[1:]]
+    if type(output) is tuple:
+        return (tensor, *output[1:])
+    named: Any = output  # a named tuple
+    return named.__class__(tensor, *named[1:])
+
+
+def _spatial_output(name: str, output: object) -> torch.Tensor:
+    tensor = first_tensor(output)
+    if tensor is None:
+        raise TypeError(f"layer {name!r} returns {type(output).__name__}, not a tensor; pick another layer")
+    return tensor
 
 
 class ForwardError(ValueError, RuntimeError):
@@ -137,7 +165,7 @@ def capture(layers: list[tuple[str, nn.Module]], graph_from_layer: bool = True) 
     handles = []
 
     def make_hook(name: str):
-        def hook(module: nn.Module, args: object, output: object) -> torch.Tensor:
+        def hook(module: nn.Module, args: object, output: object) -> object:
             tensor = _spatial_output(name, output)
             record.calls[name] = record.calls.get(name, 0) + 1
             if graph_from_layer and not torch.is_grad_enabled():
@@ -145,9 +173,9 @@ def capture(layers: list[tuple[str, nn.Module]], graph_from_layer: bool = True) 
                 tensor = tensor.detach().requires_grad_()
             if tensor.requires_grad:
                 record.outputs[name] = tensor
-                return tensor.clone()
+                return with_first(output, tensor.clone())
             record.outputs[name] = tensor.detach().clone()
-            return tensor
+            return output
 
         return hook
 

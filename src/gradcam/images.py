@@ -202,11 +202,12 @@ def image_tensor(image: Image.Image) -> torch.Tensor:
 
 
 def preprocess(image: Image.Image, spec: Preprocessing) -> tuple[torch.Tensor, Geometry]:
-    """Resize the shorter side to ``spec.resize``, centre-crop, normalise: (3, h, w) float32 and the
+    """Resize the shorter side to ``spec.resize`` and centre-crop (or, with ``spec.squash``, resize to the
+    crop's size), normalise: (3, h, w) float32 and the
     :class:`Geometry` that :func:`to_original` uses to carry a map back onto the photo."""
     width, height = image.size
     scale = spec.resize / min(width, height)
-    resized = (max(1, round(height * scale)), max(1, round(width * scale)))
+    resized = spec.crop if spec.squash else (max(1, round(height * scale)), max(1, round(width * scale)))
     resample = Image.Resampling.BICUBIC if spec.interpolation == "bicubic" else Image.Resampling.BILINEAR
     small = image.resize((resized[1], resized[0]), resample=resample, reducing_gap=3.0)
     crop_h, crop_w = spec.crop

@@ -11,6 +11,7 @@ import difflib
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -89,7 +90,7 @@ def trace_layers(model: nn.Module, example: torch.Tensor) -> list[tuple[str, tor
 
     def make_hook(name: str):
         def hook(module: nn.Module, args: object, output: object) -> None:
-            if isinstance(output, torch.Tensor):
+            if isinstance(output, torch.Tensor):  # a tuple or ModelOutput is explained only when named
                 fired.append((name, output))
 
         return hook
@@ -164,25 +165,90 @@ def auto_layer(model: nn.Module, example: torch.Tensor) -> str:
     if transformer is not None:
         _auto_cache.setdefault(model, {})[key] = transformer
         return transformer
-    candidates = _candidates(model, trace_layers(model, example[:1]))
-    if not candidates:
+    fired = trace_layers(model, example[:1])
+    candidates = _candidates(model, fired)
+    order = {name: index for index, (name, _) in enumerate(fired)}
+    tokens = _token_norm_layer(model, example[:1], fired)
+    if tokens is not None and (not candidates or order[tokens] > order[candidates[-1][0]]):
+        name = tokens
+    elif candidates:
+        name = candidates[-1][0]
+    else:
         raise ValueError(
             "no layer with a spatial (B, C, h, w) output was found; pass layer= (the CLI's --layer) "
             "naming the layer to explain"
         )
-    name = candidates[-1][0]
     _auto_cache.setdefault(model, {})[key] = name
     return name
 
 
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, nn.LayerNorm) or type(module).__name__.endswith(("LayerNorm", "RMSNorm"))
+
+
+def _token_grids(model: nn.Module, fired: list[tuple[str, torch.Tensor]], size: tuple[int, int]) -> dict[str, Any]:
+    """The normalisation layers whose output is a token sequence that lies on the input's grid."""
+    from .spatial import LayoutError, TokenGrid, infer_layout
+
+    grids: dict[str, Any] = {}
+    for name, output in fired:
+        if output.dim() == 3 and _is_norm(model.get_submodule(name)):
+            try:
+                layout = infer_layout(output, size)
+            except LayoutError:
+                continue
+            if isinstance(layout, TokenGrid) and layout.height * layout.width > 1:  # not a pooled token
+                grids[name] = layout
+    return grids
+
+
+def _token_norm_layer(model: nn.Module, example: torch.Tensor, fired: list[tuple[str, torch.Tensor]]) -> str | None:
+    """For transformers not known by name (Hugging Face ViT, DeiT, BEiT, Swin, ...): the last normalisation
+    layer whose output is a token grid and whose patch tokens reach the scores.
+
+    Where a head reads only the class token, the final norm's patch tokens (and every per-token layer of
+    the last block after its attention) have zero gradient and would give an empty map; the last norm
+    whose patch tokens do reach the scores is the first norm of the last block, the layer the literature
+    explains. Where the head pools all tokens (Swin), it is the final norm. One backward pass, cached.
+    """
+    from .hooks import capture, first_tensor, preserved_state, run_model
+
+    grids = _token_grids(model, fired, (example.shape[-2], example.shape[-1]))
+    if not grids:
+        return None
+    names = list(grids)
+    with preserved_state(model), torch.enable_grad():
+        x = example.detach().clone().requires_grad_()
+        with capture([(n, model.get_submodule(n)) for n in names], graph_from_layer=False) as record:
+            output = run_model(model, x)
+        from .targets import select_logits
+
+        scores: torch.Tensor | None
+        try:
+            scores = select_logits(output)
+        except TypeError:
+            scores = first_tensor(output)
+        if scores is None or not scores.requires_grad:
+            return names[-1]
+        outputs = record.tensors()
+        grads = torch.autograd.grad(scores.float().sum(), outputs, allow_unused=True)
+    reached = [
+        n for n, g in zip(names, grads, strict=True) if g is not None and bool(grids[n].to_spatial(g).abs().sum() > 0)
+    ]
+    return reached[-1] if reached else None
+
+
 def list_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
-    """Every module with a spatial output, in execution order, the automatic choice marked."""
+    """Every module with a spatial output, and every norm whose output is a token grid (transformers),
+    in execution order, the automatic choice marked."""
     fired = trace_layers(model, example[:1])
     default = auto_layer(model, example)
+    chosen = {name for name, _ in _candidates(model, fired)}
+    chosen |= set(_token_grids(model, fired, (example.shape[-2], example.shape[-1])))
     seen: set[str] = set()
     infos = []
-    for name, output in _candidates(model, fired):
-        if name in seen:
+    for name, output in fired:
+        if name in seen or name not in chosen:
             continue
         seen.add(name)
         kind = type(model.get_submodule(name)).__name__

@@ -32,13 +32,16 @@ class ModelLoadError(RuntimeError):
 @dataclass(frozen=True)
 class Preprocessing:
     """Resize the shorter side to ``resize``, centre-crop ``crop`` (height, width), scale to [0, 1],
-    normalise with ``mean``/``std``. ``interpolation`` is ``"bilinear"`` or ``"bicubic"``."""
+    normalise with ``mean``/``std``. ``interpolation`` is ``"bilinear"`` or ``"bicubic"``. With ``squash``
+    the photo is resized straight to ``crop`` instead, its aspect ratio not kept (as Hugging Face's ViT
+    processors do); ``resize`` is then the longer side of ``crop``."""
 
     resize: int
     crop: tuple[int, int]
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
     interpolation: str = "bilinear"
+    squash: bool = False
 
 
 @dataclass
@@ -132,7 +135,10 @@ def load_model(
 
     Args:
         name: ``efficientnet_lite0`` (embedded, offline), a torchvision classification model
-            (``vgg19``, ``resnet50``, ...) or ``timm:NAME``.
+            (``vgg19``, ``resnet50``, ...), ``timm:NAME``, or ``hf:ORG/NAME`` / ``hf:FOLDER`` (a Hugging Face
+            ``transformers`` image classifier, with its image processor and class names, or a CLIP/SigLIP
+            checkpoint), ``clip:ARCH[@TAG]`` (an open_clip image-text model: explain it with
+            :class:`gradcam.TextPrompt` targets).
         weights: None for the pretrained weights, ``"none"`` for random weights, or a local file: a state
             dict or a checkpoint holding one under ``state_dict``/``model`` (read with
             ``torch.load(weights_only=True)``: tensors and plain containers only, no code runs).
@@ -147,6 +153,14 @@ def load_model(
         bundle = _load_efficientnet_lite0(weights, file)
     elif name.startswith("timm:"):
         bundle = _load_timm(name.removeprefix("timm:"), weights, file)
+    elif name.startswith("hf:"):
+        from .hf import load_hf
+
+        bundle = load_hf(name.removeprefix("hf:"), weights, file)
+    elif name.startswith("clip:"):
+        from .image_text import load_open_clip
+
+        bundle = load_open_clip(name.removeprefix("clip:"), weights, file)
     else:
         bundle = _load_torchvision(name, weights, file)
     bundle.model = bundle.model.to(device).eval()
@@ -410,6 +424,14 @@ def _read_state_dict(path: str, trusted: bool = False) -> dict[str, torch.Tensor
     """
     import pickle
 
+    if path.endswith(".safetensors"):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return {k.removeprefix("module."): v for k, v in load_file(path).items()}
+        except (SafetensorError, OSError) as error:
+            raise ModelLoadError(f"--weights {path}: not a safetensors file ({str(error)[:120]})") from None
     scripted = _is_torchscript(path)
     if scripted and not trusted:
         raise ModelLoadError(

@@ -63,12 +63,15 @@ class Tail:
         needed = {arg for node in self.downstream for arg in node.all_input_nodes if arg not in self.downstream}
         needed.discard(self.layer_node)
         values: dict[torch.fx.Node, Any] = {}
+        layer_node = self.layer_node
 
         class Recorder(torch.fx.Interpreter):
             def run_node(self, node: torch.fx.Node) -> Any:
                 value = super().run_node(node)
                 if node in needed:
                     values[node] = value
+                if node is layer_node and not isinstance(value, torch.Tensor):
+                    raise TailUnavailable(f"layer {node.target!r} returns a {type(value).__name__}, not a tensor")
                 return value
 
         with torch.no_grad():

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..hooks import with_first
 from .base import CAMMethod, register
 
 
@@ -166,7 +167,7 @@ class _WholeModel:
         self.layer = probe.model.get_submodule(probe.layer_name)
 
     def __call__(self, layer_output: torch.Tensor, image_ids: torch.Tensor) -> Any:
-        handle = self.layer.register_forward_hook(lambda module, args, output: layer_output)
+        handle = self.layer.register_forward_hook(lambda module, args, output: with_first(output, layer_output))
         try:
             return self.probe.model(self.probe.images[image_ids])
         finally:
