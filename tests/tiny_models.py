@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+import gradcam
+
 
 class HandModel(nn.Module):
     """A model small enough to work every method out by hand (see tests/test_methods_by_hand.py).
@@ -49,3 +51,8 @@ class TinyCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.pool(self.features(x)))
+
+
+# Methods that explain any spatial layer. Grad-ECLIP reads the attention of a ViT block and has its own
+# tests on a tiny CLIP (test_image_text.py).
+CNN_METHODS = [m for m in gradcam.methods() if not getattr(gradcam.get_method(m), "reads_attention", False)]

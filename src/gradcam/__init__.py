@@ -12,7 +12,17 @@ from .layers import auto_layer, list_layers
 from .methods import CAMMethod, get_method, methods, register
 from .models import LoadedModel, load_model, read_labels, with_labels
 from .result import ChannelContributions, Explanation, LayerResult
-from .targets import BoxScore, ClassScore, Negative, Positive, Regression, SegmentationScore, imagenet_labels
+from .targets import (
+    BoxScore,
+    ClassScore,
+    Negative,
+    Positive,
+    Regression,
+    SegmentationScore,
+    Similarity,
+    TextPrompt,
+    imagenet_labels,
+)
 
 __version__ = "0.1.0"
 
@@ -28,6 +38,8 @@ __all__ = [
     "Positive",
     "Regression",
     "SegmentationScore",
+    "Similarity",
+    "TextPrompt",
     "auto_layer",
     "explain",
     "get_method",

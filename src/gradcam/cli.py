@@ -64,7 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or globs")
     run.add_argument(
-        "--model", default=DEFAULT_MODEL, help="efficientnet_lite0 (offline), a torchvision model name, or timm:NAME"
+        "--model",
+        default=DEFAULT_MODEL,
+        help="efficientnet_lite0 (offline), a torchvision model name, timm:NAME, hf:ORG/NAME or hf:FOLDER "
+        "(Hugging Face transformers), or clip:ARCH (an image-text model, with --prompt)",
     )
     run.add_argument(
         "--weights",
@@ -84,6 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--target",
         default=None,
         help="top-1 if omitted; a class index, an ImageNet class name, 'top3', or several comma-separated",
+    )
+    run.add_argument(
+        "--prompt",
+        action="append",
+        default=None,
+        metavar="TEXT",
+        help="with an image-text model (clip:ARCH, a Hugging Face CLIP/SigLIP): explain the similarity of the photo "
+        "to this text; repeat for several prompts (one forward pass for all)",
     )
     run.add_argument(
         "--counterfactual", action="store_true", help="show what speaks against the target (negated gradients)"
@@ -144,8 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_trust_option(judge)
     _add_labels_option(judge)
     judge.add_argument(
-        "--methods", default=",".join(m for m in methods() if m not in ("scorecam", "ablationcam")),
-        help="comma-separated methods (scorecam and ablationcam are slower: add them by name)",
+        "--methods", default=",".join(m for m in methods() if m not in ("scorecam", "ablationcam", "gradeclip")),
+        help="comma-separated methods (scorecam and ablationcam are slower, gradeclip needs a ViT: add them by name)",
     )  # fmt: skip
     judge.add_argument(
         "--layers", default=None, help="comma-separated layers to compare (default: the model's default)"
@@ -273,8 +284,18 @@ def _explain(args: argparse.Namespace) -> int:
     found = _find_reporting_missing(args.paths, exclude=[Path(args.out)])
     if not found.paths:
         return _error("no images found in " + ", ".join(args.paths))
+    prompts = tuple(p.strip() for p in args.prompt or ())
+    if any(not p for p in prompts):
+        return _error("--prompt: an empty prompt; give the text to look for")
+    if prompts and args.target is not None:
+        return _error("--prompt and --target: the prompts are the targets; give one or the other")
     try:
         bundle = _load_bundle(args)
+        image_text = bool(bundle.extra.get("image_text"))
+        if image_text and not prompts:
+            raise UsageError(f"{bundle.name} is an image-text model: say what to look for with --prompt TEXT")
+        if prompts and not image_text:
+            raise UsageError(f"--prompt: {bundle.name} is not an image-text model; use clip:ARCH or a CLIP/SigLIP hf:")
         parse_target(args.target, bundle.labels, len(bundle.labels) if bundle.labels is not None else None)
     except (ModelLoadError, UsageError) as error:
         return _error(str(error))
@@ -292,6 +313,7 @@ def _explain(args: argparse.Namespace) -> int:
         method=args.method,
         layer=args.layer,
         target=args.target,
+        prompts=prompts,
         per_channel=args.per_channel,
         alpha=args.alpha,
         colormap=args.colormap,
@@ -382,7 +404,8 @@ def _print_summary(entries: list[dict], manifest: object, skipped: int, limit: i
         if entry["status"] == "ok":
             best = entry["predictions"][0]
             files = ", ".join(Path_name(t["files"]["overlay"]) for t in entry["targets"])
-            rows.append((entry["path"], f"{best['label']} ({best['probability']:.2f})", files))
+            value = best.get("probability", best.get("similarity", 0.0))
+            rows.append((entry["path"], f"{best['label']} ({value:.2f})", files))
         else:
             rows.append((entry["path"], "FAILED", entry["error"].split(": ", 1)[-1]))
     widths = [max(len(r[i]) for r in rows + [("image", "prediction", "overlay")]) for i in range(3)]
@@ -515,6 +538,9 @@ def _models(args: argparse.Namespace) -> int:
     rows.append(
         ("timm:NAME", "any timm model, e.g. timm:convnext_tiny", "when in the Hugging Face cache, else --weights FILE")
     )
+    rows.append(("hf:ORG/NAME", "a transformers image classifier", "when in the Hugging Face cache"))
+    rows.append(("hf:FOLDER", "one written by save_pretrained", "yes"))
+    rows.append(("clip:ARCH", "open_clip, e.g. clip:ViT-B-32 (--prompt)", "when cached, else --weights FILE"))
     width = max(len(r[0]) for r in rows)
     source_width = max(len(r[1]) for r in rows)
     print(f"{'model'.ljust(width)}  {'source'.ljust(source_width)}  offline now")

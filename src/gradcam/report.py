@@ -62,7 +62,9 @@ function card(entry) {
   }
   box.append(maps);
   for (const p of entry.predictions) {
-    const row = el('div', {class: 'bar'}, el('span', {class: 'label'}, p.label), el('span', {class: 'fill', style: `width:${Math.max(1, 50 * p.probability)}%`}), `${(100 * p.probability).toFixed(1)}%`);
+    const value = p.probability ?? p.similarity;
+    const text = p.probability !== undefined ? `${(100 * value).toFixed(1)}%` : `cosine ${value.toFixed(3)}`;
+    const row = el('div', {class: 'bar'}, el('span', {class: 'label'}, p.label), el('span', {class: 'fill', style: `width:${Math.max(1, 50 * Math.max(0, value))}%`}), text);
     box.append(row);
   }
   return box;
@@ -73,7 +75,7 @@ function visible() {
   let rows = data.images.filter(e => !wanted || (wanted === '__failed__' ? e.status !== 'ok' : best(e) && best(e).label === wanted));
   if (order !== 'path') {
     const sign = order === 'desc' ? -1 : 1;
-    rows = rows.slice().sort((a, b) => sign * ((best(a) ? best(a).probability : -1) - (best(b) ? best(b).probability : -1)));
+    rows = rows.slice().sort((a, b) => sign * ((best(a) ? (best(a).probability ?? best(a).similarity) : -1) - (best(b) ? (best(b).probability ?? best(b).similarity) : -1)));
   }
   return rows;
 }

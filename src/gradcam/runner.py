@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from .methods import CAMMethod
 from .methods.perturbation import AblationCAM, ScoreCAM
 from .models import LoadedModel, Preprocessing
 from .report import write_explain_page
-from .targets import class_index
+from .targets import TextPrompt, class_index
 from .viz import channel_grid, overlay_on_photo, save_png
 
 MANIFEST = "results.json"
@@ -64,6 +64,7 @@ class RunOptions:
     method: str = "gradcam"
     layer: str | None = None
     target: str | None = None
+    prompts: tuple[str, ...] = ()
     per_channel: int = 0
     alpha: float = 0.5
     colormap: str = "jet"
@@ -222,7 +223,7 @@ class OutputError(RuntimeError):
 
 
 # The options that decide what a map means: a --resume must use the same ones as the run it continues.
-RESUME_KEYS = ("model", "method", "target", "counterfactual", "eigen_smooth", "aug_smooth")
+RESUME_KEYS = ("model", "method", "target", "prompts", "counterfactual", "eigen_smooth", "aug_smooth")
 
 
 class Runner:
@@ -289,6 +290,7 @@ class Runner:
             "method": options.method,
             "layer": self.explainer.layer,
             "target": options.target,
+            "prompts": list(options.prompts) or None,
             "counterfactual": options.counterfactual,
             "eigen_smooth": options.eigen_smooth,
             "aug_smooth": options.aug_smooth,
@@ -382,6 +384,8 @@ class BatchExplainer:
     engine and the Ray actors share, so both give the same maps and files."""
 
     def __init__(self, bundle: LoadedModel, options: RunOptions) -> None:
+        if options.prompts:  # the prompts are the classes: targets, labels and the ranking of predictions
+            bundle = replace(bundle, labels=options.prompts)
         self.bundle, self.options = bundle, options
         self.layer: str | None = options.layer or bundle.default_layer
         # set when continuing an earlier run: files of photos its manifest does not list are its leftovers
@@ -445,8 +449,10 @@ class BatchExplainer:
         inputs = torch.stack([item["input"] for _, _, _, item in good]).to(device=device, dtype=dtype)
         if self.layer is None:
             self.layer = auto_layer(model, inputs)
-        targets = parse_target(self.options.target, self.bundle.labels)
-        if isinstance(targets, list):
+        targets: Any = parse_target(self.options.target, self.bundle.labels)
+        if self.options.prompts:
+            targets = TextPrompt(self.options.prompts)
+        elif isinstance(targets, list):
             targets = [targets] * len(good)
         try:
             ex = explain(
@@ -467,8 +473,8 @@ class BatchExplainer:
             raise UsageError(str(error)) from None
         if ex.logits is None:
             raise UsageError("the model's output is not (B, num_classes) class scores")
-        probabilities = ex.logits.softmax(dim=-1)
-        top = probabilities.topk(min(5, probabilities.shape[-1]), dim=-1)
+        ranked = ex.logits if self.options.prompts else ex.logits.softmax(dim=-1)  # cosines, or probabilities
+        top = ranked.topk(min(5, ranked.shape[-1]), dim=-1)
         contributions = ex.channel_contributions(self.options.per_channel) if self.options.per_channel else None
         return [
             (position, partial(self._write_safely, path, key, item, ex, row, top, contributions))
@@ -488,6 +494,11 @@ class BatchExplainer:
                 "status": "error",
                 "error": f"{path}: cannot draw outputs ({type(error).__name__}: {reason})",
             }
+
+    @property
+    def ranked_by(self) -> str:
+        """What a prediction's number is: a class probability, or a prompt's cosine similarity."""
+        return "similarity" if self.options.prompts else "probability"
 
     def label(self, index: int) -> str:
         labels = self.bundle.labels
@@ -550,7 +561,7 @@ class BatchExplainer:
             "status": "ok",
             "size": [geometry.original[1], geometry.original[0]],
             "predictions": [
-                {"index": int(i), "label": self.label(int(i)), "probability": round(float(p), 6)}
+                {"index": int(i), "label": self.label(int(i)), self.ranked_by: round(float(p), 6)}
                 for p, i in zip(top.values[row], top.indices[row], strict=True)
             ],
             "targets": targets,

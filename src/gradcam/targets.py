@@ -26,7 +26,6 @@ from typing import Any
 import torch
 
 TargetFn = Callable[[torch.Tensor], torch.Tensor]
-TargetSpec = int | str | TargetFn | Sequence[Any] | None
 
 _TOPK = re.compile(r"^top-?(\d+)$", re.IGNORECASE)
 
@@ -327,3 +326,81 @@ class BoxScore:
             best = torch.where(candidates, overlap, torch.full_like(overlap, -1)).argmax()
             scores.append(values[best])
         return torch.stack(scores)
+
+
+@dataclass(frozen=True, eq=False)
+class Similarity:
+    """Targets that are cosine similarities of the image embedding to K reference embeddings.
+
+    ``s_k = <e / |e|, r_k / |r_k|>`` where ``e`` is the model's output for the image (an embedding (B, D),
+    or what ``output=`` picks from it) and ``r_k`` row k of ``references`` (K, D): the embedding of another
+    image, a concept vector, or a text prompt's (see :class:`TextPrompt`). All K maps come from one forward
+    pass of the image.
+
+    Example:
+        >>> reference = model(other_image)                                  # doctest: +SKIP
+        >>> ex = gradcam.explain(model, images, targets=gradcam.Similarity(reference, ["like the other photo"]))
+    """
+
+    references: torch.Tensor
+    names: Sequence[str] | None = None
+
+    def __post_init__(self) -> None:
+        references = self.references.detach()
+        if references.dim() == 1:
+            references = references[None]
+        if references.dim() != 2 or len(references) == 0:
+            raise ValueError(f"Similarity: references must be (K, D) embeddings, got {tuple(self.references.shape)}")
+        if self.names is not None and len(self.names) != len(references):
+            raise ValueError(f"Similarity: {len(self.names)} names for {len(references)} references")
+        object.__setattr__(self, "references", torch.nn.functional.normalize(references.float(), dim=-1))
+
+    def labels(self) -> tuple[str, ...]:
+        return tuple(self.names) if self.names is not None else tuple(f"reference {k}" for k in range(len(self)))
+
+    def __len__(self) -> int:
+        return len(self.references)
+
+    def scores(self, output: Any) -> torch.Tensor:
+        """(B, K) cosine similarities of the output embeddings to the references."""
+        embeddings = select_logits(output)
+        if embeddings.dim() != 2 or embeddings.shape[1] != self.references.shape[1]:
+            raise ValueError(
+                f"Similarity: the model's output {tuple(embeddings.shape)} is not (B, {self.references.shape[1]}) "
+                "embeddings; pass output= to pick them"
+            )
+        unit = torch.nn.functional.normalize(embeddings, dim=-1)
+        return unit @ self.references.to(device=unit.device, dtype=unit.dtype).T
+
+
+@dataclass(frozen=True)
+class TextPrompt:
+    """Targets that are text prompts on an image-text model (CLIP, SigLIP): the map of prompt k explains
+    the cosine similarity between the image embedding and the prompt's text embedding (a
+    :class:`Similarity` to the model's ``encode_text(prompts)``); K prompts cost one forward pass of the
+    image and one, cached, of the text encoder.
+
+    Example:
+        >>> bundle = gradcam.load_model("clip:ViT-B-32")                       # doctest: +SKIP
+        >>> ex = gradcam.explain(bundle.model, x, targets=gradcam.TextPrompt(["a red car", "a tree"]))
+    """
+
+    prompts: tuple[str, ...]
+
+    def __init__(self, prompts: str | Sequence[str]) -> None:
+        listed = (prompts,) if isinstance(prompts, str) else tuple(prompts)
+        if not listed or any(not isinstance(p, str) or not p.strip() for p in listed):
+            raise ValueError("TextPrompt: give one or more non-empty prompts")
+        object.__setattr__(self, "prompts", listed)
+
+    def similarity(self, model: Any) -> Similarity:
+        encode = getattr(model, "encode_text", None)
+        if not callable(encode):
+            raise ValueError(
+                f"TextPrompt: {type(model).__name__} has no encode_text; load an image-text model "
+                "(clip:ARCH or hf: CLIP/SigLIP), or give embeddings with Similarity"
+            )
+        return Similarity(encode(list(self.prompts)), self.prompts)
+
+
+TargetSpec = int | str | TargetFn | Sequence[Any] | TextPrompt | Similarity | None

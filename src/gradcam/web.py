@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import re
 import shutil
 import tempfile
 import threading
@@ -36,6 +37,7 @@ from .images import DEFAULT_MAX_MEGAPIXELS, ImageReadError, image_tensor, model_
 from .layers import list_layers
 from .models import DEFAULT_MODEL, LoadedModel, ModelLoadError, load_model, read_labels, with_labels
 from .runner import UsageError, parse_target, slug
+from .targets import TextPrompt
 from .viz import channel_grid, overlay_on_photo, to_pil
 
 MAX_UPLOAD_MB = 20
@@ -172,8 +174,19 @@ def explain_photo(
         raise AppError(f"{file.name} is over {MAX_UPLOAD_MB} MB; use the command line for large files.")
     try:
         bundle = cached_model(model_name)
-        targets = parse_target(target or None, bundle.labels, len(bundle.labels) if bundle.labels else None)
-        count = _target_count(targets)
+        names = bundle.labels
+        targets: Any
+        if bundle.extra.get("image_text"):
+            prompts = tuple(p.strip() for p in re.split(r"[;\n]", target or "") if p.strip())
+            if not prompts:
+                raise AppError(
+                    f"{model_name} is an image-text model: type what to look for in Target (prompts separated by ;)."
+                )
+            targets, names = TextPrompt(prompts), prompts
+            count = len(prompts)
+        else:
+            targets = parse_target(target or None, bundle.labels, len(bundle.labels) if bundle.labels else None)
+            count = _target_count(targets)
         if count > MAX_TARGETS or count * len(methods) > MAX_OVERLAYS:
             raise AppError(
                 f"{count} targets x {len(methods)} methods is more than this page draws (at most {MAX_TARGETS} "
@@ -199,14 +212,14 @@ def explain_photo(
                          labels=bundle.labels)  # fmt: skip
         except (ValueError, TypeError) as error:
             raise AppError(str(error)) from None
-        if not top5 and ex.logits is not None:
-            probabilities = ex.logits.softmax(-1)[0]
-            values, indices = probabilities.topk(min(5, probabilities.numel()))
-            top5 = {_label(bundle, int(i)): float(v) for v, i in zip(values, indices, strict=True)}
+        if not top5 and ex.logits is not None:  # class probabilities, or the prompts' cosine similarities
+            ranked = ex.logits[0] if isinstance(targets, TextPrompt) else ex.logits.softmax(-1)[0]
+            values, indices = ranked.topk(min(5, ranked.numel()))
+            top5 = {_label(names, int(i)): float(v) for v, i in zip(values, indices, strict=True)}
         entries = []
         for k in range(ex.maps.shape[1]):
             index = int(ex.targets[0, k]) if ex.targets is not None else k
-            label = _label(bundle, index)
+            label = _label(names, index)
             image = to_pil(overlay_on_photo(picture, ex.maps[0, k].cpu(), geometry, alpha, colormap))
             stem = f"{Path(file.name).stem}.{method}.{index}-{slug(label)}"
             image.save(out_dir / f"{stem}.png")
@@ -235,8 +248,8 @@ def explain_photo(
     return PhotoResult(overlays, grid, top5, files, chosen_layer or "")
 
 
-def _label(bundle: LoadedModel, index: int) -> str:
-    return bundle.labels[index] if bundle.labels is not None and index < len(bundle.labels) else str(index)
+def _label(names: Sequence[str] | None, index: int) -> str:
+    return names[index] if names is not None and index < len(names) else str(index)
 
 
 def build_app(examples: Path | None = None, models: Sequence[str] | ModelShelf | None = None) -> Any:
@@ -282,8 +295,8 @@ def build_app(examples: Path | None = None, models: Sequence[str] | ModelShelf |
                 chosen = gr.CheckboxGroup(registered(), value=["gradcam"], label="Methods (side by side)",
                                           elem_id="methods")  # fmt: skip
                 layer = gr.Dropdown(layers, value=default_layer, label="Layer (default selected)", elem_id="layer")
-                target = gr.Textbox(label="Target: empty for the top-1, a class name or index, top3",
-                                    elem_id="target")  # fmt: skip
+                target = gr.Textbox(label="Target: empty for the top-1, a class name or index, top3; for an "
+                                    "image-text model (CLIP), prompts separated by ;", elem_id="target")  # fmt: skip
                 alpha = gr.Slider(0, 1, value=0.5, step=0.05, label="Heatmap opacity")
                 colormap = gr.Dropdown(COLORMAPS, value="jet", label="Colormap", allow_custom_value=True)
                 button = gr.Button("Explain", variant="primary", elem_id="explain")
