@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -12,13 +12,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from .hooks import capture, model_lock, preserved_state, run_model
+from .inputs import BoundInputs, image_key, image_of, prefixed, unprefixed
 from .layers import LayerSpec, resolve_layers
 from .methods import CAMMethod, channel_contributions, get_method
 from .methods.activation import first_principal_component
+from .methods.attention import GradECLIP, attention_beside
 from .methods.perturbation import PerturbationMethod, Probe
 from .result import Explanation, LayerResult, normalise, upsample
-from .spatial import infer_layout
-from .targets import ResolvedTargets, TargetSpec, are_callable_targets, resolve_targets, select_logits
+from .spatial import TokenGrid, infer_layout
+from .targets import (
+    ResolvedTargets,
+    Similarity,
+    TargetSpec,
+    TextPrompt,
+    are_callable_targets,
+    resolve_targets,
+    select_logits,
+)
 
 
 @dataclass(frozen=True)
@@ -35,7 +45,7 @@ class _Settings:
 
 def explain(
     model: nn.Module,
-    images: torch.Tensor,
+    images: torch.Tensor | Sequence[Any] | Mapping[str, Any],
     method: str | CAMMethod = "gradcam",
     layer: LayerSpec = None,
     targets: TargetSpec = None,
@@ -49,18 +59,22 @@ def explain(
     guided: bool = False,
     prefix_tokens: int | None = None,
     grid: tuple[int, int] | None = None,
+    image_input: int | str | None = None,
 ) -> Explanation:
     """Explain ``model``'s decision on ``images`` with a class activation map.
 
     Args:
         model: any PyTorch vision model; it is left exactly as it was (mode, ``requires_grad``,
             parameter ``.grad``, hooks), also when this raises.
-        images: a preprocessed float tensor (B, C, H, W) on the model's device.
+        images: a preprocessed float tensor (B, C, H, W) on the model's device; for a model with several
+            inputs, a tuple (``model(*images)``) or dict (``model(**images)``) of them, the map laid on the
+            one float (B, C, H, W) tensor or on ``image_input`` (a position or key); see :mod:`gradcam.inputs`.
         method: a registered name (:func:`gradcam.methods`) or a :class:`CAMMethod` instance.
         layer: a module name (``"features.35"``), a module, a list of them (maps fused), or None for the
             last layer with a spatial map before global pooling.
         targets: None (top-1), an int, one int per image, a list of K per image, ``"top-k"``, a class
-            name, or callables on the output; all K targets come from one forward pass.
+            name, callables on the output, :class:`TextPrompt` prompts on an image-text model or a
+            :class:`Similarity` to reference embeddings; all K targets come from one forward pass.
         output: picks the scores from the model's output (default: the tensor, the first element of a
             tuple, ``.logits``, or a dict's ``"logits"``/``"out"``).
         labels: class names for name targets (ImageNet's for 1,000-class models by default).
@@ -72,6 +86,7 @@ def explain(
             1.125), each carried back to the original frame; targets fixed by the plain image.
         guided: also compute guided backpropagation (``ex.guided``) and so ``ex.guided_gradcam``.
         prefix_tokens, grid: how a transformer layer's tokens lie on the image (guessed when None).
+        image_input: with several inputs, the one that holds the map.
 
     Returns:
         an :class:`Explanation`; ``maps`` is (B, K, H, W) in [0, 1].
@@ -82,6 +97,23 @@ def explain(
         >>> ex.maps.shape, ex.layer
         (torch.Size([2, 3, 224, 224]), 'layer4')
     """
+    if isinstance(images, (tuple, list, Mapping)):
+        key = image_key(images, image_input)
+        chosen = get_method(method)
+        if isinstance(chosen, PerturbationMethod) or aug_smooth:
+            raise ValueError(
+                f"several inputs: {'aug_smooth' if aug_smooth else chosen.name} re-runs the model on changed copies "
+                "of the image alone; use a gradient or activation method"
+            )
+        bound = BoundInputs(model, images, key)
+        with model_lock(model):
+            ex = explain(
+                bound, image_of(images, key), chosen, prefixed(layer), targets, output=output, labels=labels,
+                counterfactual=counterfactual, eval_mode=eval_mode, eigen_smooth=eigen_smooth, guided=guided,
+                prefix_tokens=prefix_tokens, grid=grid,
+            )  # fmt: skip
+        named = tuple(replace(r, name=unprefixed(r.name)) for r in ex.layer_results)
+        return replace(ex, layer_results=named)
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"images: expected a float tensor (B, C, H, W), got {shape}")
@@ -89,6 +121,11 @@ def explain(
     if not bool(finite.all()):
         bad = int((~finite).sum())
         warnings.warn(f"images: {bad} values are NaN or infinite; the scores and maps may mean nothing", stacklevel=2)
+    if isinstance(targets, TextPrompt):
+        targets = targets.similarity(model)
+    if isinstance(targets, Similarity):
+        output, labels, targets = _similarity_scores(targets, output), targets.labels(), [list(range(len(targets)))]
+        targets = targets * len(images)
     settings = _Settings(
         get_method(method),
         output or select_logits,
@@ -122,9 +159,13 @@ def _explain_once(
     settings: _Settings,
 ) -> Explanation:
     method = settings.method
+    reads_attention = isinstance(method, GradECLIP)
+    captured = [*layers, attention_beside(model, layers[0][0])] if reads_attention else layers
+    if reads_attention and len(layers) != 1:
+        raise ValueError(f"{method.name} explains one layer at a time")
     with preserved_state(model, eval_mode=settings.eval_mode):
         torch.set_grad_enabled(False)
-        with capture(layers, graph_from_layer=method.uses_gradients) as record:
+        with capture(captured, graph_from_layer=method.uses_gradients) as record:
             raw_output = run_model(model, images)
         outputs = record.tensors()
         callables = are_callable_targets(targets)
@@ -143,11 +184,20 @@ def _explain_once(
             targets, logits.detach() if isinstance(logits, torch.Tensor) else logits, settings.labels, len(images)
         )
         scores = resolved.scores(logits)
-        gradients = _gradients(scores, outputs, [n for n, _ in layers]) if method.uses_gradients else None
+        gradients = None
+        if method.uses_gradients:
+            differentiated = outputs[len(layers) :] if reads_attention else outputs
+            gradients = _gradients(scores, differentiated, [n for n, _ in captured[-len(differentiated) :]])
     size = (images.shape[-2], images.shape[-1])
     results = []
     for index, (name, _) in enumerate(layers):
         layout = infer_layout(outputs[index], size, settings.prefix_tokens, settings.grid, name)
+        if reads_attention:
+            assert gradients is not None
+            results.append(
+                _attention_result(method, name, outputs[index], gradients, captured[-1][1], layout, settings)
+            )
+            continue
         activations = layout.to_spatial(outputs[index].detach()).float()
         if isinstance(method, PerturbationMethod):
             probe = Probe(
@@ -172,6 +222,36 @@ def _explain_once(
         layer_results=tuple(results),
         counterfactual=settings.counterfactual,
     )
+
+
+def _similarity_scores(
+    similarity: Similarity, output: Callable[[Any], torch.Tensor] | None
+) -> Callable[[Any], torch.Tensor]:
+    pick = output or select_logits
+
+    def scores(raw: Any) -> torch.Tensor:
+        return similarity.scores(pick(raw))
+
+    return scores
+
+
+def _attention_result(
+    method: CAMMethod,
+    name: str,
+    tokens: torch.Tensor,
+    gradients: list[list[torch.Tensor]],
+    attention: nn.Module,
+    layout: Any,
+    settings: _Settings,
+) -> LayerResult:
+    """Grad-ECLIP's values and weights laid on the patch grid, then the shared weighted sum."""
+    if not isinstance(layout, TokenGrid):
+        raise ValueError(f"{method.name}: layer {name!r} is not a token sequence with a class token")
+    assert isinstance(method, GradECLIP)
+    signed = [-g[0] if settings.counterfactual else g[0] for g in gradients]
+    values, weights = method.value_weights(tokens.detach(), signed, attention, layout.prefix)
+    grid = (layout.height, layout.width)
+    return _result(name, values.unflatten(-1, grid), weights.unflatten(-1, grid), None, settings.eigen_smooth)
 
 
 def _is_scores(output: Any) -> bool:

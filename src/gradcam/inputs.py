@@ -1,0 +1,89 @@
+"""Models with several inputs (image + metadata, two images, image + text tokens): the map is laid on one
+of them, the image input; the others are held fixed.
+
+``explain(model, (image, metadata))`` calls ``model(image, metadata)``; ``explain(model, {"pixels": image,
+"age": age})`` calls ``model(pixels=image, age=age)``. The image input is the only 4-D floating tensor, or the
+one ``image_input=`` names (a position or a key). The model is wrapped in :class:`BoundInputs`, whose
+``forward(image)`` puts the image back among the other inputs, so that everything ``explain`` does for one
+input (hooks, targets, gradients, the automatic layer) applies unchanged; layer names are the model's own.
+
+Example:
+    >>> ex = gradcam.explain(model, (photos, metadata), layer="backbone.layer4")   # doctest: +SKIP
+    >>> ex.maps.shape                                          # photos' (B, K, H, W)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+PREFIX = "model."
+
+
+class BoundInputs(nn.Module):
+    """``model`` with every input but the image fixed: ``forward(image) = model(*args, **kwargs)`` with the
+    image in its place. The model is the submodule ``model`` (names gain the prefix ``model.``)."""
+
+    def __init__(self, model: nn.Module, inputs: Sequence[Any] | Mapping[str, Any], key: int | str) -> None:
+        super().__init__()
+        self.model = model
+        self.inputs, self.key = inputs, key
+        self.batch = len(image_of(inputs, key))
+
+    def forward(self, image: torch.Tensor) -> Any:
+        """The model on ``image`` and the other inputs; ``image`` may be the first rows of the batch (the
+        automatic layer's probe runs on one), and the other inputs' batched tensors are cut to match."""
+        rows = len(image)
+        if rows > self.batch:
+            raise ValueError(f"several inputs: the other inputs hold {self.batch} rows, the image {rows}")
+
+        def cut(value: Any) -> Any:
+            batched = isinstance(value, torch.Tensor) and value.dim() > 0 and len(value) == self.batch
+            return value[:rows] if batched and rows < self.batch else value
+
+        if isinstance(self.inputs, Mapping):
+            return self.model(**{k: image if k == self.key else cut(v) for k, v in self.inputs.items()})
+        return self.model(*(image if i == self.key else cut(v) for i, v in enumerate(self.inputs)))
+
+
+def image_of(inputs: Sequence[Any] | Mapping[str, Any], key: int | str) -> torch.Tensor:
+    return inputs[key] if isinstance(inputs, Mapping) else inputs[int(key)]  # type: ignore[index]
+
+
+def image_key(inputs: Sequence[Any] | Mapping[str, Any], chosen: int | str | None) -> int | str:
+    """The input the map is laid on: ``chosen``, else the only 4-D floating tensor."""
+    keys: list[int | str] = list(inputs) if isinstance(inputs, Mapping) else list(range(len(inputs)))
+    if chosen is not None:
+        if chosen not in keys:
+            raise ValueError(f"image_input={chosen!r}: the inputs are {keys}")
+        candidate = image_of(inputs, chosen)
+        if not isinstance(candidate, torch.Tensor) or candidate.dim() != 4 or not candidate.is_floating_point():
+            raise ValueError(f"image_input={chosen!r}: not a float (B, C, H, W) tensor")
+        return chosen
+    images = [k for k in keys if _is_image(image_of(inputs, k))]
+    if len(images) != 1:
+        found = "no" if not images else f"{len(images)} ({', '.join(map(repr, images))})"
+        raise ValueError(
+            f"several inputs: {found} float (B, C, H, W) tensors; say which holds the map with image_input="
+        )
+    return images[0]
+
+
+def _is_image(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.dim() == 4 and value.is_floating_point()
+
+
+def prefixed(layer: Any) -> Any:
+    """A layer spec for :class:`BoundInputs`: names gain ``model.``; modules stay as they are."""
+    if layer is None or isinstance(layer, nn.Module):
+        return layer
+    if isinstance(layer, str):
+        return PREFIX + layer
+    return [prefixed(item) for item in layer]
+
+
+def unprefixed(name: str) -> str:
+    return name.removeprefix(PREFIX)
