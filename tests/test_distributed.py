@@ -204,3 +204,35 @@ def test_an_interrupted_resume_keeps_the_earlier_manifest_and_resume_reads_a_loc
     monkeypatch.undo()
     result = explain_dataset(str(folder), str(out), options=resumed, **POOL)
     assert (result.images, result.ok) == (4, 4)
+
+
+def test_text_prompts_on_ray_equal_the_local_engine(tmp_path):
+    open_clip = pytest.importorskip("open_clip")
+    import torch
+
+    torch.manual_seed(0)
+    weights = tmp_path / "clip.pt"  # the same random weights in both engines
+    torch.save(open_clip.create_model("ViT-S-32").state_dict(), weights)
+    folder = photo_folder(tmp_path)
+    local, distributed = tmp_path / "local", tmp_path / "ray"
+    model = ["--model", "clip:ViT-S-32", "--weights", str(weights), "--prompt", "a cat", "--prompt", "a cup"]
+    assert main(["explain", str(folder), *model, "--out", str(local), "--workers", "0", "--quiet"]) == 0
+    options = RunOptions(out=distributed, batch_size=2, prompts=("a cat", "a cup"))
+    pool = {"actors": 1, "cpus_per_actor": 0.5}
+    result = explain_dataset(
+        str(folder), str(distributed), model="clip:ViT-S-32", weights=str(weights), options=options, **pool
+    )
+    assert (result.images, result.ok) == (3, 3)
+    ours, theirs = entries_by_name(local / "results.json"), entries_by_name(distributed / "results.json")
+    for name, entry in ours.items():
+        assert (
+            [t["label"] for t in theirs[name]["targets"]]
+            == [t["label"] for t in entry["targets"]]
+            == ["a cat", "a cup"]
+        )
+        np.testing.assert_allclose(
+            [p["similarity"] for p in entry["predictions"]], [p["similarity"] for p in theirs[name]["predictions"]],
+            atol=1e-5,
+        )  # fmt: skip
+        for mine, yours in zip(entry["targets"], theirs[name]["targets"], strict=True):
+            np.testing.assert_allclose(np.load(mine["files"]["map"]), np.load(yours["files"]["map"]), atol=1e-4)

@@ -70,6 +70,7 @@ def test_prompt_maps_are_grad_cam_of_the_cosine_similarity(tiny_clip):
 
 
 def test_k_prompts_cost_one_forward_pass_of_the_image_and_one_cached_text_pass(tiny_clip):
+    gradcam.explain(tiny_clip, torch.randn(1, 3, 64, 64), targets=gradcam.TextPrompt("warm up"))  # the layer probe
     calls = {"image": 0, "text": 0}
     visual = tiny_clip.clip.visual.register_forward_hook(lambda *a: calls.__setitem__("image", calls["image"] + 1))
     text = tiny_clip.clip.transformer.register_forward_hook(lambda *a: calls.__setitem__("text", calls["text"] + 1))
@@ -249,3 +250,9 @@ def test_grad_eclip_targets_and_batch_rows_are_independent_and_the_model_is_left
     for i in range(3):
         single = gradcam.explain(tiny_clip, x[i : i + 1], "gradeclip", targets=gradcam.TextPrompt(PROMPTS))
         torch.testing.assert_close(together.maps[i], single.maps[0], rtol=1e-4, atol=1e-5)
+
+
+def test_evaluate_refuses_an_image_text_model(tmp_path, capsys):
+    argv = ["evaluate", str(EXAMPLES / "chelsea.jpg"), "--model", "clip:ViT-B-32", "--weights", "none"]
+    assert main([*argv, "--out", str(tmp_path / "eval")]) == 2
+    assert "is an image-text model; gradcam evaluate measures classifiers" in capsys.readouterr().err

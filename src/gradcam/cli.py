@@ -453,6 +453,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         bundle = _load_bundle(args)
     except ModelLoadError as error:
         return _error(str(error))
+    if bundle.extra.get("image_text"):
+        return _error(f"{bundle.name} is an image-text model; gradcam evaluate measures classifiers (prompts: not yet)")
     layers: list[str | None] = [name.strip() for name in args.layers.split(",")] if args.layers else [None]
     probe = torch.zeros(1, 3, *bundle.preprocessing.crop, device=args.device)
     try:
