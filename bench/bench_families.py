@@ -56,6 +56,7 @@ def families(batch: int, device: torch.device) -> dict[str, tuple[nn.Module, obj
         out[name] = (model, image, {})
     clip = open_clip.create_model("ViT-B-32", pretrained=None)
     open_clip_model = OpenClipModel(clip, open_clip.get_tokenizer("ViT-B-32"))
+    out["open_clip ViT-B/32, 1 prompt"] = (open_clip_model, image, {"targets": gradcam.TextPrompt("a cat")})
     prompts = gradcam.TextPrompt(["a cat", "a cup of coffee", "a tree"])
     out["open_clip ViT-B/32, 3 prompts"] = (open_clip_model, image, {"targets": prompts})
     out["open_clip ViT-B/32, 3 prompts, gradeclip"] = (

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .hooks import capture, model_lock, preserved_state, run_model
-from .inputs import BoundInputs, image_key, image_of, prefixed, unprefixed
+from .inputs import BoundInputs, automatic_layer, image_key, image_of, prefixed, unprefixed
 from .layers import LayerSpec, resolve_layers
 from .methods import CAMMethod, channel_contributions, get_method
 from .methods.activation import first_principal_component
@@ -107,6 +107,7 @@ def explain(
             )
         bound = BoundInputs(model, images, key)
         with model_lock(model):
+            layer = automatic_layer(bound, image_of(images, key)) if layer is None else layer
             ex = explain(
                 bound, image_of(images, key), chosen, prefixed(layer), targets, output=output, labels=labels,
                 counterfactual=counterfactual, eval_mode=eval_mode, eigen_smooth=eigen_smooth, guided=guided,

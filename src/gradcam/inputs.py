@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -47,6 +48,21 @@ class BoundInputs(nn.Module):
         if isinstance(self.inputs, Mapping):
             return self.model(**{k: image if k == self.key else cut(v) for k, v in self.inputs.items()})
         return self.model(*(image if i == self.key else cut(v) for i, v in enumerate(self.inputs)))
+
+
+_LAYERS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, str]] = weakref.WeakKeyDictionary()
+
+
+def automatic_layer(bound: BoundInputs, image: torch.Tensor) -> str:
+    """:func:`gradcam.auto_layer` of the bound model, cached per user model, image input and image shape
+    (the wrapper is new on every call; the probe pass should not be)."""
+    from .layers import auto_layer
+
+    cache = _LAYERS.setdefault(bound.model, {})
+    key = (bound.key, tuple(image.shape[1:]))
+    if key not in cache:
+        cache[key] = unprefixed(auto_layer(bound, image))
+    return cache[key]
 
 
 def image_of(inputs: Sequence[Any] | Mapping[str, Any], key: int | str) -> torch.Tensor:
