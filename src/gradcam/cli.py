@@ -132,7 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-megapixels",
         type=float,
         default=DEFAULT_MAX_MEGAPIXELS,
-        help="refuse larger non-JPEG images (JPEGs are decoded reduced)",
+        help="refuse larger images (a larger JPEG is decoded at a reduced scale that fits)",
+    )
+    run.add_argument(
+        "--max-side",
+        type=int,
+        default=None,
+        metavar="N",
+        help="overlays at most N pixels long (smaller files; default: each photo's own resolution)",
     )
     run.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
     run.add_argument("--engine", choices=["local", "ray"], default="local", help="ray: explain on a Ray cluster")
@@ -266,6 +273,8 @@ def _explain(args: argparse.Namespace) -> int:
         return _error("--perturbation-batch must be >= 1")
     if not args.max_megapixels > 0 or args.max_megapixels == float("inf"):
         return _error(f"--max-megapixels {args.max_megapixels}: must be a positive number")
+    if args.max_side is not None and args.max_side < 16:
+        return _error(f"--max-side {args.max_side}: give at least 16 pixels")
     if args.top_channels is not None and (args.top_channels < 1 or args.method != "scorecam"):
         return _error("--top-channels N: N >= 1, with --method scorecam")
     if args.per_channel and args.method == "eigencam":
@@ -323,6 +332,7 @@ def _explain(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         resume=args.resume,
         max_megapixels=args.max_megapixels,
+        max_side=args.max_side,
         counterfactual=args.counterfactual,
         eigen_smooth=args.eigen_smooth,
         aug_smooth=args.aug_smooth,

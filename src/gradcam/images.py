@@ -103,16 +103,18 @@ def read_image(
     draft_size: int | None = None,
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
     name: str = "",
+    max_side: int | None = None,
 ) -> Image.Image:
-    """Decode ``path`` to an upright 8-bit RGB image.
+    """Decode ``path`` to an upright 8-bit RGB image, at its own resolution unless told otherwise.
 
-    JPEGs larger than needed are decoded at a reduced scale (``draft_size`` is the smallest side that must
-    survive), so a 20000 x 20000 photo never reaches full-size memory. The size the decode would have is
-    checked before any pixel is allocated: over ``max_megapixels``, or longer than ``MAX_ASPECT_RATIO``
-    times its width (resizing its short side to the model's size would make the long side huge), it is
+    A JPEG may be decoded at a reduced scale (1/2, 1/4, 1/8, by the decoder itself, never reaching full-size
+    memory): as much as ``draft_size`` (the shorter side that must survive: callers that need only the
+    model's input) and ``max_side`` (the longer side that must survive: a smaller overlay) allow, and as
+    much as needed to fit ``max_megapixels``. The size the decode would have is checked before any pixel
+    is allocated: over ``max_megapixels``, or longer than ``MAX_ASPECT_RATIO`` times its width, it is
     refused with one line naming the file. Alpha is composited on white; 16-bit and float images are
-    rescaled. ``path`` may also be a file's bytes (read from an object store, say), called ``name`` in
-    messages.
+    rescaled. ``path`` may also be a file's bytes, called ``name`` in messages. The photo's own upright
+    (width, height) is ``image.info["original_size"]``, whatever the decode's.
     """
     source: Path | io.BytesIO
     if isinstance(path, bytes):
@@ -129,14 +131,18 @@ def read_image(
     Image.MAX_IMAGE_PIXELS = None  # our own limit applies after the JPEG draft has shrunk the decode
     try:
         with Image.open(source) as image:
-            if image.format == "JPEG" and draft_size:
-                scale = min(image.size) / draft_size
-                if scale >= 2:
-                    image.draft(image.mode, (math.ceil(image.size[0] / scale), math.ceil(image.size[1] / scale)))
+            header = image.size
+            if image.format == "JPEG":
+                scale = draft_scale(header, max_megapixels, draft_size, max_side)
+                if scale > 1:
+                    image.draft(image.mode, (math.ceil(header[0] / scale), math.ceil(header[1] / scale)))
             check_working_size(image.size, max_megapixels, str(path))
             image.load()
-            upright = ImageOps.exif_transpose(image) if image.getexif().get(ORIENTATION, 1) != 1 else image
-            return to_rgb(upright, name=str(path))
+            turned = image.getexif().get(ORIENTATION, 1)
+            upright = ImageOps.exif_transpose(image) if turned != 1 else image
+            rgb = to_rgb(upright, name=str(path))
+            rgb.info["original_size"] = header[::-1] if turned in (5, 6, 7, 8) else header
+            return rgb
     except ImageReadError:
         raise
     except (OSError, SyntaxError, ValueError) as error:
@@ -144,6 +150,23 @@ def read_image(
         raise ImageReadError(f"{path}: not a readable image ({reason})") from error
     finally:
         Image.MAX_IMAGE_PIXELS = bomb_limit
+
+
+def draft_scale(
+    size: tuple[int, int], max_megapixels: float, draft_size: int | None = None, max_side: int | None = None
+) -> int:
+    """The JPEG decoder's reduction (1, 2, 4 or 8) for a (width, height) photo: the largest that keeps the
+    shorter side >= ``draft_size`` and the longer side >= ``max_side`` (1 when neither is given), and at
+    least the smallest that fits ``max_megapixels``."""
+    scales = (1, 2, 4, 8)
+    width, height = size
+    fits = next((s for s in scales if (width / s) * (height / s) / 1e6 <= max_megapixels), scales[-1])
+    if draft_size is None and max_side is None:
+        return fits
+    kept = [
+        s for s in scales if min(width, height) / s >= (draft_size or 0) and max(width, height) / s >= (max_side or 0)
+    ]
+    return max(fits, max(kept, default=1))
 
 
 def check_working_size(size: tuple[int, int], max_megapixels: float, name: str) -> None:

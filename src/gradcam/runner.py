@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from .explain import explain
@@ -74,6 +75,7 @@ class RunOptions:
     overwrite: bool = False
     resume: bool = False
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
+    max_side: int | None = None
     counterfactual: bool = False
     eigen_smooth: bool = False
     aug_smooth: bool = False
@@ -103,14 +105,24 @@ class RunResult:
         return sum(1 for entry in self.entries if entry["status"] != "ok")
 
 
-def decode(source: Path | bytes, spec: Preprocessing, max_megapixels: float, name: str = "") -> dict[str, Any]:
-    """One photo (a path, or the bytes of a file called ``name``) as the model's input, the photo itself
-    and its :class:`Geometry`; a bad file gives ``{"error": one line}``, never an exception."""
+def decode(
+    source: Path | bytes, spec: Preprocessing, max_megapixels: float, name: str = "", max_side: int | None = None
+) -> dict[str, Any]:
+    """One photo (a path, or the bytes of a file called ``name``) as the model's input, the photo to draw
+    on (its own resolution, or at most ``max_side`` pixels long), its :class:`Geometry` onto that photo
+    and the photo's own (width, height); a bad file gives ``{"error": one line}``, never an exception."""
     label = name or str(source)
     try:
-        image = read_image(source, draft_size=spec.resize, max_megapixels=max_megapixels, name=name)
+        draft = spec.resize if max_side else None  # with --max-side the decoder may shrink a JPEG
+        image = read_image(source, draft_size=draft, max_megapixels=max_megapixels, name=name, max_side=max_side)
         pixels, geometry = preprocess(image, spec)
-        return {"input": pixels, "geometry": geometry, "photo": image_tensor(image), "error": None}
+        photo = image
+        if max_side and max(image.size) > max_side:
+            photo = image.copy()
+            photo.thumbnail((max_side, max_side), Image.Resampling.BILINEAR, reducing_gap=3.0)
+            geometry = replace(geometry, original=(photo.height, photo.width))
+        size = image.info.get("original_size", image.size)
+        return {"input": pixels, "geometry": geometry, "photo": image_tensor(photo), "size": size, "error": None}
     except ImageReadError as error:
         return {"error": str(error)}
     except Exception as error:  # a decoder crash must not end the run
@@ -120,14 +132,16 @@ def decode(source: Path | bytes, spec: Preprocessing, max_megapixels: float, nam
 class PhotoDataset(Dataset):
     """Decodes and preprocesses one photo per item, in DataLoader workers; a bad file becomes an error item."""
 
-    def __init__(self, paths: Sequence[Path], spec: Preprocessing, max_megapixels: float) -> None:
-        self.paths, self.spec, self.max_megapixels = list(paths), spec, max_megapixels
+    def __init__(
+        self, paths: Sequence[Path], spec: Preprocessing, max_megapixels: float, max_side: int | None = None
+    ) -> None:
+        self.paths, self.spec, self.max_megapixels, self.max_side = list(paths), spec, max_megapixels, max_side
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return {"index": index, **decode(self.paths[index], self.spec, self.max_megapixels)}
+        return {"index": index, **decode(self.paths[index], self.spec, self.max_megapixels, max_side=self.max_side)}
 
 
 def _collate(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -327,7 +341,10 @@ class Runner:
         if progress and len(todo) < len(self.found.paths):
             progress(len(self.found.paths) - len(todo))
         dataset = PhotoDataset(
-            [self.found.paths[i] for i in todo], self.bundle.preprocessing, self.options.max_megapixels
+            [self.found.paths[i] for i in todo],
+            self.bundle.preprocessing,
+            self.options.max_megapixels,
+            self.options.max_side,
         )
         loader = DataLoader(
             dataset,
@@ -559,7 +576,8 @@ class BatchExplainer:
         return {
             "path": path,
             "status": "ok",
-            "size": [geometry.original[1], geometry.original[0]],
+            "size": list(item.get("size") or (geometry.original[1], geometry.original[0])),
+            "overlay_size": [geometry.original[1], geometry.original[0]],
             "predictions": [
                 {"index": int(i), "label": self.label(int(i)), self.ranked_by: round(float(p), 6)}
                 for p, i in zip(top.values[row], top.indices[row], strict=True)

@@ -192,7 +192,7 @@ def explain_photo(
                 f"{count} targets x {len(methods)} methods is more than this page draws (at most {MAX_TARGETS} "
                 f"targets, {MAX_OVERLAYS} overlays); use the command line for more"
             )
-        photo = read_image(file, draft_size=bundle.preprocessing.resize, max_megapixels=DEFAULT_MAX_MEGAPIXELS)
+        photo = read_image(file, max_megapixels=DEFAULT_MAX_MEGAPIXELS)  # the overlay at the photo's own size
     except (ModelLoadError, ImageReadError, UsageError) as error:
         raise AppError(str(error).replace(str(file), file.name)) from None
     pixels, geometry = preprocess(photo, bundle.preprocessing)
