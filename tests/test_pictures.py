@@ -65,3 +65,104 @@ def test_the_web_app_draws_on_the_photo_at_its_own_size(tmp_path):
     photo = jpeg(tmp_path, "photo.jpg", (640, 512))
     result = explain_photo(str(photo), "efficientnet_lite0", ["gradcam"], None, "", 0.5, "jet", out_dir=tmp_path)
     assert result.overlays[0][0].size == (640, 512)
+
+
+def decoded(path: Path):
+    import numpy as np
+
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+
+
+def test_the_margins_the_crop_cut_away_are_dimmed_and_the_crop_framed(tmp_path):
+    """They used to stay plain next to a flat tint: a hard-edged square."""
+    import numpy as np
+
+    out = tmp_path / "out"
+    assert explain(str(EXAMPLES / "coffee.jpg"), "--out", str(out)) == 0
+    entry = json.loads((out / "results.json").read_text())["images"][0]
+    assert json.loads((out / "results.json").read_text())["frame"] == "crop"
+    picture, photo = decoded(Path(entry["targets"][0]["files"]["overlay"])), decoded(EXAMPLES / "coffee.jpg")
+    margin = (slice(100, 300), slice(10, 115))  # the 600 x 400 photo's left margin, outside the model's crop
+    np.testing.assert_allclose(picture[margin], np.round(0.45 * photo[margin]), atol=1)
+    assert (picture[150:250, 125] > 220).all()  # the frame: crop left 80 of 384 resized px = 125 of 600
+    assert np.abs(picture[200, 300] - photo[200, 300]).max() > 20  # inside: tinted
+
+
+@pytest.mark.parametrize("frame", ["full", "squash"])
+def test_whole_photo_frames_cover_every_pixel(tmp_path, frame):
+    import numpy as np
+
+    out = tmp_path / "out"
+    assert explain(str(EXAMPLES / "coffee.jpg"), "--out", str(out), "--frame", frame) == 0
+    manifest = json.loads((out / "results.json").read_text())
+    entry = manifest["images"][0]
+    assert manifest["frame"] == frame
+    heat = np.load(entry["targets"][0]["files"]["map"])
+    assert heat.shape == ((224, 352) if frame == "full" else (224, 224))  # 600 x 400 at 224 px, aspect kept
+    picture, photo = decoded(Path(entry["targets"][0]["files"]["overlay"])), decoded(EXAMPLES / "coffee.jpg")
+    assert (np.abs(picture - photo).max(axis=2) > 3).mean() > 0.95  # no dimmed margin, no frame: all tinted
+
+
+def test_full_frame_on_a_fixed_size_model_falls_back_to_squash(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert explain(str(EXAMPLES / "coffee.jpg"), "--model", "timm:vit_tiny_patch16_224", "--weights", "none",
+                   "--out", str(out), "--frame", "full") == 0  # fmt: skip
+    assert "takes only 224x224 inputs; the whole photo is resized to it" in capsys.readouterr().err
+    assert json.loads((out / "results.json").read_text())["frame"] == "squash"
+
+
+def test_heat_tint_leaves_cold_pixels_as_they_are():
+    import torch
+
+    from gradcam.viz import overlay
+
+    photo = torch.randint(0, 256, (3, 4, 4), dtype=torch.uint8)
+    heat = torch.zeros(4, 4)
+    heat[0, 0] = 1.0
+    picture = overlay(photo, heat, alpha=0.6, tint="heat")
+    assert torch.equal(picture[:, 1:], photo[:, 1:]) and not torch.equal(picture[:, 0, 0], photo[:, 0, 0])
+    assert not torch.equal(overlay(photo, heat, alpha=0.6)[:, 1:], photo[:, 1:])  # flat tints everything
+
+
+def test_the_readme_python_examples_run_offline_as_written(tmp_path, monkeypatch):
+    """The README's snippets used an undefined `images` and downloaded ResNet-50 weights."""
+    import re
+
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    section = readme.split("## Python", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert len(blocks) == 2
+    (tmp_path / "examples").symlink_to(EXAMPLES)
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), scope)
+    assert scope["ex"].maps.shape == (2, 3, 224, 224)
+    assert Image.open(tmp_path / "coffee-espresso.png").size == (600, 400)
+
+
+def test_explain_image_three_lines_and_the_result_draws_itself(tmp_path):
+    import numpy as np
+    import torch
+    import torchvision
+
+    import gradcam
+
+    ex = gradcam.explain_image(EXAMPLES / "coffee.jpg", targets="top-2")
+    assert ex.names == ["espresso", "cup"] and ex.overlay(1).size == (600, 400)
+    assert repr(ex).startswith("PhotoExplanation(efficientnet_lite0, gradcam at 'bn2', 600x400 photo")
+    assert len(repr(ex.explanation)) < 200  # no whole tensors
+    assert ex._repr_png_().startswith(b"\x89PNG") and "espresso" in ex._repr_html_()
+    written = ex.save(tmp_path)
+    assert sorted(p.name for p in written) == [
+        "photo.gradcam.967-espresso.npy", "photo.gradcam.967-espresso.png", "photo.gradcam.968-cup.npy",
+        "photo.gradcam.968-cup.png", "photo.json",
+    ]  # fmt: skip
+    with pytest.raises(FileExistsError, match="pass overwrite=True"):
+        ex.save(tmp_path)
+    photo = torch.from_numpy(np.array(Image.open(EXAMPLES / "chelsea.jpg").convert("RGB"))).permute(2, 0, 1)
+    torch.manual_seed(0)
+    own = gradcam.explain_image(photo, torchvision.models.resnet18().eval(), frame="full")
+    assert own.overlay().size == (451, 300) and own.layer == "layer4"
+    with pytest.raises(TypeError, match="a path, a PIL image or a"):
+        gradcam.explain_image(torch.zeros(5))

@@ -11,6 +11,7 @@ from .explain import explain
 from .layers import auto_layer, list_layers
 from .methods import CAMMethod, get_method, methods, register
 from .models import LoadedModel, load_model, read_labels, with_labels
+from .photo import PhotoExplanation, explain_image
 from .result import ChannelContributions, Explanation, LayerResult
 from .targets import (
     BoxScore,
@@ -35,6 +36,7 @@ __all__ = [
     "LayerResult",
     "LoadedModel",
     "Negative",
+    "PhotoExplanation",
     "Positive",
     "Regression",
     "SegmentationScore",
@@ -42,6 +44,7 @@ __all__ = [
     "TextPrompt",
     "auto_layer",
     "explain",
+    "explain_image",
     "get_method",
     "imagenet_labels",
     "list_layers",

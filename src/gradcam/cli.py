@@ -135,6 +135,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="refuse larger images (a larger JPEG is decoded at a reduced scale that fits)",
     )
     run.add_argument(
+        "--frame",
+        choices=["crop", "full", "squash"],
+        default="crop",
+        help="what the model sees: crop = its own preprocessing (centre crop; the rest of the photo is dimmed and "
+        "the crop framed), full = the whole photo with its aspect ratio (one fixed-size models: squash), "
+        "squash = the whole photo resized to the model's input size",
+    )
+    run.add_argument(
+        "--tint",
+        choices=["flat", "heat"],
+        default="flat",
+        help="flat = the heatmap at --alpha everywhere; heat = in proportion to the heat (low heat barely tints)",
+    )
+    run.add_argument(
         "--max-side",
         type=int,
         default=None,
@@ -262,7 +276,7 @@ def _error(message: str) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from .runner import OutputError, Runner, RunOptions, UsageError, parse_target
+    from .runner import OutputError, Runner, RunOptions, UsageError, parse_target, resolve_frame
     from .viz import colormap_table
 
     if not 0 <= args.alpha <= 1:
@@ -333,6 +347,8 @@ def _explain(args: argparse.Namespace) -> int:
         resume=args.resume,
         max_megapixels=args.max_megapixels,
         max_side=args.max_side,
+        frame=args.frame,
+        tint=args.tint,
         counterfactual=args.counterfactual,
         eigen_smooth=args.eigen_smooth,
         aug_smooth=args.aug_smooth,
@@ -342,6 +358,7 @@ def _explain(args: argparse.Namespace) -> int:
         prefix_tokens=args.prefix_tokens,
         token_grid=grid,
     )
+    options = resolve_frame(bundle, options)  # both engines use, and record, the frame the model takes
     if args.engine == "ray":
         return _explain_on_ray(args, options, bundle.labels if args.labels else None)
     runner = Runner(bundle, found, options)

@@ -86,7 +86,7 @@ class ExplainActor:
         photos = []
         for i, (path, key) in enumerate(zip(paths, keys, strict=True)):
             source: Path | bytes = bytes(contents[i]) if contents is not None else Path(path)
-            photos.append((path, key, decode(source, spec, limit, name=path, max_side=self.options.max_side)))
+            photos.append((path, key, decode(source, spec, limit, path, self.options.max_side, self.options.frame)))
         entries = self.explainer.explain(photos)
         if self.out_uri:
             entries = [self._upload(entry) for entry in entries]

@@ -12,7 +12,7 @@ import math
 import os
 import warnings
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -243,6 +243,31 @@ def preprocess(image: Image.Image, spec: Preprocessing) -> tuple[torch.Tensor, G
     std = torch.tensor(spec.std).view(3, 1, 1)
     geometry = Geometry((height, width), resized, (top, left), (crop_h, crop_w))
     return (pixels - mean) / std, geometry
+
+
+FRAMES = ("crop", "full", "squash")
+
+
+def framed(spec: Preprocessing, frame: str, size: tuple[int, int], multiple: int = 32) -> Preprocessing:
+    """The preprocessing of a (width, height) photo for a frame: ``"crop"`` the model's own (shorter side
+    resized, centre crop); ``"squash"`` the whole photo resized to the crop's size; ``"full"`` the whole
+    photo with its aspect ratio, the shorter side at the crop's shorter side, both sides rounded to a
+    ``multiple`` of 32 (the stride of most networks), so the map covers every pixel.
+
+    Example:
+        >>> framed(spec, "full", (640, 480)).crop                    # doctest: +SKIP
+        (224, 288)
+    """
+    if frame == "crop":
+        return spec
+    if frame == "squash":
+        return replace(spec, squash=True)
+    if frame != "full":
+        raise ValueError(f"frame must be one of {', '.join(FRAMES)}, got {frame!r}")
+    width, height = size
+    scale = min(spec.crop) / min(width, height)
+    crop = tuple(max(multiple, round(side * scale / multiple) * multiple) for side in (height, width))
+    return replace(spec, resize=max(crop), crop=(crop[0], crop[1]), squash=True)
 
 
 def model_view(pixels: torch.Tensor, spec: Preprocessing) -> torch.Tensor:

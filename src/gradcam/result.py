@@ -74,6 +74,15 @@ class Explanation:
     counterfactual: bool = False
     guided: torch.Tensor | None = None
 
+    def __repr__(self) -> str:
+        batch, count = self.maps.shape[:2]
+        shown = self.targets is not None and self.targets.numel() <= 20
+        targets = f", targets={self.targets.tolist()}" if shown and self.targets is not None else ""
+        return (
+            f"Explanation({self.method}, layer={self.layer!r}, {batch} image(s) x {count} target(s){targets}, "
+            f"maps {tuple(self.maps.shape[-2:])}{', counterfactual' if self.counterfactual else ''})"
+        )
+
     @property
     def guided_gradcam(self) -> torch.Tensor:
         """(B, K, C, H, W) Guided Grad-CAM: guided backpropagation times the map (``explain(guided=True)``)."""

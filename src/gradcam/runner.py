@@ -9,6 +9,7 @@ import json
 import os
 import re
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
@@ -25,12 +26,13 @@ from torch.utils.data import DataLoader, Dataset
 from .explain import explain
 from .files import write_atomic
 from .guided import gradient_picture
-from .hooks import is_out_of_memory
+from .hooks import is_out_of_memory, preserved_state, run_model
 from .images import (
     DEFAULT_MAX_MEGAPIXELS,
     FoundImages,
     Geometry,
     ImageReadError,
+    framed,
     image_tensor,
     model_view,
     preprocess,
@@ -76,6 +78,8 @@ class RunOptions:
     resume: bool = False
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
     max_side: int | None = None
+    frame: str = "crop"
+    tint: str = "flat"
     counterfactual: bool = False
     eigen_smooth: bool = False
     aug_smooth: bool = False
@@ -106,16 +110,22 @@ class RunResult:
 
 
 def decode(
-    source: Path | bytes, spec: Preprocessing, max_megapixels: float, name: str = "", max_side: int | None = None
+    source: Path | bytes,
+    spec: Preprocessing,
+    max_megapixels: float,
+    name: str = "",
+    max_side: int | None = None,
+    frame: str = "crop",
 ) -> dict[str, Any]:
-    """One photo (a path, or the bytes of a file called ``name``) as the model's input, the photo to draw
-    on (its own resolution, or at most ``max_side`` pixels long), its :class:`Geometry` onto that photo
-    and the photo's own (width, height); a bad file gives ``{"error": one line}``, never an exception."""
+    """One photo (a path, or the bytes of a file called ``name``) as the model's input in ``frame`` (see
+    :func:`gradcam.images.framed`), the photo to draw on (its own resolution, or at most ``max_side``
+    pixels long), its :class:`Geometry` onto that photo and the photo's own (width, height); a bad file
+    gives ``{"error": one line}``, never an exception."""
     label = name or str(source)
     try:
         draft = spec.resize if max_side else None  # with --max-side the decoder may shrink a JPEG
         image = read_image(source, draft_size=draft, max_megapixels=max_megapixels, name=name, max_side=max_side)
-        pixels, geometry = preprocess(image, spec)
+        pixels, geometry = preprocess(image, framed(spec, frame, image.size))
         photo = image
         if max_side and max(image.size) > max_side:
             photo = image.copy()
@@ -132,16 +142,16 @@ def decode(
 class PhotoDataset(Dataset):
     """Decodes and preprocesses one photo per item, in DataLoader workers; a bad file becomes an error item."""
 
-    def __init__(
-        self, paths: Sequence[Path], spec: Preprocessing, max_megapixels: float, max_side: int | None = None
-    ) -> None:
-        self.paths, self.spec, self.max_megapixels, self.max_side = list(paths), spec, max_megapixels, max_side
+    def __init__(self, paths: Sequence[Path], spec: Preprocessing, options: RunOptions) -> None:
+        self.paths, self.spec, self.options = list(paths), spec, options
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return {"index": index, **decode(self.paths[index], self.spec, self.max_megapixels, max_side=self.max_side)}
+        options = self.options
+        photo = decode(self.paths[index], self.spec, options.max_megapixels, "", options.max_side, options.frame)
+        return {"index": index, **photo}
 
 
 def _collate(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -237,13 +247,35 @@ class OutputError(RuntimeError):
 
 
 # The options that decide what a map means: a --resume must use the same ones as the run it continues.
-RESUME_KEYS = ("model", "method", "target", "prompts", "counterfactual", "eigen_smooth", "aug_smooth")
+RESUME_KEYS = ("model", "method", "target", "prompts", "frame", "counterfactual", "eigen_smooth", "aug_smooth")
+
+
+def resolve_frame(bundle: LoadedModel, options: RunOptions) -> RunOptions:
+    """``options`` with ``frame="full"`` turned into ``"squash"`` (said in one line) for a model that takes
+    one input size only (a ViT with fixed position embeddings): one forward pass on a wider input."""
+    if options.frame != "full":
+        return options
+    height, width = bundle.preprocessing.crop
+    model = bundle.model
+    probe = torch.zeros(1, 3, height, width + 96, device=next(model.parameters()).device)
+    try:
+        with preserved_state(model), torch.inference_mode():
+            run_model(model, probe)
+    except (ValueError, RuntimeError, AssertionError, TypeError):
+        warnings.warn(
+            f"--frame full: {bundle.name} takes only {height}x{width} inputs; the whole photo is resized to it "
+            "(--frame squash)",
+            stacklevel=2,
+        )
+        return replace(options, frame="squash")
+    return options
 
 
 class Runner:
     """Runs one ``gradcam explain`` over the photos found; see :func:`run`."""
 
     def __init__(self, bundle: LoadedModel, found: FoundImages, options: RunOptions) -> None:
+        options = resolve_frame(bundle, options)
         self.bundle, self.found, self.options = bundle, found, options
         self.keys = output_keys(found)
         self.entries: dict[int, dict[str, Any]] = {}
@@ -305,6 +337,7 @@ class Runner:
             "layer": self.explainer.layer,
             "target": options.target,
             "prompts": list(options.prompts) or None,
+            "frame": options.frame,
             "counterfactual": options.counterfactual,
             "eigen_smooth": options.eigen_smooth,
             "aug_smooth": options.aug_smooth,
@@ -340,12 +373,7 @@ class Runner:
                 todo.append(index)
         if progress and len(todo) < len(self.found.paths):
             progress(len(self.found.paths) - len(todo))
-        dataset = PhotoDataset(
-            [self.found.paths[i] for i in todo],
-            self.bundle.preprocessing,
-            self.options.max_megapixels,
-            self.options.max_side,
-        )
+        dataset = PhotoDataset([self.found.paths[i] for i in todo], self.bundle.preprocessing, self.options)
         loader = DataLoader(
             dataset,
             batch_size=self.options.batch_size,
@@ -460,6 +488,13 @@ class BatchExplainer:
     def _explain_good(
         self, good: list[tuple[int, str, str, dict[str, Any]]]
     ) -> list[tuple[int, Callable[[], dict[str, Any]]]]:
+        shapes = list(dict.fromkeys(tuple(item["input"].shape) for *_, item in good))
+        if len(shapes) > 1:  # --frame full: photos of other aspect ratios are other input sizes
+            return [
+                job
+                for shape in shapes
+                for job in self._explain_good([g for g in good if tuple(g[3]["input"].shape) == shape])
+            ]
         model = self.bundle.model
         device = next(model.parameters()).device
         dtype = next(model.parameters()).dtype
@@ -547,7 +582,9 @@ class BatchExplainer:
                 return {"path": path, "status": "error", "error": error}
         targets = []
         for k, class_id, files in planned:
-            picture = overlay_on_photo(item["photo"], ex.maps[row, k].cpu(), geometry, options.alpha, options.colormap)
+            picture = overlay_on_photo(
+                item["photo"], ex.maps[row, k].cpu(), geometry, options.alpha, options.colormap, options.tint
+            )
             save_png(picture, files["overlay"])
             save_npy_atomic(ex.maps[row, k].cpu().numpy().astype(np.float32), files["map"])
             if ex.guided is not None:

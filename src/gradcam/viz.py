@@ -10,6 +10,7 @@ import math
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
@@ -40,35 +41,102 @@ def colorize(heatmap: torch.Tensor, colormap: str = "jet") -> torch.Tensor:
     return colormap_table(colormap).to(heatmap.device)[index].permute(2, 0, 1)
 
 
+OUTSIDE_BRIGHTNESS = 0.45  # what the model did not see is dimmed to this, never left as a plain photo
+TINTS = ("flat", "heat")
+
+
 def overlay(
     photo: torch.Tensor,
     heatmap: torch.Tensor,
     alpha: float = 0.5,
     colormap: str = "jet",
     coverage: torch.Tensor | None = None,
+    tint: str = "flat",
 ) -> torch.Tensor:
-    """Lay ``heatmap`` (H, W) in [0, 1] over ``photo`` (3, H, W) uint8: ``(1 - a) * photo + a * colour``,
-    with ``a = alpha * coverage`` so cropped-away margins show the plain photo. Returns (3, H, W) uint8."""
+    """Lay ``heatmap`` (H, W) in [0, 1] over ``photo`` (3, H, W) uint8: ``(1 - a) * photo + a * colour``.
+
+    ``tint="flat"``: ``a = alpha`` everywhere; ``"heat"``: ``a = alpha * heat``, so low heat barely tints.
+    Where ``coverage`` is 0 (the margins a centre crop cut away) the photo is dimmed to
+    ``OUTSIDE_BRIGHTNESS`` instead, blending smoothly along the crop's edge. Returns (3, H, W) uint8."""
     if not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if tint not in TINTS:
+        raise ValueError(f"tint must be one of {', '.join(TINTS)}, got {tint!r}")
     heatmap = heatmap.to(photo.device)  # pictures are drawn where the photo is (maps may be on a GPU)
-    coverage = coverage.to(photo.device) if coverage is not None else None
     colour = colorize(heatmap, colormap)
-    weight = alpha * (coverage if coverage is not None else torch.ones_like(heatmap))
-    mixed = (1 - weight) * (photo.float() / 255) + weight * colour
+    weight = alpha * heatmap.clamp(0, 1) if tint == "heat" else torch.full_like(heatmap, alpha)
+    pixels = photo.float() / 255
+    mixed = (1 - weight) * pixels + weight * colour
+    if coverage is not None:
+        seen = coverage.to(photo.device)
+        mixed = seen * mixed + (1 - seen) * OUTSIDE_BRIGHTNESS * pixels
     return (mixed * 255).round().clamp(0, 255).to(torch.uint8)
 
 
 def overlay_on_photo(
-    photo: torch.Tensor, heatmap: torch.Tensor, geometry: Geometry, alpha: float = 0.5, colormap: str = "jet"
+    photo: torch.Tensor,
+    heatmap: torch.Tensor,
+    geometry: Geometry,
+    alpha: float = 0.5,
+    colormap: str = "jet",
+    tint: str = "flat",
 ) -> torch.Tensor:
     """:func:`overlay` of a (h, w) map in the model's input frame on the whole ``photo`` (3, H, W) uint8,
     carried back through :class:`~gradcam.images.Geometry` strip by strip, so a large photo costs its
-    own pixels and the result, not float copies of them."""
+    own pixels and the result, not float copies of them. Where the model saw only a crop, the rest is
+    dimmed and the crop is framed and labelled "model's view"."""
     picture = torch.empty_like(photo)
     for rows, maps, coverage in original_strips(heatmap[None], geometry):
-        picture[:, rows] = overlay(photo[:, rows], maps[0], alpha, colormap, coverage[0])
+        picture[:, rows] = overlay(photo[:, rows], maps[0], alpha, colormap, coverage[0], tint)
+    box = seen_box(geometry)
+    if box is not None:
+        frame_view(picture, box)
     return picture
+
+
+def seen_box(geometry: Geometry) -> tuple[int, int, int, int] | None:
+    """The part of the photo the model saw, (left, top, right, bottom) in the photo's pixels; None when it
+    saw all of it."""
+    (height, width), (resized_h, resized_w) = geometry.original, geometry.resized
+    top, left = geometry.crop_origin
+    bottom = min(resized_h, top + geometry.crop[0])
+    right = min(resized_w, left + geometry.crop[1])
+    sy, sx = height / resized_h, width / resized_w
+    box = (round(left * sx), round(top * sy), round(right * sx), round(bottom * sy))
+    if box[0] <= 1 and box[1] <= 1 and box[2] >= width - 1 and box[3] >= height - 1:
+        return None
+    return box
+
+
+def frame_view(picture: torch.Tensor, box: tuple[int, int, int, int], label: str = "model's view") -> None:
+    """Draw a thin light frame around ``box`` in ``picture`` (3, H, W) uint8, in place, with ``label`` in
+    its top-left corner; only the frame's own pixels are touched."""
+    left, top, right, bottom = box
+    height, width = picture.shape[1:]
+    line = max(1, round(min(height, width) / 300))
+    light = torch.tensor([235, 235, 235], dtype=torch.uint8, device=picture.device)[:, None, None]
+    right, bottom = min(right, width), min(bottom, height)
+    picture[:, top : top + line, left:right] = light
+    picture[:, max(top, bottom - line) : bottom, left:right] = light
+    picture[:, top:bottom, left : left + line] = light
+    picture[:, top:bottom, max(left, right - line) : right] = light
+    size = max(10, round(min(height, width) / 28))
+    tag = text_tile(label, size)
+    tag_h, tag_w = tag.shape[1:]
+    y, x = top + line, left + line
+    if y + tag_h <= height and x + tag_w <= width and tag_w < right - left:
+        picture[:, y : y + tag_h, x : x + tag_w] = tag.to(picture.device)
+
+
+@lru_cache(maxsize=32)
+def text_tile(text: str, size: int) -> torch.Tensor:
+    """(3, h, w) uint8: light ``text`` on a dark tile, ``size`` pixels high."""
+    font = _font(size)
+    left, top, right, bottom = (int(v) for v in font.getbbox(text))
+    pad = max(2, size // 5)
+    tile = Image.new("RGB", (right - left + 2 * pad, bottom - top + 2 * pad), (30, 30, 30))
+    ImageDraw.Draw(tile).text((pad - left, pad - top), text, fill=(235, 235, 235), font=font)
+    return torch.from_numpy(np.asarray(tile).copy()).permute(2, 0, 1)
 
 
 def to_pil(picture: torch.Tensor) -> Image.Image:
@@ -131,3 +199,12 @@ def channel_grid(
         grid.paste(to_pil(picture), (x, y + caption))
         draw.text((x + 4, y + 3), text, fill="black", font=font)
     return grid
+
+
+@lru_cache(maxsize=16)
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """PIL's bundled font at ``size`` pixels (scalable with FreeType; the fixed bitmap font without)."""
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, ImportError, OSError):
+        return ImageFont.load_default()
