@@ -166,3 +166,28 @@ def test_explain_image_three_lines_and_the_result_draws_itself(tmp_path):
     assert own.overlay().size == (451, 300) and own.layer == "layer4"
     with pytest.raises(TypeError, match="a path, a PIL image or a"):
         gradcam.explain_image(torch.zeros(5))
+
+
+def test_layers_into_head_ends_without_a_traceback():
+    import subprocess
+    import sys
+
+    command = f"{sys.executable} -m gradcam layers efficientnet_lite0 | head -1"
+    done = subprocess.run(["bash", "-c", f"set -o pipefail; {command}"], capture_output=True, text=True, timeout=120)
+    assert done.stdout.startswith("layer") and "Traceback" not in done.stderr and done.returncode == 0
+
+
+def test_help_says_each_default_once(capsys):
+    with pytest.raises(SystemExit):
+        main(["explain", "-h"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: the pretrained weights)" in text and "pretrained weights) (default: None)" not in text
+
+
+def test_the_summary_shows_whole_file_names_and_the_page(tmp_path, capsys):
+    long = "a-photo-with-a-long-descriptive-name-from-a-camera-import-2026-11-26-0001"
+    photo = jpeg(tmp_path, f"{long}.jpg", (320, 240))
+    out = tmp_path / "out"
+    assert main(["explain", str(photo), "--out", str(out), "--workers", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert f"{long}.gradcam." in printed and f"Open {out / 'index.html'}" in printed

@@ -10,6 +10,7 @@ Exit codes: 0 all images explained, 1 some images failed, 2 usage error, 130 int
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -24,7 +25,11 @@ MAX_BATCH_SIZE = 512  # bounds the decoded photos held at once; larger batches g
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+    """Defaults in the help, except where the help already says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        return text if "(default:" in text else super()._get_help_string(action)
 
 
 def _add_labels_option(parser: argparse.ArgumentParser) -> None:
@@ -72,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--weights",
         default=None,
-        help="a local state dict or checkpoint file, or 'none' for random weights (default: the pretrained weights)",
+        help="a local state dict, checkpoint or .safetensors file, or 'none' for random weights (default: the "
+        "pretrained weights)",
     )
     _add_trust_option(run)
     _add_labels_option(run)
@@ -251,6 +257,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("gradcam: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `gradcam layers MODEL | head`: the reader has all it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the final flush does not fail again
+        return EXIT_OK
 
 
 def _load_bundle(args: argparse.Namespace) -> LoadedModel:
@@ -435,17 +445,23 @@ def _print_summary(entries: list[dict], manifest: object, skipped: int, limit: i
             rows.append((entry["path"], f"{best['label']} ({value:.2f})", files))
         else:
             rows.append((entry["path"], "FAILED", entry["error"].split(": ", 1)[-1]))
-    widths = [max(len(r[i]) for r in rows + [("image", "prediction", "overlay")]) for i in range(3)]
-    widths = [min(w, 60) for w in widths]
     header = ("image", "prediction", "overlay")
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    widths = [min(60, max(len(r[i]) for r in [*rows, header])) for i in range(2)]
+
+    def fit(cell: str, width: int) -> str:  # a long path keeps its end, where the file name is
+        return cell.ljust(width) if len(cell) <= width else "..." + cell[-(width - 3) :]
+
+    print("  ".join([*(fit(h, w) for h, w in zip(header, widths, strict=False)), header[2]]))
     for row in rows:
-        print("  ".join(cell[:w].ljust(w) for cell, w in zip(row, widths, strict=True)))
+        print("  ".join([fit(row[0], widths[0]), fit(row[1], widths[1]), row[2]]))  # the files in full
     if len(entries) > limit:
         print(f"... and {len(entries) - limit} more")
     ok = sum(1 for e in entries if e["status"] == "ok")
     note = f"; {skipped} non-image files skipped" if skipped else ""
     print(f"{ok} explained, {len(entries) - ok} failed{note}. Manifest: {manifest}")
+    page = Path(str(manifest)).with_name("index.html")
+    if page.exists():
+        print(f"Open {page} to see every overlay.")
 
 
 def Path_name(path: str) -> str:  # noqa: N802
