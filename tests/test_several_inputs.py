@@ -65,12 +65,44 @@ def test_the_metadata_changes_the_map_and_the_model_is_left_as_found():
     assert not any(m._forward_hooks for m in model.modules())
 
 
+class Blended(ImageAndMetadata):
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return super().forward(a + b, torch.zeros(len(a), 4))
+
+
 def test_which_input_holds_the_map_is_said_or_refused():
     model = ImageAndMetadata().eval()
     two_images = (torch.randn(1, 3, 16, 16), torch.randn(1, 3, 16, 16))
-    with pytest.raises(ValueError, match=r"2 \(0, 1\) float .* say which holds the map with image_input="):
-        gradcam.explain(model, two_images)
+    with pytest.raises(ValueError, match=r"2 float .* depends on 0, 1; say which holds the map with image_input="):
+        gradcam.explain(Blended().eval(), two_images)
+    assert gradcam.explain(Blended().eval(), two_images, image_input=1).maps.shape == (1, 1, 16, 16)
     with pytest.raises(ValueError, match="image_input=1: not a float"):
         gradcam.explain(model, (torch.randn(1, 3, 16, 16), torch.randn(1, 4)), image_input=1)
     with pytest.raises(ValueError, match="scorecam re-runs the model"):
         gradcam.explain(model, (torch.randn(1, 3, 16, 16), torch.randn(1, 4)), "scorecam")
+
+
+class TwoImages(nn.Module):
+    """A photo through a CNN, a second image (a mask, a reference) through a linear layer only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.backbone = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.reference = nn.Linear(3 * 16 * 16, 8)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, reference: torch.Tensor, photo: torch.Tensor) -> torch.Tensor:
+        features = self.backbone(photo).mean(dim=(2, 3))
+        return self.head(torch.cat([features, self.reference(reference.flatten(1))], dim=1))
+
+
+def test_of_two_images_the_map_goes_on_the_one_the_layer_depends_on():
+    model = TwoImages().eval()
+    reference, photo = torch.randn(2, 3, 16, 16), torch.randn(2, 3, 16, 16)
+    ex = gradcam.explain(model, (reference, photo), targets=[1, 2])
+    said = gradcam.explain(model, (reference, photo), targets=[1, 2], image_input=1)
+    assert ex.layer == "backbone"
+    torch.testing.assert_close(ex.maps, said.maps)
+    keyed = gradcam.explain(model, {"photo": photo, "reference": reference}, layer="backbone.0", targets=[1, 2])
+    assert keyed.maps.shape == (2, 1, 16, 16)

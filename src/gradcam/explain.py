@@ -98,7 +98,7 @@ def explain(
         (torch.Size([2, 3, 224, 224]), 'layer4')
     """
     if isinstance(images, (tuple, list, Mapping)):
-        key = image_key(images, image_input)
+        key = image_key(model, images, image_input, layer)
         chosen = get_method(method)
         if isinstance(chosen, PerturbationMethod) or aug_smooth:
             raise ValueError(

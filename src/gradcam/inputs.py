@@ -69,23 +69,75 @@ def image_of(inputs: Sequence[Any] | Mapping[str, Any], key: int | str) -> torch
     return inputs[key] if isinstance(inputs, Mapping) else inputs[int(key)]  # type: ignore[index]
 
 
-def image_key(inputs: Sequence[Any] | Mapping[str, Any], chosen: int | str | None) -> int | str:
-    """The input the map is laid on: ``chosen``, else the only 4-D floating tensor."""
+def image_key(
+    model: nn.Module, inputs: Sequence[Any] | Mapping[str, Any], chosen: int | str | None, layer: Any
+) -> int | str:
+    """The input the map is laid on: ``chosen``; else the only float (B, C, H, W) tensor; else, of several,
+    the one the layer's output depends on (one forward and backward pass on the first row)."""
     keys: list[int | str] = list(inputs) if isinstance(inputs, Mapping) else list(range(len(inputs)))
     if chosen is not None:
         if chosen not in keys:
             raise ValueError(f"image_input={chosen!r}: the inputs are {keys}")
-        candidate = image_of(inputs, chosen)
-        if not isinstance(candidate, torch.Tensor) or candidate.dim() != 4 or not candidate.is_floating_point():
+        if not _is_image(image_of(inputs, chosen)):
             raise ValueError(f"image_input={chosen!r}: not a float (B, C, H, W) tensor")
         return chosen
     images = [k for k in keys if _is_image(image_of(inputs, k))]
-    if len(images) != 1:
-        found = "no" if not images else f"{len(images)} ({', '.join(map(repr, images))})"
+    if not images:
+        raise ValueError("several inputs: none is a float (B, C, H, W) tensor to lay the map on")
+    if len(images) == 1:
+        return images[0]
+    name = layer_name(model, BoundInputs(model, inputs, images[0]), layer)
+    holders = _inputs_reaching(model, inputs, images, name)
+    if len(holders) != 1:
+        found = ", ".join(map(repr, holders)) if holders else "none of them"
         raise ValueError(
-            f"several inputs: {found} float (B, C, H, W) tensors; say which holds the map with image_input="
+            f"several inputs: {len(images)} float (B, C, H, W) tensors ({', '.join(map(repr, images))}), and layer "
+            f"{name!r} depends on {found}; say which holds the map with image_input="
         )
-    return images[0]
+    return holders[0]
+
+
+def layer_name(model: nn.Module, bound: BoundInputs, layer: Any) -> str:
+    """The (first) layer's name in ``model``: the automatic choice when ``layer`` is None."""
+    from .layers import resolve_layers
+
+    if layer is None:
+        return automatic_layer(bound, image_of(bound.inputs, bound.key))
+    return resolve_layers(model, layer)[0][0]
+
+
+def _inputs_reaching(
+    model: nn.Module, inputs: Sequence[Any] | Mapping[str, Any], candidates: list[int | str], name: str
+) -> list[int | str]:
+    """Of the ``candidates`` inputs, those the output of layer ``name`` depends on (first rows only)."""
+    from .hooks import first_tensor, preserved_state
+
+    batch = len(image_of(inputs, candidates[0]))
+
+    def first_row(key: int | str, value: Any) -> Any:
+        if key in candidates:
+            return value[:1].detach().clone().requires_grad_()
+        batched = isinstance(value, torch.Tensor) and value.dim() > 0 and len(value) == batch
+        return value[:1] if batched else value
+
+    kept: dict[str, torch.Tensor | None] = {}
+    module = model.get_submodule(name)
+    with preserved_state(model), torch.enable_grad():
+        if isinstance(inputs, Mapping):
+            probe: Any = {k: first_row(k, v) for k, v in inputs.items()}
+        else:
+            probe = [first_row(i, v) for i, v in enumerate(inputs)]
+        handle = module.register_forward_hook(lambda m, a, out: kept.update(output=first_tensor(out)))
+        try:
+            model(**probe) if isinstance(probe, dict) else model(*probe)
+        finally:
+            handle.remove()
+        output = kept.get("output")
+        if output is None or not output.requires_grad:
+            return []
+        leaves = [probe[k] for k in candidates]
+        grads = torch.autograd.grad(output.float().sum(), leaves, allow_unused=True)
+    return [k for k, g in zip(candidates, grads, strict=True) if g is not None and bool(g.abs().sum() > 0)]
 
 
 def _is_image(value: Any) -> bool:
