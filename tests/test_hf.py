@@ -160,3 +160,17 @@ def test_cli_with_a_fine_tuned_safetensors_head(tmp_path, capsys):
                  "--workers", "0", "--quiet"]) == 0  # fmt: skip
     entry = json.loads((out2 / "results.json").read_text())["images"][0]
     assert entry["predictions"][0]["label"] in NAMES.values()
+
+
+def test_the_web_app_serves_a_hugging_face_folder(tmp_path, monkeypatch):
+    pytest.importorskip("gradio")
+    from gradcam import web
+
+    name = f"hf:{saved('vit', tmp_path / 'vit')}"
+    monkeypatch.setattr(web, "SHELF", web.ModelShelf([name]))
+    result = web.explain_photo(str(EXAMPLES / "chelsea.jpg"), name, ["gradcam"], None, "dog", 0.5, "jet",
+                               out_dir=tmp_path)  # fmt: skip
+    assert set(result.top5) <= set(NAMES.values()) and result.overlays[0][1].startswith("gradcam: dog")
+    assert result.overlays[0][0].size == (451, 300)
+    names, default = web.layer_choices(name)
+    assert default == "vit.layers.1.layernorm_before" and default in names
