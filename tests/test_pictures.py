@@ -191,3 +191,50 @@ def test_the_summary_shows_whole_file_names_and_the_page(tmp_path, capsys):
     assert main(["explain", str(photo), "--out", str(out), "--workers", "0"]) == 0
     printed = capsys.readouterr().out
     assert f"{long}.gradcam." in printed and f"Open {out / 'index.html'}" in printed
+
+
+def test_index_html_in_a_browser_rows_per_target_zoom_scale_and_a_movable_folder(tmp_path):
+    """The page used to flow overlays, grids and guided pictures into two columns in no order, with
+    captions that did not name the class, and linked the photos from outside the output folder."""
+    import shutil
+
+    from browser import headless_page
+
+    out = tmp_path / "out"
+    argv = [str(EXAMPLES), "--out", str(out), "--target", "top2", "--per-channel", "4", "--guided"]
+    assert explain(*argv) == 0
+    moved = tmp_path / "moved"
+    shutil.move(out, moved)  # the page and everything it shows move together
+    assert "../" not in (moved / "index.html").read_text().split('id="data">', 1)[1]
+    with headless_page() as page:
+        page.goto((moved / "index.html").as_uri())
+        page.wait_for_selector(".card .target")
+        page.wait_for_function("[...document.images].every(i => i.complete)")
+        broken = page.evaluate("[...document.images].filter(i => i.src && i.naturalWidth === 0).map(i => i.src)")
+        assert broken == []
+        captions = page.locator(".card[data-path$='coffee.jpg'] .target h3").all_inner_texts()
+        assert captions[0].startswith("espresso (967): score") and "p = 0.95" in captions[0] and len(captions) == 2
+        row = page.locator(".card[data-path$='coffee.jpg'] .target").first
+        assert row.locator("figcaption").all_inner_texts() == [
+            "gradcam for espresso (967)", "Guided Grad-CAM for espresso (967)",
+            "the feature maps adding up to the map for espresso (967)",
+        ]  # fmt: skip
+        assert "heat: low" in page.locator(".scale").inner_text()
+        row.locator("img").first.click()
+        assert page.locator("dialog#zoom").get_attribute("open") is not None
+        assert page.locator("dialog#zoom p").inner_text() == "gradcam for espresso (967)"
+        shot = page.screenshot()
+    import io
+
+    import numpy as np
+
+    pixels = np.asarray(Image.open(io.BytesIO(shot)).convert("L"), dtype=np.float32)
+    assert pixels.std() > 20  # a page with pictures on it, not a blank one
+
+
+def test_legend_footer_names_the_target_and_the_scale(tmp_path):
+    out = tmp_path / "out"
+    assert explain(str(EXAMPLES / "chelsea.jpg"), "--out", str(out), "--legend") == 0
+    entry = json.loads((out / "results.json").read_text())["images"][0]
+    picture = Image.open(entry["targets"][0]["files"]["overlay"])
+    assert picture.width == 451 and picture.height > 300  # the photo, then the footer

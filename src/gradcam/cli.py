@@ -155,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="flat = the heatmap at --alpha everywhere; heat = in proportion to the heat (low heat barely tints)",
     )
     run.add_argument(
+        "--legend",
+        action="store_true",
+        help="add a footer to each overlay: what it shows (class, score, probability) and the colour scale",
+    )
+    run.add_argument(
         "--max-side",
         type=int,
         default=None,
@@ -359,6 +364,7 @@ def _explain(args: argparse.Namespace) -> int:
         max_side=args.max_side,
         frame=args.frame,
         tint=args.tint,
+        legend=args.legend,
         counterfactual=args.counterfactual,
         eigen_smooth=args.eigen_smooth,
         aug_smooth=args.aug_smooth,

@@ -21,13 +21,24 @@ body{font:14px/1.4 system-ui,sans-serif;margin:0;background:#f4f4f6;color:#222}
 header{position:sticky;top:0;background:#fff;border-bottom:1px solid #ddd;padding:10px 16px;z-index:1}
 header h1{font-size:18px;margin:0 0 6px}
 .controls{display:flex;gap:12px;flex-wrap:wrap;align-items:center}
-main{display:grid;grid-template-columns:repeat(auto-fill,minmax(340px,1fr));gap:14px;padding:16px}
+main{display:grid;grid-template-columns:repeat(auto-fill,minmax(460px,1fr));gap:14px;padding:16px}
 .card{background:#fff;border-radius:8px;box-shadow:0 1px 3px #0002;padding:10px;overflow:hidden}
 .card.failed{border-left:4px solid #c0392b}
 .card h2{font-size:13px;margin:0 0 6px;word-break:break-all}
 .card img{width:100%;border-radius:4px;background:#eee}
-.maps{display:grid;grid-template-columns:1fr 1fr;gap:6px}
 .maps figure{margin:0}.maps figcaption{font-size:12px;color:#555}
+.card figure.photo img{max-height:240px;width:auto;max-width:100%}
+.target{display:grid;grid-template-columns:repeat(auto-fit,minmax(200px,1fr));gap:6px;margin:8px 0;
+  padding-top:6px;border-top:1px solid #eee}
+.target h3{grid-column:1/-1;font-size:13px;margin:0}
+.card img{cursor:zoom-in}
+.card figure{margin:0}
+.target figure.grid{grid-column:1/-1}
+dialog{border:0;padding:0;background:#000c;max-width:100vw;max-height:100vh}
+dialog img{max-width:96vw;max-height:92vh;display:block;cursor:zoom-out}
+dialog p{color:#fff;margin:4px 8px;font-size:13px}
+.scale{display:inline-flex;align-items:center;gap:6px;font-size:12px}
+.scale i{display:inline-block;width:160px;height:10px;border-radius:2px}
 .bar{display:flex;align-items:center;gap:6px;font-size:12px;margin:2px 0}
 .bar span.label{flex:0 0 45%;overflow:hidden;white-space:nowrap;text-overflow:ellipsis}
 .bar span.fill{height:10px;background:#3b7dd8;border-radius:2px}
@@ -48,23 +59,47 @@ const el = (tag, attrs = {}, ...children) => {
   return node;
 };
 function best(entry) { return entry.predictions && entry.predictions.length ? entry.predictions[0] : null; }
+function figure(src, alt, caption) {
+  const image = el('img', {src, loading: 'lazy', alt});
+  image.onclick = () => zoom(src, caption);
+  return el('figure', {}, image, el('figcaption', {}, caption));
+}
+function zoom(src, caption) {
+  const dialog = document.getElementById('zoom');
+  dialog.querySelector('img').src = src;
+  dialog.querySelector('p').textContent = caption;
+  dialog.showModal();
+}
+function probabilityOf(entry, index) {
+  const p = (entry.predictions || []).find(q => q.index === index);
+  return p && p.probability !== undefined ? `, p = ${p.probability.toFixed(2)}` : '';
+}
 function card(entry) {
   const box = el('div', {class: 'card' + (entry.status === 'ok' ? '' : ' failed'), 'data-path': entry.path});
   box.append(el('h2', {}, entry.path));
   if (entry.status !== 'ok') { box.append(el('div', {class: 'error'}, entry.error)); return box; }
-  const maps = el('div', {class: 'maps'});
-  if (entry.photo) maps.append(el('figure', {}, el('img', {src: entry.photo, loading: 'lazy', alt: 'photo'}), el('figcaption', {}, 'photo')));
-  for (const t of entry.targets) {
-    maps.append(el('figure', {}, el('img', {src: t.files.overlay, loading: 'lazy', alt: t.label}),
-      el('figcaption', {}, `${t.label} (${t.index}), score ${t.score.toFixed(2)}`)));
-    if (t.files.channels) maps.append(el('figure', {}, el('img', {src: t.files.channels, loading: 'lazy', alt: 'per channel'}), el('figcaption', {}, 'feature maps')));
-    if (t.files.guided) maps.append(el('figure', {}, el('img', {src: t.files.guided, loading: 'lazy', alt: 'guided'}), el('figcaption', {}, 'Guided Grad-CAM')));
-  }
-  box.append(maps);
   for (const p of entry.predictions) {
     const value = p.probability ?? p.similarity;
     const text = p.probability !== undefined ? `${(100 * value).toFixed(1)}%` : `cosine ${value.toFixed(3)}`;
-    const row = el('div', {class: 'bar'}, el('span', {class: 'label'}, p.label), el('span', {class: 'fill', style: `width:${Math.max(1, 50 * Math.max(0, value))}%`}), text);
+    box.append(el('div', {class: 'bar'}, el('span', {class: 'label'}, p.label), el('span', {class: 'fill', style: `width:${Math.max(1, 50 * Math.max(0, value))}%`}), text));
+  }
+  if (entry.photo) {
+    const size = entry.size ? `, ${entry.size[0]} x ${entry.size[1]}` : '';
+    const photo = figure(entry.photo, 'photo', `the photo${size}`);
+    photo.className = 'photo';
+    box.append(photo);
+  }
+  for (const t of entry.targets) {
+    const row = el('div', {class: 'target maps'});
+    const what = `${t.label} (${t.index})`;
+    row.append(el('h3', {}, `${what}: score ${t.score.toFixed(2)}${probabilityOf(entry, t.index)}`));
+    row.append(figure(t.files.overlay, `${data.method} for ${t.label}`, `${data.method} for ${what}`));
+    if (t.files.guided) row.append(figure(t.files.guided, 'Guided Grad-CAM', `Guided Grad-CAM for ${what}`));
+    if (t.files.channels) {
+      const grid = figure(t.files.channels, 'feature maps', `the feature maps adding up to the map for ${what}`);
+      grid.className = 'grid';
+      row.append(grid);
+    }
     box.append(row);
   }
   return box;
@@ -99,6 +134,27 @@ render();
 """
 
 
+FRAME_NOTES = {
+    "crop": "frame: the model's own centre crop (outside it dimmed)",
+    "full": "frame: the whole photo, aspect ratio kept",
+    "squash": "frame: the whole photo resized to the model's input",
+}
+SCORE_NOTE = "the explained logit, before the softmax (p = its class probability)"
+PROMPT_NOTE = "the cosine similarity of the photo to the prompt"
+
+
+def colour_scale_css(colormap: str, stops: int = 11) -> str:
+    """A CSS ``linear-gradient`` of ``colormap`` from low (left) to high (right)."""
+    from .viz import colormap_table
+
+    table = colormap_table(colormap)
+    colours = []
+    for i in range(stops):
+        r, g, b = (int(round(255 * float(v))) for v in table[round(i * 255 / (stops - 1))])
+        colours.append(f"rgb({r},{g},{b}) {100 * i / (stops - 1):.0f}%")
+    return f"linear-gradient(90deg,{','.join(colours)})"
+
+
 def json_for_script(data: Any) -> str:
     """JSON that is inert inside a ``<script>`` element: ``<``, ``>`` and ``&`` as ``\\u`` escapes, so no
     file name (``</script>``, ``<!--<script>``) can end the element or change how the parser reads it."""
@@ -120,25 +176,33 @@ def explain_page(manifest: dict[str, Any], out: Path) -> str:
     for entry in manifest.get("images", []):
         item = dict(entry)
         if entry.get("status") == "ok":
-            item["photo"] = _relative(entry["path"], out)
+            thumbnail = entry.get("thumbnail")  # a copy inside the output folder: the page moves with it
+            item["photo"] = _relative(thumbnail, out) if thumbnail else None
             item["targets"] = [
                 {**t, "files": {kind: _relative(p, out) for kind, p in t["files"].items()}} for t in entry["targets"]
             ]
         images.append(item)
-    payload = json_for_script({"images": images})
+    payload = json_for_script({"images": images, "method": manifest.get("method", "")})
     summary = manifest.get("summary", {})
     title = f"gradcam: {manifest.get('method', '')} on {manifest.get('model', '')}"
-    subtitle = f"layer {manifest.get('layer')}, {summary.get('ok', 0)} explained, {summary.get('failed', 0)} failed"
+    frame = FRAME_NOTES.get(manifest.get("frame") or "crop", "")
+    subtitle = (
+        f"layer {manifest.get('layer')}, {frame}; {summary.get('ok', 0)} explained, {summary.get('failed', 0)} "
+        f"failed. Score: {PROMPT_NOTE if manifest.get('prompts') else SCORE_NOTE}"
+    )
+    scale = colour_scale_css(manifest.get("colormap") or "jet")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <meta name="viewport" content="width=device-width,initial-scale=1"><style>{_STYLE}</style></head>
 <body><header><h1>{html.escape(title)}</h1><div class="controls">
 <span>{html.escape(subtitle)}</span>
+<span class="scale">heat: low <i style="background:{scale}"></i> high (each map scaled to its own maximum)</span>
 <label>predicted class <select id="filter"><option value="">all</option></select></label>
 <label>sort <select id="sort"><option value="path">by path</option><option value="desc">most confident first</option>
 <option value="asc">least confident first</option></select></label>
 <button id="prev">&larr;</button><span id="page"></span><button id="next">&rarr;</button><span id="count"></span>
 </div></header><main></main>
+<dialog id="zoom" onclick="this.close()"><img alt="enlarged"><p></p></dialog>
 <script type="application/json" id="data">{payload}</script>
 <script>{_SCRIPT}</script></body></html>
 """

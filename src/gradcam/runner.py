@@ -44,7 +44,7 @@ from .methods.perturbation import AblationCAM, ScoreCAM
 from .models import LoadedModel, Preprocessing
 from .report import write_explain_page
 from .targets import TextPrompt, class_index
-from .viz import channel_grid, overlay_on_photo, save_png
+from .viz import channel_grid, overlay_on_photo, save_png, to_pil, with_legend
 
 MANIFEST = "results.json"
 MANIFEST_INTERVAL_S = 20.0
@@ -80,6 +80,7 @@ class RunOptions:
     max_side: int | None = None
     frame: str = "crop"
     tint: str = "flat"
+    legend: bool = False
     counterfactual: bool = False
     eigen_smooth: bool = False
     aug_smooth: bool = False
@@ -220,6 +221,16 @@ def write_json_atomic(data: Any, path: Path) -> None:
     write_atomic(path, lambda temporary: temporary.write_text(json.dumps(data, indent=1)))
 
 
+THUMBNAIL_SIDE = 512
+
+
+def save_thumbnail(photo: torch.Tensor, path: Path) -> None:
+    """The photo, at most ``THUMBNAIL_SIDE`` pixels long, as a JPEG (atomic)."""
+    picture = to_pil(photo)
+    picture.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    write_atomic(path, lambda temporary: picture.save(temporary, format="JPEG", quality=85))
+
+
 def save_npy_atomic(array: np.ndarray, path: Path) -> None:
     def save(temporary: Path) -> None:
         with open(temporary, "wb") as handle:
@@ -338,6 +349,7 @@ class Runner:
             "target": options.target,
             "prompts": list(options.prompts) or None,
             "frame": options.frame,
+            "colormap": options.colormap,
             "counterfactual": options.counterfactual,
             "eigen_smooth": options.eigen_smooth,
             "aug_smooth": options.aug_smooth,
@@ -547,6 +559,18 @@ class BatchExplainer:
                 "error": f"{path}: cannot draw outputs ({type(error).__name__}: {reason})",
             }
 
+    def caption(self, ex: Any, row: int, k: int, top: Any) -> str:
+        """What target ``k`` of image ``row`` is, with its score and what the score is."""
+        class_id = int(ex.targets[row, k]) if ex.targets is not None else None
+        name = f"{self.label(class_id)} ({class_id})" if class_id is not None else f"target {k}"
+        against = "against " if self.options.counterfactual else ""
+        score = float(ex.scores[row, k])
+        if self.options.prompts:
+            return f"{self.options.method}: {against}{name}, cosine similarity {score:.3f}"
+        probability = ex.logits[row].softmax(-1)[class_id] if class_id is not None and ex.logits is not None else None
+        chance = f", p = {float(probability):.2f}" if probability is not None else ""
+        return f"{self.options.method}: {against}{name}, logit {score:.2f}{chance}"
+
     @property
     def ranked_by(self) -> str:
         """What a prediction's number is: a class probability, or a prompt's cosine similarity."""
@@ -575,16 +599,21 @@ class BatchExplainer:
             if ex.guided is not None:
                 files["guided"] = base.with_name(name + ".guided-gradcam.png")
             planned.append((k, class_id, files))
+        thumbnail = base.with_name(f"{base.name}.photo.jpg")  # for index.html, inside the output folder
         if not (options.overwrite or self.replace_unrecorded):
             existing = [p for _, _, files in planned for p in files.values() if p.exists()]
+            existing += [thumbnail] if thumbnail.exists() else []
             if existing:
                 error = f"{existing[0]}: exists; pass --overwrite to replace it"
                 return {"path": path, "status": "error", "error": error}
+        save_thumbnail(item["photo"], thumbnail)
         targets = []
         for k, class_id, files in planned:
             picture = overlay_on_photo(
                 item["photo"], ex.maps[row, k].cpu(), geometry, options.alpha, options.colormap, options.tint
             )
+            if options.legend:
+                picture = with_legend(picture, self.caption(ex, row, k, top), options.colormap)
             save_png(picture, files["overlay"])
             save_npy_atomic(ex.maps[row, k].cpu().numpy().astype(np.float32), files["map"])
             if ex.guided is not None:
@@ -615,6 +644,7 @@ class BatchExplainer:
             "status": "ok",
             "size": list(item.get("size") or (geometry.original[1], geometry.original[0])),
             "overlay_size": [geometry.original[1], geometry.original[0]],
+            "thumbnail": str(thumbnail),
             "predictions": [
                 {"index": int(i), "label": self.label(int(i)), self.ranked_by: round(float(p), 6)}
                 for p, i in zip(top.values[row], top.indices[row], strict=True)

@@ -157,12 +157,12 @@ def channel_grid(
     totals: list[float],
     combined: torch.Tensor,
     grand_total: float | None = None,
-    tile: int = 192,
+    tile: int = 224,
     colormap: str = "jet",
     alpha: float = 0.5,
 ) -> Image.Image:
     """The "Grad-CAM per feature map" picture: one tile per feature map's contribution ``w_c * A_c``
-    (all on one colour scale, so tiles compare), then the combined map.
+    (all on one colour scale, so tiles compare), then the combined map, and the colour scale.
 
     Args:
         photo: (3, h, w) uint8, the model's view of the photo (the crop).
@@ -179,7 +179,7 @@ def channel_grid(
 
     def caption_of(channel: int, total: float) -> str:
         if grand_total:
-            return f"channel {channel}: {100 * total / grand_total:.1f}% of the sum"
+            return f"channel {channel}: {100 * total / grand_total:.1f}%"
         return f"channel {channel}: {total:+.3g}"
 
     tiles = [
@@ -187,18 +187,49 @@ def channel_grid(
         for m, c, t in zip(maps, channels, totals, strict=True)
     ]
     resized = F.interpolate(combined[None, None].float(), size=(tile, tile), mode="bilinear", align_corners=False)
-    tiles.append((overlay(small, resized[0, 0].clamp(0, 1), alpha, colormap), "combined (ReLU of the sum)"))
-    caption = 18
+    tiles.append((overlay(small, resized[0, 0].clamp(0, 1), alpha, colormap), "combined: ReLU of the sum"))
+    font = _font(max(12, tile // 13))
+    caption = font.size + 10 if isinstance(font, ImageFont.FreeTypeFont) else 18
     columns = math.ceil(math.sqrt(len(tiles)))
     rows = (len(tiles) + columns - 1) // columns
-    grid = Image.new("RGB", (columns * tile, rows * (tile + caption)), "white")
+    footer = caption + 16
+    grid = Image.new("RGB", (columns * tile, rows * (tile + caption) + footer), "white")
     draw = ImageDraw.Draw(grid)
-    font = ImageFont.load_default()
     for i, (picture, text) in enumerate(tiles):
         x, y = (i % columns) * tile, (i // columns) * (tile + caption)
         grid.paste(to_pil(picture), (x, y + caption))
-        draw.text((x + 4, y + 3), text, fill="black", font=font)
+        draw.text((x + 4, y + 4), text, fill="black", font=font)
+    note = "% = share of the sum of all channels; one colour scale for every tile"
+    bottom = rows * (tile + caption)
+    grid.paste(to_pil(colour_bar(min(columns * tile - 8, 3 * tile), 10, colormap)), (4, bottom + 4))
+    draw.text((4, bottom + 16), f"low to high contribution w*A; {note}", fill="black", font=_font(max(10, tile // 18)))
     return grid
+
+
+def colour_bar(width: int, height: int, colormap: str = "jet") -> torch.Tensor:
+    """(3, height, width) uint8: the colour scale from low (left) to high (right)."""
+    ramp = torch.linspace(0, 1, width)[None].expand(height, -1)
+    return (colorize(ramp, colormap) * 255).round().to(torch.uint8)
+
+
+def with_legend(picture: torch.Tensor, title: str, colormap: str = "jet") -> torch.Tensor:
+    """``picture`` (3, H, W) uint8 with a footer: ``title`` and the colour scale ("low ... high, each map
+    scaled to its own maximum"), sized to the picture."""
+    height, width = picture.shape[1:]
+    size = max(11, min(28, round(width / 45)))
+    font = _font(size)
+    footer = Image.new("RGB", (width, 3 * size + 14), "white")
+    draw = ImageDraw.Draw(footer)
+    draw.text((6, 4), title, fill="black", font=font)
+    bar_width = max(40, min(width // 3, 400))
+    low = draw.textlength("low ", font=font) if hasattr(draw, "textlength") else 4 * size
+    draw.text((6, 2 * size + 2), "low", fill="black", font=font)
+    bar = to_pil(colour_bar(bar_width, max(6, size // 2), colormap))
+    footer.paste(bar, (int(6 + low), 2 * size + 2 + (size - bar.height) // 2 + 2))
+    high = "high (scaled to this map's maximum)"
+    draw.text((int(6 + low + bar_width + 6), 2 * size + 2), high, fill="black", font=font)
+    below = torch.from_numpy(np.asarray(footer).copy()).permute(2, 0, 1)
+    return torch.cat([picture, below.to(picture.device)], dim=1)
 
 
 @lru_cache(maxsize=16)
