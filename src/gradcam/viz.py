@@ -189,7 +189,7 @@ def channel_grid(
     resized = F.interpolate(combined[None, None].float(), size=(tile, tile), mode="bilinear", align_corners=False)
     tiles.append((overlay(small, resized[0, 0].clamp(0, 1), alpha, colormap), "combined: ReLU of the sum"))
     font = _font(max(12, tile // 13))
-    caption = font.size + 10 if isinstance(font, ImageFont.FreeTypeFont) else 18
+    caption = int(font.size) + 10 if isinstance(font, ImageFont.FreeTypeFont) else 18
     columns = math.ceil(math.sqrt(len(tiles)))
     rows = (len(tiles) + columns - 1) // columns
     footer = caption + 16
