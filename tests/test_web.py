@@ -93,26 +93,42 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def running_app():
-    app = build_app(EXAMPLES)
+    app = build_app(None)  # the example photos shipped inside the package
     port = free_port()
     app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}"
     app.close()
 
 
-def test_in_a_real_browser(running_app, tmp_path):
+def test_in_a_real_browser(running_app, tmp_path, capfd):
     with headless_page() as page:
         page.goto(running_app)
-        page.locator("#explain").click()  # no photo yet: a message, not a stack trace
-        page.get_by_text("Upload, paste or pick a photo first.").first.wait_for(timeout=30_000)
-        page.locator("#photo input[type=file]").set_input_files(str(EXAMPLES / "coffee.jpg"))
+        page.get_by_text("Examples").first.wait_for(timeout=30_000)  # the package's photos are offered
+        page.locator("#explain").click()  # no photo yet: a message in the page, no traceback anywhere
+        page.locator("#status").get_by_text("Upload, paste or pick a photo first.").wait_for(timeout=30_000)
+        page.locator("#photo input[type=file]").set_input_files(str(EXAMPLES / "astronaut.jpg"))
         page.locator("#photo img").first.wait_for(timeout=30_000)
+        page.get_by_label("layercam").check()
+        page.locator("#target textarea").fill("top2")
         page.locator("#explain").click()
-        page.locator("#top5").get_by_text("espresso").first.wait_for(timeout=60_000)
-        page.locator("#overlays img").first.wait_for(timeout=60_000)
-        assert "Traceback" not in page.content()
+        page.locator("#status").get_by_text("2 method(s) by row, 2 target(s) by column").wait_for(timeout=60_000)
+        page.locator("#overlays img").nth(3).wait_for(timeout=60_000)
+        fits = page.evaluate("[...document.querySelectorAll('#overlays img')].map(i => getComputedStyle(i).objectFit)")
+        assert fits and set(fits) == {"contain"}  # a portrait photo keeps its top and bottom
+        assert "Feature maps adding up to the gradcam map for" in page.locator("#grid").inner_text()
+        assert "heat: low" in page.locator("#scale").inner_text()
         page.screenshot(path=str(tmp_path / "web-app.png"), full_page=True)
+    assert "Traceback" not in capfd.readouterr().err
     assert (tmp_path / "web-app.png").stat().st_size > 10_000
+
+
+def test_examples_ship_inside_the_package(tmp_path):
+    from gradcam.web import example_photos
+
+    assert [Path(p).name for p in example_photos(None)] == ["astronaut.jpg", "chelsea.jpg", "coffee.jpg"]
+    (tmp_path / "a.png").write_bytes((EXAMPLES / "coffee.jpg").read_bytes())
+    (tmp_path / "notes.txt").write_text("not a photo")
+    assert [Path(p).name for p in example_photos(tmp_path)] == ["a.png"]  # not only *.jpg
 
 
 def test_serve_command_warns_when_opened_to_the_network(monkeypatch, capsys):

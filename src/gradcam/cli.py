@@ -207,7 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     web.add_argument("--host", default="127.0.0.1", help="address to listen on; anything but loopback opens the app")
     web.add_argument("--port", type=int, default=7860, help="port")
-    web.add_argument("--examples", default="examples", help="folder of example photos offered in the page")
+    web.add_argument(
+        "--examples",
+        default=None,
+        help="folder of example photos offered in the page (default: the photos shipped with gradcam)",
+    )
     web.add_argument(
         "--models",
         default=DEFAULT_MODEL,
@@ -565,7 +569,7 @@ def _serve(args: argparse.Namespace) -> int:
         labels={first: args.labels} if args.labels else None,
     )
     try:
-        serve(args.host, args.port, Path(args.examples), models=shelf)
+        serve(args.host, args.port, Path(args.examples) if args.examples else None, models=shelf)
     except AppError as error:
         return _error(f"--models: {error}")
     return EXIT_OK

@@ -33,18 +33,29 @@ import numpy as np
 import torch
 
 from .explain import explain
-from .images import DEFAULT_MAX_MEGAPIXELS, ImageReadError, image_tensor, model_view, preprocess, read_image
+from .files import write_atomic
+from .images import (
+    DEFAULT_MAX_MEGAPIXELS,
+    IMAGE_SUFFIXES,
+    ImageReadError,
+    framed,
+    image_tensor,
+    model_view,
+    preprocess,
+    read_image,
+)
 from .layers import list_layers
 from .models import DEFAULT_MODEL, LoadedModel, ModelLoadError, load_model, read_labels, with_labels
-from .runner import UsageError, parse_target, slug
+from .runner import UsageError, parse_target, save_npy_atomic, slug
 from .targets import TextPrompt
-from .viz import channel_grid, overlay_on_photo, to_pil
+from .viz import channel_grid, overlay_on_photo, save_png, to_pil
 
 MAX_UPLOAD_MB = 20
 MAX_TARGETS = 10  # per method; top1000 would write 2,000 files
 MAX_OVERLAYS = 30  # methods x targets in one request
 SCRATCH_FOLDERS = 64  # requests whose files stay downloadable
 GRADIO_CACHE_SWEEP = (600, 3600)  # every 10 minutes, delete Gradio's cached files older than an hour
+PACKAGE_EXAMPLES = Path(__file__).parent / "examples"
 COLORMAPS = ["jet", "turbo", "inferno", "viridis", "magma", "plasma", "coolwarm"]
 
 
@@ -146,11 +157,13 @@ def layer_choices(name: str) -> tuple[list[str], str]:
 
 @dataclass
 class PhotoResult:
-    overlays: list[tuple[Any, str]]
+    overlays: list[tuple[Any, str]]  # method by method, each method's targets in order
     grid: Any
     top5: dict[str, float]
     files: list[str]
     layer: str
+    targets: int = 1  # per method: the overlays form a methods x targets grid
+    grid_label: str = "Feature maps contributing most"
 
 
 def explain_photo(
@@ -163,6 +176,7 @@ def explain_photo(
     colormap: str,
     per_channel: int = 8,
     out_dir: Path | None = None,
+    frame: str = "crop",
 ) -> PhotoResult:
     """Everything the page shows for one photo; every failure is an :class:`AppError` with a message."""
     if not path:
@@ -195,7 +209,7 @@ def explain_photo(
         photo = read_image(file, max_megapixels=DEFAULT_MAX_MEGAPIXELS)  # the overlay at the photo's own size
     except (ModelLoadError, ImageReadError, UsageError) as error:
         raise AppError(str(error).replace(str(file), file.name)) from None
-    pixels, geometry = preprocess(photo, bundle.preprocessing)
+    pixels, geometry = preprocess(photo, framed(bundle.preprocessing, frame, photo.size))
     x = pixels[None].to(next(bundle.model.parameters()).device)
     chosen_layer = layer or bundle.default_layer
     out_dir = out_dir or scratch().new_folder()
@@ -203,8 +217,9 @@ def explain_photo(
     overlays: list[tuple[Any, str]] = []
     files: list[str] = []
     per_method: dict[str, Any] = {}
-    record: dict[str, Any] = {"model": model_name, "image": file.name, "methods": per_method}
+    record: dict[str, Any] = {"model": model_name, "image": file.name, "frame": frame, "methods": per_method}
     grid = None
+    grid_label = "Feature maps contributing most"
     top5: dict[str, float] = {}
     for method in methods:
         try:
@@ -222,13 +237,15 @@ def explain_photo(
             label = _label(names, index)
             image = to_pil(overlay_on_photo(picture, ex.maps[0, k].cpu(), geometry, alpha, colormap))
             stem = f"{Path(file.name).stem}.{method}.{index}-{slug(label)}"
-            image.save(out_dir / f"{stem}.png")
-            np.save(out_dir / f"{stem}.npy", ex.maps[0, k].cpu().numpy().astype(np.float32))
+            save_png(image, out_dir / f"{stem}.png")
+            save_npy_atomic(ex.maps[0, k].cpu().numpy().astype(np.float32), out_dir / f"{stem}.npy")
             files += [str(out_dir / f"{stem}.png"), str(out_dir / f"{stem}.npy")]
             overlays.append((image, f"{method}: {label} ({float(ex.scores[0, k]):.2f})"))
             entries.append({"class": index, "label": label, "score": float(ex.scores[0, k]), "png": f"{stem}.png"})
         per_method[method] = {"layer": ex.layer, "targets": entries}
         if grid is None and per_channel and ex.layer_results[0].weights is not None:
+            first = _label(names, int(ex.targets[0, 0])) if ex.targets is not None else "the first target"
+            grid_label = f"Feature maps adding up to the {method} map for {first}"
             contributions = ex.channel_contributions(per_channel)
             view = model_view(pixels, bundle.preprocessing)
             grid = channel_grid(
@@ -243,9 +260,10 @@ def explain_photo(
             )
     record["top5"] = top5
     manifest = out_dir / f"{Path(file.name).stem}.json"
-    manifest.write_text(json.dumps(record, indent=1))
+    text = json.dumps(record, indent=1)
+    write_atomic(manifest, lambda temporary: temporary.write_text(text, encoding="utf-8"))
     files.append(str(manifest))
-    return PhotoResult(overlays, grid, top5, files, chosen_layer or "")
+    return PhotoResult(overlays, grid, top5, files, chosen_layer or "", count, grid_label)
 
 
 def _label(names: Sequence[str] | None, index: int) -> str:
@@ -268,20 +286,26 @@ def build_app(examples: Path | None = None, models: Sequence[str] | ModelShelf |
         raise AppError(str(error)) from None
     choices = model_choices()
     layers, default_layer = layer_choices(choices[0])
-    example_files = sorted(str(p) for p in examples.glob("*.jpg")) if examples and examples.is_dir() else []
+    example_files = example_photos(examples)
 
-    def run(path, model_name, chosen_methods, layer, target, alpha, colormap):
+    def run(path, model_name, chosen_methods, layer, target, alpha, colormap, frame):
+        """Every user error becomes the status line (no exception, so no traceback in the server log)."""
         try:
-            result = explain_photo(path, model_name, chosen_methods, layer, target, alpha, colormap)
+            result = explain_photo(path, model_name, chosen_methods, layer, target, alpha, colormap, frame=frame)
         except AppError as error:
-            raise gr.Error(str(error)) from None
-        return result.overlays, result.grid, result.top5, result.files
+            return (gr.update(value=None), gr.update(value=None), gr.update(value=None), gr.update(value=None),
+                    f"**Could not explain:** {error}")  # fmt: skip
+        status = (
+            f"{len(chosen_methods)} method(s) by row, {result.targets} target(s) by column; layer `{result.layer}`; "
+            f"frame: {FRAMES_SHOWN[frame]}"
+        )
+        rows = max(1, len(result.overlays) // max(1, result.targets))
+        height = rows * (860 // max(2, result.targets)) + 40  # every overlay in view, none in a scroll box
+        return (gr.update(value=result.overlays, columns=result.targets, height=height), gr.update(value=result.grid,
+                label=result.grid_label), result.top5, result.files, status)  # fmt: skip
 
     def on_model(model_name):
-        try:
-            names, default = layer_choices(model_name)
-        except (ModelLoadError, ValueError) as error:
-            raise gr.Error(str(error)) from None
+        names, default = layer_choices(model_name)  # every served model was loaded at start
         return gr.update(choices=names, value=default)
 
     with gr.Blocks(title="gradcam", delete_cache=GRADIO_CACHE_SWEEP) as app:
@@ -297,19 +321,46 @@ def build_app(examples: Path | None = None, models: Sequence[str] | ModelShelf |
                 layer = gr.Dropdown(layers, value=default_layer, label="Layer (default selected)", elem_id="layer")
                 target = gr.Textbox(label="Target: empty for the top-1, a class name or index, top3; for an "
                                     "image-text model (CLIP), prompts separated by ;", elem_id="target")  # fmt: skip
+                frame = gr.Radio([(label, key) for key, label in FRAMES_SHOWN.items()], value="crop",
+                                 label="Frame: what the model sees", elem_id="frame")  # fmt: skip
                 alpha = gr.Slider(0, 1, value=0.5, step=0.05, label="Heatmap opacity")
                 colormap = gr.Dropdown(COLORMAPS, value="jet", label="Colormap", allow_custom_value=True)
                 button = gr.Button("Explain", variant="primary", elem_id="explain")
             with gr.Column(scale=2):
-                top5 = gr.Label(num_top_classes=5, label="Top-5 predictions", elem_id="top5")
-                gallery = gr.Gallery(label="Overlays", columns=2, height="auto", elem_id="overlays")
-                grid = gr.Image(label="Feature maps contributing most (first method)", elem_id="grid")
+                status = gr.Markdown(elem_id="status")
+                top5 = gr.Label(num_top_classes=5, label="Top-5 predictions (for CLIP: cosine similarities)",
+                                elem_id="top5")  # fmt: skip
+                gallery = gr.Gallery(label="Overlays: methods by row, targets by column", columns=2, height="auto",
+                                     object_fit="contain", elem_id="overlays")  # fmt: skip
+                gr.HTML(colour_scale_html(), elem_id="scale")
+                grid = gr.Image(label="Feature maps contributing most (first method, first target)", elem_id="grid")
                 files = gr.File(label="Downloads: PNG, .npy, JSON", file_count="multiple", elem_id="files")
         model.change(on_model, inputs=[model], outputs=[layer])
-        button.click(
-            run, inputs=[photo, model, chosen, layer, target, alpha, colormap], outputs=[gallery, grid, top5, files]
-        )
+        button.click(run, inputs=[photo, model, chosen, layer, target, alpha, colormap, frame],
+                     outputs=[gallery, grid, top5, files, status])  # fmt: skip
     return app
+
+
+FRAMES_SHOWN = {
+    "crop": "the model's crop (rest dimmed)",
+    "full": "the whole photo",
+    "squash": "the whole photo, squashed",
+}
+
+
+def example_photos(folder: Path | None) -> list[str]:
+    """The photos offered as examples: ``folder``'s, else those shipped inside the package."""
+    if folder is None or not folder.is_dir():
+        folder = PACKAGE_EXAMPLES
+    return sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def colour_scale_html() -> str:
+    """The colour scale under the overlays (jet; the colormap menu changes the overlays' colours)."""
+    from .report import colour_scale_css
+
+    bar = f'<i style="display:inline-block;width:220px;height:10px;background:{colour_scale_css("jet")}"></i>'
+    return f"<div>heat: low {bar} high &mdash; each map scaled to its own maximum (jet shown)</div>"
 
 
 def serve(
