@@ -28,8 +28,8 @@ bench: $(VENV)/.installed-$(EXTRAS)
 	$(PY) bench/bench_core.py --model resnet50 --batch 8 --repeats 5
 
 lint: $(VENV)/.installed-$(EXTRAS)
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests bench scripts
+	$(VENV)/bin/ruff format --check src tests bench scripts
 	$(VENV)/bin/mypy src/gradcam
 
 clean:

@@ -18,7 +18,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from browser import headless_page  # noqa: E402
-
 from gradcam.cli import main  # noqa: E402
 
 
