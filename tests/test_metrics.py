@@ -148,7 +148,8 @@ def test_evaluate_command_writes_a_deterministic_report(tmp_path, capsys):
             "--steps", "4", "--boxes", str(EXAMPLES / "boxes.json")]  # fmt: skip
     assert main([*argv, "--out", str(tmp_path / "a")]) == 0
     printed = capsys.readouterr().out
-    assert "| gradcam | bn2 |" in printed and "Report:" in printed
+    assert "gradcam @ bn2" in printed and f"Report: {tmp_path / 'a' / 'report.html'}" in printed
+    assert max(len(line) for line in printed.splitlines() if "Report:" not in line) < 100  # compact, not markdown
     assert main([*argv, "--out", str(tmp_path / "b")]) == 0
     first = json.loads((tmp_path / "a" / "results.json").read_text())
     second = json.loads((tmp_path / "b" / "results.json").read_text())
@@ -167,8 +168,13 @@ def test_evaluate_sanity_column(tmp_path, capsys):
     argv = ["evaluate", str(EXAMPLES / "coffee.jpg"), "--methods", "gradcam", "--steps", "2", "--sanity",
             "--out", str(tmp_path)]  # fmt: skip
     assert main(argv) == 0
-    assert "Sanity check |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "sanity passes when mean |r| < 0.5" in printed
     data = json.loads((tmp_path / "results.json").read_text())
+    # the figure shown is the one the verdict uses: the mean of |r|, not the signed mean
+    shown = data["summary"][0]["sanity_correlation"]
+    assert shown == pytest.approx(abs(data["images"][0]["sanity_correlation"]))
+    assert (shown < 0.5) == data["summary"][0]["sanity_passed"]
     image = data["images"][0]
     assert len(image["sanity_layers"]) == len(image["sanity_curve"]) == 6
     assert image["sanity_layers"][0] == "classifier"  # randomised from the top down
@@ -181,3 +187,19 @@ def test_evaluate_usage_errors(tmp_path, capsys):
     assert "did you mean 'gradcam'" in capsys.readouterr().err
     assert main(["evaluate", str(EXAMPLES / "chelsea.jpg"), "--layers", "bn3", "--out", str(tmp_path)]) == 2
     assert "unknown layer 'bn3'" in capsys.readouterr().err
+
+
+def test_evaluate_names_the_layer_notes_identical_maps_and_marks_the_best(tmp_path, capsys):
+    """The curves' legend said "@ default" where the table said bn2; on a global-pool + linear head
+    Grad-CAM, XGrad-CAM and HiRes-CAM give the same maps and their curves hid each other without a word."""
+    argv = ["evaluate", str(EXAMPLES / "chelsea.jpg"), "--methods", "gradcam,xgradcam,hirescam,layercam",
+            "--steps", "2", "--out", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "identical maps: gradcam @ bn2 = xgradcam @ bn2 = hirescam @ bn2" in printed
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert set(data["curves"]) == {"gradcam @ bn2", "xgradcam @ bn2", "hirescam @ bn2", "layercam @ bn2"}
+    assert data["identical"] == [["gradcam @ bn2", "xgradcam @ bn2", "hirescam @ bn2"]]
+    page = (tmp_path / "report.html").read_text()
+    assert "<b>" in page and "their curves coincide" in page
+    assert "Identical maps: gradcam @ bn2 = xgradcam @ bn2 = hirescam @ bn2" in (tmp_path / "report.md").read_text()

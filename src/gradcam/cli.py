@@ -481,7 +481,7 @@ def Path_name(path: str) -> str:  # noqa: N802
 def _evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from .evaluate import EvaluationOptions, evaluate, markdown_table, read_boxes, write_report
+    from .evaluate import EvaluationOptions, evaluate, read_boxes, terminal_table, write_report
     from .explain import explain
     from .hooks import is_out_of_memory
     from .methods import get_method
@@ -542,8 +542,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     except OSError as error:
         print(f"gradcam: error: --out {out}: cannot write the report ({error.strerror})", file=sys.stderr)
         return EXIT_FAILED
-    print(markdown_table(evaluation.summary))
-    print(f"Report: {report}")
+    print(terminal_table(evaluation.summary, evaluation.identical))
+    print(f"Report: {report} (also report.md, results.json, curves.png)")
     return EXIT_FAILED if evaluation.errors or found.missing else EXIT_OK
 
 

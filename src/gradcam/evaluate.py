@@ -28,8 +28,18 @@ METRIC_COLUMNS = [
     ("road_combined", "ROAD (LeRF-MoRF)", "higher"),
     ("pointing", "Pointing game", "higher"),
     ("energy_pointing", "Energy pointing", "higher"),
-    ("sanity_correlation", "Sanity rank corr.", "lower"),
+    ("sanity_correlation", "Sanity: mean |rank corr.|", "lower"),
 ]
+SHORT_TITLES = {
+    "deletion_auc": "Del",
+    "insertion_auc": "Ins",
+    "average_drop": "Drop%",
+    "increase_in_confidence": "Inc%",
+    "road_combined": "ROAD",
+    "pointing": "Point%",
+    "energy_pointing": "Energy%",
+    "sanity_correlation": "|r|",
+}
 
 
 def read_boxes(path: Path, labels: Sequence[str] | None) -> dict[str, list[tuple[int, list[float]]]]:
@@ -86,6 +96,7 @@ class Evaluation:
     summary: list[dict[str, Any]]
     curves: dict[str, dict[str, list[float]]]
     errors: list[str]
+    identical: list[list[str]] = field(default_factory=list)  # groups of keys whose maps coincide
 
 
 def evaluate(
@@ -107,16 +118,19 @@ def evaluate(
             errors.append(str(error))
     rows: list[dict[str, Any]] = []
     curves: dict[str, dict[str, list[float]]] = {}
+    fingerprints: dict[str, list[torch.Tensor]] = {}
     for method in options.methods:
         for layer in options.layers:
-            key = f"{method} @ {layer or 'default'}"
+            key = ""
             deletion_sum = insertion_sum = fractions = None
             for start in range(0, len(loaded), 8):
                 chunk = loaded[start : start + 8]
                 x = torch.stack([pixels for _, pixels, _ in chunk]).to(device)
                 ex = explain(model, x, method, layer or bundle.default_layer, labels=bundle.labels)
                 assert ex.targets is not None  # top-1 class targets
+                key = key or f"{method} @ {ex.layer}"  # the layer used, also when it was chosen automatically
                 maps, classes = ex.maps[:, 0], ex.targets[:, 0]
+                fingerprints.setdefault(key, []).append(_fingerprint(maps))
                 di = metrics.deletion_insertion(model, x, maps, classes, options.steps, options.batch_size)
                 change = metrics.confidence_change(model, x, maps, classes, options.batch_size)
                 road = metrics.road(model, x, maps, classes, batch_size=options.batch_size)
@@ -170,7 +184,27 @@ def evaluate(
                     "deletion": (deletion_sum / len(loaded)).tolist(),
                     "insertion": (insertion_sum / len(loaded)).tolist(),
                 }
-    return Evaluation(rows, summarise(rows), curves, errors)
+    return Evaluation(rows, summarise(rows), curves, errors, identical_groups(fingerprints))
+
+
+def _fingerprint(maps: torch.Tensor) -> torch.Tensor:
+    """(B, 16, 16) averages of (B, H, W) maps: enough to tell whether two methods' maps are the same."""
+    return torch.nn.functional.adaptive_avg_pool2d(maps[:, None].float(), 16)[:, 0].cpu()
+
+
+def identical_groups(fingerprints: dict[str, list[torch.Tensor]], tolerance: float = 1e-3) -> list[list[str]]:
+    """Groups of keys whose maps coincide on every image (their curves would hide each other). On a
+    global-average-pool + linear head, Grad-CAM, XGrad-CAM and HiRes-CAM give the same maps."""
+    stacked = {key: torch.cat(parts) for key, parts in fingerprints.items()}
+    groups: list[list[str]] = []
+    for key, value in stacked.items():
+        for group in groups:
+            if (stacked[group[0]] - value).abs().max() <= tolerance:
+                group.append(key)
+                break
+        else:
+            groups.append([key])
+    return [group for group in groups if len(group) > 1]
 
 
 def _map_function(x: torch.Tensor, method: str, layer: str, classes: list[int]) -> Callable[[Any], torch.Tensor]:
@@ -190,6 +224,8 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         entry: dict[str, Any] = {"method": group[0]["method"], "layer": group[0]["layer"], "images": len(group)}
         for column, _, _ in METRIC_COLUMNS:
             values = [row[column] for row in group if column in row]
+            if column == "sanity_correlation":  # the verdict's own figure: the mean of |r|
+                values = [abs(v) for v in values]
             entry[column] = sum(values) / len(values) if values else None
         correlations = [abs(row["sanity_correlation"]) for row in group if "sanity_correlation" in row]
         entry["sanity_passed"] = (
@@ -199,22 +235,56 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return summary
 
 
+def _best(summary: list[dict[str, Any]], column: str, better: str) -> float | None:
+    values = [entry[column] for entry in summary if entry[column] is not None]
+    if len(values) < 2:
+        return None
+    return min(values) if better == "lower" else max(values)
+
+
 def markdown_table(summary: list[dict[str, Any]]) -> str:
+    """The summary as Markdown; the best value of each column in bold."""
     columns = [c for c in METRIC_COLUMNS if any(entry[c[0]] is not None for entry in summary)]
     sanity = any(entry.get("sanity_passed") is not None for entry in summary)
     header = "| method | layer | " + " | ".join(f"{title} ({better} is better)" for _, title, better in columns) + " |"
-    header += " Sanity check |" if sanity else ""
+    header += f" Sanity check (pass: mean abs r < {metrics.SANITY_THRESHOLD}) |" if sanity else ""
     lines = [header, "|---|---|" + "---:|" * len(columns) + ("---|" if sanity else "")]
+    best = {c: _best(summary, c, better) for c, _, better in columns}
     for entry in summary:
-        cells = [f"{entry[c]:.3f}" if entry[c] is not None else "" for c, _, _ in columns]
+        cells = []
+        for c, _, _ in columns:
+            value = entry[c]
+            text = f"{value:.3f}" if value is not None else ""
+            cells.append(f"**{text}**" if value is not None and value == best[c] else text)
         if sanity:
             cells.append({True: "pass", False: "FAIL", None: ""}[entry.get("sanity_passed")])
         lines.append(f"| {entry['method']} | {entry['layer']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def terminal_table(summary: list[dict[str, Any]], identical: Sequence[Sequence[str]] = ()) -> str:
+    """A compact table for the terminal (arrows: which way is better), and the identical maps."""
+    columns = [c for c in METRIC_COLUMNS if any(entry[c[0]] is not None for entry in summary)]
+    names = [f"{entry['method']} @ {entry['layer']}" for entry in summary]
+    width = max(len("method @ layer"), *(len(n) for n in names))
+    arrows = {"lower": "v", "higher": "^"}
+    titles = [f"{SHORT_TITLES[c]}{arrows[better]}" for c, _, better in columns]
+    sanity = any(entry.get("sanity_passed") is not None for entry in summary)
+    lines = ["method @ layer".ljust(width) + "".join(t.rjust(9) for t in titles) + ("  sanity" if sanity else "")]
+    for name, entry in zip(names, summary, strict=True):
+        cells = "".join((f"{entry[c]:.3f}" if entry[c] is not None else "-").rjust(9) for c, _, _ in columns)
+        verdict = {True: "  pass", False: "  FAIL", None: ""}[entry.get("sanity_passed")] if sanity else ""
+        lines.append(name.ljust(width) + cells + verdict)
+    lines.append(
+        "v lower is better, ^ higher is better"
+        + (f"; sanity passes when mean |r| < {metrics.SANITY_THRESHOLD}" if sanity else "")
+    )
+    lines += [f"identical maps: {' = '.join(group)} (their curves coincide)" for group in identical]
+    return "\n".join(lines)
+
+
 def write_report(evaluation: Evaluation, out: Path, model_name: str) -> Path:
-    """``report.md``, ``results.json`` and ``curves.png`` in ``out``; returns the Markdown path."""
+    """``report.html``, ``report.md``, ``results.json`` and ``curves.png`` in ``out``; returns the page's path."""
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(evaluation.summary)
     markdown = out / "report.md"
@@ -227,29 +297,39 @@ def write_report(evaluation: Evaluation, out: Path, model_name: str) -> Path:
         "",
         table,
         "",
+        *[f"Identical maps: {' = '.join(group)} (their curves coincide)." for group in evaluation.identical],
+        "",
         "![deletion and insertion curves](curves.png)",
     ]
     if evaluation.errors:
         lines += ["", "Skipped images:", *[f"- {error}" for error in evaluation.errors]]
     markdown.write_text("\n".join(lines) + "\n")
     payload = {"model": model_name, "summary": evaluation.summary, "images": evaluation.rows,
-               "curves": evaluation.curves, "errors": evaluation.errors}  # fmt: skip
+               "curves": evaluation.curves, "errors": evaluation.errors, "identical": evaluation.identical}  # fmt: skip
     (out / "results.json").write_text(json.dumps(payload, indent=1))
-    plot_curves(evaluation.curves, out / "curves.png")
-    (out / "report.html").write_text(evaluation_page(model_name, table, evaluation.errors), encoding="utf-8")
-    return markdown
+    plot_curves(evaluation.curves, out / "curves.png", evaluation.identical)
+    page = evaluation_page(model_name, table, evaluation.errors, evaluation.identical)
+    (out / "report.html").write_text(page, encoding="utf-8")
+    return out / "report.html"
 
 
-def plot_curves(curves: dict[str, dict[str, list[float]]], path: Path) -> None:
+def plot_curves(curves: dict[str, dict[str, list[float]]], path: Path, identical: Sequence[Sequence[str]] = ()) -> None:
+    """Deletion and insertion curves, one line per method @ layer; methods with identical maps are drawn
+    once, their legend entry naming all of them."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    hidden = {key for group in identical for key in group[1:]}
+    names = {group[0]: " = ".join(group) for group in identical}
     figure, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
     for key, curve in curves.items():
-        axes[0].plot(curve["fractions"], curve["deletion"], label=key)
-        axes[1].plot(curve["fractions"], curve["insertion"], label=key)
+        if key in hidden:
+            continue
+        label = names.get(key, key)
+        axes[0].plot(curve["fractions"], curve["deletion"], label=label)
+        axes[1].plot(curve["fractions"], curve["insertion"], label=label)
     for axis, title in zip(axes, ("Deletion (lower area is better)", "Insertion (higher area is better)"), strict=True):
         axis.set_title(title)
         axis.set_xlabel("fraction of pixels removed" if "Deletion" in title else "fraction of pixels inserted")

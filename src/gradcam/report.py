@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -215,18 +216,28 @@ def write_explain_page(manifest: dict[str, Any], out: Path) -> Path:
     return path
 
 
-def evaluation_page(model: str, table_markdown: str, errors: list[str]) -> str:
-    """``report.html``: the evaluation table and the curves, one page."""
+def _cell(text: str) -> str:
+    """A Markdown table cell as HTML: escaped, ``**best**`` in bold."""
+    if text.startswith("**") and text.endswith("**") and len(text) > 4:
+        return f"<td><b>{html.escape(text[2:-2])}</b></td>"
+    return f"<td>{html.escape(text)}</td>"
+
+
+def evaluation_page(model: str, table_markdown: str, errors: list[str], identical: Sequence[Sequence[str]] = ()) -> str:
+    """``report.html``: the evaluation table (the best value of each column in bold), the identical maps
+    and the curves, one page."""
     lines = [line for line in table_markdown.splitlines() if line.startswith("|") and not line.startswith("|---")]
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cells[0]) if cells else ""
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in cells[1:])
+    body = "".join("<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in cells[1:])
     skipped = "".join(f"<li class='error'>{html.escape(e)}</li>" for e in errors)
+    same = "".join(f"<li>{html.escape(' = '.join(group))}: their curves coincide</li>" for group in identical)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>gradcam evaluation: {html.escape(model)}</title>
 <style>{_STYLE}</style></head><body><header><h1>gradcam evaluation: {html.escape(model)}</h1>
 <div class="controls">Top-1 class of each photo; see docs/evaluation.md for how to read it.</div></header>
 <nav><h2>Metrics</h2><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
+{f"<h2>Identical maps</h2><ul>{same}</ul>" if same else ""}
 <h2>Deletion and insertion curves</h2><img src="curves.png" alt="deletion and insertion curves" style="max-width:100%">
 {f"<h2>Skipped images</h2><ul>{skipped}</ul>" if skipped else ""}</nav></body></html>
 """
