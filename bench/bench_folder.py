@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from gradcam.images import DEFAULT_MAX_MEGAPIXELS
 from gradcam.models import load_model
-from gradcam.runner import PhotoDataset
+from gradcam.runner import PhotoDataset, RunOptions
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -45,7 +45,9 @@ def make_folder(root: Path, count: int) -> Path:
 def plain_inference(folder: Path, batch: int, workers: int, device: str) -> float:
     bundle = load_model(device=device)
     paths = sorted(folder.rglob("*.jpg"))
-    dataset = PhotoDataset(paths, bundle.preprocessing, DEFAULT_MAX_MEGAPIXELS)
+    dataset = PhotoDataset(
+        paths, bundle.preprocessing, RunOptions(out=Path("."), max_megapixels=DEFAULT_MAX_MEGAPIXELS)
+    )
     loader = DataLoader(dataset, batch_size=batch, num_workers=workers, collate_fn=lambda x: x)
     start = time.perf_counter()
     with torch.inference_mode():

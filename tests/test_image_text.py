@@ -225,7 +225,7 @@ def test_the_web_app_takes_prompts_for_an_image_text_model(tmp_path, monkeypatch
     result = web.explain_photo(str(EXAMPLES / "chelsea.jpg"), name, ["gradcam", "gradeclip"], None,
                                "a cat; a tree", 0.5, "jet", out_dir=tmp_path)  # fmt: skip
     assert set(result.top5) == {"a cat", "a tree"} and all(-1 <= v <= 1 for v in result.top5.values())
-    assert [caption.split(" (")[0] for _, caption in result.overlays] == [
+    assert [caption.split(", ")[0] for _, caption in result.overlays] == [
         "gradcam: a cat", "gradcam: a tree", "gradeclip: a cat", "gradeclip: a tree"
     ]  # fmt: skip
     assert result.overlays[0][0].size == (451, 300)  # chelsea at its own resolution

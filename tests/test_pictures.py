@@ -238,3 +238,23 @@ def test_legend_footer_names_the_target_and_the_scale(tmp_path):
     entry = json.loads((out / "results.json").read_text())["images"][0]
     picture = Image.open(entry["targets"][0]["files"]["overlay"])
     assert picture.width == 451 and picture.height > 300  # the photo, then the footer
+
+
+def test_report_html_in_a_browser(tmp_path):
+    import io
+
+    import numpy as np
+
+    from browser import headless_page
+
+    out = tmp_path / "eval"
+    argv = ["evaluate", str(EXAMPLES / "chelsea.jpg"), "--methods", "gradcam,xgradcam,layercam", "--steps", "2"]
+    assert main([*argv, "--out", str(out)]) == 0
+    with headless_page() as page:
+        page.goto((out / "report.html").as_uri())
+        page.wait_for_function("[...document.images].every(i => i.complete && i.naturalWidth > 0)")
+        assert page.locator("td b").count() >= 1  # the best value of each column stands out
+        assert "gradcam @ bn2 = xgradcam @ bn2" in page.locator("nav").inner_text()
+        shot = page.screenshot(full_page=True)
+    pixels = np.asarray(Image.open(io.BytesIO(shot)).convert("L"), dtype=np.float32)
+    assert pixels.std() > 20

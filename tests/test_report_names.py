@@ -57,7 +57,7 @@ def test_crafted_file_names_run_no_script_in_the_report(crafted_run, tmp_path):
         shown = sorted(Path(t).relative_to(crafted_run.parent / "photos").as_posix() for t in titles)
         assert shown == sorted([*CRAFTED, "<b>broken</b>.jpg"])
         assert page.evaluate("window.pwned") is None and not dialogs
-        assert page.locator(".card img[alt='tiger cat']").count() == len(CRAFTED)
+        assert page.locator(".card img[alt='gradcam for tiger cat']").count() == len(CRAFTED)
         loaded = page.evaluate(
             "Promise.all([...document.querySelectorAll('.card img')].map(i => i.decode().then(() => i.naturalWidth)))"
         )

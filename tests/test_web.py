@@ -176,3 +176,11 @@ def test_a_fine_tuned_checkpoint_with_its_labels_is_served(tmp_path, monkeypatch
     assert main(["serve", "--models", "resnet18", "--weights", str(path), "--labels", str(names)]) == 0
     assert shelves[-1].weights == {"resnet18": str(path)} and shelves[-1].labels == {"resnet18": str(names)}
     assert main(["serve", "--models", "resnet18,vgg19", "--weights", str(path)]) == 2
+
+
+def test_captions_say_what_the_score_is(tmp_path):
+    result = explain_photo(str(EXAMPLES / "coffee.jpg"), "efficientnet_lite0", ["gradcam"], None, "", 0.5, "jet",
+                           out_dir=tmp_path)  # fmt: skip
+    assert result.overlays[0][1].startswith("gradcam: espresso, logit 11.") and result.overlays[0][1].endswith(
+        "p = 0.95"
+    )

@@ -240,7 +240,7 @@ def explain_photo(
             save_png(image, out_dir / f"{stem}.png")
             save_npy_atomic(ex.maps[0, k].cpu().numpy().astype(np.float32), out_dir / f"{stem}.npy")
             files += [str(out_dir / f"{stem}.png"), str(out_dir / f"{stem}.npy")]
-            overlays.append((image, f"{method}: {label} ({float(ex.scores[0, k]):.2f})"))
+            overlays.append((image, f"{method}: {label}, {_score_text(ex, k, index, isinstance(targets, TextPrompt))}"))
             entries.append({"class": index, "label": label, "score": float(ex.scores[0, k]), "png": f"{stem}.png"})
         per_method[method] = {"layer": ex.layer, "targets": entries}
         if grid is None and per_channel and ex.layer_results[0].weights is not None:
@@ -264,6 +264,16 @@ def explain_photo(
     write_atomic(manifest, lambda temporary: temporary.write_text(text, encoding="utf-8"))
     files.append(str(manifest))
     return PhotoResult(overlays, grid, top5, files, chosen_layer or "", count, grid_label)
+
+
+def _score_text(ex: Any, k: int, index: int, prompt: bool) -> str:
+    """What the number under an overlay is: the logit explained and its probability, or the cosine."""
+    score = float(ex.scores[0, k])
+    if prompt:
+        return f"cosine {score:.3f}"
+    if ex.logits is None or index >= ex.logits.shape[-1]:
+        return f"score {score:.2f}"
+    return f"logit {score:.2f}, p = {float(ex.logits[0].softmax(-1)[index]):.2f}"
 
 
 def _label(names: Sequence[str] | None, index: int) -> str:
