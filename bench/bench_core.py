@@ -99,8 +99,9 @@ def main() -> None:
 
     runs: dict[str, Callable[[], object]] = {"plain forward (inference_mode)": forward}
     for method in gradcam.methods():
-        if isinstance(gradcam.get_method(method), PerturbationMethod):
-            continue  # one forward pass per channel: see bench_perturbation.py
+        chosen = gradcam.get_method(method)
+        if isinstance(chosen, PerturbationMethod) or getattr(chosen, "reads_attention", False):
+            continue  # one forward pass per channel: see bench_perturbation.py; gradeclip needs a ViT
         runs[f"gradcam {method}"] = lambda m=method: gradcam.explain(model, x, m, args.layer)
     runs["gradcam gradcam, 5 targets/image"] = lambda: gradcam.explain(model, x, "gradcam", args.layer, "top-5")
     runs["gradcam gradcam, layer=None (auto)"] = lambda: gradcam.explain(model, x, "gradcam")

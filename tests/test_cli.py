@@ -411,3 +411,19 @@ def test_html_report_is_self_contained_with_relative_links(tmp_path):
     assert not Path(files["overlay"]).is_absolute() and (out / files["overlay"]).exists()
     assert (out / files["channels"]).exists() and (out / entries["coffee.jpg"]["photo"]).exists()
     assert "not a readable image" in entries["bad.jpg"]["error"]
+
+
+def test_method_options_reach_the_method_and_unknown_ones_are_named(tmp_path, capsys):
+    from gradcam.runner import method_with_options
+
+    fem = method_with_options("fem", [("k", "1.5")])
+    assert fem.k == 1.5
+    assert method_with_options("kpcacam", [("kernel", "rbf"), ("gamma", "0.01")]).gamma == 0.01
+    assert method_with_options("randomcam", [("seed", "none")]).seed is None
+    photo = str(Path(__file__).resolve().parents[1] / "examples" / "coffee.jpg")
+    argv = ["explain", photo, "--method", "fem", "--quiet", "--workers", "0"]
+    assert main([*argv, "--method-option", "k=1", "--out", str(tmp_path / "a")]) == 0
+    assert main([*argv, "--method-option", "q=1", "--out", str(tmp_path / "b")]) == 2
+    assert "--method-option q: fem takes k" in capsys.readouterr().err
+    assert main([*argv, "--method-option", "k", "--out", str(tmp_path / "c")]) == 2
+    assert "write it as KEY=VALUE" in capsys.readouterr().err

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import gradcam
-from tiny_models import HAND_INPUT
+from tiny_models import HAND_INPUT, HandModel
 
 
 def raw_map(model, method, **kwargs):
@@ -107,3 +107,91 @@ def test_second_class_with_one_forward(hand_model):
     assert ex.targets.tolist() == [[0, 1]]
     torch.testing.assert_close(ex.raw[0, 1], 0.1 * torch.tensor([[1.0, 3.0], [3.0, 1.0]]))
     torch.testing.assert_close(ex.scores, torch.tensor([[3.0, 0.8]]))
+
+
+def test_gradcam_elementwise(hand_model):
+    # ReLU(G * A) summed over channels: G0*A0 = [[1, -2], [0, 0]] -> [[1, 0], [0, 0]];
+    # G1*A1 = [[0, 1], [3, 0]];  sum = [[1, 1], [3, 0]]
+    expected = torch.tensor([[1.0, 1.0], [3.0, 0.0]])
+    torch.testing.assert_close(raw_map(hand_model, "gradcam-elementwise"), expected)
+
+
+def test_cam_on_a_pooled_linear_head():
+    """CAM needs global average pooling then a linear layer: w_kc = W_kc."""
+
+    class Pooled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.act = torch.nn.ReLU()
+            self.fc = torch.nn.Linear(2, 2, bias=True)
+            with torch.no_grad():
+                self.fc.weight.copy_(torch.tensor([[2.0, -1.0], [0.5, 0.5]]))
+                self.fc.bias.copy_(torch.tensor([0.3, 0.0]))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.act(x).mean(dim=(2, 3)))
+
+    # 2 * A0 - 1 * A1 = [[2, 4 - 1], [0 - 3, 2]] -> ReLU -> [[2, 3], [0, 2]]
+    ex = gradcam.explain(Pooled(), HAND_INPUT, "cam", "act", targets=[0])
+    torch.testing.assert_close(ex.raw[0, 0], torch.tensor([[2.0, 3.0], [0.0, 2.0]]))
+    torch.testing.assert_close(ex.layer_results[0].weights[0, 0], torch.tensor([2.0, -1.0]))
+
+
+def test_cam_refuses_a_head_that_is_not_pooled_and_linear(hand_model):
+    with pytest.raises(ValueError, match="not followed by global average pooling"):
+        raw_map(hand_model, "cam")  # the hand model's head weighs each position differently
+
+
+def test_eigengradcam_and_segeigencam(hand_model):
+    """The first principal component of G * A (Eigen-Grad-CAM) and of |G| * A (Seg-Eigen-CAM), positions as
+    samples: G * A gives p00 = (1, 0), p01 = (-2, 1), p10 = (0, 3), p11 = (0, 0)."""
+    gradient = HandModel.GRAD_CLASS0[None]
+    activations = torch.relu(HAND_INPUT)
+
+    def component(product: torch.Tensor) -> torch.Tensor:
+        samples = product[0].reshape(2, 4).T
+        centred = samples - samples.mean(0)
+        _, _, vh = torch.linalg.svd(centred)
+        return (centred @ vh[0]).reshape(2, 2)
+
+    eigen = component(gradient * activations)
+    total = (gradient * activations)[0].sum(0)  # the sign agrees with the summed map
+    if ((eigen - eigen.mean()) * (total - total.mean())).sum() < 0:
+        eigen = -eigen
+    torch.testing.assert_close(raw_map(hand_model, "eigengradcam"), eigen.clamp(min=0))
+    seg = component(gradient.abs() * activations)
+    if seg.min().abs() > seg.max().abs():  # Eq. 13: the largest magnitude positive
+        seg = -seg
+    torch.testing.assert_close(raw_map(hand_model, "segeigencam"), seg.clamp(min=0))
+
+
+def test_fem(hand_model):
+    # k = 1 for this tiny case. A0 = [1, 2, 0, 1]: mean 1, std sqrt(0.5); threshold 1.707: one position
+    # (2) above, w0 = 1/4. A1 = [0, 1, 3, 0]: mean 1, std sqrt(1.5) = 1.225; threshold 2.225: w1 = 1/4.
+    # 1/4 * (A0 + A1) = [[0.25, 0.75], [0.75, 0.25]]
+    from gradcam.methods.activation import FEM
+
+    expected = torch.tensor([[0.25, 0.75], [0.75, 0.25]])
+    torch.testing.assert_close(raw_map(hand_model, FEM(k=1.0)), expected)
+
+
+def test_kpcacam_with_a_linear_kernel_is_pca(hand_model):
+    """With a linear kernel, kernel PCA is PCA: the projection on the first component up to its sign."""
+    from gradcam.methods.activation import KPCACAM, first_principal_component
+
+    ours = gradcam.explain(hand_model, HAND_INPUT, KPCACAM(kernel="linear"), "act").layer_results[0]
+    samples = ours.activations[0].reshape(2, 4).T
+    centred = samples - samples.mean(0)
+    _, _, vh = torch.linalg.svd(centred)
+    projection = centred @ vh[0]
+    signed = projection * (1 if projection[projection.abs().argmax()] > 0 else -1)
+    torch.testing.assert_close(ours.raw[0, 0], signed.reshape(2, 2).clamp(min=0).float(), rtol=1e-5, atol=1e-6)
+    assert first_principal_component(ours.activations).shape == (1, 2, 2)
+
+
+def test_randomcam_is_its_own_seeded_draw(hand_model):
+    from gradcam.methods.activation import RandomCAM
+
+    weights = torch.rand(2, generator=torch.Generator().manual_seed(7), dtype=torch.float64) * 2 - 1
+    expected = torch.relu(weights[0] * torch.relu(HAND_INPUT[0, 0]) + weights[1] * torch.relu(HAND_INPUT[0, 1]))
+    torch.testing.assert_close(raw_map(hand_model, RandomCAM(seed=7)), expected.float())

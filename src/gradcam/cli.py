@@ -117,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--top-channels", type=int, default=None, metavar="N", help="scorecam: score only the N most varied channels"
     )
+    run.add_argument(
+        "--method-option",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="an option of the method, repeatable: fem k=1.5, kpcacam kernel=rbf gamma=0.01, randomcam seed=3",
+    )
     run.add_argument("--prefix-tokens", type=int, default=None, help="transformers: tokens before the patch grid")
     run.add_argument("--token-grid", default=None, metavar="HxW", help="transformers: the patch grid, e.g. 14x14")
     run.add_argument(
@@ -187,8 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_trust_option(judge)
     _add_labels_option(judge)
     judge.add_argument(
-        "--methods", default=",".join(m for m in methods() if m not in ("scorecam", "ablationcam", "gradeclip")),
-        help="comma-separated methods (scorecam and ablationcam are slower, gradeclip needs a ViT: add them by name)",
+        "--methods", default=",".join(m for m in methods() if m not in ("scorecam", "ablationcam", "gradeclip", "cam")),
+        help="comma-separated methods (scorecam and ablationcam are slower, gradeclip needs a ViT, cam a pooled linear "
+        "head: add them by name)",
     )  # fmt: skip
     judge.add_argument(
         "--layers", default=None, help="comma-separated layers to compare (default: the model's default)"
@@ -308,6 +316,20 @@ def _explain(args: argparse.Namespace) -> int:
         return _error(f"--max-megapixels {args.max_megapixels}: must be a positive number")
     if args.max_side is not None and args.max_side < 16:
         return _error(f"--max-side {args.max_side}: give at least 16 pixels")
+    method_options = []
+    for item in args.method_option or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            return _error(f"--method-option {item!r}: write it as KEY=VALUE, e.g. k=1.5")
+        method_options.append((key.strip(), value.strip()))
+    if method_options:
+        from .runner import UsageError as OptionError
+        from .runner import method_with_options
+
+        try:
+            method_with_options(args.method, method_options)
+        except OptionError as error:
+            return _error(str(error))
     if args.top_channels is not None and (args.top_channels < 1 or args.method != "scorecam"):
         return _error("--top-channels N: N >= 1, with --method scorecam")
     if args.per_channel and args.method == "eigencam":
@@ -374,6 +396,7 @@ def _explain(args: argparse.Namespace) -> int:
         aug_smooth=args.aug_smooth,
         guided=args.guided,
         perturbation_batch=args.perturbation_batch,
+        method_options=tuple(method_options),
         top_channels=args.top_channels,
         prefix_tokens=args.prefix_tokens,
         token_grid=grid,

@@ -86,17 +86,56 @@ class RunOptions:
     aug_smooth: bool = False
     guided: bool = False
     perturbation_batch: int = 32
+    method_options: tuple[tuple[str, str], ...] = ()
     top_channels: int | None = None
     prefix_tokens: int | None = None
     token_grid: tuple[int, int] | None = None
 
     def cam_method(self) -> CAMMethod | str:
-        """The method, with its options where it takes some."""
+        """The method, with its options where it takes some (``--method-option KEY=VALUE`` too)."""
         if self.method == "scorecam":
             return ScoreCAM(batch_size=self.perturbation_batch, top_channels=self.top_channels)
         if self.method == "ablationcam":
             return AblationCAM(batch_size=self.perturbation_batch)
+        if self.method_options:
+            return method_with_options(self.method, self.method_options)
         return self.method
+
+
+def method_with_options(name: str, options: Sequence[tuple[str, str]]) -> CAMMethod:
+    """``name``'s method built with ``options`` (``("k", "1.5")``, ...): each value is read as an int, a
+    float, true/false/none, or else kept as text; an option the method does not take is a UsageError
+    that lists the ones it does."""
+    import inspect
+
+    from .methods import get_method
+
+    cls = type(get_method(name))
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    values: dict[str, Any] = {}
+    for key, text in options:
+        if key not in accepted:
+            takes = ", ".join(accepted) if accepted else "no options"
+            raise UsageError(f"--method-option {key}: {name} takes {takes}")
+        values[key] = _option_value(text)
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as error:
+        raise UsageError(f"--method-option: {error}") from None
+
+
+def _option_value(text: str) -> Any:
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "none":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 @dataclass

@@ -1,18 +1,19 @@
-"""Activation-only methods: Eigen-CAM."""
+"""Activation-only methods: Eigen-CAM, FEM, KPCA-CAM, and the RandomCAM baseline."""
 
 from __future__ import annotations
 
 import torch
 
-from .base import CAMMethod, register
+from .base import CAMMethod, register, weighted_sum
 
 
-def first_principal_component(activations: torch.Tensor) -> torch.Tensor:
+def first_principal_component(activations: torch.Tensor, sign: str = "activation") -> torch.Tensor:
     """Project each image's activations on their first principal component, (B, C, h, w) -> (B, h, w).
 
     The spatial positions are the samples, the channels the features; the features are centred first.
-    The component's sign is arbitrary in the SVD; we fix it so that the projection correlates positively
-    with the channel-summed activation (where the layer fires most is positive).
+    The component's sign is arbitrary in the SVD; ``sign="activation"`` fixes it so that the projection
+    correlates positively with the channel-summed activation (where the layer fires most is positive);
+    ``sign="extreme"`` so that the value of largest magnitude is positive (Seg-Eigen-CAM, Eq. 13).
     """
     batch, channels, height, width = activations.shape
     samples = activations.float().reshape(batch, channels, height * width).transpose(1, 2)
@@ -22,10 +23,13 @@ def first_principal_component(activations: torch.Tensor) -> torch.Tensor:
     _, _, vh = torch.linalg.svd(centred, full_matrices=False)
     projection = centred @ vh[:, 0, :].unsqueeze(-1)
     projection = projection.squeeze(-1)
-    total = samples.sum(dim=2)
-    agreement = ((projection - projection.mean(1, keepdim=True)) * (total - total.mean(1, keepdim=True))).sum(1)
-    sign = torch.where(agreement < 0, -1.0, 1.0).to(projection.dtype)
-    return (projection * sign[:, None]).reshape(batch, height, width)
+    if sign == "extreme":
+        flip = projection.amin(dim=1).abs() > projection.amax(dim=1).abs()
+    else:
+        total = samples.sum(dim=2)
+        flip = ((projection - projection.mean(1, keepdim=True)) * (total - total.mean(1, keepdim=True))).sum(1) < 0
+    factor = torch.where(flip, -1.0, 1.0).to(projection.dtype)
+    return (projection * factor[:, None]).reshape(batch, height, width)
 
 
 @register
@@ -41,3 +45,100 @@ class EigenCAM(CAMMethod):
 
     def combine(self, activations: torch.Tensor, gradients: torch.Tensor | None) -> tuple[torch.Tensor, None]:
         return first_principal_component(activations), None
+
+
+@register
+class FEM(CAMMethod):
+    """FEM, the Feature Explanation Method (Fuad et al., IPTA 2020): class-agnostic, no gradients. A
+    channel's weight is the share of its positions above its own ``mean + k * std`` (the k-sigma rule).
+
+    ``w_c = mean_ij [A_c,ij > mu_c + k sigma_c]``;  ``L = ReLU(sum_c w_c A_c)`` (sigma: population std).
+
+    Example:
+        >>> gradcam.explain(model, x, gradcam.get_method("fem")).maps     # doctest: +SKIP
+    """
+
+    name = "fem"
+    uses_gradients = False
+
+    def __init__(self, k: float = 2.0) -> None:
+        self.k = k
+
+    def combine(self, activations: torch.Tensor, gradients: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = activations.mean(dim=(2, 3), keepdim=True)
+        std = activations.std(dim=(2, 3), keepdim=True, unbiased=False)
+        weights = (activations > mean + self.k * std).float().mean(dim=(2, 3))
+        return weighted_sum(weights, activations), weights
+
+
+KERNELS = ("sigmoid", "rbf", "linear", "poly", "cosine")
+
+
+@register
+class KPCACAM(CAMMethod):
+    """KPCA-CAM (Karmani et al., 2024, arXiv:2410.00267): Eigen-CAM with kernel PCA, class-agnostic.
+
+    The positions (samples, centred) are projected on the first component of the centred kernel matrix
+    ``K_ij = k(x_i, x_j)`` (default sigmoid: ``tanh(gamma <x_i, x_j> + 1)``, ``gamma = 1 / C``):
+    ``L = ReLU(sqrt(lambda_1) * v_1)``, the sign making v_1's largest-magnitude entry positive (as
+    scikit-learn's KernelPCA does).
+    """
+
+    name = "kpcacam"
+    uses_gradients = False
+
+    def __init__(self, kernel: str = "sigmoid", gamma: float | None = None) -> None:
+        if kernel not in KERNELS:
+            raise ValueError(f"kpcacam: kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
+        self.kernel, self.gamma = kernel, gamma
+
+    def combine(self, activations: torch.Tensor, gradients: torch.Tensor | None) -> tuple[torch.Tensor, None]:
+        batch, channels, height, width = activations.shape
+        x = torch.nan_to_num(activations.double().reshape(batch, channels, -1).transpose(1, 2))
+        x = x - x.mean(dim=1, keepdim=True)
+        kernel = _kernel(x, self.kernel, self.gamma if self.gamma is not None else 1.0 / channels)
+        n = kernel.shape[-1]
+        ones = torch.full((n, n), 1.0 / n, dtype=kernel.dtype, device=kernel.device)
+        centred = kernel - ones @ kernel - kernel @ ones + ones @ kernel @ ones
+        values, vectors = torch.linalg.eigh(centred)
+        top, vector = values[:, -1].clamp(min=0), vectors[:, :, -1]
+        largest = vector.gather(1, vector.abs().argmax(dim=1, keepdim=True))
+        vector = vector * torch.where(largest < 0, -1.0, 1.0).to(vector.dtype)
+        projection = vector * top.sqrt()[:, None]
+        return projection.reshape(batch, height, width).to(activations.dtype), None
+
+
+def _kernel(x: torch.Tensor, kind: str, gamma: float) -> torch.Tensor:
+    """(B, n, n) kernel matrices of (B, n, d) samples, with scikit-learn's defaults (degree 3, coef0 1)."""
+    dot = x @ x.transpose(1, 2)
+    if kind == "sigmoid":
+        return torch.tanh(gamma * dot + 1)
+    if kind == "poly":
+        return (gamma * dot + 1) ** 3
+    if kind == "linear":
+        return dot
+    if kind == "cosine":
+        norms = x.norm(dim=2, keepdim=True).clamp(min=1e-12)
+        return (x / norms) @ (x / norms).transpose(1, 2)
+    squared = (x * x).sum(dim=2)
+    return torch.exp(-gamma * (squared[:, :, None] + squared[:, None, :] - 2 * dot).clamp(min=0))
+
+
+@register
+class RandomCAM(CAMMethod):
+    """A baseline, for the sanity check and the metrics (pytorch-grad-cam's RandomCAM): uniform random
+    channel weights in [-1, 1], one draw of C weights per call from ``seed`` (every image and target the
+    same), ``L = ReLU(sum_c w_c A_c)``. A method that does no better than this on a metric tells little.
+    """
+
+    name = "randomcam"
+    uses_gradients = False
+
+    def __init__(self, seed: int | None = 0) -> None:
+        self.seed = seed
+
+    def combine(self, activations: torch.Tensor, gradients: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        generator = torch.Generator().manual_seed(self.seed) if self.seed is not None else None
+        draw = torch.rand(activations.shape[1], generator=generator, dtype=torch.float64) * 2 - 1
+        weights = draw.to(activations).expand(activations.shape[0], -1)
+        return weighted_sum(weights, activations), weights

@@ -1,4 +1,5 @@
-"""Gradient methods: Grad-CAM, Grad-CAM++, XGrad-CAM, HiRes-CAM, Layer-CAM.
+"""Gradient methods: Grad-CAM, Grad-CAM++, XGrad-CAM, HiRes-CAM, Layer-CAM, Grad-CAM element-wise, CAM,
+Eigen-Grad-CAM, Seg-Eigen-CAM.
 
 Notation: ``A`` (B, C, h, w) the layer's activations, ``G = dy/dA`` the gradient of the explained score.
 """
@@ -85,3 +86,76 @@ class LayerCAM(CAMMethod):
 
     def weights(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         return gradients.clamp(min=0)
+
+
+@register
+class GradCAMElementWise(CAMMethod):
+    """Grad-CAM element-wise (pytorch-grad-cam's GradCAMElementWise): the ReLU inside the channel sum.
+
+    ``L = ReLU(sum_c ReLU(G_c * A_c))``; as element-wise weights, ``w_c,ij = G_c,ij`` where
+    ``G_c,ij A_c,ij > 0``, else 0.
+    """
+
+    name = "gradcam-elementwise"
+
+    def weights(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        return torch.where(gradients * activations > 0, gradients, torch.zeros_like(gradients))
+
+
+@register
+class CAM(CAMMethod):
+    """CAM (Zhou et al., CVPR 2016, arXiv:1512.04150), for a layer followed by global average pooling and
+    a linear classifier: the class's own classifier weights.
+
+    ``w_kc = W_kc``;  ``L = ReLU(sum_c w_kc A_c)``. For such a head ``dy_k / dA_c,ij = W_kc / (h w)`` at
+    every position, so the weights are read from the gradient (no search for the classifier); a layer
+    whose gradient varies over positions is not followed by such a head, and is refused.
+    """
+
+    name = "cam"
+
+    def weights(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        height, width = gradients.shape[-2:]
+        mean = gradients.mean(dim=(2, 3))
+        spread = (gradients - mean[..., None, None]).abs().amax()
+        if spread > 1e-4 * mean.abs().amax().clamp(min=1e-12):
+            raise ValueError(
+                "cam: the layer is not followed by global average pooling and a linear classifier (its gradient "
+                "varies over positions); choose that layer (e.g. a ResNet's layer4) or use gradcam"
+            )
+        return mean * (height * width)
+
+
+@register
+class EigenGradCAM(CAMMethod):
+    """Eigen-Grad-CAM (pytorch-grad-cam's EigenGradCAM): Eigen-CAM of the gradient-weighted activations.
+
+    ``L = ReLU(first principal component of G * A)``, class-discriminative through ``G``; the sign as
+    :func:`~gradcam.methods.activation.first_principal_component` fixes it.
+    """
+
+    name = "eigengradcam"
+
+    def combine(self, activations: torch.Tensor, gradients: torch.Tensor | None) -> tuple[torch.Tensor, None]:
+        from .activation import first_principal_component
+
+        if gradients is None:
+            raise ValueError("eigengradcam needs gradients")
+        return first_principal_component(gradients * activations), None
+
+
+@register
+class SegEigenCAM(CAMMethod):
+    """Seg-Eigen-CAM (Chung & Ying, Applied Sciences 2025, doi:10.3390/app15137562), made for segmentation:
+    the first principal component of ``|G| * A`` (Eq. 10), signed so that its largest magnitude is
+    positive (Eq. 13). ``L = ReLU(PC_1(|G| * A))``.
+    """
+
+    name = "segeigencam"
+
+    def combine(self, activations: torch.Tensor, gradients: torch.Tensor | None) -> tuple[torch.Tensor, None]:
+        from .activation import first_principal_component
+
+        if gradients is None:
+            raise ValueError("segeigencam needs gradients")
+        return first_principal_component(gradients.abs() * activations, sign="extreme"), None
