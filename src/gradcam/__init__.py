@@ -7,6 +7,7 @@ Example:
     >>> ex.maps.shape                                          # (B, 3, 224, 224), in [0, 1]
 """
 
+from .all_classes import ClassMaps, explain_all
 from .explain import explain
 from .layers import auto_layer, list_layers
 from .methods import CAMMethod, get_method, methods, register
@@ -31,6 +32,7 @@ __all__ = [
     "BoxScore",
     "CAMMethod",
     "ChannelContributions",
+    "ClassMaps",
     "ClassScore",
     "Explanation",
     "LayerResult",
@@ -44,6 +46,7 @@ __all__ = [
     "TextPrompt",
     "auto_layer",
     "explain",
+    "explain_all",
     "explain_image",
     "get_method",
     "imagenet_labels",

@@ -75,6 +75,8 @@ def explain(
         targets: None (top-1), an int, one int per image, a list of K per image, ``"top-k"``, a class
             name, callables on the output, :class:`TextPrompt` prompts on an image-text model or a
             :class:`Similarity` to reference embeddings; all K targets come from one forward pass.
+            ``"all"``: every class, returned as a :class:`~gradcam.all_classes.ClassMaps` (raw maps at the
+            layer's resolution; one forward pass and one batched backward pass per chunk of classes).
         output: picks the scores from the model's output (default: the tensor, the first element of a
             tuple, ``.logits``, or a dict's ``"logits"``/``"out"``).
         labels: class names for name targets (ImageNet's for 1,000-class models by default).
@@ -122,6 +124,13 @@ def explain(
     if not bool(finite.all()):
         bad = int((~finite).sum())
         warnings.warn(f"images: {bad} values are NaN or infinite; the scores and maps may mean nothing", stacklevel=2)
+    if isinstance(targets, str) and targets.strip().lower() == "all":
+        from .all_classes import explain_all
+
+        return explain_all(  # type: ignore[return-value]
+            model, images, method, layer, output=output, labels=labels, eval_mode=eval_mode,
+            counterfactual=counterfactual, prefix_tokens=prefix_tokens, grid=grid,
+        )  # fmt: skip
     if isinstance(targets, TextPrompt):
         targets = targets.similarity(model)
     if isinstance(targets, Similarity):

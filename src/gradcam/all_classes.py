@@ -1,0 +1,154 @@
+"""Maps of every class at once: ``explain(model, x, targets="all")``.
+
+"Which classes does this region support?" needs a map per class. Asked one by one, that is one backward
+pass per class. Here it is one forward pass and, per chunk of classes, one *batched* backward pass through
+the part of the network after the layer (``torch.autograd.grad(..., is_grads_batched=True)``: the chunk's
+one-hot gradients are a vmapped batch); the raw maps are kept at the layer's resolution, optionally in
+float16, and upsampled only for the classes asked for.
+
+Example:
+    >>> every = gradcam.explain(model, x, targets="all")             # doctest: +SKIP
+    >>> every.raw.shape                                               # (B, 1000, 7, 7)
+    >>> every.maps([281, 282]).shape                                  # (B, 2, 224, 224), in [0, 1]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .hooks import capture, model_lock, preserved_state, run_model
+from .layers import LayerSpec, resolve_layers
+from .methods import CAMMethod, get_method
+from .methods.perturbation import PerturbationMethod
+from .result import normalise, upsample
+from .spatial import infer_layout
+from .targets import select_logits
+
+CHUNK_BYTES = 64 << 20  # the gradients of one chunk of classes stay under this (64 MB measured fastest)
+
+
+@dataclass(frozen=True, repr=False)
+class ClassMaps:
+    """Every class's map for B images: ``raw`` (B, K, h, w) at the layer's resolution (ReLU'd, before
+    normalisation), ``logits`` (B, K); :meth:`maps` upsamples and normalises the classes asked for."""
+
+    raw: torch.Tensor
+    logits: torch.Tensor
+    method: str
+    layer: str
+    size: tuple[int, int]
+    labels: Sequence[str] | None = None
+
+    def maps(self, classes: int | Sequence[int] | None = None) -> torch.Tensor:
+        """(B, k, H, W) float32 maps in [0, 1] at the input's size, for ``classes`` (default: each image's
+        top-1 class, as ``explain()`` would give)."""
+        if classes is None:
+            index = self.logits.argmax(dim=1)
+            chosen = self.raw[torch.arange(len(index)), index][:, None]
+        else:
+            wanted = [classes] if isinstance(classes, int) else list(classes)
+            chosen = self.raw[:, wanted]
+        return normalise(upsample(chosen.float(), self.size))
+
+    def top(self, k: int = 5) -> torch.Tensor:
+        """(B, k) the classes of highest logit."""
+        return self.logits.topk(min(k, self.logits.shape[1]), dim=1).indices
+
+    def name(self, index: int) -> str:
+        return self.labels[index] if self.labels is not None and index < len(self.labels) else str(index)
+
+    def __repr__(self) -> str:
+        batch, classes = self.raw.shape[:2]
+        return (
+            f"ClassMaps({self.method}, layer={self.layer!r}, {batch} image(s) x {classes} classes, raw "
+            f"{tuple(self.raw.shape[-2:])} {str(self.raw.dtype).removeprefix('torch.')})"
+        )
+
+
+def explain_all(
+    model: nn.Module,
+    images: torch.Tensor,
+    method: str | CAMMethod = "gradcam",
+    layer: LayerSpec = None,
+    *,
+    output: Callable[[Any], torch.Tensor] | None = None,
+    labels: Sequence[str] | None = None,
+    dtype: torch.dtype = torch.float32,
+    eval_mode: bool = True,
+    counterfactual: bool = False,
+    prefix_tokens: int | None = None,
+    grid: tuple[int, int] | None = None,
+) -> ClassMaps:
+    """Every class's map from one forward pass (see the module's docstring); ``dtype=torch.float16``
+    halves the memory of ``raw``. Gradient methods only: activation methods give one class-agnostic map,
+    perturbation methods one pass per channel and class."""
+    chosen = get_method(method)
+    if isinstance(chosen, PerturbationMethod) or hasattr(chosen, "reads_attention"):
+        raise ValueError(
+            f'targets="all": {chosen.name} is not supported; use a gradient method (gradcam, hirescam, ...)'
+        )
+    if not chosen.uses_gradients:
+        raise ValueError(f'targets="all": {chosen.name} is class-agnostic: its one map serves every class')
+    select = output or select_logits
+    with model_lock(model), torch.inference_mode(False):
+        if images.is_inference():
+            images = images.clone()
+        layers = resolve_layers(model, layer, images)
+        if len(layers) != 1:
+            raise ValueError('targets="all" explains one layer at a time')
+        name = layers[0][0]
+        with preserved_state(model, eval_mode=eval_mode):
+            torch.set_grad_enabled(False)
+            with capture(layers, graph_from_layer=True) as record:
+                raw_output = run_model(model, images)
+            (activation,) = record.tensors()
+            logits = select(raw_output)
+            if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+                raise ValueError('targets="all" needs (B, num_classes) scores; pass output=')
+            size = (images.shape[-2], images.shape[-1])
+            layout = infer_layout(activation, size, prefix_tokens, grid, name)
+            spatial = layout.to_spatial(activation.detach()).float()
+            raw = _every_class(chosen, logits, activation, spatial, layout, dtype, counterfactual)
+    return ClassMaps(raw, logits.detach().float(), chosen.name, name, size, labels)
+
+
+def _every_class(
+    method: CAMMethod,
+    logits: torch.Tensor,
+    activation: torch.Tensor,
+    spatial: torch.Tensor,
+    layout: Any,
+    dtype: torch.dtype,
+    counterfactual: bool,
+) -> torch.Tensor:
+    """(B, K, h, w) maps, classes in chunks of one batched backward pass each."""
+    batch, classes = logits.shape
+    per_class = spatial[0].numel() * batch * 4 * 3  # the gradient, its spatial copy and the method's work
+    chunk = max(1, min(classes, CHUNK_BYTES // max(1, per_class)))
+    raw = torch.empty(batch, classes, *spatial.shape[-2:], dtype=dtype, device=spatial.device)
+    if not activation.requires_grad or not logits.requires_grad:
+        raw.zero_()
+        return raw
+    for start in range(0, classes, chunk):
+        count = min(chunk, classes - start)
+        one_hot = torch.zeros(count, batch, classes, dtype=logits.dtype, device=logits.device)
+        one_hot[torch.arange(count), :, start + torch.arange(count)] = 1
+        (gradients,) = torch.autograd.grad(
+            logits, activation, grad_outputs=one_hot, is_grads_batched=True, retain_graph=True, allow_unused=True
+        )
+        if gradients is None:
+            raw[:, start : start + count] = 0
+            continue
+        laid = layout.to_spatial(gradients.flatten(0, 1)).float()  # (count * B, C, h, w)
+        if counterfactual:
+            laid = -laid
+        repeated = spatial.repeat(count, 1, 1, 1)
+        cams, _ = method.combine(repeated, laid)
+        cams = cams.reshape(count, batch, *cams.shape[-2:]).transpose(0, 1)
+        raw[:, start : start + count] = cams.clamp(min=0).to(dtype)
+    return raw
