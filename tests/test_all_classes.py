@@ -55,3 +55,27 @@ def test_the_model_is_left_as_found():
     gradcam.explain(model, torch.randn(1, 3, 64, 64), targets="all")
     assert model.training and all(p.grad is None for p in model.parameters())
     assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_cli_target_all_writes_one_float16_array_per_photo_and_draws_the_top_classes(tmp_path):
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    from gradcam.cli import main
+    from gradcam.images import preprocess, read_image
+    from gradcam.models import load_model
+
+    photo = Path(__file__).resolve().parents[1] / "examples" / "coffee.jpg"
+    out = tmp_path / "out"
+    assert main(["explain", str(photo), "--target", "all", "--out", str(out), "--workers", "0", "--quiet"]) == 0
+    entry = json.loads((out / "results.json").read_text())["images"][0]
+    every = np.load(entry["all_classes"])
+    assert every.shape == (1000, 7, 7) and every.dtype == np.float16
+    assert [t["label"] for t in entry["targets"]] == ["espresso", "cup", "consomme"]
+    assert all(Path(t["files"]["overlay"]).exists() for t in entry["targets"])
+    bundle = load_model()
+    pixels, _ = preprocess(read_image(photo), bundle.preprocessing)
+    asked = gradcam.explain(bundle.model, pixels[None], targets=[[968, 500]])
+    np.testing.assert_allclose(every[[968, 500]].astype(np.float32), asked.raw[0].numpy(), rtol=2e-3, atol=2e-3)

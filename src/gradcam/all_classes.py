@@ -25,7 +25,7 @@ from .hooks import capture, model_lock, preserved_state, run_model
 from .layers import LayerSpec, resolve_layers
 from .methods import CAMMethod, get_method
 from .methods.perturbation import PerturbationMethod
-from .result import normalise, upsample
+from .result import Explanation, LayerResult, normalise, upsample
 from .spatial import infer_layout
 from .targets import select_logits
 
@@ -43,6 +43,23 @@ class ClassMaps:
     layer: str
     size: tuple[int, int]
     labels: Sequence[str] | None = None
+    activations: torch.Tensor | None = None  # (B, C, h, w) the layer's, for top_explanation
+
+    def top_explanation(self, k: int = 3) -> Explanation:
+        """An :class:`~gradcam.Explanation` of each image's ``k`` highest-scoring classes, from the maps
+        already computed (no model run)."""
+        top = self.top(k)
+        rows = torch.arange(len(top))[:, None]
+        raw = self.raw[rows, top].float()
+        result = LayerResult(self.layer, self.activations if self.activations is not None else raw, None, raw)
+        return Explanation(
+            maps=normalise(upsample(raw, self.size)),
+            targets=top,
+            scores=self.logits.gather(1, top),
+            logits=self.logits,
+            method=self.method,
+            layer_results=(result,),
+        )
 
     def maps(self, classes: int | Sequence[int] | None = None) -> torch.Tensor:
         """(B, k, H, W) float32 maps in [0, 1] at the input's size, for ``classes`` (default: each image's
@@ -114,7 +131,7 @@ def explain_all(
             layout = infer_layout(activation, size, prefix_tokens, grid, name)
             spatial = layout.to_spatial(activation.detach()).float()
             raw = _every_class(chosen, logits, activation, spatial, layout, dtype, counterfactual)
-    return ClassMaps(raw, logits.detach().float(), chosen.name, name, size, labels)
+    return ClassMaps(raw, logits.detach().float(), chosen.name, name, size, labels, spatial)
 
 
 def _every_class(

@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--target",
         default=None,
-        help="top-1 if omitted; a class index, an ImageNet class name, 'top3', or several comma-separated",
+        help="top-1 if omitted; a class index, an ImageNet class name, 'top3', several comma-separated, or 'all' "
+        "(every class's map saved as one float16 array per photo, the top 3 drawn)",
     )
     run.add_argument(
         "--prompt",
@@ -360,7 +361,8 @@ def _explain(args: argparse.Namespace) -> int:
             raise UsageError(f"{bundle.name} is an image-text model: say what to look for with --prompt TEXT")
         if prompts and not image_text:
             raise UsageError(f"--prompt: {bundle.name} is not an image-text model; use clip:ARCH or a CLIP/SigLIP hf:")
-        parse_target(args.target, bundle.labels, len(bundle.labels) if bundle.labels is not None else None)
+        if (args.target or "").strip().lower() != "all":
+            parse_target(args.target, bundle.labels, len(bundle.labels) if bundle.labels is not None else None)
     except (ModelLoadError, UsageError) as error:
         return _error(str(error))
     except RuntimeError as error:  # e.g. an unavailable --device
@@ -376,7 +378,7 @@ def _explain(args: argparse.Namespace) -> int:
         out=Path(args.out),
         method=args.method,
         layer=args.layer,
-        target=args.target,
+        target="all" if (args.target or "").strip().lower() == "all" else args.target,
         prompts=prompts,
         per_channel=args.per_channel,
         alpha=args.alpha,

@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from .all_classes import explain_all
 from .explain import explain
 from .files import write_atomic
 from .guided import gradient_picture
@@ -261,6 +262,7 @@ def write_json_atomic(data: Any, path: Path) -> None:
 
 
 THUMBNAIL_SIDE = 512
+ALL_CLASSES_DRAWN = 3  # with --target all: the raw maps of every class are saved, the top ones drawn
 
 
 def save_thumbnail(photo: torch.Tensor, path: Path) -> None:
@@ -552,25 +554,36 @@ class BatchExplainer:
         inputs = torch.stack([item["input"] for _, _, _, item in good]).to(device=device, dtype=dtype)
         if self.layer is None:
             self.layer = auto_layer(model, inputs)
-        targets: Any = parse_target(self.options.target, self.bundle.labels)
+        every = None
+        targets: Any = None if self.options.target == "all" else parse_target(self.options.target, self.bundle.labels)
         if self.options.prompts:
             targets = TextPrompt(self.options.prompts)
         elif isinstance(targets, list):
             targets = [targets] * len(good)
         try:
-            ex = explain(
-                model,
-                inputs,
-                self.options.cam_method(),
-                self.layer,
-                targets,
-                labels=self.bundle.labels,
-                counterfactual=self.options.counterfactual,
-                eigen_smooth=self.options.eigen_smooth,
-                aug_smooth=self.options.aug_smooth,
-                guided=self.options.guided,
-                prefix_tokens=self.options.prefix_tokens,
-                grid=self.options.token_grid,
+            if self.options.target == "all":  # every class: the raw maps kept, the top classes drawn
+                every = explain_all(
+                    model, inputs, self.options.cam_method(), self.layer, labels=self.bundle.labels,
+                    dtype=torch.float16, counterfactual=self.options.counterfactual,
+                    prefix_tokens=self.options.prefix_tokens, grid=self.options.token_grid,
+                )  # fmt: skip
+            ex = (
+                every.top_explanation(ALL_CLASSES_DRAWN)
+                if every is not None
+                else explain(
+                    model,
+                    inputs,
+                    self.options.cam_method(),
+                    self.layer,
+                    targets,
+                    labels=self.bundle.labels,
+                    counterfactual=self.options.counterfactual,
+                    eigen_smooth=self.options.eigen_smooth,
+                    aug_smooth=self.options.aug_smooth,
+                    guided=self.options.guided,
+                    prefix_tokens=self.options.prefix_tokens,
+                    grid=self.options.token_grid,
+                )
             )
         except (ValueError, TypeError) as error:
             raise UsageError(str(error)) from None
@@ -578,9 +591,12 @@ class BatchExplainer:
             raise UsageError("the model's output is not (B, num_classes) class scores")
         ranked = ex.logits if self.options.prompts else ex.logits.softmax(dim=-1)  # cosines, or probabilities
         top = ranked.topk(min(5, ranked.shape[-1]), dim=-1)
-        contributions = ex.channel_contributions(self.options.per_channel) if self.options.per_channel else None
+        contributions = (
+            ex.channel_contributions(self.options.per_channel) if self.options.per_channel and every is None else None
+        )
+        every_raw = every.raw.cpu() if every is not None else None
         return [
-            (position, partial(self._write_safely, path, key, item, ex, row, top, contributions))
+            (position, partial(self._write_safely, path, key, item, ex, row, top, contributions, every_raw))
             for row, (position, path, key, item) in enumerate(good)
         ]
 
@@ -620,7 +636,15 @@ class BatchExplainer:
         return labels[index] if labels is not None and index < len(labels) else str(index)
 
     def write_outputs(
-        self, path: str, key: str, item: dict[str, Any], ex: Any, row: int, top: Any, contributions: Any
+        self,
+        path: str,
+        key: str,
+        item: dict[str, Any],
+        ex: Any,
+        row: int,
+        top: Any,
+        contributions: Any,
+        every: torch.Tensor | None = None,
     ) -> dict[str, Any]:
         options = self.options
         geometry: Geometry = item["geometry"]
@@ -639,13 +663,16 @@ class BatchExplainer:
                 files["guided"] = base.with_name(name + ".guided-gradcam.png")
             planned.append((k, class_id, files))
         thumbnail = base.with_name(f"{base.name}.photo.jpg")  # for index.html, inside the output folder
+        every_file = base.with_name(f"{base.name}.{options.method}.all-classes.npy") if every is not None else None
         if not (options.overwrite or self.replace_unrecorded):
             existing = [p for _, _, files in planned for p in files.values() if p.exists()]
-            existing += [thumbnail] if thumbnail.exists() else []
+            existing += [p for p in (thumbnail, every_file) if p is not None and p.exists()]
             if existing:
                 error = f"{existing[0]}: exists; pass --overwrite to replace it"
                 return {"path": path, "status": "error", "error": error}
         save_thumbnail(item["photo"], thumbnail)
+        if every is not None and every_file is not None:  # (K, h, w) float16: every class at the layer's grid
+            save_npy_atomic(every[row].numpy(), every_file)
         targets = []
         for k, class_id, files in planned:
             picture = overlay_on_photo(
@@ -684,6 +711,7 @@ class BatchExplainer:
             "size": list(item.get("size") or (geometry.original[1], geometry.original[0])),
             "overlay_size": [geometry.original[1], geometry.original[0]],
             "thumbnail": str(thumbnail),
+            **({"all_classes": str(every_file)} if every_file is not None else {}),
             "predictions": [
                 {"index": int(i), "label": self.label(int(i)), self.ranked_by: round(float(p), 6)}
                 for p, i in zip(top.values[row], top.indices[row], strict=True)
