@@ -79,3 +79,32 @@ def test_cli_target_all_writes_one_float16_array_per_photo_and_draws_the_top_cla
     pixels, _ = preprocess(read_image(photo), bundle.preprocessing)
     asked = gradcam.explain(bundle.model, pixels[None], targets=[[968, 500]])
     np.testing.assert_allclose(every[[968, 500]].astype(np.float32), asked.raw[0].numpy(), rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "hirescam", "cam", "layercam"])
+def test_the_linear_head_shortcut_equals_the_general_path(method, monkeypatch):
+    """On a global-pool + linear head every class's gradient is W_k times one shared map, so Grad-CAM,
+    CAM and HiRes-CAM are one matrix product; the shortcut must give the general path's maps."""
+    import gradcam.all_classes as all_classes
+
+    torch.manual_seed(0)
+    model, x = torchvision.models.resnet18(num_classes=30).eval(), torch.randn(2, 3, 96, 96)
+    calls = []
+    original = all_classes._closed_form
+    monkeypatch.setattr(all_classes, "_closed_form", lambda *a: calls.append(1) or original(*a))
+    fast = gradcam.explain(model, x, method, "layer4", targets="all")
+    assert bool(calls) == (method != "layercam")
+    monkeypatch.setattr(all_classes, "CLOSED_FORM", ())
+    general = gradcam.explain(model, x, method, "layer4", targets="all")
+    torch.testing.assert_close(fast.raw, general.raw, rtol=1e-4, atol=1e-6)
+
+
+def test_a_head_that_is_not_linear_takes_the_general_path(monkeypatch):
+    import gradcam.all_classes as all_classes
+
+    torch.manual_seed(0)
+    model = torchvision.models.vgg11(num_classes=10).eval()  # three fully connected layers after features
+    calls = []
+    monkeypatch.setattr(all_classes, "_closed_form", lambda *a: calls.append(1))
+    every = gradcam.explain(model, torch.randn(1, 3, 64, 64), "gradcam", "features.19", targets="all")
+    assert not calls and every.raw.shape == (1, 10, 4, 4)

@@ -130,8 +130,77 @@ def explain_all(
             size = (images.shape[-2], images.shape[-1])
             layout = infer_layout(activation, size, prefix_tokens, grid, name)
             spatial = layout.to_spatial(activation.detach()).float()
-            raw = _every_class(chosen, logits, activation, spatial, layout, dtype, counterfactual)
+            head = _linear_head(model, logits, activation, spatial, layout)
+            if head is not None and type(chosen).__name__ == "CAM" and not _constant(head[1]):
+                head = None  # CAM needs the pooling right after the layer: the general path says so
+            if head is not None and type(chosen).__name__ in CLOSED_FORM:
+                raw = _closed_form(chosen, head, spatial, dtype, counterfactual)
+            else:
+                raw = _every_class(chosen, logits, activation, spatial, layout, dtype, counterfactual)
     return ClassMaps(raw, logits.detach().float(), chosen.name, name, size, labels, spatial)
+
+
+CLOSED_FORM = ("GradCAM", "HiResCAM", "CAM")  # maps that are one matrix product on a linear head
+
+
+def _linear_head(
+    model: nn.Module, logits: torch.Tensor, activation: torch.Tensor, spatial: torch.Tensor, layout: Any
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(W, D)`` when every class's gradient is ``G_k = W_k[:, None, None] * D``: the head after the layer is
+    element-wise activations, global average pooling and one linear layer ``W`` (K, C), and
+    ``D = f'(A) / (h w)`` (B, C, h, w) is shared by every class. Checked, not assumed: ``W`` is the model's
+    last (K, C) linear layer, ``D`` is fitted on four classes' real gradients, and all four must match
+    ``W_k * D`` to within 1e-5 of their size; anything else returns None (the general path)."""
+    batch, classes = logits.shape
+    channels = spatial.shape[1]
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear) and m.weight.shape == (classes, channels)]
+    if not linears or not activation.requires_grad or not logits.requires_grad:
+        return None
+    weight = linears[-1].weight.detach().float()
+    probes = sorted({int(logits[0].argmax()), 0, classes // 2, classes - 1})
+    one_hot = torch.zeros(len(probes), batch, classes, dtype=logits.dtype, device=logits.device)
+    one_hot[torch.arange(len(probes)), :, torch.tensor(probes)] = 1
+    (gradients,) = torch.autograd.grad(
+        logits, activation, grad_outputs=one_hot, is_grads_batched=True, retain_graph=True, allow_unused=True
+    )
+    if gradients is None:
+        return None
+    laid = layout.to_spatial(gradients.flatten(0, 1)).float().unflatten(0, (len(probes), batch))  # (P, B, C, h, w)
+    w = weight[probes][:, None, :, None, None]  # (P, 1, C, 1, 1)
+    denominator = (w * w).sum(dim=0)
+    if bool((denominator == 0).any()):
+        return None
+    shared = (w * laid).sum(dim=0) / denominator  # least squares over the probes: (B, C, h, w)
+    error = (laid - w * shared).abs().amax()
+    if error > 1e-5 * laid.abs().amax().clamp(min=1e-12):
+        return None
+    return weight, shared
+
+
+def _constant(shared: torch.Tensor) -> bool:
+    spread = (shared - shared.mean(dim=(2, 3), keepdim=True)).abs().amax()
+    return bool(spread <= 1e-5 * shared.abs().amax().clamp(min=1e-12))
+
+
+def _closed_form(
+    method: CAMMethod,
+    head: tuple[torch.Tensor, torch.Tensor],
+    spatial: torch.Tensor,
+    dtype: torch.dtype,
+    counterfactual: bool,
+) -> torch.Tensor:
+    """Every class's map on a linear head (see :func:`_linear_head`), as one matrix product:
+    Grad-CAM ``sum_c W_kc mean(D_c) A_c``; CAM ``hw`` times that; HiRes-CAM ``sum_c W_kc (D_c A_c)``."""
+    weight, shared = head
+    sign = -1.0 if counterfactual else 1.0
+    height, width = spatial.shape[-2:]
+    if type(method).__name__ == "HiResCAM":
+        cams = torch.einsum("kc,bchw->bkhw", sign * weight, shared * spatial)
+    else:
+        scale = height * width if type(method).__name__ == "CAM" else 1
+        channel = shared.mean(dim=(2, 3)) * scale  # (B, C)
+        cams = torch.einsum("kc,bc,bchw->bkhw", sign * weight, channel, spatial)
+    return cams.clamp(min=0).to(dtype)
 
 
 def _every_class(
