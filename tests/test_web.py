@@ -117,6 +117,10 @@ def test_in_a_real_browser(running_app, tmp_path, capfd):
         assert fits and set(fits) == {"contain"}  # a portrait photo keeps its top and bottom
         assert "Feature maps adding up to the gradcam map for" in page.locator("#grid").inner_text()
         assert "heat: low" in page.locator("#scale").inner_text()
+        page.locator("#anyclass input").fill("bobsled")  # any of the 1,000 classes, from the kept maps
+        page.locator("#anyclass input").press("Enter")
+        page.locator("#anyclass-map").get_by_text("gradcam for bobsled (no model run)").wait_for(timeout=30_000)
+        page.locator("#anyclass-map img").first.wait_for(timeout=30_000)
         page.screenshot(path=str(tmp_path / "web-app.png"), full_page=True)
     assert "Traceback" not in capfd.readouterr().err
     assert (tmp_path / "web-app.png").stat().st_size > 10_000
@@ -184,3 +188,27 @@ def test_captions_say_what_the_score_is(tmp_path):
     assert result.overlays[0][1].startswith("gradcam: espresso, logit 11.") and result.overlays[0][1].endswith(
         "p = 0.95"
     )
+
+
+def test_any_class_is_drawn_from_the_kept_maps_without_running_the_model(tmp_path, monkeypatch):
+    import numpy as np
+    import torch
+
+    from gradcam import web
+
+    result = explain_photo(str(EXAMPLES / "coffee.jpg"), "efficientnet_lite0", ["gradcam"], None, "", 0.5, "jet",
+                           out_dir=tmp_path)  # fmt: skip
+    assert result.every is not None and result.every.raw.shape == (1000, 7, 7)
+    bundle = web.cached_model("efficientnet_lite0")
+    monkeypatch.setattr(bundle.model, "forward", lambda *a: (_ for _ in ()).throw(AssertionError("model ran")))
+    picture = result.every.draw("cup")
+    assert picture.size == (600, 400)
+    monkeypatch.undo()
+    (tmp_path / "b").mkdir()
+    asked = explain_photo(str(EXAMPLES / "coffee.jpg"), "efficientnet_lite0", ["gradcam"], None, "cup", 0.5, "jet",
+                          out_dir=tmp_path / "b")  # fmt: skip
+    difference = np.abs(np.asarray(picture, dtype=np.int16) - np.asarray(asked.overlays[0][0], dtype=np.int16))
+    assert difference.max() <= 3  # float16 maps: within rounding of the same picture
+    with pytest.raises(AppError, match="out of range"):
+        result.every.draw("1000")
+    assert torch.is_tensor(result.every.raw)

@@ -47,7 +47,7 @@ from .images import (
 from .layers import list_layers
 from .models import DEFAULT_MODEL, LoadedModel, ModelLoadError, load_model, read_labels, with_labels
 from .runner import UsageError, parse_target, save_npy_atomic, slug
-from .targets import TextPrompt
+from .targets import TextPrompt, class_index
 from .viz import channel_grid, overlay_on_photo, save_png, to_pil
 
 MAX_UPLOAD_MB = 20
@@ -56,6 +56,7 @@ MAX_OVERLAYS = 30  # methods x targets in one request
 SCRATCH_FOLDERS = 64  # requests whose files stay downloadable
 GRADIO_CACHE_SWEEP = (600, 3600)  # every 10 minutes, delete Gradio's cached files older than an hour
 PACKAGE_EXAMPLES = Path(__file__).parent / "examples"
+ANY_CLASS_LABEL = "Any class: type to search; its map appears without running the model again (first method)"
 COLORMAPS = ["jet", "turbo", "inferno", "viridis", "magma", "plasma", "coolwarm"]
 
 
@@ -164,6 +165,32 @@ class PhotoResult:
     layer: str
     targets: int = 1  # per method: the overlays form a methods x targets grid
     grid_label: str = "Feature maps contributing most"
+    every: AnyClass | None = None  # every class's map of the first method, for the "any class" menu
+
+
+@dataclass(frozen=True)
+class AnyClass:
+    """Every class's raw map of one photo (float16, the layer's resolution) and what is needed to draw one
+    on the photo again without running the model: the photo's file, its geometry and the drawing options."""
+
+    raw: torch.Tensor  # (K, h, w)
+    labels: tuple[str, ...]
+    path: str
+    geometry: Any
+    method: str
+    alpha: float
+    colormap: str
+
+    def draw(self, name: str) -> Any:
+        """The overlay of class ``name`` (a label or an index) on the photo, at its own resolution."""
+        from .result import normalise, upsample
+
+        index = class_index(name, self.labels) if not name.strip().isdigit() else int(name)
+        if not 0 <= index < len(self.raw):
+            raise AppError(f"class {index} is out of range for a model with {len(self.raw)} classes")
+        heat = normalise(upsample(self.raw[index][None, None].float(), self.geometry.crop))[0, 0]
+        photo = image_tensor(read_image(Path(self.path), max_megapixels=DEFAULT_MAX_MEGAPIXELS))
+        return to_pil(overlay_on_photo(photo, heat, self.geometry, self.alpha, self.colormap))
 
 
 def explain_photo(
@@ -263,7 +290,33 @@ def explain_photo(
     text = json.dumps(record, indent=1)
     write_atomic(manifest, lambda temporary: temporary.write_text(text, encoding="utf-8"))
     files.append(str(manifest))
-    return PhotoResult(overlays, grid, top5, files, chosen_layer or "", count, grid_label)
+    every = _every_class(bundle, x, methods[0], chosen_layer, str(file), geometry, alpha, colormap, targets)
+    return PhotoResult(overlays, grid, top5, files, chosen_layer or "", count, grid_label, every)
+
+
+def _every_class(
+    bundle: LoadedModel,
+    x: torch.Tensor,
+    method: str,
+    layer: str | None,
+    path: str,
+    geometry: Any,
+    alpha: float,
+    colormap: str,
+    targets: Any,
+) -> AnyClass | None:
+    """Every class's map of the first method (one forward pass; for a global-pool + linear head one matrix
+    product), kept so that any class can be drawn at once; None where it does not apply (no class names,
+    prompts, or a method without per-class gradients)."""
+    from .all_classes import explain_all
+
+    if bundle.labels is None or isinstance(targets, TextPrompt):
+        return None
+    try:
+        every = explain_all(bundle.model, x, method, layer, dtype=torch.float16)
+    except ValueError:
+        return None
+    return AnyClass(every.raw[0].cpu(), tuple(bundle.labels), path, geometry, every.method, alpha, colormap)
 
 
 def _score_text(ex: Any, k: int, index: int, prompt: bool) -> str:
@@ -304,15 +357,25 @@ def build_app(examples: Path | None = None, models: Sequence[str] | ModelShelf |
             result = explain_photo(path, model_name, chosen_methods, layer, target, alpha, colormap, frame=frame)
         except AppError as error:
             return (gr.update(value=None), gr.update(value=None), gr.update(value=None), gr.update(value=None),
-                    f"**Could not explain:** {error}")  # fmt: skip
+                    f"**Could not explain:** {error}", None, gr.update(choices=[], value=None))  # fmt: skip
         status = (
             f"{len(chosen_methods)} method(s) by row, {result.targets} target(s) by column; layer `{result.layer}`; "
             f"frame: {FRAMES_SHOWN[frame]}"
         )
         rows = max(1, len(result.overlays) // max(1, result.targets))
         height = rows * (860 // max(2, result.targets)) + 40  # every overlay in view, none in a scroll box
+        menu = gr.update(choices=list(result.every.labels), value=None, interactive=True) if result.every else \
+            gr.update(choices=[], value=None, interactive=False)  # fmt: skip
         return (gr.update(value=result.overlays, columns=result.targets, height=height), gr.update(value=result.grid,
-                label=result.grid_label), result.top5, result.files, status)  # fmt: skip
+                label=result.grid_label), result.top5, result.files, status, result.every, menu)  # fmt: skip
+
+    def on_class(every, name):
+        if every is None or not name:
+            return gr.update(value=None)
+        try:
+            return gr.update(value=every.draw(name), label=f"{every.method} for {name} (no model run)")
+        except (AppError, ValueError) as error:
+            return gr.update(value=None, label=f"Could not draw: {error}")
 
     def on_model(model_name):
         names, default = layer_choices(model_name)  # every served model was loaded at start
@@ -344,10 +407,15 @@ def build_app(examples: Path | None = None, models: Sequence[str] | ModelShelf |
                                      object_fit="contain", elem_id="overlays")  # fmt: skip
                 gr.HTML(colour_scale_html(), elem_id="scale")
                 grid = gr.Image(label="Feature maps contributing most (first method, first target)", elem_id="grid")
+                every = gr.State(None)
+                any_class = gr.Dropdown([], label=ANY_CLASS_LABEL, filterable=True, interactive=False,
+                                        elem_id="anyclass")  # fmt: skip
+                any_map = gr.Image(label="The chosen class's map", elem_id="anyclass-map")
                 files = gr.File(label="Downloads: PNG, .npy, JSON", file_count="multiple", elem_id="files")
         model.change(on_model, inputs=[model], outputs=[layer])
         button.click(run, inputs=[photo, model, chosen, layer, target, alpha, colormap, frame],
-                     outputs=[gallery, grid, top5, files, status])  # fmt: skip
+                     outputs=[gallery, grid, top5, files, status, every, any_class])  # fmt: skip
+        any_class.change(on_class, inputs=[every, any_class], outputs=[any_map])
     return app
 
 
