@@ -195,3 +195,33 @@ def test_randomcam_is_its_own_seeded_draw(hand_model):
     weights = torch.rand(2, generator=torch.Generator().manual_seed(7), dtype=torch.float64) * 2 - 1
     expected = torch.relu(weights[0] * torch.relu(HAND_INPUT[0, 0]) + weights[1] * torch.relu(HAND_INPUT[0, 1]))
     torch.testing.assert_close(raw_map(hand_model, RandomCAM(seed=7)), expected.float())
+
+
+def test_iscam_with_one_step_and_sscam_without_noise_are_score_cam(tiny_cnn, tiny_images):
+    """IS-CAM's path has one point, (1/1) H_c: Score-CAM. SS-CAM with std 0 averages identical scores."""
+    from gradcam.methods.perturbation import ISCAM, SSCAM
+
+    score = gradcam.explain(tiny_cnn, tiny_images, "scorecam", targets=[1, 2, 3]).raw
+    one_step = gradcam.explain(tiny_cnn, tiny_images, ISCAM(samples=1), targets=[1, 2, 3]).raw
+    quiet = gradcam.explain(tiny_cnn, tiny_images, SSCAM(samples=3, std=0.0), targets=[1, 2, 3]).raw
+    torch.testing.assert_close(one_step, score)
+    torch.testing.assert_close(quiet, score)
+
+
+def test_iscam_integrates_the_path_by_hand(tiny_cnn, tiny_images):
+    """s_c = mean over i = 1..n of y(X * (i / n) H_c), then a softmax over channels."""
+    import torch.nn.functional as F
+
+    from gradcam.methods.perturbation import ISCAM
+
+    x = tiny_images[:1]
+    ex = gradcam.explain(tiny_cnn, x, ISCAM(samples=3), "features.6", targets=[2])
+    activations = ex.layer_results[0].activations[0]  # (C, h, w)
+    masks = F.interpolate(activations[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)
+    low, high = masks.amin(dim=(2, 3), keepdim=True), masks.amax(dim=(2, 3), keepdim=True)
+    masks = torch.where(high > low, (masks - low) / (high - low).clamp(min=1e-12), 0)  # a constant channel: 0
+    with torch.no_grad():
+        scores = torch.stack([tiny_cnn(x * masks * (i / 3))[:, 2] for i in (1, 2, 3)]).mean(0)
+    weights = torch.softmax(scores, dim=0)
+    expected = torch.relu((weights[:, None, None] * activations).sum(0))
+    torch.testing.assert_close(ex.raw[0, 0], expected, rtol=1e-4, atol=1e-6)

@@ -38,7 +38,13 @@ ORACLES = {
 # the principal component's sign is arbitrary; pytorch-grad-cam leaves it as the SVD gives it
 SIGNLESS = {"eigencam", "eigengradcam"}
 # checked against another oracle, or statistically: see the tests below
-ELSEWHERE = {"cam": "torchcam CAM", "randomcam": "statistical", "gradeclip": "by hand (test_image_text.py)"}
+ELSEWHERE = {
+    "cam": "torchcam CAM",
+    "randomcam": "statistical",
+    "gradeclip": "by hand (test_image_text.py)",
+    "sscam": "torchcam SSCAM, statistical",
+    "iscam": "torchcam ISCAM",
+}
 # perturbation methods run one forward pass per channel: smaller inputs, and the paper-level bar (0.99)
 PERTURBATION = {"scorecam", "ablationcam"}
 
@@ -152,3 +158,30 @@ def test_random_cam_mean_map_agrees_with_the_oracle():
     assert (np.abs(ours.mean(0).numpy() - theirs.mean(0)) < 5 * error).all()
     again = gradcam.explain(model, x, "randomcam", "layer4").maps
     torch.testing.assert_close(again, gradcam.explain(model, x, "randomcam", "layer4").maps)  # seeded: repeatable
+
+
+@pytest.mark.parametrize("name", ["iscam", "sscam"])
+def test_score_cam_variants_agree_with_torchcam(name):
+    """IS-CAM is deterministic; SS-CAM averages 400 noisy masks in both implementations (other random
+    draws), so its maps agree statistically. The softmax over channels ignores torchcam's baseline score."""
+    from torchcam.methods import ISCAM as TorchcamISCAM
+    from torchcam.methods import SSCAM as TorchcamSSCAM
+
+    from gradcam.methods.perturbation import ISCAM, SSCAM
+    from tiny_models import TinyCNN
+
+    torch.manual_seed(0)
+    model, x = TinyCNN().eval(), torch.randn(2, 3, 32, 32)
+    ours_method, theirs_class, options = {
+        "iscam": (ISCAM(samples=10), TorchcamISCAM, {"num_samples": 10}),
+        "sscam": (SSCAM(samples=400, std=2.0), TorchcamSSCAM, {"num_samples": 400, "std": 2.0}),
+    }[name]
+    ours = gradcam.explain(model, x, ours_method, "features.6", targets=[1, 2]).raw[:, 0]
+    reference = copy.deepcopy(model)
+    torch.manual_seed(1)
+    with theirs_class(reference, target_layer="features.6", input_shape=(3, 32, 32), **options) as extractor:
+        with torch.no_grad():
+            out = reference(x)
+        theirs = extractor([1, 2], out)[0]
+    for image in range(2):
+        assert correlation(ours[image].numpy(), theirs[image].numpy()) >= (0.999 if name == "iscam" else 0.99)

@@ -32,6 +32,10 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
         return text if "(default:" in text else super()._get_help_string(action)
 
 
+# slow (one forward pass per channel), or for particular models only: gradcam evaluate runs them when named
+NOT_EVALUATED_BY_DEFAULT = ("scorecam", "sscam", "iscam", "ablationcam", "gradeclip", "cam")
+
+
 def _add_labels_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--labels",
@@ -195,9 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_trust_option(judge)
     _add_labels_option(judge)
     judge.add_argument(
-        "--methods", default=",".join(m for m in methods() if m not in ("scorecam", "ablationcam", "gradeclip", "cam")),
-        help="comma-separated methods (scorecam and ablationcam are slower, gradeclip needs a ViT, cam a pooled linear "
-        "head: add them by name)",
+        "--methods",
+        default=",".join(m for m in methods() if m not in NOT_EVALUATED_BY_DEFAULT),
+        help="comma-separated methods (scorecam, sscam, iscam and ablationcam are slower, gradeclip needs a ViT, cam a "
+        "pooled linear head: add them by name)",
     )  # fmt: skip
     judge.add_argument(
         "--layers", default=None, help="comma-separated layers to compare (default: the model's default)"
@@ -331,8 +336,8 @@ def _explain(args: argparse.Namespace) -> int:
             method_with_options(args.method, method_options)
         except OptionError as error:
             return _error(str(error))
-    if args.top_channels is not None and (args.top_channels < 1 or args.method != "scorecam"):
-        return _error("--top-channels N: N >= 1, with --method scorecam")
+    if args.top_channels is not None and (args.top_channels < 1 or args.method not in ("scorecam", "sscam", "iscam")):
+        return _error("--top-channels N: N >= 1, with --method scorecam, sscam or iscam")
     if args.per_channel and args.method == "eigencam":
         return _error("--per-channel: eigencam has no channel weights; choose a gradient or perturbation method")
     grid = None

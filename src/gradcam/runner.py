@@ -41,7 +41,7 @@ from .images import (
 )
 from .layers import auto_layer
 from .methods import CAMMethod
-from .methods.perturbation import AblationCAM, ScoreCAM
+from .methods.perturbation import AblationCAM
 from .models import LoadedModel, Preprocessing
 from .report import write_explain_page
 from .targets import TextPrompt, class_index
@@ -94,8 +94,10 @@ class RunOptions:
 
     def cam_method(self) -> CAMMethod | str:
         """The method, with its options where it takes some (``--method-option KEY=VALUE`` too)."""
-        if self.method == "scorecam":
-            return ScoreCAM(batch_size=self.perturbation_batch, top_channels=self.top_channels)
+        options = list(self.method_options)
+        if self.method in ("scorecam", "sscam", "iscam"):
+            options += [("batch_size", str(self.perturbation_batch)), ("top_channels", str(self.top_channels))]
+            return method_with_options(self.method, options)
         if self.method == "ablationcam":
             return AblationCAM(batch_size=self.perturbation_batch)
         if self.method_options:

@@ -110,14 +110,84 @@ class ScoreCAM(PerturbationMethod):
                 lo = masks.amin(dim=(2, 3), keepdim=True)
                 hi = masks.amax(dim=(2, 3), keepdim=True)
                 masks = (masks - lo) / (hi - lo)
-                masked = images[image_ids] * masks.to(images.dtype)
-                scores[image_ids, channel_ids] = probe.scores(probe.model(masked), image_ids).float()
+                scores[image_ids, channel_ids] = self.masked_scores(probe, images[image_ids], masks, image_ids)
             constant = ~varying
             if self.top_channels is None and constant.any():
                 image_ids = torch.arange(batch, device=images.device)
                 zero_scores = probe.scores(probe.model(torch.zeros_like(images)), image_ids).float()
                 scores = torch.where(constant[..., None], zero_scores[:, None, :], scores)
         return torch.softmax(scores, dim=1).nan_to_num(0.0).transpose(1, 2)  # (B, K, C)
+
+    def masked_scores(
+        self, probe: Probe, images: torch.Tensor, masks: torch.Tensor, image_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """(N, K) scores of the images under their masks ``H_c`` (N, 1, H, W) in [0, 1]: ``y(X * H_c)``."""
+        return probe.scores(probe.model(images * masks.to(images.dtype)), image_ids).float()
+
+
+@register
+class SSCAM(ScoreCAM):
+    """SS-CAM, Smoothed Score-CAM (Wang et al., 2020, arXiv:2006.14255): Score-CAM with each channel's
+    score averaged over ``samples`` noisy copies of its mask.
+
+    ``s_c = (1/n) sum_i y(X * (H_c + e_i))``, ``e_i ~ N(0, std^2)`` per pixel;  ``w = softmax_c(s)``;
+    ``L = ReLU(sum_c w_c A_c)``. n + 1 forward passes per channel would be needed one at a time; here the
+    n noisy copies of a chunk are batched. ``seed`` makes it repeatable.
+    """
+
+    name = "sscam"
+
+    def __init__(
+        self,
+        batch_size: int = 32,
+        samples: int = 35,
+        std: float = 2.0,
+        seed: int | None = 0,
+        top_channels: int | None = None,
+    ) -> None:
+        super().__init__(batch_size, top_channels)
+        self.samples, self.std, self.seed = samples, std, seed
+        self._generator: torch.Generator | None = None
+
+    def perturbation_weights(self, probe: Probe) -> torch.Tensor:
+        self._generator = None
+        if self.seed is not None:
+            self._generator = torch.Generator(device=probe.images.device).manual_seed(self.seed)
+        return super().perturbation_weights(probe)
+
+    def masked_scores(
+        self, probe: Probe, images: torch.Tensor, masks: torch.Tensor, image_ids: torch.Tensor
+    ) -> torch.Tensor:
+        total = None
+        for _ in range(self.samples):
+            noise = torch.randn(masks.shape, generator=self._generator, device=masks.device) * self.std
+            scores = super().masked_scores(probe, images, masks + noise, image_ids)
+            total = scores if total is None else total + scores
+        assert total is not None
+        return total / self.samples
+
+
+@register
+class ISCAM(ScoreCAM):
+    """IS-CAM, Integrated Score-CAM (Naidu et al., 2020, arXiv:2010.03023): each channel's score
+    integrated along the path from the baseline (a black image) to the masked image.
+
+    ``s_c = (1/n) sum_{i=1..n} y(X * (i/n) H_c)``;  ``w = softmax_c(s)``;  ``L = ReLU(sum_c w_c A_c)``
+    (the baseline's score is the same for every channel, so the softmax drops it). Deterministic.
+    """
+
+    name = "iscam"
+
+    def __init__(self, batch_size: int = 32, samples: int = 10, top_channels: int | None = None) -> None:
+        super().__init__(batch_size, top_channels)
+        self.samples = samples
+
+    def masked_scores(
+        self, probe: Probe, images: torch.Tensor, masks: torch.Tensor, image_ids: torch.Tensor
+    ) -> torch.Tensor:
+        steps = [super(ISCAM, self).masked_scores(probe, images, masks * (i / self.samples), image_ids)
+                 for i in range(1, self.samples + 1)]  # fmt: skip
+        return torch.stack(steps).mean(dim=0)
 
 
 @register
