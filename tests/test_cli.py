@@ -420,6 +420,7 @@ def test_method_options_reach_the_method_and_unknown_ones_are_named(tmp_path, ca
     assert fem.k == 1.5
     assert method_with_options("kpcacam", [("kernel", "rbf"), ("gamma", "0.01")]).gamma == 0.01
     assert method_with_options("randomcam", [("seed", "none")]).seed is None
+    assert method_with_options("finercam", [("ranks", "1,2"), ("alpha", "0.5")]).ranks == (1, 2)
     photo = str(Path(__file__).resolve().parents[1] / "examples" / "coffee.jpg")
     argv = ["explain", photo, "--method", "fem", "--quiet", "--workers", "0"]
     assert main([*argv, "--method-option", "k=1", "--out", str(tmp_path / "a")]) == 0

@@ -225,3 +225,19 @@ def test_iscam_integrates_the_path_by_hand(tiny_cnn, tiny_images):
     weights = torch.softmax(scores, dim=0)
     expected = torch.relu((weights[:, None, None] * activations).sum(0))
     torch.testing.assert_close(ex.raw[0, 0], expected, rtol=1e-4, atol=1e-6)
+
+
+def test_finercam_by_hand(hand_model):
+    """Two classes: class 0 (logit 3) is compared with class 1 (logit 0.8), the only other one, weighted by
+    p_1: s = p_1 (y_0 - alpha y_1) / p_1 = y_0 - alpha y_1, so G = G_0 - alpha G_1 = G_0 - alpha * 0.1.
+    With alpha = 1: w0 = mean(G0) - 0.1 = 0.4, w1 = mean(G1) - 0.1 = 0.65;
+    0.4 A0 + 0.65 A1 = [[0.4, 0.8 + 0.65], [1.95, 0.4]]."""
+    from gradcam.methods.gradient import FinerCAM
+
+    ex = gradcam.explain(hand_model, HAND_INPUT, FinerCAM(alpha=1.0, ranks=(1,)), "act")
+    torch.testing.assert_close(ex.raw[0, 0], torch.tensor([[0.4, 1.45], [1.95, 0.4]]))
+    assert ex.scores[0, 0].item() == pytest.approx(3.0 - 0.8)
+    torch.testing.assert_close(
+        gradcam.explain(hand_model, HAND_INPUT, FinerCAM(alpha=0.0), "act").raw,
+        gradcam.explain(hand_model, HAND_INPUT, "gradcam", "act").raw,
+    )  # alpha 0: Grad-CAM

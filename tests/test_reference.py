@@ -44,6 +44,7 @@ ELSEWHERE = {
     "gradeclip": "by hand (test_image_text.py)",
     "sscam": "torchcam SSCAM, statistical",
     "iscam": "torchcam ISCAM",
+    "finercam": "pytorch-grad-cam FinerCAM (its own target convention)",
 }
 # perturbation methods run one forward pass per channel: smaller inputs, and the paper-level bar (0.99)
 PERTURBATION = {"scorecam", "ablationcam"}
@@ -185,3 +186,23 @@ def test_score_cam_variants_agree_with_torchcam(name):
         theirs = extractor([1, 2], out)[0]
     for image in range(2):
         assert correlation(ours[image].numpy(), theirs[image].numpy()) >= (0.999 if name == "iscam" else 0.99)
+
+
+def test_finer_cam_equals_pytorch_grad_cam():
+    """pytorch-grad-cam's FinerCAM chooses the comparison classes itself when no targets are given (the
+    top-1 class, or target_idx, against the 3 nearest logits)."""
+    from gradcam.methods.gradient import FinerCAM
+
+    model, x = seeded("resnet18"), images()
+    reference = copy.deepcopy(model)
+    with pytorch_grad_cam.FinerCAM(model=reference, target_layers=[reference.layer4]) as cam:
+        theirs = cam(input_tensor=x)
+        theirs_5 = cam(input_tensor=x, target_idx=5, alpha=0.6)
+    ours = gradcam.explain(model, x, "finercam", "layer4").maps[:, 0].numpy()
+    ours_5 = gradcam.explain(model, x, FinerCAM(alpha=0.6), "layer4", targets=5).maps[:, 0].numpy()
+    for mine, yours in [(ours, theirs), (ours_5, theirs_5)]:
+        for image in range(len(x)):
+            if yours[image].std() == 0:  # random weights: an empty map in both
+                assert mine[image].std() == 0
+                continue
+            assert correlation(mine[image], yours[image]) >= 0.999

@@ -17,6 +17,7 @@ from .layers import LayerSpec, resolve_layers
 from .methods import CAMMethod, channel_contributions, get_method
 from .methods.activation import first_principal_component
 from .methods.attention import GradECLIP, attention_beside
+from .methods.gradient import FinerCAM
 from .methods.perturbation import PerturbationMethod, Probe
 from .result import Explanation, LayerResult, normalise, upsample
 from .spatial import TokenGrid, infer_layout
@@ -193,6 +194,8 @@ def _explain_once(
         resolved = resolve_targets(
             targets, logits.detach() if isinstance(logits, torch.Tensor) else logits, settings.labels, len(images)
         )
+        if isinstance(method, FinerCAM) and isinstance(logits, torch.Tensor):
+            resolved = resolved.finer(logits, method.ranks, method.alpha)
         scores = resolved.scores(logits)
         gradients = None
         if method.uses_gradients:

@@ -128,6 +128,8 @@ def method_with_options(name: str, options: Sequence[tuple[str, str]]) -> CAMMet
 
 
 def _option_value(text: str) -> Any:
+    if "," in text:  # a list: finercam ranks=1,2,3
+        return tuple(_option_value(part) for part in text.split(",") if part.strip())
     lowered = text.strip().lower()
     if lowered in ("true", "false"):
         return lowered == "true"

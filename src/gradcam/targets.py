@@ -116,10 +116,25 @@ class ResolvedTargets:
 
     indices: torch.Tensor | None
     functions: tuple[TargetFn, ...] | None
+    comparisons: torch.Tensor | None = None  # (B, K, m) Finer-CAM's comparison classes of each target
+    alpha: float = 1.0
 
     @property
     def count(self) -> int:
         return self.indices.shape[1] if self.indices is not None else len(self.functions or ())
+
+    def finer(self, logits: torch.Tensor, ranks: Sequence[int], alpha: float) -> ResolvedTargets:
+        """These class targets made Finer-CAM's: each compared with the classes whose logits are nearest
+        to its own (``ranks`` in that order, 0 being the class itself), chosen on ``logits``."""
+        if self.indices is None:
+            raise ValueError("finercam: give class targets (an index, a name, top-k), not callables")
+        own = logits.detach().gather(1, self.indices)  # (B, K)
+        distance = (logits.detach()[:, None, :] - own[..., None]).abs()  # (B, K, num_classes)
+        order = distance.argsort(dim=2, stable=True)
+        usable = [r for r in ranks if 0 < r < logits.shape[1]]
+        if not usable:
+            raise ValueError(f"finercam: no comparison class among ranks {list(ranks)} for {logits.shape[1]} classes")
+        return ResolvedTargets(self.indices, None, order[..., usable], alpha)
 
     def scores(self, logits: Any, image_ids: torch.Tensor | None = None) -> torch.Tensor:
         """(N, K) scores to differentiate; row n of ``logits`` stands for image ``image_ids[n]``
@@ -128,7 +143,17 @@ class ResolvedTargets:
             indices = self.indices.to(logits.device)
             if image_ids is not None:
                 indices = indices[image_ids.to(logits.device)]
-            return logits.gather(1, indices)
+            main = logits.gather(1, indices)
+            if self.comparisons is None:
+                return main
+            compared = self.comparisons.to(logits.device)
+            if image_ids is not None:
+                compared = compared[image_ids.to(logits.device)]
+            flat = compared.flatten(1)  # (N, K * m)
+            others = logits.gather(1, flat).view(compared.shape)
+            weights = logits.softmax(dim=1).gather(1, flat).view(compared.shape)
+            differences = main[..., None] - self.alpha * others
+            return (weights * differences).sum(dim=2) / (weights.sum(dim=2) + 1e-9)
         rows = logits.shape[0] if isinstance(logits, torch.Tensor) else len(logits)
         columns = [_check_score(fn(logits), rows) for fn in self.functions or ()]
         return torch.stack(columns, dim=1)

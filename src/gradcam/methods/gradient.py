@@ -159,3 +159,24 @@ class SegEigenCAM(CAMMethod):
         if gradients is None:
             raise ValueError("segeigencam needs gradients")
         return first_principal_component(gradients.abs() * activations, sign="extreme"), None
+
+
+@register
+class FinerCAM(GradCAM):
+    """Finer-CAM (Zhang et al., CVPR 2025, arXiv:2501.11309): what sets a class apart from the classes the
+    model nearly confuses with it. Grad-CAM of the score
+
+    ``s = sum_j p_j (y_t - alpha y_j) / sum_j p_j``
+
+    over the comparison classes j: those whose logits are nearest to the target's (``ranks`` 1, 2, 3 of
+    the distance order by default), weighted by their softmax probabilities ``p_j``; ``alpha = 0`` is
+    plain Grad-CAM. Comparison classes are chosen on the image's own logits.
+
+    Example:
+        >>> gradcam.explain(model, x, FinerCAM(alpha=1.0, ranks=(1, 2, 3)), targets="tiger cat")  # doctest: +SKIP
+    """
+
+    name = "finercam"
+
+    def __init__(self, alpha: float = 1.0, ranks: tuple[int, ...] = (1, 2, 3)) -> None:
+        self.alpha, self.ranks = alpha, tuple(ranks) if not isinstance(ranks, int) else (ranks,)
