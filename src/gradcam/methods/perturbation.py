@@ -131,8 +131,9 @@ class SSCAM(ScoreCAM):
     score averaged over ``samples`` noisy copies of its mask.
 
     ``s_c = (1/n) sum_i y(X * (H_c + e_i))``, ``e_i ~ N(0, std^2)`` per pixel;  ``w = softmax_c(s)``;
-    ``L = ReLU(sum_c w_c A_c)``. n + 1 forward passes per channel would be needed one at a time; here the
-    n noisy copies of a chunk are batched. ``seed`` makes it repeatable.
+    ``L = ReLU(sum_c w_c A_c)``. The n noise fields are drawn once per call from ``seed`` and shared by
+    every channel and image (common random numbers: the channels are compared under the same noise, and a
+    batch gives its images' maps one by one).
     """
 
     name = "sscam"
@@ -147,20 +148,20 @@ class SSCAM(ScoreCAM):
     ) -> None:
         super().__init__(batch_size, top_channels)
         self.samples, self.std, self.seed = samples, std, seed
-        self._generator: torch.Generator | None = None
+        self._noise: torch.Tensor | None = None
 
     def perturbation_weights(self, probe: Probe) -> torch.Tensor:
-        self._generator = None
-        if self.seed is not None:
-            self._generator = torch.Generator(device=probe.images.device).manual_seed(self.seed)
+        generator = torch.Generator().manual_seed(self.seed) if self.seed is not None else None
+        shape = (self.samples, 1, *probe.images.shape[-2:])
+        self._noise = (torch.randn(shape, generator=generator) * self.std).to(probe.images.device)
         return super().perturbation_weights(probe)
 
     def masked_scores(
         self, probe: Probe, images: torch.Tensor, masks: torch.Tensor, image_ids: torch.Tensor
     ) -> torch.Tensor:
+        assert self._noise is not None
         total = None
-        for _ in range(self.samples):
-            noise = torch.randn(masks.shape, generator=self._generator, device=masks.device) * self.std
+        for noise in self._noise:
             scores = super().masked_scores(probe, images, masks + noise, image_ids)
             total = scores if total is None else total + scores
         assert total is not None
