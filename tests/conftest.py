@@ -23,3 +23,11 @@ def tiny_cnn() -> TinyCNN:
 def tiny_images() -> torch.Tensor:
     torch.manual_seed(1)
     return torch.randn(3, 3, 32, 32)
+
+
+@pytest.fixture
+def unreachable_hub(monkeypatch):
+    """The Hugging Face hub at an address where nothing listens: loading from it must fail at once."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")

@@ -120,10 +120,7 @@ def test_placeholder_label_names_are_not_names(tmp_path):
     assert load_model(f"hf:{tmp_path}").labels is None
 
 
-def test_offline_hub_id_fails_at_once_naming_it(monkeypatch):
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens: the hub is unreachable
+def test_offline_hub_id_fails_at_once_naming_it(unreachable_hub):
     start = time.monotonic()
     with pytest.raises(ModelLoadError, match=r"hf:nobody/no-such-model .*--weights FILE"):
         load_model("hf:nobody/no-such-model")

@@ -160,10 +160,7 @@ def test_cli_prompts_on_an_open_clip_architecture(tmp_path, capsys):
     assert "is not an image-text model" in capsys.readouterr().err
 
 
-def test_offline_clip_weights_fail_at_once(monkeypatch):
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+def test_offline_clip_weights_fail_at_once(unreachable_hub):
     start = time.monotonic()
     with pytest.raises(ModelLoadError, match=r"clip:ViT-B-32@openai weights .*--weights FILE"):
         load_model("clip:ViT-B-32")
