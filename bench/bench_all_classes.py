@@ -35,9 +35,8 @@ def main() -> None:
         ("vgg19", torchvision.models.vgg19().eval(), "features.35"),
     ]
     print(f"1 image, 224 px, {torch.get_num_threads()} threads, torch {torch.__version__}, median of {args.repeats}")
-    print(
-        "| model | layer | forward s | all 1,000 classes s | x forward | 1,000 targets, one backward each s | x forward |"
-    )
+    columns = ["model", "layer", "forward s", "all 1,000 classes s", "x forward", "1,000 targets, one backward each s"]
+    print("| " + " | ".join([*columns, "x forward"]) + " |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for name, model, layer in cases:
 
@@ -50,8 +49,10 @@ def main() -> None:
             "all": lambda model=model, layer=layer: gradcam.explain(model, x, "gradcam", layer, targets="all"),
         }
         if not args.no_loop:
-            classes = [list(range(1000))]
-            runs["loop"] = lambda model=model, layer=layer: gradcam.explain(model, x, "gradcam", layer, classes)
+            every = [list(range(1000))]
+            runs["loop"] = lambda model=model, layer=layer, every=every: gradcam.explain(
+                model, x, "gradcam", layer, every
+            )
         times = interleaved_medians(runs, args.repeats)
         loop = f"{times['loop']:.3f} | {times['loop'] / times['forward']:.1f}" if "loop" in times else "- | -"
         print(
