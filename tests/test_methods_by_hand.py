@@ -241,3 +241,12 @@ def test_finercam_by_hand(hand_model):
         gradcam.explain(hand_model, HAND_INPUT, FinerCAM(alpha=0.0), "act").raw,
         gradcam.explain(hand_model, HAND_INPUT, "gradcam", "act").raw,
     )  # alpha 0: Grad-CAM
+
+
+def test_smooth_grad_cam_pp_without_noise_is_grad_cam_pp(hand_model):
+    """With std 0 every noisy copy is the image: the averaged powers are the gradient's, Grad-CAM++."""
+    from gradcam.methods.perturbation import SmoothGradCAMpp
+
+    torch.testing.assert_close(
+        raw_map(hand_model, SmoothGradCAMpp(samples=2, std=0.0)), raw_map(hand_model, "gradcam++")
+    )

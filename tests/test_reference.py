@@ -45,6 +45,7 @@ ELSEWHERE = {
     "sscam": "torchcam SSCAM, statistical",
     "iscam": "torchcam ISCAM",
     "finercam": "pytorch-grad-cam FinerCAM (its own target convention)",
+    "smoothgradcam++": "torchcam SmoothGradCAMpp, statistical",
 }
 # perturbation methods run one forward pass per channel: smaller inputs, and the paper-level bar (0.99)
 PERTURBATION = {"scorecam", "ablationcam"}
@@ -206,3 +207,21 @@ def test_finer_cam_equals_pytorch_grad_cam():
                 assert mine[image].std() == 0
                 continue
             assert correlation(mine[image], yours[image]) >= 0.999
+
+
+def test_smooth_grad_cam_pp_agrees_with_torchcam():
+    """Both average gradient powers over noisy inputs (other random draws). torchcam weighs alpha by the
+    last noisy sample's gradient where the paper (and we) use the mean gradient, so the maps agree
+    statistically, not exactly."""
+    from torchcam.methods import SmoothGradCAMpp as TorchcamSmooth
+
+    from gradcam.methods.perturbation import SmoothGradCAMpp
+
+    model, x = seeded("resnet18"), images()
+    ours = gradcam.explain(model, x, SmoothGradCAMpp(samples=100, std=0.3), "layer4", targets=[1, 2]).raw[:, 0]
+    reference = copy.deepcopy(model)
+    torch.manual_seed(1)
+    with TorchcamSmooth(reference, target_layer="layer4", num_samples=100, std=0.3, input_shape=(3, 112, 112)) as ext:
+        theirs = ext([1, 2], reference(x))[0].detach()
+    for image in range(2):
+        assert correlation(ours[image].numpy(), theirs[image].numpy()) >= 0.99

@@ -33,7 +33,7 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 
 
 # slow (one forward pass per channel), or for particular models only: gradcam evaluate runs them when named
-NOT_EVALUATED_BY_DEFAULT = ("scorecam", "sscam", "iscam", "ablationcam", "gradeclip", "cam")
+NOT_EVALUATED_BY_DEFAULT = ("scorecam", "sscam", "iscam", "ablationcam", "smoothgradcam++", "gradeclip", "cam")
 
 
 def _add_labels_option(parser: argparse.ArgumentParser) -> None:

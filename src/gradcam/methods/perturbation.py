@@ -243,3 +243,55 @@ class _WholeModel:
             return self.probe.model(self.probe.images[image_ids])
         finally:
             handle.remove()
+
+
+@register
+class SmoothGradCAMpp(PerturbationMethod):
+    """Smooth Grad-CAM++ (Omeiza et al., 2019, arXiv:1908.01224): Grad-CAM++ whose gradient powers are
+    averaged over ``samples`` noisy copies of the input ``X + N(0, std^2)`` (SmoothGrad).
+
+    ``D_p = mean_i (G_i)^p``;  ``a = D_2 / (2 D_2 + sum_ab A_ab D_3)``;  ``w_c = sum_ij a_c,ij ReLU(D_1)``;
+    ``L = ReLU(sum_c w_c A_c)`` on the clean image's activations ``A``. One forward and K backward passes
+    (to the layer only) per noisy copy; the noise images come from ``seed`` and every image of a batch gets
+    the same ones.
+    """
+
+    name = "smoothgradcam++"
+
+    def __init__(self, batch_size: int = 32, samples: int = 4, std: float = 0.3, seed: int | None = 0) -> None:
+        super().__init__(batch_size)
+        self.samples, self.std, self.seed = samples, std, seed
+
+    def perturbation_weights(self, probe: Probe) -> torch.Tensor:
+        from ..hooks import capture
+
+        layer = probe.model.get_submodule(probe.layer_name)
+        generator = torch.Generator().manual_seed(self.seed) if self.seed is not None else None
+        image_ids = torch.arange(len(probe.images), device=probe.images.device)
+        activations = probe.activations  # (B, C, h, w), the clean image's
+        powers: list[torch.Tensor] = []
+        for _ in range(self.samples):
+            # one noise image per sample, shared by the batch: a batch gives its images' maps one by one
+            noise = torch.randn((1, *probe.images.shape[1:]), generator=generator).to(probe.images) * self.std
+            with torch.enable_grad(), capture([(probe.layer_name, layer)], graph_from_layer=False) as record:
+                noisy = (probe.images + noise).requires_grad_()
+                scores = probe.scores(probe.model(noisy), image_ids)
+                (output,) = record.tensors()
+                gradients = [
+                    torch.autograd.grad(scores[:, k].sum(), output, retain_graph=k < scores.shape[1] - 1)[0]
+                    for k in range(scores.shape[1])
+                ]
+            laid = torch.stack([_laid(probe, g) for g in gradients], dim=1)  # (B, K, C, h, w)
+            sample = torch.stack([laid, laid**2, laid**3])
+            powers.append(sample)
+        d1, d2, d3 = torch.stack(powers).mean(dim=0)
+        total = activations.sum(dim=(2, 3))[:, None, :, None, None]
+        denominator = 2 * d2 + total * d3
+        alpha = torch.where(denominator != 0, d2 / torch.where(denominator != 0, denominator, 1), 0)
+        return (alpha * d1.clamp(min=0)).sum(dim=(3, 4))  # (B, K, C)
+
+
+def _laid(probe: Probe, gradient: torch.Tensor) -> torch.Tensor:
+    """A layer-output gradient on the spatial grid, float32 (B, C, h, w)."""
+    laid = probe.layout.to_spatial(gradient) if probe.layout is not None else gradient
+    return laid.detach().float()
