@@ -45,8 +45,9 @@ def test_float16_storage_and_what_is_refused():
     assert "10 classes" in repr(half) and half.top(3).shape == (1, 3)
     with pytest.raises(ValueError, match="eigencam is class-agnostic"):
         gradcam.explain(model, x, "eigencam", targets="all")
-    with pytest.raises(ValueError, match="scorecam is not supported"):
-        gradcam.explain(model, x, "scorecam", targets="all")
+    for method in ("scorecam", "shapleycam", "finercam"):  # per-class work beyond one gradient each
+        with pytest.raises(ValueError, match=f"{method} is not supported"):
+            gradcam.explain(model, x, method, targets="all")
 
 
 def test_the_model_is_left_as_found():

@@ -250,3 +250,24 @@ def test_smooth_grad_cam_pp_without_noise_is_grad_cam_pp(hand_model):
     torch.testing.assert_close(
         raw_map(hand_model, SmoothGradCAMpp(samples=2, std=0.0)), raw_map(hand_model, "gradcam++")
     )
+
+
+def test_shapleycam_by_hand_on_a_quadratic_head():
+    """y = s^2 with s = sum(v * A): G = 2 s v, H A = 2 v (v . A) = 2 s v, so G - 0.5 H A = s v. With
+    v = the hand model's class-0 row, s = 3: w0 = mean(3 G0) = 1.5, w1 = mean(3 G1) = 2.25;
+    1.5 A0 + 2.25 A1 = [[1.5, 3 + 2.25], [6.75, 1.5]]. Grad-CAM (2 s v) gives twice that."""
+
+    class Quadratic(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.act = torch.nn.ReLU()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            s = (self.act(x) * HandModel.GRAD_CLASS0).sum(dim=(1, 2, 3))
+            return torch.stack([s**2, torch.zeros_like(s)], dim=1)
+
+    shapley = gradcam.explain(Quadratic(), HAND_INPUT, "shapleycam", "act", targets=[0]).raw[0, 0]
+    torch.testing.assert_close(shapley, torch.tensor([[1.5, 5.25], [6.75, 1.5]]))
+    plain = gradcam.explain(Quadratic(), HAND_INPUT, "gradcam", "act", targets=[0]).raw[0, 0]
+    torch.testing.assert_close(plain, 2 * shapley)
+    torch.testing.assert_close(raw_map(HandModel(), "shapleycam"), raw_map(HandModel(), "gradcam"))  # linear head

@@ -34,6 +34,7 @@ ORACLES = {
     "segeigencam": pytorch_grad_cam.SegEigenCAM,
     "fem": pytorch_grad_cam.FEM,
     "kpcacam": pytorch_grad_cam.KPCA_CAM,
+    "shapleycam": pytorch_grad_cam.ShapleyCAM,
 }
 # the principal component's sign is arbitrary; pytorch-grad-cam leaves it as the SVD gives it
 SIGNLESS = {"eigencam", "eigengradcam"}

@@ -105,7 +105,8 @@ def explain_all(
     halves the memory of ``raw``. Gradient methods only: activation methods give one class-agnostic map,
     perturbation methods one pass per channel and class."""
     chosen = get_method(method)
-    if isinstance(chosen, PerturbationMethod) or hasattr(chosen, "reads_attention"):
+    special = hasattr(chosen, "reads_attention") or getattr(chosen, "second_order", False) or chosen.name == "finercam"
+    if isinstance(chosen, PerturbationMethod) or special:
         raise ValueError(
             f'targets="all": {chosen.name} is not supported; use a gradient method (gradcam, hirescam, ...)'
         )

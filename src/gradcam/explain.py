@@ -200,7 +200,12 @@ def _explain_once(
         gradients = None
         if method.uses_gradients:
             differentiated = outputs[len(layers) :] if reads_attention else outputs
-            gradients = _gradients(scores, differentiated, [n for n, _ in captured[-len(differentiated) :]])
+            gradients = _gradients(
+                scores,
+                differentiated,
+                [n for n, _ in captured[-len(differentiated) :]],
+                getattr(method, "second_order", False),
+            )
     size = (images.shape[-2], images.shape[-1])
     results = []
     for index, (name, _) in enumerate(layers):
@@ -282,9 +287,13 @@ def _row_scores(
     return scores
 
 
-def _gradients(scores: torch.Tensor, activations: list[torch.Tensor], names: list[str]) -> list[list[torch.Tensor]]:
+def _gradients(
+    scores: torch.Tensor, activations: list[torch.Tensor], names: list[str], second_order: bool = False
+) -> list[list[torch.Tensor]]:
     """``d scores[:, k] / d activations`` for each target k, through the head only. Summing over the batch
-    is exact: in eval mode each image's score depends on its own activations alone."""
+    is exact: in eval mode each image's score depends on its own activations alone. With ``second_order``
+    (Shapley-CAM) each gradient comes back as ``G - 0.5 * H A``, the Hessian-vector product by a double
+    backward."""
     connected = [a.requires_grad for a in activations]
     if not scores.requires_grad or not any(connected):
         warnings.warn(
@@ -294,7 +303,13 @@ def _gradients(scores: torch.Tensor, activations: list[torch.Tensor], names: lis
     inputs = [a for a, c in zip(activations, connected, strict=True) if c]
     per_target = []
     for k in range(scores.shape[1]):
-        grads = torch.autograd.grad(scores[:, k].sum(), inputs, retain_graph=k < scores.shape[1] - 1, allow_unused=True)
+        last = k == scores.shape[1] - 1
+        grads = torch.autograd.grad(
+            scores[:, k].sum(), inputs, retain_graph=not last or second_order, allow_unused=True,
+            create_graph=second_order,
+        )  # fmt: skip
+        if second_order:
+            grads = tuple(_hessian_corrected(g, a, keep=not last) for g, a in zip(grads, inputs, strict=True))  # type: ignore[misc]
         filled = iter(grads)
         row = []
         for activation, is_connected in zip(activations, connected, strict=True):
@@ -302,6 +317,18 @@ def _gradients(scores: torch.Tensor, activations: list[torch.Tensor], names: lis
             row.append(torch.zeros_like(activation) if grad is None else grad)
         per_target.append(row)
     return per_target
+
+
+def _hessian_corrected(gradient: torch.Tensor | None, activation: torch.Tensor, keep: bool) -> torch.Tensor | None:
+    """``G - 0.5 * H A``: the Hessian-vector product of the score with the activations, by differentiating
+    ``<G, A>`` with A held fixed (zero where the gradient does not depend on A: a piecewise-linear head)."""
+    if gradient is None:
+        return None
+    if not gradient.requires_grad:
+        return gradient.detach()
+    (hvp,) = torch.autograd.grad(gradient, activation, grad_outputs=activation.detach(), retain_graph=keep,
+                                 allow_unused=True)  # fmt: skip
+    return (gradient - 0.5 * hvp).detach() if hvp is not None else gradient.detach()
 
 
 def _layer_result(

@@ -6,6 +6,8 @@ Notation: ``A`` (B, C, h, w) the layer's activations, ``G = dy/dA`` the gradient
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from .base import CAMMethod, register
@@ -180,3 +182,22 @@ class FinerCAM(GradCAM):
 
     def __init__(self, alpha: float = 1.0, ranks: tuple[int, ...] = (1, 2, 3)) -> None:
         self.alpha, self.ranks = alpha, tuple(ranks) if not isinstance(ranks, int) else (ranks,)
+
+
+@register
+class ShapleyCAM(CAMMethod):
+    """Shapley-CAM (Cai et al., 2025, arXiv:2501.06261): Grad-CAM's weights from a second-order Taylor
+    view of the Shapley value: the gradient corrected by half the Hessian-vector product with the
+    activations.
+
+    ``w_c = mean_ij (G - 0.5 * H A)_c,ij`` with ``H = d^2 y / dA^2``;  ``L = ReLU(sum_c w_c A_c)``. For a head
+    that is piecewise linear in ``A`` (ReLU layers and a linear classifier) ``H A = 0`` and this is Grad-CAM;
+    it differs where the head bends (GELU, softmax-weighted scores, attention). One extra backward pass
+    per target (double backward through the head only).
+    """
+
+    name = "shapleycam"
+    second_order: ClassVar[bool] = True
+
+    def weights(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        return gradients.mean(dim=(2, 3))  # the gradients arrive corrected: G - 0.5 * H A
