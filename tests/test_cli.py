@@ -428,3 +428,11 @@ def test_method_options_reach_the_method_and_unknown_ones_are_named(tmp_path, ca
     assert "--method-option q: fem takes k" in capsys.readouterr().err
     assert main([*argv, "--method-option", "k", "--out", str(tmp_path / "c")]) == 2
     assert "write it as KEY=VALUE" in capsys.readouterr().err
+
+
+def test_several_layers_on_the_command_line_are_fused(tmp_path):
+    photo = str(Path(__file__).resolve().parents[1] / "examples" / "chelsea.jpg")
+    out = tmp_path / "out"
+    argv = ["explain", photo, "--model", "resnet18", "--weights", "none", "--method", "refinecam"]
+    assert main([*argv, "--layer", "layer3,layer4", "--out", str(out), "--workers", "0", "--quiet"]) == 0
+    assert json.loads((out / "results.json").read_text())["images"][0]["layer"] == "layer3+layer4"

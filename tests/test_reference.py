@@ -47,6 +47,7 @@ ELSEWHERE = {
     "iscam": "torchcam ISCAM",
     "finercam": "pytorch-grad-cam FinerCAM (its own target convention)",
     "smoothgradcam++": "torchcam SmoothGradCAMpp, statistical",
+    "refinecam": "pytorch-grad-cam RefineCAM over several layers",
 }
 # perturbation methods run one forward pass per channel: smaller inputs, and the paper-level bar (0.99)
 PERTURBATION = {"scorecam", "ablationcam"}
@@ -226,3 +227,16 @@ def test_smooth_grad_cam_pp_agrees_with_torchcam():
         theirs = ext([1, 2], reference(x))[0].detach()
     for image in range(2):
         assert correlation(ours[image].numpy(), theirs[image].numpy()) >= 0.99
+
+
+def test_refine_cam_equals_pytorch_grad_cam_over_layers():
+    model, x = seeded("resnet18"), images()
+    targets = informative_targets(model, x, "layer4")
+    ours = gradcam.explain(model, x, "refinecam", ["layer3", "layer4"], targets=targets).maps[:, 0].numpy()
+    reference = copy.deepcopy(model)
+    cam = pytorch_grad_cam.RefineCAM(reference, [reference.layer3, reference.layer4])
+    theirs = cam(x, [ClassifierOutputTarget(t) for t in targets])
+    for image in range(len(x)):
+        assert correlation(ours[image], theirs[image]) >= 0.999
+    one = gradcam.explain(model, x, "refinecam", "layer4", targets=targets).maps
+    torch.testing.assert_close(one, gradcam.explain(model, x, "gradcam++", "layer4", targets=targets).maps)

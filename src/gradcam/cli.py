@@ -90,8 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--layer",
         default=None,
-        help="layer to explain (default: a known-good layer per model family, else the last spatial layer); "
-        "see `gradcam layers MODEL`",
+        help="layer to explain (default: a known-good layer per model family, else the last spatial layer), or "
+        "several comma-separated (maps fused); see `gradcam layers MODEL`",
     )
     run.add_argument(
         "--target",
@@ -375,8 +375,9 @@ def _explain(args: argparse.Namespace) -> int:
     if args.layer is not None:
         try:
             from .layers import resolve_layers
+            from .runner import layer_spec
 
-            resolve_layers(bundle.model, args.layer)
+            resolve_layers(bundle.model, layer_spec(args.layer))
         except ValueError as error:
             return _error(str(error))
     options = RunOptions(

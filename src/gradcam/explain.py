@@ -230,7 +230,7 @@ def _explain_once(
         if gradients is not None:
             layer_gradients = [layout.to_spatial(g[index].detach()).float() for g in gradients]
         results.append(_layer_result(method, name, activations, layer_gradients, resolved.count, settings))
-    maps = _fuse([upsample(result.raw, size) for result in results])
+    maps = _fuse([upsample(result.raw, size) for result in results], getattr(method, "fusion", "mean"))
     return Explanation(
         maps=maps,
         targets=resolved.indices,
@@ -376,11 +376,13 @@ def _result(
     return LayerResult(name, activations, weights, cams.clamp(min=0))
 
 
-def _fuse(maps: list[torch.Tensor]) -> torch.Tensor:
-    """Normalise each layer's upsampled maps and average them (Layer-CAM's fusion across layers)."""
+def _fuse(maps: list[torch.Tensor], fusion: str = "mean") -> torch.Tensor:
+    """Normalise each layer's upsampled maps and average them (Layer-CAM's fusion across layers), or
+    multiply them (``fusion="product"``, Refine-CAM: a region stays only where every layer agrees)."""
     if len(maps) == 1:
         return normalise(maps[0])
-    return normalise(torch.stack([normalise(m) for m in maps]).mean(dim=0))
+    stacked = torch.stack([normalise(m) for m in maps])
+    return normalise(stacked.prod(dim=0) if fusion == "product" else stacked.mean(dim=0))
 
 
 AUGMENTATIONS = [(flip, scale) for flip in (False, True) for scale in (1.0, 0.875, 1.125)]

@@ -105,6 +105,14 @@ class RunOptions:
         return self.method
 
 
+def layer_spec(text: str | None) -> str | list[str] | None:
+    """``--layer``: one name, or several comma-separated (their maps fused: averaged, or multiplied by
+    refinecam)."""
+    if text is None or "," not in text:
+        return text
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def method_with_options(name: str, options: Sequence[tuple[str, str]]) -> CAMMethod:
     """``name``'s method built with ``options`` (``("k", "1.5")``, ...): each value is read as an int, a
     float, true/false/none, or else kept as text; an option the method does not take is a UsageError
@@ -578,7 +586,7 @@ class BatchExplainer:
                     model,
                     inputs,
                     self.options.cam_method(),
-                    self.layer,
+                    layer_spec(self.layer),
                     targets,
                     labels=self.bundle.labels,
                     counterfactual=self.options.counterfactual,

@@ -201,3 +201,19 @@ class ShapleyCAM(CAMMethod):
 
     def weights(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         return gradients.mean(dim=(2, 3))  # the gradients arrive corrected: G - 0.5 * H A
+
+
+@register
+class RefineCAM(GradCAMPlusPlus):
+    """Refine-CAM (pytorch-grad-cam's RefineCAM, arXiv:2605.14641): Grad-CAM++ on several layers, the
+    layers' normalised, upsampled maps multiplied rather than averaged, so that a region survives only
+    where every layer marks it; this cleans the noisy maps of early layers with the later ones.
+
+    ``L = norm(prod_l norm(upsample(L_l)))``; with one layer it is Grad-CAM++.
+
+    Example:
+        >>> gradcam.explain(model, x, "refinecam", layer=["layer2", "layer3", "layer4"])   # doctest: +SKIP
+    """
+
+    name = "refinecam"
+    fusion: ClassVar[str] = "product"
