@@ -24,6 +24,8 @@ from torch import nn
 from .hooks import capture, model_lock, preserved_state, run_model
 from .layers import LayerSpec, resolve_layers
 from .methods import CAMMethod, get_method
+from .methods.attention import GradECLIP
+from .methods.gradient import CAM, FinerCAM, GradCAM, HiResCAM, ShapleyCAM
 from .methods.perturbation import PerturbationMethod
 from .result import Explanation, LayerResult, normalise, upsample
 from .spatial import infer_layout
@@ -105,7 +107,7 @@ def explain_all(
     halves the memory of ``raw``. Gradient methods only: activation methods give one class-agnostic map,
     perturbation methods one pass per channel and class."""
     chosen = get_method(method)
-    special = hasattr(chosen, "reads_attention") or getattr(chosen, "second_order", False) or chosen.name == "finercam"
+    special = isinstance(chosen, (GradECLIP, FinerCAM, ShapleyCAM))  # more than one gradient per class
     if isinstance(chosen, PerturbationMethod) or special:
         raise ValueError(
             f'targets="all": {chosen.name} is not supported; use a gradient method (gradcam, hirescam, ...)'
@@ -132,16 +134,16 @@ def explain_all(
             layout = infer_layout(activation, size, prefix_tokens, grid, name)
             spatial = layout.to_spatial(activation.detach()).float()
             head = _linear_head(model, logits, activation, spatial, layout)
-            if head is not None and type(chosen).__name__ == "CAM" and not _constant(head[1]):
+            if head is not None and type(chosen) is CAM and not _constant(head[1]):
                 head = None  # CAM needs the pooling right after the layer: the general path says so
-            if head is not None and type(chosen).__name__ in CLOSED_FORM:
+            if head is not None and type(chosen) in CLOSED_FORM:
                 raw = _closed_form(chosen, head, spatial, dtype, counterfactual)
             else:
                 raw = _every_class(chosen, logits, activation, spatial, layout, dtype, counterfactual)
     return ClassMaps(raw, logits.detach().float(), chosen.name, name, size, labels, spatial)
 
 
-CLOSED_FORM = ("GradCAM", "HiResCAM", "CAM")  # maps that are one matrix product on a linear head
+CLOSED_FORM = (GradCAM, HiResCAM, CAM)  # maps that are one matrix product on a linear head (exact types)
 
 
 def _linear_head(
@@ -195,10 +197,10 @@ def _closed_form(
     weight, shared = head
     sign = -1.0 if counterfactual else 1.0
     height, width = spatial.shape[-2:]
-    if type(method).__name__ == "HiResCAM":
+    if type(method) is HiResCAM:
         cams = torch.einsum("kc,bchw->bkhw", sign * weight, shared * spatial)
     else:
-        scale = height * width if type(method).__name__ == "CAM" else 1
+        scale = height * width if type(method) is CAM else 1
         channel = shared.mean(dim=(2, 3)) * scale  # (B, C)
         cams = torch.einsum("kc,bc,bchw->bkhw", sign * weight, channel, spatial)
     return cams.clamp(min=0).to(dtype)

@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .models import LoadedModel, ModelLoadError, Preprocessing, WeightsFile, _reachable, _sized_to
+from .models import LoadedModel, ModelLoadError, Preprocessing, WeightsFile, _reachable, _sized_to, in_hub_cache
 
 if TYPE_CHECKING:
     from torch import nn
@@ -33,16 +33,15 @@ def _import_transformers() -> Any:
     return transformers
 
 
-def _hub_source(repo: str) -> tuple[bool, str]:
-    """Whether ``repo``'s config must be read from the local cache only (cached, hub unreachable), and the
-    hub's address; raises at once (no client retries) when neither the cache nor the hub has it."""
-    from huggingface_hub import constants, try_to_load_from_cache
+def _cache_only(repo: str) -> bool:
+    """Whether ``repo`` must be read from the local cache only (cached, hub unreachable); raises at once (no
+    client retries) when neither the cache nor the hub has it."""
+    from huggingface_hub import constants
 
-    cached = isinstance(try_to_load_from_cache(repo, "config.json"), str)
     if _reachable(constants.ENDPOINT):
-        return False, constants.ENDPOINT
-    if cached:
-        return True, constants.ENDPOINT
+        return False
+    if in_hub_cache(repo, ["config.json"]):
+        return True
     raise ModelLoadError(
         f"cannot get hf:{repo} from {constants.ENDPOINT} (not in the local cache, and the hub cannot be reached); "
         f"with no network, download it elsewhere (huggingface-cli download {repo}) and pass its folder as "
@@ -56,7 +55,7 @@ def load_hf(spec: str, weights: str | None, file: WeightsFile | None) -> LoadedM
     local_folder = Path(spec).is_dir()
     if not local_folder and (spec.startswith((".", "/", "~")) or spec.count("/") > 1):
         raise ModelLoadError(f"hf:{spec}: no such folder (a hub model is hf:ORG/NAME)")
-    offline = False if local_folder else _hub_source(spec)[0]
+    offline = False if local_folder else _cache_only(spec)
     where = dict(local_files_only=offline)
     try:
         config = transformers.AutoConfig.from_pretrained(spec, **where)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import LoadedModel, ModelLoadError, Preprocessing, WeightsFile, _reachable
+from .models import LoadedModel, ModelLoadError, Preprocessing, WeightsFile, _reachable, in_hub_cache
 
 TEXT_CACHE_SIZE = 64
 
@@ -176,14 +176,14 @@ def load_open_clip(spec: str, weights: str | None, file: WeightsFile | None) -> 
 
 def _check_open_clip_weights(open_clip: Any, arch: str, tag: str) -> None:
     """Fail at once, naming the weights, when they are neither cached nor downloadable."""
-    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub import constants
 
     cfg = open_clip.get_pretrained_cfg(arch, tag)
     hub = (cfg.get("hf_hub") or "").strip("/")
     if hub:
+        repo = "/".join(hub.split("/")[:2])  # ORG/NAME, without a file path after it
         names = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-        repo = hub.split("/")[0] + "/" + hub.split("/")[1] if hub.count("/") >= 1 else hub
-        if any(isinstance(try_to_load_from_cache(repo, n), str) for n in names) or _reachable(constants.ENDPOINT):
+        if in_hub_cache(repo, names) or _reachable(constants.ENDPOINT):
             return
         where = f"{constants.ENDPOINT}/{repo}"
     else:

@@ -304,16 +304,21 @@ def _timm_weights_cached(cfg: object) -> bool:
     if not hub_id:
         url = getattr(cfg, "url", None)
         return isinstance(url, str) and (Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)).exists()
-    from huggingface_hub import try_to_load_from_cache
-
-    repo = hub_id.split("@")[0]
     names = [
         getattr(cfg, "hf_hub_filename", None),
         "model.safetensors",
         "open_clip_pytorch_model.bin",
         "pytorch_model.bin",
     ]
-    return any(isinstance(try_to_load_from_cache(repo, name), str) for name in names if name)
+    return in_hub_cache(hub_id.split("@")[0], [name for name in names if name])
+
+
+def in_hub_cache(repo: str, names: Sequence[str]) -> bool:
+    """Whether any of the files ``names`` of the Hugging Face hub repository ``repo`` is in the local cache
+    (no network is used)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return any(isinstance(try_to_load_from_cache(repo, name), str) for name in names)
 
 
 def _timm_weights_host(cfg: object) -> str:

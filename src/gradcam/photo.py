@@ -19,7 +19,7 @@ import html
 import io
 import json
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +106,7 @@ def _bundle(
         if key not in _LOADED:
             _LOADED[key] = load_model(name, weights, device or "cpu")
         bundle = _LOADED[key]
-    return bundle if spec is None else LoadedModel(bundle.name, bundle.model, spec, bundle.labels, bundle.default_layer)
+    return bundle if spec is None else replace(bundle, preprocessing=spec)
 
 
 def _photo(photo: str | Path | Image.Image | torch.Tensor) -> Image.Image:

@@ -566,6 +566,7 @@ class BatchExplainer:
         inputs = torch.stack([item["input"] for _, _, _, item in good]).to(device=device, dtype=dtype)
         if self.layer is None:
             self.layer = auto_layer(model, inputs)
+        layer = layer_spec(self.layer)
         every = None
         targets: Any = None if self.options.target == "all" else parse_target(self.options.target, self.bundle.labels)
         if self.options.prompts:
@@ -575,7 +576,7 @@ class BatchExplainer:
         try:
             if self.options.target == "all":  # every class: the raw maps kept, the top classes drawn
                 every = explain_all(
-                    model, inputs, self.options.cam_method(), self.layer, labels=self.bundle.labels,
+                    model, inputs, self.options.cam_method(), layer, labels=self.bundle.labels,
                     dtype=torch.float16, counterfactual=self.options.counterfactual,
                     prefix_tokens=self.options.prefix_tokens, grid=self.options.token_grid,
                 )  # fmt: skip
@@ -586,7 +587,7 @@ class BatchExplainer:
                     model,
                     inputs,
                     self.options.cam_method(),
-                    layer_spec(self.layer),
+                    layer,
                     targets,
                     labels=self.bundle.labels,
                     counterfactual=self.options.counterfactual,
