@@ -290,11 +290,11 @@ def explain_photo(
     text = json.dumps(record, indent=1)
     write_atomic(manifest, lambda temporary: temporary.write_text(text, encoding="utf-8"))
     files.append(str(manifest))
-    every = _every_class(bundle, x, methods[0], chosen_layer, str(file), geometry, alpha, colormap, targets)
+    every = _kept_class_maps(bundle, x, methods[0], chosen_layer, str(file), geometry, alpha, colormap, targets)
     return PhotoResult(overlays, grid, top5, files, chosen_layer or "", count, grid_label, every)
 
 
-def _every_class(
+def _kept_class_maps(
     bundle: LoadedModel,
     x: torch.Tensor,
     method: str,
