@@ -43,7 +43,7 @@ def families(batch: int, device: torch.device) -> dict[str, tuple[nn.Module, obj
     import open_clip
     import transformers as t
 
-    from gradcam.image_text import HfImageTextModel, OpenClipModel
+    from gradcam.io.image_text import HfImageTextModel, OpenClipModel
 
     torch.manual_seed(0)
     image = torch.randn(batch, 3, 224, 224, device=device)

@@ -3,7 +3,9 @@
     python bench/bench_folder.py --counts 1000 10000 --batch 16 --workers 2
     python bench/bench_folder.py --counts 1000 10000 --batch 64 --workers 8 --device cuda
 
-For each count: a folder of that many JPEGs (copies of the example photos), then
+For each count: a folder of that many JPEGs (20 distinct photos of 0.1 to 1 megapixels made from
+scikit-image's public-domain photos, at quality 90, copied round; ``--megapixels 12`` for phone-sized
+photos instead), then
 1. plain inference: the same DataLoader decoding and preprocessing, the model's forward pass under
    ``torch.inference_mode()``, nothing written (images per second);
 2. ``gradcam explain`` on the folder in a child process, writing overlays, maps and the manifest
@@ -22,19 +24,37 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
-from gradcam.images import DEFAULT_MAX_MEGAPIXELS
-from gradcam.models import load_model
-from gradcam.runner import PhotoDataset, RunOptions
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+from gradcam.io.images import DEFAULT_MAX_MEGAPIXELS, preprocess, read_image
+from gradcam.io.models import Preprocessing, load_model
 
 
-def make_folder(root: Path, count: int) -> Path:
+def source_photos(root: Path, megapixels: tuple[float, float], count: int = 20) -> list[Path]:
+    """``count`` JPEGs of ``megapixels`` (low, high) each, from scikit-image's photos, sizes drawn at random."""
+    import random
+
+    import skimage.data
+    from PIL import Image
+
+    rng = random.Random(0)
+    names = ("chelsea", "coffee", "astronaut", "rocket", "camera")
+    photos = [Image.fromarray(getattr(skimage.data, name)()).convert("RGB") for name in names]
+    made = []
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        area = rng.uniform(*megapixels) * 1e6
+        height = int((area * photo.height / photo.width) ** 0.5)
+        width = int(height * photo.width / photo.height)
+        path = root / f"source{i:02d}.jpg"
+        photo.resize((width, height), Image.Resampling.BICUBIC).save(path, quality=90)
+        made.append(path)
+    return made
+
+
+def make_folder(root: Path, count: int, sources: list[Path]) -> Path:
     folder = root / f"photos{count}"
     folder.mkdir()
-    sources = sorted(EXAMPLES.glob("*.jpg"))
     for i in range(count):
         sub = folder / f"{i // 1000:03d}"
         sub.mkdir(exist_ok=True)
@@ -42,23 +62,38 @@ def make_folder(root: Path, count: int) -> Path:
     return folder
 
 
+class PlainDataset(Dataset):
+    """Plain inference's input: the same reader, with the JPEG decoder's reduced decode where the photo is
+    at least twice the model's resize (what a classifier alone would do), and the same preprocessing."""
+
+    def __init__(self, paths: list[Path], spec: Preprocessing) -> None:
+        self.paths, self.spec = paths, spec
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        image = read_image(self.paths[index], draft_size=self.spec.resize, max_megapixels=DEFAULT_MAX_MEGAPIXELS)
+        return preprocess(image, self.spec)[0]
+
+
 def plain_inference(folder: Path, batch: int, workers: int, device: str) -> float:
     bundle = load_model(device=device)
     paths = sorted(folder.rglob("*.jpg"))
-    dataset = PhotoDataset(
-        paths, bundle.preprocessing, RunOptions(out=Path("."), max_megapixels=DEFAULT_MAX_MEGAPIXELS)
-    )
-    loader = DataLoader(dataset, batch_size=batch, num_workers=workers, collate_fn=lambda x: x)
+    dataset = PlainDataset(paths, bundle.preprocessing)
+    loader = DataLoader(dataset, batch_size=batch, num_workers=workers)
     start = time.perf_counter()
     with torch.inference_mode():
-        for items in loader:
-            bundle.model(torch.stack([item["input"] for item in items]).to(device)).cpu()  # the result, on the host
+        for inputs in loader:
+            bundle.model(inputs.to(device)).cpu()  # the result, on the host
     return len(paths) / (time.perf_counter() - start)
 
 
-def explain_child(folder: Path, out: Path, batch: int, workers: int, device: str) -> tuple[float, float]:
+def explain_child(
+    folder: Path, out: Path, batch: int, workers: int, device: str, extra: list[str]
+) -> tuple[float, float]:
     command = [sys.executable, "-m", "gradcam", "explain", str(folder), "--out", str(out), "--quiet",
-               "--batch-size", str(batch), "--workers", str(workers), "--device", device]  # fmt: skip
+               "--batch-size", str(batch), "--workers", str(workers), "--device", device, *extra]  # fmt: skip
     start = time.perf_counter()
     process = subprocess.Popen(command)
     _, status, usage = os.wait4(process.pid, 0)
@@ -75,16 +110,23 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--megapixels", type=float, nargs=2, default=[0.1, 1.0], metavar=("LOW", "HIGH"))
+    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more `gradcam explain` options")
     args = parser.parse_args()
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
-    print(f"efficientnet_lite0 on {where}, batch {args.batch}, {args.workers} decoding workers, {os.cpu_count()} cores")
+    low, high = args.megapixels
+    extra = " ".join(args.extra) or "defaults"
+    print(f"efficientnet_lite0 on {where}, batch {args.batch}, {args.workers} decoding workers, {os.cpu_count()} "
+          f"cores, photos of {low:g} to {high:g} megapixels, explain options: {extra}")  # fmt: skip
     print("| images | plain inference (img/s) | gradcam explain (img/s) | ratio | peak RSS of explain (MB) |")
     print("|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
+        sources = source_photos(Path(tmp), (args.megapixels[0], args.megapixels[1]))
         for count in args.counts:
-            folder = make_folder(Path(tmp), count)
+            folder = make_folder(Path(tmp), count, sources)
             plain = plain_inference(folder, args.batch, args.workers, args.device)
-            ours, rss = explain_child(folder, Path(tmp) / f"out{count}", args.batch, args.workers, args.device)
+            out = Path(tmp) / f"out{count}"
+            ours, rss = explain_child(folder, out, args.batch, args.workers, args.device, args.extra)
             print(f"| {count} | {plain:.1f} | {ours:.1f} | {ours / plain:.2f} | {rss:.0f} |", flush=True)
             shutil.rmtree(folder)
             shutil.rmtree(Path(tmp) / f"out{count}")

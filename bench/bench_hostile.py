@@ -55,7 +55,7 @@ def write_inputs(folder: Path) -> dict[str, Path]:
 # across exec, so a child of a large process (a test runner) starts with its parent's peak.
 _MEASURED_CLI = """
 import sys
-from gradcam.cli import main
+from gradcam.apps.cli import main
 code = main(sys.argv[1:])
 status = open("/proc/self/status").read()
 print("peak-rss-kb", status.split("VmHWM:")[1].split()[0], file=sys.stderr)

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from browser import headless_page  # noqa: E402
-from gradcam.cli import main  # noqa: E402
+from gradcam.apps.cli import main  # noqa: E402
 
 
 def free_port() -> int:
@@ -40,7 +40,7 @@ def main_() -> None:
             page.goto((out / "index.html").as_uri())
             page.wait_for_function("[...document.images].every(i => i.complete)")
             page.screenshot(path=str(docs / "report.png"))
-    from gradcam.web import build_app
+    from gradcam.apps.web import build_app
 
     app = build_app(None)
     port = free_port()

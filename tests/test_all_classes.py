@@ -64,9 +64,9 @@ def test_cli_target_all_writes_one_float16_array_per_photo_and_draws_the_top_cla
 
     import numpy as np
 
-    from gradcam.cli import main
-    from gradcam.images import preprocess, read_image
-    from gradcam.models import load_model
+    from gradcam.apps.cli import main
+    from gradcam.io.images import preprocess, read_image
+    from gradcam.io.models import load_model
 
     photo = Path(__file__).resolve().parents[1] / "examples" / "coffee.jpg"
     out = tmp_path / "out"

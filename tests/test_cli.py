@@ -15,8 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from gradcam import runner
-from gradcam.cli import main
+from gradcam.apps.cli import main
+from gradcam.pipeline import local as runner
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -39,7 +39,7 @@ def photo_dir(tmp_path: Path) -> Path:
 
 def test_explain_one_photo_writes_overlay_map_grid_and_manifest(tmp_path):
     out = tmp_path / "out"
-    assert run(str(EXAMPLES / "chelsea.jpg"), "--out", str(out), "--per-channel", "4") == 0
+    assert run(str(EXAMPLES / "chelsea.jpg"), "--out", str(out), "--per-channel", "4", "--save", "overlay,map") == 0
     entry = manifest(out)["images"][0]
     assert entry["status"] == "ok"
     assert entry["predictions"][0]["label"] in {"tiger cat", "Egyptian cat", "tabby"}
@@ -112,17 +112,24 @@ def test_odd_image_modes(tmp_path):
     out = tmp_path / "out"
     assert run(str(folder), "--out", str(out)) == 0
     assert {e["status"] for e in manifest(out)["images"]} == {"ok"}
-    sixteen = Image.open(out / "sixteen.gradcam.{}.png".format(_target_of(out, "sixteen.png")))
+    sixteen = Image.open(out / "sixteen.gradcam.{}.jpg".format(_target_of(out, "sixteen.png")))
     assert sixteen.size == (96, 64)
+
+
+def kept_map(entry: dict) -> np.ndarray:
+    """The first target's map, from the float16 copy the manifest keeps."""
+    from gradcam.pipeline.records import PhotoRecord, full_map
+
+    return full_map(PhotoRecord.from_json(entry)).numpy()
 
 
 def _target_of(out: Path, name: str) -> str:
     entry = next(e for e in manifest(out)["images"] if e["path"].endswith(name))
-    return Path(entry["targets"][0]["files"]["overlay"]).name.split(".gradcam.")[1].removesuffix(".png")
+    return Path(entry["targets"][0]["files"]["overlay"]).name.split(".gradcam.")[1].removesuffix(".jpg")
 
 
 def test_sixteen_bit_is_rescaled_not_clipped():
-    from gradcam.images import to_rgb
+    from gradcam.io.images import to_rgb
 
     values = np.array([[0, 32768, 65535]], dtype=np.uint16)
     rgb = np.asarray(to_rgb(Image.fromarray(values)))
@@ -151,7 +158,7 @@ def test_huge_png_is_refused_without_memory_blow_up(tmp_path):
 
 
 def test_huge_jpeg_is_decoded_reduced(tmp_path):
-    from gradcam.images import read_image
+    from gradcam.io.images import read_image
 
     path = tmp_path / "big.jpg"
     Image.new("RGB", (6000, 4000), (90, 120, 200)).save(path, quality=50)
@@ -223,7 +230,7 @@ def test_existing_outputs_are_never_overwritten_without_asking(tmp_path, capsys)
     assert "exists; pass --overwrite" in manifest(out)["images"][0]["error"]
     assert overlay.read_bytes() == b"user's own file"
     assert run(str(EXAMPLES / "chelsea.jpg"), "--out", str(out), "--overwrite") == 0
-    assert overlay.read_bytes().startswith(b"\x89PNG")
+    assert overlay.read_bytes().startswith(b"\xff\xd8")  # a JPEG again
 
 
 def test_resume_skips_done_images(tmp_path, photo_dir, monkeypatch):
@@ -272,9 +279,7 @@ def test_background_workers_and_batches_give_the_same_maps(tmp_path, photo_dir):
     assert main(["explain", str(photo_dir), "--out", str(two), "--workers", "2", "--batch-size", "2", "--quiet"]) == 0
     for a, b in zip(manifest(one)["images"], manifest(two)["images"], strict=True):
         assert a["predictions"] == b["predictions"]
-        np.testing.assert_allclose(
-            np.load(a["targets"][0]["files"]["map"]), np.load(b["targets"][0]["files"]["map"]), atol=1e-4
-        )
+        np.testing.assert_allclose(kept_map(a), kept_map(b), atol=2e-3)
 
 
 def test_weights_file_state_dict_checkpoint_and_torchscript(tmp_path):
@@ -296,9 +301,9 @@ def test_weights_file_state_dict_checkpoint_and_torchscript(tmp_path):
             assert run(*argv) == 2
             argv.append("--trust-weights")
         assert run(*argv) == 0
-        maps.append(np.load(manifest(out)["images"][0]["targets"][0]["files"]["map"]))
-    np.testing.assert_allclose(maps[0], maps[1], atol=1e-5)
-    np.testing.assert_allclose(maps[0], maps[2], atol=1e-5)
+        maps.append(kept_map(manifest(out)["images"][0]))
+    np.testing.assert_allclose(maps[0], maps[1], atol=2e-3)  # float16 in the record
+    np.testing.assert_allclose(maps[0], maps[2], atol=2e-3)
 
 
 def test_weights_that_do_not_fit(tmp_path, capsys):
@@ -342,7 +347,7 @@ def test_models_and_layers_commands(capsys):
 
 def test_help_lists_every_option_with_defaults():
     parser_help = io.StringIO()
-    from gradcam.cli import build_parser
+    from gradcam.apps.cli import build_parser
 
     parser = build_parser()
     explain_parser = parser._subparsers._group_actions[0].choices["explain"]  # type: ignore[union-attr]
@@ -414,7 +419,7 @@ def test_html_report_is_self_contained_with_relative_links(tmp_path):
 
 
 def test_method_options_reach_the_method_and_unknown_ones_are_named(tmp_path, capsys):
-    from gradcam.runner import method_with_options
+    from gradcam.pipeline.local import method_with_options
 
     fem = method_with_options("fem", [("k", "1.5")])
     assert fem.k == 1.5

@@ -16,9 +16,10 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'gradcam[ray]')")
 
-from gradcam.cli import main  # noqa: E402
-from gradcam.distributed import explain_dataset  # noqa: E402
-from gradcam.runner import RunOptions  # noqa: E402
+from gradcam.apps.cli import main  # noqa: E402
+from gradcam.pipeline.local import RunOptions  # noqa: E402
+from gradcam.pipeline.ray import explain_dataset  # noqa: E402
+from manifest_check import assert_same_record  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 # 2 CPUs: two half-CPU actors leave a CPU for Ray Data's own tasks (two 1-CPU actors would starve them)
@@ -67,9 +68,7 @@ def test_same_results_as_the_local_engine(tmp_path):
             [p["probability"] for p in other["predictions"]],
             atol=1e-5,
         )
-        for mine, yours in zip(entry["targets"], other["targets"], strict=True):
-            assert Path(mine["files"]["overlay"]).name == Path(yours["files"]["overlay"]).name
-            np.testing.assert_allclose(np.load(mine["files"]["map"]), np.load(yours["files"]["map"]), atol=1e-5)
+        assert_same_record(entry, other)
     assert (distributed / "summary.json").exists() and list((distributed / "manifest").glob("*.parquet"))
 
 
@@ -103,7 +102,7 @@ def test_an_actor_killed_mid_run_loses_and_doubles_nothing(tmp_path):
     killed = None
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and worker.is_alive():
-        written = list(out.glob("*.png"))
+        written = list(out.glob("*.gradcam.*.jpg"))
         alive = actor_processes()
         if written and alive:
             killed = alive[0]
@@ -114,7 +113,7 @@ def test_an_actor_killed_mid_run_loses_and_doubles_nothing(tmp_path):
     assert killed is not None, "no actor was seen alive while outputs were being written"
     assert "error" not in outcome, outcome.get("error")
     result = outcome["result"]
-    paths = [e["path"] for e in result.entries]
+    paths = [e.path for e in result.entries]
     assert len(paths) == len(set(paths)) == 24  # every photo exactly once
     assert result.ok == 24
     import pyarrow.parquet as pq
@@ -128,10 +127,12 @@ def test_uri_input_and_output(tmp_path):
     out_uri = f"file://{tmp_path / 'remote-out'}"
     result = explain_dataset(f"file://{folder}", out_uri, options=RunOptions(out=Path("."), batch_size=2), **POOL)
     assert result.ok == 3
-    written = sorted(p.name for p in (tmp_path / "remote-out").glob("*.png"))
-    assert written == ["astronaut0.gradcam.560-football_helmet.png", "chelsea0.gradcam.282-tiger_cat.png",
-                       "coffee0.gradcam.967-espresso.png"]  # fmt: skip
-    overlay = result.entries[0]["targets"][0]["files"]["overlay"]
+    written = sorted(p.name for p in (tmp_path / "remote-out").glob("*.gradcam.*.jpg"))
+    assert written == ["astronaut0.gradcam.560-football_helmet.jpg", "chelsea0.gradcam.282-tiger_cat.jpg",
+                       "coffee0.gradcam.967-espresso.jpg"]  # fmt: skip
+    assert len(list((tmp_path / "remote-out").glob("*.photo.jpg"))) == 3  # the thumbnails travel too
+    assert result.entries is not None
+    overlay = result.entries[0].targets[0].files["overlay"]
     assert overlay.startswith("file://")
     assert json.loads((tmp_path / "remote-out" / "summary.json").read_text())["ok"] == 3
 
@@ -159,19 +160,19 @@ def test_a_ray_dataset_as_input(tmp_path):
     out = tmp_path / "out"
     result = explain_dataset(dataset, str(out), options=RunOptions(out=out, batch_size=2), **POOL)
     assert result.ok == 3
-    assert sorted(p.name for p in out.glob("*.png"))[0] == "astronaut0.gradcam.560-football_helmet.png"
+    assert sorted(p.name for p in out.glob("*.gradcam.*.jpg"))[0] == "astronaut0.gradcam.560-football_helmet.jpg"
 
 
 def test_same_named_files_without_a_manifest_are_not_overwritten(tmp_path):
     """Issue 10, case 6: the local engine refused, Ray silently overwrote."""
-    from gradcam.runner import UsageError
+    from gradcam.pipeline.local import UsageError
 
     folder = photo_folder(tmp_path)
     out = tmp_path / "out"
     out.mkdir()
-    mine = out / "chelsea0.gradcam.282-tiger_cat.png"
+    mine = out / "chelsea0.gradcam.282-tiger_cat.jpg"
     mine.write_bytes(b"the user's own file")
-    with pytest.raises(UsageError, match="chelsea0.gradcam.282-tiger_cat.png exists; pass --overwrite"):
+    with pytest.raises(UsageError, match="chelsea0.gradcam.282-tiger_cat.jpg exists; pass --overwrite"):
         explain_dataset(str(folder), str(out), options=RunOptions(out=out), **POOL)
     assert mine.read_bytes() == b"the user's own file"
     result = explain_dataset(str(folder), str(out), options=RunOptions(out=out, overwrite=True), **POOL)
@@ -179,18 +180,18 @@ def test_same_named_files_without_a_manifest_are_not_overwritten(tmp_path):
 
 
 def test_an_interrupted_resume_keeps_the_earlier_manifest_and_resume_reads_a_local_run(tmp_path, monkeypatch):
-    import gradcam.distributed as distributed
+    import gradcam.pipeline.ray as distributed
 
     folder = photo_folder(tmp_path)
     out = tmp_path / "out"
     assert main(["explain", str(folder / "chelsea0.jpg"), "--out", str(out), "--workers", "0", "--quiet"]) == 0
-    local_overlay = next(out.glob("chelsea0.gradcam.*.png"))
+    local_overlay = next(out.glob("chelsea0.gradcam.*.jpg"))
     written_locally = local_overlay.stat().st_mtime_ns
     resumed = RunOptions(out=out, resume=True)
     result = explain_dataset(str(folder), str(out), options=resumed, **POOL)
     assert (result.images, result.ok) == (3, 3)
     assert local_overlay.stat().st_mtime_ns == written_locally  # the local run's photo was not redone
-    assert next(out.glob("coffee0.gradcam.*.png")).stat().st_mtime_ns > written_locally
+    assert next(out.glob("coffee0.gradcam.*.jpg")).stat().st_mtime_ns > written_locally
     before = sorted(p.name for p in (out / "manifest").iterdir())
 
     def interrupted(*args, **kwargs):
@@ -234,5 +235,37 @@ def test_text_prompts_on_ray_equal_the_local_engine(tmp_path):
             [p["similarity"] for p in entry["predictions"]], [p["similarity"] for p in theirs[name]["predictions"]],
             atol=1e-5,
         )  # fmt: skip
-        for mine, yours in zip(entry["targets"], theirs[name]["targets"], strict=True):
-            np.testing.assert_allclose(np.load(mine["files"]["map"]), np.load(yours["files"]["map"]), atol=1e-4)
+        assert_same_record(entry, theirs[name])
+
+
+def test_one_photo_gives_the_same_record_locally_on_ray_and_in_the_web_app(tmp_path):
+    """The three engines used to build their records three ways (the Ray manifest said layer null and
+    dropped the smoothing keys; the web app's JSON had other key names); now one writer builds them all."""
+    from manifest_check import validate
+
+    folder = photo_folder(tmp_path, bad=True)
+    local, distributed = tmp_path / "local", tmp_path / "ray"
+    argv = ["explain", str(folder), "--out", str(local), "--workers", "0", "--quiet", "--save", "overlay,map"]
+    assert main([*argv, "--format", "png"]) == 1
+    options = RunOptions(out=distributed, batch_size=2, save=("overlay", "map"), format="png")
+    explain_dataset(str(folder), str(distributed), options=options, **POOL)
+    ours, theirs = validate(local / "results.json"), validate(distributed / "results.json")
+    assert theirs["engine"] == "ray" and theirs["layer"] == ours["layer"] == "bn2"
+    assert {k: v for k, v in ours.items() if k not in ("engine", "images", "started", "finished", "model_source")} == {
+        k: v for k, v in theirs.items() if k not in ("engine", "images", "started", "finished", "model_source")
+    }
+    by_name = {Path(e["path"]).name: e for e in theirs["images"]}
+    for entry in ours["images"]:
+        other = by_name[Path(entry["path"]).name]
+        if entry["status"] == "ok":
+            assert_same_record(entry, other)
+        else:
+            assert other["status"] == "error" and other["error"] == entry["error"]
+    pytest.importorskip("gradio")
+    from gradcam.apps.web import explain_photo
+
+    coffee = next(e for e in ours["images"] if e["path"].endswith("coffee0.jpg"))
+    result = explain_photo(coffee["path"], "efficientnet_lite0", ["gradcam"], None, "", 0.5, "jet", per_channel=0,
+                           out_dir=tmp_path / "web")  # fmt: skip
+    web = validate(Path(next(f for f in result.files if f.endswith(".json"))))["images"][0]
+    assert_same_record(coffee, web)

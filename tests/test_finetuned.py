@@ -11,9 +11,9 @@ import torch
 import torchvision
 
 import gradcam
-from gradcam.cli import main
-from gradcam.images import preprocess, read_image
-from gradcam.models import ModelLoadError, load_model, read_labels
+from gradcam.apps.cli import main
+from gradcam.io.images import preprocess, read_image
+from gradcam.io.models import ModelLoadError, load_model, read_labels
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 NAMES = ["cat", "dog", "cup", "person", "car", "tree", "boat"]
@@ -60,7 +60,7 @@ def test_labels_name_the_classes_everywhere(seven_class_checkpoint, tmp_path, la
     entry = json.loads((out / "results.json").read_text())["images"][0]
     assert {p["label"] for p in entry["predictions"]} <= set(NAMES)
     assert [(t["index"], t["label"]) for t in entry["targets"]] == [(1, "dog"), (6, "boat")]
-    assert Path(entry["targets"][0]["files"]["overlay"]).name == "chelsea.gradcam.1-dog.png"
+    assert Path(entry["targets"][0]["files"]["overlay"]).name == "chelsea.gradcam.1-dog.jpg"
     assert '"label": "boat"' in (out / "index.html").read_text()
 
 
@@ -83,7 +83,7 @@ def test_labels_of_the_wrong_length_or_form_are_usage_errors(seven_class_checkpo
 def test_the_maps_are_those_of_the_same_model_explained_by_hand(seven_class_checkpoint, tmp_path):
     path, model = seven_class_checkpoint
     out = tmp_path / "out"
-    assert explain_cli("--model", "resnet18", "--weights", str(path), "--out", str(out)) == 0
+    assert explain_cli("--model", "resnet18", "--weights", str(path), "--out", str(out), "--save", "overlay,map") == 0
     entry = json.loads((out / "results.json").read_text())["images"][0]
     bundle = load_model("resnet18", "none")
     pixels, _ = preprocess(read_image(EXAMPLES / "chelsea.jpg", draft_size=bundle.preprocessing.resize),
@@ -119,7 +119,7 @@ def test_an_offline_timm_model_fails_at_once_naming_the_hub_and_weights(monkeypa
     import socket
     import time
 
-    from gradcam import models
+    from gradcam.io import models
 
     def no_network(*args, **kwargs):
         raise OSError("Network is unreachable")

@@ -20,10 +20,10 @@ import torch
 from PIL import Image
 
 import gradcam
-import gradcam.models
-from gradcam import runner
-from gradcam.cli import main
-from gradcam.images import ImageReadError, read_image
+import gradcam.io.models
+from gradcam.apps.cli import main
+from gradcam.io.images import ImageReadError, read_image
+from gradcam.pipeline import local as runner
 from tiny_models import TinyCNN
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -108,11 +108,11 @@ def test_trust_weights_loads_a_whole_pickled_model_with_a_warning(tmp_path, caps
 
 def test_the_web_app_never_unpickles(malicious_weights):
     pytest.importorskip("gradio")
-    from gradcam import web
+    from gradcam.apps import web
 
     path, marker = malicious_weights
     shelf = web.ModelShelf(["resnet18"], weights={"resnet18": str(path)})
-    with pytest.raises(gradcam.models.ModelLoadError, match="refused"):
+    with pytest.raises(gradcam.io.models.ModelLoadError, match="refused"):
         shelf.load_all()
     assert not marker.exists()
     assert "trust_weights" not in __import__("inspect").getsource(web)
@@ -165,7 +165,7 @@ def test_the_overlay_of_a_large_photo_is_the_whole_frame_interpolation(tmp_path)
     """The strip-wise carrying back gives the same pixels as interpolating the whole frame at once."""
     import torch.nn.functional as F
 
-    from gradcam.images import Geometry, original_strips, to_original
+    from gradcam.io.images import Geometry, original_strips, to_original
 
     geometry = Geometry((3000, 4000), (256, 341), (16, 58), (224, 224))
     maps = torch.rand(2, 7, 7)
@@ -325,8 +325,8 @@ def test_a_full_disk_leaves_no_temporary_files_and_a_manifest(tmp_path, monkeypa
     real_save = Image.Image.save
 
     def disk_full(self, fp, *args, **kwargs):
-        if str(fp).endswith(".tmp") and ".png." in str(fp):
-            Path(fp).write_bytes(b"\x89PNG partial")
+        if str(fp).endswith(".tmp") and ".gradcam." in str(fp):
+            Path(fp).write_bytes(b"\xff\xd8 partial")
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_save(self, fp, *args, **kwargs)
 
@@ -360,7 +360,7 @@ def test_resume_refuses_a_corrupt_manifest_and_other_options(tmp_path, capsys):
     assert explain_cli(str(EXAMPLES), "--out", str(out), "--resume", "--layer", "blocks.5") == 2
     assert "explained layer 'bn2'" in one_line(capsys.readouterr().err)
     assert explain_cli(str(EXAMPLES), "--out", str(out), "--resume") == 0
-    assert manifest(out)["summary"]["ok"] == 3 and manifest(out)["method"] == "gradcam"
+    assert manifest(out)["summary"]["ok"] == 3 and manifest(out)["methods"] == ["gradcam"]
 
 
 # 10. smaller defects --------------------------------------------------------------------------------------
@@ -394,12 +394,12 @@ def test_evaluate_checks_out_and_layers_before_working(tmp_path, capsys, monkeyp
     argv = ["evaluate", str(EXAMPLES / "chelsea.jpg"), "--out", str(tmp_path / "eval"), "--methods", "gradcam"]
     assert main([*argv, "--layers", "classifier"]) == 2
     assert "--layers classifier: cannot be explained" in one_line(capsys.readouterr().err)
-    import gradcam.evaluate
+    import gradcam.apps.evaluate
 
     def out_of_memory(*args, **kwargs):
         raise MemoryError
 
-    monkeypatch.setattr(gradcam.evaluate, "evaluate", out_of_memory)
+    monkeypatch.setattr(gradcam.apps.evaluate, "evaluate", out_of_memory)
     assert main(argv) == 1
     assert "out of memory; lower --batch-size" in one_line(capsys.readouterr().err)
 
@@ -433,7 +433,7 @@ def test_bad_method_numpy_targets_and_label_lengths():
 def test_resume_without_an_earlier_run_still_refuses_to_overwrite(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
-    mine = out / "chelsea.gradcam.282-tiger_cat.png"
+    mine = out / "chelsea.gradcam.282-tiger_cat.jpg"
     mine.write_bytes(b"the user's own file")
     assert explain_cli(str(EXAMPLES / "chelsea.jpg"), "--out", str(out), "--resume") == 1
     assert "exists; pass --overwrite" in capsys.readouterr().err and mine.read_bytes() == b"the user's own file"
@@ -461,7 +461,9 @@ def test_a_picture_that_cannot_be_drawn_fails_its_photo_in_one_line(tmp_path, mo
     def broken_grid(*args, **kwargs):
         raise RuntimeError("Expected all tensors to be on the same device\nmore detail")
 
-    monkeypatch.setattr(runner, "channel_grid", broken_grid)
+    import gradcam.pipeline.writer as writer
+
+    monkeypatch.setattr(writer, "channel_grid", broken_grid)
     out = tmp_path / "out"
     assert explain_cli(str(EXAMPLES), "--out", str(out), "--per-channel", "4") == 1
     err = capsys.readouterr().err

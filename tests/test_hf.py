@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import gradcam
-from gradcam.cli import main
-from gradcam.models import ModelLoadError, load_model
+from gradcam.apps.cli import main
+from gradcam.io.models import ModelLoadError, load_model
 
 transformers = pytest.importorskip("transformers")
 
@@ -99,7 +99,7 @@ def test_a_layer_that_returns_a_tuple_is_explained_by_its_hidden_state(tmp_path)
 
 
 def test_processor_kinds(tmp_path):
-    from gradcam.hf import processor_preprocessing
+    from gradcam.io.hf import processor_preprocessing
 
     convnext = transformers.ConvNextImageProcessor(size={"shortest_edge": 224}, crop_pct=0.875)
     convnext.save_pretrained(tmp_path / "c")
@@ -161,7 +161,7 @@ def test_cli_with_a_fine_tuned_safetensors_head(tmp_path, capsys):
 
 def test_the_web_app_serves_a_hugging_face_folder(tmp_path, monkeypatch):
     pytest.importorskip("gradio")
-    from gradcam import web
+    from gradcam.apps import web
 
     name = f"hf:{saved('vit', tmp_path / 'vit')}"
     monkeypatch.setattr(web, "SHELF", web.ModelShelf([name]))

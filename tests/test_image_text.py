@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 import gradcam
-from gradcam.cli import main
-from gradcam.models import ModelLoadError, load_model
+from gradcam.apps.cli import main
+from gradcam.io.models import ModelLoadError, load_model
 
 open_clip = pytest.importorskip("open_clip")
 
@@ -22,8 +22,8 @@ LAST_NORM = "clip.visual.transformer.resblocks.1.ln_1"
 
 
 @pytest.fixture(scope="module")
-def tiny_clip() -> gradcam.image_text.OpenClipModel:
-    from gradcam.image_text import OpenClipModel
+def tiny_clip() -> gradcam.io.image_text.OpenClipModel:
+    from gradcam.io.image_text import OpenClipModel
 
     torch.manual_seed(0)
     clip = open_clip.CLIP(
@@ -215,7 +215,7 @@ def test_hugging_face_clip_and_siglip(tmp_path, kind, layer):
 
 def test_the_web_app_takes_prompts_for_an_image_text_model(tmp_path, monkeypatch):
     pytest.importorskip("gradio")
-    from gradcam import web
+    from gradcam.apps import web
 
     name = "clip:ViT-B-32"
     monkeypatch.setattr(web, "SHELF", web.ModelShelf([name], {name: "none"}))

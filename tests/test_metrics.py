@@ -11,8 +11,8 @@ import torch
 
 import gradcam
 from gradcam import metrics
-from gradcam.cli import main
-from gradcam.evaluate import read_boxes
+from gradcam.apps.cli import main
+from gradcam.apps.evaluate import read_boxes
 from tiny_models import TinyCNN
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from gradcam.cli import main
+from gradcam.apps.cli import main
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -60,7 +60,7 @@ def test_max_side_makes_smaller_overlays_and_keeps_the_real_size(tmp_path, capsy
 
 def test_the_web_app_draws_on_the_photo_at_its_own_size(tmp_path):
     pytest.importorskip("gradio")
-    from gradcam.web import explain_photo
+    from gradcam.apps.web import explain_photo
 
     photo = jpeg(tmp_path, "photo.jpg", (640, 512))
     result = explain_photo(str(photo), "efficientnet_lite0", ["gradcam"], None, "", 0.5, "jet", out_dir=tmp_path)
@@ -78,7 +78,7 @@ def test_the_margins_the_crop_cut_away_are_dimmed_and_the_crop_framed(tmp_path):
     import numpy as np
 
     out = tmp_path / "out"
-    assert explain(str(EXAMPLES / "coffee.jpg"), "--out", str(out)) == 0
+    assert explain(str(EXAMPLES / "coffee.jpg"), "--out", str(out), "--format", "png") == 0
     entry = json.loads((out / "results.json").read_text())["images"][0]
     assert json.loads((out / "results.json").read_text())["frame"] == "crop"
     picture, photo = decoded(Path(entry["targets"][0]["files"]["overlay"])), decoded(EXAMPLES / "coffee.jpg")
@@ -93,7 +93,7 @@ def test_whole_photo_frames_cover_every_pixel(tmp_path, frame):
     import numpy as np
 
     out = tmp_path / "out"
-    assert explain(str(EXAMPLES / "coffee.jpg"), "--out", str(out), "--frame", frame) == 0
+    assert explain(str(EXAMPLES / "coffee.jpg"), "--out", str(out), "--frame", frame, "--save", "overlay,map") == 0
     manifest = json.loads((out / "results.json").read_text())
     entry = manifest["images"][0]
     assert manifest["frame"] == frame
@@ -114,7 +114,7 @@ def test_full_frame_on_a_fixed_size_model_falls_back_to_squash(tmp_path, capsys)
 def test_heat_tint_leaves_cold_pixels_as_they_are():
     import torch
 
-    from gradcam.viz import overlay
+    from gradcam.render.viz import overlay
 
     photo = torch.randint(0, 256, (3, 4, 4), dtype=torch.uint8)
     heat = torch.zeros(4, 4)

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from browser import headless_page
-from gradcam.cli import main
-from gradcam.report import json_for_script
+from gradcam.apps.cli import main
+from gradcam.render.report import json_for_script
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 CRAFTED = [  # paths under the photo folder; '/' cannot be in a name, so "</script>" spans a folder

@@ -10,7 +10,7 @@ import pytest
 gradio = pytest.importorskip("gradio", reason="the web extra is not installed (pip install 'gradcam[web]')")
 
 from browser import headless_page  # noqa: E402
-from gradcam.web import AppError, build_app, explain_photo, model_choices  # noqa: E402
+from gradcam.apps.web import AppError, build_app, explain_photo, model_choices  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -50,7 +50,7 @@ def test_offline_models_come_first():
 def test_requests_are_bounded_in_targets_and_files(tmp_path):
     """Issue 10, case 7: top1000 wrote 2,001 files in 78 s; every request left a folder behind."""
     import gradcam
-    from gradcam import web
+    from gradcam.apps import web
 
     with pytest.raises(AppError, match="more than this page draws"):
         explain_photo(str(EXAMPLES / "chelsea.jpg"), "efficientnet_lite0", ["gradcam"], None, "top1000", 0.5, "jet")
@@ -65,7 +65,7 @@ def test_requests_are_bounded_in_targets_and_files(tmp_path):
 
 
 def test_only_models_named_at_start_are_offered_and_loaded_before_listening(monkeypatch):
-    from gradcam import web
+    from gradcam.apps import web
 
     loaded = []
     monkeypatch.setattr(web, "load_model", lambda name, weights=None: loaded.append(name) or _bundle())
@@ -80,7 +80,7 @@ def test_only_models_named_at_start_are_offered_and_loaded_before_listening(monk
 
 
 def _bundle():
-    from gradcam.models import load_model
+    from gradcam.io.models import load_model
 
     return load_model("efficientnet_lite0", "none")
 
@@ -127,7 +127,7 @@ def test_in_a_real_browser(running_app, tmp_path, capfd):
 
 
 def test_examples_ship_inside_the_package(tmp_path):
-    from gradcam.web import example_photos
+    from gradcam.apps.web import example_photos
 
     assert [Path(p).name for p in example_photos(None)] == ["astronaut.jpg", "chelsea.jpg", "coffee.jpg"]
     (tmp_path / "a.png").write_bytes((EXAMPLES / "coffee.jpg").read_bytes())
@@ -136,11 +136,11 @@ def test_examples_ship_inside_the_package(tmp_path):
 
 
 def test_serve_command_warns_when_opened_to_the_network(monkeypatch, capsys):
-    import gradcam.web
-    from gradcam.cli import main
+    import gradcam.apps.web
+    from gradcam.apps.cli import main
 
     calls = []
-    monkeypatch.setattr(gradcam.web, "serve", lambda host, port, examples, models: calls.append((host, port)))
+    monkeypatch.setattr(gradcam.apps.web, "serve", lambda host, port, examples, models: calls.append((host, port)))
     assert main(["serve"]) == 0
     assert calls[-1] == ("127.0.0.1", 7860) and "warning" not in capsys.readouterr().err
     assert main(["serve", "--host", "0.0.0.0", "--port", "8000"]) == 0
@@ -163,8 +163,8 @@ def test_a_fine_tuned_checkpoint_with_its_labels_is_served(tmp_path, monkeypatch
     import torch
     import torchvision
 
-    from gradcam import web
-    from gradcam.cli import main
+    from gradcam.apps import web
+    from gradcam.apps.cli import main
 
     torch.manual_seed(0)
     path = tmp_path / "ft.pth"
@@ -194,7 +194,7 @@ def test_any_class_is_drawn_from_the_kept_maps_without_running_the_model(tmp_pat
     import numpy as np
     import torch
 
-    from gradcam import web
+    from gradcam.apps import web
 
     result = explain_photo(str(EXAMPLES / "coffee.jpg"), "efficientnet_lite0", ["gradcam"], None, "", 0.5, "jet",
                            out_dir=tmp_path)  # fmt: skip

@@ -9,10 +9,10 @@ Example:
 
 from .all_classes import ClassMaps, explain_all
 from .explain import explain
+from .io.models import LoadedModel, load_model, read_labels, with_labels
 from .layers import auto_layer, list_layers
 from .methods import CAMMethod, get_method, methods, register
-from .models import LoadedModel, load_model, read_labels, with_labels
-from .photo import PhotoExplanation, explain_image
+from .render.photo import PhotoExplanation, explain_image
 from .result import ChannelContributions, Explanation, LayerResult
 from .targets import (
     BoxScore,

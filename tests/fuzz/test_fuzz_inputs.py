@@ -16,10 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gradcam
-from gradcam import runner
-from gradcam.cli import main
-from gradcam.images import DEFAULT_MAX_MEGAPIXELS, MAX_ASPECT_RATIO, ImageReadError, read_image
-from gradcam.models import Preprocessing
+from gradcam.apps.cli import main
+from gradcam.io.images import DEFAULT_MAX_MEGAPIXELS, MAX_ASPECT_RATIO, ImageReadError, read_image
+from gradcam.io.models import Preprocessing
+from gradcam.pipeline import local as runner
 from tiny_models import TinyCNN
 
 from .conftest import scaled
@@ -48,11 +48,12 @@ def test_any_file_decodes_within_bounds_or_fails_in_one_line(data):
 @given(data=image_bytes())
 def test_the_engine_decoder_never_raises_and_gives_finite_inputs(data):
     item = runner.decode(data, SPEC, DEFAULT_MAX_MEGAPIXELS, name="fuzzed.png")
-    if item["error"] is not None:
-        assert item["error"].startswith("fuzzed.png: ") and "\n" not in item["error"]
+    if item.error is not None:
+        assert item.error.startswith("fuzzed.png: ") and "\n" not in item.error
         return
-    assert item["input"].shape == (3, 224, 224) and bool(torch.isfinite(item["input"]).all())
-    assert item["photo"].dtype == torch.uint8 and item["photo"].shape[0] == 3
+    assert item.input is not None and item.photo is not None
+    assert item.input.shape == (3, 224, 224) and bool(torch.isfinite(item.input).all())
+    assert item.photo.dtype == torch.uint8 and item.photo.shape[0] == 3
 
 
 METHODS = st.one_of(st.sampled_from(gradcam.methods()), st.text(max_size=10), st.integers(), st.none(), st.floats())
@@ -192,7 +193,7 @@ def test_interrupted_runs_resume_to_each_photo_exactly_once(stop_at, batch, work
 @given(data=image_bytes(), target=st.sampled_from(["", "top3", "top50", "5000", "tigre cat", "3,4"]))
 @settings(max_examples=scaled(40))
 def test_the_web_function_answers_with_a_result_or_a_page_message(data, target, tmp_path_factory):
-    from gradcam.web import AppError, PhotoResult, explain_photo
+    from gradcam.apps.web import AppError, PhotoResult, explain_photo
 
     folder = tmp_path_factory.mktemp("upload")
     upload = folder / "upload.png"

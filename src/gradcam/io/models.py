@@ -54,6 +54,18 @@ class LoadedModel:
     source: str = ""
     extra: dict = field(default_factory=dict)
 
+    def layer_for(self, requested: str | None, example: torch.Tensor | None = None) -> str | None:
+        """The one place that decides which layer is explained: ``requested`` when given, else the model
+        family's default (``features.35`` for VGG-19, ``bn2`` for EfficientNet-Lite, ...), else, given an
+        ``example`` input, the one :func:`gradcam.auto_layer` finds (None when it needs an example)."""
+        if requested:
+            return requested
+        if self.default_layer is not None or example is None:
+            return self.default_layer
+        from ..layers import auto_layer
+
+        return auto_layer(self.model, example)
+
 
 def read_labels(path: str | Path) -> list[str]:
     """Class names from a file: one name per line (line i names class i), a JSON list, or a JSON object
@@ -97,7 +109,7 @@ def with_labels(bundle: LoadedModel, names: Sequence[str], source: str = "--labe
     """``bundle`` naming its classes ``names``; their number must be the model's (one forward pass)."""
     model = bundle.model
     example = torch.zeros(1, 3, *bundle.preprocessing.crop, device=next(model.parameters()).device)
-    from .hooks import preserved_state, run_model
+    from ..hooks import preserved_state, run_model
 
     with preserved_state(model), torch.inference_mode():
         output = run_model(model, example)
@@ -108,7 +120,7 @@ def with_labels(bundle: LoadedModel, names: Sequence[str], source: str = "--labe
 
 
 def _imagenet_labels() -> tuple[str, ...]:
-    from .targets import imagenet_labels
+    from ..targets import imagenet_labels
 
     return imagenet_labels()
 

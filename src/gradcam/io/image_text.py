@@ -39,7 +39,7 @@ class ImageTextModel(nn.Module):
 
     def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
         """Unit-length text embeddings (K, D) of ``prompts``, computed without gradients in eval mode."""
-        from .hooks import preserved_state
+        from ..hooks import preserved_state
 
         key = tuple(prompts)
         with self._text_lock:

@@ -18,34 +18,30 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from .all_classes import explain_all
-from .explain import explain
-from .files import write_atomic
-from .guided import gradient_picture
-from .hooks import is_out_of_memory, preserved_state, run_model
-from .images import (
+from ..all_classes import explain_all
+from ..explain import explain
+from ..hooks import is_out_of_memory, preserved_state, run_model
+from ..io.files import write_atomic
+from ..io.images import (
     DEFAULT_MAX_MEGAPIXELS,
     FoundImages,
-    Geometry,
     ImageReadError,
     framed,
     image_tensor,
-    model_view,
     preprocess,
     read_image,
 )
-from .layers import auto_layer
-from .methods import CAMMethod
-from .methods.perturbation import AblationCAM
-from .models import LoadedModel, Preprocessing
-from .report import write_explain_page
-from .targets import TextPrompt, class_index
-from .viz import channel_grid, overlay_on_photo, save_png, to_pil, with_legend
+from ..io.models import LoadedModel, Preprocessing
+from ..methods import CAMMethod
+from ..methods.perturbation import AblationCAM
+from ..render.report import write_explain_page
+from ..targets import TextPrompt, class_index
+from .records import PhotoRecord, RunManifest
+from .writer import DecodedPhoto, PhotoWriter, WriteOptions, top_predictions
 
 MANIFEST = "results.json"
 MANIFEST_INTERVAL_S = 20.0
@@ -91,6 +87,8 @@ class RunOptions:
     top_channels: int | None = None
     prefix_tokens: int | None = None
     token_grid: tuple[int, int] | None = None
+    save: tuple[str, ...] = ("overlay",)
+    format: str = "jpg"
 
     def cam_method(self) -> CAMMethod | str:
         """The method, with its options where it takes some (``--method-option KEY=VALUE`` too)."""
@@ -119,7 +117,7 @@ def method_with_options(name: str, options: Sequence[tuple[str, str]]) -> CAMMet
     that lists the ones it does."""
     import inspect
 
-    from .methods import get_method
+    from ..methods import get_method
 
     cls = type(get_method(name))
     accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
@@ -154,12 +152,12 @@ def _option_value(text: str) -> Any:
 @dataclass
 class RunResult:
     manifest_path: Path
-    entries: list[dict[str, Any]] = field(default_factory=list)
+    entries: list[PhotoRecord] = field(default_factory=list)
     interrupted: bool = False
 
     @property
     def failed(self) -> int:
-        return sum(1 for entry in self.entries if entry["status"] != "ok")
+        return sum(1 for entry in self.entries if not entry.ok)
 
 
 def decode(
@@ -169,11 +167,12 @@ def decode(
     name: str = "",
     max_side: int | None = None,
     frame: str = "crop",
-) -> dict[str, Any]:
+    index: int = 0,
+) -> DecodedPhoto:
     """One photo (a path, or the bytes of a file called ``name``) as the model's input in ``frame`` (see
-    :func:`gradcam.images.framed`), the photo to draw on (its own resolution, or at most ``max_side``
+    :func:`gradcam.io.images.framed`), the photo to draw on (its own resolution, or at most ``max_side``
     pixels long), its :class:`Geometry` onto that photo and the photo's own (width, height); a bad file
-    gives ``{"error": one line}``, never an exception."""
+    gives a :class:`DecodedPhoto` with only ``error`` (one line), never an exception."""
     label = name or str(source)
     try:
         draft = spec.resize if max_side else None  # with --max-side the decoder may shrink a JPEG
@@ -184,12 +183,12 @@ def decode(
             photo = image.copy()
             photo.thumbnail((max_side, max_side), Image.Resampling.BILINEAR, reducing_gap=3.0)
             geometry = replace(geometry, original=(photo.height, photo.width))
-        size = image.info.get("original_size", image.size)
-        return {"input": pixels, "geometry": geometry, "photo": image_tensor(photo), "size": size, "error": None}
+        size = tuple(image.info.get("original_size", image.size))
+        return DecodedPhoto(pixels, geometry, image_tensor(photo), (int(size[0]), int(size[1])), index=index)
     except ImageReadError as error:
-        return {"error": str(error)}
+        return DecodedPhoto(error=str(error), index=index)
     except Exception as error:  # a decoder crash must not end the run
-        return {"error": f"{label}: cannot decode ({type(error).__name__}: {error})"}
+        return DecodedPhoto(error=f"{label}: cannot decode ({type(error).__name__}: {error})", index=index)
 
 
 class PhotoDataset(Dataset):
@@ -201,13 +200,12 @@ class PhotoDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int) -> DecodedPhoto:
         options = self.options
-        photo = decode(self.paths[index], self.spec, options.max_megapixels, "", options.max_side, options.frame)
-        return {"index": index, **photo}
+        return decode(self.paths[index], self.spec, options.max_megapixels, "", options.max_side, options.frame, index)
 
 
-def _collate(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _collate(items: list[DecodedPhoto]) -> list[DecodedPhoto]:
     return items
 
 
@@ -265,41 +263,19 @@ def output_keys(found: FoundImages) -> list[str]:
     return unique
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower()[:40] or "target"
-
-
 def write_json_atomic(data: Any, path: Path) -> None:
     write_atomic(path, lambda temporary: temporary.write_text(json.dumps(data, indent=1)))
 
 
-THUMBNAIL_SIDE = 512
 ALL_CLASSES_DRAWN = 3  # with --target all: the raw maps of every class are saved, the top ones drawn
 
 
-def save_thumbnail(photo: torch.Tensor, path: Path) -> None:
-    """The photo, at most ``THUMBNAIL_SIDE`` pixels long, as a JPEG (atomic)."""
-    picture = to_pil(photo)
-    picture.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.BILINEAR, reducing_gap=2.0)
-    write_atomic(path, lambda temporary: picture.save(temporary, format="JPEG", quality=85))
-
-
-def save_npy_atomic(array: np.ndarray, path: Path) -> None:
-    def save(temporary: Path) -> None:
-        with open(temporary, "wb") as handle:
-            np.save(handle, array)
-
-    write_atomic(path, save)
-
-
-def read_manifest(path: Path) -> dict[str, Any]:
-    """An earlier run's ``results.json`` (either engine's), to continue it; one line when it cannot be read."""
+def read_manifest(path: Path) -> RunManifest:
+    """An earlier run's ``results.json`` (either engine's, any version), to continue it; one line when it
+    cannot be read."""
     try:
-        data = json.loads(path.read_text())
-        if not isinstance(data, dict) or not isinstance(data.get("images", []), list):
-            raise ValueError("not a gradcam manifest")
-        return data
-    except (OSError, ValueError, UnicodeDecodeError) as error:
+        return RunManifest.from_json(json.loads(path.read_text()))
+    except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError) as error:
         raise UsageError(
             f"--resume: {path} cannot be read ({type(error).__name__}: {str(error)[:80]}); "
             "move it away, or pass --overwrite instead of --resume"
@@ -311,7 +287,7 @@ class OutputError(RuntimeError):
 
 
 # The options that decide what a map means: a --resume must use the same ones as the run it continues.
-RESUME_KEYS = ("model", "method", "target", "prompts", "frame", "counterfactual", "eigen_smooth", "aug_smooth")
+RESUME_KEYS = ("model", "methods", "target", "prompts", "frame", "counterfactual", "eigen_smooth", "aug_smooth")
 
 
 def resolve_frame(bundle: LoadedModel, options: RunOptions) -> RunOptions:
@@ -342,8 +318,8 @@ class Runner:
         options = resolve_frame(bundle, options)
         self.bundle, self.found, self.options = bundle, found, options
         self.keys = output_keys(found)
-        self.entries: dict[int, dict[str, Any]] = {}
-        self.previous: dict[str, dict[str, Any]] = {}
+        self.entries: dict[int, PhotoRecord] = {}
+        self.previous: dict[str, PhotoRecord] = {}
         self.in_flight: list[tuple[int, Future]] = []
         self.manifest_path = options.out / MANIFEST
         self.explainer = BatchExplainer(bundle, options)
@@ -368,17 +344,21 @@ class Runner:
                     "--overwrite to replace its files, or another --out"
                 )
 
-    def _continue(self, earlier: dict[str, Any]) -> None:
+    def _continue(self, earlier: RunManifest) -> None:
         """Take over an earlier run's successful photos, if it explained them the same way."""
         current = self.manifest(finished=False)
         for key in RESUME_KEYS:
-            if key in earlier and earlier[key] != current[key]:
-                flag = "--" + key.replace("_", "-")
-                raise UsageError(
-                    f"--resume: the earlier run in {self.options.out} used {flag} {earlier[key]!r}, this one "
-                    f"{current[key]!r}; run with the same options, or choose another --out"
+            if getattr(earlier, key) != getattr(current, key):
+                flag = (
+                    "--" + key.replace("_", "-").rstrip("s")
+                    if key in ("methods", "prompts")
+                    else "--" + key.replace("_", "-")
                 )
-        layer = earlier.get("layer")
+                raise UsageError(
+                    f"--resume: the earlier run in {self.options.out} used {flag} {_shown(getattr(earlier, key))}, "
+                    f"this one {_shown(getattr(current, key))}; run with the same options, or choose another --out"
+                )
+        layer = earlier.layer
         if self.options.layer is not None and layer not in (None, self.options.layer):
             raise UsageError(
                 f"--resume: the earlier run in {self.options.out} explained layer {layer!r}, this one asks for "
@@ -387,38 +367,33 @@ class Runner:
         if layer is not None:
             self.explainer.layer = layer
         self.explainer.replace_unrecorded = True
-        self.previous = {
-            e["path"]: e for e in earlier.get("images", []) if isinstance(e, dict) and e.get("status") == "ok"
-        }
+        self.previous = {record.path: record for record in earlier.images if record.ok}
 
-    def manifest(self, finished: bool) -> dict[str, Any]:
+    def manifest(self, finished: bool) -> RunManifest:
         options = self.options
-        return {
-            "tool": "gradcam",
-            "model": self.bundle.name,
-            "model_source": self.bundle.source,
-            "method": options.method,
-            "layer": self.explainer.layer,
-            "target": options.target,
-            "prompts": list(options.prompts) or None,
-            "frame": options.frame,
-            "colormap": options.colormap,
-            "counterfactual": options.counterfactual,
-            "eigen_smooth": options.eigen_smooth,
-            "aug_smooth": options.aug_smooth,
-            "started": self.started,
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z") if finished else None,
-            "summary": {
-                "images": len(self.entries),
-                "ok": sum(1 for e in self.entries.values() if e["status"] == "ok"),
-                "failed": sum(1 for e in self.entries.values() if e["status"] != "ok"),
-            },
-            "images": [self.entries[i] for i in sorted(self.entries)],
-        }
+        return RunManifest(
+            engine="local",
+            model=self.bundle.name,
+            model_source=self.bundle.source,
+            methods=[options.method],
+            layer=self.explainer.layer,
+            target=options.target,
+            prompts=list(options.prompts) or None,
+            frame=options.frame,
+            colormap=options.colormap,
+            format=options.format,
+            save=sorted(BatchExplainer.saved(options)),
+            counterfactual=options.counterfactual,
+            eigen_smooth=options.eigen_smooth,
+            aug_smooth=options.aug_smooth,
+            started=self.started,
+            finished=time.strftime("%Y-%m-%dT%H:%M:%S%z") if finished else None,
+            images=[self.entries[i] for i in sorted(self.entries)],
+        )
 
     def write_manifest(self, finished: bool) -> None:
         """``results.json`` and the ``index.html`` page that shows it, both written atomically."""
-        manifest = self.manifest(finished)
+        manifest = self.manifest(finished).to_json()
         try:
             write_json_atomic(manifest, self.manifest_path)
             write_explain_page(manifest, self.options.out)
@@ -452,7 +427,7 @@ class Runner:
             try:
                 for items in loader:
                     written_before = len(self.in_flight)
-                    self.explain_batch([(todo[item["index"]], item) for item in items], writers)
+                    self.explain_batch([(todo[item.index], item) for item in items], writers)
                     self._collect(progress, keep_last=len(self.in_flight) - written_before)
                     if time.monotonic() - self.last_manifest > MANIFEST_INTERVAL_S:
                         self.write_manifest(finished=False)
@@ -470,7 +445,7 @@ class Runner:
                     self.write_manifest(finished=completed)
         return RunResult(self.manifest_path, [self.entries[i] for i in sorted(self.entries)], interrupted)
 
-    def explain_batch(self, items: list[tuple[int, dict[str, Any]]], writers: Executor | None = None) -> None:
+    def explain_batch(self, items: list[tuple[int, DecodedPhoto]], writers: Executor | None = None) -> None:
         """Explain a batch now; its outputs are written by ``writers`` (or here). Each photo's future is
         in :attr:`in_flight` as soon as it exists, so an interrupt cannot lose a photo being written."""
         photos = [(str(self.found.paths[index]), self.keys[index], item) for index, item in items]
@@ -490,30 +465,46 @@ class Runner:
 
 
 class BatchExplainer:
-    """Explains batches of decoded photos and writes their outputs: the part of a run that the local
-    engine and the Ray actors share, so both give the same maps and files."""
+    """Explains batches of decoded photos and hands each to the :class:`PhotoWriter`: the part of a run
+    that the local engine and the Ray actors share, so both give the same maps, files and records."""
 
     def __init__(self, bundle: LoadedModel, options: RunOptions) -> None:
         if options.prompts:  # the prompts are the classes: targets, labels and the ranking of predictions
             bundle = replace(bundle, labels=options.prompts)
         self.bundle, self.options = bundle, options
-        self.layer: str | None = options.layer or bundle.default_layer
+        self.layer: str | None = bundle.layer_for(options.layer)
         # set when continuing an earlier run: files of photos its manifest does not list are its leftovers
         self.replace_unrecorded = False
 
-    def explain(self, photos: list[tuple[str, str, dict[str, Any]]]) -> list[dict[str, Any]]:
-        """``photos``: (path, output key, decoded item) each; returns one manifest entry per photo."""
+    @staticmethod
+    def saved(options: RunOptions) -> frozenset[str]:
+        """The outputs written: ``--save``, with ``channels`` for ``--per-channel`` and ``guided`` for ``--guided``."""
+        extra = ({"channels"} if options.per_channel else set()) | ({"guided"} if options.guided else set())
+        return frozenset(set(options.save) | extra)
+
+    def write_options(self) -> WriteOptions:
+        options = self.options
+        return WriteOptions(
+            out=options.out, method=options.method, save=self.saved(options), format=options.format,
+            alpha=options.alpha,
+            colormap=options.colormap, tint=options.tint, legend=options.legend, per_channel=options.per_channel,
+            counterfactual=options.counterfactual, prompts=bool(options.prompts),
+            replace=options.overwrite or self.replace_unrecorded, preprocessing=self.bundle.preprocessing,
+        )  # fmt: skip
+
+    def explain(self, photos: list[tuple[str, str, DecodedPhoto]]) -> list[PhotoRecord]:
+        """``photos``: (path, output key, decoded photo) each; returns one record per photo."""
         return [future.result() for future in self.submit(photos)]
 
     def submit(
         self,
-        photos: list[tuple[str, str, dict[str, Any]]],
+        photos: list[tuple[str, str, DecodedPhoto]],
         writers: Executor | None = None,
         on_future: Callable[[int, Future], object] | None = None,
     ) -> list[Future]:
         """Explain the photos now; write each one's outputs on ``writers`` (or here, when None). One future
-        per photo, resolving to its manifest entry; ``on_future(position, future)`` hears of each one as
-        soon as it exists."""
+        per photo, resolving to its record; ``on_future(position, future)`` hears of each one as soon as
+        it exists."""
         futures: list[Future | None] = [None] * len(photos)
 
         def settle(position: int, future: Future) -> None:
@@ -523,8 +514,8 @@ class BatchExplainer:
 
         good = []
         for position, (path, key, item) in enumerate(photos):
-            if item["error"] is not None:
-                settle(position, _resolved({"path": path, "status": "error", "error": item["error"]}))
+            if item.error is not None:
+                settle(position, _resolved(PhotoRecord.failed(path, item.error)))
             else:
                 good.append((position, path, key, item))
         for position, job in self._explain_in_memory(good):
@@ -532,10 +523,10 @@ class BatchExplainer:
         return [future for future in futures if future is not None]
 
     def _explain_in_memory(
-        self, good: list[tuple[int, str, str, dict[str, Any]]]
-    ) -> list[tuple[int, Callable[[], dict[str, Any]]]]:
+        self, good: list[tuple[int, str, str, DecodedPhoto]]
+    ) -> list[tuple[int, Callable[[], PhotoRecord]]]:
         """:meth:`_explain_good`, halving the batch while it runs out of memory; a single photo that
-        still does not fit becomes an error entry."""
+        still does not fit becomes an error record."""
         if not good:
             return []
         try:
@@ -547,25 +538,25 @@ class BatchExplainer:
             half = len(good) // 2
             return self._explain_in_memory(good[:half]) + self._explain_in_memory(good[half:])
         position, path = good[0][0], good[0][1]
-        error_entry = {"path": path, "status": "error", "error": f"{path}: out of memory explaining this photo alone"}
-        return [(position, partial(dict, error_entry))]
+        record = PhotoRecord.failed(path, f"{path}: out of memory explaining this photo alone")
+        return [(position, partial(lambda r: r, record))]
 
     def _explain_good(
-        self, good: list[tuple[int, str, str, dict[str, Any]]]
-    ) -> list[tuple[int, Callable[[], dict[str, Any]]]]:
-        shapes = list(dict.fromkeys(tuple(item["input"].shape) for *_, item in good))
+        self, good: list[tuple[int, str, str, DecodedPhoto]]
+    ) -> list[tuple[int, Callable[[], PhotoRecord]]]:
+        shapes = list(dict.fromkeys(tuple(_input(item).shape) for *_, item in good))
         if len(shapes) > 1:  # --frame full: photos of other aspect ratios are other input sizes
             return [
                 job
                 for shape in shapes
-                for job in self._explain_good([g for g in good if tuple(g[3]["input"].shape) == shape])
+                for job in self._explain_good([g for g in good if tuple(_input(g[3]).shape) == shape])
             ]
         model = self.bundle.model
         device = next(model.parameters()).device
         dtype = next(model.parameters()).dtype
-        inputs = torch.stack([item["input"] for _, _, _, item in good]).to(device=device, dtype=dtype)
+        inputs = torch.stack([_input(item) for _, _, _, item in good]).to(device=device, dtype=dtype)
         if self.layer is None:
-            self.layer = auto_layer(model, inputs)
+            self.layer = self.bundle.layer_for(None, inputs)
         layer = layer_spec(self.layer)
         every = None
         targets: Any = None if self.options.target == "all" else parse_target(self.options.target, self.bundle.labels)
@@ -602,133 +593,22 @@ class BatchExplainer:
             raise UsageError(str(error)) from None
         if ex.logits is None:
             raise UsageError("the model's output is not (B, num_classes) class scores")
-        ranked = ex.logits if self.options.prompts else ex.logits.softmax(dim=-1)  # cosines, or probabilities
-        top = ranked.topk(min(5, ranked.shape[-1]), dim=-1)
+        predictions = top_predictions(ex.logits, self.bundle.labels, similarity=bool(self.options.prompts))
         contributions = (
             ex.channel_contributions(self.options.per_channel) if self.options.per_channel and every is None else None
         )
         every_raw = every.raw.cpu() if every is not None else None
+        writer = PhotoWriter(self.write_options(), self.bundle.labels)
         return [
-            (position, partial(self._write_safely, path, key, item, ex, row, top, contributions, every_raw))
+            (position, partial(writer.write, path, key, item, ex, row, predictions[row], contributions, every_raw))
             for row, (position, path, key, item) in enumerate(good)
         ]
 
-    def _write_safely(self, path: str, *args: Any) -> dict[str, Any]:
-        """:meth:`write_outputs`; whatever fails there fails this photo, in one line, and the run goes on."""
-        try:
-            return self.write_outputs(path, *args)
-        except OSError as error:
-            return {"path": path, "status": "error", "error": f"{path}: cannot write outputs ({error})"}
-        except Exception as error:  # a picture that cannot be drawn must not end the run either
-            reason = str(error).splitlines()[0] if str(error) else ""
-            return {
-                "path": path,
-                "status": "error",
-                "error": f"{path}: cannot draw outputs ({type(error).__name__}: {reason})",
-            }
 
-    def caption(self, ex: Any, row: int, k: int, top: Any) -> str:
-        """What target ``k`` of image ``row`` is, with its score and what the score is."""
-        class_id = int(ex.targets[row, k]) if ex.targets is not None else None
-        name = f"{self.label(class_id)} ({class_id})" if class_id is not None else f"target {k}"
-        against = "against " if self.options.counterfactual else ""
-        score = float(ex.scores[row, k])
-        if self.options.prompts:
-            return f"{self.options.method}: {against}{name}, cosine similarity {score:.3f}"
-        probability = ex.logits[row].softmax(-1)[class_id] if class_id is not None and ex.logits is not None else None
-        chance = f", p = {float(probability):.2f}" if probability is not None else ""
-        return f"{self.options.method}: {against}{name}, logit {score:.2f}{chance}"
+def _input(photo: DecodedPhoto) -> torch.Tensor:
+    assert photo.input is not None
+    return photo.input
 
-    @property
-    def ranked_by(self) -> str:
-        """What a prediction's number is: a class probability, or a prompt's cosine similarity."""
-        return "similarity" if self.options.prompts else "probability"
 
-    def label(self, index: int) -> str:
-        labels = self.bundle.labels
-        return labels[index] if labels is not None and index < len(labels) else str(index)
-
-    def write_outputs(
-        self,
-        path: str,
-        key: str,
-        item: dict[str, Any],
-        ex: Any,
-        row: int,
-        top: Any,
-        contributions: Any,
-        every: torch.Tensor | None = None,
-    ) -> dict[str, Any]:
-        options = self.options
-        geometry: Geometry = item["geometry"]
-        base = options.out / key
-        base.parent.mkdir(parents=True, exist_ok=True)
-        view = model_view(item["input"], self.bundle.preprocessing) if contributions is not None else None
-        planned = []
-        for k in range(ex.maps.shape[1]):
-            class_id = int(ex.targets[row, k]) if ex.targets is not None else None
-            suffix = f"{class_id}-{slug(self.label(class_id))}" if class_id is not None else f"target{k}"
-            name = f"{base.name}.{options.method}.{suffix}"
-            files = {"overlay": base.with_name(name + ".png"), "map": base.with_name(name + ".npy")}
-            if contributions is not None:
-                files["channels"] = base.with_name(name + ".channels.png")
-            if ex.guided is not None:
-                files["guided"] = base.with_name(name + ".guided-gradcam.png")
-            planned.append((k, class_id, files))
-        thumbnail = base.with_name(f"{base.name}.photo.jpg")  # for index.html, inside the output folder
-        every_file = base.with_name(f"{base.name}.{options.method}.all-classes.npy") if every is not None else None
-        if not (options.overwrite or self.replace_unrecorded):
-            existing = [p for _, _, files in planned for p in files.values() if p.exists()]
-            existing += [p for p in (thumbnail, every_file) if p is not None and p.exists()]
-            if existing:
-                error = f"{existing[0]}: exists; pass --overwrite to replace it"
-                return {"path": path, "status": "error", "error": error}
-        save_thumbnail(item["photo"], thumbnail)
-        if every is not None and every_file is not None:  # (K, h, w) float16: every class at the layer's grid
-            save_npy_atomic(every[row].numpy(), every_file)
-        targets = []
-        for k, class_id, files in planned:
-            picture = overlay_on_photo(
-                item["photo"], ex.maps[row, k].cpu(), geometry, options.alpha, options.colormap, options.tint
-            )
-            if options.legend:
-                picture = with_legend(picture, self.caption(ex, row, k, top), options.colormap)
-            save_png(picture, files["overlay"])
-            save_npy_atomic(ex.maps[row, k].cpu().numpy().astype(np.float32), files["map"])
-            if ex.guided is not None:
-                save_png(gradient_picture(ex.guided_gradcam[row, k].cpu()), files["guided"])
-            if contributions is not None:
-                assert view is not None
-                grid = channel_grid(
-                    view,
-                    contributions.maps[row, k],
-                    contributions.channels[row, k].tolist(),
-                    contributions.totals[row, k].tolist(),
-                    ex.maps[row, k].cpu(),
-                    float(contributions.grand_total[row, k]),
-                    colormap=options.colormap,
-                    alpha=options.alpha,
-                )
-                save_png(grid, files["channels"])
-            targets.append(
-                {
-                    "index": class_id,
-                    "label": self.label(class_id) if class_id is not None else None,
-                    "score": float(ex.scores[row, k]),
-                    "files": {kind: str(p) for kind, p in files.items()},
-                }
-            )
-        return {
-            "path": path,
-            "status": "ok",
-            "size": list(item.get("size") or (geometry.original[1], geometry.original[0])),
-            "overlay_size": [geometry.original[1], geometry.original[0]],
-            "thumbnail": str(thumbnail),
-            **({"all_classes": str(every_file)} if every_file is not None else {}),
-            "predictions": [
-                {"index": int(i), "label": self.label(int(i)), self.ranked_by: round(float(p), 6)}
-                for p, i in zip(top.values[row], top.indices[row], strict=True)
-            ],
-            "targets": targets,
-            "layer": ex.layer,
-        }
+def _shown(value: Any) -> str:
+    return repr(value[0]) if isinstance(value, list) and len(value) == 1 else repr(value)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from .files import write_atomic
+from ..io.files import write_atomic
 
 _STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:0;background:#f4f4f6;color:#222}
@@ -94,7 +94,9 @@ function card(entry) {
     const row = el('div', {class: 'target maps'});
     const what = `${t.label} (${t.index})`;
     row.append(el('h3', {}, `${what}: score ${t.score.toFixed(2)}${probabilityOf(entry, t.index)}`));
-    row.append(figure(t.files.overlay, `${data.method} for ${t.label}`, `${data.method} for ${what}`));
+    const method = entry.method || data.method;
+    if (t.files.overlay) row.append(figure(t.files.overlay, `${method} for ${t.label}`, `${method} for ${what}`));
+    else row.append(el('p', {}, 'overlay not saved (--save); the map is in results.json'));
     if (t.files.guided) row.append(figure(t.files.guided, 'Guided Grad-CAM', `Guided Grad-CAM for ${what}`));
     if (t.files.channels) {
       const grid = figure(t.files.channels, 'feature maps', `the feature maps adding up to the map for ${what}`);
@@ -175,17 +177,20 @@ def explain_page(manifest: dict[str, Any], out: Path) -> str:
     """The HTML of ``index.html`` for a run's manifest; file links are made relative to ``out``."""
     images = []
     for entry in manifest.get("images", []):
-        item = dict(entry)
+        item = {key: value for key, value in entry.items() if key != "geometry"}  # the page needs no geometry
         if entry.get("status") == "ok":
             thumbnail = entry.get("thumbnail")  # a copy inside the output folder: the page moves with it
             item["photo"] = _relative(thumbnail, out) if thumbnail else None
             item["targets"] = [
-                {**t, "files": {kind: _relative(p, out) for kind, p in t["files"].items()}} for t in entry["targets"]
-            ]
+                {**{k: v for k, v in t.items() if k != "map"}, "files": {kind: _relative(p, out) for kind, p in
+                 t["files"].items()}}
+                for t in entry["targets"]
+            ]  # fmt: skip
         images.append(item)
-    payload = json_for_script({"images": images, "method": manifest.get("method", "")})
+    method = ", ".join(manifest.get("methods") or [manifest.get("method", "")])
+    payload = json_for_script({"images": images, "method": method})
     summary = manifest.get("summary", {})
-    title = f"gradcam: {manifest.get('method', '')} on {manifest.get('model', '')}"
+    title = f"gradcam: {method} on {manifest.get('model', '')}"
     frame = FRAME_NOTES.get(manifest.get("frame") or "crop", "")
     subtitle = (
         f"layer {manifest.get('layer')}, {frame}; {summary.get('ok', 0)} explained, {summary.get('failed', 0)} "

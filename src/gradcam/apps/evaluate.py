@@ -12,11 +12,11 @@ from typing import Any
 
 import torch
 
-from . import metrics
-from .explain import explain
-from .images import FoundImages, ImageReadError, preprocess, read_image, to_original
-from .models import LoadedModel
-from .report import evaluation_page
+from .. import metrics
+from ..explain import explain
+from ..io.images import FoundImages, ImageReadError, preprocess, read_image, to_original
+from ..io.models import LoadedModel
+from ..render.report import evaluation_page
 
 ANY_CLASS = -1
 
@@ -59,7 +59,7 @@ def read_boxes(path: Path, labels: Sequence[str] | None) -> dict[str, list[tuple
                     elif label.lstrip("-").isdigit():
                         index = int(label)
                     else:
-                        from .targets import class_index
+                        from ..targets import class_index
 
                         index = class_index(label, labels or [])
                     box = [float(row[k]) for k in ("x1", "y1", "x2", "y2")]
@@ -126,7 +126,7 @@ def evaluate(
             for start in range(0, len(loaded), 8):
                 chunk = loaded[start : start + 8]
                 x = torch.stack([pixels for _, pixels, _ in chunk]).to(device)
-                ex = explain(model, x, method, layer or bundle.default_layer, labels=bundle.labels)
+                ex = explain(model, x, method, bundle.layer_for(layer), labels=bundle.labels)
                 assert ex.targets is not None  # top-1 class targets
                 key = key or f"{method} @ {ex.layer}"  # the layer used, also when it was chosen automatically
                 maps, classes = ex.maps[:, 0], ex.targets[:, 0]

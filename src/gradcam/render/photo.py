@@ -23,17 +23,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
-from .explain import explain
-from .images import Geometry, framed, image_tensor, preprocess, read_image, to_rgb
-from .models import DEFAULT_MODEL, LoadedModel, Preprocessing, load_model
-from .result import Explanation
-from .targets import Similarity, TargetSpec, TextPrompt
-from .viz import overlay_on_photo, save_png, to_pil
+from ..explain import explain
+from ..io.images import Geometry, framed, image_tensor, preprocess, read_image, to_rgb
+from ..io.models import DEFAULT_MODEL, LoadedModel, Preprocessing, load_model
+from ..result import Explanation
+from ..targets import Similarity, TargetSpec, TextPrompt
+from .viz import overlay_image, to_pil
 
 _LOADED: dict[tuple[str, str | None, str], LoadedModel] = {}
 _LOADED_LOCK = threading.Lock()
@@ -65,7 +64,7 @@ def explain_image(
         weights: a weights file for a model given by name (``"none"``: random weights).
         labels: class names (default: the model's own).
         frame: ``"crop"`` (the model's own view; the rest of the photo dimmed), ``"full"`` or ``"squash"``
-            (see :func:`gradcam.images.framed`).
+            (see :func:`gradcam.io.images.framed`).
         options: more keyword arguments of :func:`gradcam.explain` (``counterfactual=True``, ...).
 
     Example:
@@ -86,7 +85,7 @@ def explain_image(
         names = list(targets.prompts)
     elif isinstance(targets, Similarity):
         names = list(targets.labels())
-    ex = explain(bundle.model, x, method, layer or bundle.default_layer, targets, labels=names, **options)
+    ex = explain(bundle.model, x, method, bundle.layer_for(layer), targets, labels=names, **options)
     return PhotoExplanation(ex, image_tensor(image), geometry, tuple(names) if names else None, bundle.name, frame)
 
 
@@ -163,7 +162,7 @@ class PhotoExplanation:
     def overlay(self, k: int = 0, alpha: float = 0.5, colormap: str = "jet", tint: str = "flat") -> Image.Image:
         """Target ``k``'s map over the photo, at the photo's own resolution (PIL image)."""
         heat = self.maps[0, k].detach().cpu()
-        return to_pil(overlay_on_photo(self.photo, heat, self.geometry, alpha, colormap, tint))
+        return overlay_image(to_pil(self.photo), heat, self.geometry, alpha, colormap, tint)
 
     def show(self, **kwargs: Any) -> None:
         """Show every target's overlay, captioned, with matplotlib."""
@@ -184,40 +183,37 @@ class PhotoExplanation:
 
     def save(self, folder: str | Path, stem: str = "photo", overwrite: bool = False) -> list[Path]:
         """Write ``{stem}.{method}.{index}-{name}.png`` (overlay) and ``.npy`` (map) per target and
-        ``{stem}.json``; an existing file is an error unless ``overwrite``. Returns the paths written."""
-        from .files import write_atomic
-        from .runner import save_npy_atomic, slug
+        ``{stem}.json`` (the manifest, as ``gradcam explain`` writes it) through the same writer as the
+        command line; an existing file is an error unless ``overwrite``. Returns the paths written."""
+        from ..io.files import write_atomic
+        from ..pipeline.records import RunManifest
+        from ..pipeline.writer import DecodedPhoto, PhotoWriter, WriteOptions, top_predictions
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        planned = []
-        indices = self.targets[0].tolist() if self.targets is not None else list(range(self.maps.shape[1]))
-        for k, (index, name) in enumerate(zip(indices, self.names, strict=True)):
-            base = f"{stem}.{self.explanation.method}.{index}-{slug(name)}"
-            planned.append((k, folder / f"{base}.png", folder / f"{base}.npy"))
-        record = folder / f"{stem}.json"
-        existing = [p for _, png, npy in planned for p in (png, npy, record) if p.exists()]
+        options = WriteOptions(out=folder, method=self.explanation.method, save=frozenset({"overlay", "map"}),
+                               format="png", counterfactual=self.explanation.counterfactual, thumbnail=False,
+                               replace=overwrite)  # fmt: skip
+        writer = PhotoWriter(options, self.labels)
+        files, _ = writer.plan(stem, self.explanation, 0)
+        manifest_path = folder / f"{stem}.json"
+        existing = [p for planned in files for p in planned.values() if p.exists()]
+        existing += [manifest_path] if manifest_path.exists() else []
         if existing and not overwrite:
             raise FileExistsError(f"{existing[0]}: exists; pass overwrite=True to replace it")
-        written = []
-        for k, png, npy in planned:
-            save_png(self.overlay(k), png)
-            save_npy_atomic(self.maps[0, k].detach().cpu().numpy().astype(np.float32), npy)
-            written += [png, npy]
-        entry = {
-            "model": self.model,
-            "method": self.explanation.method,
-            "layer": self.layer,
-            "frame": self.frame,
-            "size": [int(self.photo.shape[2]), int(self.photo.shape[1])],
-            "targets": [
-                {"index": i, "label": n, "score": float(self.scores[0, k]), "overlay": png.name, "map": npy.name}
-                for (k, png, npy), i, n in zip(planned, indices, self.names, strict=True)
-            ],
-        }
-        text = json.dumps(entry, indent=1)
-        write_atomic(record, lambda temporary: temporary.write_text(text, encoding="utf-8"))
-        return [*written, record]
+        size = (int(self.photo.shape[2]), int(self.photo.shape[1]))
+        decoded = DecodedPhoto(geometry=self.geometry, photo=self.photo, size=size)
+        logits = self.explanation.logits
+        predictions = top_predictions(logits, self.labels, similarity=False)[0] if logits is not None else None
+        record = writer.write(self.model, stem, decoded, self.explanation, 0, predictions)
+        if not record.ok:
+            raise OSError(record.error)
+        manifest = RunManifest(engine="python", model=self.model, methods=[self.explanation.method],
+                               layer=self.layer, frame=self.frame, format="png", save=["map", "overlay"],
+                               counterfactual=self.explanation.counterfactual, images=[record])  # fmt: skip
+        text = json.dumps(manifest.to_json(), indent=1)
+        write_atomic(manifest_path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+        return [Path(p) for target in record.targets for p in target.files.values()] + [manifest_path]
 
     def _strip(self, height: int = 320) -> Image.Image:
         tiles = []

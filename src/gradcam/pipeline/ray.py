@@ -1,7 +1,7 @@
 """Explain a whole dataset on a Ray cluster (optional extra: ``pip install gradcam[ray]``).
 
 Ray Data does the scheduling: the photos become a Dataset, a pool of actors (each loading the model once,
-with GPUs where the cluster has them) runs the same :class:`gradcam.runner.BatchExplainer` as the local
+with GPUs where the cluster has them) runs the same :class:`gradcam.pipeline.local.BatchExplainer` as the local
 engine, so the maps and files are the same. The manifest is written as Parquet shards with a small
 ``summary.json`` (and ``results.json`` plus ``index.html`` for runs small enough to read on one machine).
 
@@ -10,7 +10,7 @@ by Ray on another actor, outputs are written atomically under fixed names (a ret
 bytes), and only the retried task's rows reach the manifest.
 
 Example:
-    >>> from gradcam.distributed import explain_dataset                      # doctest: +SKIP
+    >>> from gradcam.pipeline.ray import explain_dataset                      # doctest: +SKIP
     >>> explain_dataset("s3://bucket/photos/", "s3://bucket/gradcam-out/", actors=16, gpus_per_actor=1)
 """
 
@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from .images import IMAGE_SUFFIXES, find_images
-from .runner import (
+from ..io.images import IMAGE_SUFFIXES, find_images
+from .local import (
     MANIFEST,
     BatchExplainer,
     RunOptions,
@@ -39,6 +39,7 @@ from .runner import (
     read_manifest,
     write_json_atomic,
 )
+from .records import PhotoRecord, RunManifest
 
 PARQUET_FOLDER = "manifest"
 SUMMARY = "summary.json"
@@ -64,7 +65,7 @@ class ExplainActor:
     ):
         import torch
 
-        from .models import load_model, with_labels
+        from ..io.models import load_model, with_labels
 
         torch.set_num_threads(threads)
         device = options.device
@@ -87,7 +88,8 @@ class ExplainActor:
         for i, (path, key) in enumerate(zip(paths, keys, strict=True)):
             source: Path | bytes = bytes(contents[i]) if contents is not None else Path(path)
             photos.append((path, key, decode(source, spec, limit, path, self.options.max_side, self.options.frame)))
-        entries = self.explainer.explain(photos)
+        records = self.explainer.explain(photos)
+        entries = [record.to_json() for record in records]
         if self.out_uri:
             entries = [self._upload(entry) for entry in entries]
         rows = [_row(entry) for entry in entries]
@@ -99,15 +101,18 @@ class ExplainActor:
 
         assert self.out_uri is not None
         filesystem, root = pafs.FileSystem.from_uri(self.out_uri)
-        for target in entry.get("targets", []):
-            for kind, local in list(target["files"].items()):
-                relative = Path(local).relative_to(self.local_out).as_posix()
-                destination = f"{root.rstrip('/')}/{relative}"
-                filesystem.create_dir(destination.rsplit("/", 1)[0], recursive=True)
-                with open(local, "rb") as source, filesystem.open_output_stream(destination) as sink:
-                    shutil.copyfileobj(source, sink)
-                os.remove(local)
-                target["files"][kind] = f"{self.out_uri.rstrip('/')}/{relative}"
+        files = [(entry, "thumbnail")] if entry.get("thumbnail") else []
+        files += [(entry, "all_classes")] if entry.get("all_classes") else []
+        files += [(target["files"], kind) for target in entry.get("targets", []) for kind in target["files"]]
+        for holder, kind in files:
+            local = holder[kind]
+            relative = Path(local).relative_to(self.local_out).as_posix()
+            destination = f"{root.rstrip('/')}/{relative}"
+            filesystem.create_dir(destination.rsplit("/", 1)[0], recursive=True)
+            with open(local, "rb") as source, filesystem.open_output_stream(destination) as sink:
+                shutil.copyfileobj(source, sink)
+            os.remove(local)
+            holder[kind] = f"{self.out_uri.rstrip('/')}/{relative}"
         return entry
 
 
@@ -118,7 +123,7 @@ class DistributedResult:
     failed: int
     manifest: str
     seconds: float
-    entries: list[dict[str, Any]] | None
+    entries: list[PhotoRecord] | None
 
 
 def _rows_from_source(source: Any, exclude: list[Path]) -> Any:
@@ -230,12 +235,14 @@ def explain_dataset(
     if total <= RESULTS_JSON_LIMIT:
         rows_done = [json.loads(row["entry"]) for row in results.take_all()]
         rows_done += [json.loads(row["entry"]) for row in previous]
-        entries = sorted(rows_done, key=lambda e: e["path"])
+        entries = [PhotoRecord.from_json(e) for e in sorted(rows_done, key=lambda e: e["path"])]
     seconds = time.perf_counter() - started
     summary = {"images": total, "ok": counts.get("ok", 0), "failed": total - counts.get("ok", 0),
                "seconds": round(seconds, 2), "engine": "ray", "actors": actors, "model": model,
                "method": options.method, "manifest": manifest_location}  # fmt: skip
-    _write_small_outputs(out_text, local_out, summary, entries, options, model)
+    layers = {record.layer for record in entries or [] if record.ok}
+    layer = options.layer or (layers.pop() if len(layers) == 1 else None)  # the layer used, as the local engine says
+    _write_small_outputs(out_text, local_out, summary, entries, options, model, layer)
     return DistributedResult(total, summary["ok"], summary["failed"], manifest_location, seconds, entries)
 
 
@@ -257,9 +264,9 @@ def _check_output_folder(out: Path, options: RunOptions) -> list[dict[str, Any]]
         return []
     rows: dict[str, dict[str, Any]] = {}
     if (out / MANIFEST).exists():
-        for entry in read_manifest(out / MANIFEST).get("images", []):
-            if isinstance(entry, dict) and entry.get("status") == "ok":
-                rows[entry["path"]] = _row(entry)
+        for record in read_manifest(out / MANIFEST).images:
+            if record.ok:
+                rows[record.path] = _row(record.to_json())
     if (out / PARQUET_FOLDER).exists():
         import pyarrow.parquet as pq
 
@@ -320,19 +327,23 @@ def _write_small_outputs(
     out_text: str,
     local_out: Path | None,
     summary: dict[str, Any],
-    entries: list[dict[str, Any]] | None,
+    entries: list[PhotoRecord] | None,
     options: RunOptions,
     model: str,
+    layer: str | None,
 ) -> None:
     manifest = None
     if entries is not None:
-        manifest = {"tool": "gradcam", "engine": "ray", "model": model, "method": options.method,
-                    "layer": options.layer, "target": options.target,
-                    "summary": {k: summary[k] for k in ("images", "ok", "failed")}, "images": entries}  # fmt: skip
+        manifest = RunManifest(
+            engine="ray", model=model, methods=[options.method], layer=layer, target=options.target,
+            prompts=list(options.prompts) or None, frame=options.frame, colormap=options.colormap,
+            format=options.format, save=sorted(BatchExplainer.saved(options)), counterfactual=options.counterfactual,
+            eigen_smooth=options.eigen_smooth, aug_smooth=options.aug_smooth, images=entries,
+        ).to_json()  # fmt: skip
     if local_out is not None:
         write_json_atomic(summary, local_out / SUMMARY)
         if manifest is not None:
-            from .report import write_explain_page
+            from ..render.report import write_explain_page
 
             write_json_atomic(manifest, local_out / MANIFEST)
             write_explain_page(manifest, local_out)

@@ -1,0 +1,278 @@
+"""The one writer: (decoded photo, explanation, options) -> the files people look at and a :class:`PhotoRecord`.
+
+The local engine, the Ray actors and the web app all call :meth:`PhotoWriter.write`, so a field or a file
+name cannot drift between them. Files are written atomically; a photo's existing files are never replaced
+unless the options allow it.
+
+Outputs (``save``): ``overlay`` (the map on the photo at its own resolution, JPEG quality 90 by default,
+or PNG/WebP), ``map`` (the map at the model's input size, float32 ``.npy``), ``channels`` (the per-feature-map
+grid, with ``per_channel``), ``guided`` (Guided Grad-CAM). Every record also keeps each map at the layer's
+resolution in float16 with its geometry (:func:`gradcam.pipeline.records.full_map`), and a 512 px photo
+thumbnail for ``index.html``.
+
+Example:
+    >>> writer = PhotoWriter(WriteOptions(out=Path("out"), method="gradcam"), labels)      # doctest: +SKIP
+    >>> record = writer.write("photos/cat.jpg", "cat", decoded, ex, row=0)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..guided import gradient_picture
+from ..io.files import write_atomic
+from ..io.images import Geometry, model_view
+from ..io.models import Preprocessing
+from ..render.viz import channel_grid, overlay_image, to_pil, with_legend
+from ..result import ChannelContributions, Explanation
+from .records import PhotoRecord, Prediction, StoredMap, TargetRecord
+
+OUTPUTS = ("overlay", "map", "channels", "guided")
+FORMATS = {"jpg": ("JPEG", {"quality": 90}), "png": ("PNG", {"compress_level": 1}), "webp": ("WEBP", {"quality": 90})}
+THUMBNAIL_SIDE = 512
+
+
+@dataclass(frozen=True)
+class DecodedPhoto:
+    """One photo ready to explain: the model's ``input`` (3, h, w), its :class:`Geometry` onto ``photo``
+    (3, H, W) uint8, the picture drawn on (its own resolution, or smaller with ``--max-side``), and the
+    photo's own (width, height). A photo that could not be read has only ``error`` (one line)."""
+
+    input: torch.Tensor | None = None
+    geometry: Geometry | None = None
+    photo: torch.Tensor | None = None
+    size: tuple[int, int] | None = None
+    error: str | None = None
+    index: int = 0  # its position among the photos being run
+
+
+@dataclass(frozen=True)
+class WriteOptions:
+    """How a photo's outputs look and which are written (``save``, a subset of :data:`OUTPUTS`)."""
+
+    out: Path
+    method: str
+    save: frozenset[str] = frozenset({"overlay"})
+    format: str = "jpg"
+    alpha: float = 0.5
+    colormap: str = "jet"
+    tint: str = "flat"
+    legend: bool = False
+    per_channel: int = 0
+    counterfactual: bool = False
+    prompts: bool = False  # the targets are text prompts: scores are cosine similarities
+    thumbnail: bool = True
+    replace: bool = False  # replace a photo's existing files (--overwrite, or a resumed run's leftovers)
+    preprocessing: Preprocessing | None = field(default=None, compare=False)
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower()[:40] or "target"
+
+
+def save_picture(picture: Image.Image | torch.Tensor, path: Path, format: str = "png") -> None:
+    """Write a picture atomically in ``format`` (:data:`FORMATS`)."""
+    image = to_pil(picture) if isinstance(picture, torch.Tensor) else picture
+    kind, options = FORMATS[format]
+    write_atomic(path, lambda temporary: image.save(temporary, format=kind, **options))
+
+
+def save_npy_atomic(array: np.ndarray, path: Path) -> None:
+    def save(temporary: Path) -> None:
+        with open(temporary, "wb") as handle:
+            np.save(handle, array)
+
+    write_atomic(path, save)
+
+
+def save_thumbnail(photo: Image.Image, path: Path) -> None:
+    """The photo, at most ``THUMBNAIL_SIDE`` pixels long, as a JPEG (atomic)."""
+    picture = photo.copy() if max(photo.size) <= THUMBNAIL_SIDE else photo.reduce(max(1, max(photo.size) // 1024))
+    picture.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    write_atomic(path, lambda temporary: picture.save(temporary, format="JPEG", quality=85))
+
+
+def top_predictions(logits: torch.Tensor, labels: Any, similarity: bool, k: int = 5) -> list[list[Prediction]]:
+    """The top ``k`` (at most the number of classes) of each row: probabilities, or cosine similarities."""
+    ranked = logits if similarity else logits.softmax(dim=-1)
+    top = ranked.topk(min(k, ranked.shape[-1]), dim=-1)
+    kind = "similarity" if similarity else "probability"
+    rows = zip(top.values.cpu(), top.indices.cpu(), strict=True)
+    return [
+        [Prediction(int(i), _label(labels, int(i)), **{kind: round(float(v), 6)}) for v, i in zip(*row, strict=True)]
+        for row in rows
+    ]
+
+
+def _label(labels: Any, index: int) -> str:
+    return labels[index] if labels is not None and index < len(labels) else str(index)
+
+
+class PhotoWriter:
+    """Turns one photo's explanation into files and its :class:`PhotoRecord`."""
+
+    def __init__(self, options: WriteOptions, labels: Any = None) -> None:
+        unknown = set(options.save) - set(OUTPUTS)
+        if unknown:
+            raise ValueError(f"save: unknown output {sorted(unknown)[0]!r}; choose from {', '.join(OUTPUTS)}")
+        if options.format not in FORMATS:
+            raise ValueError(f"format: {options.format!r} is not one of {', '.join(FORMATS)}")
+        self.options, self.labels = options, labels
+
+    def label(self, index: int) -> str:
+        return _label(self.labels, index)
+
+    def caption(self, ex: Explanation, row: int, k: int) -> str:
+        """What target ``k`` of image ``row`` is, with its score and what the score is."""
+        class_id = int(ex.targets[row, k]) if ex.targets is not None else None
+        name = f"{self.label(class_id)} ({class_id})" if class_id is not None else f"target {k}"
+        against = "against " if self.options.counterfactual else ""
+        score = float(ex.scores[row, k])
+        if self.options.prompts:
+            return f"{self.options.method}: {against}{name}, cosine similarity {score:.3f}"
+        probability = ex.logits[row].softmax(-1)[class_id] if class_id is not None and ex.logits is not None else None
+        chance = f", p = {float(probability):.2f}" if probability is not None else ""
+        return f"{self.options.method}: {against}{name}, logit {score:.2f}{chance}"
+
+    def plan(
+        self, key: str, ex: Explanation, row: int, every: bool = False
+    ) -> tuple[list[dict[str, Path]], list[Path]]:
+        """The files of each target of image ``row``, and the photo's own (thumbnail, every class's maps)."""
+        options = self.options
+        base = options.out / key
+        planned = []
+        for k in range(ex.maps.shape[1]):
+            class_id = int(ex.targets[row, k]) if ex.targets is not None else None
+            suffix = f"{class_id}-{slug(self.label(class_id))}" if class_id is not None else f"target{k}"
+            name = f"{base.name}.{options.method}.{suffix}"
+            files = {}
+            if "overlay" in options.save:
+                files["overlay"] = base.with_name(f"{name}.{options.format}")
+            if "map" in options.save:
+                files["map"] = base.with_name(f"{name}.npy")
+            if "channels" in options.save and options.per_channel and ex.layer_results[0].weights is not None:
+                files["channels"] = base.with_name(f"{name}.channels.png")
+            if "guided" in options.save and ex.guided is not None:
+                files["guided"] = base.with_name(f"{name}.guided-gradcam.png")
+            planned.append(files)
+        own = [base.with_name(f"{base.name}.photo.jpg")] if options.thumbnail else []
+        if every:
+            own.append(base.with_name(f"{base.name}.{options.method}.all-classes.npy"))
+        return planned, own
+
+    def write(
+        self,
+        path: str,
+        key: str,
+        photo: DecodedPhoto,
+        ex: Explanation,
+        row: int,
+        predictions: list[Prediction] | None = None,
+        contributions: ChannelContributions | None = None,
+        every: torch.Tensor | None = None,
+        pictures: list[Image.Image] | None = None,
+    ) -> PhotoRecord:
+        """Write image ``row`` of ``ex`` (the photo ``path``, named ``key`` under ``out``) and return its
+        record; whatever fails fails this photo only, as an error record with one line. ``every``: (B, C,
+        h, w) every class's maps (``--target all``); ``pictures`` receives the overlays drawn."""
+        try:
+            return self._write(path, key, photo, ex, row, predictions, contributions, every, pictures)
+        except OSError as error:
+            return PhotoRecord.failed(path, f"{path}: cannot write outputs ({error})")
+        except Exception as error:  # a picture that cannot be drawn must not end the run either
+            reason = str(error).splitlines()[0] if str(error) else ""
+            return PhotoRecord.failed(path, f"{path}: cannot draw outputs ({type(error).__name__}: {reason})")
+
+    def _write(
+        self,
+        path: str,
+        key: str,
+        photo: DecodedPhoto,
+        ex: Explanation,
+        row: int,
+        predictions: list[Prediction] | None,
+        contributions: ChannelContributions | None,
+        every: torch.Tensor | None,
+        pictures: list[Image.Image] | None,
+    ) -> PhotoRecord:
+        options = self.options
+        assert photo.geometry is not None and photo.photo is not None
+        geometry = photo.geometry
+        planned, own = self.plan(key, ex, row, every is not None)
+        if not options.replace:
+            existing = [p for files in planned for p in files.values() if p.exists()] + [p for p in own if p.exists()]
+            if existing:
+                return PhotoRecord.failed(path, f"{existing[0]}: exists; pass --overwrite to replace it")
+        (options.out / key).parent.mkdir(parents=True, exist_ok=True)
+        image = Image.fromarray(photo.photo.permute(1, 2, 0).cpu().numpy())
+        thumbnail = own[0] if options.thumbnail else None
+        if thumbnail is not None:
+            save_thumbnail(image, thumbnail)
+        every_file = own[-1] if every is not None else None
+        if every is not None and every_file is not None:  # (C, h, w) float16: every class at the layer's grid
+            save_npy_atomic(every[row].cpu().numpy(), every_file)
+        view = None
+        if contributions is not None and photo.input is not None and options.preprocessing is not None:
+            view = model_view(photo.input, options.preprocessing)
+        raw = ex.raw[row].detach().float().cpu()
+        maps = ex.maps[row].detach().float().cpu()
+        targets = []
+        for k, files in enumerate(planned):
+            class_id = int(ex.targets[row, k]) if ex.targets is not None else None
+            if "overlay" in files or pictures is not None:
+                drawn = overlay_image(image, maps[k], geometry, options.alpha, options.colormap, options.tint)
+                if options.legend:
+                    drawn = to_pil(with_legend(_tensor(drawn), self.caption(ex, row, k), options.colormap))
+                if "overlay" in files:
+                    save_picture(drawn, files["overlay"], options.format)
+                if pictures is not None:
+                    pictures.append(drawn)
+            if "map" in files:
+                save_npy_atomic(maps[k].numpy().astype(np.float32), files["map"])
+            if "guided" in files:
+                save_picture(gradient_picture(ex.guided_gradcam[row, k].cpu()), files["guided"])
+            if "channels" in files and contributions is not None and view is not None:
+                grid = channel_grid(
+                    view,
+                    contributions.maps[row, k],
+                    contributions.channels[row, k].tolist(),
+                    contributions.totals[row, k].tolist(),
+                    maps[k],
+                    float(contributions.grand_total[row, k]),
+                    colormap=options.colormap,
+                    alpha=options.alpha,
+                )
+                save_picture(grid, files["channels"])
+            targets.append(
+                TargetRecord(
+                    index=class_id,
+                    label=self.label(class_id) if class_id is not None else None,
+                    score=float(ex.scores[row, k]),
+                    files={kind: str(p) for kind, p in files.items()},
+                    map=StoredMap.best(raw[k], maps[k]),
+                )
+            )
+        return PhotoRecord(
+            path=path,
+            status="ok",
+            method=options.method,
+            layer=ex.layer,
+            size=photo.size or (geometry.original[1], geometry.original[0]),
+            overlay_size=(geometry.original[1], geometry.original[0]),
+            geometry=geometry,
+            thumbnail=str(thumbnail) if thumbnail is not None else None,
+            all_classes=str(every_file) if every_file is not None else None,
+            predictions=tuple(predictions or ()),
+            targets=tuple(targets),
+        )
+
+
+def _tensor(picture: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1)
