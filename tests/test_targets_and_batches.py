@@ -138,8 +138,10 @@ def test_custom_output_selector(tiny_cnn, tiny_images):
 
 
 def test_bad_images(tiny_cnn):
-    with pytest.raises(ValueError, match=r"float tensor \(B, C, H, W\)"):
-        gradcam.explain(tiny_cnn, torch.randn(3, 32, 32))
+    with pytest.raises(ValueError, match=r"float tensor \(B, C, H, W\).*images\[None\]"):
+        gradcam.explain(tiny_cnn, torch.randn(3, 32, 32))  # a (B, C, L) signal to a 2-D CNN: the batch forgotten
+    with pytest.raises(ValueError, match=r"float tensor \(B, C, H, W\), not 3-D inputs"):
+        gradcam.explain(tiny_cnn, torch.randn(1, 3, 4, 32, 32))
     with pytest.raises(ValueError, match="float tensor"):
         gradcam.explain(tiny_cnn, torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
 

@@ -24,9 +24,7 @@ from torch import nn
 from .hooks import capture, model_lock, preserved_state, run_model
 from .layers import LayerSpec, resolve_layers
 from .methods import CAMMethod, get_method
-from .methods.attention import GradECLIP
-from .methods.gradient import CAM, FinerCAM, GradCAM, HiResCAM, ShapleyCAM
-from .methods.perturbation import PerturbationMethod
+from .methods.gradient import CAM, GradCAM, HiResCAM
 from .result import Explanation, LayerResult, normalise, upsample
 from .spatial import infer_layout
 from .targets import select_logits
@@ -107,8 +105,7 @@ def explain_all(
     halves the memory of ``raw``. Gradient methods only: activation methods give one class-agnostic map,
     perturbation methods one pass per channel and class."""
     chosen = get_method(method)
-    special = isinstance(chosen, (GradECLIP, FinerCAM, ShapleyCAM))  # more than one gradient per class
-    if isinstance(chosen, PerturbationMethod) or special:
+    if not chosen.one_gradient_per_class:  # perturbation methods, or more than one gradient per class
         raise ValueError(
             f'targets="all": {chosen.name} is not supported; use a gradient method (gradcam, hirescam, ...)'
         )

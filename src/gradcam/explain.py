@@ -17,10 +17,9 @@ from .layers import LayerSpec, resolve_layers
 from .methods import CAMMethod, channel_contributions, get_method
 from .methods.activation import first_principal_component
 from .methods.attention import GradECLIP, attention_beside
-from .methods.gradient import FinerCAM
 from .methods.perturbation import PerturbationMethod, Probe
 from .result import Explanation, LayerResult, normalise, upsample
-from .spatial import TokenGrid, infer_layout
+from .spatial import TokenGrid, Volume, infer_layout
 from .targets import (
     ResolvedTargets,
     Similarity,
@@ -103,7 +102,7 @@ def explain(
     if isinstance(images, (tuple, list, Mapping)):
         key = image_key(model, images, image_input, layer)
         chosen = get_method(method)
-        if isinstance(chosen, PerturbationMethod) or aug_smooth:
+        if chosen.needs_model or aug_smooth:
             raise ValueError(
                 f"several inputs: {'aug_smooth' if aug_smooth else chosen.name} re-runs the model on changed copies "
                 "of the image alone; use a gradient or activation method"
@@ -118,9 +117,15 @@ def explain(
             )  # fmt: skip
         named = tuple(replace(r, name=unprefixed(r.name)) for r in ex.layer_results)
         return replace(ex, layer_results=named)
-    if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
+    if not isinstance(images, torch.Tensor) or not 3 <= images.dim() <= 5 or not images.is_floating_point():
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"images: expected a float tensor (B, C, H, W), got {shape}")
+        raise ValueError(
+            f"images: expected a float tensor (B, C, H, W), or (B, C, L) signals, (B, C, D, H, W) volumes or "
+            f"clips, got {shape}"
+        )
+    _check_dimensions(model, images)
+    if images.dim() != 4:
+        _refuse_outside_images(get_method(method), targets, aug_smooth, guided, images.dim() - 2)
     finite = torch.isfinite(images)
     if not bool(finite.all()):
         bad = int((~finite).sum())
@@ -162,6 +167,39 @@ def explain(
     return result
 
 
+def _check_dimensions(model: nn.Module, images: torch.Tensor) -> None:
+    """A model whose convolutions are all 2-D given a (C, H, W) image without its batch dimension (or a
+    1-D model given an image) is told so in one line, before its own error about channels."""
+    kinds = {len(m.kernel_size) for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)}
+    spatial = images.dim() - 2
+    if kinds and spatial not in kinds:
+        expected = {1: "(B, C, L)", 2: "(B, C, H, W)", 3: "(B, C, D, H, W)"}
+        wanted = " or ".join(expected[k] for k in sorted(kinds) if k in expected)
+        hint = "; a single image needs its batch dimension: images[None]" if spatial == 1 and 2 in kinds else ""
+        raise ValueError(
+            f"images {tuple(images.shape)}: this model's convolutions take float tensor {wanted}, "
+            f"not {spatial}-D inputs{hint}"
+        )
+
+
+def _refuse_outside_images(method: CAMMethod, targets: TargetSpec, aug_smooth: bool, guided: bool, dims: int) -> None:
+    """What does not work yet on signals, volumes and clips, said in one line with the reason."""
+    what = {1: "signals (B, C, L)", 3: "volumes and clips (B, C, D, H, W)"}[dims]
+    reason = None
+    if method.needs_model:
+        reason = f"{method.name} re-runs the model on masked or ablated copies, which is written for images"
+    elif method.reads_attention:
+        reason = f"{method.name} reads a vision transformer's attention over an image's patches"
+    elif aug_smooth or guided:
+        reason = "aug_smooth flips and rescales images" if aug_smooth else "guided backpropagation draws images"
+    elif (isinstance(targets, str) and targets.strip().lower() == "all") or isinstance(
+        targets, (TextPrompt, Similarity)
+    ):
+        reason = "targets='all' and text prompts are written for images"
+    if reason is not None:
+        raise ValueError(f"{what}: {reason}; use a gradient or activation method (gradcam, hirescam, eigencam, ...)")
+
+
 def _explain_once(
     model: nn.Module,
     images: torch.Tensor,
@@ -170,7 +208,7 @@ def _explain_once(
     settings: _Settings,
 ) -> Explanation:
     method = settings.method
-    reads_attention = isinstance(method, GradECLIP)
+    reads_attention = method.reads_attention
     captured = [*layers, attention_beside(model, layers[0][0])] if reads_attention else layers
     if reads_attention and len(layers) != 1:
         raise ValueError(f"{method.name} explains one layer at a time")
@@ -194,8 +232,7 @@ def _explain_once(
         resolved = resolve_targets(
             targets, logits.detach() if isinstance(logits, torch.Tensor) else logits, settings.labels, len(images)
         )
-        if isinstance(method, FinerCAM) and isinstance(logits, torch.Tensor):
-            resolved = resolved.finer(logits, method.ranks, method.alpha)
+        resolved = method.adjust_targets(resolved, logits)
         scores = resolved.scores(logits)
         gradients = None
         if method.uses_gradients:
@@ -204,9 +241,9 @@ def _explain_once(
                 scores,
                 differentiated,
                 [n for n, _ in captured[-len(differentiated) :]],
-                getattr(method, "second_order", False),
+                method.second_order,
             )
-    size = (images.shape[-2], images.shape[-1])
+    size = tuple(images.shape[2:])
     results = []
     for index, (name, _) in enumerate(layers):
         layout = infer_layout(outputs[index], size, settings.prefix_tokens, settings.grid, name)
@@ -217,7 +254,8 @@ def _explain_once(
             )
             continue
         activations = layout.to_spatial(outputs[index].detach()).float()
-        if isinstance(method, PerturbationMethod):
+        if method.needs_model:
+            assert isinstance(method, PerturbationMethod)
             probe = Probe(
                 model, images, name, activations, _row_scores(settings.select, resolved, logits), scores.detach(),
                 layout, outputs[index].detach(),
@@ -229,8 +267,9 @@ def _explain_once(
         layer_gradients = None
         if gradients is not None:
             layer_gradients = [layout.to_spatial(g[index].detach()).float() for g in gradients]
-        results.append(_layer_result(method, name, activations, layer_gradients, resolved.count, settings))
-    maps = _fuse([upsample(result.raw, size) for result in results], getattr(method, "fusion", "mean"))
+        result = _layer_result(method, name, activations, layer_gradients, resolved.count, settings)
+        results.append(_laid_back(result, layout) if isinstance(layout, Volume) else result)
+    maps = _fuse([upsample(result.raw, size) for result in results], method.fusion, len(size))
     return Explanation(
         maps=maps,
         targets=resolved.indices,
@@ -376,13 +415,21 @@ def _result(
     return LayerResult(name, activations, weights, cams.clamp(min=0))
 
 
-def _fuse(maps: list[torch.Tensor], fusion: str = "mean") -> torch.Tensor:
+def _fuse(maps: list[torch.Tensor], fusion: str = "mean", spatial_dims: int = 2) -> torch.Tensor:
     """Normalise each layer's upsampled maps and average them (Layer-CAM's fusion across layers), or
     multiply them (``fusion="product"``, Refine-CAM: a region stays only where every layer agrees)."""
     if len(maps) == 1:
-        return normalise(maps[0])
-    stacked = torch.stack([normalise(m) for m in maps])
-    return normalise(stacked.prod(dim=0) if fusion == "product" else stacked.mean(dim=0))
+        return normalise(maps[0], spatial_dims)
+    stacked = torch.stack([normalise(m, spatial_dims) for m in maps])
+    return normalise(stacked.prod(dim=0) if fusion == "product" else stacked.mean(dim=0), spatial_dims)
+
+
+def _laid_back(result: LayerResult, layout: Volume) -> LayerResult:
+    """A result computed on a signal's or volume's flattened grid, laid back on its own shape."""
+    weights = result.weights
+    if weights is not None and weights.dim() == 5:  # element-wise weights (B, K, C, grid)
+        weights = layout.unflatten(weights)
+    return LayerResult(result.name, layout.unflatten(result.activations), weights, layout.unflatten(result.raw))
 
 
 AUGMENTATIONS = [(flip, scale) for flip in (False, True) for scale in (1.0, 0.875, 1.125)]

@@ -8,6 +8,7 @@ Example:
 from __future__ import annotations
 
 import difflib
+import math
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -108,8 +109,11 @@ def trace_layers(model: nn.Module, example: torch.Tensor) -> list[tuple[str, tor
     return fired
 
 
-def _candidates(model: nn.Module, fired: list[tuple[str, torch.Tensor]]) -> list[tuple[str, torch.Tensor]]:
-    """Spatial (B, C, h, w) outputs not produced by pooling or pass-through modules.
+def _candidates(
+    model: nn.Module, fired: list[tuple[str, torch.Tensor]], dims: int = 4
+) -> list[tuple[str, torch.Tensor]]:
+    """Spatial (B, C, h, w) outputs (``dims`` dimensions: (B, C, l) for signals, (B, C, d, h, w) for volumes
+    and clips) not produced by pooling or pass-through modules.
 
     A pass-through module's output is "pooled" until a computing leaf module (an in-place activation
     after a timm ``Identity``, say) returns that same tensor; a container returning a pooled tensor is
@@ -127,7 +131,7 @@ def _candidates(model: nn.Module, fired: list[tuple[str, torch.Tensor]]) -> list
             pooled.discard(id(output))
         elif id(output) in pooled:
             continue
-        if output.dim() == 4 and output.shape[-1] * output.shape[-2] > 1:
+        if output.dim() == dims and math.prod(output.shape[2:]) > 1:
             eligible.append((name, output))
     return eligible
 
@@ -166,9 +170,9 @@ def auto_layer(model: nn.Module, example: torch.Tensor) -> str:
         _auto_cache.setdefault(model, {})[key] = transformer
         return transformer
     fired = trace_layers(model, example[:1])
-    candidates = _candidates(model, fired)
+    candidates = _candidates(model, fired, example.dim())
     order = {name: index for index, (name, _) in enumerate(fired)}
-    tokens = _token_norm_layer(model, example[:1], fired)
+    tokens = _token_norm_layer(model, example[:1], fired) if example.dim() == 4 else None
     if tokens is not None and (not candidates or order[tokens] > order[candidates[-1][0]]):
         name = tokens
     elif candidates:

@@ -10,18 +10,24 @@ import torch.nn.functional as F
 from .methods import channel_contributions
 
 
-def normalise(maps: torch.Tensor) -> torch.Tensor:
-    """Min-max normalise each map over its last two dimensions to [0, 1]; a constant map becomes 0."""
-    low = maps.amin(dim=(-2, -1), keepdim=True)
-    span = maps.amax(dim=(-2, -1), keepdim=True) - low
+def normalise(maps: torch.Tensor, spatial_dims: int = 2) -> torch.Tensor:
+    """Min-max normalise each map over its last ``spatial_dims`` dimensions (1 for signals, 3 for volumes
+    and clips) to [0, 1]; a constant map becomes 0."""
+    dims = tuple(range(-spatial_dims, 0))
+    low = maps.amin(dim=dims, keepdim=True)
+    span = maps.amax(dim=dims, keepdim=True) - low
     return torch.where(span > 0, (maps - low) / torch.where(span > 0, span, 1), torch.zeros_like(maps))
 
 
+INTERPOLATION = {1: "linear", 2: "bilinear", 3: "trilinear"}
+
+
 def upsample(maps: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
-    """Bilinear resize of (B, K, h, w) maps to ``size`` (pixel centres aligned, as image resizers do)."""
-    if tuple(maps.shape[-2:]) == tuple(size):
+    """Linear resize of (B, K, *s) maps to ``size`` (1 to 3 dimensions: linear, bilinear, trilinear), with
+    sample centres aligned, as image resizers do."""
+    if tuple(maps.shape[-len(size) :]) == tuple(size):
         return maps
-    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+    return F.interpolate(maps, size=size, mode=INTERPOLATION[len(size)], align_corners=False)
 
 
 @dataclass(frozen=True)
@@ -55,7 +61,8 @@ class Explanation:
     """Maps for B images and K targets each.
 
     Attributes:
-        maps: (B, K, H, W) float32 in [0, 1], upsampled (bilinear) to the input's H x W.
+        maps: (B, K, H, W) float32 in [0, 1], upsampled (bilinear) to the input's H x W; (B, K, L) for
+            signals and (B, K, D, H, W) for volumes and clips (linear, trilinear).
         targets: (B, K) class indices explained, or None where the targets were callables.
         scores: (B, K) the explained scores (the logits by default).
         logits: (B, num_classes) the model's scores for every class (None for other outputs).
@@ -119,10 +126,11 @@ class Explanation:
         result = self.layer_results[layer]
         if result.weights is None:
             raise ValueError(f"method {self.method!r} has no channel weights, so no per-feature-map contributions")
-        activations = result.activations.unsqueeze(1)  # (B, 1, C, h, w)
-        contributions = channel_contributions(result.weights, activations)  # (B, K, C, h, w)
-        totals = contributions.sum(dim=(-2, -1))
+        activations = result.activations.unsqueeze(1)  # (B, 1, C, *s)
+        contributions = channel_contributions(result.weights, activations)  # (B, K, C, *s)
+        totals = contributions.flatten(3).sum(dim=-1)
         top = min(top, totals.shape[-1])
         best = totals.topk(top, dim=-1)
-        index = best.indices[..., None, None].expand(-1, -1, -1, *contributions.shape[-2:])
+        spatial = contributions.shape[3:]
+        index = best.indices.reshape(*best.indices.shape, *([1] * len(spatial))).expand(-1, -1, -1, *spatial)
         return ChannelContributions(best.indices, contributions.gather(2, index), best.values, totals.sum(-1))

@@ -61,7 +61,26 @@ class TokenGrid:
         return torch.cat([prefix.to(patches.dtype), patches], dim=1)
 
 
-Layout = Spatial | ChannelsLast | TokenGrid
+@dataclass(frozen=True)
+class Volume:
+    """(B, C, *s) maps of signals (``s = (l,)``), volumes and clips (``s = (d, h, w)``). Methods see them as
+    (B, C, prod(s[:-1]), s[-1]): every CAM formula averages, sums or multiplies over positions, and those
+    are the same on the flattened grid; the result is laid back on ``s``."""
+
+    shape: tuple[int, ...]
+
+    def to_spatial(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.reshape(*tensor.shape[:2], -1, self.shape[-1])
+
+    def from_spatial(self, spatial: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+        return spatial.reshape(*spatial.shape[:2], *self.shape)
+
+    def unflatten(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A (..., prod(s[:-1]), s[-1]) tensor back on (..., *s)."""
+        return tensor.reshape(*tensor.shape[:-2], *self.shape)
+
+
+Layout = Spatial | ChannelsLast | TokenGrid | Volume
 
 
 def _close(a: float, b: float) -> bool:
@@ -70,7 +89,7 @@ def _close(a: float, b: float) -> bool:
 
 def infer_layout(
     output: torch.Tensor,
-    input_size: tuple[int, int],
+    input_size: tuple[int, ...],
     prefix_tokens: int | None = None,
     grid: tuple[int, int] | None = None,
     name: str = "layer",
@@ -81,6 +100,13 @@ def infer_layout(
     to it, the smallest on ties (1 for ViT/DeiT, 2 for distilled DeiT, 5 with four register tokens).
     ``prefix_tokens`` and ``grid`` override the guesses.
     """
+    if len(input_size) != 2:  # a signal (B, C, L), a volume or a clip (B, C, D, H, W)
+        if output.dim() != 2 + len(input_size):
+            raise LayoutError(
+                f"{name}: output of shape {tuple(output.shape)} is not a (B, C, {', '.join('.' * len(input_size))}) "
+                f"map of the input's {len(input_size)} dimension(s); choose a convolutional layer with layer="
+            )
+        return Volume(tuple(output.shape[2:]))
     aspect = input_size[0] / input_size[1]
     hint = "; set the token grid with grid=(h, w) and prefix_tokens= (CLI: --token-grid HxW --prefix-tokens N)"  # noqa: E501
     if output.dim() == 4:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..io.images import DEFAULT_MAX_MEGAPIXELS, FoundImages, find_images
 from ..io.models import DEFAULT_MODEL, LoadedModel, ModelLoadError, load_model, read_labels, with_labels
-from ..methods import methods
+from ..methods import get_method, methods
 from ..pipeline.records import PhotoRecord
 from ..pipeline.writer import OUTPUTS
 
@@ -35,7 +35,6 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 
 
 # slow (one forward pass per channel), or for particular models only: gradcam evaluate runs them when named
-NOT_EVALUATED_BY_DEFAULT = ("scorecam", "sscam", "iscam", "ablationcam", "smoothgradcam++", "gradeclip", "cam")
 
 
 def _add_labels_option(parser: argparse.ArgumentParser) -> None:
@@ -214,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_labels_option(judge)
     judge.add_argument(
         "--methods",
-        default=",".join(m for m in methods() if m not in NOT_EVALUATED_BY_DEFAULT),
+        default=",".join(m for m in methods() if get_method(m).evaluated_by_default),
         help="comma-separated methods (scorecam, sscam, iscam and ablationcam are slower, gradeclip needs a ViT, cam a "
         "pooled linear head: add them by name)",
     )  # fmt: skip
@@ -350,10 +349,12 @@ def _explain(args: argparse.Namespace) -> int:
             method_with_options(args.method, method_options)
         except OptionError as error:
             return _error(str(error))
-    if args.top_channels is not None and (args.top_channels < 1 or args.method not in ("scorecam", "sscam", "iscam")):
-        return _error("--top-channels N: N >= 1, with --method scorecam, sscam or iscam")
-    if args.per_channel and args.method == "eigencam":
-        return _error("--per-channel: eigencam has no channel weights; choose a gradient or perturbation method")
+    chosen = type(get_method(args.method))
+    if args.top_channels is not None and (args.top_channels < 1 or not chosen.accepts("top_channels")):
+        takers = ", ".join(m for m in methods() if type(get_method(m)).accepts("top_channels"))
+        return _error(f"--top-channels N: N >= 1, with --method {takers}")
+    if args.per_channel and not chosen.channel_weights:
+        return _error(f"--per-channel: {args.method} has no channel weights; choose a gradient or perturbation method")
     save = tuple(dict.fromkeys(part.strip() for part in args.save.split(",") if part.strip()))
     unknown = [part for part in save if part not in OUTPUTS]
     if unknown or not save:

@@ -41,6 +41,7 @@ class EigenCAM(CAMMethod):
     """
 
     name = "eigencam"
+    channel_weights = False
     uses_gradients = False
 
     def combine(self, activations: torch.Tensor, gradients: torch.Tensor | None) -> tuple[torch.Tensor, None]:
@@ -59,6 +60,7 @@ class FEM(CAMMethod):
     """
 
     name = "fem"
+    channel_weights = False  # class-agnostic: explain() keeps no weights for methods without gradients
     uses_gradients = False
 
     def __init__(self, k: float = 2.0) -> None:
@@ -85,6 +87,7 @@ class KPCACAM(CAMMethod):
     """
 
     name = "kpcacam"
+    channel_weights = False
     uses_gradients = False
 
     def __init__(self, kernel: str = "sigmoid", gamma: float | None = None) -> None:
@@ -132,6 +135,7 @@ class RandomCAM(CAMMethod):
     """
 
     name = "randomcam"
+    channel_weights = False
     uses_gradients = False
 
     def __init__(self, seed: int | None = 0) -> None:

@@ -9,16 +9,38 @@ upsampling and normalisation.
 from __future__ import annotations
 
 import difflib
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
 
 class CAMMethod:
-    """Base class: override :meth:`weights`, or :meth:`combine` for methods without channel weights."""
+    """Base class: override :meth:`weights`, or :meth:`combine` for methods without channel weights.
+
+    What a method needs and gives is metadata on its class, so that :func:`gradcam.explain`, the engines
+    and the command line ask the method instead of testing its name or class."""
 
     name: ClassVar[str]
-    uses_gradients: ClassVar[bool] = True
+    uses_gradients: ClassVar[bool] = True  # needs G = dy/dA (else only the activations)
+    second_order: ClassVar[bool] = False  # needs the gradients with their own graph (Shapley-CAM's Hessian term)
+    needs_model: ClassVar[bool] = False  # re-runs (part of) the network: the perturbation methods
+    reads_attention: ClassVar[bool] = False  # reads the attention module beside the layer (Grad-ECLIP)
+    channel_weights: ClassVar[bool] = True  # gives per-channel weights: the per-feature-map picture exists
+    one_gradient_per_class: ClassVar[bool] = True  # a class's map comes from that class's gradient alone
+    fusion: ClassVar[str] = "mean"  # how the maps of several layers are fused: mean, or product (Refine-CAM)
+    evaluated_by_default: ClassVar[bool] = True  # in `gradcam evaluate`'s default list (fast, any CNN)
+
+    @classmethod
+    def accepts(cls, option: str) -> bool:
+        """Whether the method's constructor takes ``option`` (``batch_size``, ``top_channels``, ...)."""
+        import inspect
+
+        return option in inspect.signature(cls.__init__).parameters
+
+    def adjust_targets(self, resolved: Any, logits: Any) -> Any:
+        """The targets as this method explains them (Finer-CAM turns each into a comparison); unchanged
+        by default."""
+        return resolved
 
     def weights(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -44,8 +66,8 @@ def channel_contributions(weights: torch.Tensor, activations: torch.Tensor) -> t
     """Each feature map's contribution ``w_c * A_c``, (..., C, h, w): the maps that add up to the CAM.
 
     ``weights`` are per channel (..., C) or element-wise (..., C, h, w)."""
-    if weights.dim() == activations.dim() - 2:
-        weights = weights[..., None, None]
+    while weights.dim() < activations.dim():  # channel weights: broadcast over the spatial dimensions
+        weights = weights[..., None]
     return weights * activations
 
 

@@ -6,7 +6,7 @@ Notation: ``A`` (B, C, h, w) the layer's activations, ``G = dy/dA`` the gradient
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -115,6 +115,7 @@ class CAM(CAMMethod):
     """
 
     name = "cam"
+    evaluated_by_default = False  # for global-average-pool + linear heads only
 
     def weights(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         height, width = gradients.shape[-2:]
@@ -137,6 +138,7 @@ class EigenGradCAM(CAMMethod):
     """
 
     name = "eigengradcam"
+    channel_weights = False
 
     def combine(self, activations: torch.Tensor, gradients: torch.Tensor | None) -> tuple[torch.Tensor, None]:
         from .activation import first_principal_component
@@ -154,6 +156,7 @@ class SegEigenCAM(CAMMethod):
     """
 
     name = "segeigencam"
+    channel_weights = False
 
     def combine(self, activations: torch.Tensor, gradients: torch.Tensor | None) -> tuple[torch.Tensor, None]:
         from .activation import first_principal_component
@@ -179,9 +182,13 @@ class FinerCAM(GradCAM):
     """
 
     name = "finercam"
+    one_gradient_per_class = False
 
     def __init__(self, alpha: float = 1.0, ranks: tuple[int, ...] = (1, 2, 3)) -> None:
         self.alpha, self.ranks = alpha, tuple(ranks) if not isinstance(ranks, int) else (ranks,)
+
+    def adjust_targets(self, resolved: Any, logits: Any) -> Any:
+        return resolved.finer(logits, self.ranks, self.alpha) if isinstance(logits, torch.Tensor) else resolved
 
 
 @register
@@ -198,6 +205,7 @@ class ShapleyCAM(CAMMethod):
 
     name = "shapleycam"
     second_order: ClassVar[bool] = True
+    one_gradient_per_class: ClassVar[bool] = False
 
     def weights(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         return gradients.mean(dim=(2, 3))  # the gradients arrive corrected: G - 0.5 * H A

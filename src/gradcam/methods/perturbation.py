@@ -47,6 +47,9 @@ class PerturbationMethod(CAMMethod):
     """A method whose channel weights come from re-running (part of) the model."""
 
     uses_gradients = False
+    needs_model = True
+    one_gradient_per_class = False
+    evaluated_by_default = False  # one forward pass per channel (or per chunk of masked copies)
 
     def __init__(self, batch_size: int = 32) -> None:
         if batch_size < 1:

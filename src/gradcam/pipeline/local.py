@@ -36,8 +36,7 @@ from ..io.images import (
     read_image,
 )
 from ..io.models import LoadedModel, Preprocessing
-from ..methods import CAMMethod
-from ..methods.perturbation import AblationCAM
+from ..methods import CAMMethod, get_method
 from ..render.report import write_explain_page
 from ..targets import TextPrompt, class_index
 from .records import PhotoRecord, RunManifest
@@ -45,6 +44,7 @@ from .writer import DecodedPhoto, PhotoWriter, WriteOptions, top_predictions
 
 MANIFEST = "results.json"
 MANIFEST_INTERVAL_S = 20.0
+MANIFEST_SHARE = 0.02  # a large run's manifest is rewritten less often: at most this share of the time
 WRITER_THREADS = 2
 
 
@@ -92,15 +92,13 @@ class RunOptions:
 
     def cam_method(self) -> CAMMethod | str:
         """The method, with its options where it takes some (``--method-option KEY=VALUE`` too)."""
+        method = type(get_method(self.method))
         options = list(self.method_options)
-        if self.method in ("scorecam", "sscam", "iscam"):
-            options += [("batch_size", str(self.perturbation_batch)), ("top_channels", str(self.top_channels))]
-            return method_with_options(self.method, options)
-        if self.method == "ablationcam":
-            return AblationCAM(batch_size=self.perturbation_batch)
-        if self.method_options:
-            return method_with_options(self.method, self.method_options)
-        return self.method
+        if method.needs_model and method.accepts("batch_size"):
+            options.append(("batch_size", str(self.perturbation_batch)))
+        if method.accepts("top_channels"):
+            options.append(("top_channels", str(self.top_channels)))
+        return method_with_options(self.method, options) if options else self.method
 
 
 def layer_spec(text: str | None) -> str | list[str] | None:
@@ -325,6 +323,7 @@ class Runner:
         self.explainer = BatchExplainer(bundle, options)
         self.started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self.last_manifest = time.monotonic()
+        self.manifest_interval = MANIFEST_INTERVAL_S
 
     def prepare_output(self) -> None:
         out = self.options.out
@@ -393,6 +392,7 @@ class Runner:
 
     def write_manifest(self, finished: bool) -> None:
         """``results.json`` and the ``index.html`` page that shows it, both written atomically."""
+        started = time.monotonic()
         manifest = self.manifest(finished).to_json()
         try:
             write_json_atomic(manifest, self.manifest_path)
@@ -400,6 +400,8 @@ class Runner:
         except OSError as error:
             raise OutputError(f"{self.manifest_path}: cannot write the manifest ({error.strerror or error})") from None
         self.last_manifest = time.monotonic()
+        # 10,000 photos make a 10 MB manifest and page: rewriting it every 20 s would cost ~3% of the run
+        self.manifest_interval = max(MANIFEST_INTERVAL_S, (self.last_manifest - started) / MANIFEST_SHARE)
 
     def run(self, progress: Callable[[int], None] | None = None) -> RunResult:
         """Explain every photo. The manifest says ``finished`` only when every photo was seen; a run
@@ -429,7 +431,7 @@ class Runner:
                     written_before = len(self.in_flight)
                     self.explain_batch([(todo[item.index], item) for item in items], writers)
                     self._collect(progress, keep_last=len(self.in_flight) - written_before)
-                    if time.monotonic() - self.last_manifest > MANIFEST_INTERVAL_S:
+                    if time.monotonic() - self.last_manifest > self.manifest_interval:
                         self.write_manifest(finished=False)
                 completed = True
             except KeyboardInterrupt:

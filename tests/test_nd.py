@@ -1,0 +1,118 @@
+"""explain() beyond images: (B, C, L) signals and (B, C, D, H, W) volumes and clips (issue 14, the library
+part). The CAM formulas average and sum over positions, so they are the 2-D ones on any grid; the maps
+are upsampled linearly along each axis."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import gradcam
+
+
+class Signal(nn.Module):
+    """A tiny 1-D CNN (an ECG-like classifier): conv (stride 2) -> ReLU -> global average pool -> linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(2, 4, 5, stride=2, padding=2)
+        self.act = nn.ReLU()
+        self.head = nn.Sequential(nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(4, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.act(self.conv(x)))
+
+
+class Volume(nn.Module):
+    """A tiny 3-D CNN (a CT-like classifier), with batch norm and an in-place ReLU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv3d(1, 6, 3, stride=2, padding=1), nn.BatchNorm3d(6), nn.ReLU(inplace=True))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(6, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def by_hand(model: nn.Module, layer: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
+    """Grad-CAM written out: A by a hook, G by autograd, w = mean of G over every position, ReLU(sum w A),
+    upsampled by 1-D linear interpolation along each axis in turn, min-max normalised."""
+    kept = {}
+    handle = layer.register_forward_hook(lambda m, i, o: kept.__setitem__("a", o))
+    with torch.enable_grad():
+        scores = model(x)
+        (gradients,) = torch.autograd.grad(scores[:, target].sum(), kept["a"])
+    handle.remove()
+    activations = kept["a"].detach()
+    spatial = tuple(range(2, activations.dim()))
+    weights = gradients.mean(dim=spatial, keepdim=True)
+    cam = (weights * activations).sum(dim=1).clamp(min=0)  # (B, *s)
+    for axis, size in enumerate(x.shape[2:]):  # separable: one axis at a time
+        moved = cam.movedim(axis + 1, -1)
+        shape = moved.shape
+        moved = F.interpolate(moved.reshape(-1, 1, shape[-1]), size=size, mode="linear", align_corners=False)
+        cam = moved.reshape(*shape[:-1], size).movedim(-1, axis + 1)
+    flat = cam.flatten(1)
+    low, high = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+    return ((flat - low) / (high - low)).reshape(cam.shape)
+
+
+def test_a_signal_map_equals_grad_cam_by_hand():
+    torch.manual_seed(0)
+    model, x = Signal().eval(), torch.randn(2, 2, 64)
+    ex = gradcam.explain(model, x, "gradcam", "act", targets=1)
+    assert ex.maps.shape == (2, 1, 64) and ex.raw.shape == (2, 1, 32)
+    torch.testing.assert_close(ex.maps[:, 0], by_hand(model, model.act, x, 1), atol=1e-5, rtol=1e-4)
+    assert gradcam.explain(model, x).layer == "act"  # found automatically on a signal too
+
+
+def test_a_volume_map_equals_grad_cam_by_hand_axis_by_axis():
+    torch.manual_seed(0)
+    model, x = Volume().eval(), torch.randn(2, 1, 8, 12, 16)
+    ex = gradcam.explain(model, x, "gradcam", "features", targets=0)
+    assert ex.maps.shape == (2, 1, 8, 12, 16) and ex.raw.shape == (2, 1, 4, 6, 8)
+    torch.testing.assert_close(ex.maps[:, 0], by_hand(model, model.features, x, 0), atol=1e-5, rtol=1e-4)
+    contributions = ex.channel_contributions(top=3)
+    assert contributions.maps.shape == (2, 1, 3, 4, 6, 8)
+    whole = ex.layer_results[0].weights[..., None, None, None] * ex.layer_results[0].activations.unsqueeze(1)
+    torch.testing.assert_close(contributions.grand_total, whole.flatten(2).sum(-1))
+
+
+@pytest.mark.parametrize("method", ["gradcam++", "xgradcam", "hirescam", "layercam", "eigencam", "fem"])
+def test_gradient_and_activation_methods_run_on_signals_and_volumes(method):
+    torch.manual_seed(0)
+    for model, x in ((Signal().eval(), torch.randn(2, 2, 40)), (Volume().eval(), torch.randn(1, 1, 6, 8, 8))):
+        maps = gradcam.explain(model, x, method, targets="top-2").maps
+        assert maps.shape == (x.shape[0], 2, *x.shape[2:]) and bool(torch.isfinite(maps).all())
+        assert float(maps.amax()) == pytest.approx(1.0) or float(maps.amax()) == 0.0
+
+
+def test_what_is_written_for_images_says_why_in_one_line():
+    model, x = Signal().eval(), torch.randn(1, 2, 32)
+    for kwargs, reason in (
+        ({"method": "scorecam"}, "re-runs the model"),
+        ({"aug_smooth": True}, "flips and rescales"),
+        ({"targets": "all"}, "targets='all'"),
+    ):
+        with pytest.raises(ValueError, match=reason) as caught:
+            gradcam.explain(model, x, **kwargs)
+        assert "signals (B, C, L)" in str(caught.value) and "\n" not in str(caught.value)
+    with pytest.raises(ValueError, match="is not a \\(B, C, .\\) map"):
+        gradcam.explain(model, x, layer="head.2")
+
+
+def test_a_torchvision_video_classifier_on_a_clip_leaves_the_model_as_it_was():
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.video.r3d_18(num_classes=5).train()
+    model.layer1.requires_grad_(False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    clip = torch.randn(1, 3, 16, 64, 64)
+    ex = gradcam.explain(model, clip, "gradcam")
+    assert ex.layer == "layer4" and ex.maps.shape == (1, 1, 16, 64, 64) and ex.raw.shape == (1, 1, 2, 4, 4)
+    assert model.training and not any(p.requires_grad for p in model.layer1.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
