@@ -126,9 +126,8 @@ def explain(
     _check_dimensions(model, images)
     if images.dim() != 4:
         _refuse_outside_images(get_method(method), targets, aug_smooth, guided, images.dim() - 2)
-    finite = torch.isfinite(images)
-    if not bool(finite.all()):
-        bad = int((~finite).sum())
+    if not bool(torch.isfinite(images.sum())) and not bool((finite := torch.isfinite(images)).all()):
+        bad = int((~finite).sum())  # the sum is one cheap pass; it is not finite when any value is not
         warnings.warn(f"images: {bad} values are NaN or infinite; the scores and maps may mean nothing", stacklevel=2)
     if isinstance(targets, str) and targets.strip().lower() == "all":
         from .all_classes import explain_all

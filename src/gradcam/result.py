@@ -13,10 +13,10 @@ from .methods import channel_contributions
 def normalise(maps: torch.Tensor, spatial_dims: int = 2) -> torch.Tensor:
     """Min-max normalise each map over its last ``spatial_dims`` dimensions (1 for signals, 3 for volumes
     and clips) to [0, 1]; a constant map becomes 0."""
-    dims = tuple(range(-spatial_dims, 0))
-    low = maps.amin(dim=dims, keepdim=True)
-    span = maps.amax(dim=dims, keepdim=True) - low
-    return torch.where(span > 0, (maps - low) / torch.where(span > 0, span, 1), torch.zeros_like(maps))
+    low, high = maps.flatten(-spatial_dims).aminmax(dim=-1)  # one pass over the maps
+    shape = (*low.shape, *([1] * spatial_dims))
+    low, span = low.reshape(shape), (high - low).reshape(shape)
+    return (maps - low) / torch.where(span > 0, span, torch.inf)  # a constant map: 0 / inf = 0
 
 
 INTERPOLATION = {1: "linear", 2: "bilinear", 3: "trilinear"}

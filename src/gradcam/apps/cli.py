@@ -10,6 +10,7 @@ Exit codes: 0 all images explained, 1 some images failed, 2 usage error, 130 int
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import warnings
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from ..io.images import DEFAULT_MAX_MEGAPIXELS, FoundImages, find_images
 from ..io.models import DEFAULT_MODEL, LoadedModel, ModelLoadError, load_model, read_labels, with_labels
+from ..io.video import is_video
 from ..methods import get_method, methods
 from ..pipeline.records import PhotoRecord
 from ..pipeline.writer import OUTPUTS
@@ -190,6 +192,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="overlays at most N pixels long (smaller files; default: each photo's own resolution)",
+    )
+    run.add_argument(
+        "--smoothing",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="videos explained frame by frame with an image model: keep S of the previous frame's map (0 to <1)",
+    )
+    run.add_argument(
+        "--every", type=int, default=1, metavar="N", help="videos: explain every N-th frame (the output keeps those)"
     )
     run.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
     run.add_argument("--engine", choices=["local", "ray"], default="local", help="ray: explain on a Ray cluster")
@@ -374,6 +386,11 @@ def _explain(args: argparse.Namespace) -> int:
         colormap_table(args.colormap)
     except ValueError as error:
         return _error(f"--colormap: {error}")
+    videos = [p for p in args.paths if is_video(p)]
+    if videos:
+        if len(videos) != len(args.paths):
+            return _error("videos and photos in one run: give them to separate `gradcam explain` runs")
+        return _explain_videos(args, videos)
     found = _find_reporting_missing(args.paths, exclude=[Path(args.out)])
     if not found.paths:
         return _error("no images found in " + ", ".join(args.paths))
@@ -465,6 +482,71 @@ def _explain(args: argparse.Namespace) -> int:
         )
         return EXIT_INTERRUPTED
     return EXIT_FAILED if result.failed or found.missing else EXIT_OK
+
+
+def _explain_videos(args: argparse.Namespace, videos: list[str]) -> int:
+    """Each video, streaming, into --out: the overlay video, a contact sheet and a record in results.json."""
+    import time
+
+    from ..io.files import write_atomic
+    from ..io.video import VideoReadError, video_info
+    from ..pipeline.records import RunManifest
+    from ..pipeline.video import VideoOptions, explain_video
+    from ..render.report import write_explain_page
+
+    if args.every < 1 or not 0 <= args.smoothing < 1:
+        return _error("--every N: N >= 1; --smoothing S: 0 <= S < 1")
+    if args.target is not None and not args.target.strip().isdigit():
+        return _error("--target with videos: one class index (the whole video is explained for it)")
+    out = Path(args.out)
+    manifest_path = out / "results.json"
+    if manifest_path.exists() and not args.overwrite:
+        return _error(f"--out {out}: already holds results.json from an earlier run; pass --overwrite or another --out")
+    try:
+        bundle = _load_bundle(args)
+        out.mkdir(parents=True, exist_ok=True)
+    except ModelLoadError as error:
+        return _error(str(error))
+    except OSError as error:
+        return _error(f"--out {out}: cannot write there ({error.strerror})")
+    options = VideoOptions(
+        out=out, method=args.method, layer=args.layer, target=int(args.target) if args.target else None,
+        alpha=args.alpha, colormap=args.colormap, batch_size=args.batch_size, every=args.every,
+        smoothing=args.smoothing, max_side=args.max_side, replace=args.overwrite,
+    )  # fmt: skip
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    records = []
+    for video in videos:
+        bar = None
+        try:
+            if not args.quiet:
+                from tqdm import tqdm
+
+                total = video_info(video).frames // args.every or None
+                bar = tqdm(total=total, unit="frame", desc=Path(video).name, file=sys.stderr)
+            records.append(explain_video(bundle, video, Path(video).stem, options, bar.update if bar else None))
+        except (VideoReadError, ValueError, FileExistsError, OSError) as error:
+            records.append(PhotoRecord.failed(video, str(error).splitlines()[0]))
+            print(f"gradcam: {records[-1].error}", file=sys.stderr)
+        finally:
+            if bar is not None:
+                bar.close()
+    manifest = RunManifest(engine="local", model=bundle.name, model_source=bundle.source, methods=[args.method],
+                           layer=next((r.layer for r in records if r.ok), args.layer), target=args.target,
+                           colormap=args.colormap, format="mp4", save=["overlay"], started=started,
+                           finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), images=records)  # fmt: skip
+    data = manifest.to_json()
+    write_atomic(manifest_path, lambda temporary: temporary.write_text(json.dumps(data, indent=1)))
+    write_explain_page(data, out)
+    ok = sum(1 for r in records if r.ok)
+    if not args.quiet:
+        for record in records:
+            if record.ok:
+                files = record.targets[0].files
+                print(f"{record.path}: {record.frames} frames, {record.targets[0].label}: {files['video']}, "
+                      f"{files['contact_sheet']}")  # fmt: skip
+        print(f"{ok} explained, {len(records) - ok} failed. Manifest: {manifest_path}")
+    return EXIT_OK if ok == len(records) else EXIT_FAILED
 
 
 def _explain_on_ray(args: argparse.Namespace, options: object, labels: Sequence[str] | None) -> int:

@@ -359,7 +359,13 @@ def _reachable(url: str, timeout: float = 2.0) -> bool:
 def torchvision_classifiers() -> list[str]:
     import torchvision
 
-    return sorted(torchvision.models.list_models(module=torchvision.models))
+    return sorted(torchvision.models.list_models(module=torchvision.models) + VIDEO_CLASSIFIERS)
+
+
+# torchvision's video classifiers whose layers are (B, C, T, h, w) maps, with the clip length they were
+# trained on (Kinetics-400); mvit_v1_b and swin3d_t lay tokens on a 3-D grid, which explain() cannot yet
+VIDEO_CLASSIFIERS = ["mc3_18", "r2plus1d_18", "r3d_18", "s3d"]
+CLIP_FRAMES = 16
 
 
 def cached_weights_path(name: str) -> Path | None:
@@ -413,7 +419,8 @@ def _load_torchvision(name: str, weights: str | None, file: WeightsFile | None) 
         interpolation=transforms.interpolation.value,
     )
     labels = None if resized else tuple(default.meta["categories"])
-    return LoadedModel(name, model, preprocessing, labels, _family_default_layer(name, model), source)
+    extra = {"video_clip": CLIP_FRAMES} if name in VIDEO_CLASSIFIERS else {}
+    return LoadedModel(name, model, preprocessing, labels, _family_default_layer(name, model), source, extra)
 
 
 def _is_torchscript(path: str) -> bool:

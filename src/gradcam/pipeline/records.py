@@ -68,8 +68,8 @@ class StoredMap:
 @dataclass(frozen=True)
 class TargetRecord:
     """One explained target of a photo: the class (``index``/``label``, None for a callable target), the
-    explained ``score``, the files written for it (``overlay``, ``map``, ``channels``, ``guided``) and the
-    map itself."""
+    explained ``score``, the files written for it (``overlay``, ``map``, ``channels``, ``guided``; for a
+    video ``video`` and ``contact_sheet``) and the map itself (None for a video: its maps are in the video)."""
 
     index: int | None
     label: str | None
@@ -108,6 +108,8 @@ class PhotoRecord:
     all_classes: str | None = None
     predictions: tuple[Prediction, ...] = ()
     targets: tuple[TargetRecord, ...] = ()
+    frames: int | None = None  # a video: the frames explained, and their rate
+    fps: float | None = None
 
     @classmethod
     def failed(cls, path: str, error: str) -> PhotoRecord:
@@ -139,6 +141,8 @@ class PhotoRecord:
             geometry=Geometry(**{k: _pair(v) for k, v in geometry.items()}) if geometry else None,  # type: ignore[arg-type]
             thumbnail=data.get("thumbnail"),
             all_classes=data.get("all_classes"),
+            frames=data.get("frames"),
+            fps=data.get("fps"),
             predictions=tuple(Prediction(**p) for p in data.get("predictions", [])),
             targets=tuple(
                 TargetRecord(

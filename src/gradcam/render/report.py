@@ -95,7 +95,11 @@ function card(entry) {
     const what = `${t.label} (${t.index})`;
     row.append(el('h3', {}, `${what}: score ${t.score.toFixed(2)}${probabilityOf(entry, t.index)}`));
     const method = entry.method || data.method;
-    if (t.files.overlay) row.append(figure(t.files.overlay, `${method} for ${t.label}`, `${method} for ${what}`));
+    if (t.files.video) {
+      row.append(el('figure', {}, el('video', {src: t.files.video, controls: '', muted: '', loop: '', preload: 'metadata',
+        style: 'width:100%'}), el('figcaption', {}, `${method} for ${what}, ${entry.frames} frames`)));
+      if (t.files.contact_sheet) row.append(figure(t.files.contact_sheet, 'contact sheet', `every few frames: ${method} for ${what}`));
+    } else if (t.files.overlay) row.append(figure(t.files.overlay, `${method} for ${t.label}`, `${method} for ${what}`));
     else row.append(el('p', {}, 'overlay not saved (--save); the map is in results.json'));
     if (t.files.guided) row.append(figure(t.files.guided, 'Guided Grad-CAM', `Guided Grad-CAM for ${what}`));
     if (t.files.channels) {

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from ..io.files import write_atomic
 from ..io.images import STRIP_PIXELS, Geometry
 
 
@@ -71,19 +69,6 @@ def overlay(
         seen = coverage.to(photo.device)
         mixed = seen * mixed + (1 - seen) * OUTSIDE_BRIGHTNESS * pixels
     return (mixed * 255).round().clamp(0, 255).to(torch.uint8)
-
-
-def overlay_on_photo(
-    photo: torch.Tensor,
-    heatmap: torch.Tensor,
-    geometry: Geometry,
-    alpha: float = 0.5,
-    colormap: str = "jet",
-    tint: str = "flat",
-) -> torch.Tensor:
-    """:func:`overlay_image` for a (3, H, W) uint8 tensor photo; returns (3, H, W) uint8."""
-    picture = overlay_image(to_pil(photo), heatmap, geometry, alpha, colormap, tint)
-    return torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1).to(photo.device)
 
 
 def overlay_image(
@@ -228,13 +213,6 @@ def text_tile(text: str, size: int) -> torch.Tensor:
 
 def to_pil(picture: torch.Tensor) -> Image.Image:
     return Image.fromarray(picture.permute(1, 2, 0).cpu().numpy())
-
-
-def save_png(picture: torch.Tensor | Image.Image, path: Path) -> None:
-    """Write a PNG atomically (:func:`gradcam.io.files.write_atomic`). zlib level 1: 3.5x faster than PIL's
-    default for 10% larger files (docs/benchmarks.md)."""
-    image = to_pil(picture) if isinstance(picture, torch.Tensor) else picture
-    write_atomic(path, lambda temporary: image.save(temporary, format="PNG", compress_level=1))
 
 
 def channel_grid(
