@@ -48,6 +48,7 @@ ELSEWHERE = {
     "finercam": "pytorch-grad-cam FinerCAM (its own target convention)",
     "smoothgradcam++": "torchcam SmoothGradCAMpp, statistical",
     "refinecam": "pytorch-grad-cam RefineCAM over several layers",
+    "sess": "pytorch-grad-cam SESS and by hand (test_sess.py)",
 }
 # perturbation methods run one forward pass per channel: smaller inputs, and the paper-level bar (0.99)
 PERTURBATION = {"scorecam", "ablationcam"}

@@ -141,6 +141,8 @@ def explain(
     if isinstance(targets, Similarity):
         output, labels, targets = _similarity_scores(targets, output), targets.labels(), [list(range(len(targets)))]
         targets = targets * len(images)
+    if get_method(method).wraps_explain:
+        return _wrapped(get_method(method), model, images, layer, targets, output or select_logits, labels, eval_mode)
     settings = _Settings(
         get_method(method),
         output or select_logits,
@@ -164,6 +166,31 @@ def explain(
             fixed = result.targets.tolist() if result.targets is not None else targets
             result = replace(result, guided=guided_backprop(model, images, fixed, output=output, labels=labels))
     return result
+
+
+def _wrapped(
+    method: CAMMethod,
+    model: nn.Module,
+    images: torch.Tensor,
+    layer: LayerSpec,
+    targets: TargetSpec,
+    select: Callable[[Any], torch.Tensor],
+    labels: Sequence[str] | None,
+    eval_mode: bool,
+) -> Explanation:
+    """A method that runs :func:`explain` itself on parts of each image (SESS): the targets are resolved on
+    the whole image, the method fuses its parts' maps."""
+    with model_lock(model), torch.inference_mode(False), preserved_state(model, eval_mode=eval_mode):
+        name = resolve_layers(model, layer, images)[0][0] if not isinstance(layer, (list, tuple)) else None
+        with torch.inference_mode():
+            logits = select(run_model(model, images))
+        resolved = resolve_targets(targets, logits, labels, len(images))
+        if resolved.indices is None:
+            raise ValueError(f"{method.name}: give class targets (an index, a name, top-k), not callables")
+        maps = method.wrapped_maps(model, images, name or layer, resolved.indices, explain, select)  # type: ignore[attr-defined]
+        scores = logits.gather(1, resolved.indices).float()
+    result = LayerResult(name or str(layer), images.new_zeros(0), None, maps)
+    return Explanation(maps, resolved.indices, scores, logits.float(), method.name, (result,))
 
 
 def _check_dimensions(model: nn.Module, images: torch.Tensor) -> None:
