@@ -49,6 +49,7 @@ ELSEWHERE = {
     "smoothgradcam++": "torchcam SmoothGradCAMpp, statistical",
     "refinecam": "pytorch-grad-cam RefineCAM over several layers",
     "sess": "pytorch-grad-cam SESS and by hand (test_sess.py)",
+    "fullgrad": "pytorch-grad-cam FullGrad and by hand (test_fullgrad.py)",
 }
 # perturbation methods run one forward pass per channel: smaller inputs, and the paper-level bar (0.99)
 PERTURBATION = {"scorecam", "ablationcam"}

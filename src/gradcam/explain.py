@@ -178,10 +178,11 @@ def _wrapped(
     labels: Sequence[str] | None,
     eval_mode: bool,
 ) -> Explanation:
-    """A method that runs :func:`explain` itself on parts of each image (SESS): the targets are resolved on
-    the whole image, the method fuses its parts' maps."""
+    """A method that makes its maps itself from the model: SESS (runs :func:`explain` on parts of each
+    image), FullGrad (every bias-gradient). The targets are resolved on the whole image first."""
     with model_lock(model), torch.inference_mode(False), preserved_state(model, eval_mode=eval_mode):
-        name = resolve_layers(model, layer, images)[0][0] if not isinstance(layer, (list, tuple)) else None
+        single = method.uses_layer and not isinstance(layer, (list, tuple))
+        name = resolve_layers(model, layer, images)[0][0] if single else None
         with torch.inference_mode():
             logits = select(run_model(model, images))
         resolved = resolve_targets(targets, logits, labels, len(images))
@@ -189,7 +190,7 @@ def _wrapped(
             raise ValueError(f"{method.name}: give class targets (an index, a name, top-k), not callables")
         maps = method.wrapped_maps(model, images, name or layer, resolved.indices, explain, select)  # type: ignore[attr-defined]
         scores = logits.gather(1, resolved.indices).float()
-    result = LayerResult(name or str(layer), images.new_zeros(0), None, maps)
+    result = LayerResult(name or (str(layer) if method.uses_layer else "every bias"), images.new_zeros(0), None, maps)
     return Explanation(maps, resolved.indices, scores, logits.float(), method.name, (result,))
 
 

@@ -29,7 +29,8 @@ class CAMMethod:
     one_gradient_per_class: ClassVar[bool] = True  # a class's map comes from that class's gradient alone
     fusion: ClassVar[str] = "mean"  # how the maps of several layers are fused: mean, or product (Refine-CAM)
     evaluated_by_default: ClassVar[bool] = True  # in `gradcam evaluate`'s default list (fast, any CNN)
-    wraps_explain: ClassVar[bool] = False  # runs explain() itself on parts of the image (SESS): wrapped_maps()
+    wraps_explain: ClassVar[bool] = False  # makes its maps itself from the model (SESS, FullGrad): wrapped_maps()
+    uses_layer: ClassVar[bool] = True  # explains one chosen layer (FullGrad: every bias of the network)
 
     @classmethod
     def accepts(cls, option: str) -> bool:

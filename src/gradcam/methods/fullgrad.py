@@ -1,0 +1,107 @@
+"""FullGrad: the input-gradient and every bias-gradient of the network, not one layer's.
+
+FullGrad (Srinivas & Fleuret, "Full-Gradient Representation for Neural-Network Visualization", NeurIPS
+2019, arXiv:1905.00780): ``S = psi(|x * dy/dx|) + sum_layers sum_c psi(|b_c * dy/dz_c|)``, where ``z`` is the
+output of a layer with a bias ``b`` (a convolution's bias, or a batch norm's effective bias
+``beta - mu gamma / sqrt(var + eps)``), and ``psi`` min-max normalises each map (per image and channel) and
+resizes it to the input. It needs the gradient through the whole network: one forward pass and one full
+backward pass per target.
+
+Example:
+    >>> gradcam.explain(model, x, "fullgrad", targets="top-2").maps.shape               # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import CAMMethod, register
+
+
+def _bias_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [
+        (name, module)
+        for name, module in model.named_modules()
+        if (isinstance(module, nn.Conv2d) and module.bias is not None) or isinstance(module, nn.BatchNorm2d)
+    ]
+
+
+def _effective_bias(module: nn.Module) -> torch.Tensor:
+    if isinstance(module, nn.BatchNorm2d):
+        assert module.running_mean is not None and module.running_var is not None
+        weight = module.weight if module.weight is not None else torch.ones_like(module.running_mean)
+        bias = module.bias if module.bias is not None else torch.zeros_like(module.running_mean)
+        return bias - module.running_mean * weight / torch.sqrt(module.running_var + module.eps)
+    assert isinstance(module.bias, torch.Tensor)
+    return module.bias
+
+
+def _scaled(maps: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """``sum_c psi(maps_c)``, (B, H, W): each (b, c) map min-max normalised, resized (bilinear) to ``size``,
+    summed over channels. Resizing is linear, so the channels are summed first and resized once: one
+    resize per layer instead of one per channel (ResNet-50: 26 s -> about 1 s for 8 images)."""
+    flat = maps.flatten(2)
+    low, high = flat.amin(-1, keepdim=True), flat.amax(-1, keepdim=True)
+    summed = ((flat - low) / (high - low + 1e-7)).reshape(maps.shape).sum(1, keepdim=True)
+    if tuple(summed.shape[-2:]) != tuple(size):
+        summed = F.interpolate(summed, size=size, mode="bilinear", align_corners=False)
+    return summed[:, 0]
+
+
+@register
+class FullGrad(CAMMethod):
+    name = "fullgrad"
+    uses_gradients = False  # not at one layer: through the whole network, inside wrapped_maps
+    needs_model = True
+    uses_layer = False
+    channel_weights = False
+    one_gradient_per_class = False
+    evaluated_by_default = False  # a full backward pass per target
+    wraps_explain = True
+
+    def wrapped_maps(
+        self,
+        model: nn.Module,
+        images: torch.Tensor,
+        layer: Any,
+        indices: torch.Tensor,
+        explain: Callable[..., Any],
+        select: Callable[[Any], torch.Tensor],
+    ) -> torch.Tensor:
+        """(B, K, H, W) FullGrad maps for the (B, K) class ``indices``, normalised to [0, 1]."""
+        from ..result import normalise
+
+        layers = _bias_layers(model)
+        outputs: list[torch.Tensor] = []
+
+        def keep(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
+            outputs.append(output)
+            return output.clone()  # an in-place ReLU after the layer changes the copy, not z
+
+        handles = [module.register_forward_hook(keep) for _, module in layers]
+        size = tuple(images.shape[-2:])
+        maps = torch.zeros(*indices.shape, *size)
+        try:
+            with torch.enable_grad():
+                x = images.detach().clone().requires_grad_(True)
+                logits = select(model(x))
+                for k in range(indices.shape[1]):
+                    score = logits.gather(1, indices[:, k : k + 1].to(logits.device)).sum()
+                    last = k == indices.shape[1] - 1
+                    grads = torch.autograd.grad(score, [x, *outputs], retain_graph=not last, allow_unused=True)
+                    total = _scaled((x * grads[0]).abs().detach(), size)  # (B, H, W)
+                    for (_, module), gradient in zip(layers, grads[1:], strict=True):
+                        if gradient is None:
+                            continue
+                        bias = _effective_bias(module).detach()[None, :, None, None]
+                        total = total + _scaled((bias * gradient).abs().detach(), size)
+                    maps[:, k] = total.float().cpu()
+        finally:
+            for handle in handles:
+                handle.remove()
+        return normalise(maps)
