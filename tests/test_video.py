@@ -99,6 +99,17 @@ def test_frame_by_frame_the_map_follows_the_moving_square(tmp_path):
         assert inside > outside.mean() + 40, i
 
 
+def test_options_written_for_photos_are_refused_for_videos_in_one_line(tmp_path, capsys):
+    path = moving_square(tmp_path / "square.mp4", frames=4)
+    for extra in (["--engine", "ray"], ["--resume"], ["--per-channel", "4"], ["--target", "tabby"]):
+        assert main(["explain", str(path), "--out", str(tmp_path / "out"), "--quiet", *extra]) == 2
+        assert "gradcam: error:" in capsys.readouterr().err
+    photo = tmp_path / "photo.jpg"
+    Image.new("RGB", (64, 64)).save(photo)
+    assert main(["explain", str(path), str(photo), "--out", str(tmp_path / "o2")]) == 2
+    assert "separate" in capsys.readouterr().err
+
+
 def test_memory_stays_flat_over_a_long_video(tmp_path):
     """Only one batch of frames is held: 400 frames peak no higher than 40 (within 10%)."""
     import resource

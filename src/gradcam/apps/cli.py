@@ -496,6 +496,12 @@ def _explain_videos(args: argparse.Namespace, videos: list[str]) -> int:
 
     if args.every < 1 or not 0 <= args.smoothing < 1:
         return _error("--every N: N >= 1; --smoothing S: 0 <= S < 1")
+    unsupported = [flag for flag, given in (("--engine ray", args.engine == "ray"), ("--resume", args.resume),
+                   ("--prompt", bool(args.prompt)), ("--per-channel", bool(args.per_channel)),
+                   ("--guided", args.guided), ("--frame full/squash", args.frame != "crop"))
+                   if given]  # fmt: skip
+    if unsupported:
+        return _error(f"{unsupported[0]}: not for videos yet (videos run on the local engine, from the start)")
     if args.target is not None and not args.target.strip().isdigit():
         return _error("--target with videos: one class index (the whole video is explained for it)")
     out = Path(args.out)
