@@ -188,8 +188,8 @@ def _wrapped(
         resolved = resolve_targets(targets, logits, labels, len(images))
         if resolved.indices is None:
             raise ValueError(f"{method.name}: give class targets (an index, a name, top-k), not callables")
-        maps = method.wrapped_maps(model, images, name or layer, resolved.indices, explain, select)  # type: ignore[attr-defined]
-        scores = logits.gather(1, resolved.indices).float()
+        maps = method.wrapped_maps(model, images, name or layer, resolved.indices, explain, select)
+        scores = resolved.scores(logits).float()
     result = LayerResult(name or (str(layer) if method.uses_layer else "every bias"), images.new_zeros(0), None, maps)
     return Explanation(maps, resolved.indices, scores, logits.float(), method.name, (result,))
 

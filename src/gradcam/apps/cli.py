@@ -10,7 +10,6 @@ Exit codes: 0 all images explained, 1 some images failed, 2 usage error, 130 int
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import warnings
@@ -488,8 +487,8 @@ def _explain_videos(args: argparse.Namespace, videos: list[str]) -> int:
     """Each video, streaming, into --out: the overlay video, a contact sheet and a record in results.json."""
     import time
 
-    from ..io.files import write_atomic
     from ..io.video import VideoReadError, video_info
+    from ..pipeline.local import write_json_atomic
     from ..pipeline.records import RunManifest
     from ..pipeline.video import VideoOptions, explain_video
     from ..render.report import write_explain_page
@@ -542,7 +541,7 @@ def _explain_videos(args: argparse.Namespace, videos: list[str]) -> int:
                            colormap=args.colormap, format="mp4", save=["overlay"], started=started,
                            finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), images=records)  # fmt: skip
     data = manifest.to_json()
-    write_atomic(manifest_path, lambda temporary: temporary.write_text(json.dumps(data, indent=1)))
+    write_json_atomic(data, manifest_path)
     write_explain_page(data, out)
     ok = sum(1 for r in records if r.ok)
     if not args.quiet:

@@ -46,7 +46,7 @@ from ..io.models import DEFAULT_MODEL, LoadedModel, ModelLoadError, load_model, 
 from ..layers import list_layers
 from ..pipeline.local import UsageError, parse_target
 from ..pipeline.records import RunManifest
-from ..pipeline.writer import DecodedPhoto, PhotoWriter, WriteOptions, top_predictions
+from ..pipeline.writer import DecodedPhoto, PhotoWriter, WriteOptions, label_of, top_predictions
 from ..render.viz import overlay_image
 from ..targets import TextPrompt, class_index
 
@@ -273,9 +273,9 @@ def explain_photo(
         records.append(record)
         for k, picture in enumerate(pictures):
             index = int(ex.targets[0, k]) if ex.targets is not None else k
-            overlays.append((picture, f"{method}: {_label(names, index)}, {_score_text(ex, k, index, prompt)}"))
+            overlays.append((picture, f"{method}: {label_of(names, index)}, {_score_text(ex, k, index, prompt)}"))
         if channels and "channels" in record.targets[0].files:
-            first = _label(names, int(ex.targets[0, 0])) if ex.targets is not None else "the first target"
+            first = label_of(names, int(ex.targets[0, 0])) if ex.targets is not None else "the first target"
             grid_label = f"Feature maps adding up to the {method} map for {first}"
             grid = record.targets[0].files["channels"]
     manifest = RunManifest(engine="web", model=model_name, methods=list(methods), layer=records[0].layer,
@@ -323,10 +323,6 @@ def _score_text(ex: Any, k: int, index: int, prompt: bool) -> str:
     if ex.logits is None or index >= ex.logits.shape[-1]:
         return f"score {score:.2f}"
     return f"logit {score:.2f}, p = {float(ex.logits[0].softmax(-1)[index]):.2f}"
-
-
-def _label(names: Sequence[str] | None, index: int) -> str:
-    return names[index] if names is not None and index < len(names) else str(index)
 
 
 def build_app(examples: Path | None = None, models: Sequence[str] | ModelShelf | None = None) -> Any:

@@ -9,6 +9,7 @@ upsampling and normalisation.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -38,6 +39,19 @@ class CAMMethod:
         import inspect
 
         return option in inspect.signature(cls.__init__).parameters
+
+    def wrapped_maps(
+        self,
+        model: torch.nn.Module,
+        images: torch.Tensor,
+        layer: Any,
+        indices: torch.Tensor,
+        explain: Callable[..., Any],
+        select: Callable[[Any], torch.Tensor],
+    ) -> torch.Tensor:
+        """For ``wraps_explain`` methods: (B, K, H, W) maps in [0, 1] for the (B, K) class ``indices``,
+        made from the model itself (``explain`` is :func:`gradcam.explain`, ``select`` picks the scores)."""
+        raise NotImplementedError(f"{self.name} does not make its maps itself")
 
     def adjust_targets(self, resolved: Any, logits: Any) -> Any:
         """The targets as this method explains them (Finer-CAM turns each into a comparison); unchanged

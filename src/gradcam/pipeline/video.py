@@ -37,7 +37,7 @@ from ..io.video import VideoWriter, read_frames, video_info
 from ..render.viz import _font, colour_bar, overlay_image, to_pil
 from ..result import normalise
 from .records import PhotoRecord, Prediction, TargetRecord
-from .writer import slug
+from .writer import label_of, slug
 
 SHEET_FRAMES = 12
 
@@ -85,7 +85,7 @@ def explain_video(
         inputs, geometry = _inputs(pictures, bundle, clip)
         maps = _explain_group(bundle, inputs.to(device), clip, options, state)[: len(group)]  # a padded clip
         if writer is None:
-            label = _label(bundle, state["target"])
+            label = label_of(bundle.labels, state["target"])
             video_file = base.with_name(f"{base.name}.{options.method}.{state['target']}-{slug(label)}.mp4")
             _refuse_existing(video_file, options.replace)
             base.parent.mkdir(parents=True, exist_ok=True)
@@ -106,7 +106,9 @@ def explain_video(
     writer.close()
     writer.path.replace(video_file)  # the finished file appears whole
     sheet_file = base.with_name(f"{base.name}.{options.method}.contact-sheet.png")
-    picture = contact_sheet(sheet, info.fps, f"{options.method} for {_label(bundle, state['target'])}", options)
+    picture = contact_sheet(
+        sheet, info.fps, f"{options.method} for {label_of(bundle.labels, state['target'])}", options
+    )
     write_atomic(sheet_file, lambda temporary: picture.save(temporary, format="PNG"))
     return _record(bundle, str(path), info, options, state, video_file, sheet_file, done, pictures[0].size)
 
@@ -173,11 +175,6 @@ def _on(geometry: Geometry, picture: Image.Image) -> Geometry:
     return Geometry((picture.height, picture.width), geometry.resized, geometry.crop_origin, geometry.crop)
 
 
-def _label(bundle: LoadedModel, index: int | None) -> str:
-    labels = bundle.labels
-    return labels[index] if labels is not None and index is not None and index < len(labels) else str(index)
-
-
 def _refuse_existing(path: Path, replace: bool) -> None:
     if path.exists() and not replace:
         raise FileExistsError(f"{path}: exists; pass --overwrite to replace it")
@@ -225,12 +222,12 @@ def _record(
         mean = torch.cat(state["logits"]).softmax(-1).mean(0)
         top = mean.topk(min(5, mean.numel()))
         predictions = [
-            Prediction(int(i), _label(bundle, int(i)), probability=round(float(p), 6))
+            Prediction(int(i), label_of(bundle.labels, int(i)), probability=round(float(p), 6))
             for p, i in zip(top.values, top.indices, strict=True)
         ]
     record = TargetRecord(
         index=target,
-        label=_label(bundle, target),
+        label=label_of(bundle.labels, target),
         score=float(np.mean(state["scores"])) if state["scores"] else 0.0,
         files={"video": str(video_file), "contact_sheet": str(sheet_file)},
     )

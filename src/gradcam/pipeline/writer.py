@@ -107,12 +107,13 @@ def top_predictions(logits: torch.Tensor, labels: Any, similarity: bool, k: int 
     kind = "similarity" if similarity else "probability"
     rows = zip(top.values.cpu(), top.indices.cpu(), strict=True)
     return [
-        [Prediction(int(i), _label(labels, int(i)), **{kind: round(float(v), 6)}) for v, i in zip(*row, strict=True)]
+        [Prediction(int(i), label_of(labels, int(i)), **{kind: round(float(v), 6)}) for v, i in zip(*row, strict=True)]
         for row in rows
     ]
 
 
-def _label(labels: Any, index: int) -> str:
+def label_of(labels: Any, index: int) -> str:
+    """Class ``index``'s name in ``labels``, else the index itself."""
     return labels[index] if labels is not None and index < len(labels) else str(index)
 
 
@@ -128,7 +129,7 @@ class PhotoWriter:
         self.options, self.labels = options, labels
 
     def label(self, index: int) -> str:
-        return _label(self.labels, index)
+        return label_of(self.labels, index)
 
     def caption(self, ex: Explanation, row: int, k: int) -> str:
         """What target ``k`` of image ``row`` is, with its score and what the score is."""

@@ -119,7 +119,7 @@ def overlay_image(
             mixed = Image.blend(strip_photo, colour, alpha)
         picture.paste(mixed, (left, start))
     if seen is not None:
-        frame_view_image(picture, seen)
+        frame_view(picture, seen)
     return picture
 
 
@@ -147,8 +147,9 @@ def _palette(name: str) -> list[int]:
     return table.flatten().tolist()
 
 
-def frame_view_image(picture: Image.Image, box: tuple[int, int, int, int], label: str = "model's view") -> None:
-    """:func:`frame_view` on a PIL image, in place."""
+def frame_view(picture: Image.Image, box: tuple[int, int, int, int], label: str = "model's view") -> None:
+    """Draw a thin light frame around ``box`` in ``picture``, in place, with ``label`` in its top-left
+    corner; only the frame's own pixels are touched."""
     left, top, right, bottom = box
     width, height = picture.size
     line = max(1, round(min(height, width) / 300))
@@ -178,26 +179,6 @@ def seen_box(geometry: Geometry) -> tuple[int, int, int, int] | None:
     if box[0] <= 1 and box[1] <= 1 and box[2] >= width - 1 and box[3] >= height - 1:
         return None
     return box
-
-
-def frame_view(picture: torch.Tensor, box: tuple[int, int, int, int], label: str = "model's view") -> None:
-    """Draw a thin light frame around ``box`` in ``picture`` (3, H, W) uint8, in place, with ``label`` in
-    its top-left corner; only the frame's own pixels are touched."""
-    left, top, right, bottom = box
-    height, width = picture.shape[1:]
-    line = max(1, round(min(height, width) / 300))
-    light = torch.tensor([235, 235, 235], dtype=torch.uint8, device=picture.device)[:, None, None]
-    right, bottom = min(right, width), min(bottom, height)
-    picture[:, top : top + line, left:right] = light
-    picture[:, max(top, bottom - line) : bottom, left:right] = light
-    picture[:, top:bottom, left : left + line] = light
-    picture[:, top:bottom, max(left, right - line) : right] = light
-    size = max(10, round(min(height, width) / 28))
-    tag = text_tile(label, size)
-    tag_h, tag_w = tag.shape[1:]
-    y, x = top + line, left + line
-    if y + tag_h <= height and x + tag_w <= width and tag_w < right - left:
-        picture[:, y : y + tag_h, x : x + tag_w] = tag.to(picture.device)
 
 
 @lru_cache(maxsize=32)
