@@ -8,6 +8,7 @@ Example:
 """
 
 from .all_classes import ClassMaps, explain_all
+from .audits import AuditResult, audit
 from .explain import explain
 from .io.models import LoadedModel, load_model, read_labels, with_labels
 from .layers import auto_layer, list_layers
@@ -29,6 +30,7 @@ from .targets import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AuditResult",
     "BoxScore",
     "CAMMethod",
     "ChannelContributions",
@@ -44,6 +46,7 @@ __all__ = [
     "SegmentationScore",
     "Similarity",
     "TextPrompt",
+    "audit",
     "auto_layer",
     "explain",
     "explain_all",

@@ -1,0 +1,198 @@
+"""``gradcam audit``: what a model relies on across a whole dataset, and how two models differ.
+
+One heatmap answers "why this photo?"; an audit answers "what does this model look at for each class?":
+every photo's map is measured (energy on the border, in the corners, inside the object's boxes) and each
+class's maps are clustered (spectral relevance analysis, Lapuschkin et al. 2019) into the few strategies
+the model uses; clusters whose energy sits away from the object or in one fixed place are flagged as
+possible shortcuts, with the reason. With a second model, each photo's two maps are compared (rank
+correlation, IoU of their top 20%).
+
+Outputs in ``out``: ``audit.html`` (self-contained), ``audit.json`` (``docs/audit.md``; schema
+``audit.schema.json``), ``maps.npy`` (each photo's map on the grid, float16), and PNGs of the class and
+cluster mean maps in ``maps/``.
+
+Example:
+    >>> import gradcam
+    >>> result = gradcam.audit("photos/", truth="photos/", out="audit")     # doctest: +SKIP
+    >>> [c["name"] for c in result.report["classes"] if c["flagged"]]
+    ['ship']
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..io.images import DEFAULT_MAX_MEGAPIXELS, find_images
+from ..io.models import LoadedModel, load_model, read_labels, with_labels
+from .dataset import AuditInputError, read_object_boxes, read_truth
+from .engine import AuditExplainer, AuditItem, PhotoAudit, run_local
+from .findings import Findings, summarise
+
+AUDIT_JSON = "audit.json"
+AUDIT_HTML = "audit.html"
+MAPS = "maps.npy"
+
+
+class AuditError(ValueError):
+    """A bad argument or input to an audit: one line, naming it."""
+
+
+@dataclass
+class AuditResult:
+    """The report (what ``audit.json`` holds), where it was written, and the photo-level arrays."""
+
+    report: dict[str, Any]
+    out: Path
+    findings: Findings
+
+    @property
+    def html(self) -> Path:
+        return self.out / AUDIT_HTML
+
+    @property
+    def flagged(self) -> list[str]:
+        """Names of the classes with a possible shortcut."""
+        return [c["name"] for c in self.report["classes"] if c["flagged"]]
+
+    def __repr__(self) -> str:
+        summary = self.report["summary"]
+        return (
+            f"AuditResult({summary['audited']} photos, {summary['classes']} classes, "
+            f"flagged: {self.flagged or 'none'}, {self.out / AUDIT_HTML})"
+        )
+
+
+def _bundle(model: str | LoadedModel, weights: str | None, labels: Any, device: str, trust: bool) -> LoadedModel:
+    bundle = model if isinstance(model, LoadedModel) else load_model(model, weights, device, trust_weights=trust)
+    if labels is not None:
+        names = read_labels(labels) if isinstance(labels, (str, Path)) else list(labels)
+        bundle = with_labels(bundle, names)
+    return bundle
+
+
+def audit(
+    paths: str | Path | Sequence[str | Path],
+    model: str | LoadedModel = "efficientnet_lite0",
+    *,
+    weights: str | None = None,
+    labels: str | Path | Sequence[str] | None = None,
+    truth: str | Path | None = None,
+    boxes: str | Path | None = None,
+    compare: str | LoadedModel | None = None,
+    compare_weights: str | None = None,
+    compare_labels: str | Path | Sequence[str] | None = None,
+    method: Any = "gradcam",
+    layer: str | None = None,
+    out: str | Path = "gradcam-audit",
+    engine: str = "local",
+    batch_size: int = 16,
+    workers: int = 2,
+    device: str = "cpu",
+    overwrite: bool = False,
+    trust_weights: bool = False,
+    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+    actors: int = 2,
+    address: str | None = None,
+    progress: Callable[[int], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> AuditResult:
+    """Audit ``model`` on the photos under ``paths``; see the module's docstring.
+
+    ``model``/``compare``: a name as for ``gradcam explain --model`` or a :class:`LoadedModel`.
+    ``truth``: a CSV ``image,class`` or an ``ImageFolder`` root (without it, the predicted class is
+    audited); ``boxes``: JSON ``{path: [[x1, y1, x2, y2], ...]}`` (or COCO/CSV as ``evaluate``).
+    ``engine``: ``"local"`` or ``"ray"`` (same findings). Never replaces an earlier audit in ``out``
+    unless ``overwrite``. ``on_start(n)`` hears the number of photos, ``progress(k)`` each batch done.
+    """
+    started = time.perf_counter()
+    out = Path(out)
+    if engine not in ("local", "ray"):
+        raise AuditError(f"engine {engine!r}: choose local or ray")
+    if (out / AUDIT_JSON).exists() and not overwrite:
+        raise AuditError(f"{out / AUDIT_JSON} exists: choose another --out or pass --overwrite to replace it")
+    locations = [str(paths)] if isinstance(paths, (str, Path)) else [str(p) for p in paths]
+    found = find_images(locations, exclude=[out])
+    if found.missing:
+        raise AuditError(f"{found.missing[0]}: no such file or folder")
+    if not found.paths:
+        raise AuditError("no images found in " + ", ".join(locations))
+    bundle = _bundle(model, weights, labels, device, trust_weights)
+    second = _bundle(compare, compare_weights, compare_labels, device, trust_weights) if compare is not None else None
+    items = _items(found.paths, found.roots, bundle, truth, boxes)
+    explainers = [AuditExplainer(bundle, method, layer)] + ([AuditExplainer(second)] if second is not None else [])
+    if on_start is not None:
+        on_start(len(items))
+    if engine == "ray":
+        from .ray import run_ray
+
+        spec_models = [model if isinstance(model, str) else bundle, compare if isinstance(compare, str) else second]
+        photos, layers = run_ray(
+            items, explainers, spec_models, [weights, compare_weights], trust_weights, batch_size, actors,
+            address, max_megapixels, progress,
+        )  # fmt: skip
+    else:
+        photos = list(run_local(items, explainers, batch_size, workers, max_megapixels, progress))
+        layers = [e.layer for e in explainers]
+    run = {
+        "model": _model_name(model, bundle), "method": _method_name(method), "layer": layers[0],
+        "engine": engine, "truth": None if truth is None else str(truth), "boxes": None if boxes is None else str(boxes),
+        "compared_model": None if second is None else _model_name(compare, second),
+        "compared_layer": layers[1] if second is not None else None,
+        "input_size": list(bundle.preprocessing.crop),
+    }  # fmt: skip
+    findings = summarise(photos, bundle.labels, run, second.labels if second is not None else None)
+    findings.report["seconds"] = round(time.perf_counter() - started, 2)
+    from .output import write_outputs
+
+    write_outputs(findings, out, {p.item.key: p for p in photos}, [bundle] + ([second] if second else []))
+    return AuditResult(findings.report, out, findings)
+
+
+def _model_name(model: Any, bundle: LoadedModel) -> str:
+    return model if isinstance(model, str) else bundle.name
+
+
+def _method_name(method: Any) -> str:
+    return method if isinstance(method, str) else getattr(method, "name", type(method).__name__)
+
+
+def _items(
+    paths: Sequence[Path], roots: Sequence[Path], bundle: LoadedModel, truth: Any, boxes: Any
+) -> list[AuditItem]:
+    from ..pipeline.local import output_keys
+    from ..io.images import FoundImages
+
+    keys = output_keys(FoundImages(list(paths), list(roots), [], 0))
+    num_classes = len(bundle.labels) if bundle.labels is not None else _outputs(bundle)
+    unique_roots = list(dict.fromkeys(roots))
+    try:
+        truth_table = read_truth(Path(truth), bundle.labels, num_classes, unique_roots) if truth is not None else None
+        box_table = read_object_boxes(Path(boxes), unique_roots) if boxes is not None else None
+    except AuditInputError as error:
+        raise AuditError(str(error)) from None
+    items = []
+    for path, key in zip(paths, keys, strict=True):
+        known = truth_table.lookup(path) if truth_table is not None else None
+        found_boxes = box_table.lookup(path) if box_table is not None else None
+        items.append(AuditItem(str(path), key, known, tuple(tuple(b) for b in found_boxes or ())))  # type: ignore[misc]
+    return items
+
+
+def _outputs(bundle: LoadedModel) -> int:
+    import torch
+
+    parameter = next(bundle.model.parameters())
+    example = torch.zeros(1, 3, *bundle.preprocessing.crop, device=parameter.device, dtype=parameter.dtype)
+    from ..hooks import preserved_state
+    from ..targets import select_logits
+
+    with preserved_state(bundle.model), torch.no_grad():
+        bundle.model.eval()
+        return int(select_logits(bundle.model(example)).shape[-1])
+
+
+__all__ = ["audit", "AuditResult", "AuditError", "PhotoAudit"]

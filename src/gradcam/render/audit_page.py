@@ -1,0 +1,273 @@
+"""``audit.html``: one self-contained page (pictures inline, no network) for an audit's findings.
+
+Sections: the class table (sortable; by shortcut score first), a page per class with its mean map and
+clusters (flagged ones in red, with the reason, and their most typical photos), photos right for the
+wrong reason, wrong predictions (the true class's map beside the predicted class's), the comparison
+with a second model, and the photos that could not be read. Every name is escaped.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any, Protocol
+
+from ..audits.measure import CORNERS
+from .report import colour_scale_css
+
+PAGE_CLASSES = 60
+PAGE_PHOTOS = 24
+TYPICAL_SHOWN = 6
+
+
+class Pictures(Protocol):
+    def file(self, relative: str) -> str: ...
+
+    def photo(self, key: str, which: str = "map") -> str | None: ...
+
+
+_STYLE = """
+body{font:14px/1.4 system-ui,sans-serif;margin:0;background:#f4f4f6;color:#222}
+header{background:#fff;border-bottom:1px solid #ddd;padding:10px 16px}
+header h1{font-size:18px;margin:0 0 4px}
+nav a{margin-right:12px}
+section{padding:8px 16px}
+h2{font-size:16px;margin:18px 0 8px}
+h3{font-size:14px;margin:0 0 6px}
+table{border-collapse:collapse;background:#fff}
+td,th{border:1px solid #ddd;padding:4px 8px;text-align:right;white-space:nowrap}
+th{cursor:pointer;background:#fafafa;user-select:none}
+th.sorted::after{content:" \\25BE"}
+td.name,th.name,td.reasons{text-align:left}
+td.reasons{white-space:normal;max-width:520px;font-size:12px}
+tr.flagged td{background:#fdecea}
+.card{background:#fff;border-radius:8px;box-shadow:0 1px 3px #0002;padding:10px;margin:0 0 14px}
+.card.flagged{border-left:5px solid #c0392b}
+.row{display:flex;gap:12px;flex-wrap:wrap;align-items:flex-start}
+figure{margin:0;text-align:center;font-size:12px;color:#555;max-width:140px}
+figure img{width:128px;height:128px;border-radius:4px;display:block;background:#eee}
+figcaption{word-break:break-all}
+.cluster{border:1px solid #ddd;border-radius:6px;padding:8px}
+.cluster.flagged{border:2px solid #c0392b}
+.reason{color:#c0392b;font-size:12px;margin:2px 0}
+.pair{display:flex;gap:4px;border:1px solid #ddd;border-radius:6px;padding:6px;background:#fff}
+.muted{color:#666;font-size:12px}
+.scale{display:inline-flex;align-items:center;gap:6px;font-size:12px}
+.scale i{display:inline-block;width:160px;height:10px;border-radius:2px}
+.error{color:#c0392b;font-family:monospace;font-size:12px}
+"""
+
+_SCRIPT = """
+for (const table of document.querySelectorAll('table.sortable')) {
+  const headers = [...table.querySelectorAll('th')];
+  headers.forEach((th, column) => th.addEventListener('click', () => {
+    const body = table.tBodies[0];
+    const descending = !(th.classList.contains('sorted') && th.dataset.order === 'desc');
+    headers.forEach(h => h.classList.remove('sorted'));
+    th.classList.add('sorted');
+    th.dataset.order = descending ? 'desc' : 'asc';
+    const value = row => row.children[column].dataset.value ?? row.children[column].textContent;
+    const rows = [...body.rows].sort((a, b) => {
+      const x = value(a), y = value(b), nx = parseFloat(x), ny = parseFloat(y);
+      const order = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : String(x).localeCompare(String(y));
+      return descending ? -order : order;
+    });
+    body.append(...rows);
+  }));
+}
+"""
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def _cell(value: float | None, text: str | None = None, css: str = "") -> str:
+    sort = "" if value is None else f' data-value="{value}"'
+    shown = escape(text if text is not None else _share(value))
+    return f'<td{sort}{f" class={css}" if css else ""}>{shown}</td>'
+
+
+def _figure(src: str | None, caption: str, alt: str = "") -> str:
+    if src is None:
+        return f"<figure><figcaption>{escape(caption)} (unreadable now)</figcaption></figure>"
+    return f'<figure><img src="{escape(src)}" alt="{escape(alt or caption)}"><figcaption>{escape(caption)}</figcaption></figure>'
+
+
+def _worst_corner(corners: dict[str, float | None]) -> tuple[float | None, str]:
+    known = {k: v for k, v in corners.items() if v is not None}
+    if not known:
+        return None, "-"
+    name, value = max(known.items(), key=lambda kv: kv[1])
+    return value, f"{value:.0%} {name.replace('_', '-')}"
+
+
+def _class_table(classes: list[dict[str, Any]], paged: set[int]) -> str:
+    head = ("<tr><th class=name>Class</th><th>Photos</th><th>Accuracy</th><th>Border</th><th>Worst corner</th>"
+            "<th>In boxes</th><th>Clusters</th><th class=sorted data-order=desc>Shortcut score</th>"
+            "<th class=name>Possible shortcut</th></tr>")  # fmt: skip
+    rows = []
+    for entry in classes:
+        name = escape(entry["name"])
+        link = f'<a href="#class-{entry["index"]}">{name}</a>' if entry["index"] in paged else name
+        corner_value, corner_text = _worst_corner(entry["energy_corners"])
+        reasons = "; ".join(entry["reasons"]) if entry["flagged"] else ""
+        rows.append(
+            f'<tr class="{"flagged" if entry["flagged"] else ""}"><td class=name data-value="{name}">{link}</td>'
+            f'{_cell(entry["photos"], str(entry["photos"]))}{_cell(entry["accuracy"])}'
+            f'{_cell(entry["energy_border"])}{_cell(corner_value, corner_text)}{_cell(entry["energy_in_boxes"])}'
+            f'{_cell(len(entry["clusters"]), str(len(entry["clusters"])))}'
+            f'{_cell(entry["shortcut_score"], _number(entry["shortcut_score"]))}'
+            f'<td class=reasons>{escape(reasons)}</td></tr>'
+        )  # fmt: skip
+    return f'<table class=sortable id=class-table><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def _class_page(entry: dict[str, Any], pictures: Pictures) -> str:
+    flagged = " flagged" if entry["flagged"] else ""
+    corner_value, corner_text = _worst_corner(entry["energy_corners"])
+    facts = (f'{entry["photos"]} photos; accuracy {_share(entry["accuracy"])}; border {_share(entry["energy_border"])}; '
+             f'worst corner {corner_text}; in boxes {_share(entry["energy_in_boxes"])}')  # fmt: skip
+    clusters = []
+    for cluster in entry["clusters"]:
+        reasons = "".join(f'<p class=reason>{escape(r)}</p>' for r in cluster["reasons"])
+        typical = "".join(
+            _figure(pictures.photo(key), key, f"typical photo {key}") for key in cluster["typical"][:TYPICAL_SHOWN]
+        )
+        note = "" if cluster["eligible"] else '<p class=muted>too small to flag</p>'
+        clusters.append(
+            f'<div class="cluster{" flagged" if cluster["flagged"] else ""}" data-cluster="{cluster["index"]}">'
+            f'<h3>Cluster {cluster["index"]}: {cluster["size"]} photos ({_share(cluster["share"])})</h3>{reasons}{note}'
+            f'<div class=row>{_figure(pictures.file(cluster["picture"]), "its mean map")}{typical}</div></div>'
+        )  # fmt: skip
+    return (
+        f'<div class="card{flagged}" id="class-{entry["index"]}"><h3>{escape(entry["name"])} '
+        f'(class {entry["index"]})</h3><p class=muted>{escape(facts)}</p>'
+        + "".join(f"<p class=reason>{escape(r)}</p>" for r in entry["reasons"])
+        + f'<div class=row>{_figure(pictures.file(entry["picture"]), "mean map of the class")}'
+        + f'<div class=row>{"".join(clusters)}</div></div></div>'
+    )
+
+
+def _photo_lists(report: dict[str, Any], pictures: Pictures) -> str:
+    photos = report["photos"]
+    parts = []
+    wrong_reason = [p for p in photos if p["right_for_wrong_reason"]]
+    wrong_reason.sort(key=lambda p: (p["energy_in_boxes"] if p["energy_in_boxes"] is not None else 1.0, p["key"]))
+    if any(p["energy_in_boxes"] is not None for p in photos):
+        figures = "".join(
+            _figure(pictures.photo(p["key"]), f'{p["key"]}: {p["predicted"]["label"]}, {_share(p["energy_in_boxes"])} in the box')
+            for p in wrong_reason[:PAGE_PHOTOS]
+        )  # fmt: skip
+        parts.append(f'<h2 id=wrong-reason>Right for the wrong reason ({len(wrong_reason)})</h2>'
+                     f'<p class=muted>Right predictions whose map sits mostly outside the object\'s boxes.</p>'
+                     f'<div class=row>{figures or "none"}</div>')  # fmt: skip
+    wrong = [p for p in photos if p["right"] is False]
+    wrong.sort(key=lambda p: (-(p["predicted"]["probability"] or 0.0), p["key"]))
+    if any(p["right"] is not None for p in photos):
+        pairs = "".join(
+            f'<div class=pair data-key="{escape(p["key"])}">'
+            f'{_figure(pictures.photo(p["key"]), "true: " + p["truth"]["label"])}'
+            f'{_figure(pictures.photo(p["key"], "predicted"), _said(p))}</div>'
+            for p in wrong[:PAGE_PHOTOS]
+        )  # fmt: skip
+        parts.append(f'<h2 id=wrong>Wrong predictions ({len(wrong)})</h2><p class=muted>The map of the true class '
+                     f'beside the map of the class the model said, most confident mistakes first.</p>'
+                     f'<div class=row>{pairs or "none"}</div>')  # fmt: skip
+    return "".join(parts)
+
+
+def _said(photo: dict[str, Any]) -> str:
+    predicted = photo["predicted"]
+    return f"said: {predicted['label']} ({_share(predicted['probability'])})"
+
+
+def _comparison(report: dict[str, Any], pictures: Pictures) -> str:
+    comparison = report.get("comparison")
+    if comparison is None:
+        return ""
+    other = escape(report["compared_model"] or "the second model")
+    rows = "".join(
+        f'<tr><td class=name data-value="{escape(c["name"])}"><a href="#compare-{c["index"]}">{escape(c["name"])}</a></td>'
+        f'{_cell(c["photos"], str(c["photos"]))}{_cell(c["rank_correlation"], _number(c["rank_correlation"]))}'
+        f'{_cell(c["top20_iou"], _number(c["top20_iou"]))}{_cell(c["prediction_changes"], str(c["prediction_changes"]))}</tr>'
+        for c in comparison["classes"]
+    )  # fmt: skip
+    table = ("<table class=sortable id=compare-table><thead><tr><th class=name>Class</th><th>Photos</th>"
+             "<th class=sorted data-order=asc>Rank correlation</th><th>Top-20% IoU</th><th>Prediction changes</th></tr>"
+             f"</thead><tbody>{rows}</tbody></table>")  # fmt: skip
+    pages = []
+    for entry in comparison["classes"][:PAGE_CLASSES]:
+        worst = "".join(
+            f'<div class=pair>{_figure(pictures.photo(key), key + ": audited")}{_figure(pictures.photo(key, "compared"), "compared")}</div>'
+            for key in entry["by_disagreement"][:TYPICAL_SHOWN]
+        )  # fmt: skip
+        pages.append(
+            f'<div class=card id="compare-{entry["index"]}"><h3>{escape(entry["name"])}: rank correlation '
+            f'{_number(entry["rank_correlation"])}, top-20% IoU {_number(entry["top20_iou"])}</h3><div class=row>'
+            f'{_figure(pictures.file(_class_picture(report, entry["index"])), "audited model, mean")}'
+            f'{_figure(pictures.file(entry["compared_picture"]), "compared model, mean")}</div>'
+            f'<p class=muted>Photos where the two maps disagree most:</p><div class=row>{worst}</div></div>'
+        )  # fmt: skip
+    changed = [p for p in comparison["photos"] if p["prediction_changed"]]
+    change_rows = "".join(
+        f'<tr><td class=name>{escape(p["key"])}</td><td class=name>{escape(p["predicted"]["label"])}</td>'
+        f'<td class=name>{escape(p["compared_predicted"]["label"])}</td></tr>'
+        for p in changed[:200]
+    )  # fmt: skip
+    return (
+        f'<h2 id=comparison>Comparison with {other}</h2><p>Mean rank correlation of the maps '
+        f'{_number(comparison["rank_correlation"])}, mean IoU of their top 20% {_number(comparison["top20_iou"])}, '
+        f'{comparison["prediction_changes"]} predictions changed.</p>{table}{"".join(pages)}'
+        f'<h3>Predictions that changed ({len(changed)})</h3><table><thead><tr><th class=name>Photo</th>'
+        f'<th class=name>Audited model</th><th class=name>{other}</th></tr></thead><tbody>{change_rows}</tbody></table>'
+    )
+
+
+def _class_picture(report: dict[str, Any], index: int) -> str:
+    return next(c["picture"] for c in report["classes"] if c["index"] == index)
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def audit_page(report: dict[str, Any], pictures: Pictures) -> str:
+    """The page of an audit ``report`` (``audit.json``'s content, with the PNG paths added)."""
+    summary = report["summary"]
+    classes = report["classes"]
+    paged = classes[:PAGE_CLASSES]
+    more = len(classes) - len(paged)
+    compared = f", compared with {report['compared_model']}" if report.get("compared_model") else ""
+    subtitle = (f'{summary["audited"]} photos ({summary["failed"]} unreadable), {summary["classes"]} classes, '
+                f'accuracy {_share(summary["accuracy"])}; {report["method"]} on layer {report["layer"]}{compared}; '
+                f'maps in the model\'s input frame ({report["input_size"][1]} x {report["input_size"][0]})')  # fmt: skip
+    flagged = summary["flagged_classes"]
+    verdict = (f'<p class=reason><b>{flagged} class{"es" if flagged != 1 else ""} with a possible shortcut</b> '
+               "(red rows; the reasons say where the map's energy sits)</p>") if flagged else (
+               "<p>No class flagged: no cluster of maps sits in a corner, on the border, outside the boxes or at "
+               "one fixed off-centre place.</p>")  # fmt: skip
+    failed = "".join(f'<p class=error>{escape(f["error"] or f["path"])}</p>' for f in report["failed"][:200])
+    links = ['<a href="#classes">Classes</a>']
+    if report.get("comparison"):
+        links.append('<a href="#comparison">Comparison</a>')
+    if report["failed"]:
+        links.append('<a href="#failed">Unreadable photos</a>')
+    scale = f'<span class=scale>low <i style="background:{colour_scale_css("jet")}"></i> high</span>'
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>gradcam audit: {escape(report["model"])}</title>
+<style>{_STYLE}</style></head><body>
+<header><h1>gradcam audit: {escape(report["model"])}</h1><p class=muted>{escape(subtitle)}</p>
+<nav>{"".join(links)}</nav></header>
+<section id=classes><h2>Classes</h2>{verdict}<p class=muted>Click a column to sort. Border: share of the map's energy
+on the outer eighth of each side (44% of the frame); worst corner: the largest share in one corner (6% of the frame);
+shortcut score: the largest ratio of a rule's figure to its threshold (1 or more: flagged). {scale}</p>
+{_class_table(classes, {c["index"] for c in paged})}
+{f'<p class=muted>{more} more classes are in audit.json.</p>' if more else ''}
+<h2>Class pages</h2>{"".join(_class_page(entry, pictures) for entry in paged)}
+{_photo_lists(report, pictures)}
+{_comparison(report, pictures)}
+{f'<h2 id=failed>Unreadable photos ({len(report["failed"])})</h2>{failed}' if report["failed"] else ''}
+</section>
+<script>{_SCRIPT}</script>
+</body></html>
+"""
