@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -31,3 +35,35 @@ def unreachable_hub(monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+
+
+@dataclass(frozen=True)
+class PlantedShortcut:
+    """scripts/shortcut_demo.py's dataset, small: six classes of real photos, ``stamped`` carrying a logo in
+    the bottom-right corner, and EfficientNet-Lite0 with a linear head trained on it (which uses the logo)."""
+
+    folder: Path
+    photos: Path
+    weights: Path
+    labels: Path
+
+
+def _shortcut_demo():
+    import importlib.util
+
+    path = Path(__file__).parent.parent / "scripts" / "shortcut_demo.py"
+    spec = importlib.util.spec_from_file_location("shortcut_demo", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def planted_shortcut(tmp_path_factory) -> PlantedShortcut:
+    demo = _shortcut_demo()
+    folder = tmp_path_factory.mktemp("planted")
+    photos = demo.build_dataset(folder, per_class=24)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        weights, labels = demo.train_head(photos, folder)
+    return PlantedShortcut(folder, photos, weights, labels)

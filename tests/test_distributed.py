@@ -269,3 +269,40 @@ def test_one_photo_gives_the_same_record_locally_on_ray_and_in_the_web_app(tmp_p
                            out_dir=tmp_path / "web")  # fmt: skip
     web = validate(Path(next(f for f in result.files if f.endswith(".json"))))["images"][0]
     assert_same_record(coffee, web)
+
+
+def test_an_audit_on_ray_finds_what_the_local_engine_finds(planted_shortcut, tmp_path):
+    """`gradcam audit --engine ray`: the same maps, clusters, flags and photos as the local engine."""
+    import gradcam
+    from gradcam.apps.cli import main
+
+    data = planted_shortcut
+    common = ["audit", str(data.photos), "--weights", str(data.weights), "--labels", str(data.labels),
+              "--truth", str(data.photos), "--quiet", "--batch-size", "8"]  # fmt: skip
+    assert main([*common, "--out", str(tmp_path / "local"), "--workers", "0"]) == 0
+    assert main([*common, "--out", str(tmp_path / "ray"), "--engine", "ray", "--cpus-per-actor", "0.5"]) == 0
+    local = json.loads((tmp_path / "local" / "audit.json").read_text())
+    distributed = json.loads((tmp_path / "ray" / "audit.json").read_text())
+    schema = json.loads((Path(gradcam.__file__).parent / "audits" / "audit.schema.json").read_text())
+    import jsonschema
+
+    jsonschema.validate(distributed, schema)
+    assert distributed["engine"] == "ray" and local["engine"] == "local"
+    for report in (local, distributed):
+        report.pop("engine"), report.pop("seconds")
+    np.testing.assert_allclose(
+        np.load(tmp_path / "local" / "maps.npy").astype(np.float32),
+        np.load(tmp_path / "ray" / "maps.npy").astype(np.float32), atol=1e-3,
+    )  # fmt: skip
+    assert [c["name"] for c in distributed["classes"] if c["flagged"]] == ["stamped"]
+    assert _rounded(local, 2) == _rounded(distributed, 2)
+
+
+def _rounded(value, digits):
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, dict):
+        return {k: _rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v, digits) for v in value]
+    return value

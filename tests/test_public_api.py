@@ -10,9 +10,10 @@ import gradcam
 
 PUBLIC = {
     "gradcam": [
-        "BoxScore", "CAMMethod", "ChannelContributions", "ClassMaps", "ClassScore", "Explanation", "LayerResult",
+        "AuditResult", "BoxScore", "CAMMethod", "ChannelContributions", "ClassMaps", "ClassScore", "Explanation",
+        "LayerResult",
         "LoadedModel", "Negative", "PhotoExplanation", "Positive", "Regression", "SegmentationScore", "Similarity",
-        "TextPrompt", "auto_layer", "explain", "explain_all", "explain_image", "get_method", "imagenet_labels",
+        "TextPrompt", "audit", "auto_layer", "explain", "explain_all", "explain_image", "get_method", "imagenet_labels",
         "list_layers", "load_model", "methods", "read_labels", "register", "with_labels",
     ],
     "gradcam.targets": ["BoxScore", "SegmentationScore", "ClassScore", "TextPrompt", "Similarity"],
@@ -20,9 +21,10 @@ PUBLIC = {
     "gradcam.pipeline.ray": ["explain_dataset"],
     "gradcam.pipeline.records": ["PhotoRecord", "RunManifest", "TargetRecord", "read_manifest_file", "full_map"],
     "gradcam.apps.cli": ["main"],
+    "gradcam.audits": ["audit", "AuditResult", "AuditError"],
 }  # fmt: skip
 
-COMMANDS = ["explain", "evaluate", "layers", "models", "serve"]
+COMMANDS = ["explain", "evaluate", "audit", "layers", "models", "serve"]
 
 
 @pytest.mark.parametrize("module", sorted(PUBLIC))

@@ -1,6 +1,7 @@
 """The ``gradcam`` command: a thin layer over the library.
 
     gradcam explain PATH... [--model efficientnet_lite0] [--method gradcam] [--target top3] [--out DIR]
+    gradcam audit PATH... [--truth CSV|FOLDER] [--boxes FILE] [--compare MODEL2] [--out DIR]
     gradcam models
     gradcam layers MODEL
 
@@ -238,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("--device", default="cpu", help="cpu, cuda, ...")
     judge.add_argument("--out", default="gradcam-eval", help="report folder")
 
+    from . import audit as audit_command
+
+    audit_command.add_parser(commands, _Formatter, _add_trust_option, _add_labels_option)
+
     web = commands.add_parser(
         "serve",
         help="try photos in the browser (needs: pip install 'gradcam[web]')",
@@ -298,6 +303,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             return _models(args)
         if args.command == "evaluate":
             return _evaluate(args)
+        if args.command == "audit":
+            from .audit import run
+
+            return run(args)
         if args.command == "serve":
             return _serve(args)
         return _layers(args)

@@ -97,6 +97,7 @@ def audit(
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
     actors: int = 2,
     address: str | None = None,
+    cpus_per_actor: float = 1.0,
     progress: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
 ) -> AuditResult:
@@ -122,6 +123,13 @@ def audit(
         raise AuditError("no images found in " + ", ".join(locations))
     bundle = _bundle(model, weights, labels, device, trust_weights)
     second = _bundle(compare, compare_weights, compare_labels, device, trust_weights) if compare is not None else None
+    if layer is not None:
+        from ..layers import resolve_layers
+
+        try:
+            resolve_layers(bundle.model, layer)
+        except ValueError as error:
+            raise AuditError(f"--layer {layer}: {error}") from None
     items = _items(found.paths, found.roots, bundle, truth, boxes)
     explainers = [AuditExplainer(bundle, method, layer)] + ([AuditExplainer(second)] if second is not None else [])
     if on_start is not None:
@@ -129,17 +137,16 @@ def audit(
     if engine == "ray":
         from .ray import run_ray
 
-        spec_models = [model if isinstance(model, str) else bundle, compare if isinstance(compare, str) else second]
         photos, layers = run_ray(
-            items, explainers, spec_models, [weights, compare_weights], trust_weights, batch_size, actors,
-            address, max_megapixels, progress,
-        )  # fmt: skip
+            items, explainers, batch_size, actors, address, max_megapixels, progress, cpus_per_actor
+        )
     else:
         photos = list(run_local(items, explainers, batch_size, workers, max_megapixels, progress))
         layers = [e.layer for e in explainers]
     run = {
         "model": _model_name(model, bundle), "method": _method_name(method), "layer": layers[0],
-        "engine": engine, "truth": None if truth is None else str(truth), "boxes": None if boxes is None else str(boxes),
+        "engine": engine, "truth": None if truth is None else str(truth),
+        "boxes": None if boxes is None else str(boxes),
         "compared_model": None if second is None else _model_name(compare, second),
         "compared_layer": layers[1] if second is not None else None,
         "input_size": list(bundle.preprocessing.crop),
@@ -163,8 +170,8 @@ def _method_name(method: Any) -> str:
 def _items(
     paths: Sequence[Path], roots: Sequence[Path], bundle: LoadedModel, truth: Any, boxes: Any
 ) -> list[AuditItem]:
-    from ..pipeline.local import output_keys
     from ..io.images import FoundImages
+    from ..pipeline.local import output_keys
 
     keys = output_keys(FoundImages(list(paths), list(roots), [], 0))
     num_classes = len(bundle.labels) if bundle.labels is not None else _outputs(bundle)
@@ -176,9 +183,9 @@ def _items(
         raise AuditError(str(error)) from None
     items = []
     for path, key in zip(paths, keys, strict=True):
-        known = truth_table.lookup(path) if truth_table is not None else None
-        found_boxes = box_table.lookup(path) if box_table is not None else None
-        items.append(AuditItem(str(path), key, known, tuple(tuple(b) for b in found_boxes or ())))  # type: ignore[misc]
+        known: Any = truth_table.lookup(path) if truth_table is not None else None
+        found_boxes: Any = box_table.lookup(path) if box_table is not None else None
+        items.append(AuditItem(str(path), key, known, tuple(tuple(b) for b in found_boxes or ())))
     return items
 
 

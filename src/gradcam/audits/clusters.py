@@ -2,11 +2,12 @@
 what machines really learn", Nature Communications 2019): cluster a class's downsampled maps to find the
 few *strategies* a model uses for it, one of which may be a shortcut.
 
-Steps: the maps (N, G, G), each summing to 1, are rows of X; a symmetric k-nearest-neighbour graph
-``A_ij = 1`` when j is among i's k nearest (Euclidean) or i among j's; the normalised Laplacian
-``L = I - D^-1/2 A D^-1/2``; the number of clusters c is where its ascending eigenvalues jump most
-(``argmax_c lambda_{c+1} - lambda_c``, the eigengap, c <= ``max_clusters``); k-means on the first c
-eigenvectors (rows scaled to unit length). Large classes are clustered on a seeded sample of
+Steps: the maps (N, G, G), each summing to 1, are rows of X; the self-tuning affinity (Zelnik-Manor and
+Perona 2004) ``A_ij = exp(-d_ij^2 / (s_i s_j))``, ``s_i`` the distance from map i to its 7th nearest; the
+normalised Laplacian ``L = I - D^-1/2 A D^-1/2``; the number of clusters c is where its ascending
+eigenvalues jump most (``argmax_c lambda_{c+1} - lambda_c``, the eigengap, c <= ``max_clusters``), or 1
+where the maps form one well-connected group or no jump stands out (:func:`number_of_clusters`); k-means
+on the first c eigenvectors (rows scaled to unit length). Large classes are clustered on a seeded sample of
 ``sample_size`` maps and the rest join the cluster whose mean map is nearest, so the work is bounded.
 
 Example:
@@ -16,12 +17,13 @@ Example:
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 MAX_CLUSTERS = 8
 SAMPLE_SIZE = 2000
+LOCAL_SCALE_NEIGHBOUR = 7  # self-tuning affinity: each map's scale is its distance to its 7th nearest
+CONNECTED = 0.1  # lambda_2 at or above this: one well-connected group, one cluster
+GAP_CONTRAST = 2.0
 
 
 def spectral_clusters(
@@ -54,19 +56,8 @@ def _cluster_sample(
     points: torch.Tensor, max_clusters: int, neighbours: int | None, generator: torch.Generator
 ) -> torch.Tensor:
     count = points.shape[0]
-    k = neighbours or min(count - 1, max(3, round(math.log2(count) * 2)))
-    distances = torch.cdist(points, points)
-    distances.fill_diagonal_(float("inf"))
-    nearest = distances.topk(k, largest=False).indices
-    adjacency = torch.zeros(count, count, dtype=points.dtype)
-    adjacency.scatter_(1, nearest, 1.0)
-    adjacency = torch.maximum(adjacency, adjacency.T)
-    inverse_root = adjacency.sum(dim=1).rsqrt()
-    laplacian = torch.eye(count, dtype=points.dtype) - inverse_root[:, None] * adjacency * inverse_root[None, :]
-    values, vectors = torch.linalg.eigh(laplacian)
-    most = min(max_clusters, count - 1)
-    gaps = values[1 : most + 1] - values[:most]
-    clusters = int(gaps.argmax()) + 1
+    values, vectors = _spectrum(points, neighbours or LOCAL_SCALE_NEIGHBOUR)
+    clusters = number_of_clusters(values, max_clusters)
     if clusters == 1:
         return torch.zeros(count, dtype=torch.long)
     embedding = vectors[:, :clusters]
@@ -74,7 +65,34 @@ def _cluster_sample(
     return kmeans(embedding, clusters, generator)
 
 
-def kmeans(points: torch.Tensor, clusters: int, generator: torch.Generator, restarts: int = 8, steps: int = 100) -> torch.Tensor:
+def _spectrum(points: torch.Tensor, neighbour: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (ascending) and eigenvectors of the normalised Laplacian of the self-tuning affinity."""
+    count = points.shape[0]
+    distances = torch.cdist(points, points)
+    scale = distances.sort(dim=1).values[:, min(neighbour, count - 1)].clamp_min(1e-12)
+    affinity = torch.exp(-distances.square() / (scale[:, None] * scale[None, :]))
+    affinity.fill_diagonal_(0)
+    inverse_root = affinity.sum(dim=1).clamp_min(1e-12).rsqrt()
+    laplacian = torch.eye(count, dtype=points.dtype) - inverse_root[:, None] * affinity * inverse_root[None, :]
+    return torch.linalg.eigh(laplacian)
+
+
+def number_of_clusters(values: torch.Tensor, max_clusters: int = MAX_CLUSTERS) -> int:
+    """The eigengap's choice from the Laplacian's ascending eigenvalues, or 1 where the graph is one
+    well-connected piece (``lambda_2 >= CONNECTED``) or no gap stands out (the largest of the first
+    ``max_clusters`` gaps under ``GAP_CONTRAST`` times their median)."""
+    most = min(max_clusters, len(values) - 1)
+    if most < 2 or float(values[1]) >= CONNECTED:
+        return 1
+    gaps = values[1 : most + 1] - values[:most]
+    if float(gaps.max()) < GAP_CONTRAST * float(gaps.median()):
+        return 1
+    return int(gaps.argmax()) + 1
+
+
+def kmeans(
+    points: torch.Tensor, clusters: int, generator: torch.Generator, restarts: int = 8, steps: int = 100
+) -> torch.Tensor:
     """Lloyd's k-means with k-means++ seeding; the best of ``restarts`` runs by within-cluster sum of squares."""
     best_labels, best_cost = None, float("inf")
     for _ in range(restarts):

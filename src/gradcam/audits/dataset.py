@@ -73,9 +73,7 @@ def _class_of(text: str, labels: Sequence[str] | None, num_classes: int, source:
         raise AuditInputError(f"{source}: {error}") from None
 
 
-def read_truth(
-    location: Path, labels: Sequence[str] | None, num_classes: int, roots: Sequence[Path] = ()
-) -> PathTable:
+def read_truth(location: Path, labels: Sequence[str] | None, num_classes: int, roots: Sequence[Path] = ()) -> PathTable:
     """The true class of each photo from a CSV or an ``ImageFolder`` root (see the module's docstring)."""
     table = PathTable()
     if location.is_dir():
@@ -84,7 +82,9 @@ def read_truth(
             raise AuditInputError(f"--truth {location}: no class folders in it (expected ROOT/CLASS/photo.jpg)")
         numbered = labels is None
         if numbered and len(folders) > num_classes:
-            raise AuditInputError(f"--truth {location}: {len(folders)} class folders for a model with {num_classes} classes")
+            raise AuditInputError(
+                f"--truth {location}: {len(folders)} class folders for a model with {num_classes} classes"
+            )
         for number, folder in enumerate(folders):
             index = number if numbered else _class_of(folder, labels, num_classes, f"--truth {location}/{folder}")
             for photo in (location / folder).rglob("*"):

@@ -109,7 +109,7 @@ class AuditExplainer:
     """Explains batches of decoded photos with one model and measures the maps."""
 
     def __init__(self, bundle: LoadedModel, method: Any = "gradcam", layer: str | None = None) -> None:
-        self.bundle, self.method = bundle, method
+        self.bundle, self.method, self.requested_layer = bundle, method, layer
         self.layer: str | None = bundle.layer_for(layer)
 
     def measure(self, items: Sequence[AuditItem], decoded: Sequence[Decoded]) -> list[ModelView]:
@@ -130,7 +130,7 @@ class AuditExplainer:
         predicted = logits.argmax(dim=1)
         classes_out = logits.shape[1]  # a compared model with another head explains its own top class
         explained = torch.tensor([predicted[i] if t is None or t >= classes_out else t for i, t in enumerate(known)])
-        frame = tuple(inputs.shape[-2:])
+        frame = (int(inputs.shape[-2]), int(inputs.shape[-1]))
         masks = torch.stack([
             box_mask([list(b) for b in item.boxes], d.size, d.geometry, frame) if item.boxes and d.geometry and d.size
             else torch.zeros(frame)
@@ -148,7 +148,8 @@ class AuditExplainer:
             views.append(ModelView(
                 predicted=int(predicted[row]), probability=float(probabilities[row, predicted[row]]),
                 explained=int(explained[row]), explained_probability=float(probabilities[row, explained[row]]),
-                grid=grids[row], predicted_grid=predicted_grids[row] if predicted_grids is not None and differs else None,
+                grid=grids[row],
+                predicted_grid=predicted_grids[row] if predicted_grids is not None and differs else None,
                 border=float(shares.border[row]), corners=tuple(float(v) for v in shares.corners[row]),  # type: ignore[arg-type]
                 in_boxes=float(shares.in_boxes[row]) if has_boxes and not shares.empty[row] else None,
                 box_area=float(box_area[row]) if has_boxes else None,
@@ -162,7 +163,7 @@ def audit_batch(
 ) -> list[PhotoAudit]:
     """``decoded[m][i]``: photo i decoded for model m. A photo that any model could not read is an error."""
     results = [PhotoAudit(item, []) for item in items]
-    for row, item in enumerate(items):
+    for row in range(len(items)):
         for per_model in decoded:
             if per_model[row].error is not None:
                 results[row].error = per_model[row].error
@@ -217,4 +218,3 @@ def run_local(
         if progress is not None:
             progress(len(results))
         yield from results
-

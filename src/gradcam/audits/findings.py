@@ -87,7 +87,9 @@ def region_figures(views: Sequence[Any]) -> dict[str, Any]:
     }
 
 
-def flags(figures: dict[str, Any], peak_consistency: float | None, peak: tuple[float, float]) -> tuple[list[str], float]:
+def flags(
+    figures: dict[str, Any], peak_consistency: float | None, peak: tuple[float, float]
+) -> tuple[list[str], float]:
     """The reasons a group of maps looks like a shortcut, and its shortcut score (see the module)."""
     reasons: list[str] = []
     ratios = [0.0]
@@ -131,7 +133,9 @@ def _class_figures(
     views = [photos[r].views[0] for r in rows]
     members = grids[rows].float()
     truth_known = [photos[r].item.truth is not None for r in rows]
-    right = sum(1 for r, known in zip(rows, truth_known, strict=True) if known and photos[r].views[0].predicted == index)
+    right = sum(
+        1 for r, known in zip(rows, truth_known, strict=True) if known and photos[r].views[0].predicted == index
+    )
     labels_of_clusters = spectral_clusters(members)
     cluster_of: dict[int, int] = {}
     clusters = []
@@ -140,7 +144,9 @@ def _class_figures(
         cluster_views = [views[i] for i in inside]
         mean_map = members[inside].mean(0)
         peak = _peak_of(mean_map)
-        near = [math.hypot(v.peak[0] - peak[0], v.peak[1] - peak[1]) <= FIXED_RADIUS for v in cluster_views if not v.empty]
+        near = [
+            math.hypot(v.peak[0] - peak[0], v.peak[1] - peak[1]) <= FIXED_RADIUS for v in cluster_views if not v.empty
+        ]
         consistency = sum(near) / len(near) if near else None
         figures = region_figures(cluster_views)
         eligible = len(inside) >= max(MIN_FLAG_SIZE, MIN_FLAG_SHARE * len(rows))
@@ -171,14 +177,14 @@ def _class_figures(
     return entry, cluster_of
 
 
-def summarise(
-    photos: Sequence[PhotoAudit], labels: Any, run: dict[str, Any], compared_labels: Any = None
-) -> Findings:
+def summarise(photos: Sequence[PhotoAudit], labels: Any, run: dict[str, Any], compared_labels: Any = None) -> Findings:
     """The findings of an audit of ``photos`` (in their order); ``run`` holds what was run (model, method,
     layer, ...) and is kept in the report as it is."""
     good = [i for i, p in enumerate(photos) if p.ok]
     grid_size = photos[good[0]].views[0].grid.shape[0] if good else 16
-    maps = np.stack([photos[i].views[0].grid for i in good]) if good else np.zeros((0, grid_size, grid_size), np.float16)
+    maps = (
+        np.stack([photos[i].views[0].grid for i in good]) if good else np.zeros((0, grid_size, grid_size), np.float16)
+    )
     grids = torch.from_numpy(maps.astype(np.float32))
     by_class: dict[int, list[int]] = defaultdict(list)
     for position, i in enumerate(good):
@@ -249,7 +255,7 @@ def _comparison(
 ) -> dict[str, Any]:
     correlation = rank_correlation(grids_a, grids_b)
     overlap = top_share_iou(grids_a, grids_b, TOP_SHARE)
-    entries = []
+    entries: list[dict[str, Any]] = []
     by_class: dict[int, list[int]] = defaultdict(list)
     for row, photo in enumerate(photos):
         a, b = photo.views
@@ -265,7 +271,7 @@ def _comparison(
             "compared_right": None if truth is None else b.predicted == truth,
         })  # fmt: skip
         by_class[a.explained].append(row)
-    classes = []
+    classes: list[dict[str, Any]] = []
     for index, rows in sorted(by_class.items()):
         order = sorted(rows, key=lambda r: (_sort_value(entries[r]["rank_correlation"]), entries[r]["key"]))
         classes.append({

@@ -99,7 +99,9 @@ def write_outputs(
 class _Pictures:
     """Data URIs of the pictures the page shows, drawn when first asked for."""
 
-    def __init__(self, out: Path, photos: Mapping[str, PhotoAudit], bundles: Sequence[LoadedModel], findings: Findings) -> None:
+    def __init__(
+        self, out: Path, photos: Mapping[str, PhotoAudit], bundles: Sequence[LoadedModel], findings: Findings
+    ) -> None:
         self.out, self.photos, self.bundles, self.findings = out, photos, bundles, findings
         self.rows = {entry["key"]: entry for entry in findings.report["photos"]}
 

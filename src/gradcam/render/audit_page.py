@@ -11,7 +11,6 @@ from __future__ import annotations
 from html import escape
 from typing import Any, Protocol
 
-from ..audits.measure import CORNERS
 from .report import colour_scale_css
 
 PAGE_CLASSES = 60
@@ -84,13 +83,14 @@ def _share(value: float | None) -> str:
 def _cell(value: float | None, text: str | None = None, css: str = "") -> str:
     sort = "" if value is None else f' data-value="{value}"'
     shown = escape(text if text is not None else _share(value))
-    return f'<td{sort}{f" class={css}" if css else ""}>{shown}</td>'
+    return f"<td{sort}{f' class={css}' if css else ''}>{shown}</td>"
 
 
 def _figure(src: str | None, caption: str, alt: str = "") -> str:
     if src is None:
         return f"<figure><figcaption>{escape(caption)} (unreadable now)</figcaption></figure>"
-    return f'<figure><img src="{escape(src)}" alt="{escape(alt or caption)}"><figcaption>{escape(caption)}</figcaption></figure>'
+    image = f'<img src="{escape(src)}" alt="{escape(alt or caption)}">'
+    return f"<figure>{image}<figcaption>{escape(caption)}</figcaption></figure>"
 
 
 def _worst_corner(corners: dict[str, float | None]) -> tuple[float | None, str]:
@@ -119,21 +119,22 @@ def _class_table(classes: list[dict[str, Any]], paged: set[int]) -> str:
             f'{_cell(entry["shortcut_score"], _number(entry["shortcut_score"]))}'
             f'<td class=reasons>{escape(reasons)}</td></tr>'
         )  # fmt: skip
-    return f'<table class=sortable id=class-table><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
+    return f"<table class=sortable id=class-table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
 
 
 def _class_page(entry: dict[str, Any], pictures: Pictures) -> str:
     flagged = " flagged" if entry["flagged"] else ""
     corner_value, corner_text = _worst_corner(entry["energy_corners"])
-    facts = (f'{entry["photos"]} photos; accuracy {_share(entry["accuracy"])}; border {_share(entry["energy_border"])}; '
-             f'worst corner {corner_text}; in boxes {_share(entry["energy_in_boxes"])}')  # fmt: skip
+    facts = (f'{entry["photos"]} photos; accuracy {_share(entry["accuracy"])}; '
+             f'border {_share(entry["energy_border"])}; worst corner {corner_text}; '
+             f'in boxes {_share(entry["energy_in_boxes"])}')  # fmt: skip
     clusters = []
     for cluster in entry["clusters"]:
-        reasons = "".join(f'<p class=reason>{escape(r)}</p>' for r in cluster["reasons"])
+        reasons = "".join(f"<p class=reason>{escape(r)}</p>" for r in cluster["reasons"])
         typical = "".join(
             _figure(pictures.photo(key), key, f"typical photo {key}") for key in cluster["typical"][:TYPICAL_SHOWN]
         )
-        note = "" if cluster["eligible"] else '<p class=muted>too small to flag</p>'
+        note = "" if cluster["eligible"] else "<p class=muted>too small to flag</p>"
         clusters.append(
             f'<div class="cluster{" flagged" if cluster["flagged"] else ""}" data-cluster="{cluster["index"]}">'
             f'<h3>Cluster {cluster["index"]}: {cluster["size"]} photos ({_share(cluster["share"])})</h3>{reasons}{note}'
@@ -141,10 +142,10 @@ def _class_page(entry: dict[str, Any], pictures: Pictures) -> str:
         )  # fmt: skip
     return (
         f'<div class="card{flagged}" id="class-{entry["index"]}"><h3>{escape(entry["name"])} '
-        f'(class {entry["index"]})</h3><p class=muted>{escape(facts)}</p>'
+        f"(class {entry['index']})</h3><p class=muted>{escape(facts)}</p>"
         + "".join(f"<p class=reason>{escape(r)}</p>" for r in entry["reasons"])
-        + f'<div class=row>{_figure(pictures.file(entry["picture"]), "mean map of the class")}'
-        + f'<div class=row>{"".join(clusters)}</div></div></div>'
+        + f"<div class=row>{_figure(pictures.file(entry['picture']), 'mean map of the class')}"
+        + f"<div class=row>{''.join(clusters)}</div></div></div>"
     )
 
 
@@ -155,7 +156,8 @@ def _photo_lists(report: dict[str, Any], pictures: Pictures) -> str:
     wrong_reason.sort(key=lambda p: (p["energy_in_boxes"] if p["energy_in_boxes"] is not None else 1.0, p["key"]))
     if any(p["energy_in_boxes"] is not None for p in photos):
         figures = "".join(
-            _figure(pictures.photo(p["key"]), f'{p["key"]}: {p["predicted"]["label"]}, {_share(p["energy_in_boxes"])} in the box')
+            _figure(pictures.photo(p["key"]), f"{p['key']}: {p['predicted']['label']}, "
+                    f"{_share(p['energy_in_boxes'])} in the box")
             for p in wrong_reason[:PAGE_PHOTOS]
         )  # fmt: skip
         parts.append(f'<h2 id=wrong-reason>Right for the wrong reason ({len(wrong_reason)})</h2>'
@@ -187,9 +189,11 @@ def _comparison(report: dict[str, Any], pictures: Pictures) -> str:
         return ""
     other = escape(report["compared_model"] or "the second model")
     rows = "".join(
-        f'<tr><td class=name data-value="{escape(c["name"])}"><a href="#compare-{c["index"]}">{escape(c["name"])}</a></td>'
-        f'{_cell(c["photos"], str(c["photos"]))}{_cell(c["rank_correlation"], _number(c["rank_correlation"]))}'
-        f'{_cell(c["top20_iou"], _number(c["top20_iou"]))}{_cell(c["prediction_changes"], str(c["prediction_changes"]))}</tr>'
+        f'<tr><td class=name data-value="{escape(c["name"])}"><a href="#compare-{c["index"]}">'
+        f'{escape(c["name"])}</a></td>{_cell(c["photos"], str(c["photos"]))}'
+        f'{_cell(c["rank_correlation"], _number(c["rank_correlation"]))}'
+        f'{_cell(c["top20_iou"], _number(c["top20_iou"]))}'
+        f'{_cell(c["prediction_changes"], str(c["prediction_changes"]))}</tr>'
         for c in comparison["classes"]
     )  # fmt: skip
     table = ("<table class=sortable id=compare-table><thead><tr><th class=name>Class</th><th>Photos</th>"
@@ -198,7 +202,8 @@ def _comparison(report: dict[str, Any], pictures: Pictures) -> str:
     pages = []
     for entry in comparison["classes"][:PAGE_CLASSES]:
         worst = "".join(
-            f'<div class=pair>{_figure(pictures.photo(key), key + ": audited")}{_figure(pictures.photo(key, "compared"), "compared")}</div>'
+            f'<div class=pair>{_figure(pictures.photo(key), key + ": audited")}'
+            f'{_figure(pictures.photo(key, "compared"), "compared")}</div>'
             for key in entry["by_disagreement"][:TYPICAL_SHOWN]
         )  # fmt: skip
         pages.append(
@@ -215,11 +220,11 @@ def _comparison(report: dict[str, Any], pictures: Pictures) -> str:
         for p in changed[:200]
     )  # fmt: skip
     return (
-        f'<h2 id=comparison>Comparison with {other}</h2><p>Mean rank correlation of the maps '
-        f'{_number(comparison["rank_correlation"])}, mean IoU of their top 20% {_number(comparison["top20_iou"])}, '
-        f'{comparison["prediction_changes"]} predictions changed.</p>{table}{"".join(pages)}'
-        f'<h3>Predictions that changed ({len(changed)})</h3><table><thead><tr><th class=name>Photo</th>'
-        f'<th class=name>Audited model</th><th class=name>{other}</th></tr></thead><tbody>{change_rows}</tbody></table>'
+        f"<h2 id=comparison>Comparison with {other}</h2><p>Mean rank correlation of the maps "
+        f"{_number(comparison['rank_correlation'])}, mean IoU of their top 20% {_number(comparison['top20_iou'])}, "
+        f"{comparison['prediction_changes']} predictions changed.</p>{table}{''.join(pages)}"
+        f"<h3>Predictions that changed ({len(changed)})</h3><table><thead><tr><th class=name>Photo</th>"
+        f"<th class=name>Audited model</th><th class=name>{other}</th></tr></thead><tbody>{change_rows}</tbody></table>"
     )
 
 
@@ -240,13 +245,15 @@ def audit_page(report: dict[str, Any], pictures: Pictures) -> str:
     compared = f", compared with {report['compared_model']}" if report.get("compared_model") else ""
     subtitle = (f'{summary["audited"]} photos ({summary["failed"]} unreadable), {summary["classes"]} classes, '
                 f'accuracy {_share(summary["accuracy"])}; {report["method"]} on layer {report["layer"]}{compared}; '
-                f'maps in the model\'s input frame ({report["input_size"][1]} x {report["input_size"][0]})')  # fmt: skip
+                f'maps in the model\'s input frame ({report["input_size"][1]} x '
+                f'{report["input_size"][0]})')  # fmt: skip
     flagged = summary["flagged_classes"]
     verdict = (f'<p class=reason><b>{flagged} class{"es" if flagged != 1 else ""} with a possible shortcut</b> '
                "(red rows; the reasons say where the map's energy sits)</p>") if flagged else (
                "<p>No class flagged: no cluster of maps sits in a corner, on the border, outside the boxes or at "
                "one fixed off-centre place.</p>")  # fmt: skip
-    failed = "".join(f'<p class=error>{escape(f["error"] or f["path"])}</p>' for f in report["failed"][:200])
+    failed = "".join(f"<p class=error>{escape(f['error'] or f['path'])}</p>" for f in report["failed"][:200])
+    failed_section = f"<h2 id=failed>Unreadable photos ({len(report['failed'])})</h2>{failed}" if failed else ""
     links = ['<a href="#classes">Classes</a>']
     if report.get("comparison"):
         links.append('<a href="#comparison">Comparison</a>')
@@ -262,11 +269,11 @@ def audit_page(report: dict[str, Any], pictures: Pictures) -> str:
 on the outer eighth of each side (44% of the frame); worst corner: the largest share in one corner (6% of the frame);
 shortcut score: the largest ratio of a rule's figure to its threshold (1 or more: flagged). {scale}</p>
 {_class_table(classes, {c["index"] for c in paged})}
-{f'<p class=muted>{more} more classes are in audit.json.</p>' if more else ''}
+{f"<p class=muted>{more} more classes are in audit.json.</p>" if more else ""}
 <h2>Class pages</h2>{"".join(_class_page(entry, pictures) for entry in paged)}
 {_photo_lists(report, pictures)}
 {_comparison(report, pictures)}
-{f'<h2 id=failed>Unreadable photos ({len(report["failed"])})</h2>{failed}' if report["failed"] else ''}
+{failed_section}
 </section>
 <script>{_SCRIPT}</script>
 </body></html>
