@@ -397,3 +397,14 @@ def test_the_page_in_a_browser_sorts_and_shows_every_picture(planted_audit):
     from PIL import Image
 
     assert np.asarray(Image.open(io.BytesIO(shot)).convert("L"), dtype=np.float32).std() > 20
+
+
+def test_a_folder_of_only_unreadable_photos_still_gives_a_valid_report(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(b"")
+    (folder / "b.png").write_bytes(b"\x89PNG broken")
+    assert main(["audit", str(folder), "--out", str(tmp_path / "out"), "--quiet", "--workers", "0"]) == 1
+    report = validate(json.loads((tmp_path / "out" / "audit.json").read_text()))
+    assert report["summary"]["audited"] == 0 and len(report["failed"]) == 2 and report["classes"] == []
+    assert np.load(tmp_path / "out" / "maps.npy").shape[0] == 0

@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
-    report = result.report
+    report = result.findings.head  # audit.json without its per-photo lists
     for failed in report["failed"]:
         print(f"gradcam: {failed['error']}", file=sys.stderr)
     if not args.quiet:

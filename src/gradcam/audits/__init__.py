@@ -20,16 +20,18 @@ Example:
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from ..io.images import DEFAULT_MAX_MEGAPIXELS, find_images
 from ..io.models import LoadedModel, load_model, read_labels, with_labels
 from .dataset import AuditInputError, read_object_boxes, read_truth
-from .engine import AuditExplainer, AuditItem, PhotoAudit, run_local
+from .engine import AuditExplainer, AuditItem, collect, run_local
 from .findings import Findings, summarise
 
 AUDIT_JSON = "audit.json"
@@ -43,11 +45,24 @@ class AuditError(ValueError):
 
 @dataclass
 class AuditResult:
-    """The report (what ``audit.json`` holds), where it was written, and the photo-level arrays."""
+    """Where an audit was written and its findings: ``summary`` and ``classes`` at hand, ``report`` (all of
+    ``audit.json``, per-photo lists included) read from the file when first asked for, and the arrays
+    (``findings.maps``, ``findings.predicted_maps``, ``findings.compared_maps``)."""
 
-    report: dict[str, Any]
     out: Path
     findings: Findings
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return self.findings.head["summary"]
+
+    @property
+    def classes(self) -> list[dict[str, Any]]:
+        return self.findings.head["classes"]
+
+    @cached_property
+    def report(self) -> dict[str, Any]:
+        return json.loads((self.out / AUDIT_JSON).read_text())
 
     @property
     def html(self) -> Path:
@@ -56,10 +71,10 @@ class AuditResult:
     @property
     def flagged(self) -> list[str]:
         """Names of the classes with a possible shortcut."""
-        return [c["name"] for c in self.report["classes"] if c["flagged"]]
+        return [c["name"] for c in self.classes if c["flagged"]]
 
     def __repr__(self) -> str:
-        summary = self.report["summary"]
+        summary = self.summary
         return (
             f"AuditResult({summary['audited']} photos, {summary['classes']} classes, "
             f"flagged: {self.flagged or 'none'}, {self.out / AUDIT_HTML})"
@@ -137,11 +152,12 @@ def audit(
     if engine == "ray":
         from .ray import run_ray
 
-        photos, layers = run_ray(
+        measured, layers = run_ray(
             items, explainers, batch_size, actors, address, max_megapixels, progress, cpus_per_actor
         )
     else:
-        photos = list(run_local(items, explainers, batch_size, workers, max_megapixels, progress))
+        batches = run_local(items, explainers, batch_size, workers, max_megapixels, progress)
+        measured = collect(batches, items, len(explainers))
         layers = [e.layer for e in explainers]
     run = {
         "model": _model_name(model, bundle), "method": _method_name(method), "layer": layers[0],
@@ -151,12 +167,12 @@ def audit(
         "compared_layer": layers[1] if second is not None else None,
         "input_size": list(bundle.preprocessing.crop),
     }  # fmt: skip
-    findings = summarise(photos, bundle.labels, run, second.labels if second is not None else None)
-    findings.report["seconds"] = round(time.perf_counter() - started, 2)
+    findings = summarise(measured, bundle.labels, run, second.labels if second is not None else None)
+    findings.head["seconds"] = round(time.perf_counter() - started, 2)
     from .output import write_outputs
 
-    write_outputs(findings, out, {p.item.key: p for p in photos}, [bundle] + ([second] if second else []))
-    return AuditResult(findings.report, out, findings)
+    write_outputs(findings, out, [bundle] + ([second] if second else []))
+    return AuditResult(out, findings)
 
 
 def _model_name(model: Any, bundle: LoadedModel) -> str:
@@ -202,4 +218,4 @@ def _outputs(bundle: LoadedModel) -> int:
         return int(select_logits(bundle.model(example)).shape[-1])
 
 
-__all__ = ["audit", "AuditResult", "AuditError", "PhotoAudit"]
+__all__ = ["audit", "AuditResult", "AuditError"]

@@ -2,10 +2,11 @@
 
 Each photo costs one forward pass per model and, where the true class is known, two backward passes
 from the layer (the true class's map and the predicted class's): nothing is drawn or written per photo,
-so an audit runs at about the speed of ``gradcam explain``. What is kept is a :class:`ModelView` per
-model: the prediction, the map on a :data:`~gradcam.audits.measure.GRID`-square grid and its energy
-shares (see :mod:`gradcam.audits.measure`). The local engine decodes in DataLoader workers; the Ray
-engine runs the same :class:`AuditExplainer` in actors and streams the views back.
+so an audit runs at about the speed of ``gradcam explain``. What is kept is columns of numbers per model
+(:class:`Columns`: the prediction, the map on a :data:`~gradcam.audits.measure.GRID`-square grid and its
+energy shares, see :mod:`gradcam.audits.measure`), about 600 bytes a photo, never Python objects per
+photo. The local engine decodes in DataLoader workers; the Ray engine runs the same
+:class:`AuditExplainer` in actors and streams the columns back.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ..explain import explain
 from ..io.images import DEFAULT_MAX_MEGAPIXELS, Geometry, ImageReadError, preprocess, read_image
 from ..io.models import LoadedModel, Preprocessing
 from ..targets import select_logits
-from .measure import box_mask, energy_shares, grid_maps
+from .measure import GRID, box_mask, energy_shares, grid_maps
 
 
 @dataclass(frozen=True)
@@ -37,33 +38,67 @@ class AuditItem:
 
 
 @dataclass
-class ModelView:
-    """What one model says of one photo. ``explained``: the class of ``grid`` (the true class when known,
-    else the predicted one); ``predicted_grid``: the predicted class's map where that is another class."""
+class Columns:
+    """What one model says of N photos, one row each. ``explained``: the class of ``grids`` (the true class
+    when known, else the predicted one); ``predicted_grids``: the predicted class's maps, only for the
+    rows where that is another class (``predicted_rows`` gives each row's, -1 for none). NaN: no boxes."""
 
-    predicted: int
-    probability: float
-    explained: int
-    explained_probability: float
-    grid: np.ndarray  # (G, G) float16, sums to 1 (0 everywhere for an empty map)
-    predicted_grid: np.ndarray | None
-    border: float
-    corners: tuple[float, float, float, float]
-    in_boxes: float | None
-    box_area: float | None
-    peak: tuple[float, float]
-    empty: bool
+    predicted: np.ndarray  # (N,) int32
+    probability: np.ndarray  # (N,) float32
+    explained: np.ndarray  # (N,) int32
+    explained_probability: np.ndarray  # (N,) float32
+    border: np.ndarray  # (N,) float32
+    corners: np.ndarray  # (N, 4) float32, in CORNERS order
+    in_boxes: np.ndarray  # (N,) float32
+    box_area: np.ndarray  # (N,) float32
+    peak: np.ndarray  # (N, 2) float32
+    empty: np.ndarray  # (N,) bool
+    grids: np.ndarray  # (N, G, G) float16, each summing to 1 (0 for an empty map)
+    predicted_rows: np.ndarray  # (N,) int32
+    predicted_grids: np.ndarray  # (M, G, G) float16
+
+    def __len__(self) -> int:
+        return len(self.predicted)
+
+    def take(self, rows: np.ndarray) -> Columns:
+        """These rows, in this order (their predicted-class maps renumbered)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        kept = self.predicted_rows[rows]
+        has = kept >= 0
+        renumbered = np.full(len(rows), -1, dtype=np.int32)
+        renumbered[has] = np.arange(int(has.sum()), dtype=np.int32)
+        values = {name: getattr(self, name)[rows] for name in ROW_FIELDS}
+        return Columns(**values, predicted_rows=renumbered, predicted_grids=self.predicted_grids[kept[has]])
+
+    @staticmethod
+    def concatenate(parts: Sequence[Columns], grid: int) -> Columns:
+        if not parts:
+            empty = {name: np.zeros((0,), np.float32) for name in ROW_FIELDS}
+            empty.update(corners=np.zeros((0, 4), np.float32), peak=np.zeros((0, 2), np.float32),
+                         grids=np.zeros((0, grid, grid), np.float16))  # fmt: skip
+            return Columns(**empty, predicted_rows=np.zeros((0,), np.int32),
+                           predicted_grids=np.zeros((0, grid, grid), np.float16))  # fmt: skip
+        values = {name: np.concatenate([getattr(p, name) for p in parts]) for name in ROW_FIELDS}
+        offsets = np.cumsum([0] + [len(p.predicted_grids) for p in parts])
+        rows = np.concatenate(
+            [np.where(p.predicted_rows >= 0, p.predicted_rows + o, -1) for p, o in zip(parts, offsets, strict=False)]
+        )
+        return Columns(**values, predicted_rows=rows.astype(np.int32),
+                       predicted_grids=np.concatenate([p.predicted_grids for p in parts]))  # fmt: skip
+
+
+ROW_FIELDS = ("predicted", "probability", "explained", "explained_probability", "border", "corners", "in_boxes",
+              "box_area", "peak", "empty", "grids")  # fmt: skip
 
 
 @dataclass
-class PhotoAudit:
-    item: AuditItem
-    views: list[ModelView]
-    error: str | None = None
+class BatchAudit:
+    """A batch's result: the positions (in the whole audit) of the photos measured, one :class:`Columns` per
+    model for them, and the photos that could not be read (position -> one-line error)."""
 
-    @property
-    def ok(self) -> bool:
-        return self.error is None
+    positions: np.ndarray
+    columns: list[Columns]
+    errors: dict[int, str]
 
 
 @dataclass(frozen=True)
@@ -112,7 +147,7 @@ class AuditExplainer:
         self.bundle, self.method, self.requested_layer = bundle, method, layer
         self.layer: str | None = bundle.layer_for(layer)
 
-    def measure(self, items: Sequence[AuditItem], decoded: Sequence[Decoded]) -> list[ModelView]:
+    def measure(self, items: Sequence[AuditItem], decoded: Sequence[Decoded]) -> Columns:
         model = self.bundle.model
         parameter = next(model.parameters())
         inputs = torch.stack([d.input for d in decoded if d.input is not None]).to(parameter.device, parameter.dtype)
@@ -141,44 +176,50 @@ class AuditExplainer:
         grids = grid_maps(maps).to(torch.float16).numpy()
         predicted_grids = grid_maps(ex.maps[:, 1].detach().float().cpu()).to(torch.float16).numpy() if targets else None
         box_area = masks.flatten(1).mean(dim=1)
-        views = []
-        for row in range(len(items)):
-            differs = bool(predicted[row] != explained[row])
-            has_boxes = bool(box_area[row] > 0)
-            views.append(ModelView(
-                predicted=int(predicted[row]), probability=float(probabilities[row, predicted[row]]),
-                explained=int(explained[row]), explained_probability=float(probabilities[row, explained[row]]),
-                grid=grids[row],
-                predicted_grid=predicted_grids[row] if predicted_grids is not None and differs else None,
-                border=float(shares.border[row]), corners=tuple(float(v) for v in shares.corners[row]),  # type: ignore[arg-type]
-                in_boxes=float(shares.in_boxes[row]) if has_boxes and not shares.empty[row] else None,
-                box_area=float(box_area[row]) if has_boxes else None,
-                peak=(float(shares.peak[row, 0]), float(shares.peak[row, 1])), empty=bool(shares.empty[row]),
-            ))  # fmt: skip
-        return views
+        differs = (predicted != explained).numpy()
+        predicted_rows = np.full(len(items), -1, dtype=np.int32)
+        predicted_rows[differs] = np.arange(int(differs.sum()), dtype=np.int32)
+        has_boxes = (box_area > 0) & ~shares.empty
+        nan = torch.full_like(box_area, float("nan"))
+        return Columns(
+            predicted=predicted.numpy().astype(np.int32),
+            probability=probabilities.gather(1, predicted[:, None])[:, 0].numpy().astype(np.float32),
+            explained=explained.numpy().astype(np.int32),
+            explained_probability=probabilities.gather(1, explained[:, None])[:, 0].numpy().astype(np.float32),
+            border=shares.border.numpy().astype(np.float32), corners=shares.corners.numpy().astype(np.float32),
+            in_boxes=torch.where(has_boxes, shares.in_boxes, nan).numpy().astype(np.float32),
+            box_area=torch.where(box_area > 0, box_area, nan).numpy().astype(np.float32),
+            peak=shares.peak.numpy().astype(np.float32), empty=shares.empty.numpy(), grids=grids,
+            predicted_rows=predicted_rows,
+            predicted_grids=predicted_grids[differs] if predicted_grids is not None else grids[:0],
+        )  # fmt: skip
 
 
 def audit_batch(
-    explainers: Sequence[AuditExplainer], items: Sequence[AuditItem], decoded: Sequence[Sequence[Decoded]]
-) -> list[PhotoAudit]:
-    """``decoded[m][i]``: photo i decoded for model m. A photo that any model could not read is an error."""
-    results = [PhotoAudit(item, []) for item in items]
-    for row in range(len(items)):
+    explainers: Sequence[AuditExplainer],
+    items: Sequence[AuditItem],
+    decoded: Sequence[Sequence[Decoded]],
+    positions: Sequence[int],
+) -> BatchAudit:
+    """``decoded[m][i]``: photo i decoded for model m; ``positions[i]``: its place in the whole audit. A
+    photo that any model could not read is an error."""
+    errors: dict[int, str] = {}
+    for row, position in enumerate(positions):
         for per_model in decoded:
-            if per_model[row].error is not None:
-                results[row].error = per_model[row].error
+            error = per_model[row].error
+            if error is not None:
+                errors[position] = error
                 break
-    good = [row for row, result in enumerate(results) if result.ok]
-    if not good:
-        return results
+    good = [row for row, position in enumerate(positions) if position not in errors]
+    columns: list[Columns] = []
     for number, (explainer, per_model) in enumerate(zip(explainers, decoded, strict=True)):
+        if not good:
+            break
         chosen = [items[r] for r in good]
         if number > 0:  # a compared model explains the class the audited model's map is of
-            chosen = [replace(item, truth=results[r].views[0].explained) for item, r in zip(chosen, good, strict=True)]
-        views = explainer.measure(chosen, [per_model[r] for r in good])
-        for row, view in zip(good, views, strict=True):
-            results[row].views.append(view)
-    return results
+            chosen = [replace(item, truth=int(c)) for item, c in zip(chosen, columns[0].explained, strict=True)]
+        columns.append(explainer.measure(chosen, [per_model[r] for r in good]))
+    return BatchAudit(np.asarray([positions[r] for r in good], dtype=np.int64), columns, errors)
 
 
 class _AuditPhotos(Dataset):
@@ -204,17 +245,49 @@ def run_local(
     workers: int = 2,
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
     progress: Callable[[int], None] | None = None,
-) -> Iterator[PhotoAudit]:
-    """Audit ``items`` with each explainer's model (the first is the audited model), in order, streaming."""
+) -> Iterator[BatchAudit]:
+    """Audit ``items`` with each explainer's model (the first is the audited model), batch by batch."""
     specs = [explainer.bundle.preprocessing for explainer in explainers]
     loader = DataLoader(
         _AuditPhotos(items, specs, max_megapixels), batch_size=batch_size, num_workers=workers,
         collate_fn=_collate, persistent_workers=False,
     )  # fmt: skip
     for batch in loader:
-        rows = [items[index] for index, _ in batch]
+        positions = [index for index, _ in batch]
         decoded = [[photo[m] for _, photo in batch] for m in range(len(explainers))]
-        results = audit_batch(explainers, rows, decoded)
+        result = audit_batch(explainers, [items[i] for i in positions], decoded, positions)
         if progress is not None:
-            progress(len(results))
-        yield from results
+            progress(len(positions))
+        yield result
+
+
+@dataclass
+class Measured:
+    """Every photo of an audit: ``items`` (all, in order), ``positions`` (ascending) of those measured, one
+    :class:`Columns` per model whose row r is the photo at ``positions[r]``, and the unreadable photos."""
+
+    items: Sequence[AuditItem]
+    positions: np.ndarray
+    models: list[Columns]
+    errors: dict[int, str]
+
+    def item(self, row: int) -> AuditItem:
+        return self.items[int(self.positions[row])]
+
+
+def collect(batches: Iterator[BatchAudit] | Sequence[BatchAudit], items: Sequence[AuditItem], models: int) -> Measured:
+    """The batches (in any order, as Ray returns them) as one :class:`Measured`, rows by position."""
+    positions: list[np.ndarray] = []
+    parts: list[list[Columns]] = [[] for _ in range(models)]
+    errors: dict[int, str] = {}
+    for batch in batches:
+        errors.update(batch.errors)
+        if len(batch.positions):
+            positions.append(batch.positions)
+            for number, columns in enumerate(batch.columns):
+                parts[number].append(columns)
+    where = np.concatenate(positions) if positions else np.zeros((0,), np.int64)
+    order = np.argsort(where, kind="stable")
+    grid = parts[0][0].grids.shape[-1] if parts[0] else GRID
+    joined = [Columns.concatenate(p, grid).take(order) for p in parts]
+    return Measured(items, where[order], joined, errors)

@@ -19,8 +19,7 @@ a class's is that of its highest-scoring eligible cluster.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +28,7 @@ import torch
 
 from ..pipeline.writer import label_of
 from .clusters import spectral_clusters
-from .engine import PhotoAudit
+from .engine import Columns, Measured
 from .measure import CORNERS, rank_correlation, top_share_iou
 
 FLAG_CORNER = 0.2  # 3.2 times a corner's share of the frame
@@ -49,41 +48,113 @@ CORNER_WORDS = {name: name.replace("_", "-") for name in CORNERS}
 
 @dataclass
 class Findings:
-    """``report``: the JSON document; ``maps``: (N, G, G) float16 rows (``photos[*].map_row``);
-    ``predicted_maps``: the predicted class's map for wrong photos (``photos[*].predicted_map_row``);
-    ``compared_maps``: the second model's maps (same rows), or None."""
+    """An audit's findings. ``head``: ``audit.json`` without its per-photo lists (``photos``,
+    ``comparison.photos``), which :meth:`photo_entries` and :meth:`comparison_entries` give one at a time,
+    so a report of 100,000 photos is written without holding it; ``measured``: the columns they come from."""
 
-    report: dict[str, Any]
-    maps: np.ndarray
-    predicted_maps: np.ndarray
-    compared_maps: np.ndarray | None
+    head: dict[str, Any]
+    measured: Measured
+    labels: Any
+    compared_labels: Any
+    cluster_of: np.ndarray  # (N,) int32, -1 none
+    right: np.ndarray  # (N,) int8: 1 right, 0 wrong, -1 truth unknown
+    wrong_reason: np.ndarray  # (N,) int8: 1 right for the wrong reason, 0 not, -1 unknown (no boxes, no truth)
+    rank_correlation: np.ndarray | None = None
+    top20_iou: np.ndarray | None = None
+
+    @property
+    def maps(self) -> np.ndarray:
+        return self.measured.models[0].grids
+
+    @property
+    def predicted_maps(self) -> np.ndarray:
+        return self.measured.models[0].predicted_grids
+
+    @property
+    def compared_maps(self) -> np.ndarray | None:
+        return self.measured.models[1].grids if len(self.measured.models) > 1 else None
+
+    def photo_entry(self, row: int) -> dict[str, Any]:
+        """``photos[row]`` of ``audit.json``."""
+        view, item = self.measured.models[0], self.measured.item(row)
+        truth = item.truth
+        predicted_row = int(view.predicted_rows[row])
+        return {
+            "path": item.path, "key": item.key,
+            "truth": None if truth is None else {"index": truth, "label": label_of(self.labels, truth)},
+            "predicted": _class(self.labels, view.predicted[row], view.probability[row]),
+            "explained": _class(self.labels, view.explained[row], view.explained_probability[row]),
+            "right": _flag(self.right[row]), "right_for_wrong_reason": _flag(self.wrong_reason[row]),
+            "energy_border": _number(view.border[row]),
+            "energy_corners": {name: _number(view.corners[row, i]) for i, name in enumerate(CORNERS)},
+            "energy_in_boxes": _number(view.in_boxes[row]), "box_area": _number(view.box_area[row]),
+            "peak": [_number(view.peak[row, 0]), _number(view.peak[row, 1])], "empty_map": bool(view.empty[row]),
+            "cluster": None if self.cluster_of[row] < 0 else int(self.cluster_of[row]), "map_row": row,
+            "predicted_map_row": None if predicted_row < 0 else predicted_row,
+        }  # fmt: skip
+
+    def photo_entries(self) -> Iterator[dict[str, Any]]:
+        return (self.photo_entry(row) for row in range(len(self.measured.positions)))
+
+    def comparison_entry(self, row: int) -> dict[str, Any]:
+        """``comparison.photos[row]`` of ``audit.json``."""
+        assert self.rank_correlation is not None and self.top20_iou is not None
+        a, b = self.measured.models
+        item = self.measured.item(row)
+        truth = item.truth
+        return {
+            "path": item.path, "key": item.key, "map_row": row,
+            "class": _class(self.labels, a.explained[row]),
+            "rank_correlation": _number(self.rank_correlation[row]), "top20_iou": _number(self.top20_iou[row]),
+            "predicted": _class(self.labels, a.predicted[row]),
+            "compared_predicted": _class(self.compared_labels, b.predicted[row]),
+            "prediction_changed": bool(a.predicted[row] != b.predicted[row]),
+            "right": None if truth is None else bool(a.predicted[row] == truth),
+            "compared_right": None if truth is None else bool(b.predicted[row] == truth),
+        }  # fmt: skip
+
+    def comparison_entries(self) -> Iterator[dict[str, Any]]:
+        return (self.comparison_entry(row) for row in range(len(self.measured.positions)))
 
 
-def _number(value: float | None, digits: int = 4) -> float | None:
-    if value is None or not math.isfinite(value):
+def _class(labels: Any, index: Any, probability: Any = None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"index": int(index), "label": label_of(labels, int(index))}
+    if probability is not None:
+        entry["probability"] = _number(probability)
+    return entry
+
+
+def _flag(value: Any) -> bool | None:
+    return None if value < 0 else bool(value)
+
+
+def _number(value: Any, digits: int = 4) -> float | None:
+    if value is None:
         return None
-    return round(float(value), digits)
+    value = float(value)
+    return round(value, digits) if math.isfinite(value) else None
 
 
-def _mean(values: Sequence[float | None]) -> float | None:
-    kept = [v for v in values if v is not None and math.isfinite(v)]
-    return sum(kept) / len(kept) if kept else None
+def _mean(values: Any) -> float | None:
+    kept = np.asarray(values, dtype=np.float64)
+    kept = kept[np.isfinite(kept)]
+    return float(kept.mean()) if kept.size else None
 
 
-def _grid_list(grid: torch.Tensor) -> list[list[float]]:
-    return [[round(float(v), 5) for v in row] for row in grid]
+def _grid_list(grid: Any) -> list[list[float]]:
+    return [[round(float(v), 5) for v in row] for row in np.asarray(grid)]
 
 
-def region_figures(views: Sequence[Any]) -> dict[str, Any]:
-    """Mean energy shares of some photos' maps (a class, a cluster)."""
-    corners = {name: _number(_mean([v.corners[i] for v in views])) for i, name in enumerate(CORNERS)}
-    with_boxes = [v for v in views if v.in_boxes is not None]
+def region_figures(view: Columns, rows: np.ndarray) -> dict[str, Any]:
+    """Mean energy shares of some photos' maps (a class, a cluster): ``rows`` of ``view``."""
+    corners = {name: _number(_mean(view.corners[rows, i])) for i, name in enumerate(CORNERS)}
+    boxed = rows[np.isfinite(view.box_area[rows])]
     return {
-        "energy_border": _number(_mean([v.border for v in views])),
+        "energy_border": _number(_mean(view.border[rows])),
         "energy_corners": corners,
-        "energy_in_boxes": _number(_mean([v.in_boxes for v in with_boxes])),
-        "box_area": _number(_mean([v.box_area for v in with_boxes])),
-        "photos_with_boxes": len(with_boxes),
+        "energy_in_boxes": _number(_mean(view.in_boxes[boxed])),
+        "box_area": _number(_mean(view.box_area[boxed])),
+        "photos_with_boxes": len(boxed),
     }
 
 
@@ -106,7 +177,7 @@ def flags(
             reasons.append(f"{border:.0%} of the map's energy on the border (44% of the frame)")
     inside, area = figures["energy_in_boxes"], figures["box_area"]
     if inside is not None and area is not None:
-        limit = min(FLAG_IN_BOXES, BOX_CONCENTRATION * area)
+        limit = outside_limit(area)
         ratios.append((1 - inside) / max(1e-6, 1 - limit))
         if inside < limit:
             reasons.append(f"only {inside:.0%} of the map's energy inside the object's boxes ({area:.0%} of the frame)")
@@ -121,40 +192,40 @@ def flags(
     return reasons, max(ratios)
 
 
-def _peak_of(grid: torch.Tensor) -> tuple[float, float]:
+def outside_limit(box_area: Any) -> Any:
+    """Below this share of energy inside the boxes, a map is about something else than the object."""
+    return np.minimum(FLAG_IN_BOXES, BOX_CONCENTRATION * box_area)
+
+
+def _peak_of(grid: np.ndarray) -> tuple[float, float]:
     size = grid.shape[-1]
-    flat = int(grid.flatten().argmax())
+    flat = int(np.argmax(grid))
     return ((flat // size + 0.5) / size, (flat % size + 0.5) / size)
 
 
 def _class_figures(
-    index: int, rows: list[int], photos: Sequence[PhotoAudit], grids: torch.Tensor, labels: Any
-) -> tuple[dict[str, Any], dict[int, int]]:
-    views = [photos[r].views[0] for r in rows]
-    members = grids[rows].float()
-    truth_known = [photos[r].item.truth is not None for r in rows]
-    right = sum(
-        1 for r, known in zip(rows, truth_known, strict=True) if known and photos[r].views[0].predicted == index
-    )
-    labels_of_clusters = spectral_clusters(members)
-    cluster_of: dict[int, int] = {}
+    index: int, rows: np.ndarray, measured: Measured, right: np.ndarray, labels: Any, cluster_of: np.ndarray
+) -> dict[str, Any]:
+    view = measured.models[0]
+    members = view.grids[rows].astype(np.float32)
+    known = int((right[rows] >= 0).sum())
+    correct = int((right[rows] == 1).sum())
+    assignment = spectral_clusters(torch.from_numpy(members)).numpy()
     clusters = []
-    for number in range(int(labels_of_clusters.max()) + 1 if len(rows) else 0):
-        inside = (labels_of_clusters == number).nonzero()[:, 0].tolist()
-        cluster_views = [views[i] for i in inside]
+    for number in range(int(assignment.max()) + 1 if len(rows) else 0):
+        inside = np.nonzero(assignment == number)[0]
+        members_rows = rows[inside]
         mean_map = members[inside].mean(0)
         peak = _peak_of(mean_map)
-        near = [
-            math.hypot(v.peak[0] - peak[0], v.peak[1] - peak[1]) <= FIXED_RADIUS for v in cluster_views if not v.empty
-        ]
-        consistency = sum(near) / len(near) if near else None
-        figures = region_figures(cluster_views)
+        full = members_rows[~view.empty[members_rows]]
+        near = np.hypot(view.peak[full, 0] - peak[0], view.peak[full, 1] - peak[1]) <= FIXED_RADIUS
+        consistency = float(near.mean()) if len(full) else None
+        figures = region_figures(view, members_rows)
         eligible = len(inside) >= max(MIN_FLAG_SIZE, MIN_FLAG_SHARE * len(rows))
         reasons, score = flags(figures, consistency, peak)
-        distance = (members[inside] - mean_map).flatten(1).norm(dim=1)
-        typical = [photos[rows[inside[i]]].item.key for i in distance.argsort()[:TYPICAL].tolist()]
-        for i in inside:
-            cluster_of[rows[i]] = number
+        distance = np.linalg.norm((members[inside] - mean_map).reshape(len(inside), -1), axis=1)
+        typical = [measured.item(int(members_rows[i])).key for i in np.argsort(distance, kind="stable")[:TYPICAL]]
+        cluster_of[members_rows] = number
         clusters.append({
             "index": number, "size": len(inside), "share": _number(len(inside) / len(rows)),
             **figures, "peak": [_number(peak[0]), _number(peak[1])], "peak_consistency": _number(consistency),
@@ -163,131 +234,77 @@ def _class_figures(
             "typical": typical, "mean_map": _grid_list(mean_map),
         })  # fmt: skip
     flagged = [c for c in clusters if c["flagged"]]
-    known = sum(truth_known)
-    entry = {
+    return {
         "index": index, "name": label_of(labels, index), "photos": len(rows),
-        "photos_with_truth": known, "right": right if known else None,
-        "accuracy": _number(right / known) if known else None,
-        **region_figures(views),
+        "photos_with_truth": known, "right": correct if known else None,
+        "accuracy": _number(correct / known) if known else None,
+        **region_figures(view, rows),
         "mean_map": _grid_list(members.mean(0)),
         "clusters": clusters, "flagged": bool(flagged),
         "reasons": [f"cluster {c['index']} ({c['size']} photos): {reason}" for c in flagged for reason in c["reasons"]],
         "shortcut_score": _number(max([c["shortcut_score"] or 0.0 for c in clusters if c["eligible"]], default=0.0)),
     }  # fmt: skip
-    return entry, cluster_of
 
 
-def summarise(photos: Sequence[PhotoAudit], labels: Any, run: dict[str, Any], compared_labels: Any = None) -> Findings:
-    """The findings of an audit of ``photos`` (in their order); ``run`` holds what was run (model, method,
-    layer, ...) and is kept in the report as it is."""
-    good = [i for i, p in enumerate(photos) if p.ok]
-    grid_size = photos[good[0]].views[0].grid.shape[0] if good else 16
-    maps = (
-        np.stack([photos[i].views[0].grid for i in good]) if good else np.zeros((0, grid_size, grid_size), np.float16)
-    )
-    grids = torch.from_numpy(maps.astype(np.float32))
-    by_class: dict[int, list[int]] = defaultdict(list)
-    for position, i in enumerate(good):
-        by_class[photos[i].views[0].explained].append(position)
-    classes, cluster_of = [], {}
-    for index in sorted(by_class):
-        entry, clusters = _class_figures(index, by_class[index], [photos[i] for i in good], grids, labels)
-        classes.append(entry)
-        cluster_of.update(clusters)
+def summarise(measured: Measured, labels: Any, run: dict[str, Any], compared_labels: Any = None) -> Findings:
+    """The findings of an audit; ``run`` holds what was run (model, method, layer, ...), kept as it is."""
+    view = measured.models[0]
+    count = len(measured.positions)
+    truth = np.array([-1 if measured.item(r).truth is None else measured.item(r).truth for r in range(count)])
+    right = np.where(truth < 0, -1, view.predicted == truth).astype(np.int8)
+    boxed = np.isfinite(view.in_boxes)
+    outside = np.zeros(count, dtype=bool)
+    outside[boxed] = view.in_boxes[boxed] < outside_limit(view.box_area[boxed])
+    wrong_reason = np.where((right == 1) & boxed, outside, -1).astype(np.int8)
+    cluster_of = np.full(count, -1, dtype=np.int32)
+    classes = [
+        _class_figures(int(index), np.nonzero(view.explained == index)[0], measured, right, labels, cluster_of)
+        for index in np.unique(view.explained)
+    ]
     classes.sort(key=lambda c: (-(c["shortcut_score"] or 0.0), c["index"]))
-    predicted_maps: list[np.ndarray] = []
-    photo_entries = []
-    for position, i in enumerate(good):
-        photo_entries.append(_photo_entry(photos[i], labels, position, cluster_of.get(position), predicted_maps))
-    failed = [{"path": p.item.path, "key": p.item.key, "error": p.error} for p in photos if not p.ok]
-    truth_known = [e for e in photo_entries if e["truth"] is not None]
-    report: dict[str, Any] = {
-        "version": 1, **run, "grid": grid_size,
+    failed = [{"path": measured.items[p].path, "key": measured.items[p].key, "error": e}
+              for p, e in sorted(measured.errors.items())]  # fmt: skip
+    known = right >= 0
+    head: dict[str, Any] = {
+        "version": 1, **run, "grid": int(view.grids.shape[-1]) if count else 16,
         "summary": {
-            "photos": len(photos), "audited": len(good), "failed": len(failed),
-            "photos_with_truth": len(truth_known),
-            "accuracy": _number(_mean([1.0 if e["right"] else 0.0 for e in truth_known])),
+            "photos": len(measured.items), "audited": count, "failed": len(failed),
+            "photos_with_truth": int(known.sum()),
+            "accuracy": _number(float((right[known] == 1).mean())) if known.any() else None,
             "classes": len(classes), "flagged_classes": sum(1 for c in classes if c["flagged"]),
-            "right_for_wrong_reason": sum(1 for e in photo_entries if e["right_for_wrong_reason"]),
+            "right_for_wrong_reason": int((wrong_reason == 1).sum()),
         },
-        "classes": classes, "photos": photo_entries, "failed": failed,
+        "classes": classes, "failed": failed,
     }  # fmt: skip
-    compared = None
-    if good and len(photos[good[0]].views) > 1:
-        compared = np.stack([photos[i].views[1].grid for i in good])
-        report["comparison"] = _comparison(
-            [photos[i] for i in good], grids, torch.from_numpy(compared.astype(np.float32)), labels, compared_labels
-        )
-    predicted = np.stack(predicted_maps) if predicted_maps else np.zeros((0, grid_size, grid_size), np.float16)
-    return Findings(report, maps, predicted, compared)
+    findings = Findings(head, measured, labels, compared_labels, cluster_of, right, wrong_reason)
+    if len(measured.models) > 1:
+        _compare(findings)
+    return findings
 
 
-def _photo_entry(
-    photo: PhotoAudit, labels: Any, row: int, cluster: int | None, predicted_maps: list[np.ndarray]
-) -> dict[str, Any]:
-    view, truth = photo.views[0], photo.item.truth
-    right = None if truth is None else view.predicted == truth
-    outside = None
-    if right and view.in_boxes is not None and view.box_area is not None:
-        outside = view.in_boxes < min(FLAG_IN_BOXES, BOX_CONCENTRATION * view.box_area)
-    predicted_row = None
-    if view.predicted_grid is not None:
-        predicted_row = len(predicted_maps)
-        predicted_maps.append(view.predicted_grid)
-    return {
-        "path": photo.item.path, "key": photo.item.key,
-        "truth": None if truth is None else {"index": truth, "label": label_of(labels, truth)},
-        "predicted": {"index": view.predicted, "label": label_of(labels, view.predicted),
-                      "probability": _number(view.probability)},
-        "explained": {"index": view.explained, "label": label_of(labels, view.explained),
-                      "probability": _number(view.explained_probability)},
-        "right": right, "right_for_wrong_reason": outside,
-        "energy_border": _number(view.border),
-        "energy_corners": {name: _number(view.corners[i]) for i, name in enumerate(CORNERS)},
-        "energy_in_boxes": _number(view.in_boxes), "box_area": _number(view.box_area),
-        "peak": [_number(view.peak[0]), _number(view.peak[1])], "empty_map": view.empty,
-        "cluster": cluster, "map_row": row, "predicted_map_row": predicted_row,
-    }  # fmt: skip
-
-
-def _comparison(
-    photos: Sequence[PhotoAudit], grids_a: torch.Tensor, grids_b: torch.Tensor, labels: Any, labels_b: Any
-) -> dict[str, Any]:
-    correlation = rank_correlation(grids_a, grids_b)
-    overlap = top_share_iou(grids_a, grids_b, TOP_SHARE)
-    entries: list[dict[str, Any]] = []
-    by_class: dict[int, list[int]] = defaultdict(list)
-    for row, photo in enumerate(photos):
-        a, b = photo.views
-        truth = photo.item.truth
-        entries.append({
-            "path": photo.item.path, "key": photo.item.key, "map_row": row,
-            "class": {"index": a.explained, "label": label_of(labels, a.explained)},
-            "rank_correlation": _number(float(correlation[row])), "top20_iou": _number(float(overlap[row])),
-            "predicted": {"index": a.predicted, "label": label_of(labels, a.predicted)},
-            "compared_predicted": {"index": b.predicted, "label": label_of(labels_b, b.predicted)},
-            "prediction_changed": a.predicted != b.predicted,
-            "right": None if truth is None else a.predicted == truth,
-            "compared_right": None if truth is None else b.predicted == truth,
-        })  # fmt: skip
-        by_class[a.explained].append(row)
+def _compare(findings: Findings) -> None:
+    a, b = findings.measured.models
+    grids_a, grids_b = torch.from_numpy(a.grids.astype(np.float32)), torch.from_numpy(b.grids.astype(np.float32))
+    correlation = rank_correlation(grids_a, grids_b).numpy()
+    overlap = top_share_iou(grids_a, grids_b, TOP_SHARE).numpy()
+    findings.rank_correlation, findings.top20_iou = correlation, overlap
+    changed = a.predicted != b.predicted
+    keys = [findings.measured.item(r).key for r in range(len(a))]
     classes: list[dict[str, Any]] = []
-    for index, rows in sorted(by_class.items()):
-        order = sorted(rows, key=lambda r: (_sort_value(entries[r]["rank_correlation"]), entries[r]["key"]))
+    for index in np.unique(a.explained):
+        rows = np.nonzero(a.explained == index)[0]
+        order = sorted(rows.tolist(), key=lambda r: (_sort_value(_number(correlation[r])), keys[r]))
         classes.append({
-            "index": index, "name": label_of(labels, index), "photos": len(rows),
-            "rank_correlation": _number(_mean([entries[r]["rank_correlation"] for r in rows])),
-            "top20_iou": _number(_mean([entries[r]["top20_iou"] for r in rows])),
-            "prediction_changes": sum(1 for r in rows if entries[r]["prediction_changed"]),
-            "by_disagreement": [entries[r]["key"] for r in order],
+            "index": int(index), "name": label_of(findings.labels, int(index)), "photos": len(rows),
+            "rank_correlation": _number(_mean(correlation[rows])), "top20_iou": _number(_mean(overlap[rows])),
+            "prediction_changes": int(changed[rows].sum()),
+            "by_disagreement": [keys[r] for r in order],
             "mean_map": _grid_list(grids_a[rows].mean(0)), "compared_mean_map": _grid_list(grids_b[rows].mean(0)),
         })  # fmt: skip
     classes.sort(key=lambda c: (_sort_value(c["rank_correlation"]), c["index"]))
-    return {
-        "rank_correlation": _number(_mean([e["rank_correlation"] for e in entries])),
-        "top20_iou": _number(_mean([e["top20_iou"] for e in entries])),
-        "prediction_changes": sum(1 for e in entries if e["prediction_changed"]),
-        "photos": entries, "classes": classes,
+    findings.head["comparison"] = {
+        "rank_correlation": _number(_mean(correlation)), "top20_iou": _number(_mean(overlap)),
+        "prediction_changes": int(changed.sum()), "classes": classes,
     }  # fmt: skip
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +22,14 @@ from PIL import Image
 from ..io.files import write_atomic
 from ..io.images import model_view
 from ..io.models import LoadedModel
-from ..pipeline.local import write_json_atomic
 from ..pipeline.writer import save_npy_atomic, slug
 from ..render.viz import colorize, overlay, to_pil
-from .engine import PhotoAudit, decode_for_audit
+from .engine import decode_for_audit
 from .findings import Findings
 
 PICTURE_SIDE = 128
-PAGE_CLASSES = 60  # classes given a page with photos (highest shortcut score first); all are in audit.json
 PAGE_PHOTOS = 24  # photos per list on the page (wrong predictions, right for the wrong reason, ...)
+CHANGED_SHOWN = 200  # predictions that changed, listed on the comparison page
 
 
 def heat_picture(grid: Any, side: int = PICTURE_SIDE, colormap: str = "jet") -> Image.Image:
@@ -65,61 +65,100 @@ def _save_png(picture: Image.Image, path: Path) -> None:
     write_atomic(path, lambda temporary: picture.save(temporary, format="PNG"))
 
 
-def write_outputs(
-    findings: Findings, out: Path, photos: Mapping[str, PhotoAudit], bundles: Sequence[LoadedModel]
-) -> None:
+def write_report_json(findings: Findings, path: Path) -> None:
+    """``audit.json``, the per-photo lists written one entry at a time (never the whole text in memory)."""
+
+    def write(temporary: Path) -> None:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            head = {k: v for k, v in findings.head.items() if k != "comparison"}
+            handle.write(json.dumps(head, indent=1)[:-2])  # without the closing brace
+            handle.write(',\n "photos": [')
+            _write_list(handle, findings.photo_entries())
+            comparison = findings.head.get("comparison")
+            if comparison is not None:
+                handle.write(',\n "comparison": ' + json.dumps(comparison, indent=1)[:-2] + ',\n "photos": [')
+                _write_list(handle, findings.comparison_entries())
+                handle.write("}")
+            handle.write("\n}\n")
+
+    write_atomic(path, write)
+
+
+def _write_list(handle: Any, entries: Any) -> None:
+    for number, entry in enumerate(entries):
+        handle.write(("\n  " if number == 0 else ",\n  ") + json.dumps(entry))
+    handle.write("\n ]")
+
+
+def write_outputs(findings: Findings, out: Path, bundles: Sequence[LoadedModel]) -> None:
     """Everything an audit writes into ``out`` (see the module's docstring)."""
     out.mkdir(parents=True, exist_ok=True)
-    report = findings.report
+    head = findings.head
     save_npy_atomic(findings.maps, out / "maps.npy")
     save_npy_atomic(findings.predicted_maps, out / "predicted_maps.npy")
     if findings.compared_maps is not None:
         save_npy_atomic(findings.compared_maps, out / "compared_maps.npy")
     folder = out / "maps"
     folder.mkdir(exist_ok=True)
-    for entry in report["classes"]:
+    for entry in head["classes"]:
         name = f"class-{entry['index']}-{slug(entry['name'])}"
         entry["picture"] = f"maps/{name}-mean.png"
         _save_png(heat_picture(entry["mean_map"]), out / entry["picture"])
         for cluster in entry["clusters"]:
             cluster["picture"] = f"maps/{name}-cluster-{cluster['index']}.png"
             _save_png(heat_picture(cluster["mean_map"]), out / cluster["picture"])
-    for entry in report.get("comparison", {}).get("classes", []):
+    for entry in head.get("comparison", {}).get("classes", []):
         name = f"class-{entry['index']}-{slug(entry['name'])}"
         entry["compared_picture"] = f"maps/{name}-compared-mean.png"
         _save_png(heat_picture(entry["compared_mean_map"]), out / entry["compared_picture"])
-    write_json_atomic(report, out / "audit.json")
+    write_report_json(findings, out / "audit.json")
     from ..render.audit_page import audit_page
 
-    pictures = _Pictures(out, photos, bundles, findings)
-    html = audit_page(report, pictures)
+    html = audit_page(head, page_lists(findings), _Pictures(out, bundles, findings))
     write_atomic(out / "audit.html", lambda temporary: temporary.write_text(html, encoding="utf-8"))
+
+
+def page_lists(findings: Findings) -> dict[str, Any]:
+    """The few photos the page lists, as ``audit.json`` entries, with the full counts."""
+    view = findings.measured.models[0]
+    wrong_reason = np.nonzero(findings.wrong_reason == 1)[0]
+    wrong_reason = wrong_reason[np.argsort(view.in_boxes[wrong_reason], kind="stable")]
+    wrong = np.nonzero(findings.right == 0)[0]
+    wrong = wrong[np.argsort(-view.probability[wrong], kind="stable")]
+    lists: dict[str, Any] = {
+        "boxes": bool(np.isfinite(view.in_boxes).any()), "truth": bool((findings.right >= 0).any()),
+        "right_for_wrong_reason": [findings.photo_entry(int(r)) for r in wrong_reason[:PAGE_PHOTOS]],
+        "right_for_wrong_reason_count": len(wrong_reason),
+        "wrong": [findings.photo_entry(int(r)) for r in wrong[:PAGE_PHOTOS]], "wrong_count": len(wrong),
+    }  # fmt: skip
+    if len(findings.measured.models) > 1:
+        changed = np.nonzero(findings.measured.models[1].predicted != view.predicted)[0]
+        lists["changed"] = [findings.comparison_entry(int(r)) for r in changed[:CHANGED_SHOWN]]
+        lists["changed_count"] = len(changed)
+    return lists
 
 
 class _Pictures:
     """Data URIs of the pictures the page shows, drawn when first asked for."""
 
-    def __init__(
-        self, out: Path, photos: Mapping[str, PhotoAudit], bundles: Sequence[LoadedModel], findings: Findings
-    ) -> None:
-        self.out, self.photos, self.bundles, self.findings = out, photos, bundles, findings
-        self.rows = {entry["key"]: entry for entry in findings.report["photos"]}
+    def __init__(self, out: Path, bundles: Sequence[LoadedModel], findings: Findings) -> None:
+        self.out, self.bundles, self.findings = out, bundles, findings
+        self.rows = {findings.measured.item(r).key: r for r in range(len(findings.measured.positions))}
 
     def file(self, relative: str) -> str:
         return data_uri(Image.open(self.out / relative), "PNG")
 
     def photo(self, key: str, which: str = "map") -> str | None:
         """``which``: ``map`` (the audited class's), ``predicted`` (the predicted class's) or ``compared``."""
-        entry, audit_of = self.rows.get(key), self.photos.get(key)
-        if entry is None or audit_of is None:
+        row = self.rows.get(key)
+        if row is None:
             return None
-        if which == "predicted":
-            row = entry["predicted_map_row"]
-            grid = self.findings.predicted_maps[row] if row is not None else self.findings.maps[entry["map_row"]]
-        elif which == "compared" and self.findings.compared_maps is not None:
-            grid = self.findings.compared_maps[entry["map_row"]]
-        else:
-            grid = self.findings.maps[entry["map_row"]]
+        view = self.findings.measured.models[0]
+        grid = view.grids[row]
+        if which == "predicted" and view.predicted_rows[row] >= 0:
+            grid = view.predicted_grids[view.predicted_rows[row]]
+        elif which == "compared" and len(self.findings.measured.models) > 1:
+            grid = self.findings.measured.models[1].grids[row]
         bundle = self.bundles[1] if which == "compared" and len(self.bundles) > 1 else self.bundles[0]
-        picture = photo_picture(audit_of.item.path, bundle, grid)
+        picture = photo_picture(self.findings.measured.item(row).path, bundle, grid)
         return data_uri(picture) if picture is not None else None

@@ -1,41 +1,71 @@
 """The audit's Ray engine: the photos become a Ray Dataset, actors (each holding the models once) run the
-same :class:`~gradcam.audits.engine.AuditExplainer` as the local engine, and the small per-photo views
-stream back to the driver, which computes the same findings."""
+same :class:`~gradcam.audits.engine.AuditExplainer` as the local engine, and each batch's columns of
+numbers stream back to the driver as numpy arrays, which computes the same findings."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from ..io.images import DEFAULT_MAX_MEGAPIXELS
 from ..io.models import LoadedModel
-from .engine import AuditExplainer, AuditItem, ModelView, PhotoAudit, audit_batch, decode_for_audit
+from .engine import (
+    ROW_FIELDS,
+    AuditExplainer,
+    AuditItem,
+    BatchAudit,
+    Columns,
+    Measured,
+    audit_batch,
+    collect,
+    decode_for_audit,
+)
 
 
-def view_to_json(view: ModelView) -> dict[str, Any]:
-    data = dict(view.__dict__)
-    data["grid"] = view.grid.astype(np.float16).tobytes().hex()
-    data["predicted_grid"] = (
-        None if view.predicted_grid is None else view.predicted_grid.astype(np.float16).tobytes().hex()
-    )
-    data["shape"] = list(view.grid.shape)
-    return data
+def batch_to_rows(batch: BatchAudit, positions: Sequence[int], grid: int) -> dict[str, np.ndarray]:
+    """One row per photo of the batch (measured or not), as Ray Data columns: ``position``, ``error`` ('' when
+    measured) and, per model m, ``m{m}.FIELD`` (the predicted class's map in ``m{m}.predicted_grid``)."""
+    count = len(positions)
+    measured = {int(p): row for row, p in enumerate(batch.positions)}
+    rows: dict[str, np.ndarray] = {
+        "position": np.asarray(positions, dtype=np.int64),
+        "error": np.array([batch.errors.get(int(p), "") for p in positions], dtype=object),
+    }
+    where = np.array([measured.get(int(p), -1) for p in positions])
+    for number, columns in enumerate(batch.columns):
+        for name in ROW_FIELDS:
+            values = getattr(columns, name)
+            full = np.zeros((count, *values.shape[1:]), dtype=values.dtype)
+            full[where >= 0] = values[where[where >= 0]]
+            rows[f"m{number}.{name}"] = full
+        predicted = np.zeros((count, grid, grid), dtype=np.float16)
+        has = np.zeros(count, dtype=bool)
+        for row, source in enumerate(where):
+            if source >= 0 and columns.predicted_rows[source] >= 0:
+                predicted[row], has[row] = columns.predicted_grids[columns.predicted_rows[source]], True
+        rows[f"m{number}.predicted_grid"], rows[f"m{number}.has_predicted"] = predicted, has
+    return rows
 
 
-def view_from_json(data: dict[str, Any]) -> ModelView:
-    shape = tuple(data.pop("shape"))
-    grid = np.frombuffer(bytes.fromhex(data.pop("grid")), dtype=np.float16).reshape(shape)
-    hexed = data.pop("predicted_grid")
-    predicted = None if hexed is None else np.frombuffer(bytes.fromhex(hexed), dtype=np.float16).reshape(shape)
-    data["corners"], data["peak"] = tuple(data["corners"]), tuple(data["peak"])
-    return ModelView(grid=grid, predicted_grid=predicted, **data)
+def rows_to_batch(rows: dict[str, np.ndarray], models: int) -> BatchAudit:
+    errors = {int(p): str(e) for p, e in zip(rows["position"], rows["error"], strict=True) if str(e)}
+    good = np.array([not str(e) for e in rows["error"]], dtype=bool)
+    columns = []
+    for number in range(models if good.any() else 0):
+        values = {name: rows[f"m{number}.{name}"][good] for name in ROW_FIELDS}
+        has = rows[f"m{number}.has_predicted"][good]
+        predicted_rows = np.full(int(good.sum()), -1, dtype=np.int32)
+        predicted_rows[has] = np.arange(int(has.sum()), dtype=np.int32)
+        columns.append(Columns(**values, predicted_rows=predicted_rows,
+                               predicted_grids=rows[f"m{number}.predicted_grid"][good][has]))  # fmt: skip
+    return BatchAudit(rows["position"][good], columns, errors)
 
 
 class AuditActor:
-    """A Ray Data actor: holds the models, audits batches of rows ``{"index", "path", "key", "truth", "boxes"}``."""
+    """A Ray Data actor: holds the models, audits batches of rows ``{"position", "path", "key", "truth", "boxes"}``."""
 
     def __init__(
         self, bundles: Sequence[LoadedModel], method: Any, layer: str | None, threads: int, max_megapixels: float
@@ -55,10 +85,17 @@ class AuditActor:
         ]  # fmt: skip
         decoded = [[decode_for_audit(item.path, e.bundle.preprocessing, self.max_megapixels) for item in items]
                    for e in self.explainers]  # fmt: skip
-        results = audit_batch(self.explainers, items, decoded)
-        rows = [json.dumps({"error": r.error, "views": [view_to_json(v) for v in r.views],
-                            "layers": [e.layer for e in self.explainers]}) for r in results]  # fmt: skip
-        return {"index": np.asarray(batch["index"]), "result": np.array(rows, dtype=object)}
+        positions = [int(p) for p in batch["position"]]
+        result = audit_batch(self.explainers, items, decoded, positions)
+        rows = batch_to_rows(result, positions, _grid(result))
+        rows["layers"] = np.array([json.dumps([e.layer for e in self.explainers])] * len(positions), dtype=object)
+        return rows
+
+
+def _grid(batch: BatchAudit) -> int:
+    from .measure import GRID
+
+    return batch.columns[0].grids.shape[-1] if batch.columns else GRID
 
 
 def run_ray(
@@ -71,14 +108,14 @@ def run_ray(
     progress: Callable[[int], None] | None = None,
     cpus_per_actor: float = 1.0,
     threads_per_actor: int = 1,
-) -> tuple[list[PhotoAudit], list[str | None]]:
-    """Audit ``items`` on Ray with the explainers' models; returns the photos in order and the layers used."""
+) -> tuple[Measured, list[str | None]]:
+    """Audit ``items`` on Ray with the explainers' models; returns what was measured and the layers used."""
     import ray
 
     if not ray.is_initialized():
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
     rows = ray.data.from_items([
-        {"index": i, "path": item.path, "key": item.key, "truth": -1 if item.truth is None else item.truth,
+        {"position": i, "path": item.path, "key": item.key, "truth": -1 if item.truth is None else item.truth,
          "boxes": json.dumps([list(b) for b in item.boxes])}
         for i, item in enumerate(items)
     ])  # fmt: skip
@@ -92,17 +129,22 @@ def run_ray(
         batch_size=batch_size, batch_format="numpy", concurrency=actors, num_cpus=cpus_per_actor,
         max_restarts=-1, max_task_retries=-1,
     )  # fmt: skip
-    photos: list[PhotoAudit | None] = [None] * len(items)
     layers: list[str | None] = [e.layer for e in explainers]
-    for row in results.iter_rows():
-        data = json.loads(str(row["result"]))
-        index = int(row["index"])
-        photos[index] = PhotoAudit(items[index], [view_from_json(v) for v in data["views"]], data["error"])
-        if data["views"]:
-            layers = data["layers"]
-        if progress is not None:
-            progress(1)
-    missing = [items[i].path for i, p in enumerate(photos) if p is None]
-    if missing:
-        raise RuntimeError(f"the Ray engine lost {len(missing)} photos (first: {missing[0]})")
-    return [p for p in photos if p is not None], layers
+    seen: set[int] = set()
+
+    def batches() -> Iterator[BatchAudit]:
+        nonlocal layers
+        for rows_out in results.iter_batches(batch_format="numpy", batch_size=None):
+            batch = rows_to_batch(rows_out, len(explainers))
+            seen.update(int(p) for p in rows_out["position"])
+            if len(batch.positions):
+                layers = json.loads(str(rows_out["layers"][0]))
+            if progress is not None:
+                progress(len(rows_out["position"]))
+            yield batch
+
+    measured = collect(batches(), items, len(explainers))
+    if len(seen) != len(items):
+        missing = next(item.path for i, item in enumerate(items) if i not in seen)
+        raise RuntimeError(f"the Ray engine lost {len(items) - len(seen)} photos (first: {missing})")
+    return measured, layers

@@ -149,31 +149,26 @@ def _class_page(entry: dict[str, Any], pictures: Pictures) -> str:
     )
 
 
-def _photo_lists(report: dict[str, Any], pictures: Pictures) -> str:
-    photos = report["photos"]
+def _photo_lists(lists: dict[str, Any], pictures: Pictures) -> str:
     parts = []
-    wrong_reason = [p for p in photos if p["right_for_wrong_reason"]]
-    wrong_reason.sort(key=lambda p: (p["energy_in_boxes"] if p["energy_in_boxes"] is not None else 1.0, p["key"]))
-    if any(p["energy_in_boxes"] is not None for p in photos):
+    if lists["boxes"]:
         figures = "".join(
             _figure(pictures.photo(p["key"]), f"{p['key']}: {p['predicted']['label']}, "
                     f"{_share(p['energy_in_boxes'])} in the box")
-            for p in wrong_reason[:PAGE_PHOTOS]
+            for p in lists["right_for_wrong_reason"]
         )  # fmt: skip
-        parts.append(f'<h2 id=wrong-reason>Right for the wrong reason ({len(wrong_reason)})</h2>'
+        parts.append(f'<h2 id=wrong-reason>Right for the wrong reason ({lists["right_for_wrong_reason_count"]})</h2>'
                      f'<p class=muted>Right predictions whose map sits mostly outside the object\'s boxes.</p>'
                      f'<div class=row>{figures or "none"}</div>')  # fmt: skip
-    wrong = [p for p in photos if p["right"] is False]
-    wrong.sort(key=lambda p: (-(p["predicted"]["probability"] or 0.0), p["key"]))
-    if any(p["right"] is not None for p in photos):
+    if lists["truth"]:
         pairs = "".join(
             f'<div class=pair data-key="{escape(p["key"])}">'
             f'{_figure(pictures.photo(p["key"]), "true: " + p["truth"]["label"])}'
             f'{_figure(pictures.photo(p["key"], "predicted"), _said(p))}</div>'
-            for p in wrong[:PAGE_PHOTOS]
+            for p in lists["wrong"]
         )  # fmt: skip
-        parts.append(f'<h2 id=wrong>Wrong predictions ({len(wrong)})</h2><p class=muted>The map of the true class '
-                     f'beside the map of the class the model said, most confident mistakes first.</p>'
+        parts.append(f'<h2 id=wrong>Wrong predictions ({lists["wrong_count"]})</h2><p class=muted>The map of the true '
+                     f'class beside the map of the class the model said, most confident mistakes first.</p>'
                      f'<div class=row>{pairs or "none"}</div>')  # fmt: skip
     return "".join(parts)
 
@@ -183,7 +178,7 @@ def _said(photo: dict[str, Any]) -> str:
     return f"said: {predicted['label']} ({_share(predicted['probability'])})"
 
 
-def _comparison(report: dict[str, Any], pictures: Pictures) -> str:
+def _comparison(report: dict[str, Any], lists: dict[str, Any], pictures: Pictures) -> str:
     comparison = report.get("comparison")
     if comparison is None:
         return ""
@@ -213,17 +208,18 @@ def _comparison(report: dict[str, Any], pictures: Pictures) -> str:
             f'{_figure(pictures.file(entry["compared_picture"]), "compared model, mean")}</div>'
             f'<p class=muted>Photos where the two maps disagree most:</p><div class=row>{worst}</div></div>'
         )  # fmt: skip
-    changed = [p for p in comparison["photos"] if p["prediction_changed"]]
+    changed = lists["changed"]
     change_rows = "".join(
         f'<tr><td class=name>{escape(p["key"])}</td><td class=name>{escape(p["predicted"]["label"])}</td>'
         f'<td class=name>{escape(p["compared_predicted"]["label"])}</td></tr>'
-        for p in changed[:200]
+        for p in changed
     )  # fmt: skip
     return (
         f"<h2 id=comparison>Comparison with {other}</h2><p>Mean rank correlation of the maps "
         f"{_number(comparison['rank_correlation'])}, mean IoU of their top 20% {_number(comparison['top20_iou'])}, "
         f"{comparison['prediction_changes']} predictions changed.</p>{table}{''.join(pages)}"
-        f"<h3>Predictions that changed ({len(changed)})</h3><table><thead><tr><th class=name>Photo</th>"
+        f"<h3>Predictions that changed ({lists['changed_count']}, the first {len(changed)} listed)</h3>"
+        "<table><thead><tr><th class=name>Photo</th>"
         f"<th class=name>Audited model</th><th class=name>{other}</th></tr></thead><tbody>{change_rows}</tbody></table>"
     )
 
@@ -236,8 +232,9 @@ def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def audit_page(report: dict[str, Any], pictures: Pictures) -> str:
-    """The page of an audit ``report`` (``audit.json``'s content, with the PNG paths added)."""
+def audit_page(report: dict[str, Any], lists: dict[str, Any], pictures: Pictures) -> str:
+    """The page of an audit: ``report`` is ``audit.json`` without its per-photo lists (with the PNG paths
+    added), ``lists`` the photos the page lists (:func:`gradcam.audits.output.page_lists`)."""
     summary = report["summary"]
     classes = report["classes"]
     paged = classes[:PAGE_CLASSES]
@@ -271,8 +268,8 @@ shortcut score: the largest ratio of a rule's figure to its threshold (1 or more
 {_class_table(classes, {c["index"] for c in paged})}
 {f"<p class=muted>{more} more classes are in audit.json.</p>" if more else ""}
 <h2>Class pages</h2>{"".join(_class_page(entry, pictures) for entry in paged)}
-{_photo_lists(report, pictures)}
-{_comparison(report, pictures)}
+{_photo_lists(lists, pictures)}
+{_comparison(report, lists, pictures)}
 {failed_section}
 </section>
 <script>{_SCRIPT}</script>
