@@ -1,9 +1,11 @@
-"""Retake the README's pictures: the overlay and channel grid of chelsea, the HTML report, the web app.
+"""Retake the README's pictures: the overlay and channel grid of chelsea, the HTML report, the web app,
+the audit page of the planted shortcut.
 
     python scripts/screenshots.py            # needs the web extra, Playwright and Debian's chromium
+    python scripts/screenshots.py audit      # only docs/audit-page.png (scripts/shortcut_demo.py, 30 a class)
 
-Writes docs/chelsea-overlay.png, docs/chelsea-channels.png, docs/coffee-overlay.png, docs/report.png and
-docs/web-app.png from the example photos and the embedded model (offline).
+Writes docs/chelsea-overlay.png, docs/chelsea-channels.png, docs/coffee-overlay.png, docs/report.png,
+docs/web-app.png and docs/audit-page.png from the example photos and the embedded model (offline).
 """
 
 from __future__ import annotations
@@ -60,5 +62,20 @@ def main_() -> None:
         app.close()
 
 
+def audit_page() -> None:
+    """The planted-shortcut demo's audit page: the class table and the flagged class's page."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import shortcut_demo
+
+    with tempfile.TemporaryDirectory() as scratch:
+        shortcut_demo.main([scratch, "--per-class", "30"])
+        with headless_page(1300, 1250) as page:
+            page.goto((Path(scratch) / "audit" / "audit.html").as_uri())
+            page.wait_for_function("[...document.images].every(i => i.complete)")
+            page.screenshot(path=str(ROOT / "docs" / "audit-page.png"))
+
+
 if __name__ == "__main__":
-    main_()
+    if sys.argv[1:] != ["audit"]:
+        main_()
+    audit_page()

@@ -35,7 +35,7 @@ def spectral_clusters(
 ) -> torch.Tensor:
     """Cluster labels (N,) 0..c-1 for N maps (N, ...), c chosen by the eigengap; clusters are numbered
     from the largest. Fewer than 4 maps are one cluster."""
-    points = maps.flatten(1).double()
+    points = maps.flatten(1).float()
     count = points.shape[0]
     if count < 4:
         return torch.zeros(count, dtype=torch.long)
@@ -66,15 +66,17 @@ def _cluster_sample(
 
 
 def _spectrum(points: torch.Tensor, neighbour: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eigenvalues (ascending) and eigenvectors of the normalised Laplacian of the self-tuning affinity."""
+    """Eigenvalues (ascending) and eigenvectors of the normalised Laplacian of the self-tuning affinity,
+    built in place in one N x N matrix (2,000 maps: 16 MB in float32)."""
     count = points.shape[0]
-    distances = torch.cdist(points, points)
-    scale = distances.sort(dim=1).values[:, min(neighbour, count - 1)].clamp_min(1e-12)
-    affinity = torch.exp(-distances.square() / (scale[:, None] * scale[None, :]))
-    affinity.fill_diagonal_(0)
-    inverse_root = affinity.sum(dim=1).clamp_min(1e-12).rsqrt()
-    laplacian = torch.eye(count, dtype=points.dtype) - inverse_root[:, None] * affinity * inverse_root[None, :]
-    return torch.linalg.eigh(laplacian)
+    matrix = torch.cdist(points, points)
+    scale = matrix.kthvalue(min(neighbour, count - 1) + 1, dim=1).values.clamp_min(1e-12)  # the 1st is itself
+    matrix.square_().div_(scale[:, None]).div_(scale[None, :]).neg_().exp_()  # the affinity
+    matrix.fill_diagonal_(0)
+    inverse_root = matrix.sum(dim=1).clamp_min(1e-12).rsqrt()
+    matrix.mul_(inverse_root[:, None]).mul_(inverse_root[None, :]).neg_()
+    matrix.diagonal().add_(1)  # the Laplacian I - D^-1/2 A D^-1/2
+    return torch.linalg.eigh(matrix)
 
 
 def number_of_clusters(values: torch.Tensor, max_clusters: int = MAX_CLUSTERS) -> int:
