@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from ..io.images import DEFAULT_MAX_MEGAPIXELS
-from ..io.models import DEFAULT_MODEL, ModelLoadError
+from ..io.models import ModelLoadError
 from ..methods import methods
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-def add_parser(commands: Any, formatter: type[argparse.HelpFormatter], trust: Any, labels: Any) -> None:
+def add_parser(commands: Any, formatter: type[argparse.HelpFormatter], photos_and_model: Any) -> None:
+    """The ``audit`` subcommand; ``photos_and_model(parser)`` adds PATH... and the model options of explain."""
     audit = commands.add_parser(
         "audit",
         help="what a model relies on across a dataset (possible shortcuts), and how two models differ",
@@ -23,11 +24,7 @@ def add_parser(commands: Any, formatter: type[argparse.HelpFormatter], trust: An
         "cluster each class's maps (spectral relevance analysis) and flag clusters that look at a corner, the "
         "border, away from the object or at one fixed place. Writes audit.html, audit.json and the maps into --out.",
     )
-    audit.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or globs")
-    audit.add_argument("--model", default=DEFAULT_MODEL, help="as for explain")
-    audit.add_argument("--weights", default=None, help="as for explain (a fine-tuned checkpoint)")
-    trust(audit)
-    labels(audit)
+    photos_and_model(audit)
     audit.add_argument(
         "--truth",
         default=None,

@@ -58,6 +58,15 @@ def _add_trust_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_photos_and_model(parser: argparse.ArgumentParser) -> None:
+    """PATH..., --model, --weights, --trust-weights and --labels, as ``explain`` takes them."""
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or globs")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="as for explain")
+    parser.add_argument("--weights", default=None, help="as for explain (a fine-tuned checkpoint, ...)")
+    _add_trust_option(parser)
+    _add_labels_option(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gradcam",
@@ -218,11 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--sanity, the model-randomisation check, for each method and layer; writes report.md, results.json "
         "and curves.png into --out.",
     )
-    judge.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or globs")
-    judge.add_argument("--model", default=DEFAULT_MODEL, help="as for explain")
-    judge.add_argument("--weights", default=None, help="as for explain")
-    _add_trust_option(judge)
-    _add_labels_option(judge)
+    _add_photos_and_model(judge)
     judge.add_argument(
         "--methods",
         default=",".join(m for m in methods() if get_method(m).evaluated_by_default),
@@ -241,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from . import audit as audit_command
 
-    audit_command.add_parser(commands, _Formatter, _add_trust_option, _add_labels_option)
+    audit_command.add_parser(commands, _Formatter, _add_photos_and_model)
 
     web = commands.add_parser(
         "serve",
