@@ -59,3 +59,31 @@ class TinyCNN(nn.Module):
 CNN_METHODS = [
     m for m in gradcam.methods() if not getattr(gradcam.get_method(m), "reads_attention", False) and m != "cam"
 ]
+
+
+class TinySignal(nn.Module):
+    """A tiny 1-D CNN for (B, 2, L) signals, 3 classes; fixed seed so that `py:tiny_models:TinySignal` built
+    twice is the same model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv1d(2, 4, 5, stride=2, padding=2)
+        self.act = nn.ReLU()
+        self.head = nn.Sequential(nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(4, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.act(self.conv(x)))
+
+
+class TinyVolume(nn.Module):
+    """A tiny 3-D CNN for (B, 1, D, H, W) volumes, 2 classes; fixed seed like TinySignal."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = nn.Sequential(nn.Conv3d(1, 6, 3, stride=2, padding=1), nn.ReLU())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(6, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))

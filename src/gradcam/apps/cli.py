@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..io.arrays import is_array_file
 from ..io.images import DEFAULT_MAX_MEGAPIXELS, FoundImages, find_images
 from ..io.models import DEFAULT_MODEL, LoadedModel, ModelLoadError, load_model, read_labels, with_labels
 from ..io.video import is_video
@@ -399,6 +400,11 @@ def _explain(args: argparse.Namespace) -> int:
         colormap_table(args.colormap)
     except ValueError as error:
         return _error(f"--colormap: {error}")
+    arrays = [p for p in args.paths if is_array_file(p)]
+    if arrays:
+        if len(arrays) != len(args.paths):
+            return _error("volumes or signals and photos in one run: give them to separate `gradcam explain` runs")
+        return _explain_arrays(args, arrays)
     videos = [p for p in args.paths if is_video(p)]
     if videos:
         if len(videos) != len(args.paths):
@@ -564,6 +570,67 @@ def _explain_videos(args: argparse.Namespace, videos: list[str]) -> int:
                 files = record.targets[0].files
                 print(f"{record.path}: {record.frames} frames, {record.targets[0].label}: {files['video']}, "
                       f"{files['contact_sheet']}")  # fmt: skip
+        print(f"{ok} explained, {len(records) - ok} failed. Manifest: {manifest_path}")
+    return EXIT_OK if ok == len(records) else EXIT_FAILED
+
+
+def _explain_arrays(args: argparse.Namespace, paths: list[str]) -> int:
+    """Volumes (.npy with 3-4 dimensions, NIfTI) and signals (.npy with 1-2): the map as an array (NIfTI in
+    the source's space, else .npy), a slice montage or a signal plot, and a record in results.json."""
+    import time
+
+    from ..io.arrays import ArrayReadError
+    from ..pipeline.arrays import ArrayOptions, explain_array
+    from ..pipeline.local import UsageError, parse_target, write_json_atomic
+    from ..pipeline.records import RunManifest
+    from ..render.report import write_explain_page
+
+    unsupported = [flag for flag, given in (("--engine ray", args.engine == "ray"), ("--resume", args.resume),
+                   ("--prompt", bool(args.prompt)), ("--per-channel", bool(args.per_channel)),
+                   ("--guided", args.guided), ("--frame full/squash", args.frame != "crop"),
+                   ("--target all", (args.target or "").strip().lower() == "all"))
+                   if given]  # fmt: skip
+    if unsupported:
+        return _error(
+            f"{unsupported[0]}: not for volumes and signals (they run on the local engine, one file at a time)"
+        )
+    out = Path(args.out)
+    manifest_path = out / "results.json"
+    if manifest_path.exists() and not args.overwrite:
+        return _error(f"--out {out}: already holds results.json from an earlier run; pass --overwrite or another --out")
+    try:
+        bundle = _load_bundle(args)
+        target = parse_target(args.target, bundle.labels)
+        out.mkdir(parents=True, exist_ok=True)
+    except (ModelLoadError, UsageError) as error:
+        return _error(str(error))
+    except OSError as error:
+        return _error(f"--out {out}: cannot write there ({error.strerror})")
+    options = ArrayOptions(out=out, method=args.method, layer=args.layer, target=target, alpha=args.alpha,
+                           colormap=args.colormap, replace=args.overwrite)  # fmt: skip
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    records = []
+    for path in paths:
+        key = Path(path).name.removesuffix(".gz").rsplit(".", 1)[0]
+        try:
+            records.append(explain_array(bundle, Path(path), key, options))
+        except (ArrayReadError, ValueError, TypeError, FileExistsError, OSError) as error:
+            records.append(PhotoRecord.failed(path, str(error).splitlines()[0]))
+            print(f"gradcam: {records[-1].error}", file=sys.stderr)
+    manifest = RunManifest(engine="local", model=bundle.name, model_source=bundle.source, methods=[args.method],
+                           layer=next((r.layer for r in records if r.ok), args.layer), target=args.target,
+                           colormap=args.colormap, format="png", save=["map"], started=started,
+                           finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), images=records)  # fmt: skip
+    data = manifest.to_json()
+    write_json_atomic(data, manifest_path)
+    write_explain_page(data, out)
+    ok = sum(1 for r in records if r.ok)
+    if not args.quiet:
+        for record in records:
+            if record.ok:
+                for t in record.targets:
+                    print(f"{record.path}: a {record.kind} {tuple(record.shape or ())}, {t.label}: "
+                          + ", ".join(t.files.values()))  # fmt: skip
         print(f"{ok} explained, {len(records) - ok} failed. Manifest: {manifest_path}")
     return EXIT_OK if ok == len(records) else EXIT_FAILED
 

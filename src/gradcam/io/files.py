@@ -10,8 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
-    """Call ``write(temporary_path)``, then move the result to ``path``.
+def write_atomic(path: Path, write: Callable[[Path], object], suffix: str = "") -> None:
+    """Call ``write(temporary_path)``, then move the result to ``path``. ``suffix`` ends the temporary
+    name, for writers that choose the format by it (``.nii.gz``).
 
     The temporary name is unique to the process and thread, so two writers never share one; when
     ``write`` fails (a full disk, Ctrl-C), the temporary file is removed and the error goes on.
@@ -19,7 +20,7 @@ def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
     Example:
         >>> write_atomic(Path("out/results.json"), lambda tmp: tmp.write_text("{}"))   # doctest: +SKIP
     """
-    temporary = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp{suffix}")
     try:
         write(temporary)
         temporary.replace(path)

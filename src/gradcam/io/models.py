@@ -109,10 +109,13 @@ def with_labels(bundle: LoadedModel, names: Sequence[str], source: str = "--labe
     """``bundle`` naming its classes ``names``; their number must be the model's (one forward pass)."""
     model = bundle.model
     example = torch.zeros(1, 3, *bundle.preprocessing.crop, device=next(model.parameters()).device)
-    from ..hooks import preserved_state, run_model
+    from ..hooks import ForwardError, preserved_state, run_model
 
-    with preserved_state(model), torch.inference_mode():
-        output = run_model(model, example)
+    try:
+        with preserved_state(model), torch.inference_mode():
+            output = run_model(model, example)
+    except ForwardError:  # not an image model (a volume, a signal): explain() checks the count on real input
+        return replace(bundle, labels=tuple(names))
     outputs = output.shape[-1] if isinstance(output, torch.Tensor) else None
     if outputs is not None and outputs != len(names):
         raise ModelLoadError(f"{source}: {len(names)} class names for a model with {outputs} classes")
@@ -150,7 +153,10 @@ def load_model(
             (``vgg19``, ``resnet50``, ...), ``timm:NAME``, or ``hf:ORG/NAME`` / ``hf:FOLDER`` (a Hugging Face
             ``transformers`` image classifier, with its image processor and class names, or a CLIP/SigLIP
             checkpoint), ``clip:ARCH[@TAG]`` (an open_clip image-text model: explain it with
-            :class:`gradcam.TextPrompt` targets).
+            :class:`gradcam.TextPrompt` targets); your own architecture as ``py:PACKAGE.MODULE:FACTORY``
+            (imported from the Python path and called with no arguments, then ``weights`` loaded into it), or
+            a whole pickled model file ``model.pt`` (only with ``trust_weights``: unpickling runs code).
+            These two suit volumes and signals too (``gradcam explain scan.nii.gz``).
         weights: None for the pretrained weights, ``"none"`` for random weights, or a local file: a state
             dict or a checkpoint holding one under ``state_dict``/``model`` (read with
             ``torch.load(weights_only=True)``: tensors and plain containers only, no code runs).
@@ -161,7 +167,11 @@ def load_model(
     if weights is not None and weights.lower() != "none" and not Path(weights).is_file():
         raise ModelLoadError(f"--weights {weights}: no such file")
     file = None if weights is None or _random(weights) else WeightsFile(weights, trust_weights)
-    if name == DEFAULT_MODEL:
+    if name.startswith("py:"):
+        bundle = _load_python(name.removeprefix("py:"), file)
+    elif name.endswith((".pt", ".pth")) and Path(name).is_file():
+        bundle = _load_whole_model(name, trust_weights)
+    elif name == DEFAULT_MODEL:
         bundle = _load_efficientnet_lite0(weights, file)
     elif name.startswith("timm:"):
         bundle = _load_timm(name.removeprefix("timm:"), weights, file)
@@ -177,6 +187,51 @@ def load_model(
         bundle = _load_torchvision(name, weights, file)
     bundle.model = bundle.model.to(device).eval()
     return bundle
+
+
+GENERIC_PREPROCESSING = Preprocessing(resize=256, crop=(224, 224))  # ImageNet's, for photos given to own models
+
+
+def _load_python(target: str, file: WeightsFile | None) -> LoadedModel:
+    """``PACKAGE.MODULE:FACTORY``: the factory (a class or function, called with no arguments) from the
+    Python path; the user names the code to run, as with any import."""
+    import importlib
+
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise ModelLoadError(f"--model py:{target}: write it as py:PACKAGE.MODULE:FACTORY, e.g. py:mynet.models:Net3D")
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except ImportError as error:
+        raise ModelLoadError(
+            f"--model py:{target}: cannot import {module_name} ({error}); is it on PYTHONPATH?"
+        ) from None
+    except AttributeError:
+        raise ModelLoadError(f"--model py:{target}: {module_name} has no {attribute}") from None
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise ModelLoadError(f"--model py:{target}: {attribute}() gave a {type(model).__name__}, not a torch module")
+    if file is not None:
+        file.load_into(model)
+    source = f"weights from {file.path}" if file is not None else "its factory's weights"
+    return LoadedModel(name=f"py:{target}", model=model, preprocessing=GENERIC_PREPROCESSING, source=source)
+
+
+def _load_whole_model(path: str, trusted: bool) -> LoadedModel:
+    """A whole model saved with ``torch.save(model, path)``: unpickled only when trusted."""
+    if not trusted:
+        raise ModelLoadError(
+            f"--model {path}: a whole pickled model runs code from the file when loaded; pass --trust-weights "
+            "if you trust its source, or save a state dict and use --model py:PACKAGE.MODULE:FACTORY --weights"
+        )
+    try:
+        model = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # a file that is not a pickle, or needs classes this Python cannot import
+        raise ModelLoadError(f"--model {path}: cannot load it ({type(error).__name__}: {error})") from None
+    if not isinstance(model, nn.Module):
+        raise ModelLoadError(f"--model {path}: holds a {type(model).__name__}, not a whole model (a state dict? "
+                             "use --model py:PACKAGE.MODULE:FACTORY --weights FILE)")  # fmt: skip
+    return LoadedModel(name=Path(path).name, model=model, preprocessing=GENERIC_PREPROCESSING, source=path)
 
 
 def _random(weights: str | None) -> bool:

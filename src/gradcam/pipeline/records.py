@@ -110,6 +110,8 @@ class PhotoRecord:
     targets: tuple[TargetRecord, ...] = ()
     frames: int | None = None  # a video: the frames explained, and their rate
     fps: float | None = None
+    kind: str | None = None  # "volume" or "signal" for an array file (None: a photo or a video)
+    shape: tuple[int, ...] | None = None  # an array file's own shape
 
     @classmethod
     def failed(cls, path: str, error: str) -> PhotoRecord:
@@ -143,6 +145,8 @@ class PhotoRecord:
             all_classes=data.get("all_classes"),
             frames=data.get("frames"),
             fps=data.get("fps"),
+            kind=data.get("kind"),
+            shape=tuple(data["shape"]) if data.get("shape") else None,
             predictions=tuple(Prediction(**p) for p in data.get("predictions", [])),
             targets=tuple(
                 TargetRecord(

@@ -100,6 +100,12 @@ function card(entry) {
         style: 'width:100%'}), el('figcaption', {}, `${method} for ${what}, ${entry.frames} frames`)));
       if (t.files.contact_sheet) row.append(figure(t.files.contact_sheet, 'contact sheet', `every few frames: ${method} for ${what}`));
     } else if (t.files.overlay) row.append(figure(t.files.overlay, `${method} for ${t.label}`, `${method} for ${what}`));
+    else if (t.files.montage || t.files.plot) {
+      const shown = figure(t.files.montage || t.files.plot, `${method} for ${t.label}`,
+        `${method} for ${what}: ${t.files.montage ? 'slices of the volume' : 'the signal'} ${JSON.stringify(entry.shape)}`);
+      shown.className = 'grid';
+      row.append(shown);
+    }
     else row.append(el('p', {}, 'overlay not saved (--save); the map is in results.json'));
     if (t.files.guided) row.append(figure(t.files.guided, 'Guided Grad-CAM', `Guided Grad-CAM for ${what}`));
     if (t.files.channels) {
