@@ -146,7 +146,9 @@ def audit(
         except ValueError as error:
             raise AuditError(f"--layer {layer}: {error}") from None
     items = _items(found.paths, found.roots, bundle, truth, boxes)
-    explainers = [AuditExplainer(bundle, method, layer)] + ([AuditExplainer(second)] if second is not None else [])
+    explainers = [AuditExplainer(bundle, method, layer)]
+    if second is not None:  # the same method, at the second model's own default layer
+        explainers.append(AuditExplainer(second, method))
     if on_start is not None:
         on_start(len(items))
     if engine == "ray":
