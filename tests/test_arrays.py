@@ -42,7 +42,8 @@ def test_a_volume_npy_gives_its_map_a_montage_and_a_record(tmp_path, capsys):
     assert montage.width > 500 and montage.height > 500  # 16 slices of 160 px, 4 x 4, with a footer
     pixels = np.asarray(montage.convert("RGB"), dtype=np.float32)
     assert pixels.std() > 20
-    assert "montage" in (out / "index.html").read_text()
+    page = (out / "index.html").read_text()
+    assert "montage" in page and "volumes and signals as stored" in page and "centre crop" not in page
     assert main(["explain", str(tmp_path / "scan.npy"), "--model", VOLUME, "--out", str(out)]) == 2  # no overwrite
 
 

@@ -201,7 +201,8 @@ def explain_page(manifest: dict[str, Any], out: Path) -> str:
     payload = json_for_script({"images": images, "method": method})
     summary = manifest.get("summary", {})
     title = f"gradcam: {method} on {manifest.get('model', '')}"
-    frame = FRAME_NOTES.get(manifest.get("frame") or "crop", "")
+    arrays_only = bool(images) and all(entry.get("kind") or entry.get("status") != "ok" for entry in images)
+    frame = "volumes and signals as stored" if arrays_only else FRAME_NOTES.get(manifest.get("frame") or "crop", "")
     subtitle = (
         f"layer {manifest.get('layer')}, {frame}; {summary.get('ok', 0)} explained, {summary.get('failed', 0)} "
         f"failed. Score: {PROMPT_NOTE if manifest.get('prompts') else SCORE_NOTE}"
