@@ -56,13 +56,14 @@ def add_parser(commands: Any, formatter: type[argparse.HelpFormatter], photos_an
     audit.add_argument("--address", default=None, help="ray: 'auto' or ray://HOST:PORT (default: a local instance)")
     audit.add_argument("--actors", type=int, default=2, help="ray: model replicas")
     audit.add_argument("--cpus-per-actor", type=float, default=1.0, help="ray: CPUs reserved by each actor")
+    audit.add_argument("--gpus-per-actor", type=float, default=0.0, help="ray: GPUs given to each actor")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..audits import AuditError, audit
 
-    if args.batch_size < 1 or args.workers < 0 or args.actors < 1:
-        return _error("--batch-size and --actors must be >= 1, --workers >= 0")
+    if args.batch_size < 1 or args.workers < 0 or args.actors < 1 or min(args.cpus_per_actor, args.gpus_per_actor) < 0:
+        return _error("--batch-size and --actors must be >= 1; --workers, --cpus-per-actor, --gpus-per-actor >= 0")
     bar: Any = None
 
     def start(total: int) -> None:
@@ -79,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
             method=args.method, layer=args.layer, out=args.out, engine=args.engine, batch_size=args.batch_size,
             workers=args.workers, device=args.device, overwrite=args.overwrite, trust_weights=args.trust_weights,
             max_megapixels=args.max_megapixels, actors=args.actors, address=args.address,
-            cpus_per_actor=args.cpus_per_actor, on_start=start, progress=lambda n: bar.update(n) if bar else None,
+            cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor, on_start=start,
+            progress=lambda n: bar.update(n) if bar else None,
         )  # fmt: skip
     except (AuditError, ModelLoadError) as error:
         return _error(str(error))

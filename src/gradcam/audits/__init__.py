@@ -113,6 +113,7 @@ def audit(
     actors: int = 2,
     address: str | None = None,
     cpus_per_actor: float = 1.0,
+    gpus_per_actor: float = 0.0,
     progress: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
 ) -> AuditResult:
@@ -155,7 +156,7 @@ def audit(
         from .ray import run_ray
 
         measured, layers = run_ray(
-            items, explainers, batch_size, actors, address, max_megapixels, progress, cpus_per_actor
+            items, explainers, batch_size, actors, address, max_megapixels, progress, cpus_per_actor, gpus_per_actor
         )
     else:
         batches = run_local(items, explainers, batch_size, workers, max_megapixels, progress)

@@ -5,7 +5,9 @@ numbers stream back to the driver as numpy arrays, which computes the same findi
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -73,6 +75,8 @@ class AuditActor:
         import torch
 
         torch.set_num_threads(threads)
+        if torch.cuda.is_available() and os.environ.get("CUDA_VISIBLE_DEVICES"):  # Ray gave this actor a GPU
+            bundles = [replace(b, model=b.model.to("cuda")) for b in bundles]
         self.explainers = [AuditExplainer(b, method, layer if i == 0 else None) for i, b in enumerate(bundles)]
         self.max_megapixels = max_megapixels
 
@@ -107,6 +111,7 @@ def run_ray(
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
     progress: Callable[[int], None] | None = None,
     cpus_per_actor: float = 1.0,
+    gpus_per_actor: float = 0.0,
     threads_per_actor: int = 1,
 ) -> tuple[Measured, list[str | None]]:
     """Audit ``items`` on Ray with the explainers' models; returns what was measured and the layers used."""
@@ -127,7 +132,7 @@ def run_ray(
             "threads": threads_per_actor, "max_megapixels": max_megapixels,
         },  # fmt: skip
         batch_size=batch_size, batch_format="numpy", concurrency=actors, num_cpus=cpus_per_actor,
-        max_restarts=-1, max_task_retries=-1,
+        num_gpus=gpus_per_actor, max_restarts=-1, max_task_retries=-1,
     )  # fmt: skip
     layers: list[str | None] = [e.layer for e in explainers]
     seen: set[int] = set()
