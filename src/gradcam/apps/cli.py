@@ -508,17 +508,11 @@ def _explain_videos(args: argparse.Namespace, videos: list[str]) -> int:
     import time
 
     from ..io.video import VideoReadError, video_info
-    from ..pipeline.local import write_json_atomic
-    from ..pipeline.records import RunManifest
     from ..pipeline.video import VideoOptions, explain_video
-    from ..render.report import write_explain_page
 
     if args.every < 1 or not 0 <= args.smoothing < 1:
         return _error("--every N: N >= 1; --smoothing S: 0 <= S < 1")
-    unsupported = [flag for flag, given in (("--engine ray", args.engine == "ray"), ("--resume", args.resume),
-                   ("--prompt", bool(args.prompt)), ("--per-channel", bool(args.per_channel)),
-                   ("--guided", args.guided), ("--frame full/squash", args.frame != "crop"))
-                   if given]  # fmt: skip
+    unsupported = _photo_only_flags(args)
     if unsupported:
         return _error(f"{unsupported[0]}: not for videos yet (videos run on the local engine, from the start)")
     if args.target is not None and not args.target.strip().isdigit():
@@ -556,14 +550,7 @@ def _explain_videos(args: argparse.Namespace, videos: list[str]) -> int:
         finally:
             if bar is not None:
                 bar.close()
-    manifest = RunManifest(engine="local", model=bundle.name, model_source=bundle.source, methods=[args.method],
-                           layer=next((r.layer for r in records if r.ok), args.layer), target=args.target,
-                           colormap=args.colormap, format="mp4", save=["overlay"], started=started,
-                           finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), images=records)  # fmt: skip
-    data = manifest.to_json()
-    write_json_atomic(data, manifest_path)
-    write_explain_page(data, out)
-    ok = sum(1 for r in records if r.ok)
+    ok = _write_run(args, bundle, records, started, manifest_path, format="mp4", save=["overlay"])
     if not args.quiet:
         for record in records:
             if record.ok:
@@ -574,6 +561,35 @@ def _explain_videos(args: argparse.Namespace, videos: list[str]) -> int:
     return EXIT_OK if ok == len(records) else EXIT_FAILED
 
 
+def _photo_only_flags(args: argparse.Namespace) -> list[str]:
+    """The options given that only photos take (videos, volumes and signals refuse them in one line)."""
+    given = (("--engine ray", args.engine == "ray"), ("--resume", args.resume), ("--prompt", bool(args.prompt)),
+             ("--per-channel", bool(args.per_channel)), ("--guided", args.guided),
+             ("--frame full/squash", args.frame != "crop"))  # fmt: skip
+    return [flag for flag, on in given if on]
+
+
+def _write_run(
+    args: argparse.Namespace, bundle: LoadedModel, records: list[PhotoRecord], started: str, manifest_path: Path,
+    format: str, save: list[str],
+) -> int:  # fmt: skip
+    """results.json and index.html of a run of videos or array files; returns how many were explained."""
+    import time
+
+    from ..pipeline.local import write_json_atomic
+    from ..pipeline.records import RunManifest
+    from ..render.report import write_explain_page
+
+    manifest = RunManifest(engine="local", model=bundle.name, model_source=bundle.source, methods=[args.method],
+                           layer=next((r.layer for r in records if r.ok), args.layer), target=args.target,
+                           colormap=args.colormap, format=format, save=save, started=started,
+                           finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), images=records)  # fmt: skip
+    data = manifest.to_json()
+    write_json_atomic(data, manifest_path)
+    write_explain_page(data, manifest_path.parent)
+    return sum(1 for r in records if r.ok)
+
+
 def _explain_arrays(args: argparse.Namespace, paths: list[str]) -> int:
     """Volumes (.npy with 3-4 dimensions, NIfTI) and signals (.npy with 1-2): the map as an array (NIfTI in
     the source's space, else .npy), a slice montage or a signal plot, and a record in results.json."""
@@ -581,15 +597,9 @@ def _explain_arrays(args: argparse.Namespace, paths: list[str]) -> int:
 
     from ..io.arrays import ArrayReadError
     from ..pipeline.arrays import ArrayOptions, explain_array
-    from ..pipeline.local import UsageError, parse_target, write_json_atomic
-    from ..pipeline.records import RunManifest
-    from ..render.report import write_explain_page
+    from ..pipeline.local import UsageError, parse_target
 
-    unsupported = [flag for flag, given in (("--engine ray", args.engine == "ray"), ("--resume", args.resume),
-                   ("--prompt", bool(args.prompt)), ("--per-channel", bool(args.per_channel)),
-                   ("--guided", args.guided), ("--frame full/squash", args.frame != "crop"),
-                   ("--target all", (args.target or "").strip().lower() == "all"))
-                   if given]  # fmt: skip
+    unsupported = _photo_only_flags(args) + (["--target all"] if (args.target or "").strip().lower() == "all" else [])
     if unsupported:
         return _error(
             f"{unsupported[0]}: not for volumes and signals (they run on the local engine, one file at a time)"
@@ -617,14 +627,7 @@ def _explain_arrays(args: argparse.Namespace, paths: list[str]) -> int:
         except (ArrayReadError, ValueError, TypeError, FileExistsError, OSError) as error:
             records.append(PhotoRecord.failed(path, str(error).splitlines()[0]))
             print(f"gradcam: {records[-1].error}", file=sys.stderr)
-    manifest = RunManifest(engine="local", model=bundle.name, model_source=bundle.source, methods=[args.method],
-                           layer=next((r.layer for r in records if r.ok), args.layer), target=args.target,
-                           colormap=args.colormap, format="png", save=["map"], started=started,
-                           finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), images=records)  # fmt: skip
-    data = manifest.to_json()
-    write_json_atomic(data, manifest_path)
-    write_explain_page(data, out)
-    ok = sum(1 for r in records if r.ok)
+    ok = _write_run(args, bundle, records, started, manifest_path, format="png", save=["map"])
     if not args.quiet:
         for record in records:
             if record.ok:
