@@ -130,3 +130,18 @@ def test_an_existing_map_is_never_replaced_without_overwrite(tmp_path, capsys):
     assert main(["explain", str(tmp_path / "v.npy"), "--model", VOLUME, "--target", "0", "--out", str(out)]) == 1
     assert "exists; pass --overwrite" in capsys.readouterr().err
     np.testing.assert_array_equal(np.load(mine), np.arange(3))
+
+
+def test_folders_and_globs_of_arrays_keep_their_names_apart(tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / "scans" / folder).mkdir(parents=True)
+        np.save(tmp_path / "scans" / folder / "scan.npy", np.ones((8, 8, 8), np.float32))
+    out = tmp_path / "out"
+    assert main(["explain", str(tmp_path / "scans"), "--model", VOLUME, "--out", str(out), "--quiet"]) == 0
+    records = validate(out / "results.json")["images"]
+    assert [r["status"] for r in records] == ["ok", "ok"]
+    maps = sorted(Path(r["targets"][0]["files"]["map"]).relative_to(out).as_posix() for r in records)
+    assert maps[0].startswith("a/scan.gradcam.") and maps[1].startswith("b/scan.gradcam.")
+    assert main(["explain", str(tmp_path / "scans" / "*" / "*.npy"), "--model", VOLUME, "--out",
+                 str(tmp_path / "out2"), "--quiet"]) == 0  # fmt: skip
+    assert len(validate(tmp_path / "out2" / "results.json")["images"]) == 2

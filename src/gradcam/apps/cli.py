@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..io.arrays import is_array_file
+from ..io.arrays import find_arrays, is_array_file
 from ..io.images import DEFAULT_MAX_MEGAPIXELS, FoundImages, find_images
 from ..io.models import DEFAULT_MODEL, LoadedModel, ModelLoadError, load_model, read_labels, with_labels
 from ..io.video import is_video
@@ -400,11 +400,12 @@ def _explain(args: argparse.Namespace) -> int:
         colormap_table(args.colormap)
     except ValueError as error:
         return _error(f"--colormap: {error}")
-    arrays = [p for p in args.paths if is_array_file(p)]
+    arrays, array_roots = find_arrays(args.paths)
     if arrays:
-        if len(arrays) != len(args.paths):
+        photos_too = [p for p in args.paths if Path(p).is_file() and not is_array_file(p)]
+        if photos_too or find_images([p for p in args.paths if not is_array_file(p)], [Path(args.out)]).paths:
             return _error("volumes or signals and photos in one run: give them to separate `gradcam explain` runs")
-        return _explain_arrays(args, arrays)
+        return _explain_arrays(args, arrays, array_roots)
     videos = [p for p in args.paths if is_video(p)]
     if videos:
         if len(videos) != len(args.paths):
@@ -590,12 +591,12 @@ def _write_run(
     return sum(1 for r in records if r.ok)
 
 
-def _explain_arrays(args: argparse.Namespace, paths: list[str]) -> int:
+def _explain_arrays(args: argparse.Namespace, paths: list[Path], roots: list[Path]) -> int:
     """Volumes (.npy with 3-4 dimensions, NIfTI) and signals (.npy with 1-2): the map as an array (NIfTI in
     the source's space, else .npy), a slice montage or a signal plot, and a record in results.json."""
     import time
 
-    from ..io.arrays import ArrayReadError
+    from ..io.arrays import ArrayReadError, array_keys
     from ..pipeline.arrays import ArrayOptions, explain_array
     from ..pipeline.local import UsageError, parse_target
 
@@ -620,12 +621,11 @@ def _explain_arrays(args: argparse.Namespace, paths: list[str]) -> int:
                            colormap=args.colormap, replace=args.overwrite)  # fmt: skip
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     records = []
-    for path in paths:
-        key = Path(path).name.removesuffix(".gz").rsplit(".", 1)[0]
+    for path, key in zip(paths, array_keys(paths, roots), strict=True):
         try:
-            records.append(explain_array(bundle, Path(path), key, options))
+            records.append(explain_array(bundle, path, key, options))
         except (ArrayReadError, ValueError, TypeError, FileExistsError, OSError) as error:
-            records.append(PhotoRecord.failed(path, str(error).splitlines()[0]))
+            records.append(PhotoRecord.failed(str(path), str(error).splitlines()[0]))
             print(f"gradcam: {records[-1].error}", file=sys.stderr)
     ok = _write_run(args, bundle, records, started, manifest_path, format="png", save=["map"])
     if not args.quiet:

@@ -17,7 +17,9 @@ Example:
 
 from __future__ import annotations
 
+import glob
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,38 @@ class ArrayInput:
 
 def is_array_file(path: str | Path) -> bool:
     return str(path).lower().endswith(ARRAY_SUFFIXES)
+
+
+def find_arrays(inputs: Iterable[str]) -> tuple[list[Path], list[Path]]:
+    """Array files among ``inputs`` (files, folders searched recursively in sorted order, globs):
+    ``(paths, roots)``, ``roots[i]`` being the folder ``paths[i]`` is named relative to in the outputs."""
+    paths: list[Path] = []
+    roots: list[Path] = []
+    for item in inputs:
+        location = Path(item)
+        if location.is_dir():
+            found = sorted(p for p in location.rglob("*") if p.is_file() and is_array_file(p))
+            paths += found
+            roots += [location] * len(found)
+        elif is_array_file(item) and location.is_file():
+            paths.append(location)
+            roots.append(location.parent)
+        elif glob.has_magic(item):
+            for match in sorted(Path(m) for m in glob.glob(item, recursive=True)):
+                if match.is_file() and is_array_file(match):
+                    paths.append(match)
+                    roots.append(match.parent)
+    return paths, roots
+
+
+def array_keys(paths: Sequence[Path], roots: Sequence[Path]) -> list[str]:
+    """A unique output name per file, as photos get theirs (``a/scan``, ``b/scan``), ``.nii.gz`` dropped whole."""
+    from ..pipeline.local import output_keys
+    from .images import FoundImages
+
+    keys = output_keys(FoundImages(list(paths), list(roots), [], 0))
+    return [key.removesuffix(".nii") if str(path).lower().endswith(".nii.gz") else key
+            for key, path in zip(keys, paths, strict=True)]  # fmt: skip
 
 
 def read_array(path: Path, max_elements: int = MAX_ELEMENTS) -> ArrayInput:
