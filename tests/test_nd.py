@@ -116,3 +116,21 @@ def test_a_torchvision_video_classifier_on_a_clip_leaves_the_model_as_it_was():
     assert model.training and not any(p.requires_grad for p in model.layer1.parameters())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_swin3d_t_channels_last_tokens_equal_grad_cam_by_hand():
+    """torchvision's swin3d_t keeps channels last, (B, t, h, w, C); its map is Grad-CAM on (B, C, t, h, w)."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.video.swin3d_t(num_classes=4).eval()
+    clip = torch.randn(1, 3, 16, 64, 64)
+    ex = gradcam.explain(model, clip, "gradcam", "norm", 2)
+    assert ex.maps.shape == (1, 1, 16, 64, 64) and ex.raw.shape == (1, 1, 8, 2, 2)
+    kept = {}
+    handle = model.norm.register_forward_hook(lambda m, i, o: kept.__setitem__("a", o))
+    scores = model(clip)
+    (gradients,) = torch.autograd.grad(scores[:, 2].sum(), kept["a"])
+    handle.remove()
+    activations, gradients = kept["a"].detach().movedim(-1, 1), gradients.movedim(-1, 1)
+    by_hand = (gradients.mean(dim=(2, 3, 4), keepdim=True) * activations).sum(dim=1).clamp(min=0)
+    torch.testing.assert_close(ex.raw[:, 0], by_hand, rtol=1e-4, atol=1e-6)

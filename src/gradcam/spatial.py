@@ -80,6 +80,18 @@ class Volume:
         return tensor.reshape(*tensor.shape[:-2], *self.shape)
 
 
+@dataclass(frozen=True)
+class VolumeChannelsLast(Volume):
+    """(B, *s, C) outputs of 3-D transformers that keep channels last (torchvision's ``swin3d_t``: (B, t, h,
+    w, C)); seen by the methods as :class:`Volume` sees (B, C, *s)."""
+
+    def to_spatial(self, tensor: torch.Tensor) -> torch.Tensor:
+        return super().to_spatial(tensor.movedim(-1, 1))
+
+    def from_spatial(self, spatial: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+        return super().from_spatial(spatial, original).movedim(1, -1)
+
+
 Layout = Spatial | ChannelsLast | TokenGrid | Volume
 
 
@@ -106,6 +118,12 @@ def infer_layout(
                 f"{name}: output of shape {tuple(output.shape)} is not a (B, C, {', '.join('.' * len(input_size))}) "
                 f"map of the input's {len(input_size)} dimension(s); choose a convolutional layer with layer="
             )
+        fits = [
+            all(o <= i for o, i in zip(shape, input_size, strict=True))
+            for shape in (output.shape[2:], output.shape[1:-1])
+        ]
+        if fits == [False, True]:  # (B, *s, C): channels last, the grid no larger than the input
+            return VolumeChannelsLast(tuple(output.shape[1:-1]))
         return Volume(tuple(output.shape[2:]))
     aspect = input_size[0] / input_size[1]
     hint = "; set the token grid with grid=(h, w) and prefix_tokens= (CLI: --token-grid HxW --prefix-tokens N)"  # noqa: E501

@@ -136,6 +136,8 @@ def _family_default_layer(name: str, model: nn.Module) -> str | None:
         return f"features.{relus[-1]}" if relus else None
     if name.startswith(("resnet", "resnext", "wide_resnet")):
         return "layer4"
+    if name == "swin3d_t":
+        return "norm"  # the last stage, normalised: (B, t, h, w, C) before the pooling
     return None
 
 
@@ -417,10 +419,12 @@ def torchvision_classifiers() -> list[str]:
     return sorted(torchvision.models.list_models(module=torchvision.models) + VIDEO_CLASSIFIERS)
 
 
-# torchvision's video classifiers whose layers are (B, C, T, h, w) maps, with the clip length they were
-# trained on (Kinetics-400); mvit_v1_b and swin3d_t lay tokens on a 3-D grid, which explain() cannot yet
-VIDEO_CLASSIFIERS = ["mc3_18", "r2plus1d_18", "r3d_18", "s3d"]
+# torchvision's video classifiers whose layers are (B, C, T, h, w) maps (swin3d_t: (B, T, h, w, C)), with
+# the clip length they were trained on (Kinetics-400); mvit_v1_b lays tokens on a 3-D grid that its blocks
+# track internally, which explain() cannot yet read
+VIDEO_CLASSIFIERS = ["mc3_18", "r2plus1d_18", "r3d_18", "s3d", "swin3d_t"]
 CLIP_FRAMES = 16
+CLIP_FRAMES_OF = {"swin3d_t": 32}
 
 
 def cached_weights_path(name: str) -> Path | None:
@@ -474,7 +478,7 @@ def _load_torchvision(name: str, weights: str | None, file: WeightsFile | None) 
         interpolation=transforms.interpolation.value,
     )
     labels = None if resized else tuple(default.meta["categories"])
-    extra = {"video_clip": CLIP_FRAMES} if name in VIDEO_CLASSIFIERS else {}
+    extra = {"video_clip": CLIP_FRAMES_OF.get(name, CLIP_FRAMES)} if name in VIDEO_CLASSIFIERS else {}
     return LoadedModel(name, model, preprocessing, labels, _family_default_layer(name, model), source, extra)
 
 
