@@ -134,3 +134,23 @@ def test_swin3d_t_channels_last_tokens_equal_grad_cam_by_hand():
     activations, gradients = kept["a"].detach().movedim(-1, 1), gradients.movedim(-1, 1)
     by_hand = (gradients.mean(dim=(2, 3, 4), keepdim=True) * activations).sum(dim=1).clamp(min=0)
     torch.testing.assert_close(ex.raw[:, 0], by_hand, rtol=1e-4, atol=1e-6)
+
+
+def test_mvit_class_token_and_a_3d_token_grid_equal_grad_cam_by_hand():
+    """torchvision's mvit_v1_b: (B, 1 + t*h*w, C) tokens, a class token then a (8, 7, 7) grid, time first."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.video.mvit_v1_b(num_classes=3).eval()
+    clip = torch.randn(1, 3, 16, 224, 224)
+    layer = model.blocks[15].norm1
+    kept = {}
+    handle = layer.register_forward_hook(lambda m, i, o: kept.__setitem__("a", o))
+    scores = model(clip)
+    (gradients,) = torch.autograd.grad(scores[:, 1].sum(), kept["a"])
+    handle.remove()
+    ex = gradcam.explain(model, clip, "gradcam", "blocks.15.norm1", 1)
+    assert ex.maps.shape == (1, 1, 16, 224, 224) and ex.raw.shape == (1, 1, 8, 7, 7)
+    grid = lambda tokens: tokens[:, 1:].reshape(1, 8, 7, 7, -1).movedim(-1, 1)  # noqa: E731
+    activations, gradients = grid(kept["a"].detach()), grid(gradients)
+    by_hand = (gradients.mean(dim=(2, 3, 4), keepdim=True) * activations).sum(dim=1).clamp(min=0)
+    torch.testing.assert_close(ex.raw[:, 0], by_hand, rtol=1e-4, atol=1e-7)

@@ -92,6 +92,45 @@ class VolumeChannelsLast(Volume):
         return super().from_spatial(spatial, original).movedim(1, -1)
 
 
+@dataclass(frozen=True)
+class VolumeTokens(Volume):
+    """(B, prefix + t * h * w, C) token sequences of video transformers (torchvision's ``mvit_v1_b``: a class
+    token, then the patch tokens of a (t, h, w) grid, time first); seen by the methods as :class:`Volume`
+    sees (B, C, t, h, w)."""
+
+    prefix: int = 1
+
+    def to_spatial(self, tensor: torch.Tensor) -> torch.Tensor:
+        patches = tensor[:, self.prefix :]
+        return super().to_spatial(patches.transpose(1, 2))
+
+    def from_spatial(self, spatial: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+        patches = super().from_spatial(spatial, original).flatten(2).transpose(1, 2)
+        prefix = original[:, : self.prefix].expand(patches.shape[0], -1, -1)
+        return torch.cat([prefix.to(patches.dtype), patches], dim=1)
+
+
+def _divisors(number: int) -> list[int]:
+    small = [d for d in range(1, int(number**0.5) + 1) if number % d == 0]
+    return sorted(set(small + [number // d for d in small])) if number > 0 else []
+
+
+def token_volume(tokens: int, input_size: tuple[int, ...], prefix_tokens: int | None = None) -> VolumeTokens | None:
+    """The (prefix, t, h, w) that lay ``tokens`` on a grid of a (T, H, W) input: h : w as H : W, each side no
+    larger than the input's, the longest t on ties (video transformers stride time least: 16 frames ->
+    t = 8); the smallest prefix that gives such a grid, or ``prefix_tokens``."""
+    frames, height, width = input_size
+    for prefix in [prefix_tokens] if prefix_tokens is not None else range(0, 5):
+        count = tokens - prefix
+        grids = [(count // (h * w), h, w) for h in _divisors(count) if h <= height
+                 for w in _divisors(count // h) if w <= width and _close(h / w, height / width)
+                 and count // (h * w) <= frames]  # fmt: skip
+        if grids:
+            t, h, w = max(grids)
+            return VolumeTokens((t, h, w), prefix)
+    return None
+
+
 Layout = Spatial | ChannelsLast | TokenGrid | Volume
 
 
@@ -113,6 +152,10 @@ def infer_layout(
     ``prefix_tokens`` and ``grid`` override the guesses.
     """
     if len(input_size) != 2:  # a signal (B, C, L), a volume or a clip (B, C, D, H, W)
+        if output.dim() == 3 and len(input_size) == 3:  # tokens of a video transformer
+            laid = token_volume(output.shape[1], input_size, prefix_tokens)
+            if laid is not None:
+                return laid
         if output.dim() != 2 + len(input_size):
             raise LayoutError(
                 f"{name}: output of shape {tuple(output.shape)} is not a (B, C, {', '.join('.' * len(input_size))}) "

@@ -138,6 +138,8 @@ def _family_default_layer(name: str, model: nn.Module) -> str | None:
         return "layer4"
     if name == "swin3d_t":
         return "norm"  # the last stage, normalised: (B, t, h, w, C) before the pooling
+    if name == "mvit_v1_b":
+        return "blocks.15.norm1"  # as ViTs: the last block's input, whose patch tokens reach the class token
     return None
 
 
@@ -419,10 +421,9 @@ def torchvision_classifiers() -> list[str]:
     return sorted(torchvision.models.list_models(module=torchvision.models) + VIDEO_CLASSIFIERS)
 
 
-# torchvision's video classifiers whose layers are (B, C, T, h, w) maps (swin3d_t: (B, T, h, w, C)), with
-# the clip length they were trained on (Kinetics-400); mvit_v1_b lays tokens on a 3-D grid that its blocks
-# track internally, which explain() cannot yet read
-VIDEO_CLASSIFIERS = ["mc3_18", "r2plus1d_18", "r3d_18", "s3d", "swin3d_t"]
+# torchvision's video classifiers whose layers are (B, C, T, h, w) maps (swin3d_t: (B, T, h, w, C); mvit_v1_b:
+# a class token and a (T, h, w) grid of tokens), with the clip length they were trained on (Kinetics-400)
+VIDEO_CLASSIFIERS = ["mc3_18", "mvit_v1_b", "r2plus1d_18", "r3d_18", "s3d", "swin3d_t"]
 CLIP_FRAMES = 16
 CLIP_FRAMES_OF = {"swin3d_t": 32}
 
