@@ -4,6 +4,8 @@ are upsampled linearly along each axis."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -93,7 +95,7 @@ def test_gradient_and_activation_methods_run_on_signals_and_volumes(method):
 def test_what_is_written_for_images_says_why_in_one_line():
     model, x = Signal().eval(), torch.randn(1, 2, 32)
     for kwargs, reason in (
-        ({"method": "scorecam"}, "re-runs the model"),
+        ({"method": "smoothgradcam++"}, "is written for images"),
         ({"aug_smooth": True}, "flips and rescales"),
         ({"targets": "all"}, "targets='all'"),
     ):
@@ -154,3 +156,51 @@ def test_mvit_class_token_and_a_3d_token_grid_equal_grad_cam_by_hand():
     activations, gradients = grid(kept["a"].detach()), grid(gradients)
     by_hand = (gradients.mean(dim=(2, 3, 4), keepdim=True) * activations).sum(dim=1).clamp(min=0)
     torch.testing.assert_close(ex.raw[:, 0], by_hand, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["signal", "volume"])
+def test_score_cam_and_ablation_cam_in_1d_and_3d_equal_their_formulas_by_hand(kind):
+    """Score-CAM: each channel's map upsampled (linear / trilinear) to the input, min-max scaled, the input
+    masked by it and scored; softmax over channels. Ablation-CAM: (y - y_c) / y with channel c zeroed."""
+    torch.manual_seed(0)
+    model, x = (Signal(), torch.randn(2, 2, 40)) if kind == "signal" else (Volume(), torch.randn(2, 1, 8, 10, 12))
+    model.eval()
+    layer = model.act if kind == "signal" else model.features
+    kept = {}
+    handle = layer.register_forward_hook(lambda m, i, o: kept.__setitem__("a", o.detach().clone()))
+    with torch.no_grad():
+        scores = model(x)
+    handle.remove()
+    activations = kept["a"]
+    target = 1
+    mode = "linear" if kind == "signal" else "trilinear"
+    score_weights, ablation_weights = [], []
+    for image in range(2):
+        channel_scores, ablated = [], []
+        for channel in range(activations.shape[1]):
+            upsampled = F.interpolate(activations[image, channel][None, None], size=x.shape[2:], mode=mode)
+            low, high = upsampled.min(), upsampled.max()
+            mask = (upsampled - low) / (high - low)
+            with torch.no_grad():
+                channel_scores.append(model(x[image : image + 1] * mask)[0, target])
+            zeroed = activations[image : image + 1].clone()
+            zeroed[:, channel] = 0
+            replace = layer.register_forward_hook(lambda m, i, o, z=zeroed: z)
+            with torch.no_grad():
+                ablated.append(model(x[image : image + 1])[0, target])
+            replace.remove()
+        score_weights.append(torch.softmax(torch.stack(channel_scores), dim=0))
+        y = scores[image, target]
+        ablation_weights.append((y - torch.stack(ablated)) / y)
+    for method, weights in (("scorecam", score_weights), ("ablationcam", ablation_weights)):
+        ex = gradcam.explain(model, x, method, "act" if kind == "signal" else "features", target)
+        stacked = torch.stack(weights).view(2, -1, *([1] * (activations.dim() - 2)))
+        by_hand = (stacked * activations).sum(dim=1).clamp(min=0)
+        torch.testing.assert_close(ex.raw[:, 0], by_hand, rtol=1e-4, atol=1e-6)
+
+
+def test_methods_written_for_images_say_so_on_volumes():
+    x = torch.randn(1, 1, 8, 8, 8)
+    for method in ("fullgrad", "sess", "smoothgradcam++"):
+        with pytest.raises(ValueError, match=re.escape(f"{method} is written for images")):
+            gradcam.explain(Volume().eval(), x, method)

@@ -213,8 +213,8 @@ def _refuse_outside_images(method: CAMMethod, targets: TargetSpec, aug_smooth: b
     """What does not work yet on signals, volumes and clips, said in one line with the reason."""
     what = {1: "signals (B, C, L)", 3: "volumes and clips (B, C, D, H, W)"}[dims]
     reason = None
-    if method.needs_model:
-        reason = f"{method.name} re-runs the model on masked or ablated copies, which is written for images"
+    if not method.any_dimensions:
+        reason = f"{method.name} is written for images"
     elif method.reads_attention:
         reason = f"{method.name} reads a vision transformer's attention over an image's patches"
     elif aug_smooth or guided:
@@ -224,7 +224,10 @@ def _refuse_outside_images(method: CAMMethod, targets: TargetSpec, aug_smooth: b
     ):
         reason = "targets='all' and text prompts are written for images"
     if reason is not None:
-        raise ValueError(f"{what}: {reason}; use a gradient or activation method (gradcam, hirescam, eigencam, ...)")
+        raise ValueError(
+            f"{what}: {reason}; use a gradient, activation or masking method "
+            "(gradcam, hirescam, eigencam, scorecam, ablationcam, ...)"
+        )
 
 
 def _explain_once(
@@ -289,7 +292,8 @@ def _explain_once(
             )  # fmt: skip
             with preserved_state(model, eval_mode=settings.eval_mode):
                 weights = method.perturbation_weights(probe).float()
-            results.append(_result(name, activations, weights, None, settings.eigen_smooth))
+            result = _result(name, activations, weights, None, settings.eigen_smooth)
+            results.append(_laid_back(result, layout) if isinstance(layout, Volume) else result)
             continue
         layer_gradients = None
         if gradients is not None:

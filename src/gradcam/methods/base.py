@@ -32,6 +32,7 @@ class CAMMethod:
     evaluated_by_default: ClassVar[bool] = True  # in `gradcam evaluate`'s default list (fast, any CNN)
     wraps_explain: ClassVar[bool] = False  # makes its maps itself from the model (SESS, FullGrad): wrapped_maps()
     uses_layer: ClassVar[bool] = True  # explains one chosen layer (FullGrad: every bias of the network)
+    any_dimensions: ClassVar[bool] = True  # works on signals, volumes and clips as on images
 
     @classmethod
     def accepts(cls, option: str) -> bool:

@@ -58,6 +58,7 @@ class FullGrad(CAMMethod):
     name = "fullgrad"
     uses_gradients = False  # not at one layer: through the whole network, inside wrapped_maps
     needs_model = True
+    any_dimensions = False  # its input-gradient and bias terms are drawn for images
     uses_layer = False
     channel_weights = False
     one_gradient_per_class = False

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..hooks import with_first
+from ..spatial import Volume
 from .base import CAMMethod, register
 
 
@@ -48,6 +49,7 @@ class PerturbationMethod(CAMMethod):
 
     uses_gradients = False
     needs_model = True
+    any_dimensions = False  # each one says so where its masks and ablations are written for any grid
     one_gradient_per_class = False
     evaluated_by_default = False  # one forward pass per channel (or per chunk of masked copies)
 
@@ -83,6 +85,7 @@ class ScoreCAM(PerturbationMethod):
     """
 
     name = "scorecam"
+    any_dimensions = True  # masks upsampled to any grid (SS-CAM and IS-CAM inherit them)
 
     def __init__(self, batch_size: int = 32, top_channels: int | None = None) -> None:
         super().__init__(batch_size)
@@ -104,14 +107,19 @@ class ScoreCAM(PerturbationMethod):
             selected = torch.zeros_like(varying).scatter_(1, keep, True) & varying
         scores = torch.full((batch, channels, count), float("-inf"), device=images.device)
         pairs = selected.nonzero()  # (N, 2): image, channel
-        size = images.shape[-2:]
+        from ..result import INTERPOLATION  # (result imports the methods)
+
+        size = tuple(images.shape[2:])  # (H, W), (L,) or (D, H, W): the masks have the input's shape
+        dims = tuple(range(2, 2 + len(size)))
         with torch.inference_mode():
             for part in _chunks(len(pairs), self.batch_size):
                 image_ids, channel_ids = pairs[part, 0], pairs[part, 1]
                 maps = activations[image_ids, channel_ids][:, None].float()
-                masks = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
-                lo = masks.amin(dim=(2, 3), keepdim=True)
-                hi = masks.amax(dim=(2, 3), keepdim=True)
+                if isinstance(probe.layout, Volume):  # a signal's or volume's map, flattened for the methods
+                    maps = probe.layout.unflatten(maps)
+                masks = F.interpolate(maps, size=size, mode=INTERPOLATION[len(size)], align_corners=False)
+                lo = masks.amin(dim=dims, keepdim=True)
+                hi = masks.amax(dim=dims, keepdim=True)
                 masks = (masks - lo) / (hi - lo)
                 scores[image_ids, channel_ids] = self.masked_scores(probe, images[image_ids], masks, image_ids)
             constant = ~varying
@@ -155,7 +163,7 @@ class SSCAM(ScoreCAM):
 
     def perturbation_weights(self, probe: Probe) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed) if self.seed is not None else None
-        shape = (self.samples, 1, *probe.images.shape[-2:])
+        shape = (self.samples, 1, *probe.images.shape[2:])
         self._noise = (torch.randn(shape, generator=generator) * self.std).to(probe.images.device)
         return super().perturbation_weights(probe)
 
@@ -207,6 +215,7 @@ class AblationCAM(PerturbationMethod):
     """
 
     name = "ablationcam"
+    any_dimensions = True  # channels zeroed on any grid
 
     def perturbation_weights(self, probe: Probe) -> torch.Tensor:
         from ..tail import Tail, TailUnavailable
