@@ -29,7 +29,7 @@ import torch
 from ..pipeline.writer import label_of
 from .clusters import spectral_clusters
 from .engine import Columns, Measured
-from .measure import CORNERS, rank_correlation, top_share_iou
+from .measure import CORNERS, peak_of, rank_correlation, top_share_iou
 
 FLAG_CORNER = 0.2  # 3.2 times a corner's share of the frame
 FLAG_BORDER = 0.6
@@ -197,12 +197,6 @@ def outside_limit(box_area: Any) -> Any:
     return np.minimum(FLAG_IN_BOXES, BOX_CONCENTRATION * box_area)
 
 
-def _peak_of(grid: np.ndarray) -> tuple[float, float]:
-    size = grid.shape[-1]
-    flat = int(np.argmax(grid))
-    return ((flat // size + 0.5) / size, (flat % size + 0.5) / size)
-
-
 def _class_figures(
     index: int, rows: np.ndarray, measured: Measured, right: np.ndarray, labels: Any, cluster_of: np.ndarray
 ) -> dict[str, Any]:
@@ -216,7 +210,8 @@ def _class_figures(
         inside = np.nonzero(assignment == number)[0]
         members_rows = rows[inside]
         mean_map = members[inside].mean(0)
-        peak = _peak_of(mean_map)
+        y, x = peak_of(torch.from_numpy(mean_map)[None])[0].tolist()
+        peak = (y, x)
         full = members_rows[~view.empty[members_rows]]
         near = np.hypot(view.peak[full, 0] - peak[0], view.peak[full, 1] - peak[1]) <= FIXED_RADIUS
         consistency = float(near.mean()) if len(full) else None

@@ -71,9 +71,14 @@ def energy_shares(maps: torch.Tensor, box_masks: torch.Tensor | None = None) -> 
     if box_masks is not None:
         boxed = box_masks.flatten(1).amax(dim=1) > 0
         in_boxes = torch.where(boxed & ~empty, (maps * box_masks.to(maps)).sum(dim=(1, 2)) / safe, nan)
+    return EnergyShares(border_share, corner_share, in_boxes, peak_of(maps), empty)
+
+
+def peak_of(maps: torch.Tensor) -> torch.Tensor:
+    """(N, 2): the (y, x) of each of N maps' (N, H, W) maximum, cell centres as fractions of the frame."""
+    height, width = maps.shape[-2:]
     flat = maps.flatten(1).argmax(dim=1)
-    peak = torch.stack([(flat // width + 0.5) / height, (flat % width + 0.5) / width], dim=1)
-    return EnergyShares(border_share, corner_share, in_boxes, peak, empty)
+    return torch.stack([(flat // width + 0.5) / height, (flat % width + 0.5) / width], dim=1)
 
 
 def grid_maps(maps: torch.Tensor, grid: int = GRID) -> torch.Tensor:

@@ -22,7 +22,7 @@ from PIL import Image
 from ..io.files import write_atomic
 from ..io.images import model_view
 from ..io.models import LoadedModel
-from ..pipeline.writer import save_npy_atomic, slug
+from ..pipeline.writer import save_npy_atomic, save_picture, slug
 from ..render.viz import colorize, overlay, to_pil
 from .engine import decode_for_audit
 from .findings import Findings
@@ -59,10 +59,6 @@ def data_uri(picture: Image.Image, format: str = "JPEG") -> str:
     picture.save(buffer, format=format, **({"quality": 85} if format == "JPEG" else {}))
     kind = "jpeg" if format == "JPEG" else "png"
     return f"data:image/{kind};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
-
-
-def _save_png(picture: Image.Image, path: Path) -> None:
-    write_atomic(path, lambda temporary: picture.save(temporary, format="PNG"))
 
 
 def write_report_json(findings: Findings, path: Path) -> None:
@@ -103,14 +99,14 @@ def write_outputs(findings: Findings, out: Path, bundles: Sequence[LoadedModel])
     for entry in head["classes"]:
         name = f"class-{entry['index']}-{slug(entry['name'])}"
         entry["picture"] = f"maps/{name}-mean.png"
-        _save_png(heat_picture(entry["mean_map"]), out / entry["picture"])
+        save_picture(heat_picture(entry["mean_map"]), out / entry["picture"], "png")
         for cluster in entry["clusters"]:
             cluster["picture"] = f"maps/{name}-cluster-{cluster['index']}.png"
-            _save_png(heat_picture(cluster["mean_map"]), out / cluster["picture"])
+            save_picture(heat_picture(cluster["mean_map"]), out / cluster["picture"], "png")
     for entry in head.get("comparison", {}).get("classes", []):
         name = f"class-{entry['index']}-{slug(entry['name'])}"
         entry["compared_picture"] = f"maps/{name}-compared-mean.png"
-        _save_png(heat_picture(entry["compared_mean_map"]), out / entry["compared_picture"])
+        save_picture(heat_picture(entry["compared_mean_map"]), out / entry["compared_picture"], "png")
     write_report_json(findings, out / "audit.json")
     from ..render.audit_page import audit_page
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +22,10 @@ from PIL import Image, ImageDraw
 
 from ..explain import explain
 from ..io.arrays import ArrayInput, map_path, read_array, write_map
-from ..io.files import write_atomic
 from ..io.models import LoadedModel
 from ..render.viz import _font, overlay, to_pil, with_legend
 from .records import PhotoRecord, TargetRecord
-from .writer import label_of, slug, top_predictions
+from .writer import label_of, save_picture, slug, top_predictions
 
 MONTAGE_SLICES = 16
 TILE = 160  # pixels of a montage tile's longer side
@@ -75,16 +73,12 @@ def explain_array(bundle: LoadedModel, path: Path, key: str, options: ArrayOptio
         else:
             picture = signal_plot(item, heat, caption, options.colormap)
         write_map(heat.numpy(), map_file, item)
-        write_atomic(picture_path, partial(_save_png, picture))
+        save_picture(picture, picture_path, "png")
         targets.append(TargetRecord(index=index, label=label, score=float(ex.scores[0, k]),
                                     files={"map": str(map_file), kind: str(picture_path)}))  # fmt: skip
     return PhotoRecord(path=str(path), status="ok", method=options.method, layer=ex.layer,
                        predictions=tuple(predictions), targets=tuple(targets), kind=item.kind,
                        shape=item.shape)  # fmt: skip
-
-
-def _save_png(picture: Image.Image, path: Path) -> None:
-    picture.save(path, format="PNG")
 
 
 def _slice_axis(item: ArrayInput) -> int:

@@ -30,14 +30,13 @@ import torch
 from PIL import Image, ImageDraw
 
 from ..explain import explain
-from ..io.files import write_atomic
 from ..io.images import Geometry, preprocess
 from ..io.models import LoadedModel
 from ..io.video import VideoWriter, read_frames, video_info
 from ..render.viz import _font, colour_bar, overlay_image, to_pil
 from ..result import normalise
 from .records import PhotoRecord, Prediction, TargetRecord
-from .writer import label_of, slug
+from .writer import label_of, save_picture, slug
 
 SHEET_FRAMES = 12
 
@@ -109,7 +108,7 @@ def explain_video(
     picture = contact_sheet(
         sheet, info.fps, f"{options.method} for {label_of(bundle.labels, state['target'])}", options
     )
-    write_atomic(sheet_file, lambda temporary: picture.save(temporary, format="PNG"))
+    save_picture(picture, sheet_file, "png")
     return _record(bundle, str(path), info, options, state, video_file, sheet_file, done, pictures[0].size)
 
 
