@@ -14,8 +14,9 @@ from ..methods import methods
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-def add_parser(commands: Any, formatter: type[argparse.HelpFormatter], photos_and_model: Any) -> None:
-    """The ``audit`` subcommand; ``photos_and_model(parser)`` adds PATH... and the model options of explain."""
+def add_parser(commands: Any, formatter: type[argparse.HelpFormatter], photos_and_model: Any, ray_options: Any) -> None:
+    """The ``audit`` subcommand; ``photos_and_model(parser)`` adds PATH... and the model options of explain,
+    ``ray_options(parser, verb)`` the Ray engine's."""
     audit = commands.add_parser(
         "audit",
         help="what a model relies on across a dataset (possible shortcuts), and how two models differ",
@@ -52,11 +53,7 @@ def add_parser(commands: Any, formatter: type[argparse.HelpFormatter], photos_an
         "--max-megapixels", type=float, default=DEFAULT_MAX_MEGAPIXELS, help="refuse photos larger than this"
     )
     audit.add_argument("--quiet", action="store_true", help="no progress bar or summary")
-    audit.add_argument("--engine", choices=["local", "ray"], default="local", help="ray: audit on a Ray cluster")
-    audit.add_argument("--address", default=None, help="ray: 'auto' or ray://HOST:PORT (default: a local instance)")
-    audit.add_argument("--actors", type=int, default=2, help="ray: model replicas")
-    audit.add_argument("--cpus-per-actor", type=float, default=1.0, help="ray: CPUs reserved by each actor")
-    audit.add_argument("--gpus-per-actor", type=float, default=0.0, help="ray: GPUs given to each actor")
+    ray_options(audit, "audit")
 
 
 def run(args: argparse.Namespace) -> int:

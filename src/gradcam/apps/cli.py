@@ -68,6 +68,15 @@ def _add_photos_and_model(parser: argparse.ArgumentParser) -> None:
     _add_labels_option(parser)
 
 
+def _add_ray_options(parser: argparse.ArgumentParser, verb: str) -> None:
+    """--engine, --address, --actors, --cpus-per-actor and --gpus-per-actor, for ``verb`` on a Ray cluster."""
+    parser.add_argument("--engine", choices=["local", "ray"], default="local", help=f"ray: {verb} on a Ray cluster")
+    parser.add_argument("--address", default=None, help="ray: 'auto' or ray://HOST:PORT (default: a local instance)")
+    parser.add_argument("--actors", type=int, default=2, help="ray: model replicas")
+    parser.add_argument("--cpus-per-actor", type=float, default=1.0, help="ray: CPUs reserved by each actor")
+    parser.add_argument("--gpus-per-actor", type=float, default=0.0, help="ray: GPUs given to each actor")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gradcam",
@@ -214,11 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--every", type=int, default=1, metavar="N", help="videos: explain every N-th frame (the output keeps those)"
     )
     run.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
-    run.add_argument("--engine", choices=["local", "ray"], default="local", help="ray: explain on a Ray cluster")
-    run.add_argument("--address", default=None, help="ray: 'auto' or ray://HOST:PORT (default: a local instance)")
-    run.add_argument("--actors", type=int, default=2, help="ray: model replicas")
-    run.add_argument("--cpus-per-actor", type=float, default=1.0, help="ray: CPUs reserved by each actor")
-    run.add_argument("--gpus-per-actor", type=float, default=0.0, help="ray: GPUs given to each actor")
+    _add_ray_options(run, "explain")
 
     judge = commands.add_parser(
         "evaluate",
@@ -247,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from . import audit as audit_command
 
-    audit_command.add_parser(commands, _Formatter, _add_photos_and_model)
+    audit_command.add_parser(commands, _Formatter, _add_photos_and_model, _add_ray_options)
 
     web = commands.add_parser(
         "serve",
@@ -518,10 +523,10 @@ def _explain_videos(args: argparse.Namespace, videos: list[str]) -> int:
         return _error(f"{unsupported[0]}: not for videos yet (videos run on the local engine, from the start)")
     if args.target is not None and not args.target.strip().isdigit():
         return _error("--target with videos: one class index (the whole video is explained for it)")
-    out = Path(args.out)
-    manifest_path = out / "results.json"
-    if manifest_path.exists() and not args.overwrite:
-        return _error(f"--out {out}: already holds results.json from an earlier run; pass --overwrite or another --out")
+    where = _new_run_folder(args)
+    if where is None:
+        return EXIT_USAGE
+    out, manifest_path = where
     try:
         bundle = _load_bundle(args)
         out.mkdir(parents=True, exist_ok=True)
@@ -560,6 +565,17 @@ def _explain_videos(args: argparse.Namespace, videos: list[str]) -> int:
                       f"{files['contact_sheet']}")  # fmt: skip
         print(f"{ok} explained, {len(records) - ok} failed. Manifest: {manifest_path}")
     return EXIT_OK if ok == len(records) else EXIT_FAILED
+
+
+def _new_run_folder(args: argparse.Namespace) -> tuple[Path, Path] | None:
+    """--out and its results.json for a run of videos or array files; None (said in one line) where an
+    earlier run's manifest is there and --overwrite was not given."""
+    out = Path(args.out)
+    manifest_path = out / "results.json"
+    if manifest_path.exists() and not args.overwrite:
+        _error(f"--out {out}: already holds results.json from an earlier run; pass --overwrite or another --out")
+        return None
+    return out, manifest_path
 
 
 def _photo_only_flags(args: argparse.Namespace) -> list[str]:
@@ -605,10 +621,10 @@ def _explain_arrays(args: argparse.Namespace, paths: list[Path], roots: list[Pat
         return _error(
             f"{unsupported[0]}: not for volumes and signals (they run on the local engine, one file at a time)"
         )
-    out = Path(args.out)
-    manifest_path = out / "results.json"
-    if manifest_path.exists() and not args.overwrite:
-        return _error(f"--out {out}: already holds results.json from an earlier run; pass --overwrite or another --out")
+    where = _new_run_folder(args)
+    if where is None:
+        return EXIT_USAGE
+    out, manifest_path = where
     try:
         bundle = _load_bundle(args)
         target = parse_target(args.target, bundle.labels)
