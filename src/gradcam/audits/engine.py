@@ -123,6 +123,16 @@ def decode_for_audit(path: str, spec: Preprocessing, max_megapixels: float = DEF
         return Decoded(error=f"{path}: cannot decode ({type(error).__name__}: {error})")
 
 
+def decode_for_models(path: str, specs: Sequence[Preprocessing], max_megapixels: float) -> list[Decoded]:
+    """The photo decoded for each model's preprocessing, once per distinct one (a model compared with
+    another of the same family reads the same decode)."""
+    done: dict[Preprocessing, Decoded] = {}
+    for spec in specs:
+        if spec not in done:
+            done[spec] = decode_for_audit(path, spec, max_megapixels)
+    return [done[spec] for spec in specs]
+
+
 class _ChosenClass:
     """The score of one class per image; -1 picks the image's top class."""
 
@@ -230,8 +240,7 @@ class _AuditPhotos(Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int) -> tuple[int, list[Decoded]]:
-        path = self.items[index].path
-        return index, [decode_for_audit(path, spec, self.max_megapixels) for spec in self.specs]
+        return index, decode_for_models(self.items[index].path, self.specs, self.max_megapixels)
 
 
 def _collate(batch: list[tuple[int, list[Decoded]]]) -> list[tuple[int, list[Decoded]]]:

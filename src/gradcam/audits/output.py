@@ -11,6 +11,7 @@ import base64
 import io
 import json
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +42,18 @@ def heat_picture(grid: Any, side: int = PICTURE_SIDE, colormap: str = "jet") -> 
     return to_pil((colour * 255).round().to(torch.uint8))
 
 
-def photo_picture(path: str, bundle: LoadedModel, grid: Any, side: int = PICTURE_SIDE) -> Image.Image | None:
-    """The photo as the model saw it (its crop), ``side`` pixels square, with the map ``grid`` over it."""
+def photo_view(path: str, bundle: LoadedModel, side: int = PICTURE_SIDE) -> torch.Tensor | None:
+    """The photo as the model saw it (its crop), ``side`` pixels square, (3, side, side) float in [0, 255]."""
     decoded = decode_for_audit(path, bundle.preprocessing)
     if decoded.input is None:
         return None
     view = model_view(decoded.input, bundle.preprocessing)
-    view = F.interpolate(view[None].float(), size=(side, side), mode="bilinear", align_corners=False)[0]
+    return F.interpolate(view[None].float(), size=(side, side), mode="bilinear", align_corners=False)[0]
+
+
+def photo_picture(view: torch.Tensor, grid: Any) -> Image.Image:
+    """A :func:`photo_view` with the map ``grid`` over it, scaled to its own maximum."""
+    side = view.shape[-1]
     heat = torch.as_tensor(np.asarray(grid, dtype=np.float32))
     heat = F.interpolate(heat[None, None], size=(side, side), mode="bilinear", align_corners=False)[0, 0]
     peak = float(heat.max())
@@ -140,6 +146,9 @@ class _Pictures:
     def __init__(self, out: Path, bundles: Sequence[LoadedModel], findings: Findings) -> None:
         self.out, self.bundles, self.findings = out, bundles, findings
         self.rows = {findings.measured.item(r).key: r for r in range(len(findings.measured.positions))}
+        # a photo is often shown twice in a row (true and predicted class, audited and compared model)
+        self.view = lru_cache(maxsize=32)(lambda row, number: photo_view(findings.measured.item(row).path,
+                                                                         bundles[number]))  # fmt: skip
 
     def file(self, relative: str) -> str:
         return data_uri(Image.open(self.out / relative), "PNG")
@@ -149,12 +158,11 @@ class _Pictures:
         row = self.rows.get(key)
         if row is None:
             return None
-        view = self.findings.measured.models[0]
-        grid = view.grids[row]
-        if which == "predicted" and view.predicted_rows[row] >= 0:
-            grid = view.predicted_grids[view.predicted_rows[row]]
+        columns = self.findings.measured.models[0]
+        grid = columns.grids[row]
+        if which == "predicted" and columns.predicted_rows[row] >= 0:
+            grid = columns.predicted_grids[columns.predicted_rows[row]]
         elif which == "compared" and len(self.findings.measured.models) > 1:
             grid = self.findings.measured.models[1].grids[row]
-        bundle = self.bundles[1] if which == "compared" and len(self.bundles) > 1 else self.bundles[0]
-        picture = photo_picture(self.findings.measured.item(row).path, bundle, grid)
-        return data_uri(picture) if picture is not None else None
+        seen = self.view(row, 1 if which == "compared" and len(self.bundles) > 1 else 0)
+        return data_uri(photo_picture(seen, grid)) if seen is not None else None

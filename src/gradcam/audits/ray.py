@@ -23,7 +23,7 @@ from .engine import (
     Measured,
     audit_batch,
     collect,
-    decode_for_audit,
+    decode_for_models,
 )
 
 
@@ -87,8 +87,9 @@ class AuditActor:
                       tuple(tuple(box) for box in json.loads(str(boxes))))
             for path, key, truth, boxes in columns
         ]  # fmt: skip
-        decoded = [[decode_for_audit(item.path, e.bundle.preprocessing, self.max_megapixels) for item in items]
-                   for e in self.explainers]  # fmt: skip
+        specs = [e.bundle.preprocessing for e in self.explainers]
+        per_photo = [decode_for_models(item.path, specs, self.max_megapixels) for item in items]
+        decoded = [[photo[m] for photo in per_photo] for m in range(len(specs))]
         positions = [int(p) for p in batch["position"]]
         result = audit_batch(self.explainers, items, decoded, positions)
         rows = batch_to_rows(result, positions, _grid(result))
