@@ -353,6 +353,15 @@ def test_the_model_is_left_as_it_was(tmp_path):
     assert not model._forward_hooks and not any(m._forward_hooks or m._backward_hooks for m in model.modules())
 
 
+def test_a_method_that_cannot_explain_the_model_is_one_line(tmp_path, capsys):
+    examples = Path(gradcam.__file__).parent / "examples"
+    code = main(
+        ["audit", str(examples), "--method", "gradeclip", "--out", str(tmp_path / "o"), "--quiet", "--workers", "0"]
+    )
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and "gradeclip" in error and "attention" in error and len(error.splitlines()) == 1
+
+
 def test_bad_arguments(tmp_path):
     examples = Path(gradcam.__file__).parent / "examples"
     with pytest.raises(AuditError, match="no such file"):

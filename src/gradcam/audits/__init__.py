@@ -160,7 +160,10 @@ def audit(
         )
     else:
         batches = run_local(items, explainers, batch_size, workers, max_megapixels, progress)
-        measured = collect(batches, items, len(explainers))
+        try:
+            measured = collect(batches, items, len(explainers))
+        except (ValueError, TypeError) as error:  # the method, layer or model cannot be explained this way
+            raise AuditError(str(error).splitlines()[0]) from None
         layers = [e.layer for e in explainers]
     run = {
         "model": _model_name(model, bundle), "method": _method_name(method), "layer": layers[0],

@@ -170,7 +170,9 @@ class AuditExplainer:
         else:
             targets = None
         ex = explain(model, inputs, self.method, self.layer, targets, labels=self.bundle.labels)
-        logits = select_logits(ex.logits if ex.logits is not None else ex.scores).detach().float()
+        if ex.logits is None:
+            raise ValueError(f"{self.bundle.name}: the model's output is not (B, num_classes) class scores")
+        logits = ex.logits.detach().float()
         probabilities = logits.softmax(dim=1)
         predicted = logits.argmax(dim=1)
         classes_out = logits.shape[1]  # a compared model with another head explains its own top class
