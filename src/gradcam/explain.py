@@ -123,9 +123,10 @@ def explain(
             f"images: expected a float tensor (B, C, H, W), or (B, C, L) signals, (B, C, D, H, W) volumes or "
             f"clips, got {shape}"
         )
+    chosen = get_method(method)
     _check_dimensions(model, images)
     if images.dim() != 4:
-        _refuse_outside_images(get_method(method), targets, aug_smooth, guided, images.dim() - 2)
+        _refuse_outside_images(chosen, targets, aug_smooth, guided, images.dim() - 2)
     if not bool(torch.isfinite(images.sum())) and not bool((finite := torch.isfinite(images)).all()):
         bad = int((~finite).sum())  # the sum is one cheap pass; it is not finite when any value is not
         warnings.warn(f"images: {bad} values are NaN or infinite; the scores and maps may mean nothing", stacklevel=2)
@@ -141,10 +142,10 @@ def explain(
     if isinstance(targets, Similarity):
         output, labels, targets = _similarity_scores(targets, output), targets.labels(), [list(range(len(targets)))]
         targets = targets * len(images)
-    if get_method(method).wraps_explain:
-        return _wrapped(get_method(method), model, images, layer, targets, output or select_logits, labels, eval_mode)
+    if chosen.wraps_explain:
+        return _wrapped(chosen, model, images, layer, targets, output or select_logits, labels, eval_mode)
     settings = _Settings(
-        get_method(method),
+        chosen,
         output or select_logits,
         labels,
         counterfactual,
