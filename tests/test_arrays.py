@@ -109,7 +109,9 @@ def test_own_models_by_python_path_or_a_trusted_whole_model_file(tmp_path, capsy
     assert main([*argv, "--model", VOLUME, "--weights", str(tmp_path / "state.pt")]) == 0
     for spec, message in [("py:tiny_models", "write it as py:PACKAGE.MODULE:FACTORY"),
                           ("py:no_such_module:Net", "cannot import no_such_module"),
-                          ("py:tiny_models:Nothing", "tiny_models has no Nothing")]:  # fmt: skip
+                          ("py:tiny_models:Nothing", "tiny_models has no Nothing"),
+                          ("py:json:loads", "loads() failed (TypeError"),
+                          ("py:collections:OrderedDict", "gave a OrderedDict, not a torch module")]:  # fmt: skip
         assert main([*argv, "--model", spec]) == 2
         assert message in capsys.readouterr().err
 

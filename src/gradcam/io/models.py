@@ -212,7 +212,10 @@ def _load_python(target: str, file: WeightsFile | None) -> LoadedModel:
         ) from None
     except AttributeError:
         raise ModelLoadError(f"--model py:{target}: {module_name} has no {attribute}") from None
-    model = factory()
+    try:
+        model = factory()
+    except Exception as error:  # the user's own code: its failure is told in one line, not a traceback
+        raise ModelLoadError(f"--model py:{target}: {attribute}() failed ({type(error).__name__}: {error})") from None
     if not isinstance(model, nn.Module):
         raise ModelLoadError(f"--model py:{target}: {attribute}() gave a {type(model).__name__}, not a torch module")
     if file is not None:
