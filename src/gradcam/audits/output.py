@@ -7,8 +7,6 @@ with the dataset.
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 from collections.abc import Sequence
 from functools import lru_cache
@@ -24,7 +22,7 @@ from ..io.files import write_atomic
 from ..io.images import model_view
 from ..io.models import LoadedModel
 from ..pipeline.writer import save_npy_atomic, save_picture, slug
-from ..render.viz import colorize, overlay, to_pil
+from ..render.viz import colorize, data_uri, overlay, to_pil
 from .engine import decode_for_audit
 from .findings import Findings
 
@@ -58,13 +56,6 @@ def photo_picture(view: torch.Tensor, grid: Any) -> Image.Image:
     heat = F.interpolate(heat[None, None], size=(side, side), mode="bilinear", align_corners=False)[0, 0]
     peak = float(heat.max())
     return to_pil(overlay(view.round().clamp(0, 255).to(torch.uint8), heat / peak if peak > 0 else heat, 0.45))
-
-
-def data_uri(picture: Image.Image, format: str = "JPEG") -> str:
-    buffer = io.BytesIO()
-    picture.save(buffer, format=format, **({"quality": 85} if format == "JPEG" else {}))
-    kind = "jpeg" if format == "JPEG" else "png"
-    return f"data:image/{kind};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
 
 
 def write_report_json(findings: Findings, path: Path) -> None:

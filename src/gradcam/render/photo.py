@@ -14,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import base64
 import html
 import io
 import json
@@ -32,7 +31,7 @@ from ..io.images import Geometry, framed, image_tensor, preprocess, read_image, 
 from ..io.models import DEFAULT_MODEL, LoadedModel, Preprocessing, load_model
 from ..result import Explanation
 from ..targets import Similarity, TargetSpec, TextPrompt
-from .viz import overlay_image, to_pil
+from .viz import data_uri, overlay_image, to_pil
 
 _LOADED: dict[tuple[str, str | None, str], LoadedModel] = {}
 _LOADED_LOCK = threading.Lock()
@@ -235,13 +234,10 @@ class PhotoExplanation:
     def _repr_html_(self) -> str:
         figures = []
         for k in range(self.maps.shape[1]):
-            buffer = io.BytesIO()
             tile = self.overlay(k)
             tile.thumbnail((480, 480))
-            tile.save(buffer, format="PNG")
-            data = base64.b64encode(buffer.getvalue()).decode()
             figures.append(
-                f'<figure style="display:inline-block;margin:4px"><img src="data:image/png;base64,{data}">'
+                f'<figure style="display:inline-block;margin:4px"><img src="{data_uri(tile, "PNG")}">'
                 f"<figcaption>{html.escape(self.caption(k))}</figcaption></figure>"
             )
         return "<div>" + "".join(figures) + "</div>"

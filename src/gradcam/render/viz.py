@@ -6,6 +6,8 @@ Example:
 
 from __future__ import annotations
 
+import base64
+import io
 import math
 from functools import lru_cache
 
@@ -190,6 +192,14 @@ def text_tile(text: str, size: int) -> torch.Tensor:
     tile = Image.new("RGB", (right - left + 2 * pad, bottom - top + 2 * pad), (30, 30, 30))
     ImageDraw.Draw(tile).text((pad - left, pad - top), text, fill=(235, 235, 235), font=font)
     return torch.from_numpy(np.asarray(tile).copy()).permute(2, 0, 1)
+
+
+def data_uri(picture: Image.Image, format: str = "JPEG") -> str:
+    """A picture inline in a page: ``data:image/...;base64,...`` (JPEG quality 85, or PNG)."""
+    buffer = io.BytesIO()
+    picture.save(buffer, format=format, **({"quality": 85} if format == "JPEG" else {}))
+    kind = "jpeg" if format == "JPEG" else "png"
+    return f"data:image/{kind};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
 
 
 def to_pil(picture: torch.Tensor) -> Image.Image:
