@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io.images import DEFAULT_MAX_MEGAPIXELS, find_images
-from ..io.models import LoadedModel, load_model, read_labels, with_labels
+from ..io.models import LoadedModel, load_model, probe_output, read_labels, with_labels
 from .dataset import AuditInputError, read_object_boxes, read_truth
 from .engine import AuditExplainer, AuditItem, collect, run_local
 from .findings import Findings, summarise
@@ -212,16 +212,12 @@ def _items(
 
 
 def _outputs(bundle: LoadedModel) -> int:
-    import torch
-
-    parameter = next(bundle.model.parameters())
-    example = torch.zeros(1, 3, *bundle.preprocessing.crop, device=parameter.device, dtype=parameter.dtype)
-    from ..hooks import preserved_state
     from ..targets import select_logits
 
-    with preserved_state(bundle.model), torch.no_grad():
-        bundle.model.eval()
-        return int(select_logits(bundle.model(example)).shape[-1])
+    output = probe_output(bundle)
+    if output is None:
+        raise AuditError(f"{bundle.name}: an audit explains photos; this model does not take a photo")
+    return int(select_logits(output).shape[-1])
 
 
 __all__ = ["audit", "AuditResult", "AuditError"]

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -105,17 +106,24 @@ def read_labels(path: str | Path) -> list[str]:
     return names
 
 
-def with_labels(bundle: LoadedModel, names: Sequence[str], source: str = "--labels") -> LoadedModel:
-    """``bundle`` naming its classes ``names``; their number must be the model's (one forward pass)."""
-    model = bundle.model
-    example = torch.zeros(1, 3, *bundle.preprocessing.crop, device=next(model.parameters()).device)
+def probe_output(bundle: LoadedModel) -> Any:
+    """The model's output (in eval mode, the model left as it was) for one black image of its input size;
+    None for a model that does not take images (a volume's, a signal's)."""
     from ..hooks import ForwardError, preserved_state, run_model
 
+    model = bundle.model
+    example = torch.zeros(1, 3, *bundle.preprocessing.crop, device=next(model.parameters()).device)
     try:
         with preserved_state(model), torch.inference_mode():
-            output = run_model(model, example)
-    except ForwardError:  # not an image model (a volume, a signal): explain() checks the count on real input
-        return replace(bundle, labels=tuple(names))
+            return run_model(model, example)
+    except ForwardError:
+        return None
+
+
+def with_labels(bundle: LoadedModel, names: Sequence[str], source: str = "--labels") -> LoadedModel:
+    """``bundle`` naming its classes ``names``; their number must be the model's (one forward pass; a model
+    that does not take images has the count checked by explain() on real input)."""
+    output = probe_output(bundle)
     outputs = output.shape[-1] if isinstance(output, torch.Tensor) else None
     if outputs is not None and outputs != len(names):
         raise ModelLoadError(f"{source}: {len(names)} class names for a model with {outputs} classes")
