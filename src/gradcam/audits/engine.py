@@ -21,8 +21,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..explain import explain
-from ..io.images import DEFAULT_MAX_MEGAPIXELS, Geometry, ImageReadError, preprocess, read_image
+from ..io.images import DEFAULT_MAX_MEGAPIXELS, ImageReadError, preprocess, read_image
 from ..io.models import LoadedModel, Preprocessing
+from ..pipeline.writer import DecodedPhoto
 from ..targets import select_logits
 from .measure import GRID, box_mask, energy_shares, grid_maps
 
@@ -101,32 +102,24 @@ class BatchAudit:
     errors: dict[int, str]
 
 
-@dataclass(frozen=True)
-class Decoded:
-    input: torch.Tensor | None = None
-    geometry: Geometry | None = None
-    size: tuple[int, int] | None = None
-    error: str | None = None
-
-
-def decode_for_audit(path: str, spec: Preprocessing, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> Decoded:
+def decode_for_audit(path: str, spec: Preprocessing, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> DecodedPhoto:
     """The model's input for one photo (a JPEG decoded no larger than the model needs); a bad file gives
-    a :class:`Decoded` with only ``error``."""
+    a :class:`DecodedPhoto` with only ``error``."""
     try:
         image = read_image(Path(path), draft_size=spec.resize, max_megapixels=max_megapixels)
         pixels, geometry = preprocess(image, spec)
         width, height = image.info.get("original_size", image.size)
-        return Decoded(pixels, geometry, (int(width), int(height)))
+        return DecodedPhoto(pixels, geometry, size=(int(width), int(height)))  # no photo to draw on
     except ImageReadError as error:
-        return Decoded(error=str(error))
+        return DecodedPhoto(error=str(error))
     except Exception as error:  # a decoder crash must not end the audit
-        return Decoded(error=f"{path}: cannot decode ({type(error).__name__}: {error})")
+        return DecodedPhoto(error=f"{path}: cannot decode ({type(error).__name__}: {error})")
 
 
-def decode_for_models(path: str, specs: Sequence[Preprocessing], max_megapixels: float) -> list[Decoded]:
+def decode_for_models(path: str, specs: Sequence[Preprocessing], max_megapixels: float) -> list[DecodedPhoto]:
     """The photo decoded for each model's preprocessing, once per distinct one (a model compared with
     another of the same family reads the same decode)."""
-    done: dict[Preprocessing, Decoded] = {}
+    done: dict[Preprocessing, DecodedPhoto] = {}
     for spec in specs:
         if spec not in done:
             done[spec] = decode_for_audit(path, spec, max_megapixels)
@@ -157,7 +150,7 @@ class AuditExplainer:
         self.bundle, self.method, self.requested_layer = bundle, method, layer
         self.layer: str | None = bundle.layer_for(layer)
 
-    def measure(self, items: Sequence[AuditItem], decoded: Sequence[Decoded]) -> Columns:
+    def measure(self, items: Sequence[AuditItem], decoded: Sequence[DecodedPhoto]) -> Columns:
         model = self.bundle.model
         parameter = next(model.parameters())
         inputs = torch.stack([d.input for d in decoded if d.input is not None]).to(parameter.device, parameter.dtype)
@@ -210,7 +203,7 @@ class AuditExplainer:
 def audit_batch(
     explainers: Sequence[AuditExplainer],
     items: Sequence[AuditItem],
-    decoded: Sequence[Sequence[Decoded]],
+    decoded: Sequence[Sequence[DecodedPhoto]],
     positions: Sequence[int],
 ) -> BatchAudit:
     """``decoded[m][i]``: photo i decoded for model m; ``positions[i]``: its place in the whole audit. A
@@ -241,11 +234,11 @@ class _AuditPhotos(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[int, list[Decoded]]:
+    def __getitem__(self, index: int) -> tuple[int, list[DecodedPhoto]]:
         return index, decode_for_models(self.items[index].path, self.specs, self.max_megapixels)
 
 
-def _collate(batch: list[tuple[int, list[Decoded]]]) -> list[tuple[int, list[Decoded]]]:
+def _collate(batch: list[tuple[int, list[DecodedPhoto]]]) -> list[tuple[int, list[DecodedPhoto]]]:
     return batch
 
 
