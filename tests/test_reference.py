@@ -50,6 +50,7 @@ ELSEWHERE = {
     "refinecam": "pytorch-grad-cam RefineCAM over several layers",
     "sess": "pytorch-grad-cam SESS and by hand (test_sess.py)",
     "fullgrad": "pytorch-grad-cam FullGrad and by hand (test_fullgrad.py)",
+    "legrad": "torchcam LeGrad and by hand (test_legrad.py)",
 }
 # perturbation methods run one forward pass per channel: smaller inputs, and the paper-level bar (0.99)
 PERTURBATION = {"scorecam", "ablationcam"}

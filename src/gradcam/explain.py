@@ -180,18 +180,27 @@ def _wrapped(
     eval_mode: bool,
 ) -> Explanation:
     """A method that makes its maps itself from the model: SESS (runs :func:`explain` on parts of each
-    image), FullGrad (every bias-gradient). The targets are resolved on the whole image first."""
+    image), FullGrad (every bias-gradient), LeGrad (the attention of several blocks). The targets are
+    resolved on the whole images' scores, from the method's own forward pass where it has one."""
+    seen: dict[str, Any] = {}
+
+    def targets_of(scores: torch.Tensor) -> torch.Tensor:
+        resolved = resolve_targets(targets, scores.detach(), labels, len(images))
+        if resolved.indices is None:
+            raise ValueError(f"{method.name}: give class targets (an index, a name, top-k), not callables")
+        seen.update(logits=scores.detach(), resolved=resolved)
+        return resolved.indices
+
     with model_lock(model), torch.inference_mode(False), preserved_state(model, eval_mode=eval_mode):
         single = method.uses_layer and not isinstance(layer, (list, tuple))
         name = resolve_layers(model, layer, images)[0][0] if single else None
-        with torch.inference_mode():
-            logits = select(run_model(model, images))
-        resolved = resolve_targets(targets, logits, labels, len(images))
-        if resolved.indices is None:
-            raise ValueError(f"{method.name}: give class targets (an index, a name, top-k), not callables")
-        maps = method.wrapped_maps(model, images, name or layer, resolved.indices, explain, select)
+        maps = method.wrapped_maps(model, images, name or layer, targets_of, explain, select)
+        if "resolved" not in seen:
+            raise RuntimeError(f"{method.name}: wrapped_maps did not resolve its targets (call targets_of once)")
+        logits, resolved = seen["logits"], seen["resolved"]
         scores = resolved.scores(logits).float()
-    result = LayerResult(name or (str(layer) if method.uses_layer else "every bias"), images.new_zeros(0), None, maps)
+    label = method.layer_label(model, name or layer)
+    result = LayerResult(label, images.new_zeros(0), None, maps)
     return Explanation(maps, resolved.indices, scores, logits.float(), method.name, (result,))
 
 

@@ -46,13 +46,21 @@ class CAMMethod:
         model: torch.nn.Module,
         images: torch.Tensor,
         layer: Any,
-        indices: torch.Tensor,
+        targets_of: Callable[[torch.Tensor], torch.Tensor],
         explain: Callable[..., Any],
         select: Callable[[Any], torch.Tensor],
     ) -> torch.Tensor:
-        """For ``wraps_explain`` methods: (B, K, H, W) maps in [0, 1] for the (B, K) class ``indices``,
-        made from the model itself (``explain`` is :func:`gradcam.explain`, ``select`` picks the scores)."""
+        """For ``wraps_explain`` methods: (B, K, H, W) maps in [0, 1], made from the model itself.
+
+        ``targets_of(scores)`` turns the whole images' scores (B, classes) into the (B, K) class indices to
+        explain: call it once, with the scores of the method's own forward pass when it has one (no
+        second forward pass just to choose the classes). ``explain`` is :func:`gradcam.explain`,
+        ``select`` picks the scores from the model's output."""
         raise NotImplementedError(f"{self.name} does not make its maps itself")
+
+    def layer_label(self, model: torch.nn.Module, layer: Any) -> str:
+        """What a ``wraps_explain`` method's result names as its layer (the layer asked for, by default)."""
+        return str(layer) if self.uses_layer else "every bias"
 
     def adjust_targets(self, resolved: Any, logits: Any) -> Any:
         """The targets as this method explains them (Finer-CAM turns each into a comparison); unchanged

@@ -70,11 +70,12 @@ class FullGrad(CAMMethod):
         model: nn.Module,
         images: torch.Tensor,
         layer: Any,
-        indices: torch.Tensor,
+        targets_of: Callable[[torch.Tensor], torch.Tensor],
         explain: Callable[..., Any],
         select: Callable[[Any], torch.Tensor],
     ) -> torch.Tensor:
-        """(B, K, H, W) FullGrad maps for the (B, K) class ``indices``, normalised to [0, 1]."""
+        """(B, K, H, W) FullGrad maps for the classes ``targets_of`` picks from this forward pass's scores,
+        normalised to [0, 1]."""
         from ..result import normalise
 
         layers = _bias_layers(model)
@@ -86,11 +87,12 @@ class FullGrad(CAMMethod):
 
         handles = [module.register_forward_hook(keep) for _, module in layers]
         size = tuple(images.shape[-2:])
-        maps = torch.zeros(*indices.shape, *size)
         try:
             with torch.enable_grad():
                 x = images.detach().clone().requires_grad_(True)
                 logits = select(model(x))
+                indices = targets_of(logits)
+                maps = torch.zeros(*indices.shape, *size)
                 for k in range(indices.shape[1]):
                     score = logits.gather(1, indices[:, k : k + 1].to(logits.device)).sum()
                     last = k == indices.shape[1] - 1

@@ -69,13 +69,16 @@ class SESS(CAMMethod):
         model: nn.Module,
         images: torch.Tensor,
         layer: Any,
-        indices: torch.Tensor,
+        targets_of: Callable[[torch.Tensor], torch.Tensor],
         explain: Callable[..., Any],
         select: Callable[[Any], torch.Tensor],
     ) -> torch.Tensor:
-        """(B, K, H, W) maps for the (B, K) class ``indices``, normalised to [0, 1]; ``explain`` is
-        :func:`gradcam.explain`, run on the patches with the base method."""
+        """(B, K, H, W) maps for the classes ``targets_of`` picks from the whole images' scores, normalised
+        to [0, 1]; ``explain`` is :func:`gradcam.explain`, run on the patches with the base method."""
         from ..result import normalise
+
+        with torch.inference_mode():
+            indices = targets_of(select(model(images)))
 
         def explain_patches(batch: torch.Tensor, target: int) -> torch.Tensor:
             return explain(model, batch, self.base, layer, [target] * len(batch), output=select).maps[:, 0]
