@@ -164,3 +164,18 @@ def test_legrad_from_the_command_line(tmp_path, capsys):
     assert record["layer"] == "encoder.layers.encoder_layer_1 ... encoder.layers.encoder_layer_2 (2 blocks)"
     overlay = Image.open(record["targets"][0]["files"]["overlay"])
     assert overlay.size == (320, 240)
+
+
+def test_legrad_and_fullgrad_run_the_model_once():
+    """The classes are chosen from the method's own forward pass: no second pass just to pick them."""
+    import torchvision
+
+    for model, method, size in [(torchvision_vit(), "legrad", 64), (torchvision.models.resnet18().eval(), "fullgrad", 64)]:
+        calls = []
+        handle = model.register_forward_hook(lambda m, i, o: calls.append(1))
+        try:
+            ex = gradcam.explain(model, torch.randn(2, 3, size, size), method, targets="top-2")
+        finally:
+            handle.remove()
+        assert len(calls) == 1, method
+        assert ex.targets.shape == (2, 2) and torch.equal(ex.targets[:, 0], ex.logits.argmax(dim=1))
