@@ -15,8 +15,6 @@ from gradcam.apps.cli import main
 from gradcam.methods.legrad import LeGrad
 from gradcam.result import normalise, upsample
 from test_model_state import assert_same, snapshot
-from tiny_models import TinyViT
-
 
 
 def torchvision_vit(size: int = 64) -> torch.nn.Module:
@@ -170,11 +168,11 @@ def test_legrad_and_fullgrad_run_the_model_once():
     """The classes are chosen from the method's own forward pass: no second pass just to pick them."""
     import torchvision
 
-    for model, method, size in [(torchvision_vit(), "legrad", 64), (torchvision.models.resnet18().eval(), "fullgrad", 64)]:
-        calls = []
-        handle = model.register_forward_hook(lambda m, i, o: calls.append(1))
+    for model, method in [(torchvision_vit(), "legrad"), (torchvision.models.resnet18().eval(), "fullgrad")]:
+        calls: list[int] = []
+        handle = model.register_forward_hook(lambda m, i, o, calls=calls: calls.append(1))
         try:
-            ex = gradcam.explain(model, torch.randn(2, 3, size, size), method, targets="top-2")
+            ex = gradcam.explain(model, torch.randn(2, 3, 64, 64), method, targets="top-2")
         finally:
             handle.remove()
         assert len(calls) == 1, method

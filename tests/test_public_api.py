@@ -10,10 +10,11 @@ import gradcam
 
 PUBLIC = {
     "gradcam": [
-        "AuditResult", "BoxScore", "CAMMethod", "ChannelContributions", "ClassMaps", "ClassScore", "Explanation",
-        "LayerResult",
+        "AuditResult", "BoxScore", "CAMMethod", "ChannelContributions", "ClassMaps", "ClassScore", "Concepts",
+        "Explanation", "LayerResult",
         "LoadedModel", "Negative", "PhotoExplanation", "Positive", "Regression", "SegmentationScore", "Similarity",
-        "TextPrompt", "audit", "auto_layer", "explain", "explain_all", "explain_image", "get_method", "imagenet_labels",
+        "TextPrompt", "audit", "auto_layer", "concepts", "explain", "explain_all", "explain_image", "get_method",
+        "imagenet_labels",
         "list_layers", "load_model", "methods", "read_labels", "register", "with_labels",
     ],
     "gradcam.targets": ["BoxScore", "SegmentationScore", "ClassScore", "TextPrompt", "Similarity"],
@@ -22,9 +23,12 @@ PUBLIC = {
     "gradcam.pipeline.records": ["PhotoRecord", "RunManifest", "TargetRecord", "read_manifest_file", "full_map"],
     "gradcam.apps.cli": ["main"],
     "gradcam.audits": ["audit", "AuditResult", "AuditError"],
+    "gradcam.dff": ["concepts", "Concepts", "factorize", "nmf"],
+    "gradcam.methods.legrad": ["LeGrad"],
+    "gradcam.methods.concepts": ["DeepFeatureFactorization"],
 }  # fmt: skip
 
-COMMANDS = ["explain", "evaluate", "audit", "layers", "models", "serve"]
+COMMANDS = ["explain", "evaluate", "audit", "concepts", "layers", "models", "serve"]
 
 
 @pytest.mark.parametrize("module", sorted(PUBLIC))

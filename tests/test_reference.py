@@ -51,6 +51,7 @@ ELSEWHERE = {
     "sess": "pytorch-grad-cam SESS and by hand (test_sess.py)",
     "fullgrad": "pytorch-grad-cam FullGrad and by hand (test_fullgrad.py)",
     "legrad": "torchcam LeGrad and by hand (test_legrad.py)",
+    "dff": "by hand; its NMF against scikit-learn's and pytorch-grad-cam's DFF (test_dff.py)",
 }
 # perturbation methods run one forward pass per channel: smaller inputs, and the paper-level bar (0.99)
 PERTURBATION = {"scorecam", "ablationcam"}

@@ -9,6 +9,7 @@ Example:
 
 from .all_classes import ClassMaps, explain_all
 from .audits import AuditResult, audit
+from .dff import Concepts, concepts
 from .explain import explain
 from .io.models import LoadedModel, load_model, read_labels, with_labels
 from .layers import auto_layer, list_layers
@@ -36,6 +37,7 @@ __all__ = [
     "ChannelContributions",
     "ClassMaps",
     "ClassScore",
+    "Concepts",
     "Explanation",
     "LayerResult",
     "LoadedModel",
@@ -48,6 +50,7 @@ __all__ = [
     "TextPrompt",
     "audit",
     "auto_layer",
+    "concepts",
     "explain",
     "explain_all",
     "explain_image",

@@ -251,8 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("--out", default="gradcam-eval", help="report folder")
 
     from . import audit as audit_command
+    from . import concepts as concepts_command
 
     audit_command.add_parser(commands, _Formatter, _add_photos_and_model, _add_ray_options)
+    concepts_command.add_parser(commands, _Formatter, _add_photos_and_model)
 
     web = commands.add_parser(
         "serve",
@@ -318,6 +320,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             from .audit import run
 
             return run(args)
+        if args.command == "concepts":
+            from .concepts import run as run_concepts
+
+            return run_concepts(args)
         if args.command == "serve":
             return _serve(args)
         return _layers(args)

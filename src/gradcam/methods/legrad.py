@@ -62,8 +62,8 @@ def block_of(model: nn.Module, name: str) -> str:
         if _attention_child(model.get_submodule(candidate)) is not None:
             return candidate
     raise AttentionError(
-        f"legrad explains vision transformers: layer {name!r} is not inside a transformer block with an attention module; choose a layer of "
-        "a block (its first norm, the automatic layer of a ViT) or the block itself"
+        f"legrad explains vision transformers: layer {name!r} is not inside a transformer block with an "
+        "attention module; choose a layer of a block (its first norm, the automatic layer of a ViT) or the block"
     )
 
 
@@ -165,7 +165,8 @@ class LeGrad(CAMMethod):
         def keep_input(name: str) -> Callable[..., None]:
             def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
                 first = args[0] if args else kwargs.get("hidden_states", kwargs.get("query", kwargs.get("x")))
-                inputs[name] = first.detach()
+                if isinstance(first, torch.Tensor):
+                    inputs[name] = first.detach()
 
             return hook
 
@@ -178,6 +179,9 @@ class LeGrad(CAMMethod):
         finally:
             for handle in handles:
                 handle.remove()
+        missing = [name for name, _ in attentions if name not in inputs]
+        if missing:
+            raise AttentionError(f"legrad: cannot read the input tokens of {missing[0]!r} (not passed by position)")
         indices = targets_of(select(output))
         attention_outputs, block_outputs = outputs[: len(blocks)], outputs[len(blocks) :]
         layout = infer_layout(block_outputs[-1], tuple(images.shape[-2:]), None, None, blocks[-1])
