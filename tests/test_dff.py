@@ -50,7 +50,7 @@ def test_nmf_matches_scikit_learn_from_the_same_start():
     decomposition = pytest.importorskip("sklearn.decomposition")
     x = torch.rand(40, 60, generator=torch.Generator().manual_seed(1))
     start = torch.rand(40, 4, generator=torch.Generator().manual_seed(2)), torch.rand(4, 60)
-    w, h = nmf(x, 4, iterations=3000, tol=0, init=start)
+    w, h = nmf(x.double(), 4, iterations=3000, tol=0, init=start)  # in float64, as scikit-learn computes
     model = decomposition.NMF(4, init="custom", solver="cd", tol=1e-10, max_iter=3000)
     theirs_w = model.fit_transform(x.double().numpy(), W=start[0].double().numpy(), H=start[1].double().numpy())
     theirs = theirs_w @ model.components_
