@@ -1,6 +1,6 @@
 """Make docs/concepts.png: `gradcam concepts` on the three example photos (embedded model, k = 4), side by side.
 
-    python scripts/concepts_picture.py
+python scripts/concepts_picture.py
 """
 
 from __future__ import annotations
