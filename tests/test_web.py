@@ -10,7 +10,7 @@ import pytest
 gradio = pytest.importorskip("gradio", reason="the web extra is not installed (pip install 'gradcam[web]')")
 
 from browser import headless_page  # noqa: E402
-from gradcam.apps.web import AppError, build_app, explain_photo, model_choices  # noqa: E402
+from gradcam.apps.web import AppError, build_app, explain_photo, model_choices, photo_concepts_picture  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -121,6 +121,10 @@ def test_in_a_real_browser(running_app, tmp_path, capfd):
         page.locator("#anyclass input").press("Enter")
         page.locator("#anyclass-map").get_by_text("gradcam for bobsled (no model run)").wait_for(timeout=30_000)
         page.locator("#anyclass-map img").first.wait_for(timeout=30_000)
+        page.get_by_text("Concepts: what the model sees").click()  # open the accordion
+        page.locator("#concepts").click()
+        page.locator("#concepts-map").get_by_text("4 concepts of this photo at layer bn2").wait_for(timeout=60_000)
+        page.locator("#concepts-map img").first.wait_for(timeout=30_000)
         page.screenshot(path=str(tmp_path / "web-app.png"), full_page=True)
     assert "Traceback" not in capfd.readouterr().err
     assert (tmp_path / "web-app.png").stat().st_size > 10_000
@@ -212,3 +216,13 @@ def test_any_class_is_drawn_from_the_kept_maps_without_running_the_model(tmp_pat
     with pytest.raises(AppError, match="out of range"):
         result.every.draw("1000")
     assert torch.is_tensor(result.every.raw)
+
+
+def test_concepts_of_one_photo():
+    picture, caption = photo_concepts_picture(str(EXAMPLES / "coffee.jpg"), "efficientnet_lite0", 3, None)
+    assert caption == "3 concepts of this photo at layer bn2 (Deep Feature Factorization)"
+    assert picture.width == 600 and picture.height > 400  # the photo at its own size, the legend below
+    with pytest.raises(AppError, match="Upload, paste or pick a photo first"):
+        photo_concepts_picture(None, "efficientnet_lite0", 3, None)
+    with pytest.raises(AppError, match="between 1 and 8"):
+        photo_concepts_picture(str(EXAMPLES / "coffee.jpg"), "efficientnet_lite0", 20, None)

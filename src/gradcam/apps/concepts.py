@@ -53,11 +53,11 @@ def add_parser(commands: Any, formatter: type[argparse.HelpFormatter], photos_an
 
 def run(args: argparse.Namespace) -> int:
     from ..dff import concepts
-    from ..io.images import ImageReadError, find_images, preprocess, read_image, to_original
+    from ..io.images import ImageReadError, find_images, preprocess, read_image
     from ..io.models import ModelLoadError, load_model, read_labels, with_labels
     from ..pipeline.local import output_keys, write_json_atomic
     from ..pipeline.writer import save_picture
-    from ..render.concepts import colour_of, concept_picture
+    from ..render.concepts import classes_text, colour_of, photo_concepts
 
     if args.k < 1 or args.top < 1 or args.batch_size < 1 or args.max_photos < 1:
         return _error("--k, --top, --batch-size and --max-photos must be >= 1")
@@ -116,14 +116,9 @@ def run(args: argparse.Namespace) -> int:
     for row, (index, geometry) in enumerate(kept):
         path = found.paths[index]
         photo = read_image(path, max_megapixels=args.max_megapixels)
-        if (photo.height, photo.width) != tuple(geometry.original):
-            photo = photo.resize((geometry.original[1], geometry.original[0]))
-        on_photo, _ = to_original(found_concepts.maps[row], geometry)
-        legend = [
-            f"{j + 1}  {_classes_text(top)}  ({float(shares[row, j]):.0%} of this photo)" for j, top in enumerate(tops)
-        ]
+        picture = photo_concepts(photo, found_concepts.maps[row], geometry, tops, shares[row].tolist())
         pictures[index].parent.mkdir(parents=True, exist_ok=True)
-        save_picture(concept_picture(photo, on_photo, legend), pictures[index])
+        save_picture(picture, pictures[index])
         photos.append(
             {"image": str(path), "picture": str(pictures[index]), "shares": [round(float(s), 6) for s in shares[row]]}
         )
@@ -153,13 +148,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"{len(photos)} photos, {args.k} concepts at {found_concepts.layer}:")
         for j, top in enumerate(tops):
-            print(f"  {j + 1}. {_classes_text(top) or '(no class scores for this layer)'}")
+            print(f"  {j + 1}. {classes_text(top) or '(no class scores for this layer)'}")
         print(f"Pictures and concepts.json in {out}" + (f"; {len(failed)} photos failed" if failed else ""))
     return EXIT_FAILED if failed else EXIT_OK
-
-
-def _classes_text(top: list[tuple[str, float]]) -> str:
-    return ", ".join(f"{name} {p:.0%}" for name, p in top)
 
 
 def _progress(total: int, verb: str, quiet: bool) -> Any:

@@ -290,6 +290,42 @@ def explain_photo(
     return PhotoResult(overlays, grid, top5, files, records[0].layer or "", count, grid_label, every)
 
 
+MAX_CONCEPTS = 8
+
+
+def photo_concepts_picture(
+    path: str | None, model_name: str, k: int, layer: str | None, frame: str = "crop"
+) -> tuple[Any, str]:
+    """Deep Feature Factorization of one photo: its picture (each place coloured by its strongest of ``k``
+    concepts, a legend of each concept's classes and share) and a one-line caption; errors are
+    :class:`AppError` messages."""
+    from ..dff import concepts
+    from ..render.concepts import photo_concepts
+
+    if not path:
+        raise AppError("Upload, paste or pick a photo first.")
+    if not 1 <= int(k) <= MAX_CONCEPTS:
+        raise AppError(f"Concepts: choose between 1 and {MAX_CONCEPTS}.")
+    file = Path(path)
+    if file.stat().st_size > MAX_UPLOAD_MB * 1024 * 1024:
+        raise AppError(f"{file.name} is over {MAX_UPLOAD_MB} MB; use the command line for large files.")
+    try:
+        bundle = cached_model(model_name)
+        photo = read_image(file, max_megapixels=DEFAULT_MAX_MEGAPIXELS)
+    except (ModelLoadError, ImageReadError) as error:
+        raise AppError(str(error).replace(str(file), file.name)) from None
+    if bundle.extra.get("image_text"):
+        raise AppError(f"{model_name} is an image-text model: concepts need a classifier's head to name them.")
+    pixels, geometry = preprocess(photo, framed(bundle.preprocessing, frame, photo.size))
+    x = pixels[None].to(next(bundle.model.parameters()).device)
+    try:
+        found = concepts(bundle.model, x, int(k), bundle.layer_for(layer, x), labels=bundle.labels)
+    except ValueError as error:
+        raise AppError(str(error).splitlines()[0]) from None
+    picture = photo_concepts(photo, found.maps[0], geometry, found.top_classes(2), found.shares()[0].tolist())
+    return picture, f"{int(k)} concepts of this photo at layer {found.layer} (Deep Feature Factorization)"
+
+
 def _kept_class_maps(
     bundle: LoadedModel,
     x: torch.Tensor,
@@ -369,6 +405,13 @@ def build_app(examples: Path | None = None, models: Sequence[str] | ModelShelf |
         except (AppError, ValueError) as error:
             return gr.update(value=None, label=f"Could not draw: {error}")
 
+    def on_concepts(path, model_name, k, layer, frame):
+        try:
+            picture, caption = photo_concepts_picture(path, model_name, k, layer, frame)
+        except AppError as error:
+            return gr.update(value=None, label=f"Could not find concepts: {error}")
+        return gr.update(value=picture, label=caption)
+
     def on_model(model_name):
         names, default = layer_choices(model_name)  # every served model was loaded at start
         return gr.update(choices=names, value=default)
@@ -404,10 +447,15 @@ def build_app(examples: Path | None = None, models: Sequence[str] | ModelShelf |
                                         elem_id="anyclass")  # fmt: skip
                 any_map = gr.Image(label="The chosen class's map", elem_id="anyclass-map")
                 files = gr.File(label="Downloads: PNG, .npy, JSON", file_count="multiple", elem_id="files")
+                with gr.Accordion("Concepts: what the model sees (Deep Feature Factorization)", open=False):
+                    concept_count = gr.Slider(1, MAX_CONCEPTS, value=4, step=1, label="Concepts", elem_id="concept-k")
+                    concept_button = gr.Button("Find concepts", elem_id="concepts")
+                    concept_map = gr.Image(label="Each place coloured by its strongest concept", elem_id="concepts-map")
         model.change(on_model, inputs=[model], outputs=[layer])
         button.click(run, inputs=[photo, model, chosen, layer, target, alpha, colormap, frame],
                      outputs=[gallery, grid, top5, files, status, every, any_class])  # fmt: skip
         any_class.change(on_class, inputs=[every, any_class], outputs=[any_map])
+        concept_button.click(on_concepts, inputs=[photo, model, concept_count, layer, frame], outputs=[concept_map])
     return app
 
 

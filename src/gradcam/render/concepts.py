@@ -8,6 +8,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,6 +44,26 @@ def concept_picture(
     blended = pixels * (1 - alpha) * (0.55 + 0.45 * strength[None]) + tint * alpha
     picture = Image.fromarray(blended.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy())
     return _with_concept_legend(picture, legend)
+
+
+def photo_concepts(
+    photo: Image.Image, maps: torch.Tensor, geometry: Any, tops: Sequence[Sequence[tuple[str, float]]],
+    shares: Sequence[float],
+) -> Image.Image:  # fmt: skip
+    """:func:`concept_picture` of (k, h, w) ``maps`` in the model's input frame, carried onto ``photo`` by
+    its ``geometry``; the legend names each concept's top classes (``tops``) and its share of the photo."""
+    from ..io.images import to_original
+
+    if (photo.height, photo.width) != tuple(geometry.original):
+        photo = photo.resize((geometry.original[1], geometry.original[0]))
+    on_photo, _ = to_original(maps, geometry)
+    legend = [f"{j + 1}  {classes_text(top)}  ({float(shares[j]):.0%} of this photo)" for j, top in enumerate(tops)]
+    return concept_picture(photo, on_photo, legend)
+
+
+def classes_text(top: Sequence[tuple[str, float]]) -> str:
+    """``tabby 61%, tiger cat 22%``; empty when the concept's votes could not be read."""
+    return ", ".join(f"{name} {p:.0%}" for name, p in top)
 
 
 def _with_concept_legend(picture: Image.Image, legend: Sequence[str]) -> Image.Image:
