@@ -142,23 +142,34 @@ class Concepts:
         return self.labels[index] if self.labels is not None and index < len(self.labels) else f"class {index}"
 
 
-def concept_scores(model: nn.Module, layer: str, images: torch.Tensor, vectors: torch.Tensor, grid: tuple[int, ...],
-                   select: Callable[[Any], torch.Tensor]) -> torch.Tensor | None:  # fmt: skip
+def concept_scores(
+    tail: Any, vectors: torch.Tensor, grid: tuple[int, ...], select: Callable[[Any], torch.Tensor]
+) -> torch.Tensor | None:
     """The model's scores (k, classes) when the layer's output is concept j at every position: the part of
-    the network after the layer re-run (:class:`~gradcam.tail.Tail`) on k such maps; None when the model
-    cannot be split there or the output is not (k, classes)."""
-    from .tail import Tail, TailUnavailable
-
+    the network after the layer (``tail``, a :class:`~gradcam.tail.Tail`) re-run on k such maps; None
+    without a tail or when the output is not (k, classes)."""
+    if tail is None:
+        return None
     try:
-        tail = Tail(model, layer, images[:1])
         maps = vectors[:, :, None, None].expand(-1, -1, *grid).contiguous()
         with torch.no_grad():
-            scores = select(tail(maps.to(images.device), torch.zeros(len(vectors), dtype=torch.long)))
-    except (TailUnavailable, RuntimeError, ValueError, TypeError):
+            scores = select(tail(maps.to(tail.layer_output.device, tail.layer_output.dtype),
+                                 torch.zeros(len(vectors), dtype=torch.long)))  # fmt: skip
+    except (RuntimeError, ValueError, TypeError):
         return None
     if not isinstance(scores, torch.Tensor) or scores.dim() != 2 or scores.shape[0] != len(vectors):
         return None
     return scores.detach().float().cpu()
+
+
+def _tail(model: nn.Module, layer: str, images: torch.Tensor) -> Any:
+    """The network after ``layer`` (recorded on ``images``), or None where it cannot be split there."""
+    from .tail import Tail, TailUnavailable
+
+    try:
+        return Tail(model, layer, images)
+    except (TailUnavailable, RuntimeError, ValueError, TypeError):
+        return None
 
 
 def concepts(
@@ -197,11 +208,15 @@ def concepts(
     with model_lock(model), torch.inference_mode(False), preserved_state(model):
         ((name, module),) = resolve_layers(model, layer, images)[:1]
         torch.set_grad_enabled(False)
+        tail = _tail(model, name, images[:batch_size])  # its recording pass is the first batch's forward pass
         parts = []
         for start in range(0, len(images), batch_size):
-            with capture([(name, module)], graph_from_layer=False) as record:
-                logits = select(run_model(model, images[start : start + batch_size]))
-            (tensor,) = record.tensors()
+            if start == 0 and tail is not None:
+                tensor, logits = tail.layer_output, select(tail.output)
+            else:
+                with capture([(name, module)], graph_from_layer=False) as record:
+                    logits = select(run_model(model, images[start : start + batch_size]))
+                (tensor,) = record.tensors()
             layout = infer_layout(tensor, tuple(images.shape[-2:]), None, None, name)
             parts.append(layout.to_spatial(tensor).float())
         activations = torch.cat(parts)
@@ -209,7 +224,7 @@ def concepts(
         if k > activations.shape[1]:
             raise ValueError(f"concepts: k={k} is more than the layer's {activations.shape[1]} channels")
         vectors, raw = factorize(activations, k, seed)
-        scores = concept_scores(model, name, images, vectors.to(images.dtype), tuple(raw.shape[2:]), select)
+        scores = concept_scores(tail, vectors, tuple(raw.shape[2:]), select)
     if labels is None and isinstance(logits, torch.Tensor) and logits.dim() == 2:
         labels = imagenet_labels() if logits.shape[1] == 1000 else None
     peak = raw.flatten(1).amax(dim=1).clamp(min=torch.finfo(raw.dtype).tiny)

@@ -59,7 +59,9 @@ class Tail:
         self.recorded = self._record(images)
 
     def _record(self, images: torch.Tensor) -> dict[torch.fx.Node, Any]:
-        """One forward pass keeping the values the downstream nodes read from upstream."""
+        """One forward pass keeping the values the downstream nodes read from upstream; the pass's own
+        output and the layer's output stay as ``output`` and ``layer_output`` (so a caller that needs them
+        for these images need not run the model again)."""
         needed = {arg for node in self.downstream for arg in node.all_input_nodes if arg not in self.downstream}
         needed.discard(self.layer_node)
         values: dict[torch.fx.Node, Any] = {}
@@ -70,12 +72,16 @@ class Tail:
                 value = super().run_node(node)
                 if node in needed:
                     values[node] = value
-                if node is layer_node and not isinstance(value, torch.Tensor):
-                    raise TailUnavailable(f"layer {node.target!r} returns a {type(value).__name__}, not a tensor")
+                if node is layer_node:
+                    if not isinstance(value, torch.Tensor):
+                        raise TailUnavailable(f"layer {node.target!r} returns a {type(value).__name__}, not a tensor")
+                    layer_values.append(value)
                 return value
 
+        layer_values: list[torch.Tensor] = []
         with torch.no_grad():
-            Recorder(self.module).run(images)
+            self.output = Recorder(self.module).run(images)
+        self.layer_output = layer_values[0]
         return values
 
     def __call__(self, layer_output: torch.Tensor, image_ids: torch.Tensor) -> Any:
