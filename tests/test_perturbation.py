@@ -136,3 +136,26 @@ def test_tail_needs_no_trace_of_the_prefix():
     assert [node.name for node in tail.downstream] == ["global_pool", "classifier", "output"]
     with torch.no_grad():
         torch.testing.assert_close(tail(captured["a"], torch.tensor([0, 1])), expected)
+
+
+def test_one_sscam_instance_serves_interleaved_calls():
+    """SS-CAM kept its noise on the instance: a second call on the same instance (another thread, or as
+    here from inside the first through a callable target) replaced it, with another image size's noise."""
+    from gradcam.methods.perturbation import SSCAM
+    from tiny_models import TinyCNN
+
+    torch.manual_seed(0)
+    model, other = TinyCNN().eval(), TinyCNN().eval()
+    x, small = torch.randn(1, 3, 32, 32), torch.randn(1, 3, 24, 24)
+    method = SSCAM(samples=3, batch_size=4)
+    alone = gradcam.explain(model, x, method, targets=lambda logits: logits[:, 1])
+    interleaved, calls = [], []
+
+    def target(logits):
+        calls.append(1)
+        if len(calls) == 2:  # the first masked batch: the outer call's noise is drawn by now
+            interleaved.append(gradcam.explain(other, small, method, targets=2))
+        return logits[:, 1]
+
+    together = gradcam.explain(model, x, method, targets=target)
+    assert interleaved and torch.allclose(together.maps, alone.maps, atol=1e-6)

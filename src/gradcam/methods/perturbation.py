@@ -4,6 +4,8 @@ gradients; each supplies channel weights (B, K, C) and the shared code forms ``R
 
 from __future__ import annotations
 
+import copy
+
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -162,10 +164,13 @@ class SSCAM(ScoreCAM):
         self._noise: torch.Tensor | None = None
 
     def perturbation_weights(self, probe: Probe) -> torch.Tensor:
+        """The noise of this call lives on a copy of the method made for the call, never on the instance
+        itself: one instance may serve several threads (or models) at once."""
         generator = torch.Generator().manual_seed(self.seed) if self.seed is not None else None
         shape = (self.samples, 1, *probe.images.shape[2:])
-        self._noise = (torch.randn(shape, generator=generator) * self.std).to(probe.images.device)
-        return super().perturbation_weights(probe)
+        call = copy.copy(self)
+        call._noise = (torch.randn(shape, generator=generator) * self.std).to(probe.images.device)
+        return super(SSCAM, call).perturbation_weights(probe)
 
     def masked_scores(
         self, probe: Probe, images: torch.Tensor, masks: torch.Tensor, image_ids: torch.Tensor
