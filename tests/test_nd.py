@@ -95,7 +95,7 @@ def test_gradient_and_activation_methods_run_on_signals_and_volumes(method):
 def test_what_is_written_for_images_says_why_in_one_line():
     model, x = Signal().eval(), torch.randn(1, 2, 32)
     for kwargs, reason in (
-        ({"method": "smoothgradcam++"}, "is written for images"),
+        ({"method": "sess"}, "is written for images"),
         ({"aug_smooth": True}, "flips and rescales"),
         ({"targets": "all"}, "targets='all'"),
     ):
@@ -201,6 +201,65 @@ def test_score_cam_and_ablation_cam_in_1d_and_3d_equal_their_formulas_by_hand(ki
 
 def test_methods_written_for_images_say_so_on_volumes():
     x = torch.randn(1, 1, 8, 8, 8)
-    for method in ("fullgrad", "sess", "smoothgradcam++"):
+    for method in ("sess",):
         with pytest.raises(ValueError, match=re.escape(f"{method} is written for images")):
             gradcam.explain(Volume().eval(), x, method)
+
+
+def test_fullgrad_on_a_volume_equals_its_formula_by_hand():
+    """psi(|x dy/dx|) + psi(|b_conv dy/dz_conv|) + psi(|b_bn dy/dz_bn|), each channel min-max normalised and
+    resized trilinearly, summed over channels; the in-place ReLU after the norm changes a copy only."""
+    torch.manual_seed(0)
+    model = Volume().eval()
+    bn = model.features[1]
+    bn.running_mean.uniform_(-1, 1)
+    bn.running_var.uniform_(0.5, 2)
+    x = torch.randn(2, 1, 8, 10, 12)
+    ours = gradcam.explain(model, x, "fullgrad", targets=1)
+    xx = x.clone().requires_grad_(True)
+    z_conv = model.features[0](xx)
+    z_bn = bn(z_conv)
+    y = model.head(torch.relu(z_bn))[:, 1].sum()
+    gx, gconv, gbn = torch.autograd.grad(y, [xx, z_conv, z_bn])
+    b_bn = bn.bias - bn.running_mean * bn.weight / torch.sqrt(bn.running_var + bn.eps)
+
+    def psi(m):
+        flat = m.flatten(2)
+        low, high = flat.amin(-1, keepdim=True), flat.amax(-1, keepdim=True)
+        summed = ((flat - low) / (high - low + 1e-7)).reshape(m.shape).sum(1, keepdim=True)
+        return F.interpolate(summed, size=x.shape[2:], mode="trilinear", align_corners=False)[:, 0]
+
+    total = psi((xx * gx).abs()) + psi((model.features[0].bias.view(1, -1, 1, 1, 1) * gconv).abs())
+    total = total + psi((b_bn.view(1, -1, 1, 1, 1) * gbn).abs())
+    expected = gradcam.result.normalise(total.detach()[:, None], 3)
+    torch.testing.assert_close(ours.maps, expected, atol=1e-5, rtol=1e-4)
+    assert ours.maps.shape == (2, 1, 8, 10, 12) and model.features[2].inplace
+
+
+def test_smooth_grad_cam_pp_on_a_signal_equals_its_formula_by_hand():
+    """Grad-CAM++ with the gradient powers averaged over noisy copies X + N(0, std^2), the noise drawn from
+    the seed (one noise signal per sample, shared by the batch), on the clean signal's activations."""
+    torch.manual_seed(0)
+    model, x = Signal().eval(), torch.randn(2, 2, 40)
+    method = gradcam.get_method("smoothgradcam++").__class__(samples=3, std=0.2, seed=5)
+    ours = gradcam.explain(model, x, method, "act", 2)
+    kept = {}
+    handle = model.act.register_forward_hook(lambda m, i, o: kept.__setitem__("a", o))
+    with torch.no_grad():
+        model(x)
+    clean = kept["a"].clone()
+    generator = torch.Generator().manual_seed(5)
+    powers = []
+    for _ in range(3):
+        noise = torch.randn((1, 2, 40), generator=generator) * 0.2
+        with torch.enable_grad():
+            scores = model(x + noise)
+            (g,) = torch.autograd.grad(scores[:, 2].sum(), kept["a"])
+        powers.append(torch.stack([g, g**2, g**3]))
+    handle.remove()
+    d1, d2, d3 = torch.stack(powers).mean(dim=0)
+    denominator = 2 * d2 + clean.sum(dim=2, keepdim=True) * d3
+    alpha = torch.where(denominator != 0, d2 / torch.where(denominator != 0, denominator, 1), 0)
+    weights = (alpha * d1.clamp(min=0)).sum(dim=2, keepdim=True)
+    by_hand = (weights * clean).sum(dim=1).clamp(min=0)
+    torch.testing.assert_close(ours.raw[:, 0], by_hand, rtol=1e-4, atol=1e-6)

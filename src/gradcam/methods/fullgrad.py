@@ -17,22 +17,25 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .base import CAMMethod, register
 
 
-def _bias_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+def _bias_layers(model: nn.Module, dims: int) -> list[tuple[str, nn.Module]]:
+    """The convolutions with a bias and the batch norms of ``dims`` spatial dimensions (1-D for signals,
+    2-D for images, 3-D for volumes and clips)."""
+    convolutions = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dims]
+    norms = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[dims]
     return [
         (name, module)
         for name, module in model.named_modules()
-        if (isinstance(module, nn.Conv2d) and module.bias is not None) or isinstance(module, nn.BatchNorm2d)
+        if (isinstance(module, convolutions) and module.bias is not None) or isinstance(module, norms)
     ]
 
 
 def _effective_bias(module: nn.Module) -> torch.Tensor:
-    if isinstance(module, nn.BatchNorm2d):
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
         assert module.running_mean is not None and module.running_var is not None
         weight = module.weight if module.weight is not None else torch.ones_like(module.running_mean)
         bias = module.bias if module.bias is not None else torch.zeros_like(module.running_mean)
@@ -42,15 +45,18 @@ def _effective_bias(module: nn.Module) -> torch.Tensor:
 
 
 def _scaled(maps: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
-    """``sum_c psi(maps_c)``, (B, H, W): each (b, c) map min-max normalised, resized (bilinear) to ``size``,
-    summed over channels. Resizing is linear, so the channels are summed first and resized once: one
-    resize per layer instead of one per channel (ResNet-50: 26 s -> about 1 s for 8 images)."""
+    """``sum_c psi(maps_c)``, (B, *size): each (b, c) map min-max normalised, resized (linear, bilinear or
+    trilinear) to ``size``, summed over channels. Resizing is linear, so the channels are summed first and
+    resized once: one resize per layer instead of one per channel (ResNet-50: 26 s -> about 1 s for 8
+    images). A (B, C) output (a norm in the head, no grid) has no map and adds nothing."""
+    from ..result import upsample
+
+    if maps.dim() != 2 + len(size):
+        return maps.new_zeros(maps.shape[0], *size)
     flat = maps.flatten(2)
     low, high = flat.amin(-1, keepdim=True), flat.amax(-1, keepdim=True)
     summed = ((flat - low) / (high - low + 1e-7)).reshape(maps.shape).sum(1, keepdim=True)
-    if tuple(summed.shape[-2:]) != tuple(size):
-        summed = F.interpolate(summed, size=size, mode="bilinear", align_corners=False)
-    return summed[:, 0]
+    return upsample(summed, tuple(size))[:, 0]
 
 
 @register
@@ -58,7 +64,7 @@ class FullGrad(CAMMethod):
     name = "fullgrad"
     uses_gradients = False  # not at one layer: through the whole network, inside wrapped_maps
     needs_model = True
-    any_dimensions = False  # its input-gradient and bias terms are drawn for images
+    any_dimensions = True  # the bias layers of the input's dimensions (Conv1d/BatchNorm1d for signals, ...)
     uses_layer = False
     channel_weights = False
     one_gradient_per_class = False
@@ -78,7 +84,8 @@ class FullGrad(CAMMethod):
         normalised to [0, 1]."""
         from ..result import normalise
 
-        layers = _bias_layers(model)
+        size = tuple(images.shape[2:])
+        layers = _bias_layers(model, len(size))
         outputs: list[torch.Tensor] = []
 
         def keep(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
@@ -86,7 +93,6 @@ class FullGrad(CAMMethod):
             return output.clone()  # an in-place ReLU after the layer changes the copy, not z
 
         handles = [module.register_forward_hook(keep) for _, module in layers]
-        size = tuple(images.shape[-2:])
         try:
             with torch.enable_grad():
                 x = images.detach().clone().requires_grad_(True)
@@ -101,10 +107,10 @@ class FullGrad(CAMMethod):
                     for (_, module), gradient in zip(layers, grads[1:], strict=True):
                         if gradient is None:
                             continue
-                        bias = _effective_bias(module).detach()[None, :, None, None]
+                        bias = _effective_bias(module).detach().reshape(1, -1, *([1] * (gradient.dim() - 2)))
                         total = total + _scaled((bias * gradient).abs().detach(), size)
                     maps[:, k] = total.float().cpu()
         finally:
             for handle in handles:
                 handle.remove()
-        return normalise(maps)
+        return normalise(maps, len(size))

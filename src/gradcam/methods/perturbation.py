@@ -274,6 +274,7 @@ class SmoothGradCAMpp(PerturbationMethod):
     """
 
     name = "smoothgradcam++"
+    any_dimensions = True  # noise on any input; the powers summed over the (flattened) grid
 
     def __init__(self, batch_size: int = 32, samples: int = 4, std: float = 0.3, seed: int | None = 0) -> None:
         super().__init__(batch_size)
@@ -302,7 +303,7 @@ class SmoothGradCAMpp(PerturbationMethod):
             sample = torch.stack([laid, laid**2, laid**3])
             powers.append(sample)
         d1, d2, d3 = torch.stack(powers).mean(dim=0)
-        total = activations.sum(dim=(2, 3))[:, None, :, None, None]
+        total = activations.sum(dim=(2, 3))[:, None, :, None, None]  # Volume layouts arrive flattened to 2-D
         denominator = 2 * d2 + total * d3
         alpha = torch.where(denominator != 0, d2 / torch.where(denominator != 0, denominator, 1), 0)
         return (alpha * d1.clamp(min=0)).sum(dim=(3, 4))  # (B, K, C)
