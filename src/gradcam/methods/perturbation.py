@@ -5,7 +5,6 @@ gradients; each supplies channel weights (B, K, C) and the shared code forms ``R
 from __future__ import annotations
 
 import copy
-
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
