@@ -423,22 +423,29 @@ def _layer_result(
         cam, _ = method.combine(activations, None)
         raw = cam.clamp(min=0).unsqueeze(1).expand(-1, count, -1, -1).contiguous()
         return LayerResult(name, activations, None, raw)
-    if bool((torch.stack(gradients, dim=1) == 0).flatten(2).all(dim=2).any()):
-        warnings.warn(
-            f"layer {name!r}: the gradient of a target is zero everywhere, so its map is zero; "
-            "the layer may not influence that score",
-            stacklevel=4,
-        )
     cams, weights = [], []
     for gradient in gradients:
         cam, weight = method.combine(activations, -gradient if settings.counterfactual else gradient)
         cams.append(cam)
         weights.append(weight)
+    raw = torch.stack(cams, dim=1).clamp(min=0)
+    # a zero gradient gives a zero map: look at the (larger) gradients only when some map is zero
+    if bool((raw == 0).flatten(2).all(dim=2).any()) and any(_zero_rows(g) for g in gradients):
+        warnings.warn(
+            f"layer {name!r}: the gradient of a target is zero everywhere, so its map is zero; "
+            "the layer may not influence that score",
+            stacklevel=4,
+        )
     present = [w for w in weights if w is not None]
     stacked = torch.stack(present, dim=1) if len(present) == len(weights) else None
     if settings.eigen_smooth and stacked is not None:
         return _result(name, activations, stacked, None, True)
-    return LayerResult(name, activations, stacked, torch.stack(cams, dim=1).clamp(min=0))
+    return LayerResult(name, activations, stacked, raw)
+
+
+def _zero_rows(gradient: torch.Tensor) -> bool:
+    """Whether the gradient of some image is zero everywhere."""
+    return bool((gradient == 0).flatten(1).all(dim=1).any())
 
 
 def _result(
