@@ -203,3 +203,22 @@ def test_evaluate_names_the_layer_notes_identical_maps_and_marks_the_best(tmp_pa
     page = (tmp_path / "report.html").read_text()
     assert "<b>" in page and "their curves coincide" in page
     assert "Identical maps: gradcam @ bn2 = xgradcam @ bn2 = hirescam @ bn2" in (tmp_path / "report.md").read_text()
+
+
+def test_evaluate_takes_method_options(tmp_path, capsys):
+    """`--method-option [METHOD:]KEY=VALUE` reaches the methods evaluate builds (dff's k changes its maps)."""
+    argv = ["evaluate", str(EXAMPLES / "coffee.jpg"), "--methods", "gradcam,dff", "--steps", "4"]
+    results = []
+    for option in ("dff:k=1", "k=6"):
+        out = tmp_path / option.replace(":", "-")
+        assert main([*argv, "--method-option", option, "--out", str(out)]) == 0
+        summary = json.loads((out / "results.json").read_text())["summary"]
+        assert [entry["method"] for entry in summary] == ["gradcam", "dff"]
+        results.append(summary[1]["deletion_auc"])
+    assert results[0] != results[1]
+    capsys.readouterr()
+    for option, message in (("k=3", "no chosen method takes 'k'"), ("fem:k=1", "fem is not among the chosen methods"),
+                            ("dff:k", "write it as KEY=VALUE")):  # fmt: skip
+        assert main(["evaluate", str(EXAMPLES / "coffee.jpg"), "--methods", "gradcam", "--method-option", option,
+                     "--out", str(tmp_path / "x")]) == 2  # fmt: skip
+        assert message in capsys.readouterr().err

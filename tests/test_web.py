@@ -226,3 +226,14 @@ def test_concepts_of_one_photo():
         photo_concepts_picture(None, "efficientnet_lite0", 3, None)
     with pytest.raises(AppError, match="between 1 and 8"):
         photo_concepts_picture(str(EXAMPLES / "coffee.jpg"), "efficientnet_lite0", 20, None)
+
+
+def test_method_options_reach_the_methods(tmp_path):
+    plain = explain_photo(str(EXAMPLES / "coffee.jpg"), "efficientnet_lite0", ["dff"], None, "", 0.5, "jet",
+                          out_dir=tmp_path / "a")  # fmt: skip
+    one = explain_photo(str(EXAMPLES / "coffee.jpg"), "efficientnet_lite0", ["dff"], None, "", 0.5, "jet",
+                        out_dir=tmp_path / "b", method_options="dff:k=1")  # fmt: skip
+    assert plain.overlays[0][0].tobytes() != one.overlays[0][0].tobytes()
+    with pytest.raises(AppError, match="no chosen method takes 'samples'"):
+        explain_photo(str(EXAMPLES / "coffee.jpg"), "efficientnet_lite0", ["gradcam"], None, "", 0.5, "jet",
+                      method_options="samples=3")  # fmt: skip

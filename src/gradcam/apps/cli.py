@@ -241,6 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
         "pooled linear head: add them by name)",
     )  # fmt: skip
     judge.add_argument(
+        "--method-option",
+        action="append",
+        default=None,
+        metavar="[METHOD:]KEY=VALUE",
+        help="an option of the methods that take it (or of METHOD only), repeatable: k=3, dff:k=3, sscam:samples=8",
+    )
+    judge.add_argument(
         "--layers", default=None, help="comma-separated layers to compare (default: the model's default)"
     )
     judge.add_argument("--boxes", default=None, help="COCO-style JSON or CSV (image,class,x1,y1,x2,y2) of object boxes")
@@ -733,6 +740,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from ..explain import explain
     from ..hooks import is_out_of_memory
     from ..methods import get_method
+    from ..pipeline.local import UsageError, methods_with_options
     from .evaluate import EvaluationOptions, evaluate, read_boxes, terminal_table, write_report
 
     try:
@@ -741,6 +749,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         return _error(f"--methods: {error}")
     if not chosen or args.steps < 1 or args.batch_size < 1:
         return _error("--methods needs at least one method; --steps and --batch-size must be >= 1")
+    try:
+        built = methods_with_options(chosen, args.method_option or ())
+    except UsageError as error:
+        return _error(str(error))
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         return _error(f"--out {out}: is a file; give a folder for the report")
@@ -769,7 +781,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         boxes = read_boxes(Path(args.boxes), bundle.labels) if args.boxes else {}
     except ValueError as error:
         return _error(str(error))
-    options = EvaluationOptions(chosen, layers, args.steps, args.batch_size, args.sanity, boxes=boxes)
+    options = EvaluationOptions(built, layers, args.steps, args.batch_size, args.sanity, boxes=boxes)
     from tqdm import tqdm
 
     try:

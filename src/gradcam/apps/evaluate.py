@@ -79,7 +79,7 @@ def read_boxes(path: Path, labels: Sequence[str] | None) -> dict[str, list[tuple
 
 @dataclass
 class EvaluationOptions:
-    methods: list[str]
+    methods: list[Any]  # names, or CAMMethod instances built with options (--method-option)
     layers: list[str | None]
     steps: int = 16
     batch_size: int = 32
@@ -128,7 +128,7 @@ def evaluate(
                 x = torch.stack([pixels for _, pixels, _ in chunk]).to(device)
                 ex = explain(model, x, method, bundle.layer_for(layer), labels=bundle.labels)
                 assert ex.targets is not None  # top-1 class targets
-                key = key or f"{method} @ {ex.layer}"  # the layer used, also when it was chosen automatically
+                key = key or f"{ex.method} @ {ex.layer}"  # the layer used, also when it was chosen automatically
                 maps, classes = ex.maps[:, 0], ex.targets[:, 0]
                 fingerprints.setdefault(key, []).append(_fingerprint(maps))
                 di = metrics.deletion_insertion(model, x, maps, classes, options.steps, options.batch_size)
@@ -147,7 +147,7 @@ def evaluate(
                 fractions = di.fractions[0]
                 for i, (path, _, geometry) in enumerate(chunk):
                     row = {
-                        "method": method,
+                        "method": ex.method,
                         "layer": ex.layer,
                         "key": key,
                         "image": str(path),
@@ -207,7 +207,7 @@ def identical_groups(fingerprints: dict[str, list[torch.Tensor]], tolerance: flo
     return [group for group in groups if len(group) > 1]
 
 
-def _map_function(x: torch.Tensor, method: str, layer: str, classes: list[int]) -> Callable[[Any], torch.Tensor]:
+def _map_function(x: torch.Tensor, method: Any, layer: str, classes: list[int]) -> Callable[[Any], torch.Tensor]:
     """The (B, H, W) maps of ``method`` on ``x`` for a given model: what the sanity check re-runs."""
 
     def maps(model: Any) -> torch.Tensor:

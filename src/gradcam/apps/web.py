@@ -44,7 +44,7 @@ from ..io.images import (
 )
 from ..io.models import DEFAULT_MODEL, LoadedModel, ModelLoadError, load_model, read_labels, with_labels
 from ..layers import list_layers
-from ..pipeline.local import UsageError, parse_target
+from ..pipeline.local import UsageError, methods_with_options, parse_target
 from ..pipeline.records import RunManifest
 from ..pipeline.writer import DecodedPhoto, PhotoWriter, WriteOptions, label_of, top_predictions
 from ..render.viz import overlay_image
@@ -205,6 +205,7 @@ def explain_photo(
     per_channel: int = 8,
     out_dir: Path | None = None,
     frame: str = "crop",
+    method_options: str = "",
 ) -> PhotoResult:
     """Everything the page shows for one photo; every failure is an :class:`AppError` with a message."""
     if not path:
@@ -235,6 +236,9 @@ def explain_photo(
                 f"targets, {MAX_OVERLAYS} overlays); use the command line for more"
             )
         photo = read_image(file, max_megapixels=DEFAULT_MAX_MEGAPIXELS)  # the overlay at the photo's own size
+        built = methods_with_options(
+            methods, re.split(r"[;\s]+", method_options.strip()) if method_options.strip() else []
+        )
     except (ModelLoadError, ImageReadError, UsageError) as error:
         raise AppError(str(error).replace(str(file), file.name)) from None
     pixels, geometry = preprocess(photo, framed(bundle.preprocessing, frame, photo.size))
@@ -249,9 +253,9 @@ def explain_photo(
     grid = None
     grid_label = "Feature maps contributing most"
     top5: dict[str, float] = {}
-    for number, method in enumerate(methods):
+    for number, (method, configured) in enumerate(zip(methods, built, strict=True)):
         try:
-            ex = explain(bundle.model, x, method, chosen_layer, [targets] if isinstance(targets, list) else targets,
+            ex = explain(bundle.model, x, configured, chosen_layer, [targets] if isinstance(targets, list) else targets,
                          labels=bundle.labels)  # fmt: skip
         except (ValueError, TypeError) as error:
             raise AppError(str(error)) from None
@@ -379,10 +383,11 @@ def build_app(examples: Path | None = None, models: Sequence[str] | ModelShelf |
     layers, default_layer = layer_choices(choices[0])
     example_files = example_photos(examples)
 
-    def run(path, model_name, chosen_methods, layer, target, alpha, colormap, frame):
+    def run(path, model_name, chosen_methods, layer, target, alpha, colormap, frame, method_options):
         """Every user error becomes the status line (no exception, so no traceback in the server log)."""
         try:
-            result = explain_photo(path, model_name, chosen_methods, layer, target, alpha, colormap, frame=frame)
+            result = explain_photo(path, model_name, chosen_methods, layer, target, alpha, colormap, frame=frame,
+                                   method_options=method_options or "")  # fmt: skip
         except AppError as error:
             return (gr.update(value=None), gr.update(value=None), gr.update(value=None), gr.update(value=None),
                     f"**Could not explain:** {error}", None, gr.update(choices=[], value=None))  # fmt: skip
@@ -429,6 +434,8 @@ def build_app(examples: Path | None = None, models: Sequence[str] | ModelShelf |
                 layer = gr.Dropdown(layers, value=default_layer, label="Layer (default selected)", elem_id="layer")
                 target = gr.Textbox(label="Target: empty for the top-1, a class name or index, top3; for an "
                                     "image-text model (CLIP), prompts separated by ;", elem_id="target")  # fmt: skip
+                method_options = gr.Textbox(label="Method options: KEY=VALUE or METHOD:KEY=VALUE, separated by ; "
+                                            "(dff:k=3; sscam:samples=8)", elem_id="method-options")  # fmt: skip
                 frame = gr.Radio([(label, key) for key, label in FRAMES_SHOWN.items()], value="crop",
                                  label="Frame: what the model sees", elem_id="frame")  # fmt: skip
                 alpha = gr.Slider(0, 1, value=0.5, step=0.05, label="Heatmap opacity")
@@ -452,7 +459,7 @@ def build_app(examples: Path | None = None, models: Sequence[str] | ModelShelf |
                     concept_button = gr.Button("Find concepts", elem_id="concepts")
                     concept_map = gr.Image(label="Each place coloured by its strongest concept", elem_id="concepts-map")
         model.change(on_model, inputs=[model], outputs=[layer])
-        button.click(run, inputs=[photo, model, chosen, layer, target, alpha, colormap, frame],
+        button.click(run, inputs=[photo, model, chosen, layer, target, alpha, colormap, frame, method_options],
                      outputs=[gallery, grid, top5, files, status, every, any_class])  # fmt: skip
         any_class.change(on_class, inputs=[every, any_class], outputs=[any_map])
         concept_button.click(on_concepts, inputs=[photo, model, concept_count, layer, frame], outputs=[concept_map])

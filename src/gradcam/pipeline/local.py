@@ -131,6 +131,29 @@ def method_with_options(name: str, options: Sequence[tuple[str, str]]) -> CAMMet
         raise UsageError(f"--method-option: {error}") from None
 
 
+def methods_with_options(chosen: list[str], items: Sequence[str]) -> list[str | CAMMethod]:
+    """Several methods (evaluate's, the web app's), each built with its option items: ``METHOD:KEY=VALUE``
+    for that method, ``KEY=VALUE`` for every chosen method that takes KEY (a UsageError when none does)."""
+    options: dict[str, list[tuple[str, str]]] = {name: [] for name in chosen}
+    for item in items:
+        key, equals, value = item.partition("=")
+        owner, _, key = key.strip().rpartition(":")
+        if not equals or not key:
+            raise UsageError(f"method option {item!r}: write it as KEY=VALUE or METHOD:KEY=VALUE, e.g. dff:k=3")
+        if owner:
+            name = get_method(owner).name
+            if name not in options:
+                raise UsageError(f"method option {item!r}: {name} is not among the chosen methods")
+            options[name].append((key.strip(), value.strip()))
+            continue
+        takers = [name for name in chosen if type(get_method(name)).accepts(key.strip())]
+        if not takers:
+            raise UsageError(f"method option {item!r}: no chosen method takes {key.strip()!r}")
+        for name in takers:
+            options[name].append((key.strip(), value.strip()))
+    return [method_with_options(name, pairs) if pairs else name for name, pairs in options.items()]
+
+
 def _option_value(text: str) -> Any:
     if "," in text:  # a list: finercam ranks=1,2,3
         return tuple(_option_value(part) for part in text.split(",") if part.strip())
