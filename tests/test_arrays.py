@@ -147,3 +147,37 @@ def test_folders_and_globs_of_arrays_keep_their_names_apart(tmp_path):
     assert main(["explain", str(tmp_path / "scans" / "*" / "*.npy"), "--model", VOLUME, "--out",
                  str(tmp_path / "out2"), "--quiet"]) == 0  # fmt: skip
     assert len(validate(tmp_path / "out2" / "results.json")["images"]) == 2
+
+
+def test_an_interrupted_array_run_resumes_where_it_stopped(tmp_path, monkeypatch, capsys):
+    """The manifest is written after every file, so an interrupted run leaves what it did; --resume keeps
+    those files and explains the rest (and refuses to continue with another method)."""
+    import gradcam.pipeline.arrays as arrays_module
+
+    for index in range(3):
+        np.save(tmp_path / f"s{index}.npy", np.random.default_rng(index).normal(size=(2, 64)).astype(np.float32))
+    out = tmp_path / "out"
+    argv = ["explain", *(str(tmp_path / f"s{i}.npy") for i in range(3)), "--model", SIGNAL, "--out", str(out),
+            "--quiet"]  # fmt: skip
+    real = arrays_module.explain_array
+    explained: list[str] = []
+
+    def interrupted_at_the_third(bundle, path, key, options):
+        if path.name == "s2.npy":
+            raise KeyboardInterrupt
+        explained.append(path.name)
+        return real(bundle, path, key, options)
+
+    monkeypatch.setattr(arrays_module, "explain_array", interrupted_at_the_third)
+    assert main(argv) == 130
+    partial = validate(out / "results.json")
+    assert [Path(r["path"]).name for r in partial["images"]] == ["s0.npy", "s1.npy"] and partial["finished"] is None
+    assert main([*argv, "--resume", "--method", "hirescam"]) == 2
+    assert "--resume: the earlier run" in capsys.readouterr().err
+    explained.clear()
+    monkeypatch.setattr(arrays_module, "explain_array", lambda *a: explained.append(a[1].name) or real(*a))
+    assert main([*argv, "--resume"]) == 0
+    assert explained == ["s2.npy"]  # the first two were kept
+    final = validate(out / "results.json")
+    assert [Path(r["path"]).name for r in final["images"]] == ["s0.npy", "s1.npy", "s2.npy"]
+    assert final["finished"] is not None and (out / "index.html").exists()

@@ -582,10 +582,10 @@ def _explain_videos(args: argparse.Namespace, videos: list[str]) -> int:
 
 def _new_run_folder(args: argparse.Namespace) -> tuple[Path, Path] | None:
     """--out and its results.json for a run of videos or array files; None (said in one line) where an
-    earlier run's manifest is there and --overwrite was not given."""
+    earlier run's manifest is there and neither --overwrite nor (array runs) --resume was given."""
     out = Path(args.out)
     manifest_path = out / "results.json"
-    if manifest_path.exists() and not args.overwrite:
+    if manifest_path.exists() and not args.overwrite and not getattr(args, "resume", False):
         _error(f"--out {out}: already holds results.json from an earlier run; pass --overwrite or another --out")
         return None
     return out, manifest_path
@@ -601,9 +601,11 @@ def _photo_only_flags(args: argparse.Namespace) -> list[str]:
 
 def _write_run(
     args: argparse.Namespace, bundle: LoadedModel, records: list[PhotoRecord], started: str, manifest_path: Path,
-    format: str, save: list[str],
+    format: str, save: list[str], page: bool = True,
 ) -> int:  # fmt: skip
-    """results.json and index.html of a run of videos or array files; returns how many were explained."""
+    """results.json and index.html of a run of videos or array files; returns how many were explained.
+    With ``page=False`` only results.json, marked unfinished: the record of a run still going (what
+    --resume continues from after an interruption)."""
     import time
 
     from ..pipeline.local import write_json_atomic
@@ -613,11 +615,33 @@ def _write_run(
     manifest = RunManifest(engine="local", model=bundle.name, model_source=bundle.source, methods=[args.method],
                            layer=next((r.layer for r in records if r.ok), args.layer), target=args.target,
                            colormap=args.colormap, format=format, save=save, started=started,
-                           finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), images=records)  # fmt: skip
+                           finished=time.strftime("%Y-%m-%dT%H:%M:%S%z") if page else None,
+                           images=records)  # fmt: skip
     data = manifest.to_json()
     write_json_atomic(data, manifest_path)
-    write_explain_page(data, manifest_path.parent)
+    if page:
+        write_explain_page(data, manifest_path.parent)
     return sum(1 for r in records if r.ok)
+
+
+def _earlier_arrays(args: argparse.Namespace, model: str, manifest_path: Path) -> dict[str, PhotoRecord]:
+    """The array files an earlier run in --out explained (by path), when it used this run's model, method,
+    target and layer; a UsageError naming the option that differs otherwise."""
+    from ..pipeline.local import UsageError, read_manifest
+
+    earlier = read_manifest(manifest_path)
+    asked = {"--model": (earlier.model, model), "--method": (earlier.methods, [args.method]),
+             "--target": (earlier.target, args.target)}  # fmt: skip
+    if args.layer is not None and earlier.layer is not None:
+        asked["--layer"] = (earlier.layer, args.layer)
+    for flag, (then, now) in asked.items():
+        if then != now:
+            shown = then[0] if isinstance(then, list) and len(then) == 1 else then
+            raise UsageError(
+                f"--resume: the earlier run in {manifest_path.parent} used {flag} {shown}, this one "
+                f"{now[0] if isinstance(now, list) else now}; run with the same options, or choose another --out"
+            )
+    return {record.path: record for record in earlier.images if record.ok and record.kind in ("volume", "signal")}
 
 
 def _explain_arrays(args: argparse.Namespace, paths: list[Path], roots: list[Path]) -> int:
@@ -629,7 +653,8 @@ def _explain_arrays(args: argparse.Namespace, paths: list[Path], roots: list[Pat
     from ..pipeline.arrays import ArrayOptions, explain_array
     from ..pipeline.local import UsageError, parse_target
 
-    unsupported = _photo_only_flags(args) + (["--target all"] if (args.target or "").strip().lower() == "all" else [])
+    flags = [f for f in _photo_only_flags(args) if f != "--resume"]
+    unsupported = flags + (["--target all"] if (args.target or "").strip().lower() == "all" else [])
     if unsupported:
         return _error(
             f"{unsupported[0]}: not for volumes and signals (they run on the local engine, one file at a time)"
@@ -640,22 +665,30 @@ def _explain_arrays(args: argparse.Namespace, paths: list[Path], roots: list[Pat
     out, manifest_path = where
     try:
         bundle = _load_bundle(args)
+        previous = _earlier_arrays(args, bundle.name, manifest_path) if args.resume and manifest_path.exists() else {}
         target = parse_target(args.target, bundle.labels)
         out.mkdir(parents=True, exist_ok=True)
     except (ModelLoadError, UsageError) as error:
         return _error(str(error))
     except OSError as error:
         return _error(f"--out {out}: cannot write there ({error.strerror})")
+    # a resumed run may find the files of the one array the interrupted run was writing: replace those
     options = ArrayOptions(out=out, method=args.method, layer=args.layer, target=target, alpha=args.alpha,
-                           colormap=args.colormap, replace=args.overwrite)  # fmt: skip
+                           colormap=args.colormap, replace=args.overwrite or args.resume)  # fmt: skip
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    records = []
+    records: list[PhotoRecord] = []
     for path, key in zip(paths, array_keys(paths, roots), strict=True):
+        earlier = previous.get(str(path))
+        if earlier is not None and all(Path(f).exists() for t in earlier.targets for f in t.files.values()):
+            records.append(earlier)  # explained by the run this one resumes
+            continue
         try:
             records.append(explain_array(bundle, path, key, options))
         except (ArrayReadError, ValueError, TypeError, FileExistsError, OSError) as error:
             records.append(PhotoRecord.failed(str(path), str(error).splitlines()[0]))
             print(f"gradcam: {records[-1].error}", file=sys.stderr)
+        # after every file: an interrupted run leaves what it did, for --resume
+        _write_run(args, bundle, records, started, manifest_path, format="png", save=["map"], page=False)
     ok = _write_run(args, bundle, records, started, manifest_path, format="png", save=["map"])
     if not args.quiet:
         for record in records:
