@@ -14,12 +14,12 @@ from torch import nn
 from .hooks import capture, model_lock, preserved_state, run_model
 from .inputs import BoundInputs, automatic_layer, image_key, image_of, prefixed, unprefixed
 from .layers import LayerSpec, resolve_layers
-from .methods import CAMMethod, channel_contributions, get_method
-from .methods.activation import first_principal_component
-from .methods.attention import GradECLIP, attention_beside
-from .methods.perturbation import PerturbationMethod, Probe
+from .methods import CAMMethod, get_method
+from .methods.attention import attention_beside
+from .methods.base import LayerContext
+from .methods.perturbation import Probe
 from .result import Explanation, LayerResult, normalise, upsample
-from .spatial import TokenGrid, Volume, infer_layout
+from .spatial import Volume, infer_layout
 from .targets import (
     ResolvedTargets,
     Similarity,
@@ -284,31 +284,28 @@ def _explain_once(
                 method.second_order,
             )
     size = tuple(images.shape[2:])
+
+    def signed(gradient: torch.Tensor) -> torch.Tensor:  # counterfactual maps: what speaks against the target
+        return -gradient if settings.counterfactual else gradient
+
     results = []
     for index, (name, _) in enumerate(layers):
-        layout = infer_layout(outputs[index], size, settings.prefix_tokens, settings.grid, name)
-        if reads_attention:
+        output = outputs[index].detach()
+        layout = infer_layout(output, size, settings.prefix_tokens, settings.grid, name)
+        context = LayerContext(name, layout.to_spatial(output).float(), resolved.count,
+                               eigen_smooth=settings.eigen_smooth, layout=layout)  # fmt: skip
+        if reads_attention:  # the gradients were taken at the attention's output, not at the layer
             assert gradients is not None
-            results.append(
-                _attention_result(method, name, outputs[index], gradients, captured[-1][1], layout, settings)
-            )
-            continue
-        activations = layout.to_spatial(outputs[index].detach()).float()
+            context = replace(context, tokens=output, attention=captured[-1][1],
+                              output_gradients=[signed(g[0]) for g in gradients])  # fmt: skip
+        elif gradients is not None:
+            laid = [signed(layout.to_spatial(g[index].detach()).float()) for g in gradients]
+            context = replace(context, gradients=laid)
         if method.needs_model:
-            assert isinstance(method, PerturbationMethod)
-            probe = Probe(
-                model, images, name, activations, _row_scores(settings.select, resolved, logits), scores.detach(),
-                layout, outputs[index].detach(),
-            )  # fmt: skip
-            with preserved_state(model, eval_mode=settings.eval_mode):
-                weights = method.perturbation_weights(probe).float()
-            result = _result(name, activations, weights, None, settings.eigen_smooth)
-            results.append(_laid_back(result, layout) if isinstance(layout, Volume) else result)
-            continue
-        layer_gradients = None
-        if gradients is not None:
-            layer_gradients = [layout.to_spatial(g[index].detach()).float() for g in gradients]
-        result = _layer_result(method, name, activations, layer_gradients, resolved.count, settings)
+            probe = Probe(model, images, name, context.activations, _row_scores(settings.select, resolved, logits),
+                          scores.detach(), layout, output, settings.eval_mode)  # fmt: skip
+            context = replace(context, probe=probe)
+        result = method.layer_result(context)
         results.append(_laid_back(result, layout) if isinstance(layout, Volume) else result)
     maps = _fuse([upsample(result.raw, size) for result in results], method.fusion, len(size))
     return Explanation(
@@ -331,25 +328,6 @@ def _similarity_scores(
         return similarity.scores(pick(raw))
 
     return scores
-
-
-def _attention_result(
-    method: CAMMethod,
-    name: str,
-    tokens: torch.Tensor,
-    gradients: list[list[torch.Tensor]],
-    attention: nn.Module,
-    layout: Any,
-    settings: _Settings,
-) -> LayerResult:
-    """Grad-ECLIP's values and weights laid on the patch grid, then the shared weighted sum."""
-    if not isinstance(layout, TokenGrid):
-        raise ValueError(f"{method.name}: layer {name!r} is not a token sequence with a class token")
-    assert isinstance(method, GradECLIP)
-    signed = [-g[0] if settings.counterfactual else g[0] for g in gradients]
-    values, weights = method.value_weights(tokens.detach(), signed, attention, layout.prefix)
-    grid = (layout.height, layout.width)
-    return _result(name, values.unflatten(-1, grid), weights.unflatten(-1, grid), None, settings.eigen_smooth)
 
 
 def _is_scores(output: Any) -> bool:
@@ -409,58 +387,6 @@ def _hessian_corrected(gradient: torch.Tensor | None, activation: torch.Tensor, 
     (hvp,) = torch.autograd.grad(gradient, activation, grad_outputs=activation.detach(), retain_graph=keep,
                                  allow_unused=True)  # fmt: skip
     return (gradient - 0.5 * hvp).detach() if hvp is not None else gradient.detach()
-
-
-def _layer_result(
-    method: CAMMethod,
-    name: str,
-    activations: torch.Tensor,
-    gradients: list[torch.Tensor] | None,
-    count: int,
-    settings: _Settings,
-) -> LayerResult:
-    if gradients is None:
-        cam, _ = method.combine(activations, None)
-        raw = cam.clamp(min=0).unsqueeze(1).expand(-1, count, -1, -1).contiguous()
-        return LayerResult(name, activations, None, raw)
-    cams, weights = [], []
-    for gradient in gradients:
-        cam, weight = method.combine(activations, -gradient if settings.counterfactual else gradient)
-        cams.append(cam)
-        weights.append(weight)
-    raw = torch.stack(cams, dim=1).clamp(min=0)
-    # a zero gradient gives a zero map: look at the (larger) gradients only when some map is zero
-    if bool((raw == 0).flatten(2).all(dim=2).any()) and any(_zero_rows(g) for g in gradients):
-        warnings.warn(
-            f"layer {name!r}: the gradient of a target is zero everywhere, so its map is zero; "
-            "the layer may not influence that score",
-            stacklevel=4,
-        )
-    present = [w for w in weights if w is not None]
-    stacked = torch.stack(present, dim=1) if len(present) == len(weights) else None
-    if settings.eigen_smooth and stacked is not None:
-        return _result(name, activations, stacked, None, True)
-    return LayerResult(name, activations, stacked, raw)
-
-
-def _zero_rows(gradient: torch.Tensor) -> bool:
-    """Whether the gradient of some image is zero everywhere."""
-    return bool((gradient == 0).flatten(1).all(dim=1).any())
-
-
-def _result(
-    name: str, activations: torch.Tensor, weights: torch.Tensor, cams: torch.Tensor | None, eigen_smooth: bool
-) -> LayerResult:
-    """``ReLU(sum_c w_c A_c)`` for weights (B, K, C) or (B, K, C, h, w); with ``eigen_smooth`` the first
-    principal component of the contributions ``w_c A_c`` instead of their sum."""
-    contributions = channel_contributions(weights, activations.unsqueeze(1))  # (B, K, C, h, w)
-    if eigen_smooth:
-        batch, count = contributions.shape[:2]
-        flat = contributions.flatten(0, 1)
-        cams = first_principal_component(flat).reshape(batch, count, *flat.shape[-2:])
-    elif cams is None:
-        cams = contributions.sum(dim=2)
-    return LayerResult(name, activations, weights, cams.clamp(min=0))
 
 
 def _fuse(maps: list[torch.Tensor], fusion: str = "mean", spatial_dims: int = 2) -> torch.Tensor:

@@ -25,13 +25,13 @@ Example:
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import CAMMethod, register
+from .base import CAMMethod, LayerContext, register, weighted_result
 
 
 class AttentionError(ValueError):
@@ -52,6 +52,20 @@ class GradECLIP(CAMMethod):
         self, activations: torch.Tensor, gradients: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         raise AttentionError("gradeclip reads the attention of a block: call it through gradcam.explain")
+
+    def layer_result(self, context: LayerContext) -> Any:
+        """The values and weights of :meth:`value_weights` laid on the patch grid, then the shared weighted
+        sum ``ReLU(sum_c w_c v_c)``."""
+        from ..spatial import TokenGrid
+
+        layout = context.layout
+        if not isinstance(layout, TokenGrid) or context.tokens is None or context.output_gradients is None:
+            raise ValueError(f"{self.name}: layer {context.name!r} is not a token sequence with a class token")
+        values, weights = self.value_weights(context.tokens, context.output_gradients, context.attention,
+                                             layout.prefix)  # fmt: skip
+        grid = (layout.height, layout.width)
+        return weighted_result(context.name, values.unflatten(-1, grid), weights.unflatten(-1, grid),
+                               context.eigen_smooth)  # fmt: skip
 
     def value_weights(
         self, tokens: torch.Tensor, output_gradients: list[torch.Tensor], attention: nn.Module, prefix: int

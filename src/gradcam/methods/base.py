@@ -1,18 +1,48 @@
 """The method contract and the registry.
 
-A method turns a layer's activations ``A`` (B, C, h, w) and the gradients ``G = dy/dA`` of the explained
-score into a map before the ReLU. Most methods only supply channel weights, (B, C) or element-wise
-(B, C, h, w); the shared code forms ``sum_c w_c * A_c``, and :mod:`gradcam.explain` does the ReLU,
-upsampling and normalisation.
+One contract for every method: :meth:`CAMMethod.layer_result` turns a :class:`LayerContext` (the layer's
+activations ``A`` (B, C, h, w), the gradients ``G = dy/dA`` of the explained scores when the method uses
+them, a handle that re-runs the network for perturbation methods, the attention's tokens for attention
+methods) into that layer's :class:`~gradcam.result.LayerResult`. What a method needs in its context is
+metadata on its class (``uses_gradients``, ``needs_model``, ``reads_attention``), which
+:func:`gradcam.explain` reads to capture it; it never tests what kind of method it runs.
+
+Most methods only supply channel weights, (B, C) or element-wise (B, C, h, w) (:meth:`CAMMethod.weights`);
+the shared code forms ``sum_c w_c * A_c``, and :mod:`gradcam.explain` does the upsampling and
+normalisation.
 """
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+
+
+@dataclass(frozen=True)
+class LayerContext:
+    """What a method may use to make one layer's maps (see :meth:`CAMMethod.layer_result`).
+
+    ``activations`` (B, C, h, w) float32 on the layer's grid (a signal's or volume's grid flattened to 2-D);
+    ``gradients``: per explained target, (B, C, h, w), already negated for counterfactual maps (None for
+    methods that do not use them); ``count``: targets per image; ``probe``: re-runs the network
+    (:class:`~gradcam.methods.perturbation.Probe`, for ``needs_model`` methods); ``tokens``,
+    ``attention``, ``output_gradients`` and ``layout``: the layer's own tokens, the attention module beside
+    it and the gradients at its output, for ``reads_attention`` methods."""
+
+    name: str
+    activations: torch.Tensor
+    count: int
+    gradients: list[torch.Tensor] | None = None
+    eigen_smooth: bool = False
+    probe: Any = None
+    tokens: torch.Tensor | None = None
+    attention: Any = None
+    output_gradients: list[torch.Tensor] | None = None
+    layout: Any = None
 
 
 class CAMMethod:
@@ -67,6 +97,39 @@ class CAMMethod:
         by default."""
         return resolved
 
+    def layer_result(self, context: LayerContext) -> Any:
+        """One layer's :class:`~gradcam.result.LayerResult` (maps before normalisation, ReLU'd) from its
+        context. The default: :meth:`combine` once per target (activation-only methods once for all), with
+        a warning when a target's gradient is zero everywhere; ``eigen_smooth`` replaces the weighted sum
+        by the first principal component of the contributions."""
+        import warnings
+
+        from ..result import LayerResult
+
+        activations, gradients = context.activations, context.gradients
+        if gradients is None:
+            cam, _ = self.combine(activations, None)
+            raw = cam.clamp(min=0).unsqueeze(1).expand(-1, context.count, -1, -1).contiguous()
+            return LayerResult(context.name, activations, None, raw)
+        cams, weights = [], []
+        for gradient in gradients:
+            cam, weight = self.combine(activations, gradient)
+            cams.append(cam)
+            weights.append(weight)
+        raw = torch.stack(cams, dim=1).clamp(min=0)
+        # a zero gradient gives a zero map: look at the (larger) gradients only when some map is zero
+        if bool((raw == 0).flatten(2).all(dim=2).any()) and any(_zero_rows(g) for g in gradients):
+            warnings.warn(
+                f"layer {context.name!r}: the gradient of a target is zero everywhere, so its map is zero; "
+                "the layer may not influence that score",
+                stacklevel=4,
+            )
+        present = [w for w in weights if w is not None]
+        stacked = torch.stack(present, dim=1) if len(present) == len(weights) else None
+        if context.eigen_smooth and stacked is not None:
+            return weighted_result(context.name, activations, stacked, True)
+        return LayerResult(context.name, activations, stacked, raw)
+
     def weights(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -85,6 +148,28 @@ def weighted_sum(weights: torch.Tensor, activations: torch.Tensor) -> torch.Tens
     if weights.dim() == 2:
         return torch.einsum("bc,bchw->bhw", weights, activations)
     return (weights * activations).sum(dim=1)
+
+
+def weighted_result(name: str, activations: torch.Tensor, weights: torch.Tensor, eigen_smooth: bool = False) -> Any:
+    """The :class:`~gradcam.result.LayerResult` ``ReLU(sum_c w_c A_c)`` for weights (B, K, C) or
+    (B, K, C, h, w); with ``eigen_smooth`` the first principal component of the contributions ``w_c A_c``
+    instead of their sum."""
+    from ..result import LayerResult
+    from .activation import first_principal_component
+
+    contributions = channel_contributions(weights, activations.unsqueeze(1))  # (B, K, C, h, w)
+    if eigen_smooth:
+        batch, count = contributions.shape[:2]
+        flat = contributions.flatten(0, 1)
+        cams = first_principal_component(flat).reshape(batch, count, *flat.shape[-2:])
+    else:
+        cams = contributions.sum(dim=2)
+    return LayerResult(name, activations, weights, cams.clamp(min=0))
+
+
+def _zero_rows(gradient: torch.Tensor) -> bool:
+    """Whether the gradient of some image is zero everywhere."""
+    return bool((gradient == 0).flatten(1).all(dim=1).any())
 
 
 def channel_contributions(weights: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:

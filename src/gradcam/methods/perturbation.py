@@ -16,7 +16,7 @@ from torch import nn
 
 from ..hooks import with_first
 from ..spatial import Volume
-from .base import CAMMethod, register
+from .base import CAMMethod, LayerContext, register, weighted_result
 
 
 @dataclass
@@ -33,6 +33,7 @@ class Probe:
     original_scores: torch.Tensor
     layout: Any = None
     layer_output: torch.Tensor | None = None
+    eval_mode: bool = True  # the mode the model re-runs in (restored afterwards)
 
     def as_layer_output(self, spatial: torch.Tensor, image_ids: torch.Tensor) -> torch.Tensor:
         """(N, C, h, w) activations back in the layer's own form (tokens, channels-last) and dtype: the
@@ -58,6 +59,15 @@ class PerturbationMethod(CAMMethod):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
+
+    def layer_result(self, context: LayerContext) -> Any:
+        """``ReLU(sum_c w_c A_c)`` with the weights that re-running the network (``context.probe``) gives."""
+        from ..hooks import preserved_state
+
+        probe = context.probe
+        with preserved_state(probe.model, eval_mode=probe.eval_mode):
+            weights = self.perturbation_weights(probe).float()
+        return weighted_result(context.name, context.activations, weights, context.eigen_smooth)
 
     def perturbation_weights(self, probe: Probe) -> torch.Tensor:
         """(B, K, C) channel weights."""
@@ -229,7 +239,7 @@ class AblationCAM(PerturbationMethod):
         try:
             tail: Any = Tail(probe.model, probe.layer_name, probe.images)
         except TailUnavailable as error:
-            warnings.warn(f"Ablation-CAM re-runs the whole model per chunk: {error}", stacklevel=4)
+            warnings.warn(f"Ablation-CAM re-runs the whole model per chunk: {error}", stacklevel=5)
             tail = _WholeModel(probe)
         ablated_scores = torch.empty(batch, channels, probe.original_scores.shape[1], device=activations.device)
         pairs = torch.cartesian_prod(torch.arange(batch), torch.arange(channels)).to(activations.device)
