@@ -73,7 +73,7 @@ def volume_model() -> nn.Module:
     return nn.Sequential(*layers, nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(channels, 2)).eval()
 
 
-def cost_table(repeats: int) -> None:
+def cost_table(repeats: int, only: list[str] | None = None) -> None:
     import torchvision
 
     torch.manual_seed(0)
@@ -87,6 +87,8 @@ def cost_table(repeats: int) -> None:
     print("| input | layer | forward (s) | Grad-CAM (s) | ratio (median of turns) |")
     print("|---|---|---:|---:|---:|")
     for name, model, x in cases:
+        if only and not any(word in name for word in only):
+            continue
 
         def forward(model=model, x=x):
             with torch.inference_mode():
@@ -125,11 +127,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--video", type=int, nargs="*", metavar="FRAMES")
+    parser.add_argument("--only", nargs="*", metavar="WORD", help="only the inputs whose name has a WORD (signal, ...)")
     args = parser.parse_args()
     if args.video:
         video_memory(args.video)
     else:
-        cost_table(args.repeats)
+        cost_table(args.repeats, args.only)
 
 
 if __name__ == "__main__":

@@ -58,13 +58,14 @@ def _restored(model: nn.Module, eval_mode: bool) -> Iterator[None]:
     params = [(p, p.requires_grad, p.grad) for p in model.parameters()]
     grad_enabled = torch.is_grad_enabled()
     try:
-        if eval_mode:
+        if eval_mode and any(training for _, training in modes):  # a model already in eval mode is left be
             model.eval()
         yield
     finally:
         torch.set_grad_enabled(grad_enabled)
         for module, training in modes:
-            module.training = training
+            if module.training != training:  # nn.Module.__setattr__ is slow: touch only what changed
+                module.training = training
         for p, requires_grad, grad in params:
             if p.requires_grad != requires_grad:
                 p.requires_grad_(requires_grad)
