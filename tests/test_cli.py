@@ -337,6 +337,11 @@ def test_models_and_layers_commands(capsys):
     assert main(["models"]) == 0
     listing = capsys.readouterr().out
     assert "efficientnet_lite0" in listing and "yes" in listing and "timm:NAME" in listing
+    from gradcam.io.models import MODEL_SOURCES
+
+    # every model source is listed, the own-architecture and whole-file ways included
+    assert all(source.spelling in listing for source in MODEL_SOURCES) and "MODEL.pt" in listing
+    assert {s.prefix for s in MODEL_SOURCES} == {"timm:", "hf:", "clip:", "py:"}
     assert main(["layers", "vgg19"]) == 0
     layers = capsys.readouterr().out
     line = next(line for line in layers.splitlines() if line.startswith("features.35 "))

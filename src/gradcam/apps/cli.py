@@ -19,7 +19,15 @@ from pathlib import Path
 
 from ..io.arrays import find_arrays, is_array_file
 from ..io.images import DEFAULT_MAX_MEGAPIXELS, FoundImages, find_images
-from ..io.models import DEFAULT_MODEL, LoadedModel, ModelLoadError, load_model, read_labels, with_labels
+from ..io.models import (
+    DEFAULT_MODEL,
+    MODEL_SOURCES,
+    LoadedModel,
+    ModelLoadError,
+    load_model,
+    read_labels,
+    with_labels,
+)
 from ..io.video import is_video
 from ..methods import get_method, methods
 from ..pipeline.records import PhotoRecord
@@ -98,8 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--model",
         default=DEFAULT_MODEL,
-        help="efficientnet_lite0 (offline), a torchvision model name, timm:NAME, hf:ORG/NAME or hf:FOLDER "
-        "(Hugging Face transformers), or clip:ARCH (an image-text model, with --prompt)",
+        help="efficientnet_lite0 (offline), a torchvision model name, "
+        + ", ".join(f"{s.spelling} ({s.what})" for s in MODEL_SOURCES)
+        + ", or a whole model file MODEL.pt (with --trust-weights); `gradcam models` lists them",
     )
     run.add_argument(
         "--weights",
@@ -884,12 +893,8 @@ def _models(args: argparse.Namespace) -> int:
         ready = cached is not None and cached.exists()
         if ready or args.all:
             rows.append((name, "torchvision", "yes (cached)" if ready else "needs a download or --weights FILE"))
-    rows.append(
-        ("timm:NAME", "any timm model, e.g. timm:convnext_tiny", "when in the Hugging Face cache, else --weights FILE")
-    )
-    rows.append(("hf:ORG/NAME", "a transformers image classifier", "when in the Hugging Face cache"))
-    rows.append(("hf:FOLDER", "one written by save_pretrained", "yes"))
-    rows.append(("clip:ARCH", "open_clip, e.g. clip:ViT-B-32 (--prompt)", "when cached, else --weights FILE"))
+    rows += [(source.spelling, source.what, source.offline) for source in MODEL_SOURCES]
+    rows.append(("MODEL.pt", "a whole pickled model (--trust-weights: unpickling runs its code)", "yes"))
     width = max(len(r[0]) for r in rows)
     source_width = max(len(r[1]) for r in rows)
     print(f"{'model'.ljust(width)}  {'source'.ljust(source_width)}  offline now")

@@ -179,26 +179,63 @@ def load_model(
     if weights is not None and weights.lower() != "none" and not Path(weights).is_file():
         raise ModelLoadError(f"--weights {weights}: no such file")
     file = None if weights is None or _random(weights) else WeightsFile(weights, trust_weights)
-    if name.startswith("py:"):
-        bundle = _load_python(name.removeprefix("py:"), file)
-    elif name.endswith((".pt", ".pth")) and Path(name).is_file():
+    if name.endswith((".pt", ".pth")) and Path(name).is_file():
         bundle = _load_whole_model(name, trust_weights)
     elif name == DEFAULT_MODEL:
         bundle = _load_efficientnet_lite0(weights, file)
-    elif name.startswith("timm:"):
-        bundle = _load_timm(name.removeprefix("timm:"), weights, file)
-    elif name.startswith("hf:"):
-        from .hf import load_hf
-
-        bundle = load_hf(name.removeprefix("hf:"), weights, file)
-    elif name.startswith("clip:"):
-        from .image_text import load_open_clip
-
-        bundle = load_open_clip(name.removeprefix("clip:"), weights, file)
     else:
-        bundle = _load_torchvision(name, weights, file)
+        source = next((s for s in MODEL_SOURCES if name.startswith(s.prefix)), None)
+        if source is not None:
+            bundle = source.load(name.removeprefix(source.prefix), weights, file)
+        else:
+            bundle = _load_torchvision(name, weights, file)
     bundle.model = bundle.model.to(device).eval()
     return bundle
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where models named ``PREFIX...`` come from: the loader and what `gradcam models` and ``-h`` say of
+    it (``spelling``, ``what``, and when it works ``offline``)."""
+
+    prefix: str
+    spelling: str
+    what: str
+    offline: str
+    load: Callable[[str, str | None, WeightsFile | None], LoadedModel]
+
+
+def _timm_source(spec: str, weights: str | None, file: WeightsFile | None) -> LoadedModel:
+    return _load_timm(spec, weights, file)
+
+
+def _hf_source(spec: str, weights: str | None, file: WeightsFile | None) -> LoadedModel:
+    from .hf import load_hf
+
+    return load_hf(spec, weights, file)
+
+
+def _clip_source(spec: str, weights: str | None, file: WeightsFile | None) -> LoadedModel:
+    from .image_text import load_open_clip
+
+    return load_open_clip(spec, weights, file)
+
+
+def _python_source(spec: str, weights: str | None, file: WeightsFile | None) -> LoadedModel:
+    return _load_python(spec, file)
+
+
+# The sources by name prefix; a name without one is the embedded model, a torchvision model or a model file.
+MODEL_SOURCES: list[ModelSource] = [
+    ModelSource("timm:", "timm:NAME", "any timm model, e.g. timm:convnext_tiny",
+                "when in the Hugging Face cache, else --weights FILE", _timm_source),
+    ModelSource("hf:", "hf:ORG/NAME or hf:FOLDER", "a transformers image classifier, or CLIP/SigLIP (--prompt)",
+                "when in the Hugging Face cache, or a folder", _hf_source),
+    ModelSource("clip:", "clip:ARCH[@TAG]", "open_clip, e.g. clip:ViT-B-32 (--prompt)",
+                "when cached, else --weights FILE", _clip_source),
+    ModelSource("py:", "py:PACKAGE.MODULE:FACTORY", "your own architecture (signals and volumes too), --weights FILE",
+                "yes", _python_source),
+]  # fmt: skip
 
 
 GENERIC_PREPROCESSING = Preprocessing(resize=256, crop=(224, 224))  # ImageNet's, for photos given to own models
