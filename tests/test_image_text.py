@@ -211,6 +211,10 @@ def test_hugging_face_clip_and_siglip(tmp_path, kind, layer):
     with torch.no_grad():
         image = bundle.model(x)
     torch.testing.assert_close(ex.scores, image @ text.T, rtol=1e-4, atol=1e-5)
+    if kind == "clip":  # LeGrad on Hugging Face's CLIP: the blocks' own prompt scores, the same targets
+        legrad = gradcam.explain(bundle.model, x, "legrad", targets=gradcam.TextPrompt(PROMPTS))
+        assert legrad.maps.shape == (2, 3, 64, 64) and legrad.layer.endswith("(2 blocks)")
+        assert float(legrad.maps.std()) > 0.05
 
 
 def test_the_web_app_takes_prompts_for_an_image_text_model(tmp_path, monkeypatch):
@@ -253,3 +257,45 @@ def test_evaluate_refuses_an_image_text_model(tmp_path, capsys):
     argv = ["evaluate", str(EXAMPLES / "chelsea.jpg"), "--model", "clip:ViT-B-32", "--weights", "none"]
     assert main([*argv, "--out", str(tmp_path / "eval")]) == 2
     assert "is an image-text model; gradcam evaluate measures classifiers" in capsys.readouterr().err
+
+
+def test_legrad_with_text_prompts_equals_its_formula_by_hand(tiny_clip):
+    """LeGrad on CLIP, as its authors score it: at each block the normalised embedding of the mean token,
+    ``normalize(ln_post(mean z) @ proj)``, against the prompt's text embedding; the gradient taken at the
+    attention probabilities themselves (each attention re-run by hand with ``A`` as a tensor)."""
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    ours = gradcam.explain(tiny_clip, x, "legrad", targets=gradcam.TextPrompt(PROMPTS[:2]))
+    assert ours.maps.shape == (2, 2, 64, 64) and ours.layer.endswith("(2 blocks)")
+    visual = tiny_clip.clip.visual
+    text = F.normalize(tiny_clip.clip.encode_text(tiny_clip.tokenizer(PROMPTS[:2])), dim=-1).detach()
+    probabilities, outputs = [], []
+
+    def explicit(module, args, output):  # the attention written out, its probabilities kept with their graph
+        x_in = args[0]
+        q, k, v = F.linear(x_in, module.in_proj_weight, module.in_proj_bias).chunk(3, dim=-1)
+        heads, d = module.num_heads, x_in.shape[-1] // module.num_heads
+        q, k, v = (t.unflatten(-1, (heads, d)).transpose(1, 2) for t in (q, k, v))
+        attention = torch.softmax(q @ k.transpose(-1, -2) / d**0.5, dim=-1)
+        probabilities.append(attention)
+        return (module.out_proj((attention @ v).transpose(1, 2).flatten(2)), None)
+
+    handles = [b.attn.register_forward_hook(explicit) for b in visual.transformer.resblocks]
+    handles += [b.register_forward_hook(lambda m, a, o: outputs.append(o)) for b in visual.transformer.resblocks]
+    try:
+        with torch.enable_grad():
+            tiny_clip.clip.encode_image(x)
+            expected = []
+            for k in range(2):
+                total = 0
+                for attention, z in zip(probabilities, outputs, strict=True):
+                    embedding = F.normalize(visual.ln_post(z.mean(dim=1)) @ visual.proj, dim=-1)
+                    (gradient,) = torch.autograd.grad((embedding @ text[k]).sum(), attention, retain_graph=True)
+                    total = total + gradient.clamp(min=0).mean(dim=(1, 2))[:, 1:]
+                expected.append(total / 2)
+    finally:
+        for handle in handles:
+            handle.remove()
+    grid = torch.stack(expected, dim=1).reshape(2, 2, 4, 4).detach()
+    from gradcam.result import normalise, upsample
+
+    torch.testing.assert_close(ours.maps, normalise(upsample(normalise(grid), (64, 64))), atol=1e-5, rtol=1e-4)

@@ -16,8 +16,10 @@ forward pass; one backward pass per block and target, each through one block and
 
 The blocks are the ``depth`` (default 4) transformer blocks ending at the layer's block (the automatic
 layer is the last block's first norm), or the blocks of the layers listed. Built-in heads: torchvision's
-``VisionTransformer``, timm's ViTs and Hugging Face's ``ViTForImageClassification``; for other models pass
-``projection``, a function from a block's output tokens (B, N, C) to what the model returns.
+``VisionTransformer``, timm's ViTs and Hugging Face's ``ViTForImageClassification``, and CLIP's image
+tower (open_clip, Hugging Face ``CLIPModel``: the normalised embedding of the mean token, scored against
+:class:`gradcam.TextPrompt` prompts); for other models pass ``projection``, a function from a block's
+output tokens (B, N, C) to what the model returns.
 
 Example:
     >>> model = torchvision.models.vit_b_16(weights="DEFAULT").eval()                  # doctest: +SKIP
@@ -106,6 +108,16 @@ def default_projection(model: nn.Module) -> Projection:
     vit, classifier = getattr(model, "vit", None), getattr(model, "classifier", None)
     if isinstance(getattr(vit, "layernorm", None), nn.Module) and isinstance(classifier, nn.Module):  # HF ViT
         return lambda z: classifier(vit.layernorm(z.mean(dim=1)))  # type: ignore[union-attr]
+    visual = getattr(getattr(model, "clip", None), "visual", None)  # open_clip, in gradcam's image-text wrapper
+    if isinstance(getattr(visual, "ln_post", None), nn.Module) and isinstance(
+        getattr(visual, "proj", None), torch.Tensor
+    ):
+        # the normalised image embedding, as the wrapper returns it (the LeGrad authors' CLIP score)
+        return lambda z: F.normalize(visual.ln_post(z.mean(dim=1)) @ visual.proj, dim=-1)  # type: ignore[union-attr]
+    hf = getattr(model, "model", None)  # a Hugging Face CLIPModel in gradcam's image-text wrapper
+    vision, projection = getattr(hf, "vision_model", None), getattr(hf, "visual_projection", None)
+    if isinstance(getattr(vision, "post_layernorm", None), nn.Module) and isinstance(projection, nn.Module):
+        return lambda z: F.normalize(projection(vision.post_layernorm(z.mean(dim=1))), dim=-1)  # type: ignore[union-attr]
     raise AttentionError(
         f"legrad: no built-in head for {type(model).__name__} (torchvision, timm and Hugging Face ViTs have "
         "one); pass LeGrad(projection=...) mapping a block's tokens (B, N, C) to the model's output"
