@@ -417,3 +417,24 @@ def test_a_folder_of_only_unreadable_photos_still_gives_a_valid_report(tmp_path)
     report = validate(json.loads((tmp_path / "out" / "audit.json").read_text()))
     assert report["summary"]["audited"] == 0 and len(report["failed"]) == 2 and report["classes"] == []
     assert np.load(tmp_path / "out" / "maps.npy").shape[0] == 0
+
+
+def test_methods_that_make_their_own_maps_audit_true_and_predicted_classes(tmp_path):
+    """FullGrad (like SESS and LeGrad) takes class indices, not the audit's callable targets: it failed
+    with 'give class targets ... not callables' whenever --truth was given."""
+    examples = Path(gradcam.__file__).parent / "examples"
+    for folder, photo in (("tiger cat", "chelsea.jpg"), ("tabby", "coffee.jpg")):
+        (tmp_path / "photos" / folder).mkdir(parents=True)
+        (tmp_path / "photos" / folder / photo).write_bytes((examples / photo).read_bytes())
+    out = tmp_path / "o"
+    argv = ["audit", str(tmp_path / "photos"), "--truth", str(tmp_path / "photos"), "--method", "fullgrad",
+            "--out", str(out), "--quiet", "--workers", "0"]  # fmt: skip
+    assert main(argv) == 0
+    report = validate(json.loads((out / "audit.json").read_text()))
+    photos = {Path(p["path"]).name: p for p in report["photos"]}
+    assert report["method"] == "fullgrad"
+    assert photos["chelsea.jpg"]["explained"]["label"] == "tiger cat" and photos["chelsea.jpg"]["right"]
+    coffee = photos["coffee.jpg"]  # truth "tabby", predicted espresso: both maps kept
+    assert coffee["explained"]["label"] == "tabby" and coffee["predicted"]["label"] == "espresso"
+    assert not coffee["right"] and coffee["predicted_map_row"] == 0
+    assert np.load(out / "predicted_maps.npy").shape[0] == 1

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..explain import explain
+from ..methods import get_method
 from ..io.images import DEFAULT_MAX_MEGAPIXELS, ImageReadError, preprocess, read_image
 from ..io.models import LoadedModel, Preprocessing
 from ..pipeline.writer import DecodedPhoto
@@ -150,6 +151,16 @@ class AuditExplainer:
         self.bundle, self.method, self.requested_layer = bundle, method, layer
         self.layer: str | None = bundle.layer_for(layer)
 
+    def _true_and_predicted(self, inputs: torch.Tensor, known: list[int | None]) -> list[list[int]]:
+        """``[true, predicted]`` class indices per photo (the predicted twice without a true class, or with
+        one the model's head does not have): one forward pass without gradients to find the predicted."""
+        from ..hooks import preserved_state, run_model
+
+        with preserved_state(self.bundle.model), torch.inference_mode():
+            scores = select_logits(run_model(self.bundle.model, inputs))
+        top, classes = scores.argmax(dim=1).tolist(), scores.shape[1]
+        return [[t if t is not None and 0 <= t < classes else p, p] for t, p in zip(known, top, strict=True)]
+
     def measure(self, items: Sequence[AuditItem], decoded: Sequence[DecodedPhoto]) -> Columns:
         model = self.bundle.model
         parameter = next(model.parameters())
@@ -157,11 +168,12 @@ class AuditExplainer:
         if self.layer is None:
             self.layer = self.bundle.layer_for(None, inputs)
         known = [item.truth for item in items]
+        targets: Any = None
         if any(t is not None for t in known):  # the true class's map and, where it differs, the predicted one's
-            classes = torch.tensor([-1 if t is None else t for t in known])
-            targets: Any = [_ChosenClass(classes), _top_class]
-        else:
-            targets = None
+            if get_method(self.method).wraps_explain:  # SESS, FullGrad, LeGrad take class indices, not callables
+                targets = self._true_and_predicted(inputs, known)
+            else:
+                targets = [_ChosenClass(torch.tensor([-1 if t is None else t for t in known])), _top_class]
         ex = explain(model, inputs, self.method, self.layer, targets, labels=self.bundle.labels)
         if ex.logits is None:
             raise ValueError(f"{self.bundle.name}: the model's output is not (B, num_classes) class scores")
