@@ -21,9 +21,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..explain import explain
-from ..methods import get_method
 from ..io.images import DEFAULT_MAX_MEGAPIXELS, ImageReadError, preprocess, read_image
 from ..io.models import LoadedModel, Preprocessing
+from ..methods import get_method
 from ..pipeline.writer import DecodedPhoto
 from ..targets import select_logits
 from .measure import GRID, box_mask, energy_shares, grid_maps
