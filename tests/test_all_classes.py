@@ -109,3 +109,26 @@ def test_a_head_that_is_not_linear_takes_the_general_path(monkeypatch):
     monkeypatch.setattr(all_classes, "_closed_form", lambda *a: calls.append(1))
     every = gradcam.explain(model, torch.randn(1, 3, 64, 64), "gradcam", "features.19", targets="all")
     assert not calls and every.raw.shape == (1, 10, 4, 4)
+
+
+def test_every_class_from_the_same_forward_pass():
+    """explain(every_class=True): the maps asked for as before, and every class's maps equal to
+    explain_all's, from one forward pass; methods without one gradient per class say so."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    for method in ("gradcam", "gradcam++"):
+        plain = gradcam.explain(model, x, method, "layer4", targets="top-2")
+        calls: list[int] = []
+        handle = model.register_forward_hook(lambda m, i, o, calls=calls: calls.append(1))
+        try:
+            both = gradcam.explain(model, x, method, "layer4", targets="top-2", every_class=True)
+        finally:
+            handle.remove()
+        assert len(calls) == 1
+        torch.testing.assert_close(both.maps, plain.maps)
+        torch.testing.assert_close(both.class_maps.raw, gradcam.explain_all(model, x, method, "layer4").raw)
+    with pytest.raises(ValueError, match='targets="all": scorecam is not supported'):
+        gradcam.explain(model, x, "scorecam", "layer4", every_class=True)

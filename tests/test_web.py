@@ -237,3 +237,18 @@ def test_method_options_reach_the_methods(tmp_path):
     with pytest.raises(AppError, match="no chosen method takes 'samples'"):
         explain_photo(str(EXAMPLES / "coffee.jpg"), "efficientnet_lite0", ["gradcam"], None, "", 0.5, "jet",
                       method_options="samples=3")  # fmt: skip
+
+
+def test_the_model_runs_once_per_method(tmp_path):
+    """The any-class menu's maps come from the first method's own forward pass (they took a second one)."""
+    from gradcam.apps import web
+
+    bundle = web.cached_model("efficientnet_lite0")
+    calls: list[int] = []
+    handle = bundle.model.register_forward_hook(lambda m, i, o: calls.append(1))
+    try:
+        result = explain_photo(str(EXAMPLES / "coffee.jpg"), "efficientnet_lite0", ["gradcam", "layercam"], None, "",
+                               0.5, "jet", out_dir=tmp_path)  # fmt: skip
+    finally:
+        handle.remove()
+    assert len(calls) == 2 and result.every is not None and result.every.method == "gradcam"

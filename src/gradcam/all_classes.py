@@ -105,12 +105,7 @@ def explain_all(
     halves the memory of ``raw``. Gradient methods only: activation methods give one class-agnostic map,
     perturbation methods one pass per channel and class."""
     chosen = get_method(method)
-    if not chosen.one_gradient_per_class:  # perturbation methods, or more than one gradient per class
-        raise ValueError(
-            f'targets="all": {chosen.name} is not supported; use a gradient method (gradcam, hirescam, ...)'
-        )
-    if not chosen.uses_gradients:
-        raise ValueError(f'targets="all": {chosen.name} is class-agnostic: its one map serves every class')
+    check_every_class(chosen)
     select = output or select_logits
     with model_lock(model), torch.inference_mode(False):
         if images.is_inference():
@@ -125,19 +120,46 @@ def explain_all(
                 raw_output = run_model(model, images)
             (activation,) = record.tensors()
             logits = select(raw_output)
-            if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-                raise ValueError('targets="all" needs (B, num_classes) scores; pass output=')
             size = (images.shape[-2], images.shape[-1])
             layout = infer_layout(activation, size, prefix_tokens, grid, name)
-            spatial = layout.to_spatial(activation.detach()).float()
-            head = _linear_head(model, logits, activation, spatial, layout)
-            if head is not None and type(chosen) is CAM and not _constant(head[1]):
-                head = None  # CAM needs the pooling right after the layer: the general path says so
-            if head is not None and type(chosen) in CLOSED_FORM:
-                raw = _closed_form(chosen, head, spatial, dtype, counterfactual)
-            else:
-                raw = _every_class(chosen, logits, activation, spatial, layout, dtype, counterfactual)
-    return ClassMaps(raw, logits.detach().float(), chosen.name, name, size, labels, spatial)
+            return class_maps_of(chosen, model, logits, activation, layout, name, size, labels, dtype, counterfactual)
+
+
+def check_every_class(method: CAMMethod) -> None:
+    """A one-line ValueError for methods whose maps are not one gradient per class."""
+    if not method.one_gradient_per_class:  # perturbation methods, or more than one gradient per class
+        raise ValueError(
+            f'targets="all": {method.name} is not supported; use a gradient method (gradcam, hirescam, ...)'
+        )
+    if not method.uses_gradients:
+        raise ValueError(f'targets="all": {method.name} is class-agnostic: its one map serves every class')
+
+
+def class_maps_of(
+    method: CAMMethod,
+    model: nn.Module,
+    logits: Any,
+    activation: torch.Tensor,
+    layout: Any,
+    name: str,
+    size: tuple[int, int],
+    labels: Sequence[str] | None,
+    dtype: torch.dtype = torch.float32,
+    counterfactual: bool = False,
+) -> ClassMaps:
+    """Every class's map from a forward pass already run: ``activation`` the layer's output with its graph
+    to ``logits`` still there (explain_all's pass, or explain()'s with ``every_class=True``)."""
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        raise ValueError('targets="all" needs (B, num_classes) scores; pass output=')
+    spatial = layout.to_spatial(activation.detach()).float()
+    head = _linear_head(model, logits, activation, spatial, layout)
+    if head is not None and type(method) is CAM and not _constant(head[1]):
+        head = None  # CAM needs the pooling right after the layer: the general path says so
+    if head is not None and type(method) in CLOSED_FORM:
+        raw = _closed_form(method, head, spatial, dtype, counterfactual)
+    else:
+        raw = _every_class(method, logits, activation, spatial, layout, dtype, counterfactual)
+    return ClassMaps(raw, logits.detach().float(), method.name, name, size, labels, spatial)
 
 
 CLOSED_FORM = (GradCAM, HiResCAM, CAM)  # maps that are one matrix product on a linear head (exact types)

@@ -41,6 +41,7 @@ class _Settings:
     eigen_smooth: bool
     prefix_tokens: int | None
     grid: tuple[int, int] | None
+    every_class: bool = False
 
 
 def explain(
@@ -60,6 +61,7 @@ def explain(
     prefix_tokens: int | None = None,
     grid: tuple[int, int] | None = None,
     image_input: int | str | None = None,
+    every_class: bool = False,
 ) -> Explanation:
     """Explain ``model``'s decision on ``images`` with a class activation map.
 
@@ -89,6 +91,9 @@ def explain(
         guided: also compute guided backpropagation (``ex.guided``) and so ``ex.guided_gradcam``.
         prefix_tokens, grid: how a transformer layer's tokens lie on the image (guessed when None).
         image_input: with several inputs, the one that holds the map.
+        every_class: also every class's map from the same forward pass, as ``ex.class_maps`` (a
+            :class:`~gradcam.all_classes.ClassMaps`; gradient methods, one layer): what
+            ``targets="all"`` gives, without running the model a second time.
 
     Returns:
         an :class:`Explanation`; ``maps`` is (B, K, H, W) in [0, 1].
@@ -144,6 +149,12 @@ def explain(
         targets = targets * len(images)
     if chosen.wraps_explain:
         return _wrapped(chosen, model, images, layer, targets, output or select_logits, labels, eval_mode)
+    if every_class:
+        from .all_classes import check_every_class
+
+        check_every_class(chosen)
+        if aug_smooth or images.dim() != 4:
+            raise ValueError("every_class: one plain image batch (B, C, H, W), without aug_smooth")
     settings = _Settings(
         chosen,
         output or select_logits,
@@ -153,6 +164,7 @@ def explain(
         eigen_smooth,
         prefix_tokens,
         grid,
+        every_class,
     )
     with model_lock(model), torch.inference_mode(False):
         if images.is_inference():
@@ -282,7 +294,18 @@ def _explain_once(
                 differentiated,
                 [n for n, _ in captured[-len(differentiated) :]],
                 method.second_order,
+                keep_graph=settings.every_class,
             )
+        class_maps = None
+        if settings.every_class:  # the same forward pass: its graph to the scores is still there
+            from .all_classes import class_maps_of
+
+            if len(layers) != 1:
+                raise ValueError("every_class: one layer at a time")
+            size2d = (int(images.shape[-2]), int(images.shape[-1]))
+            layout0 = infer_layout(outputs[0], size2d, settings.prefix_tokens, settings.grid, layers[0][0])
+            class_maps = class_maps_of(method, model, logits, outputs[0], layout0, layers[0][0], size2d,
+                                       settings.labels, counterfactual=settings.counterfactual)  # fmt: skip
     size = tuple(images.shape[2:])
 
     def signed(gradient: torch.Tensor) -> torch.Tensor:  # counterfactual maps: what speaks against the target
@@ -316,6 +339,7 @@ def _explain_once(
         method=method.name,
         layer_results=tuple(results),
         counterfactual=settings.counterfactual,
+        class_maps=class_maps,
     )
 
 
@@ -346,7 +370,11 @@ def _row_scores(
 
 
 def _gradients(
-    scores: torch.Tensor, activations: list[torch.Tensor], names: list[str], second_order: bool = False
+    scores: torch.Tensor,
+    activations: list[torch.Tensor],
+    names: list[str],
+    second_order: bool = False,
+    keep_graph: bool = False,
 ) -> list[list[torch.Tensor]]:
     """``d scores[:, k] / d activations`` for each target k, through the head only. Summing over the batch
     is exact: in eval mode each image's score depends on its own activations alone. With ``second_order``
@@ -361,7 +389,7 @@ def _gradients(
     inputs = [a for a, c in zip(activations, connected, strict=True) if c]
     per_target = []
     for k in range(scores.shape[1]):
-        last = k == scores.shape[1] - 1
+        last = k == scores.shape[1] - 1 and not keep_graph
         grads = torch.autograd.grad(
             scores[:, k].sum(), inputs, retain_graph=not last or second_order, allow_unused=True,
             create_graph=second_order,

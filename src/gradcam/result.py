@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -70,6 +71,8 @@ class Explanation:
         layer_results: one :class:`LayerResult` per layer, in the order asked for.
         counterfactual: True when the maps show what speaks against the targets.
         guided: (B, K, C, H, W) guided backpropagation, with ``explain(guided=True)``.
+        class_maps: every class's map from the same forward pass, with ``explain(every_class=True)``
+            (a :class:`~gradcam.all_classes.ClassMaps`).
     """
 
     maps: torch.Tensor
@@ -80,6 +83,7 @@ class Explanation:
     layer_results: tuple[LayerResult, ...]
     counterfactual: bool = False
     guided: torch.Tensor | None = None
+    class_maps: Any = None
 
     def __repr__(self) -> str:
         batch, count = self.maps.shape[:2]

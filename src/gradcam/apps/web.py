@@ -253,12 +253,25 @@ def explain_photo(
     grid = None
     grid_label = "Feature maps contributing most"
     top5: dict[str, float] = {}
+    every: AnyClass | None = None
     for number, (method, configured) in enumerate(zip(methods, built, strict=True)):
+        # the first method also keeps every class's map, from the same forward pass, for the any-class menu
+        keep_all = number == 0 and _keeps_every_class(bundle, configured, targets)
+        asked = [targets] if isinstance(targets, list) else targets
         try:
-            ex = explain(bundle.model, x, configured, chosen_layer, [targets] if isinstance(targets, list) else targets,
-                         labels=bundle.labels)  # fmt: skip
+            try:
+                ex = explain(bundle.model, x, configured, chosen_layer, asked, labels=bundle.labels,
+                             every_class=keep_all)  # fmt: skip
+            except ValueError:
+                if not keep_all:
+                    raise
+                # the menu of every class is a bonus: without it (a layer it cannot serve), the maps asked for
+                ex = explain(bundle.model, x, configured, chosen_layer, asked, labels=bundle.labels)
         except (ValueError, TypeError) as error:
             raise AppError(str(error)) from None
+        if ex.class_maps is not None:
+            every = AnyClass(ex.class_maps.raw[0].to(torch.float16).cpu(), tuple(bundle.labels or ()), str(file),
+                             geometry, ex.method, alpha, colormap)  # fmt: skip
         predictions = top_predictions(ex.logits, names, similarity=prompt)[0] if ex.logits is not None else None
         if not top5 and predictions:  # class probabilities, or the prompts' cosine similarities
             top5 = {p.label: float((p.similarity if prompt else p.probability) or 0.0) for p in predictions}
@@ -290,7 +303,6 @@ def explain_photo(
     write_atomic(manifest_path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
     files = [path for record in records for t in record.targets for kind, path in t.files.items() if kind != "channels"]
     files.append(str(manifest_path))
-    every = _kept_class_maps(bundle, x, methods[0], chosen_layer, str(file), geometry, alpha, colormap, targets)
     return PhotoResult(overlays, grid, top5, files, records[0].layer or "", count, grid_label, every)
 
 
@@ -330,29 +342,18 @@ def photo_concepts_picture(
     return picture, f"{int(k)} concepts of this photo at layer {found.layer} (Deep Feature Factorization)"
 
 
-def _kept_class_maps(
-    bundle: LoadedModel,
-    x: torch.Tensor,
-    method: str,
-    layer: str | None,
-    path: str,
-    geometry: Any,
-    alpha: float,
-    colormap: str,
-    targets: Any,
-) -> AnyClass | None:
-    """Every class's map of the first method (one forward pass; for a global-pool + linear head one matrix
-    product), kept so that any class can be drawn at once; None where it does not apply (no class names,
-    prompts, or a method without per-class gradients)."""
-    from ..all_classes import explain_all
+def _keeps_every_class(bundle: LoadedModel, method: Any, targets: Any) -> bool:
+    """Whether the first method's explanation also keeps every class's map (one forward pass for both):
+    a classifier with class names and a method whose maps are one gradient per class."""
+    from ..methods import get_method
 
-    if bundle.labels is None or isinstance(targets, TextPrompt):
-        return None
-    try:
-        every = explain_all(bundle.model, x, method, layer, dtype=torch.float16)
-    except ValueError:
-        return None
-    return AnyClass(every.raw[0].cpu(), tuple(bundle.labels), path, geometry, every.method, alpha, colormap)
+    chosen = get_method(method)
+    return (
+        bundle.labels is not None
+        and not isinstance(targets, TextPrompt)
+        and chosen.one_gradient_per_class
+        and chosen.uses_gradients
+    )
 
 
 def _score_text(ex: Any, k: int, index: int, prompt: bool) -> str:
