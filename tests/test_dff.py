@@ -168,3 +168,18 @@ def test_concepts_from_the_command_line(tmp_path, capsys):
     assert main(["concepts", str(photos), "--out", str(out), "--quiet"]) == 2  # never replaced unasked
     assert main(["concepts", str(photos), "--out", str(tmp_path / "o2"), "--max-photos", "2", "--quiet"]) == 2
     assert "more than --max-photos 2" in capsys.readouterr().err
+
+
+def test_dff_factorises_each_image_once_for_all_its_targets(monkeypatch):
+    from gradcam.methods.concepts import DeepFeatureFactorization
+
+    model, x = seeded_resnet(), torch.randn(2, 3, 128, 128)
+    calls: list[int] = []
+    original = DeepFeatureFactorization.reconstruction
+    monkeypatch.setattr(DeepFeatureFactorization, "reconstruction",
+                        lambda self, a: calls.append(1) or original(self, a))  # fmt: skip
+    both = gradcam.explain(model, x, "dff", "layer4", targets=[[1, 4], [2, 5]])
+    assert len(calls) == 1
+    for k, classes in enumerate(([1, 2], [4, 5])):
+        alone = gradcam.explain(model, x, "dff", "layer4", targets=classes)
+        torch.testing.assert_close(both.maps[:, k], alone.maps[:, 0])

@@ -16,11 +16,11 @@ Example:
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
-from .base import CAMMethod, register
+from .base import CAMMethod, LayerContext, register
 
 
 @register
@@ -49,11 +49,25 @@ class DeepFeatureFactorization(CAMMethod):
             rebuilt[b] = (offset + w @ h).reshape(image.shape)
         return rebuilt
 
+    def layer_result(self, context: LayerContext) -> Any:
+        """One factorisation per image, shared by all its targets (not one per target)."""
+        from ..result import LayerResult
+
+        if context.gradients is None:
+            raise ValueError("dff needs gradients")
+        rebuilt = self.reconstruction(context.activations)
+        cams = [self._map(rebuilt, gradient) for gradient in context.gradients]
+        return LayerResult(context.name, context.activations, None, torch.stack(cams, dim=1).clamp(min=0))
+
     def combine(
         self, activations: torch.Tensor, gradients: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if gradients is None:
             raise ValueError("dff needs gradients")
-        rebuilt = self.reconstruction(activations)
+        return self._map(self.reconstruction(activations), gradients), None
+
+    @staticmethod
+    def _map(rebuilt: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        """``sum_c w_c Â_c`` with Grad-CAM's weights ``w_c = mean_ij G_c,ij``."""
         weights = gradients.float().flatten(2).mean(dim=2)  # (B, C)
-        return torch.einsum("bc,bc...->b...", weights, rebuilt), None
+        return torch.einsum("bc,bc...->b...", weights, rebuilt)
