@@ -183,3 +183,14 @@ def test_dff_factorises_each_image_once_for_all_its_targets(monkeypatch):
     for k, classes in enumerate(([1, 2], [4, 5])):
         alone = gradcam.explain(model, x, "dff", "layer4", targets=classes)
         torch.testing.assert_close(both.maps[:, k], alone.maps[:, 0])
+
+
+def test_concepts_of_a_vision_transformer_vote_through_its_head():
+    """A transformer's layer gives tokens: the votes run the network after it on the concept in every token
+    (class token too). At the encoder's output the rest is the class token and the head: heads(concept)."""
+    from tiny_models import TinyViT
+
+    model = TinyViT()
+    found = gradcam.concepts(model, torch.randn(3, 3, 224, 224), k=2, layer="encoder")
+    assert found.raw.shape == (3, 2, 7, 7) and found.vectors.shape == (2, 32)
+    torch.testing.assert_close(found.scores, model.heads(found.vectors).detach(), atol=1e-5, rtol=1e-4)

@@ -145,13 +145,18 @@ class Concepts:
 def concept_scores(
     tail: Any, vectors: torch.Tensor, grid: tuple[int, ...], select: Callable[[Any], torch.Tensor]
 ) -> torch.Tensor | None:
-    """The model's scores (k, classes) when the layer's output is concept j at every position: the part of
-    the network after the layer (``tail``, a :class:`~gradcam.tail.Tail`) re-run on k such maps; None
-    without a tail or when the output is not (k, classes)."""
+    """The model's scores (k, classes) when the layer's output is concept j at every position (every token
+    of a transformer's layer, its class token too): the part of the network after the layer (``tail``, a
+    :class:`~gradcam.tail.Tail`) re-run on k such outputs; None without a tail or when the output is not
+    (k, classes)."""
     if tail is None:
         return None
     try:
-        maps = vectors[:, :, None, None].expand(-1, -1, *grid).contiguous()
+        shape = tail.layer_output.shape
+        if len(shape) == 3:  # tokens (B, N, C): the concept in every token
+            maps = vectors[:, None, :].expand(-1, shape[1], -1).contiguous()
+        else:
+            maps = vectors[:, :, None, None].expand(-1, -1, *grid).contiguous()
         with torch.no_grad():
             scores = select(tail(maps.to(tail.layer_output.device, tail.layer_output.dtype),
                                  torch.zeros(len(vectors), dtype=torch.long)))  # fmt: skip
