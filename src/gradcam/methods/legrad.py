@@ -119,8 +119,8 @@ def default_projection(model: nn.Module) -> Projection:
     if isinstance(getattr(vision, "post_layernorm", None), nn.Module) and isinstance(projection, nn.Module):
         return lambda z: F.normalize(projection(vision.post_layernorm(z.mean(dim=1))), dim=-1)  # type: ignore[union-attr]
     raise AttentionError(
-        f"legrad: no built-in head for {type(model).__name__} (torchvision, timm and Hugging Face ViTs have "
-        "one); pass LeGrad(projection=...) mapping a block's tokens (B, N, C) to the model's output"
+        f"legrad: no built-in head for {type(model).__name__} (torchvision, timm and Hugging Face ViTs and CLIP "
+        "have one); pass LeGrad(projection=...) mapping a block's tokens (B, N, C) to the model's output"
     )
 
 
