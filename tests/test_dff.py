@@ -194,3 +194,11 @@ def test_concepts_of_a_vision_transformer_vote_through_its_head():
     found = gradcam.concepts(model, torch.randn(3, 3, 224, 224), k=2, layer="encoder")
     assert found.raw.shape == (3, 2, 7, 7) and found.vectors.shape == (2, 32)
     torch.testing.assert_close(found.scores, model.heads(found.vectors).detach(), atol=1e-5, rtol=1e-4)
+
+
+def test_concepts_refuse_work_larger_than_the_memory_bound(monkeypatch):
+    import gradcam.dff
+
+    monkeypatch.setattr(gradcam.dff, "MAX_ACTIVATION_BYTES", 500_000)
+    with pytest.raises(ValueError, match=r"concepts: 40 photos x \(512, 2, 2\) activations at layer4 need about"):
+        gradcam.concepts(seeded_resnet(), torch.randn(40, 3, 64, 64), k=2, layer="layer4", batch_size=8)

@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
+MAX_ACTIVATION_BYTES = 2 * 1024**3  # the layer's activations of all photos, factorised together
+
 
 def nmf(
     x: torch.Tensor,
@@ -224,6 +226,12 @@ def concepts(
                 (tensor,) = record.tensors()
             layout = infer_layout(tensor, tuple(images.shape[-2:]), None, None, name)
             parts.append(layout.to_spatial(tensor).float())
+            needed = parts[0][0].numel() * 4 * len(images) * 3  # the activations, their shifted copy, W H
+            if start == 0 and needed > MAX_ACTIVATION_BYTES:
+                raise ValueError(
+                    f"concepts: {len(images)} photos x {tuple(parts[0].shape[1:])} activations at {name} need about "
+                    f"{needed / 1024**3:.1f} GB to factorise together; give fewer photos or another layer"
+                )
         activations = torch.cat(parts)
         del parts
         if k > activations.shape[1]:
