@@ -62,6 +62,35 @@ def signal_model() -> nn.Module:
     return nn.Sequential(*layers, nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(channels, 5)).eval()
 
 
+class _EcgBlock(nn.Module):
+    """A residual block of the ECG ResNet (Ribeiro et al., Nature Communications 2020): two convolutions
+    of kernel 17, the second with stride 4; the skip path max-pooled and projected to the new width."""
+
+    def __init__(self, channels: int, width: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv1d(channels, width, 17, padding=8, bias=False)
+        self.bn1 = nn.BatchNorm1d(width)
+        self.conv2 = nn.Conv1d(width, width, 17, stride=4, padding=8, bias=False)
+        self.bn2 = nn.BatchNorm1d(width)
+        self.skip = nn.Sequential(nn.MaxPool1d(4), nn.Conv1d(channels, width, 1, bias=False))
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv2(self.act(self.bn1(self.conv1(x))))
+        return self.act(self.bn2(y + self.skip(x)))
+
+
+def ecg_resnet() -> nn.Module:
+    """An ECG classifier of the published shape (Ribeiro et al. 2020: 12 leads, 4,096 samples, a first
+    convolution of 64 filters and four residual blocks of 128, 196, 256 and 320): 6 classes, random weights."""
+    blocks: list[nn.Module] = [nn.Conv1d(12, 64, 17, padding=8, bias=False), nn.BatchNorm1d(64), nn.ReLU()]
+    channels = 64
+    for width in (128, 196, 256, 320):
+        blocks.append(_EcgBlock(channels, width))
+        channels = width
+    return nn.Sequential(*blocks, nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(channels, 6)).eval()
+
+
 def volume_model() -> nn.Module:
     """A 3-D CNN on 96^3 volumes (a CT classifier's shape: two convolutions per stage, 4 stages)."""
     layers: list[nn.Module] = []
@@ -79,6 +108,7 @@ def cost_table(repeats: int, only: list[str] | None = None) -> None:
     torch.manual_seed(0)
     cases = [
         ("signal (8, 12, 5000)", signal_model(), torch.randn(8, 12, 5000)),
+        ("signal, ECG ResNet (8, 12, 4096)", ecg_resnet(), torch.randn(8, 12, 4096)),
         ("volume (1, 1, 96, 96, 96)", volume_model(), torch.randn(1, 1, 96, 96, 96)),
         ("r3d_18 clip (1, 3, 16, 112, 112)", torchvision.models.video.r3d_18().eval(), torch.randn(1, 3, 16, 112, 112)),
         ("efficientnet_lite0 frames (16, 3, 224, 224)", gradcam.load_model().model, torch.randn(16, 3, 224, 224)),
