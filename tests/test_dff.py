@@ -202,3 +202,18 @@ def test_concepts_refuse_work_larger_than_the_memory_bound(monkeypatch):
     monkeypatch.setattr(gradcam.dff, "MAX_ACTIVATION_BYTES", 500_000)
     with pytest.raises(ValueError, match=r"concepts: 40 photos x \(512, 2, 2\) activations at layer4 need about"):
         gradcam.concepts(seeded_resnet(), torch.randn(40, 3, 64, 64), k=2, layer="layer4", batch_size=8)
+
+
+def test_the_concepts_page_shows_every_photo_and_escapes_names(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "coffee.jpg").write_bytes((EXAMPLES / "coffee.jpg").read_bytes())
+    hostile = "<img src=x onerror=alert(1)>'a#b.jpg"
+    (photos / hostile).write_bytes((EXAMPLES / "chelsea.jpg").read_bytes())
+    out = tmp_path / "out"
+    assert main(["concepts", str(photos), "--k", "3", "--out", str(out), "--quiet"]) == 0
+    page = (out / "concepts.html").read_text()
+    assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;&#x27;a#b.jpg" in page
+    assert page.count("<div class='card'>") == 2 and "espresso" in page and "https://" not in page
+    assert "src='coffee.concepts.png'" in page and "%3Cimg%20src%3Dx" in page  # relative, percent-encoded
+    assert main(["concepts", str(photos), "--k", "3", "--out", str(out), "--quiet"]) == 2  # not replaced unasked

@@ -29,7 +29,8 @@ def add_parser(commands: Any, formatter: type[argparse.HelpFormatter], photos_an
         formatter_class=formatter,
         description="Factorise the layer's activations of all the photos together into k concepts (non-negative "
         "matrix factorisation, Collins et al. 2018). Writes NAME.concepts.png per photo (each place coloured by its "
-        "strongest concept, a legend of the classes each concept votes for) and concepts.json into --out.",
+        "strongest concept, a legend of the classes each concept votes for), concepts.json and concepts.html into "
+        "--out.",
     )
     photos_and_model(parser)
     parser.add_argument("--k", type=int, default=5, help="how many concepts")
@@ -58,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from ..pipeline.local import output_keys, write_json_atomic
     from ..pipeline.writer import save_picture
     from ..render.concepts import classes_text, colour_of, photo_concepts
+    from ..render.report import write_concepts_page
 
     if args.k < 1 or args.top < 1 or args.batch_size < 1 or args.max_photos < 1:
         return _error("--k, --top, --batch-size and --max-photos must be >= 1")
@@ -74,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     keys = output_keys(found)
     pictures = [out / f"{key}.concepts.png" for key in keys]
-    existing = [p for p in [out / "concepts.json", *pictures] if p.exists()]
+    existing = [p for p in [out / "concepts.json", out / "concepts.html", *pictures] if p.exists()]
     if existing and not args.overwrite:
         return _error(f"{existing[0]} exists; pass --overwrite to replace it, or choose another --out")
     try:
@@ -126,30 +128,31 @@ def run(args: argparse.Namespace) -> int:
             bar.update(1)
     if bar is not None:
         bar.close()
-    write_json_atomic(
-        {
-            "version": 1,
-            "model": bundle.name,
-            "layer": found_concepts.layer,
-            "k": args.k,
-            "concepts": [
-                {
-                    "concept": j + 1,
-                    "colour": "#{:02x}{:02x}{:02x}".format(*colour_of(j)),
-                    "classes": [{"class": name, "probability": round(p, 6)} for name, p in top],
-                }
-                for j, top in enumerate(tops)
-            ],
-            "photos": photos,
-            "failed": failed,
-        },
-        out / "concepts.json",
-    )
+    found_json = {
+        "version": 1,
+        "model": bundle.name,
+        "layer": found_concepts.layer,
+        "k": args.k,
+        "concepts": [
+            {
+                "concept": j + 1,
+                "colour": "#{:02x}{:02x}{:02x}".format(*colour_of(j)),
+                "classes": [{"class": name, "probability": round(p, 6)} for name, p in top],
+            }
+            for j, top in enumerate(tops)
+        ],
+        "photos": photos,
+        "failed": failed,
+    }
+    write_json_atomic(found_json, out / "concepts.json")
+    page = write_concepts_page(found_json, out)
     if not args.quiet:
         print(f"{len(photos)} photos, {args.k} concepts at {found_concepts.layer}:")
         for j, top in enumerate(tops):
             print(f"  {j + 1}. {classes_text(top) or '(no class scores for this layer)'}")
-        print(f"Pictures and concepts.json in {out}" + (f"; {len(failed)} photos failed" if failed else ""))
+        print(
+            f"Pictures and concepts.json in {out}; open {page}" + (f" ({len(failed)} photos failed)" if failed else "")
+        )
     return EXIT_FAILED if failed else EXIT_OK
 
 

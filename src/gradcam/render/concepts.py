@@ -32,7 +32,8 @@ def concept_picture(
     photo: Image.Image, maps: torch.Tensor, legend: Sequence[str], opacity: float = 0.65
 ) -> Image.Image:
     """``photo`` with (k, H, W) concept ``maps`` in [0, 1] at its size laid over it: each pixel takes the
-    colour of its strongest concept, blended in proportion to that concept's value there (weak places show
+    colour of its strongest concept, blended in proportion to the square root of that concept's value there
+    (a concept at a quarter of the photo's peak is still half-coloured; weak places show
     the photo, dimmed), and a legend below with one line per concept (``legend``)."""
     if maps.dim() != 3 or tuple(maps.shape[1:]) != (photo.height, photo.width):
         raise ValueError(f"concept maps {tuple(maps.shape)} do not fit the photo {photo.width} x {photo.height}")
@@ -40,7 +41,7 @@ def concept_picture(
     colours = torch.tensor([colour_of(j) for j in range(maps.shape[0])], dtype=torch.float32)
     tint = colours[winner].permute(2, 0, 1)  # (3, H, W)
     pixels = torch.from_numpy(np.asarray(photo.convert("RGB"), dtype=np.float32).copy()).permute(2, 0, 1)
-    alpha = (strength * opacity)[None]
+    alpha = (strength.sqrt() * opacity)[None]  # the square root: a concept at half strength still shows
     blended = pixels * (1 - alpha) * (0.55 + 0.45 * strength[None]) + tint * alpha
     picture = Image.fromarray(blended.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy())
     return _with_concept_legend(picture, legend)

@@ -257,3 +257,49 @@ def evaluation_page(model: str, table_markdown: str, errors: list[str], identica
 <h2>Deletion and insertion curves</h2><img src="curves.png" alt="deletion and insertion curves" style="max-width:100%">
 {f"<h2>Skipped images</h2><ul>{skipped}</ul>" if skipped else ""}</nav></body></html>
 """
+
+
+def concepts_page(found: dict[str, Any], out: Path) -> str:
+    """The HTML of ``concepts.html`` for ``gradcam concepts``' concepts.json: the concepts with their colours
+    and classes, then every photo's picture (lazy images, relative links), its strongest concept first.
+    Static: a few hundred photos at most (``--max-photos``), every name escaped."""
+    concepts = found.get("concepts", [])
+    legend = "".join(
+        f"<li><span class='swatch' style='background:{html.escape(c['colour'])}'></span>{c['concept']}. "
+        + html.escape(", ".join(f"{k['class']} {k['probability']:.0%}" for k in c["classes"]) or "(no class scores)")
+        + "</li>"
+        for c in concepts
+    )
+    cards = []
+    for photo in found.get("photos", []):
+        shares = photo.get("shares", [])
+        strongest = max(range(len(shares)), key=shares.__getitem__) if shares else None
+        caption = f"mostly concept {strongest + 1} ({shares[strongest]:.0%})" if strongest is not None else ""
+        name = html.escape(Path(photo["image"]).name)
+        cards.append(
+            f"<div class='card'><h2 title='{html.escape(photo['image'])}'>{name}</h2>"
+            f"<a href='{html.escape(_relative(photo['picture'], out))}'><img loading='lazy' alt='{name}' "
+            f"src='{html.escape(_relative(photo['picture'], out))}'></a><p>{html.escape(caption)}</p></div>"
+        )
+    failed = "".join(
+        f"<div class='card failed'><h2>{html.escape(Path(f['image']).name)}</h2><p>{html.escape(f['error'])}</p></div>"
+        for f in found.get("failed", [])
+    )
+    title = f"gradcam concepts: {found.get('k')} concepts at {found.get('layer')} ({found.get('model')})"
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>{_STYLE}
+.legend{{list-style:none;padding:0;margin:4px 0;display:flex;flex-wrap:wrap;gap:6px 18px}}
+.swatch{{display:inline-block;width:14px;height:14px;border:1px solid #555;margin-right:6px;vertical-align:-2px}}
+main{{grid-template-columns:repeat(auto-fill,minmax(320px,1fr))}}</style></head>
+<body><header><h1>{html.escape(title)}</h1><ul class="legend">{legend}</ul></header>
+<main>{"".join(cards)}{failed}</main></body></html>
+"""
+
+
+def write_concepts_page(found: dict[str, Any], out: Path) -> Path:
+    """Write ``concepts.html`` into ``out`` (atomically) and return its path."""
+    path = out / "concepts.html"
+    text = concepts_page(found, out)
+    write_atomic(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+    return path
