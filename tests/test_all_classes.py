@@ -132,3 +132,14 @@ def test_every_class_from_the_same_forward_pass():
         torch.testing.assert_close(both.class_maps.raw, gradcam.explain_all(model, x, method, "layer4").raw)
     with pytest.raises(ValueError, match='targets="all": scorecam is not supported'):
         gradcam.explain(model, x, "scorecam", "layer4", every_class=True)
+    # a method that makes its own maps ignored every_class silently; two layers failed after the forward pass
+    with pytest.raises(ValueError, match='targets="all": fullgrad is not supported'):
+        gradcam.explain(model, x, "fullgrad", every_class=True)
+    calls = []
+    handle = model.register_forward_hook(lambda m, i, o: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match="every_class: .* one layer"):
+            gradcam.explain(model, x, "gradcam", ["layer3", "layer4"], every_class=True)
+    finally:
+        handle.remove()
+    assert not calls

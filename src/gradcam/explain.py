@@ -147,14 +147,14 @@ def explain(
     if isinstance(targets, Similarity):
         output, labels, targets = _similarity_scores(targets, output), targets.labels(), [list(range(len(targets)))]
         targets = targets * len(images)
-    if chosen.wraps_explain:
-        return _wrapped(chosen, model, images, layer, targets, output or select_logits, labels, eval_mode)
-    if every_class:
+    if every_class:  # before anything runs (a method that makes its own maps has no per-class gradients)
         from .all_classes import check_every_class
 
         check_every_class(chosen)
-        if aug_smooth or images.dim() != 4:
-            raise ValueError("every_class: one plain image batch (B, C, H, W), without aug_smooth")
+        if aug_smooth or images.dim() != 4 or (isinstance(layer, (list, tuple)) and len(layer) != 1):
+            raise ValueError("every_class: one plain image batch (B, C, H, W) and one layer, without aug_smooth")
+    if chosen.wraps_explain:
+        return _wrapped(chosen, model, images, layer, targets, output or select_logits, labels, eval_mode)
     settings = _Settings(
         chosen,
         output or select_logits,
@@ -296,25 +296,24 @@ def _explain_once(
                 method.second_order,
                 keep_graph=settings.every_class,
             )
+        size = tuple(images.shape[2:])
+        layouts = [
+            infer_layout(output, size, settings.prefix_tokens, settings.grid, name)
+            for output, (name, _) in zip(outputs[: len(layers)], layers, strict=True)
+        ]
         class_maps = None
         if settings.every_class:  # the same forward pass: its graph to the scores is still there
             from .all_classes import class_maps_of
 
-            if len(layers) != 1:
-                raise ValueError("every_class: one layer at a time")
-            size2d = (int(images.shape[-2]), int(images.shape[-1]))
-            layout0 = infer_layout(outputs[0], size2d, settings.prefix_tokens, settings.grid, layers[0][0])
-            class_maps = class_maps_of(method, model, logits, outputs[0], layout0, layers[0][0], size2d,
+            class_maps = class_maps_of(method, model, logits, outputs[0], layouts[0], layers[0][0], (size[0], size[1]),
                                        settings.labels, counterfactual=settings.counterfactual)  # fmt: skip
-    size = tuple(images.shape[2:])
 
     def signed(gradient: torch.Tensor) -> torch.Tensor:  # counterfactual maps: what speaks against the target
         return -gradient if settings.counterfactual else gradient
 
     results = []
     for index, (name, _) in enumerate(layers):
-        output = outputs[index].detach()
-        layout = infer_layout(output, size, settings.prefix_tokens, settings.grid, name)
+        output, layout = outputs[index].detach(), layouts[index]
         context = LayerContext(name, layout.to_spatial(output).float(), resolved.count,
                                eigen_smooth=settings.eigen_smooth, layout=layout)  # fmt: skip
         if reads_attention:  # the gradients were taken at the attention's output, not at the layer

@@ -634,22 +634,14 @@ def _write_run(
 
 
 def _earlier_arrays(args: argparse.Namespace, model: str, manifest_path: Path) -> dict[str, PhotoRecord]:
-    """The array files an earlier run in --out explained (by path), when it used this run's model, method,
-    target and layer; a UsageError naming the option that differs otherwise."""
-    from ..pipeline.local import UsageError, read_manifest
+    """The array files an earlier run in --out explained (by path), when it explained them as this run
+    would (the photo runs' own check, ``check_same_run``); a UsageError naming the option that differs."""
+    from ..pipeline.local import check_same_run, read_manifest
+    from ..pipeline.records import RunManifest
 
     earlier = read_manifest(manifest_path)
-    asked = {"--model": (earlier.model, model), "--method": (earlier.methods, [args.method]),
-             "--target": (earlier.target, args.target)}  # fmt: skip
-    if args.layer is not None and earlier.layer is not None:
-        asked["--layer"] = (earlier.layer, args.layer)
-    for flag, (then, now) in asked.items():
-        if then != now:
-            shown = then[0] if isinstance(then, list) and len(then) == 1 else then
-            raise UsageError(
-                f"--resume: the earlier run in {manifest_path.parent} used {flag} {shown}, this one "
-                f"{now[0] if isinstance(now, list) else now}; run with the same options, or choose another --out"
-            )
+    current = RunManifest(engine="local", model=model, methods=[args.method], target=args.target)
+    check_same_run(earlier, current, args.layer, manifest_path.parent)
     return {record.path: record for record in earlier.images if record.ok and record.kind in ("volume", "signal")}
 
 

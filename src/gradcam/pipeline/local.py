@@ -368,24 +368,8 @@ class Runner:
 
     def _continue(self, earlier: RunManifest) -> None:
         """Take over an earlier run's successful photos, if it explained them the same way."""
-        current = self.manifest(finished=False)
-        for key in RESUME_KEYS:
-            if getattr(earlier, key) != getattr(current, key):
-                flag = (
-                    "--" + key.replace("_", "-").rstrip("s")
-                    if key in ("methods", "prompts")
-                    else "--" + key.replace("_", "-")
-                )
-                raise UsageError(
-                    f"--resume: the earlier run in {self.options.out} used {flag} {_shown(getattr(earlier, key))}, "
-                    f"this one {_shown(getattr(current, key))}; run with the same options, or choose another --out"
-                )
+        check_same_run(earlier, self.manifest(finished=False), self.options.layer, self.options.out)
         layer = earlier.layer
-        if self.options.layer is not None and layer not in (None, self.options.layer):
-            raise UsageError(
-                f"--resume: the earlier run in {self.options.out} explained layer {layer!r}, this one asks for "
-                f"{self.options.layer!r}; run with the same --layer, or choose another --out"
-            )
         if layer is not None:
             self.explainer.layer = layer
         self.explainer.replace_unrecorded = True
@@ -633,6 +617,27 @@ class BatchExplainer:
 def _input(photo: DecodedPhoto) -> torch.Tensor:
     assert photo.input is not None
     return photo.input
+
+
+def check_same_run(earlier: RunManifest, current: RunManifest, layer: str | None, out: Path) -> None:
+    """A UsageError naming the first option (``RESUME_KEYS``, or the requested ``layer``) in which the run in
+    ``out`` that --resume continues differs from this one: its maps would mean something else."""
+    for key in RESUME_KEYS:
+        if getattr(earlier, key) != getattr(current, key):
+            flag = (
+                "--" + key.replace("_", "-").rstrip("s")
+                if key in ("methods", "prompts")
+                else "--" + key.replace("_", "-")
+            )
+            raise UsageError(
+                f"--resume: the earlier run in {out} used {flag} {_shown(getattr(earlier, key))}, "
+                f"this one {_shown(getattr(current, key))}; run with the same options, or choose another --out"
+            )
+    if layer is not None and earlier.layer not in (None, layer):
+        raise UsageError(
+            f"--resume: the earlier run in {out} explained layer {earlier.layer!r}, this one asks for "
+            f"{layer!r}; run with the same --layer, or choose another --out"
+        )
 
 
 def _shown(value: Any) -> str:
