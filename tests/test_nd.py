@@ -12,19 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import gradcam
-
-
-class Signal(nn.Module):
-    """A tiny 1-D CNN (an ECG-like classifier): conv (stride 2) -> ReLU -> global average pool -> linear."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv1d(2, 4, 5, stride=2, padding=2)
-        self.act = nn.ReLU()
-        self.head = nn.Sequential(nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(4, 3))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.act(self.conv(x)))
+from tiny_models import TinySignal as Signal  # conv (stride 2) -> ReLU -> global pool -> linear
 
 
 class Volume(nn.Module):
