@@ -36,6 +36,9 @@ def test_overlays_are_at_the_photo_own_resolution(tmp_path, size):
     entry = json.loads((out / "results.json").read_text())["images"][0]
     assert entry["size"] == list(size) and entry["overlay_size"] == list(size)
     assert Image.open(entry["targets"][0]["files"]["overlay"]).size == size
+    thumbnail = Image.open(entry["thumbnail"]).size  # a whole-factor reduction, at most 512 px long
+    assert 256 <= max(thumbnail) <= 512 if max(size) > 512 else thumbnail == size
+    assert abs(thumbnail[0] / thumbnail[1] - size[0] / size[1]) < 0.02
 
 
 def test_an_exif_rotated_photo_is_upright_at_its_own_size(tmp_path):
@@ -109,6 +112,24 @@ def test_full_frame_on_a_fixed_size_model_falls_back_to_squash(tmp_path, capsys)
                    "--out", str(out), "--frame", "full") == 0  # fmt: skip
     assert "takes only 224x224 inputs; the whole photo is resized to it" in capsys.readouterr().err
     assert json.loads((out / "results.json").read_text())["frame"] == "squash"
+
+
+def test_an_overlay_drawn_from_the_8_bit_plane_equals_the_one_drawn_from_the_map():
+    """The writer draws from heat_plane(maps) made for the whole batch; the web app from the float map."""
+    import torch
+
+    from gradcam.io.images import Geometry
+    from gradcam.render.viz import heat_plane, overlay_image
+
+    photo = Image.open(EXAMPLES / "coffee.jpg").convert("RGB")
+    geometry = Geometry(original=(photo.height, photo.width), resized=(256, 384), crop_origin=(16, 80), crop=(224, 224))
+    heat = torch.rand(7, 7)[None, None]
+    heat = torch.nn.functional.interpolate(heat, size=(224, 224), mode="bilinear")[0, 0]
+    from_map = overlay_image(photo, heat, geometry)
+    from_plane = overlay_image(photo, heat_plane(heat), geometry)
+    assert from_map.tobytes() == from_plane.tobytes()
+    other_size = overlay_image(photo, heat_plane(heat)[::2, ::2].copy(), geometry)  # resized to the crop
+    assert other_size.size == photo.size
 
 
 def test_heat_tint_leaves_cold_pixels_as_they_are():

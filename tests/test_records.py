@@ -81,6 +81,19 @@ def test_maps_that_are_not_an_upsampled_layer_map_are_kept_at_the_input_size():
     assert StoredMap.best(raw, final).grid == "layer"
 
 
+def test_a_batch_keeps_each_map_as_the_map_alone_would_be_kept():
+    """The writer's maps are decided for a whole batch at once (PhotoWriter.prepare): the same choice of
+    grid and the same float16 values as one map at a time, for maps of both kinds in one batch."""
+    raw = torch.rand(3, 2, 7, 7)
+    final = gradcam.result.normalise(gradcam.result.upsample(raw, (224, 224)))
+    final[1, 0] = torch.rand(224, 224)  # not an upsampled layer map: kept at the input size
+    batch = StoredMap.best_of_batch(raw, final)
+    for b in range(3):
+        for k in range(2):
+            assert batch[b][k] == StoredMap.best(raw[b, k], final[b, k])
+    assert batch[1][0].grid == "input" and batch[0][0].grid == batch[2][1].grid == "layer"
+
+
 def test_records_round_trip_and_version_1_manifests_still_read(tmp_path):
     out = tmp_path / "out"
     assert run(str(EXAMPLES / "chelsea.jpg"), "--out", str(out)) == 0

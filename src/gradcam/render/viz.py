@@ -75,17 +75,18 @@ def overlay(
 
 def overlay_image(
     photo: Image.Image,
-    heatmap: torch.Tensor,
+    heatmap: torch.Tensor | np.ndarray,
     geometry: Geometry,
     alpha: float = 0.5,
     colormap: str = "jet",
     tint: str = "flat",
 ) -> Image.Image:
-    """:func:`overlay` of a (h, w) map in [0, 1] in the model's input frame on the whole RGB ``photo``,
-    carried back through :class:`~gradcam.io.images.Geometry`. Where the model saw only a crop, the rest is
-    dimmed to ``OUTSIDE_BRIGHTNESS`` and the crop is framed and labelled "model's view".
+    """:func:`overlay` of a (h, w) map in [0, 1] (or its uint8 :func:`heat_plane`) in the model's input
+    frame on the whole RGB ``photo``, carried back through :class:`~gradcam.io.images.Geometry`. Where the
+    model saw only a crop, the rest is dimmed to ``OUTSIDE_BRIGHTNESS`` and the crop is framed and labelled
+    "model's view".
 
-    The map is laid on the resized frame (small, torch), then brought to the photo's pixels inside the
+    The map is laid on the resized frame (small, 8-bit), then brought to the photo's pixels inside the
     model's view only, by PIL's bilinear resampling of an 8-bit plane (the sample positions of
     ``F.interpolate(..., align_corners=False)``), coloured through a palette and blended by PIL: every step
     that touches the photo's own pixels is C code, about 50x faster than float tensors at the photo's size
@@ -130,16 +131,25 @@ def _dimming() -> list[int]:
     return [round(v * OUTSIDE_BRIGHTNESS) for v in range(256)] * 3
 
 
-def _resized_frame_heat(heatmap: torch.Tensor, geometry: Geometry) -> Image.Image:
-    """The map laid on the resized frame as an 8-bit image (0 outside the crop)."""
-    crop = F.interpolate(heatmap.detach()[None, None].float().cpu(), size=geometry.crop, mode="bilinear",
-                         align_corners=False)[0, 0]  # fmt: skip
-    canvas = crop.new_zeros(*geometry.resized)
+def heat_plane(maps: torch.Tensor) -> np.ndarray:
+    """Maps in [0, 1] (any shape) as 8-bit planes, what :func:`overlay_image` draws: computed for a whole
+    batch at once, so the threads that draw need no torch operation (each would start its own threads)."""
+    return (maps.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+
+def _resized_frame_heat(heatmap: torch.Tensor | np.ndarray, geometry: Geometry) -> Image.Image:
+    """The map (float in [0, 1], or its :func:`heat_plane`) laid on the resized frame as an 8-bit image
+    (0 outside the crop); a map of another size than the crop is resized bilinearly first."""
+    plane = heatmap if isinstance(heatmap, np.ndarray) else heat_plane(heatmap)
+    if plane.dtype != np.uint8 or plane.ndim != 2:
+        raise ValueError(f"heatmap: expected an (H, W) map or its uint8 plane, got {plane.dtype} {plane.shape}")
+    crop = Image.fromarray(plane, "L")
+    if crop.size != (geometry.crop[1], geometry.crop[0]):
+        crop = crop.resize((geometry.crop[1], geometry.crop[0]), Image.Resampling.BILINEAR)
+    canvas = Image.new("L", (geometry.resized[1], geometry.resized[0]), 0)
     top, left = geometry.crop_origin
-    rows = min(geometry.crop[0], geometry.resized[0] - top)
-    columns = min(geometry.crop[1], geometry.resized[1] - left)
-    canvas[top : top + rows, left : left + columns] = crop[:rows, :columns].clamp(0, 1)
-    return Image.fromarray((canvas * 255).round().to(torch.uint8).numpy(), "L")
+    canvas.paste(crop, (left, top))  # the part beyond the resized frame (a padded input) falls away
+    return canvas
 
 
 @lru_cache(maxsize=16)
