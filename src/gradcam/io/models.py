@@ -337,10 +337,9 @@ def _sized_to(file: WeightsFile | None, build: Callable[..., nn.Module], name: s
 
 
 def _load_efficientnet_lite0(weights: str | None, file: WeightsFile | None) -> LoadedModel:
-    import timm
+    from .efficientnet_lite import PREPROCESSING, efficientnet_lite0  # timm's tf_efficientnet_lite0, without timm
 
-    build = partial(timm.create_model, "tf_efficientnet_lite0", pretrained=False)
-    model, resized = _sized_to(file, build, DEFAULT_MODEL)
+    model, resized = _sized_to(file, efficientnet_lite0, DEFAULT_MODEL)
     source = "random weights"
     if weights is None:
         try:
@@ -361,11 +360,10 @@ def _load_efficientnet_lite0(weights: str | None, file: WeightsFile | None) -> L
     elif file is not None:
         file.load_into(model)
         source = f"weights from {weights}"
-    cfg: dict = dict(getattr(model, "pretrained_cfg", {}))
     return LoadedModel(
         name=DEFAULT_MODEL,
         model=model,
-        preprocessing=_timm_preprocessing(cfg),
+        preprocessing=PREPROCESSING,
         labels=None if resized else _imagenet_labels(),
         default_layer=None,
         source=source,
