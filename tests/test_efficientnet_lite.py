@@ -60,3 +60,13 @@ def test_loading_the_embedded_model_imports_neither_timm_nor_torchvision():
     shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert shown.strip() == "[]"
     assert load_model().labels[967] == "espresso"
+
+
+def test_timm_models_without_timm_are_one_line_naming_the_extra(monkeypatch):
+    """timm is an optional extra now that the default model does not need it."""
+    from gradcam.io.models import ModelLoadError
+
+    monkeypatch.setitem(sys.modules, "timm", None)  # `import timm` raises ImportError
+    with pytest.raises(ModelLoadError, match=r"timm:resnet18 needs timm: pip install 'gradcam\[timm\]'"):
+        load_model("timm:resnet18")
+    assert load_model().name == "efficientnet_lite0"

@@ -383,7 +383,10 @@ def _timm_preprocessing(cfg: dict) -> Preprocessing:
 
 
 def _load_timm(arch: str, weights: str | None, file: WeightsFile | None) -> LoadedModel:
-    import timm
+    try:
+        import timm
+    except ImportError:
+        raise ModelLoadError(f"timm:{arch} needs timm: pip install 'gradcam[timm]' (or pip install timm)") from None
 
     if arch not in timm.list_models(pretrained=False):
         import difflib
