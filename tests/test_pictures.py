@@ -36,8 +36,8 @@ def test_overlays_are_at_the_photo_own_resolution(tmp_path, size):
     entry = json.loads((out / "results.json").read_text())["images"][0]
     assert entry["size"] == list(size) and entry["overlay_size"] == list(size)
     assert Image.open(entry["targets"][0]["files"]["overlay"]).size == size
-    thumbnail = Image.open(entry["thumbnail"]).size  # a whole-factor reduction, at most 512 px long
-    assert 256 <= max(thumbnail) <= 512 if max(size) > 512 else thumbnail == size
+    thumbnail = Image.open(entry["thumbnail"]).size  # a whole-factor reduction, 512 to 1023 px long
+    assert 512 <= max(thumbnail) < 1024 if max(size) >= 1024 else thumbnail == size
     assert abs(thumbnail[0] / thumbnail[1] - size[0] / size[1]) < 0.02
 
 

@@ -102,10 +102,10 @@ def save_npy_atomic(array: np.ndarray, path: Path) -> None:
 
 
 def save_thumbnail(photo: Image.Image, path: Path) -> None:
-    """The photo at most ``THUMBNAIL_SIDE`` pixels long, as a JPEG (atomic): a box reduction by the
-    smallest whole factor that fits (half to all of ``THUMBNAIL_SIDE``), which costs a tenth of an exact
-    resize (a 610 px photo: 0.3 ms instead of 3.5)."""
-    factor = max(1, -(-max(photo.size) // THUMBNAIL_SIDE))
+    """The photo ``THUMBNAIL_SIDE`` to twice that long (a smaller photo as it is), as a JPEG (atomic): a
+    box reduction by the largest whole factor that keeps it at least ``THUMBNAIL_SIDE``, which costs a
+    tenth of an exact resize (3.5 ms for a 610 px photo) and stays sharp where index.html shows it."""
+    factor = max(1, max(photo.size) // THUMBNAIL_SIDE)
     picture = photo.reduce(factor) if factor > 1 else photo
     write_atomic(path, lambda temporary: picture.save(temporary, format="JPEG", quality=85))
 
