@@ -31,8 +31,10 @@ def test_it_is_timms_tf_efficientnet_lite0_tensor_for_tensor(size):
     x = torch.randn(2, 3, *size)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), reference(x), rtol=0, atol=0)
-        torch.testing.assert_close(ours.bn2(ours.conv_head(ours.blocks(ours.bn1(ours.conv_stem(x))))),
-                                   reference.forward_features(x), rtol=0, atol=0)  # fmt: skip
+        features = ours.forward_features(x)  # timm's two methods too (scripts/shortcut_demo.py uses them)
+        torch.testing.assert_close(features, reference.forward_features(x), rtol=0, atol=0)
+        torch.testing.assert_close(ours.forward_head(features, pre_logits=True),
+                                   reference.forward_head(features, pre_logits=True), rtol=0, atol=0)  # fmt: skip
     assert [n for n, _ in ours.named_modules() if n.endswith(("conv_dw", "bn2"))] == [
         n for n, _ in reference.named_modules() if n.endswith(("conv_dw", "bn2"))
     ]
@@ -49,6 +51,10 @@ def test_its_preprocessing_and_class_names_are_timms_and_torchvisions():
 def test_a_ten_class_head_builds_like_timms():
     ours, theirs = efficientnet_lite0(num_classes=10), timm.create_model("tf_efficientnet_lite0", num_classes=10)
     assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
+    ours.reset_classifier(3)
+    theirs.reset_classifier(3)
+    assert ours.get_classifier().weight.shape == theirs.get_classifier().weight.shape == (3, 1280)
+    assert ours(torch.zeros(1, 3, 64, 64)).shape == (1, 3) and ours.num_classes == 3
 
 
 def test_loading_the_embedded_model_imports_neither_timm_nor_torchvision():

@@ -11,7 +11,8 @@ a stride-2 convolution pads ``max((ceil(n / 2) - 1) * 2 + k - n, 0)`` pixels, th
 The modules carry timm's names for ``tf_efficientnet_lite0`` (``conv_stem``, ``bn1``, ``blocks.S.N.conv_dw``,
 ..., ``conv_head``, ``bn2``, ``classifier``) and each batch norm applies its activation, as timm's do: its
 state dicts and fine-tuned checkpoints load unchanged, layer names are the same, and the output equals
-timm's (tested).
+timm's (tested). timm's ``forward_features``, ``forward_head``, ``get_classifier`` and ``reset_classifier``
+work as there.
 
 Example:
     >>> model = efficientnet_lite0(num_classes=1000).eval()
@@ -153,9 +154,26 @@ class EfficientNetLite(nn.Module):
         self.global_pool = GlobalAveragePool()
         self.classifier = nn.Linear(HEAD, num_classes)
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The feature maps (B, 1280, h, w) after the head's batch norm and ReLU6 (timm's method)."""
+        return self.bn2(self.conv_head(self.blocks(self.bn1(self.conv_stem(x)))))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pooled features (``pre_logits``), else class scores, from :meth:`forward_features` (timm's method)."""
+        pooled = self.global_pool(x)
+        return pooled if pre_logits else self.classifier(pooled)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.bn2(self.conv_head(self.blocks(self.bn1(self.conv_stem(x)))))
-        return self.classifier(self.global_pool(x))
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        """The final linear layer (timm's method)."""
+        return self.classifier
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A new, untrained head of ``num_classes`` outputs (none: the pooled features), as timm's does."""
+        self.num_classes = num_classes
+        self.classifier = nn.Linear(HEAD, num_classes) if num_classes > 0 else nn.Identity()
 
 
 def efficientnet_lite0(num_classes: int = 1000) -> EfficientNetLite:
