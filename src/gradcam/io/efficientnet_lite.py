@@ -152,7 +152,7 @@ class EfficientNetLite(nn.Module):
         self.conv_head = SamePadConv(cin, HEAD, 1)
         self.bn2 = BatchNormAct(HEAD)
         self.global_pool = GlobalAveragePool()
-        self.classifier = nn.Linear(HEAD, num_classes)
+        self.classifier: nn.Module = nn.Linear(HEAD, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The feature maps (B, 1280, h, w) after the head's batch norm and ReLU6 (timm's method)."""
