@@ -344,16 +344,17 @@ def photo_concepts_picture(
 
 def _keeps_every_class(bundle: LoadedModel, method: Any, targets: Any) -> bool:
     """Whether the first method's explanation also keeps every class's map (one forward pass for both):
-    a classifier with class names and a method whose maps are one gradient per class."""
+    a classifier with class names and a method whose maps are one gradient per class (explain's own check)."""
+    from ..all_classes import check_every_class
     from ..methods import get_method
 
-    chosen = get_method(method)
-    return (
-        bundle.labels is not None
-        and not isinstance(targets, TextPrompt)
-        and chosen.one_gradient_per_class
-        and chosen.uses_gradients
-    )
+    if bundle.labels is None or isinstance(targets, TextPrompt):
+        return False
+    try:
+        check_every_class(get_method(method))
+    except ValueError:
+        return False
+    return True
 
 
 def _score_text(ex: Any, k: int, index: int, prompt: bool) -> str:
