@@ -8,8 +8,12 @@ scikit-image's public-domain photos, at quality 90, copied round; ``--megapixels
 photos instead), then
 1. plain inference: the same DataLoader decoding and preprocessing, the model's forward pass under
    ``torch.inference_mode()``, nothing written (images per second);
-2. ``gradcam explain`` on the folder in a child process, writing overlays, maps and the manifest
+2. plain inference laid out as ``gradcam explain`` lays out a CPU run: one copy of the model per PyTorch
+   thread, each in its own thread with one PyTorch thread, decoding its own batches (on a GPU the same
+   as 1, and skipped);
+3. ``gradcam explain`` on the folder in a child process, writing overlays, maps and the manifest
    (images per second, and the child's peak RSS including its decoding workers).
+The ratios are 3 / 1 and 3 / 2.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from gradcam.io.images import DEFAULT_MAX_MEGAPIXELS, preprocess, read_image
 from gradcam.io.models import Preprocessing, load_model
+from gradcam.pipeline.replicas import explain_side_by_side, replica_count, replicate, torch_threads
 
 
 def source_photos(root: Path, megapixels: tuple[float, float], count: int = 20) -> list[Path]:
@@ -89,6 +94,29 @@ def plain_inference(folder: Path, batch: int, workers: int, device: str) -> floa
     return len(paths) / (time.perf_counter() - start)
 
 
+def plain_side_by_side(folder: Path, batch: int) -> float:
+    """Plain inference with ``gradcam explain``'s CPU layout (see the module's docstring)."""
+    bundle = load_model()
+    model = bundle.model
+    paths = sorted(folder.rglob("*.jpg"))
+    dataset = PlainDataset(paths, bundle.preprocessing)
+    batches = iter([range(i, min(i + batch, len(paths))) for i in range(0, len(paths), batch)])
+    models = replicate(model, replica_count(model, "cpu", None))
+
+    def replica(copy: torch.nn.Module):
+        def forward(indices: range):
+            with torch.inference_mode():
+                copy(torch.stack([dataset[i] for i in indices]))
+            return lambda: None
+
+        return forward
+
+    start = time.perf_counter()
+    with torch_threads(max(1, torch.get_num_threads() // len(models))):
+        explain_side_by_side(lambda: next(batches, None), [replica(m) for m in models], tick=lambda: None)
+    return len(paths) / (time.perf_counter() - start)
+
+
 def explain_child(
     folder: Path, out: Path, batch: int, workers: int, device: str, extra: list[str]
 ) -> tuple[float, float]:
@@ -118,16 +146,24 @@ def main() -> None:
     extra = " ".join(args.extra) or "defaults"
     print(f"efficientnet_lite0 on {where}, batch {args.batch}, {args.workers} decoding workers, {os.cpu_count()} "
           f"cores, photos of {low:g} to {high:g} megapixels, explain options: {extra}")  # fmt: skip
-    print("| images | plain inference (img/s) | gradcam explain (img/s) | ratio | peak RSS of explain (MB) |")
-    print("|---:|---:|---:|---:|---:|")
+    print(
+        "| images | plain inference (img/s) | plain, side by side (img/s) | gradcam explain (img/s) | ratio "
+        "| ratio to side by side | peak RSS of explain (MB) |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         sources = source_photos(Path(tmp), (args.megapixels[0], args.megapixels[1]))
         for count in args.counts:
             folder = make_folder(Path(tmp), count, sources)
             plain = plain_inference(folder, args.batch, args.workers, args.device)
+            side = plain_side_by_side(folder, args.batch) if args.device == "cpu" else plain
             out = Path(tmp) / f"out{count}"
             ours, rss = explain_child(folder, out, args.batch, args.workers, args.device, args.extra)
-            print(f"| {count} | {plain:.1f} | {ours:.1f} | {ours / plain:.2f} | {rss:.0f} |", flush=True)
+            print(
+                f"| {count} | {plain:.1f} | {side:.1f} | {ours:.1f} | {ours / plain:.2f} | {ours / side:.2f} "
+                f"| {rss:.0f} |",
+                flush=True,
+            )
             shutil.rmtree(folder)
             shutil.rmtree(Path(tmp) / f"out{count}")
 

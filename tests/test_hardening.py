@@ -226,28 +226,32 @@ def twelve_photos(tmp_path: Path) -> Path:
     return folder
 
 
-def test_an_interrupt_while_a_batch_is_written_loses_nothing(twelve_photos, tmp_path, monkeypatch):
+@pytest.mark.parametrize("replicas", ["1", "2"])
+def test_an_interrupt_while_a_batch_is_written_loses_nothing(twelve_photos, tmp_path, monkeypatch, replicas):
     """Ctrl-C arrives while the previous batch's pictures are collected and the newest batch is being
-    written: every photo whose files are on disk is in the manifest, and --resume finishes the rest."""
+    written (one model), or while two replicas explain and write (the main thread's Ctrl-C): every photo
+    whose files are on disk is in the manifest, and --resume finishes the rest."""
     out = tmp_path / "out"
     real_collect = runner.Runner._collect
     calls = {"n": 0}
 
-    def interrupted_collect(self, progress, keep_last=0):
+    def interrupted_collect(self, progress, keep_last=0, only_done=False):
         calls["n"] += 1
         if calls["n"] == 2:  # after the second batch was submitted to the writers
             raise KeyboardInterrupt
-        return real_collect(self, progress, keep_last)
+        return real_collect(self, progress, keep_last, only_done)
 
     monkeypatch.setattr(runner.Runner, "_collect", interrupted_collect)
-    code = explain_cli(str(twelve_photos), "--out", str(out), "--batch-size", "4", "--per-channel", "4")
+    options = ["--batch-size", "4", "--per-channel", "4", "--replicas", replicas]
+    code = explain_cli(str(twelve_photos), "--out", str(out), *options)
     assert code == 130
     recorded = {Path(e["path"]).name for e in manifest(out)["images"]}
     on_disk = {p.name.split(".")[0] + ".jpg" for p in out.glob("p*.png")}
-    assert on_disk <= recorded and len(recorded) == 8
+    # one model: the two batches explained; two: each replica finishes the batch it was explaining
+    assert on_disk <= recorded and (len(recorded) == 8 if replicas == "1" else len(recorded) in (4, 8, 12))
     assert manifest(out)["finished"] is None
     monkeypatch.setattr(runner.Runner, "_collect", real_collect)
-    argv = [str(twelve_photos), "--out", str(out), "--batch-size", "4", "--per-channel", "4", "--resume"]
+    argv = [str(twelve_photos), "--out", str(out), *options, "--resume"]
     assert explain_cli(*argv) == 0
     done = manifest(out)
     assert done["summary"] == {"images": 12, "ok": 12, "failed": 0} and done["finished"]

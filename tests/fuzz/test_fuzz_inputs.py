@@ -158,9 +158,16 @@ def test_any_command_line_ends_in_an_exit_code_without_a_traceback(options, flag
         assert len(images) == 1 and (images[0]["status"] == "ok") == (code == 0)
 
 
-@given(stop_at=st.integers(1, 6), batch=st.integers(1, 4), workers=st.sampled_from([0, 1]))
+@given(
+    stop_at=st.integers(1, 6),
+    batch=st.integers(1, 4),
+    workers=st.sampled_from([0, 1]),
+    replicas=st.sampled_from([1, 2]),
+)
 @settings(max_examples=scaled(20))
-def test_interrupted_runs_resume_to_each_photo_exactly_once(stop_at, batch, workers, tmp_path_factory, monkeypatch):
+def test_interrupted_runs_resume_to_each_photo_exactly_once(
+    stop_at, batch, workers, replicas, tmp_path_factory, monkeypatch
+):
     folder = tmp_path_factory.mktemp("photos")
     for i, photo in enumerate(sorted(EXAMPLES.glob("*.jpg")) * 2):
         shutil.copy(photo, folder / f"{i}-{photo.name}")
@@ -168,14 +175,14 @@ def test_interrupted_runs_resume_to_each_photo_exactly_once(stop_at, batch, work
     real_collect = runner.Runner._collect
     calls = {"n": 0}
 
-    def interrupting(self, progress, keep_last=0):
+    def interrupting(self, progress, keep_last=0, only_done=False):
         calls["n"] += 1
         if calls["n"] == stop_at:
             raise KeyboardInterrupt
-        return real_collect(self, progress, keep_last)
+        return real_collect(self, progress, keep_last, only_done)
 
     argv = ["explain", str(folder), "--out", str(out), "--quiet", "--batch-size", str(batch)]
-    argv += ["--workers", str(workers)]
+    argv += ["--workers", str(workers), "--replicas", str(replicas)]
     with monkeypatch.context() as patch:
         patch.setattr(runner.Runner, "_collect", interrupting)
         first = main(argv)

@@ -186,6 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps, ...")
     run.add_argument("--batch-size", type=int, default=8, help=f"images per forward pass (at most {MAX_BATCH_SIZE})")
     run.add_argument("--workers", type=int, default=2, help="background processes decoding images (0: none)")
+    run.add_argument(
+        "--replicas",
+        type=int,
+        default=None,
+        metavar="N",
+        help="copies of the model explaining batches side by side, each on a share of the CPU threads "
+        "(default: one per thread on a CPU for a model up to 512 MB, else 1)",
+    )
     run.add_argument("--out", default="gradcam-out", help="output folder")
     run.add_argument("--overwrite", action="store_true", help="replace existing output files")
     run.add_argument("--resume", action="store_true", help="skip images already explained in --out's results.json")
@@ -382,6 +390,8 @@ def _explain(args: argparse.Namespace) -> int:
         return _error(f"--alpha {args.alpha}: must be between 0 and 1")
     if not 1 <= args.batch_size <= MAX_BATCH_SIZE or args.workers < 0 or args.per_channel < 0:
         return _error(f"--batch-size must be between 1 and {MAX_BATCH_SIZE}; --workers and --per-channel >= 0")
+    if args.replicas is not None and args.replicas < 1:
+        return _error(f"--replicas {args.replicas}: give at least 1")
     if args.perturbation_batch < 1:
         return _error("--perturbation-batch must be >= 1")
     if not args.max_megapixels > 0 or args.max_megapixels == float("inf"):
@@ -478,6 +488,7 @@ def _explain(args: argparse.Namespace) -> int:
         colormap=args.colormap,
         batch_size=args.batch_size,
         workers=args.workers,
+        replicas=args.replicas,
         device=args.device,
         overwrite=args.overwrite,
         resume=args.resume,

@@ -13,8 +13,8 @@ import threading
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -42,6 +42,7 @@ from ..methods import CAMMethod, get_method
 from ..render.report import write_explain_page
 from ..targets import TextPrompt, class_index
 from .records import PhotoRecord, RunManifest
+from .replicas import explain_side_by_side, replica_count, replicate, torch_threads
 from .writer import DecodedPhoto, PhotoWriter, WriteOptions, top_predictions
 
 MANIFEST = "results.json"
@@ -102,6 +103,7 @@ class RunOptions:
     token_grid: tuple[int, int] | None = None
     save: tuple[str, ...] = ("overlay",)
     format: str = "jpg"
+    replicas: int | None = None  # copies of the model explaining side by side (None: one per CPU thread)
 
     def cam_method(self) -> CAMMethod | str:
         """The method, with its options where it takes some (``--method-option KEY=VALUE`` too)."""
@@ -355,8 +357,10 @@ class Runner:
         self.entries: dict[int, PhotoRecord] = {}
         self.previous: dict[str, PhotoRecord] = {}
         self.in_flight: list[tuple[int, Future]] = []
+        self.in_flight_lock = threading.Lock()
         self.manifest_path = options.out / MANIFEST
         self.explainer = BatchExplainer(bundle, options)
+        self.explainers = [self.explainer]  # with the replicas of the model, once the run starts
         self.started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self.last_manifest = time.monotonic()
         self.manifest_interval = MANIFEST_INTERVAL_S
@@ -395,7 +399,7 @@ class Runner:
             model=self.bundle.name,
             model_source=self.bundle.source,
             methods=[options.method],
-            layer=self.explainer.layer,
+            layer=next((e.layer for e in self.explainers if e.layer is not None), None),
             target=options.target,
             prompts=list(options.prompts) or None,
             frame=options.frame,
@@ -436,24 +440,19 @@ class Runner:
         if progress and len(todo) < len(self.found.paths):
             progress(len(self.found.paths) - len(todo))
         dataset = PhotoDataset([self.found.paths[i] for i in todo], self.bundle.preprocessing, self.options)
-        loader = DataLoader(
-            dataset,
-            batch_size=self.options.batch_size,
-            num_workers=self.options.workers,
-            collate_fn=_collate,
-            prefetch_factor=2 if self.options.workers > 0 else None,
-            worker_init_fn=lower_priority,
-        )
+        batches = [
+            range(i, min(i + self.options.batch_size, len(todo))) for i in range(0, len(todo), self.options.batch_size)
+        ]
+        count = replica_count(self.bundle.model, self.options.device, self.options.replicas, len(batches))
+        self.explainers = self._replicas(count)
         interrupted = completed = False
         # the pictures of one batch are written by threads while the model explains the next
         with ThreadPoolExecutor(WRITER_THREADS, "gradcam-writer", initializer=lower_priority) as writers:
             try:
-                for items in loader:
-                    written_before = len(self.in_flight)
-                    self.explain_batch([(todo[item.index], item) for item in items], writers)
-                    self._collect(progress, keep_last=len(self.in_flight) - written_before)
-                    if time.monotonic() - self.last_manifest > self.manifest_interval:
-                        self.write_manifest(finished=False)
+                if len(self.explainers) > 1:
+                    self._explain_side_by_side(dataset, iter(batches), todo, writers, progress)
+                else:
+                    self._explain_in_turn(dataset, todo, writers, progress)
                 completed = True
             except KeyboardInterrupt:
                 interrupted = True
@@ -468,23 +467,99 @@ class Runner:
                     self.write_manifest(finished=completed)
         return RunResult(self.manifest_path, [self.entries[i] for i in sorted(self.entries)], interrupted)
 
-    def explain_batch(self, items: list[tuple[int, DecodedPhoto]], writers: Executor | None = None) -> None:
-        """Explain a batch now; its outputs are written by ``writers`` (or here). Each photo's future is
-        in :attr:`in_flight` as soon as it exists, so an interrupt cannot lose a photo being written."""
+    def _replicas(self, count: int) -> list[BatchExplainer]:
+        """This run's explainer and ``count - 1`` more, each with its own copy of the model and the
+        explainer's state (the layer, a resumed run's replacing of leftovers)."""
+        explainers = [self.explainer]
+        for model in replicate(self.bundle.model, count)[1:]:
+            explainer = BatchExplainer(replace(self.bundle, model=model), self.options)
+            explainer.layer, explainer.replace_unrecorded = self.explainer.layer, self.explainer.replace_unrecorded
+            explainers.append(explainer)
+        return explainers
+
+    def _explain_in_turn(
+        self, dataset: PhotoDataset, todo: list[int], writers: Executor, progress: Callable[[int], None] | None
+    ) -> None:
+        """One model: photos decoded by background processes (``--workers``), one batch after another."""
+        workers = self.options.workers
+        loader = DataLoader(
+            dataset,
+            batch_size=self.options.batch_size,
+            num_workers=workers,
+            collate_fn=_collate,
+            prefetch_factor=2 if workers > 0 else None,
+            worker_init_fn=lower_priority,
+        )
+        for items in loader:
+            written_before = len(self.in_flight)
+            self.explain_batch([(todo[item.index], item) for item in items], writers)
+            self._collect(progress, keep_last=len(self.in_flight) - written_before)
+            self._write_manifest_when_due()
+
+    def _explain_side_by_side(
+        self,
+        dataset: PhotoDataset,
+        batches: Iterator[range],
+        todo: list[int],
+        writers: Executor,
+        progress: Callable[[int], None] | None,
+    ) -> None:
+        """Every replica at once, each on its share of PyTorch's threads, decoding its own batches: the
+        decoding fills the gaps of the other replicas' layers, without a process of its own and without
+        handing photos over between processes (1,000 photos on 2 cores: 86-88 CPU-ms a photo, against
+        113-115 with decoding processes and one model on both threads; docs/benchmarks.md)."""
+
+        def replica(explainer: BatchExplainer) -> Callable[[range], Callable[[], object]]:
+            def explain_batch(batch: range) -> Callable[[], object]:
+                items = [dataset[i] for i in batch]
+                futures = self.explain_batch([(todo[item.index], item) for item in items], writers, explainer)
+                return partial(wait, futures)
+
+            return explain_batch
+
+        def tick() -> None:
+            self._collect(progress, only_done=True)
+            self._write_manifest_when_due()
+
+        with torch_threads(max(1, torch.get_num_threads() // len(self.explainers))):
+            explain_side_by_side(lambda: next(batches, None), [replica(e) for e in self.explainers], tick)
+
+    def _write_manifest_when_due(self) -> None:
+        if time.monotonic() - self.last_manifest > self.manifest_interval:
+            self.write_manifest(finished=False)
+
+    def explain_batch(
+        self,
+        items: list[tuple[int, DecodedPhoto]],
+        writers: Executor | None = None,
+        explainer: BatchExplainer | None = None,
+    ) -> list[Future]:
+        """Explain a batch now (with ``explainer``, else this run's own); its outputs are written by
+        ``writers`` (or here). Each photo's future is in :attr:`in_flight` as soon as it exists, so an
+        interrupt cannot lose a photo being written."""
         photos = [(str(self.found.paths[index]), self.keys[index], item) for index, item in items]
         indices = [index for index, _ in items]
-        self.explainer.submit(
-            photos, writers, lambda position, future: self.in_flight.append((indices[position], future))
-        )
 
-    def _collect(self, progress: Callable[[int], None] | None, keep_last: int = 0) -> None:
-        """Record the manifest entries of the photos in flight, all but the ``keep_last`` newest."""
-        done = len(self.in_flight) - keep_last
-        for index, future in self.in_flight[:done]:
+        def in_flight(position: int, future: Future) -> None:
+            with self.in_flight_lock:
+                self.in_flight.append((indices[position], future))
+
+        return (explainer or self.explainer).submit(photos, writers, in_flight)
+
+    def _collect(self, progress: Callable[[int], None] | None, keep_last: int = 0, only_done: bool = False) -> None:
+        """Record the manifest entries of the photos in flight: all but the ``keep_last`` newest, or
+        (``only_done``) those already written."""
+        with self.in_flight_lock:
+            flying = self.in_flight[: len(self.in_flight) - keep_last]
+        if only_done:
+            flying = [(index, future) for index, future in flying if future.done()]
+        for index, future in flying:  # an interrupt in here leaves the photo in flight, for the final collect
             self.entries[index] = future.result()
-        del self.in_flight[:done]
-        if progress and done:
-            progress(done)
+        taken = {id(future) for _, future in flying}
+        with self.in_flight_lock:
+            self.in_flight = [pair for pair in self.in_flight if id(pair[1]) not in taken]
+        if progress and flying:
+            progress(len(flying))
 
 
 class BatchExplainer:

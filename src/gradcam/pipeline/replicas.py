@@ -1,0 +1,122 @@
+"""Model replicas that explain batches side by side on a CPU, each on its own share of the cores.
+
+A small model's layers are too short to keep several threads busy: with PyTorch's threads on every core,
+each layer ends with the threads waiting for the slowest of them, and the decoding and writing that share the
+cores stretch every wait. Two copies of the model, each run by its own Python thread with one PyTorch thread
+(PyTorch releases the GIL inside its operators), keep both cores busy instead: on 2 cores the embedded
+EfficientNet-Lite0 explains 1.2-1.4x as many photos a second (docs/benchmarks.md, session 8).
+
+Example:
+    >>> count = replica_count(bundle.model, "cpu", None)            # doctest: +SKIP
+    >>> with torch_threads(max(1, torch.get_num_threads() // count)):
+    ...     explain_side_by_side(next_batch, [one.explain, two.explain], tick)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import threading
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+import torch
+from torch import nn
+
+REPLICA_BYTES = 512 * 2**20  # a larger model is not copied: its layers keep the threads busy on their own
+TICK_S = 0.2
+
+Batch = TypeVar("Batch")
+
+
+def model_bytes(model: nn.Module) -> int:
+    """The bytes of ``model``'s parameters and buffers."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def replica_count(model: nn.Module, device: str, requested: int | None, batches: int = 2) -> int:
+    """How many copies of ``model`` explain side by side: ``requested`` when given, else, on a CPU, one per
+    PyTorch thread (at most ``batches``, the number of batches to explain) for a model of at most
+    ``REPLICA_BYTES``; on a GPU one."""
+    if requested is not None:
+        return max(1, requested)
+    if not str(device).startswith("cpu") or model_bytes(model) > REPLICA_BYTES:
+        return 1
+    return max(1, min(torch.get_num_threads(), batches))
+
+
+def replicate(model: nn.Module, count: int) -> list[nn.Module]:
+    """``model`` and ``count - 1`` deep copies of it (fewer when a model cannot be copied: a copy that
+    fails leaves the run with the replicas it has)."""
+    models = [model]
+    for _ in range(count - 1):
+        try:
+            models.append(copy.deepcopy(model))
+        except Exception:  # a module holding an uncopyable object (a lock, a file): run with fewer copies
+            break
+    return models
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run a block with ``count`` PyTorch threads (per calling thread's operator); restore the number after."""
+    before = torch.get_num_threads()
+    if count != before:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+def explain_side_by_side(
+    next_batch: Callable[[], Batch | None],
+    explainers: list[Callable[[Batch], Callable[[], object]]],
+    tick: Callable[[], object],
+) -> None:
+    """Each of ``explainers`` runs in its own thread, taking batches from ``next_batch`` (called under a lock;
+    None when there are no more) until they run out. ``explainers[i](batch)`` explains a batch and returns
+    a wait for its outputs: a replica waits for its previous batch's outputs before it explains the one
+    after the next, so at most two batches per replica are in memory. ``tick`` runs in the calling thread
+    every ``TICK_S`` seconds meanwhile (collecting records, progress, the manifest).
+
+    The first exception in a replica stops the others after their current batch and is raised here; a
+    KeyboardInterrupt here does the same (each replica finishes the batch it is explaining)."""
+    lock = threading.Lock()
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def take() -> Batch | None:
+        with lock:
+            return None if stop.is_set() else next_batch()
+
+    def work(explain_batch: Callable[[Batch], Callable[[], object]]) -> None:
+        waiting: Callable[[], object] | None = None
+        try:
+            while (batch := take()) is not None:
+                written = explain_batch(batch)
+                if waiting is not None:
+                    waiting()
+                waiting = written
+        except BaseException as error:  # raised again in the calling thread
+            failures.append(error)
+            stop.set()
+
+    threads = [
+        threading.Thread(target=work, args=(explain,), name=f"gradcam-replica-{i}", daemon=True)
+        for i, explain in enumerate(explainers)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        while alive := [thread for thread in threads if thread.is_alive()]:
+            alive[0].join(TICK_S)
+            tick()
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    if failures:
+        raise failures[0]
