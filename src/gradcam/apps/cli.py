@@ -185,7 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--colormap", default="jet", help="any matplotlib colormap")
     run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps, ...")
     run.add_argument("--batch-size", type=int, default=8, help=f"images per forward pass (at most {MAX_BATCH_SIZE})")
-    run.add_argument("--workers", type=int, default=2, help="background processes decoding images (0: none)")
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="background processes decoding images for a single model (0: none); replicas decode their own",
+    )
     run.add_argument(
         "--replicas",
         type=int,
