@@ -13,6 +13,19 @@ from tiny_models import HandModel, TinyCNN
 
 
 @pytest.fixture
+def twelve_photos(tmp_path: Path) -> Path:
+    """Twelve JPEGs in ``tmp_path/photos``: the cat photo turned by 7 degrees more each time."""
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    source = Image.open(Path(__file__).resolve().parents[1] / "examples" / "chelsea.jpg")
+    for i in range(12):
+        source.rotate(i * 7).save(folder / f"p{i:02d}.jpg")
+    return folder
+
+
+@pytest.fixture
 def hand_model() -> HandModel:
     return HandModel().eval()
 

@@ -216,16 +216,6 @@ def test_four_threads_on_one_model_give_the_sequential_maps(training):
 # 4. interrupt, then --resume ------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def twelve_photos(tmp_path: Path) -> Path:
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    source = Image.open(EXAMPLES / "chelsea.jpg")
-    for i in range(12):
-        source.rotate(i * 7).save(folder / f"p{i:02d}.jpg")
-    return folder
-
-
 @pytest.mark.parametrize("replicas", ["1", "2"])
 def test_an_interrupt_while_a_batch_is_written_loses_nothing(twelve_photos, tmp_path, monkeypatch, replicas):
     """Ctrl-C arrives while the previous batch's pictures are collected and the newest batch is being

@@ -21,19 +21,6 @@ from gradcam.pipeline.records import PhotoRecord, full_map
 from test_model_state import assert_same, snapshot, varied_model
 from tiny_models import TinyCNN
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "src" / "gradcam" / "examples"
-
-
-@pytest.fixture
-def photos(tmp_path: Path) -> Path:
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    source = Image.open(EXAMPLES / "chelsea.jpg")
-    for i in range(10):
-        source.rotate(i * 9).save(folder / f"p{i:02d}.jpg")
-    return folder
-
-
 # the count --------------------------------------------------------------------------------------------------
 
 
@@ -151,10 +138,10 @@ def manifest(out: Path) -> dict:
     return json.loads((out / "results.json").read_text())
 
 
-def test_two_replicas_write_what_one_model_writes(photos, tmp_path):
+def test_two_replicas_write_what_one_model_writes(twelve_photos, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    assert explain_cli(str(photos), "--out", str(one), "--batch-size", "3", "--replicas", "1") == 0
-    assert explain_cli(str(photos), "--out", str(two), "--batch-size", "3", "--replicas", "2") == 0
+    assert explain_cli(str(twelve_photos), "--out", str(one), "--batch-size", "3", "--replicas", "1") == 0
+    assert explain_cli(str(twelve_photos), "--out", str(two), "--batch-size", "3", "--replicas", "2") == 0
     first, second = manifest(one), manifest(two)
     assert first["layer"] == second["layer"] == "bn2" and first["summary"] == second["summary"]
     for a, b in zip(first["images"], second["images"], strict=True):
@@ -172,25 +159,25 @@ def tiny_bundle(model: torch.nn.Module) -> LoadedModel:
     return LoadedModel("tiny", model, Preprocessing(resize=32, crop=(32, 32)), None, None, "random")
 
 
-def test_the_users_model_and_pytorchs_threads_are_as_they_were_after_a_run(photos, tmp_path):
+def test_the_users_model_and_pytorchs_threads_are_as_they_were_after_a_run(twelve_photos, tmp_path):
     model = varied_model()
     before, threads = snapshot(model), torch.get_num_threads()
     options = RunOptions(out=tmp_path / "out", batch_size=2, workers=0, replicas=2)
-    result = Runner(tiny_bundle(model), find_images([str(photos)]), options).run()
-    assert result.failed == 0 and len(result.entries) == 10
+    result = Runner(tiny_bundle(model), find_images([str(twelve_photos)]), options).run()
+    assert result.failed == 0 and len(result.entries) == 12
     assert_same(before, snapshot(model))
     assert torch.get_num_threads() == threads
 
 
-def test_an_error_in_a_replica_ends_the_run_with_its_message_and_restores_the_threads(photos, tmp_path):
+def test_an_error_in_a_replica_ends_the_run_with_its_message_and_restores_the_threads(twelve_photos, tmp_path):
     threads = torch.get_num_threads()
     options = RunOptions(out=tmp_path / "out", batch_size=2, replicas=2, layer="features.nowhere")
     with pytest.raises(UsageError, match="nowhere"):
-        Runner(tiny_bundle(TinyCNN().eval()), find_images([str(photos)]), options).run()
+        Runner(tiny_bundle(TinyCNN().eval()), find_images([str(twelve_photos)]), options).run()
     assert torch.get_num_threads() == threads
     assert not [t for t in threading.enumerate() if t.name.startswith("gradcam-replica")]
 
 
-def test_replicas_is_checked_on_the_command_line(photos, tmp_path, capsys):
-    assert explain_cli(str(photos), "--out", str(tmp_path / "out"), "--replicas", "0") == 2
+def test_replicas_is_checked_on_the_command_line(twelve_photos, tmp_path, capsys):
+    assert explain_cli(str(twelve_photos), "--out", str(tmp_path / "out"), "--replicas", "0") == 2
     assert "--replicas 0" in capsys.readouterr().err

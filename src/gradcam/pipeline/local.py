@@ -103,7 +103,7 @@ class RunOptions:
     token_grid: tuple[int, int] | None = None
     save: tuple[str, ...] = ("overlay",)
     format: str = "jpg"
-    replicas: int | None = None  # copies of the model explaining side by side (None: one per CPU thread)
+    replicas: int | None = None  # model copies side by side (None: one per thread on a CPU up to 512 MB, else 1)
 
     def cam_method(self) -> CAMMethod | str:
         """The method, with its options where it takes some (``--method-option KEY=VALUE`` too)."""
