@@ -181,3 +181,15 @@ def test_an_error_in_a_replica_ends_the_run_with_its_message_and_restores_the_th
 def test_replicas_is_checked_on_the_command_line(twelve_photos, tmp_path, capsys):
     assert explain_cli(str(twelve_photos), "--out", str(tmp_path / "out"), "--replicas", "0") == 2
     assert "--replicas 0" in capsys.readouterr().err
+
+
+def test_writer_threads_take_the_cores_a_single_model_leaves(monkeypatch):
+    from gradcam.pipeline import local
+
+    monkeypatch.setattr(local.os, "sched_getaffinity", lambda _: set(range(16)), raising=False)
+    assert local.writer_threads(workers=8, replicas=1) == 7  # a GPU run: 16 cores, 8 decoding, the main thread
+    assert local.writer_threads(workers=2, replicas=2) == local.WRITER_THREADS  # the replicas use every core
+    monkeypatch.setattr(local.os, "sched_getaffinity", lambda _: set(range(64)), raising=False)
+    assert local.writer_threads(workers=2, replicas=1) == local.MAX_WRITER_THREADS
+    monkeypatch.setattr(local.os, "sched_getaffinity", lambda _: {0, 1}, raising=False)
+    assert local.writer_threads(workers=2, replicas=1) == local.WRITER_THREADS  # never fewer than two

@@ -48,7 +48,8 @@ from .writer import DecodedPhoto, PhotoWriter, WriteOptions, top_predictions
 MANIFEST = "results.json"
 MANIFEST_INTERVAL_S = 20.0
 MANIFEST_SHARE = 0.02  # a large run's manifest is rewritten less often: at most this share of the time
-WRITER_THREADS = 2
+WRITER_THREADS = 2  # at least; more where cores are left over (see writer_threads)
+MAX_WRITER_THREADS = 16
 SIDE_WORK_NICENESS = 10  # decoding and writing yield to the model's forward pass, the run's critical path
 
 
@@ -60,6 +61,20 @@ def lower_priority(*_: object) -> None:
     inference)."""
     with contextlib.suppress(AttributeError, OSError):
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), SIDE_WORK_NICENESS)
+
+
+def writer_threads(workers: int, replicas: int) -> int:
+    """Threads that draw and encode the pictures: ``WRITER_THREADS`` where the model's replicas use every
+    core (a CPU run), else also the cores neither the decoding workers nor the main thread use, up to
+    ``MAX_WRITER_THREADS``: with the model on a GPU, the pictures (about 12 CPU-ms a photo) are what the
+    CPU has to keep up with, and PIL draws and encodes without holding the GIL."""
+    if replicas > 1:
+        return WRITER_THREADS
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(WRITER_THREADS, min(MAX_WRITER_THREADS, cores - workers - 1))
 
 
 def _resolved(value: Any) -> Future:
@@ -447,7 +462,8 @@ class Runner:
         self.explainers = self._replicas(count)
         interrupted = completed = False
         # the pictures of one batch are written by threads while the model explains the next
-        with ThreadPoolExecutor(WRITER_THREADS, "gradcam-writer", initializer=lower_priority) as writers:
+        threads = writer_threads(self.options.workers, len(self.explainers))
+        with ThreadPoolExecutor(threads, "gradcam-writer", initializer=lower_priority) as writers:
             try:
                 if len(self.explainers) > 1:
                     self._explain_side_by_side(dataset, iter(batches), todo, writers, progress)
