@@ -3,13 +3,14 @@
 A small model's layers are too short to keep several threads busy: with PyTorch's threads on every core,
 each layer ends with the threads waiting for the slowest of them, and the decoding and writing that share the
 cores stretch every wait. Two copies of the model, each run by its own Python thread with one PyTorch thread
-(PyTorch releases the GIL inside its operators), keep both cores busy instead: on 2 cores the embedded
-EfficientNet-Lite0 explains 1.2-1.4x as many photos a second (docs/benchmarks.md, session 8).
+(PyTorch releases the GIL inside its operators), keep both cores busy instead: on 2 cores a folder of
+10,000 photos goes through the embedded EfficientNet-Lite0 at 25.1 img/s instead of 20.2, and a run spends
+86-88 CPU-ms a photo instead of 113-115 (docs/benchmarks.md, session 8).
 
 Example:
-    >>> count = replica_count(bundle.model, "cpu", None)            # doctest: +SKIP
-    >>> with torch_threads(max(1, torch.get_num_threads() // count)):
-    ...     explain_side_by_side(next_batch, [one.explain, two.explain], tick)
+    >>> models = replicate(model, replica_count(model, "cpu", None))          # doctest: +SKIP
+    >>> with torch_threads(max(1, torch.get_num_threads() // len(models))):
+    ...     explain_side_by_side(next_batch, [explainer_for(m) for m in models], tick=collect)
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ def replicate(model: nn.Module, count: int) -> list[nn.Module]:
 
 @contextlib.contextmanager
 def torch_threads(count: int) -> Iterator[None]:
-    """Run a block with ``count`` PyTorch threads (per calling thread's operator); restore the number after."""
+    """Run a block with ``count`` PyTorch threads per operator (process-wide: a thread started in the block
+    takes the number at its first operator); restore the number after, also on an exception."""
     before = torch.get_num_threads()
     if count != before:
         torch.set_num_threads(count)
@@ -82,8 +84,9 @@ def explain_side_by_side(
     after the next, so at most two batches per replica are in memory. ``tick`` runs in the calling thread
     every ``TICK_S`` seconds meanwhile (collecting records, progress, the manifest).
 
-    The first exception in a replica stops the others after their current batch and is raised here; a
-    KeyboardInterrupt here does the same (each replica finishes the batch it is explaining)."""
+    The first exception in a replica stops the others after their current batch and is raised here; an
+    exception in ``tick`` or a KeyboardInterrupt here does the same (each replica finishes the batch it is
+    explaining before this returns)."""
     lock = threading.Lock()
     stop = threading.Event()
     failures: list[BaseException] = []
