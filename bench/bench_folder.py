@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from gradcam.io.images import DEFAULT_MAX_MEGAPIXELS, preprocess, read_image
 from gradcam.io.models import Preprocessing, load_model
-from gradcam.pipeline.replicas import explain_side_by_side, replica_count, replicate, torch_threads
+from gradcam.pipeline.replicas import batch_ranges, explain_side_by_side, replica_count, replicate, torch_threads
 
 
 def source_photos(root: Path, megapixels: tuple[float, float], count: int = 20) -> list[Path]:
@@ -100,7 +100,7 @@ def plain_side_by_side(folder: Path, batch: int) -> float:
     model = bundle.model
     paths = sorted(folder.rglob("*.jpg"))
     dataset = PlainDataset(paths, bundle.preprocessing)
-    batches = iter([range(i, min(i + batch, len(paths))) for i in range(0, len(paths), batch)])
+    batches = iter(batch_ranges(len(paths), batch))
     models = replicate(model, replica_count(model, "cpu", None))
 
     def replica(copy: torch.nn.Module):

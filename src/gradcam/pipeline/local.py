@@ -42,7 +42,7 @@ from ..methods import CAMMethod, get_method
 from ..render.report import write_explain_page
 from ..targets import TextPrompt, class_index
 from .records import PhotoRecord, RunManifest
-from .replicas import explain_side_by_side, replica_count, replicate, torch_threads
+from .replicas import batch_ranges, explain_side_by_side, replica_count, replicate, torch_threads
 from .writer import DecodedPhoto, PhotoWriter, WriteOptions, top_predictions
 
 MANIFEST = "results.json"
@@ -455,9 +455,7 @@ class Runner:
         if progress and len(todo) < len(self.found.paths):
             progress(len(self.found.paths) - len(todo))
         dataset = PhotoDataset([self.found.paths[i] for i in todo], self.bundle.preprocessing, self.options)
-        batches = [
-            range(i, min(i + self.options.batch_size, len(todo))) for i in range(0, len(todo), self.options.batch_size)
-        ]
+        batches = batch_ranges(len(todo), self.options.batch_size)
         count = replica_count(self.bundle.model, self.options.device, self.options.replicas, len(batches))
         self.explainers = self._replicas(count)
         interrupted = completed = False

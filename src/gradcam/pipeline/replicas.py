@@ -30,6 +30,11 @@ TICK_S = 0.2
 Batch = TypeVar("Batch")
 
 
+def batch_ranges(count: int, size: int) -> list[range]:
+    """The positions ``0 .. count - 1`` in batches of ``size`` (the last one shorter)."""
+    return [range(start, min(start + size, count)) for start in range(0, count, size)]
+
+
 def model_bytes(model: nn.Module) -> int:
     """The bytes of ``model``'s parameters and buffers."""
     tensors = [*model.parameters(), *model.buffers()]
