@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .hooks import capture, model_lock, preserved_state, run_model
+from .hooks import captured_forward, model_lock, preserved_state
 from .layers import LayerSpec, resolve_layers
 from .methods import CAMMethod, get_method
 from .methods.gradient import CAM, GradCAM, HiResCAM
@@ -116,9 +116,7 @@ def explain_all(
         name = layers[0][0]
         with preserved_state(model, eval_mode=eval_mode):
             torch.set_grad_enabled(False)
-            with capture(layers, graph_from_layer=True) as record:
-                raw_output = run_model(model, images)
-            (activation,) = record.tensors()
+            raw_output, (activation,) = captured_forward(model, images, layers, graph_from_layer=True)
             logits = select(raw_output)
             size = (images.shape[-2], images.shape[-1])
             layout = infer_layout(activation, size, prefix_tokens, grid, name)

@@ -201,7 +201,7 @@ def concepts(
         >>> found.top_classes(1)
         [[('tabby', 0.61)], [('carton', 0.4)], ...]
     """
-    from .hooks import capture, model_lock, preserved_state, run_model
+    from .hooks import captured_forward, model_lock, preserved_state
     from .layers import resolve_layers
     from .result import upsample
     from .spatial import infer_layout
@@ -221,9 +221,8 @@ def concepts(
             if start == 0 and tail is not None:
                 tensor, logits = tail.layer_output, select(tail.output)
             else:
-                with capture([(name, module)], graph_from_layer=False) as record:
-                    logits = select(run_model(model, images[start : start + batch_size]))
-                (tensor,) = record.tensors()
+                output, (tensor,) = captured_forward(model, images[start : start + batch_size], [(name, module)], False)
+                logits = select(output)
             layout = infer_layout(tensor, tuple(images.shape[-2:]), None, None, name)
             parts.append(layout.to_spatial(tensor).float())
             needed = parts[0][0].numel() * 4 * len(images) * 3  # the activations, their shifted copy, W H

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .hooks import capture, model_lock, preserved_state, run_model
+from .hooks import captured_forward, model_lock, preserved_state
 from .inputs import BoundInputs, automatic_layer, image_key, image_of, prefixed, unprefixed
 from .layers import LayerSpec, resolve_layers
 from .methods import CAMMethod, get_method
@@ -266,9 +266,7 @@ def _explain_once(
         raise ValueError(f"{method.name} explains one layer at a time")
     with preserved_state(model, eval_mode=settings.eval_mode):
         torch.set_grad_enabled(False)
-        with capture(captured, graph_from_layer=method.uses_gradients) as record:
-            raw_output = run_model(model, images)
-        outputs = record.tensors()
+        raw_output, outputs = captured_forward(model, images, captured, graph_from_layer=method.uses_gradients)
         callables = are_callable_targets(targets)
         logits = (
             raw_output

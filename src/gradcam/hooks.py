@@ -194,3 +194,14 @@ def capture(layers: list[tuple[str, nn.Module]], graph_from_layer: bool = True) 
                 "its last output was explained (pick a layer that runs once for an unambiguous map)",
                 stacklevel=3,
             )
+
+
+def captured_forward(
+    model: nn.Module, images: Any, layers: list[tuple[str, nn.Module]], graph_from_layer: bool = True
+) -> tuple[object, list[torch.Tensor]]:
+    """One forward pass of ``model`` on ``images`` (:func:`run_model`) recording each of ``layers``'
+    outputs (:func:`capture`): the model's raw output and the recorded tensors, in ``layers``' order. The
+    one "forward pass with capture" of explain(), every class's maps and the concepts' factorisation."""
+    with capture(layers, graph_from_layer=graph_from_layer) as record:
+        output = run_model(model, images)
+    return output, record.tensors()

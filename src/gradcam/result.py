@@ -8,7 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .methods import channel_contributions
+from .contributions import channel_contributions
 
 
 def normalise(maps: torch.Tensor, spatial_dims: int = 2) -> torch.Tensor:

@@ -41,7 +41,6 @@ class EigenCAM(CAMMethod):
     """
 
     name = "eigencam"
-    channel_weights = False
     uses_gradients = False
 
     def combine(self, activations: torch.Tensor, gradients: torch.Tensor | None) -> tuple[torch.Tensor, None]:
@@ -60,8 +59,7 @@ class FEM(CAMMethod):
     """
 
     name = "fem"
-    channel_weights = False  # class-agnostic: explain() keeps no weights for methods without gradients
-    uses_gradients = False
+    uses_gradients = False  # class-agnostic: explain() keeps no weights for methods without gradients
 
     def __init__(self, k: float = 2.0) -> None:
         self.k = k
@@ -87,7 +85,6 @@ class KPCACAM(CAMMethod):
     """
 
     name = "kpcacam"
-    channel_weights = False
     uses_gradients = False
 
     def __init__(self, kernel: str = "sigmoid", gamma: float | None = None) -> None:
@@ -135,7 +132,6 @@ class RandomCAM(CAMMethod):
     """
 
     name = "randomcam"
-    channel_weights = False
     uses_gradients = False
 
     def __init__(self, seed: int | None = 0) -> None:

@@ -45,8 +45,6 @@ class GradECLIP(CAMMethod):
 
     name = "gradeclip"
     reads_attention: ClassVar[bool] = True
-    one_gradient_per_class: ClassVar[bool] = False
-    evaluated_by_default: ClassVar[bool] = False  # for vision transformers with a class token only
 
     def combine(
         self, activations: torch.Tensor, gradients: torch.Tensor | None

@@ -21,6 +21,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from ..contributions import channel_contributions
+
 
 @dataclass(frozen=True)
 class LayerContext:
@@ -52,17 +54,38 @@ class CAMMethod:
     and the command line ask the method instead of testing its name or class."""
 
     name: ClassVar[str]
-    uses_gradients: ClassVar[bool] = True  # needs G = dy/dA (else only the activations)
+    # What a method needs and gives: explain(), the engines and the CLI read these, never a method's name.
+    # A new method sets the ones that describe it (docs/methods.md, "The method contract"); the four
+    # marked "derived" follow from the others unless the method (or a parent) says otherwise.
+    uses_gradients: ClassVar[bool] = True  # derived: needs G = dy/dA at the layer (not: it re-runs the model)
     second_order: ClassVar[bool] = False  # needs the gradients with their own graph (Shapley-CAM's Hessian term)
-    needs_model: ClassVar[bool] = False  # re-runs (part of) the network: the perturbation methods
-    reads_attention: ClassVar[bool] = False  # reads the attention module beside the layer (Grad-ECLIP)
-    channel_weights: ClassVar[bool] = True  # gives per-channel weights: the per-feature-map picture exists
-    one_gradient_per_class: ClassVar[bool] = True  # a class's map comes from that class's gradient alone
+    needs_model: ClassVar[bool] = False  # re-runs (part of) the network: the perturbation and wrapping methods
+    reads_attention: ClassVar[bool] = False  # reads the attention module beside the layer (Grad-ECLIP, LeGrad)
+    channel_weights: ClassVar[bool] = True  # derived: gives per-channel weights (the per-feature-map picture)
+    one_gradient_per_class: ClassVar[bool] = True  # derived: a class's map is that class's gradient alone
     fusion: ClassVar[str] = "mean"  # how the maps of several layers are fused: mean, or product (Refine-CAM)
-    evaluated_by_default: ClassVar[bool] = True  # in `gradcam evaluate`'s default list (fast, any CNN)
+    evaluated_by_default: ClassVar[bool] = True  # derived: in `gradcam evaluate`'s default list (fast, any CNN)
     wraps_explain: ClassVar[bool] = False  # makes its maps itself from the model (SESS, FullGrad): wrapped_maps()
     uses_layer: ClassVar[bool] = True  # explains one chosen layer (FullGrad: every bias of the network)
     any_dimensions: ClassVar[bool] = True  # works on signals, volumes and clips as on images
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Fill the derived flags a method (or a parent of it) did not set: a method that re-runs the model
+        takes no gradient at the layer; only gradient and perturbation methods have channel weights;
+        re-running, reading attention and second-order terms break "one gradient per class"; and those, the
+        slow ones, are not in evaluate's default list."""
+        super().__init_subclass__(**kwargs)
+        derived = {
+            "uses_gradients": lambda: not (cls.needs_model or cls.wraps_explain),
+            "channel_weights": lambda: not cls.wraps_explain and (cls.uses_gradients or cls.needs_model),
+            "one_gradient_per_class": lambda: (
+                not (cls.needs_model or cls.reads_attention or cls.wraps_explain or cls.second_order)
+            ),
+            "evaluated_by_default": lambda: not (cls.needs_model or cls.reads_attention or cls.wraps_explain),
+        }
+        for flag, rule in derived.items():  # in this order: channel_weights reads uses_gradients
+            if not any(flag in vars(owner) for owner in cls.__mro__ if owner is not CAMMethod):
+                setattr(cls, flag, rule())
 
     @classmethod
     def accepts(cls, option: str) -> bool:
@@ -170,15 +193,6 @@ def weighted_result(name: str, activations: torch.Tensor, weights: torch.Tensor,
 def _zero_rows(gradient: torch.Tensor) -> bool:
     """Whether the gradient of some image is zero everywhere."""
     return bool((gradient == 0).flatten(1).all(dim=1).any())
-
-
-def channel_contributions(weights: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
-    """Each feature map's contribution ``w_c * A_c``, (..., C, h, w): the maps that add up to the CAM.
-
-    ``weights`` are per channel (..., C) or element-wise (..., C, h, w)."""
-    while weights.dim() < activations.dim():  # channel weights: broadcast over the spatial dimensions
-        weights = weights[..., None]
-    return weights * activations
 
 
 _REGISTRY: dict[str, type[CAMMethod]] = {}

@@ -62,13 +62,9 @@ def _scaled(maps: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
 @register
 class FullGrad(CAMMethod):
     name = "fullgrad"
-    uses_gradients = False  # not at one layer: through the whole network, inside wrapped_maps
     needs_model = True
     any_dimensions = True  # the bias layers of the input's dimensions (Conv1d/BatchNorm1d for signals, ...)
     uses_layer = False
-    channel_weights = False
-    one_gradient_per_class = False
-    evaluated_by_default = False  # a full backward pass per target
     wraps_explain = True
 
     def wrapped_maps(

@@ -205,7 +205,6 @@ class ShapleyCAM(CAMMethod):
 
     name = "shapleycam"
     second_order: ClassVar[bool] = True
-    one_gradient_per_class: ClassVar[bool] = False
 
     def weights(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         return gradients.mean(dim=(2, 3))  # the gradients arrive corrected: G - 0.5 * H A

@@ -131,13 +131,9 @@ class LeGrad(CAMMethod):
     block's tokens to the model's output, for models without a built-in head."""
 
     name = "legrad"
-    uses_gradients = False  # at the attention of several blocks, inside wrapped_maps
     needs_model = True
     reads_attention = True  # of each chosen block (not through explain's one-layer path: it wraps explain)
     any_dimensions = False  # the attention over an image's patches
-    channel_weights = False
-    one_gradient_per_class = False
-    evaluated_by_default = False  # vision transformers only
     wraps_explain = True
 
     def __init__(self, depth: int = 4, projection: Projection | None = None) -> None:

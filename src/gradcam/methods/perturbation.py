@@ -49,11 +49,8 @@ class Probe:
 class PerturbationMethod(CAMMethod):
     """A method whose channel weights come from re-running (part of) the model."""
 
-    uses_gradients = False
     needs_model = True
     any_dimensions = False  # each one says so where its masks and ablations are written for any grid
-    one_gradient_per_class = False
-    evaluated_by_default = False  # one forward pass per channel (or per chunk of masked copies)
 
     def __init__(self, batch_size: int = 32) -> None:
         if batch_size < 1:

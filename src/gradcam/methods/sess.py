@@ -28,12 +28,8 @@ from .base import CAMMethod, get_method, register
 @register
 class SESS(CAMMethod):
     name = "sess"
-    uses_gradients = False  # its base method takes them, patch by patch
     needs_model = True
     any_dimensions = False  # its scales and sliding windows are of images
-    channel_weights = False
-    one_gradient_per_class = False
-    evaluated_by_default = False  # about 140 patches per image with the paper's 12 scales
     wraps_explain = True
 
     def __init__(
