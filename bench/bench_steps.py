@@ -23,7 +23,9 @@ import torch
 import gradcam
 from bench_folder import PlainDataset, make_folder, source_photos
 from gradcam.io.models import load_model
-from gradcam.pipeline.local import BatchExplainer, PhotoDataset, RunOptions
+from gradcam.pipeline.decode import PhotoDataset
+from gradcam.pipeline.local import BatchExplainer
+from gradcam.pipeline.options import RunOptions
 from gradcam.pipeline.writer import PhotoWriter, PreparedMaps
 
 
@@ -77,7 +79,10 @@ def main() -> None:
         folder = make_folder(Path(tmp), args.photos, source_photos(Path(tmp), (0.1, 1.0)))
         paths = sorted(folder.rglob("*.jpg"))
         options = RunOptions(out=Path(tmp) / "out", batch_size=args.batch, workers=0, overwrite=True)
-        plain, ours = PlainDataset(paths, bundle.preprocessing), PhotoDataset(paths, bundle.preprocessing, options)
+        plain, ours = (
+            PlainDataset(paths, bundle.preprocessing),
+            PhotoDataset(paths, bundle.preprocessing, options.max_megapixels, options.max_side, options.frame),
+        )
         writer = PhotoWriter(BatchExplainer(bundle, options).write_options(), bundle.labels)
         turns = [one_turn(paths, plain, ours, writer, args.batch, turn) for turn in range(args.turns)]
     best = {name: min(turn[name] for turn in turns) for name in turns[0]}

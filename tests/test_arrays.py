@@ -181,3 +181,32 @@ def test_an_interrupted_array_run_resumes_where_it_stopped(tmp_path, monkeypatch
     final = validate(out / "results.json")
     assert [Path(r["path"]).name for r in final["images"]] == ["s0.npy", "s1.npy", "s2.npy"]
     assert final["finished"] is not None and (out / "index.html").exists()
+
+
+class IndexingVolume(torch.nn.Module):
+    """A volume model whose forward indexes its input's depth axis: a photo-shaped probe raises IndexError,
+    as the issue's Net3D did (#27 item 12: counting classes fed it a photo)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ReLU())
+        self.head = torch.nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.dim() == 5, "(B, 1, D, H, W)"
+        return self.head(self.features(x).mean(dim=(2, 3, 4)))
+
+
+def test_labels_of_a_volume_model_are_counted_on_a_volume(tmp_path, capsys):
+    np.save(tmp_path / "scan.npy", np.random.default_rng(0).normal(size=(8, 10, 12)).astype(np.float32))
+    (tmp_path / "classes.txt").write_text("healthy\ntumour\n")
+    out = tmp_path / "out"
+    argv = ["explain", str(tmp_path / "scan.npy"), "--model", "py:test_arrays:IndexingVolume", "--labels",
+            str(tmp_path / "classes.txt"), "--out", str(out), "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    record = validate(out / "results.json")["images"][0]
+    assert record["predictions"][0]["label"] in ("healthy", "tumour")
+    (tmp_path / "three.txt").write_text("a\nb\nc\n")
+    assert main([*argv[:5], str(tmp_path / "three.txt"), "--out", str(tmp_path / "o2"), "--quiet"]) == 1
+    assert "3 class names for a model with 2" in capsys.readouterr().err

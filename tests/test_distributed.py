@@ -17,7 +17,7 @@ import pytest
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'gradcam[ray]')")
 
 from gradcam.apps.cli import main  # noqa: E402
-from gradcam.pipeline.local import RunOptions  # noqa: E402
+from gradcam.pipeline.options import RunOptions  # noqa: E402
 from gradcam.pipeline.ray import explain_dataset  # noqa: E402
 from manifest_check import assert_same_record  # noqa: E402
 
@@ -28,7 +28,11 @@ POOL = {"actors": 2, "cpus_per_actor": 0.5}
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    # the workers import py: models as the driver does: tests/ on their path (tiny_models)
+    tests = str(Path(__file__).resolve().parent)
+    path = os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH", "")) if p)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
+             runtime_env={"env_vars": {"PYTHONPATH": path}})  # fmt: skip
     yield
     ray.shutdown()
 
@@ -165,7 +169,7 @@ def test_a_ray_dataset_as_input(tmp_path):
 
 def test_same_named_files_without_a_manifest_are_not_overwritten(tmp_path):
     """Issue 10, case 6: the local engine refused, Ray silently overwrote."""
-    from gradcam.pipeline.local import UsageError
+    from gradcam.pipeline.options import UsageError
 
     folder = photo_folder(tmp_path)
     out = tmp_path / "out"
@@ -251,9 +255,12 @@ def test_one_photo_gives_the_same_record_locally_on_ray_and_in_the_web_app(tmp_p
     explain_dataset(str(folder), str(distributed), options=options, **POOL)
     ours, theirs = validate(local / "results.json"), validate(distributed / "results.json")
     assert theirs["engine"] == "ray" and theirs["layer"] == ours["layer"] == "bn2"
-    assert {k: v for k, v in ours.items() if k not in ("engine", "images", "started", "finished", "model_source")} == {
-        k: v for k, v in theirs.items() if k not in ("engine", "images", "started", "finished", "model_source")
-    }
+    # the Ray manifest is filled like the local one (#25: it left model_source, started and finished empty);
+    # the times differ and ``options`` records each run's own mechanics (--workers here, batch_size there)
+    apart = ("engine", "images", "started", "finished", "options")
+    assert {k: v for k, v in ours.items() if k not in apart} == {k: v for k, v in theirs.items() if k not in apart}
+    assert theirs["model_source"] == ours["model_source"] and ours["model_source"]
+    assert theirs["started"] and theirs["finished"] and theirs["kind"] == ours["kind"] == "photo"
     by_name = {Path(e["path"]).name: e for e in theirs["images"]}
     for entry in ours["images"]:
         other = by_name[Path(entry["path"]).name]
@@ -306,3 +313,48 @@ def _rounded(value, digits):
     if isinstance(value, list):
         return [_rounded(v, digits) for v in value]
     return value
+
+
+def _same_maps(local: Path, distributed: Path) -> None:
+    ours, theirs = (
+        json.loads((local / "results.json").read_text()),
+        json.loads((distributed / "results.json").read_text()),
+    )
+    assert (
+        ours["kind"] == theirs["kind"] and theirs["engine"] == "ray" and theirs["model_source"] == ours["model_source"]
+    )
+    by_name = {Path(e["path"]).name: e for e in theirs["images"]}
+    assert len(by_name) == len(ours["images"])
+    for entry in ours["images"]:
+        other = by_name[Path(entry["path"]).name]
+        assert other["status"] == entry["status"] == "ok"
+        for s, t in zip(entry["targets"], other["targets"], strict=True):
+            assert {k: Path(v).name for k, v in s["files"].items()} == {k: Path(v).name for k, v in t["files"].items()}
+            if s["files"]["map"].endswith(".npy"):
+                np.testing.assert_allclose(np.load(s["files"]["map"]), np.load(t["files"]["map"]), atol=1e-5)
+
+
+def test_signals_and_volumes_on_ray_give_the_local_maps(tmp_path):
+    """#25: `--engine ray` refused volumes and signals; now every kind runs on Ray, with the same maps."""
+    folder = tmp_path / "signals"
+    folder.mkdir()
+    for i in range(3):
+        np.save(folder / f"s{i}.npy", np.random.default_rng(i).normal(size=(2, 64)).astype(np.float32))
+    model = ["--model", "py:tiny_models:TinySignal", "--quiet", "--counterfactual"]
+    assert main(["explain", str(folder), "--out", str(tmp_path / "local"), *model]) == 0
+    assert (
+        main(["explain", str(folder), "--out", str(tmp_path / "ray"), "--engine", "ray", "--actors", "1", *model]) == 0
+    )
+    _same_maps(tmp_path / "local", tmp_path / "ray")
+    assert json.loads((tmp_path / "ray" / "results.json").read_text())["counterfactual"] is True
+
+
+def test_image_arrays_on_ray_give_the_local_maps(tmp_path):
+    folder = tmp_path / "arrays"
+    folder.mkdir()
+    for i in range(2):
+        np.save(folder / f"spec{i}.npy", np.random.default_rng(i).random((96, 128)).astype(np.float32))
+    common = ["--kind", "image", "--quiet", "--save", "overlay,map"]
+    assert main(["explain", str(folder), "--out", str(tmp_path / "local"), *common]) == 0
+    assert main(["explain", str(folder), "--out", str(tmp_path / "ray"), "--engine", "ray", *common]) == 0
+    _same_maps(tmp_path / "local", tmp_path / "ray")

@@ -119,7 +119,7 @@ def test_an_offline_timm_model_fails_at_once_naming_the_hub_and_weights(monkeypa
     import socket
     import time
 
-    from gradcam.io import models
+    from gradcam.io import hub
 
     def no_network(*args, **kwargs):
         raise OSError("Network is unreachable")
@@ -135,8 +135,8 @@ def test_an_offline_timm_model_fails_at_once_naming_the_hub_and_weights(monkeypa
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen()
-        assert models._reachable(f"http://127.0.0.1:{server.getsockname()[1]}")
-    assert not models._reachable("not a url")
+        assert hub.reachable(f"http://127.0.0.1:{server.getsockname()[1]}")
+    assert not hub.reachable("not a url")
 
 
 def test_the_python_recipe_of_docs_models(seven_class_checkpoint, tmp_path):

@@ -16,7 +16,8 @@ from gradcam.apps.cli import main
 from gradcam.io.images import find_images
 from gradcam.io.models import LoadedModel, Preprocessing
 from gradcam.pipeline import replicas
-from gradcam.pipeline.local import Runner, RunOptions, UsageError
+from gradcam.pipeline.local import Runner
+from gradcam.pipeline.options import RunOptions, UsageError
 from gradcam.pipeline.records import PhotoRecord, full_map
 from test_model_state import assert_same, snapshot, varied_model
 from tiny_models import TinyCNN

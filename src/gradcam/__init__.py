@@ -14,7 +14,7 @@ from .explain import explain
 from .io.models import LoadedModel, load_model, read_labels, with_labels
 from .layers import auto_layer, list_layers
 from .methods import CAMMethod, get_method, methods, register
-from .render.photo import PhotoExplanation, explain_image
+from .pipeline.photo import PhotoExplanation, explain_image
 from .result import ChannelContributions, Explanation, LayerResult
 from .targets import (
     BoxScore,

@@ -19,6 +19,7 @@ import gradcam
 from gradcam.apps.cli import main
 from gradcam.io.images import DEFAULT_MAX_MEGAPIXELS, MAX_ASPECT_RATIO, ImageReadError, read_image
 from gradcam.io.models import Preprocessing
+from gradcam.pipeline import decode as decoding
 from gradcam.pipeline import local as runner
 from tiny_models import TinyCNN
 
@@ -47,7 +48,7 @@ def test_any_file_decodes_within_bounds_or_fails_in_one_line(data):
 
 @given(data=image_bytes())
 def test_the_engine_decoder_never_raises_and_gives_finite_inputs(data):
-    item = runner.decode(data, SPEC, DEFAULT_MAX_MEGAPIXELS, name="fuzzed.png")
+    item = decoding.decode(data, SPEC, DEFAULT_MAX_MEGAPIXELS, name="fuzzed.png")
     if item.error is not None:
         assert item.error.startswith("fuzzed.png: ") and "\n" not in item.error
         return

@@ -3,7 +3,6 @@ set of photos, as a Markdown/JSON table and a PNG of the deletion/insertion curv
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -14,11 +13,10 @@ import torch
 
 from .. import metrics
 from ..explain import explain
+from ..io.boxes import ANY_CLASS, read_boxes  # noqa: F401 (read_boxes: evaluate's input, importable here)
 from ..io.images import FoundImages, ImageReadError, preprocess, read_image, to_original
 from ..io.models import LoadedModel
 from ..render.report import evaluation_page
-
-ANY_CLASS = -1
 
 METRIC_COLUMNS = [
     ("deletion_auc", "Deletion AUC", "lower"),
@@ -40,41 +38,6 @@ SHORT_TITLES = {
     "energy_pointing": "Energy%",
     "sanity_correlation": "|r|",
 }
-
-
-def read_boxes(path: Path, labels: Sequence[str] | None) -> dict[str, list[tuple[int, list[float]]]]:
-    """Boxes per image file name: ``[(class index or -1 for any class, [x1, y1, x2, y2]), ...]``.
-
-    COCO-style JSON (``images``, ``annotations`` with ``bbox`` = [x, y, w, h] and ``category_id``), or a
-    CSV with the columns ``image, class, x1, y1, x2, y2`` (class: an index, a class name, or ``*``).
-    """
-    boxes: dict[str, list[tuple[int, list[float]]]] = {}
-    try:
-        if path.suffix.lower() == ".csv":
-            with open(path, newline="") as handle:
-                for row in csv.DictReader(handle):
-                    label = row["class"].strip()
-                    if label in ("*", "", "-1"):
-                        index = ANY_CLASS
-                    elif label.lstrip("-").isdigit():
-                        index = int(label)
-                    else:
-                        from ..targets import class_index
-
-                        index = class_index(label, labels or [])
-                    box = [float(row[k]) for k in ("x1", "y1", "x2", "y2")]
-                    boxes.setdefault(Path(row["image"]).name, []).append((index, box))
-            return boxes
-        data = json.loads(path.read_text())
-        names = {image["id"]: Path(image["file_name"]).name for image in data["images"]}
-        for annotation in data["annotations"]:
-            x, y, w, h = annotation["bbox"]
-            boxes.setdefault(names[annotation["image_id"]], []).append(
-                (int(annotation.get("category_id", ANY_CLASS)), [x, y, x + w, y + h])
-            )
-        return boxes
-    except (OSError, KeyError, ValueError, json.JSONDecodeError) as error:
-        raise ValueError(f"--boxes {path}: cannot read boxes ({type(error).__name__}: {error})") from None
 
 
 @dataclass

@@ -16,13 +16,8 @@ Example:
 
 from __future__ import annotations
 
-import atexit
 import json
 import re
-import shutil
-import tempfile
-import threading
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -42,82 +37,24 @@ from ..io.images import (
     preprocess,
     read_image,
 )
-from ..io.models import DEFAULT_MODEL, LoadedModel, ModelLoadError, load_model, read_labels, with_labels
+from ..io.models import DEFAULT_MODEL, LoadedModel, ModelLoadError
 from ..layers import list_layers
-from ..pipeline.local import UsageError, methods_with_options, parse_target
-from ..pipeline.records import RunManifest
-from ..pipeline.writer import DecodedPhoto, PhotoWriter, WriteOptions, label_of, top_predictions
+from ..pipeline.decode import DecodedPhoto
+from ..pipeline.manifest import now, run_manifest
+from ..pipeline.naming import label_of
+from ..pipeline.options import RunOptions, UsageError, methods_with_options, parse_target
+from ..pipeline.writer import PhotoWriter, WriteOptions, top_predictions
 from ..render.viz import overlay_image
 from ..targets import TextPrompt, class_index
+from .web_state import AppError, ModelShelf, ScratchSpace
 
 MAX_UPLOAD_MB = 20
 MAX_TARGETS = 10  # per method; top1000 would write 2,000 files
 MAX_OVERLAYS = 30  # methods x targets in one request
-SCRATCH_FOLDERS = 64  # requests whose files stay downloadable
 GRADIO_CACHE_SWEEP = (600, 3600)  # every 10 minutes, delete Gradio's cached files older than an hour
 PACKAGE_EXAMPLES = Path(__file__).parents[1] / "examples"
 ANY_CLASS_LABEL = "Any class: type to search; its map appears without running the model again (first method)"
 COLORMAPS = ["jet", "turbo", "inferno", "viridis", "magma", "plasma", "coolwarm"]
-
-
-class AppError(ValueError):
-    """A message for the page."""
-
-
-class ModelShelf:
-    """The models this server offers, each loaded once. Only names given at start are loadable, and
-    :func:`build_app` loads them all before the server listens."""
-
-    def __init__(
-        self,
-        names: Sequence[str] = (DEFAULT_MODEL,),
-        weights: dict[str, str] | None = None,
-        labels: dict[str, str] | None = None,
-    ) -> None:
-        """``weights`` and ``labels`` map a served name to a weights file (a fine-tuned checkpoint, read
-        without unpickling: there is no ``--trust-weights`` here) and to a class-names file."""
-        self.names = list(dict.fromkeys(names)) or [DEFAULT_MODEL]
-        self.weights, self.labels = dict(weights or {}), dict(labels or {})
-        self._loaded: dict[str, LoadedModel] = {}
-        self._lock = threading.Lock()
-
-    def get(self, name: str) -> LoadedModel:
-        if name not in self.names:
-            raise AppError(
-                f"model {name!r} is not served here (served: {', '.join(self.names)}); "
-                f"start the app with gradcam serve --models {name} to offer it"
-            )
-        with self._lock:
-            if name not in self._loaded:
-                bundle = load_model(name, self.weights.get(name))  # weights_only: nothing is unpickled
-                if name in self.labels:
-                    bundle = with_labels(bundle, read_labels(self.labels[name]))
-                self._loaded[name] = bundle
-            return self._loaded[name]
-
-    def load_all(self) -> None:
-        for name in self.names:
-            self.get(name)
-
-
-class ScratchSpace:
-    """One folder per request under a private root; only the newest ``keep`` folders are kept, and the
-    root goes when the process ends."""
-
-    def __init__(self, keep: int = SCRATCH_FOLDERS) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="gradcam-web-"))
-        self.keep = keep
-        self._folders: deque[Path] = deque()
-        self._lock = threading.Lock()
-        atexit.register(shutil.rmtree, self.root, ignore_errors=True)
-
-    def new_folder(self) -> Path:
-        folder = Path(tempfile.mkdtemp(dir=self.root))
-        with self._lock:
-            self._folders.append(folder)
-            while len(self._folders) > self.keep:
-                shutil.rmtree(self._folders.popleft(), ignore_errors=True)
-        return folder
 
 
 SHELF = ModelShelf()
@@ -279,7 +216,7 @@ def explain_photo(
         options = WriteOptions(
             out=out_dir, method=method, save=frozenset({"overlay", "map"} | ({"channels"} if channels else set())),
             format="png", alpha=alpha, colormap=colormap, per_channel=per_channel if channels else 0,
-            prompts=prompt, thumbnail=False, replace=True, preprocessing=bundle.preprocessing,
+            prompts=prompt, thumbnail=False, overwrite=True, preprocessing=bundle.preprocessing,
         )  # fmt: skip
         pictures: list[Any] = []
         contributions = ex.channel_contributions(per_channel) if channels else None
@@ -295,9 +232,18 @@ def explain_photo(
             first = label_of(names, int(ex.targets[0, 0])) if ex.targets is not None else "the first target"
             grid_label = f"Feature maps adding up to the {method} map for {first}"
             grid = record.targets[0].files["channels"]
-    manifest = RunManifest(engine="web", model=model_name, methods=list(methods), layer=records[0].layer,
-                           target=target or None, prompts=list(targets.prompts) if prompt else None, frame=frame,
-                           colormap=colormap, format="png", save=["map", "overlay"], images=records)  # fmt: skip
+    asked = RunOptions(
+        out=out_dir,
+        method=str(methods[0]),
+        target=target or None,
+        frame=frame,
+        colormap=colormap,
+        prompts=tuple(targets.prompts) if prompt else (),
+        format="png",
+        save=("map", "overlay"),
+    )
+    manifest = run_manifest("web", model_name, bundle.source, asked, records, kind="photo", layer=records[0].layer,
+                            started=None, finished=now(), methods=[str(m) for m in methods])  # fmt: skip
     manifest_path = out_dir / f"{stem}.json"
     text = json.dumps(manifest.to_json(), indent=1)
     write_atomic(manifest_path, lambda temporary: temporary.write_text(text, encoding="utf-8"))

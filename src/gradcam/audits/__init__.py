@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io.images import DEFAULT_MAX_MEGAPIXELS, find_images
-from ..io.models import LoadedModel, load_model, probe_output, read_labels, with_labels
+from ..io.models import LoadedModel, load_bundle, probe_output, read_labels, with_labels
 from .dataset import AuditInputError, read_object_boxes, read_truth
 from .engine import AuditExplainer, AuditItem, collect, run_local
 from .findings import Findings, summarise
@@ -82,11 +82,11 @@ class AuditResult:
 
 
 def _bundle(model: str | LoadedModel, weights: str | None, labels: Any, device: str, trust: bool) -> LoadedModel:
-    bundle = model if isinstance(model, LoadedModel) else load_model(model, weights, device, trust_weights=trust)
-    if labels is not None:
-        names = read_labels(labels) if isinstance(labels, (str, Path)) else list(labels)
-        bundle = with_labels(bundle, names)
-    return bundle
+    if not isinstance(model, LoadedModel):
+        return load_bundle(model, weights, device, trust_weights=trust, labels=labels)
+    if labels is None:
+        return model
+    return with_labels(model, read_labels(labels) if isinstance(labels, (str, Path)) else list(labels))
 
 
 def audit(
@@ -193,7 +193,7 @@ def _items(
     paths: Sequence[Path], roots: Sequence[Path], bundle: LoadedModel, truth: Any, boxes: Any
 ) -> list[AuditItem]:
     from ..io.images import FoundImages
-    from ..pipeline.local import output_keys
+    from ..pipeline.naming import output_keys
 
     keys = output_keys(FoundImages(list(paths), list(roots), [], 0))
     num_classes = len(bundle.labels) if bundle.labels is not None else _outputs(bundle)

@@ -124,7 +124,7 @@ def read_object_boxes(location: Path, roots: Sequence[Path] = ()) -> PathTable:
             candidates = [location.parent / image, *(Path(root) / image for root in roots)]
             table.add(next((c for c in candidates if c.is_file()), None), Path(image).name, checked)
         return table
-    from ..apps.evaluate import read_boxes
+    from ..io.boxes import read_boxes
 
     try:
         by_name = read_boxes(location, None)

@@ -21,10 +21,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..explain import explain
-from ..io.images import DEFAULT_MAX_MEGAPIXELS, ImageReadError, preprocess, read_image
+from ..io.images import DEFAULT_MAX_MEGAPIXELS
 from ..io.models import LoadedModel, Preprocessing
 from ..methods import get_method
-from ..pipeline.writer import DecodedPhoto
+from ..pipeline.decode import DecodedPhoto, decode
 from ..targets import select_logits
 from .measure import GRID, box_mask, energy_shares, grid_maps
 
@@ -103,27 +103,13 @@ class BatchAudit:
     errors: dict[int, str]
 
 
-def decode_for_audit(path: str, spec: Preprocessing, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> DecodedPhoto:
-    """The model's input for one photo (a JPEG decoded no larger than the model needs); a bad file gives
-    a :class:`DecodedPhoto` with only ``error``."""
-    try:
-        image = read_image(Path(path), draft_size=spec.resize, max_megapixels=max_megapixels)
-        pixels, geometry = preprocess(image, spec)
-        width, height = image.info.get("original_size", image.size)
-        return DecodedPhoto(pixels, geometry, size=(int(width), int(height)))  # no photo to draw on
-    except ImageReadError as error:
-        return DecodedPhoto(error=str(error))
-    except Exception as error:  # a decoder crash must not end the audit
-        return DecodedPhoto(error=f"{path}: cannot decode ({type(error).__name__}: {error})")
-
-
 def decode_for_models(path: str, specs: Sequence[Preprocessing], max_megapixels: float) -> list[DecodedPhoto]:
     """The photo decoded for each model's preprocessing, once per distinct one (a model compared with
     another of the same family reads the same decode)."""
     done: dict[Preprocessing, DecodedPhoto] = {}
     for spec in specs:
         if spec not in done:
-            done[spec] = decode_for_audit(path, spec, max_megapixels)
+            done[spec] = decode(Path(path), spec, max_megapixels, picture=False)
     return [done[spec] for spec in specs]
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..pipeline.writer import label_of
+from ..pipeline.naming import label_of
 from .clusters import spectral_clusters
 from .engine import Columns, Measured
 from .measure import CORNERS, peak_of, rank_correlation, top_share_iou

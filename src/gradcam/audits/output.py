@@ -19,11 +19,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..io.files import write_atomic
-from ..io.images import model_view
+from ..io.images import DEFAULT_MAX_MEGAPIXELS, model_view
 from ..io.models import LoadedModel
-from ..pipeline.writer import save_npy_atomic, save_picture, slug
+from ..pipeline.decode import decode
+from ..pipeline.naming import slug
+from ..pipeline.writer import save_npy_atomic, save_picture
 from ..render.viz import colorize, data_uri, overlay, to_pil
-from .engine import decode_for_audit
 from .findings import Findings
 
 PICTURE_SIDE = 128
@@ -42,7 +43,7 @@ def heat_picture(grid: Any, side: int = PICTURE_SIDE, colormap: str = "jet") -> 
 
 def photo_view(path: str, bundle: LoadedModel, side: int = PICTURE_SIDE) -> torch.Tensor | None:
     """The photo as the model saw it (its crop), ``side`` pixels square, (3, side, side) float in [0, 255]."""
-    decoded = decode_for_audit(path, bundle.preprocessing)
+    decoded = decode(Path(path), bundle.preprocessing, DEFAULT_MAX_MEGAPIXELS, picture=False)
     if decoded.input is None:
         return None
     view = model_view(decoded.input, bundle.preprocessing)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import glob
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,17 @@ def is_array_file(path: str | Path) -> bool:
     return str(path).lower().endswith(ARRAY_SUFFIXES)
 
 
+def array_dimensions(path: Path) -> int | None:
+    """How many dimensions the array in ``path`` has, from its header only (None where unreadable):
+    a ``.npy`` file's own, 3 for NIfTI."""
+    if str(path).lower().endswith((".nii", ".nii.gz")):
+        return 3
+    try:
+        return len(npy_header(path)[0])
+    except ArrayReadError:
+        return None
+
+
 def find_arrays(inputs: Iterable[str]) -> tuple[list[Path], list[Path]]:
     """Array files among ``inputs`` (files, folders searched recursively in sorted order, globs):
     ``(paths, roots)``, ``roots[i]`` being the folder ``paths[i]`` is named relative to in the outputs."""
@@ -77,22 +88,12 @@ def find_arrays(inputs: Iterable[str]) -> tuple[list[Path], list[Path]]:
     return paths, roots
 
 
-def array_keys(paths: Sequence[Path], roots: Sequence[Path]) -> list[str]:
-    """A unique output name per file, as photos get theirs (``a/scan``, ``b/scan``), ``.nii.gz`` dropped whole."""
-    from ..pipeline.local import output_keys
-    from .images import FoundImages
-
-    keys = output_keys(FoundImages(list(paths), list(roots), [], 0))
-    return [key.removesuffix(".nii") if str(path).lower().endswith(".nii.gz") else key
-            for key, path in zip(keys, paths, strict=True)]  # fmt: skip
-
-
 def read_array(path: Path, max_elements: int = MAX_ELEMENTS) -> ArrayInput:
     """Read a volume or signal file (see the module's docstring); errors are one line naming the file."""
     name = str(path)
     if name.lower().endswith((".nii", ".nii.gz")):
         return _read_nifti(path, max_elements)
-    shape, dtype = _npy_header(path)
+    shape, dtype = npy_header(path)
     if dtype.hasobject:
         raise ArrayReadError(f"{path}: an array of Python objects; object arrays are never unpickled, save numbers")
     _check(path, shape, dtype, max_elements)
@@ -109,7 +110,7 @@ def read_array(path: Path, max_elements: int = MAX_ELEMENTS) -> ArrayInput:
     return ArrayInput(values, kind, tuple(int(s) for s in array.shape))
 
 
-def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
     """Shape and dtype from a ``.npy`` header, before any value is read."""
     try:
         with open(path, "rb") as handle:

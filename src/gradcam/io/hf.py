@@ -17,7 +17,8 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .models import LoadedModel, ModelLoadError, Preprocessing, WeightsFile, _reachable, _sized_to, in_hub_cache
+from .hub import in_hub_cache, reachable
+from .models import LoadedModel, ModelLoadError, Preprocessing, WeightsFile, _sized_to
 
 if TYPE_CHECKING:
     from torch import nn
@@ -38,7 +39,7 @@ def _cache_only(repo: str) -> bool:
     client retries) when neither the cache nor the hub has it."""
     from huggingface_hub import constants
 
-    if _reachable(constants.ENDPOINT):
+    if reachable(constants.ENDPOINT):
         return False
     if in_hub_cache(repo, ["config.json"]):
         return True

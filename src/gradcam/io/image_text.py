@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import LoadedModel, ModelLoadError, Preprocessing, WeightsFile, _reachable, in_hub_cache
+from .hub import in_hub_cache, reachable
+from .models import LoadedModel, ModelLoadError, Preprocessing, WeightsFile
 
 TEXT_CACHE_SIZE = 64
 
@@ -183,12 +184,12 @@ def _check_open_clip_weights(open_clip: Any, arch: str, tag: str) -> None:
     if hub:
         repo = "/".join(hub.split("/")[:2])  # ORG/NAME, without a file path after it
         names = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-        if in_hub_cache(repo, names) or _reachable(constants.ENDPOINT):
+        if in_hub_cache(repo, names) or reachable(constants.ENDPOINT):
             return
         where = f"{constants.ENDPOINT}/{repo}"
     else:
         url = cfg.get("url", "")
-        if not url or _reachable(url):
+        if not url or reachable(url):
             return
         where = url
     raise ModelLoadError(

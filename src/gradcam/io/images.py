@@ -11,7 +11,7 @@ import io
 import math
 import os
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -54,10 +54,17 @@ class FoundImages:
     skipped: int
 
 
-def find_images(inputs: Iterable[str], exclude: Iterable[Path] = ()) -> FoundImages:
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def find_images(
+    inputs: Iterable[str], exclude: Iterable[Path] = (), accept: Callable[[Path], bool] = is_image_file
+) -> FoundImages:
     """Expand files, folders (recursive, sorted) and globs. ``roots[i]`` is the folder ``paths[i]`` is
-    named relative to in the outputs. Non-image files inside folders are counted in ``skipped``, and so
-    are files that folders and globs find under an ``exclude`` folder (a run's own output folder)."""
+    named relative to in the outputs. Files inside folders that ``accept`` refuses (non-images by default)
+    are counted in ``skipped``, and so are files that folders and globs find under an ``exclude`` folder
+    (a run's own output folder)."""
     paths: list[Path] = []
     roots: list[Path] = []
     missing: list[str] = []
@@ -81,7 +88,7 @@ def find_images(inputs: Iterable[str], exclude: Iterable[Path] = ()) -> FoundIma
         path = Path(item)
         if path.is_dir():
             for child in sorted(p for p in path.rglob("*") if p.is_file()):
-                if child.suffix.lower() in IMAGE_SUFFIXES:
+                if accept(child):
                     add(child, path)
                 else:
                     skipped += 1
@@ -238,21 +245,50 @@ def preprocess(image: Image.Image, spec: Preprocessing) -> tuple[torch.Tensor, G
     """Resize the shorter side to ``spec.resize`` and centre-crop (or, with ``spec.squash``, resize to the
     crop's size), normalise: (3, h, w) float32 and the
     :class:`Geometry` that :func:`to_original` uses to carry a map back onto the photo."""
-    width, height = image.size
-    scale = spec.resize / min(width, height)
-    resized = spec.crop if spec.squash else (max(1, round(height * scale)), max(1, round(width * scale)))
+    geometry = _geometry(image.height, image.width, spec)
+    resized = geometry.resized
     resample = Image.Resampling.BICUBIC if spec.interpolation == "bicubic" else Image.Resampling.BILINEAR
     small = reduced_like_a_draft(image, resized).resize((resized[1], resized[0]), resample=resample)
+    pixels = _cropped(image_tensor(small), geometry).float() / 255.0
+    return _normalised(pixels, spec), geometry
+
+
+def preprocess_tensor(values: torch.Tensor, spec: Preprocessing) -> tuple[torch.Tensor, Geometry]:
+    """:func:`preprocess` for a (C, H, W) float image array at full precision (antialiased resize in torch):
+    normalised with ``spec.mean``/``spec.std`` where they have one value per channel (a single channel is
+    first repeated to the three a model with ImageNet-like statistics takes); other channel counts are
+    given as they are."""
+    height, width = values.shape[-2:]
+    geometry = _geometry(height, width, spec)
+    mode = "bicubic" if spec.interpolation == "bicubic" else "bilinear"
+    small = F.interpolate(values[None].float(), size=geometry.resized, mode=mode, antialias=True, align_corners=False)
+    pixels = _cropped(small[0], geometry)
+    if pixels.shape[0] == 1 and len(spec.mean) == 3:
+        pixels = pixels.expand(3, -1, -1)
+    return (_normalised(pixels, spec) if pixels.shape[0] == len(spec.mean) else pixels), geometry
+
+
+def _geometry(height: int, width: int, spec: Preprocessing) -> Geometry:
+    scale = spec.resize / min(width, height)
+    resized = spec.crop if spec.squash else (max(1, round(height * scale)), max(1, round(width * scale)))
     crop_h, crop_w = spec.crop
     top = max(0, round((resized[0] - crop_h) / 2))
     left = max(0, round((resized[1] - crop_w) / 2))
-    pixels = image_tensor(small)[:, top : top + crop_h, left : left + crop_w].float() / 255.0
+    return Geometry((height, width), (int(resized[0]), int(resized[1])), (top, left), (crop_h, crop_w))
+
+
+def _cropped(pixels: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+    (top, left), (crop_h, crop_w) = geometry.crop_origin, geometry.crop
+    pixels = pixels[:, top : top + crop_h, left : left + crop_w]
     if pixels.shape[1:] != (crop_h, crop_w):  # the resized image is smaller than the crop: pad
         pixels = F.pad(pixels, (0, crop_w - pixels.shape[2], 0, crop_h - pixels.shape[1]))
-    mean = torch.tensor(spec.mean).view(3, 1, 1)
-    std = torch.tensor(spec.std).view(3, 1, 1)
-    geometry = Geometry((height, width), resized, (top, left), (crop_h, crop_w))
-    return (pixels - mean) / std, geometry
+    return pixels
+
+
+def _normalised(pixels: torch.Tensor, spec: Preprocessing) -> torch.Tensor:
+    mean = torch.tensor(spec.mean, dtype=pixels.dtype).view(-1, 1, 1)
+    std = torch.tensor(spec.std, dtype=pixels.dtype).view(-1, 1, 1)
+    return (pixels - mean) / std
 
 
 FRAMES = ("crop", "full", "squash")

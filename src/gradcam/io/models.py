@@ -11,9 +11,7 @@ Example:
 
 from __future__ import annotations
 
-import math
 import os
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -23,11 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .weights import ModelLoadError, WeightsFile, _sized_to
+
 DEFAULT_MODEL = "efficientnet_lite0"
-
-
-class ModelLoadError(RuntimeError):
-    """A model or its weights cannot be had; the message says what is missing and how to supply it."""
 
 
 @dataclass(frozen=True)
@@ -116,18 +112,45 @@ def probe_output(bundle: LoadedModel) -> Any:
     try:
         with preserved_state(model), torch.inference_mode():
             return run_model(model, example)
-    except ForwardError:
+    except (ForwardError, RuntimeError, IndexError, ValueError, TypeError):  # a model of other inputs
         return None
 
 
-def with_labels(bundle: LoadedModel, names: Sequence[str], source: str = "--labels") -> LoadedModel:
-    """``bundle`` naming its classes ``names``; their number must be the model's (one forward pass; a model
-    that does not take images has the count checked by explain() on real input)."""
-    output = probe_output(bundle)
+def with_labels(bundle: LoadedModel, names: Sequence[str], source: str = "--labels", probe: bool = True) -> LoadedModel:
+    """``bundle`` naming its classes ``names``; their number must be the model's (one forward pass on a
+    black image; with ``probe=False``, or for a model that does not take images, the count is checked on
+    the run's first real output: :func:`check_label_count`)."""
+    output = probe_output(bundle) if probe else None
     outputs = output.shape[-1] if isinstance(output, torch.Tensor) else None
     if outputs is not None and outputs != len(names):
         raise ModelLoadError(f"{source}: {len(names)} class names for a model with {outputs} classes")
     return replace(bundle, labels=tuple(names))
+
+
+def check_label_count(labels: Sequence[str] | None, logits: torch.Tensor, source: str = "--labels") -> None:
+    """A ValueError (one line) when ``labels`` do not name the classes of ``logits`` (B, classes)."""
+    if labels is not None and logits.dim() == 2 and len(labels) != logits.shape[-1]:
+        raise ValueError(f"{source}: {len(labels)} class names for a model with {logits.shape[-1]} classes")
+
+
+def load_bundle(
+    model: str,
+    weights: str | None = None,
+    device: str = "cpu",
+    *,
+    trust_weights: bool = False,
+    labels: str | Path | Sequence[str] | None = None,
+    images: bool = True,
+) -> LoadedModel:
+    """The one loader of "model + labels + preprocessing" (the CLI, the web app, the audit, concepts and the
+    Ray actors use it): :func:`load_model`, then ``labels`` (a file as ``--labels`` reads it, or the names)
+    checked against the model's classes, on a black image when the run's inputs are ``images``, else on
+    the first real output (volumes, signals: a photo would not fit their model)."""
+    bundle = load_model(model, weights, device, trust_weights=trust_weights)
+    if labels is None:
+        return bundle
+    names = read_labels(labels) if isinstance(labels, (str, Path)) else list(labels)
+    return with_labels(bundle, names, probe=images)
 
 
 def _imagenet_labels() -> tuple[str, ...]:
@@ -206,7 +229,9 @@ class ModelSource:
 
 
 def _timm_source(spec: str, weights: str | None, file: WeightsFile | None) -> LoadedModel:
-    return _load_timm(spec, weights, file)
+    from .hub import load_timm
+
+    return load_timm(spec, weights, file)
 
 
 def _hf_source(spec: str, weights: str | None, file: WeightsFile | None) -> LoadedModel:
@@ -290,52 +315,6 @@ def _random(weights: str | None) -> bool:
     return weights is not None and weights.lower() == "none"
 
 
-class WeightsFile:
-    """A local weights file and whether the user vouched for it (``--trust-weights``); read once."""
-
-    def __init__(self, path: str, trusted: bool = False) -> None:
-        self.path, self.trusted = path, trusted
-        self._state: dict[str, torch.Tensor] | None = None
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        if self._state is None:
-            self._state = _read_state_dict(self.path, self.trusted)
-        return self._state
-
-    def head_classes(self, model: nn.Module) -> int | None:
-        """The number of classes of the file's head where it differs from ``model``'s (a fine-tuned
-        checkpoint), else None: the only tensors of another shape are the last layer's, and they agree
-        on their first dimension."""
-        ours = model.state_dict()
-        state = self.state_dict()
-        mismatched = [k for k in state if k in ours and state[k].shape != ours[k].shape]
-        if not mismatched:
-            return None
-        head = next(reversed([k.rsplit(".", 1)[0] for k in ours if k.endswith(".weight")]), None)
-        sizes = {state[k].shape[0] for k in mismatched}
-        if head is None or len(sizes) != 1 or any(k.rsplit(".", 1)[0] != head for k in mismatched):
-            return None
-        return sizes.pop()
-
-    def load_into(self, model: nn.Module) -> None:
-        try:
-            model.load_state_dict(self.state_dict())
-        except RuntimeError as error:
-            first = str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else str(error)
-            raise ModelLoadError(f"--weights {self.path}: does not fit this model ({first[:160]})") from error
-
-
-def _sized_to(file: WeightsFile | None, build: Callable[..., nn.Module], name: str) -> tuple[nn.Module, bool]:
-    """``build()``, or ``build(num_classes=N)`` when ``file`` is a fine-tuned checkpoint with an N-class
-    head (said in one line); and whether the head was resized (the model's class names no longer apply)."""
-    model = build()
-    classes = file.head_classes(model) if file is not None else None
-    if file is None or classes is None:
-        return model, False
-    warnings.warn(f"--weights {file.path}: a {classes}-class head, so {name} has {classes} classes", stacklevel=4)
-    return build(num_classes=classes), True
-
-
 def _load_efficientnet_lite0(weights: str | None, file: WeightsFile | None) -> LoadedModel:
     from .efficientnet_lite import PREPROCESSING, efficientnet_lite0  # timm's tf_efficientnet_lite0, without timm
 
@@ -368,100 +347,6 @@ def _load_efficientnet_lite0(weights: str | None, file: WeightsFile | None) -> L
         default_layer=None,
         source=source,
     )
-
-
-def _timm_preprocessing(cfg: dict) -> Preprocessing:
-    height, width = cfg.get("input_size", (3, 224, 224))[1:]
-    crop_pct = cfg.get("crop_pct", 0.875) or 1.0
-    return Preprocessing(
-        resize=int(math.floor(min(height, width) / crop_pct)),
-        crop=(height, width),
-        mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
-        std=tuple(cfg.get("std", (0.229, 0.224, 0.225))),
-        interpolation="bicubic" if cfg.get("interpolation") == "bicubic" else "bilinear",
-    )
-
-
-def _load_timm(arch: str, weights: str | None, file: WeightsFile | None) -> LoadedModel:
-    try:
-        import timm
-    except ImportError:
-        raise ModelLoadError(f"timm:{arch} needs timm: pip install 'gradcam[timm]' (or pip install timm)") from None
-
-    if arch not in timm.list_models(pretrained=False):
-        import difflib
-
-        close = difflib.get_close_matches(arch, timm.list_models(), n=3)
-        hint = f"; did you mean {', '.join('timm:' + c for c in close)}?" if close else ""
-        raise ModelLoadError(f"unknown timm model {arch!r}{hint}")
-    pretrained = weights is None
-    cfg = timm.models.get_pretrained_cfg(arch)
-    source = getattr(cfg, "hf_hub_id", None) or getattr(cfg, "url", None) or "the timm hub"
-
-    def unavailable(reason: str) -> ModelLoadError:
-        return ModelLoadError(
-            f"cannot get pretrained weights for timm:{arch} from {source} ({reason}); with no network, download "
-            "them elsewhere and pass --weights FILE, or --weights none for random weights"
-        )
-
-    if pretrained and not _timm_weights_cached(cfg) and not _reachable(_timm_weights_host(cfg)):
-        raise unavailable("not in the local cache, and the hub cannot be reached")  # at once, not after retries
-    try:
-        model, _ = _sized_to(file, partial(timm.create_model, arch, pretrained=pretrained), f"timm:{arch}")
-    except Exception as error:  # hub and network errors come in many types
-        raise unavailable(type(error).__name__) from error
-    if file is not None:
-        file.load_into(model)
-    labels = _imagenet_labels() if getattr(model, "num_classes", 0) == 1000 else None
-    return LoadedModel(
-        f"timm:{arch}", model, _timm_preprocessing(dict(getattr(model, "pretrained_cfg", {}))), labels, None, arch
-    )
-
-
-def _timm_weights_cached(cfg: object) -> bool:
-    """Whether timm's pretrained weights for ``cfg`` are already on this machine (Hugging Face cache)."""
-    hub_id = getattr(cfg, "hf_hub_id", None)
-    if not hub_id:
-        url = getattr(cfg, "url", None)
-        return isinstance(url, str) and (Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)).exists()
-    names = [
-        getattr(cfg, "hf_hub_filename", None),
-        "model.safetensors",
-        "open_clip_pytorch_model.bin",
-        "pytorch_model.bin",
-    ]
-    return in_hub_cache(hub_id.split("@")[0], [name for name in names if name])
-
-
-def in_hub_cache(repo: str, names: Sequence[str]) -> bool:
-    """Whether any of the files ``names`` of the Hugging Face hub repository ``repo`` is in the local cache
-    (no network is used)."""
-    from huggingface_hub import try_to_load_from_cache
-
-    return any(isinstance(try_to_load_from_cache(repo, name), str) for name in names)
-
-
-def _timm_weights_host(cfg: object) -> str:
-    if getattr(cfg, "hf_hub_id", None):
-        from huggingface_hub import constants
-
-        return constants.ENDPOINT
-    return getattr(cfg, "url", None) or "https://huggingface.co"
-
-
-def _reachable(url: str, timeout: float = 2.0) -> bool:
-    """Whether a TCP connection to ``url``'s host opens within ``timeout`` seconds (no request is sent)."""
-    import socket
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    if not parts.hostname:
-        return False
-    try:
-        with socket.create_connection((parts.hostname, parts.port or 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def torchvision_classifiers() -> list[str]:
@@ -530,72 +415,3 @@ def _load_torchvision(name: str, weights: str | None, file: WeightsFile | None) 
     labels = None if resized else tuple(default.meta["categories"])
     extra = {"video_clip": CLIP_FRAMES_OF.get(name, CLIP_FRAMES)} if name in VIDEO_CLASSIFIERS else {}
     return LoadedModel(name, model, preprocessing, labels, _family_default_layer(name, model), source, extra)
-
-
-def _is_torchscript(path: str) -> bool:
-    import zipfile
-
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith("constants.pkl") for name in archive.namelist())
-
-
-TRUST_HINT = (
-    "pass --trust-weights only if you trust where the file comes from, or save a plain state dict "
-    "(torch.save(model.state_dict(), path))"
-)
-
-
-def _read_state_dict(path: str, trusted: bool = False) -> dict[str, torch.Tensor]:
-    """The state dict in a file: a state dict, or a checkpoint holding one.
-
-    Untrusted (the default), the file is read with ``torch.load(weights_only=True)``: tensors and plain
-    containers only, so a crafted pickle cannot run code. ``trusted`` also accepts a whole pickled model,
-    checkpoints with custom classes and TorchScript files (their weights only: hooks need the eager
-    architecture); loading those runs code that the file contains.
-    """
-    import pickle
-
-    if path.endswith(".safetensors"):
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return {k.removeprefix("module."): v for k, v in load_file(path).items()}
-        except (SafetensorError, OSError) as error:
-            raise ModelLoadError(f"--weights {path}: not a safetensors file ({str(error)[:120]})") from None
-    scripted = _is_torchscript(path)
-    if scripted and not trusted:
-        raise ModelLoadError(
-            f"--weights {path}: a TorchScript file is a program and loading it runs its code, refused; {TRUST_HINT}"
-        )
-    if trusted:
-        warnings.warn(f"--trust-weights: loading {path} may run code that the file contains", stacklevel=3)
-    try:
-        if scripted:
-            loaded = torch.jit.load(path, map_location="cpu").state_dict()
-        else:
-            loaded = torch.load(path, map_location="cpu", weights_only=not trusted)
-    except pickle.UnpicklingError as error:
-        if trusted or "weights only load failed" not in str(error).lower():
-            raise ModelLoadError(f"--weights {path}: not a PyTorch file ({type(error).__name__})") from error
-        raise ModelLoadError(
-            f"--weights {path}: holds Python objects whose loading would run code (a whole pickled model, or "
-            f"a checkpoint with custom classes), refused; {TRUST_HINT}"
-        ) from error
-    except Exception as error:
-        raise ModelLoadError(f"--weights {path}: not a PyTorch file ({type(error).__name__})") from error
-    if isinstance(loaded, (nn.Module, torch.jit.ScriptModule)):
-        loaded = loaded.state_dict()
-    if isinstance(loaded, dict):
-        for key in ("state_dict", "model", "model_state_dict"):
-            if isinstance(loaded.get(key), dict):
-                loaded = loaded[key]
-                break
-            if isinstance(loaded.get(key), nn.Module):
-                loaded = loaded[key].state_dict()
-                break
-    if not isinstance(loaded, dict):
-        raise ModelLoadError(f"--weights {path}: holds a {type(loaded).__name__}, not a state dict or model")
-    return {k.removeprefix("module."): v for k, v in loaded.items()}

@@ -1,19 +1,18 @@
-"""Explain many photos: background decoding, batches, outputs written atomically, a run manifest.
+"""The local engine for inputs explained as images (photos, image arrays): decoding in the background or
+in the model replicas' threads, batches, outputs written atomically by writer threads, a run manifest.
 
-This is the engine behind ``gradcam explain``; the CLI only parses options into :class:`RunOptions`.
+:class:`Runner` runs one ``gradcam explain`` over a folder; :class:`BatchExplainer` explains one batch and
+hands each input to the :class:`~gradcam.pipeline.writer.PhotoWriter` (the Ray actors run it too).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import re
 import threading
 import time
 import warnings
-from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -21,31 +20,32 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from ..all_classes import explain_all
 from ..explain import explain
 from ..hooks import is_out_of_memory, preserved_state, run_model
-from ..io.files import write_atomic
-from ..io.images import (
-    DEFAULT_MAX_MEGAPIXELS,
-    FoundImages,
-    ImageReadError,
-    framed,
-    image_tensor,
-    preprocess,
-    read_image,
-)
-from ..io.models import LoadedModel, Preprocessing
-from ..methods import CAMMethod, get_method
+from ..io.images import FoundImages
+from ..io.models import LoadedModel
 from ..render.report import write_explain_page
-from ..targets import TextPrompt, class_index
+from ..targets import TextPrompt
+from .decode import DecodedPhoto, PhotoDataset, collate
+from .manifest import (
+    MANIFEST,
+    OutputError,
+    check_same_run,
+    now,
+    read_manifest,
+    run_manifest,
+    write_json_atomic,
+)
+from .naming import output_keys
+from .options import RunOptions, UsageError, layer_spec, parse_target
 from .records import PhotoRecord, RunManifest
 from .replicas import batch_ranges, explain_side_by_side, replica_count, replicate, torch_threads
-from .writer import DecodedPhoto, PhotoWriter, WriteOptions, top_predictions
+from .writer import PhotoWriter, WriteOptions, top_predictions
 
-MANIFEST = "results.json"
+ALL_CLASSES_DRAWN = 3  # with --target all: the raw maps of every class are saved, the top ones drawn
 MANIFEST_INTERVAL_S = 20.0
 MANIFEST_SHARE = 0.02  # a large run's manifest is rewritten less often: at most this share of the time
 WRITER_THREADS = 2  # at least; more where cores are left over (see writer_threads)
@@ -83,123 +83,6 @@ def _resolved(value: Any) -> Future:
     return future
 
 
-class UsageError(ValueError):
-    """A bad option: exit code 2."""
-
-
-@dataclass
-class RunOptions:
-    out: Path
-    method: str = "gradcam"
-    layer: str | None = None
-    target: str | None = None
-    prompts: tuple[str, ...] = ()
-    per_channel: int = 0
-    alpha: float = 0.5
-    colormap: str = "jet"
-    batch_size: int = 8
-    workers: int = 2
-    device: str = "cpu"
-    overwrite: bool = False
-    resume: bool = False
-    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
-    max_side: int | None = None
-    frame: str = "crop"
-    tint: str = "flat"
-    legend: bool = False
-    counterfactual: bool = False
-    eigen_smooth: bool = False
-    aug_smooth: bool = False
-    guided: bool = False
-    perturbation_batch: int = 32
-    method_options: tuple[tuple[str, str], ...] = ()
-    top_channels: int | None = None
-    prefix_tokens: int | None = None
-    token_grid: tuple[int, int] | None = None
-    save: tuple[str, ...] = ("overlay",)
-    format: str = "jpg"
-    replicas: int | None = None  # model copies side by side (None: one per thread on a CPU up to 512 MB, else 1)
-
-    def cam_method(self) -> CAMMethod | str:
-        """The method, with its options where it takes some (``--method-option KEY=VALUE`` too)."""
-        method = type(get_method(self.method))
-        options = list(self.method_options)
-        if method.needs_model and method.accepts("batch_size"):
-            options.append(("batch_size", str(self.perturbation_batch)))
-        if method.accepts("top_channels"):
-            options.append(("top_channels", str(self.top_channels)))
-        return method_with_options(self.method, options) if options else self.method
-
-
-def layer_spec(text: str | None) -> str | list[str] | None:
-    """``--layer``: one name, or several comma-separated (their maps fused: averaged, or multiplied by
-    refinecam)."""
-    if text is None or "," not in text:
-        return text
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def method_with_options(name: str, options: Sequence[tuple[str, str]]) -> CAMMethod:
-    """``name``'s method built with ``options`` (``("k", "1.5")``, ...): each value is read as an int, a
-    float, true/false/none, or else kept as text; an option the method does not take is a UsageError
-    that lists the ones it does."""
-    import inspect
-
-    from ..methods import get_method
-
-    cls = type(get_method(name))
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    values: dict[str, Any] = {}
-    for key, text in options:
-        if key not in accepted:
-            takes = ", ".join(accepted) if accepted else "no options"
-            raise UsageError(f"--method-option {key}: {name} takes {takes}")
-        values[key] = _option_value(text)
-    try:
-        return cls(**values)
-    except (TypeError, ValueError) as error:
-        raise UsageError(f"--method-option: {error}") from None
-
-
-def methods_with_options(chosen: list[str], items: Sequence[str]) -> list[str | CAMMethod]:
-    """Several methods (evaluate's, the web app's), each built with its option items: ``METHOD:KEY=VALUE``
-    for that method, ``KEY=VALUE`` for every chosen method that takes KEY (a UsageError when none does)."""
-    options: dict[str, list[tuple[str, str]]] = {name: [] for name in chosen}
-    for item in items:
-        key, equals, value = item.partition("=")
-        owner, _, key = key.strip().rpartition(":")
-        if not equals or not key:
-            raise UsageError(f"method option {item!r}: write it as KEY=VALUE or METHOD:KEY=VALUE, e.g. dff:k=3")
-        if owner:
-            name = get_method(owner).name
-            if name not in options:
-                raise UsageError(f"method option {item!r}: {name} is not among the chosen methods")
-            options[name].append((key.strip(), value.strip()))
-            continue
-        takers = [name for name in chosen if type(get_method(name)).accepts(key.strip())]
-        if not takers:
-            raise UsageError(f"method option {item!r}: no chosen method takes {key.strip()!r}")
-        for name in takers:
-            options[name].append((key.strip(), value.strip()))
-    return [method_with_options(name, pairs) if pairs else name for name, pairs in options.items()]
-
-
-def _option_value(text: str) -> Any:
-    if "," in text:  # a list: finercam ranks=1,2,3
-        return tuple(_option_value(part) for part in text.split(",") if part.strip())
-    lowered = text.strip().lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered == "none":
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
 @dataclass
 class RunResult:
     manifest_path: Path
@@ -209,136 +92,6 @@ class RunResult:
     @property
     def failed(self) -> int:
         return sum(1 for entry in self.entries if not entry.ok)
-
-
-def decode(
-    source: Path | bytes,
-    spec: Preprocessing,
-    max_megapixels: float,
-    name: str = "",
-    max_side: int | None = None,
-    frame: str = "crop",
-    index: int = 0,
-) -> DecodedPhoto:
-    """One photo (a path, or the bytes of a file called ``name``) as the model's input in ``frame`` (see
-    :func:`gradcam.io.images.framed`), the photo to draw on (its own resolution, or at most ``max_side``
-    pixels long), its :class:`Geometry` onto that photo and the photo's own (width, height); a bad file
-    gives a :class:`DecodedPhoto` with only ``error`` (one line), never an exception."""
-    label = name or str(source)
-    try:
-        draft = spec.resize if max_side else None  # with --max-side the decoder may shrink a JPEG
-        image = read_image(source, draft_size=draft, max_megapixels=max_megapixels, name=name, max_side=max_side)
-        pixels, geometry = preprocess(image, framed(spec, frame, image.size))
-        photo = image
-        if max_side and max(image.size) > max_side:
-            photo = image.copy()
-            photo.thumbnail((max_side, max_side), Image.Resampling.BILINEAR, reducing_gap=3.0)
-            geometry = replace(geometry, original=(photo.height, photo.width))
-        size = tuple(image.info.get("original_size", image.size))
-        return DecodedPhoto(pixels, geometry, image_tensor(photo), (int(size[0]), int(size[1])), index=index)
-    except ImageReadError as error:
-        return DecodedPhoto(error=str(error), index=index)
-    except Exception as error:  # a decoder crash must not end the run
-        return DecodedPhoto(error=f"{label}: cannot decode ({type(error).__name__}: {error})", index=index)
-
-
-class PhotoDataset(Dataset):
-    """Decodes and preprocesses one photo per item, in DataLoader workers; a bad file becomes an error item."""
-
-    def __init__(self, paths: Sequence[Path], spec: Preprocessing, options: RunOptions) -> None:
-        self.paths, self.spec, self.options = list(paths), spec, options
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> DecodedPhoto:
-        options = self.options
-        return decode(self.paths[index], self.spec, options.max_megapixels, "", options.max_side, options.frame, index)
-
-
-def _collate(items: list[DecodedPhoto]) -> list[DecodedPhoto]:
-    return items
-
-
-def parse_target(target: str | None, labels: Sequence[str] | None, num_classes: int | None = None) -> Any:
-    """``--target`` to a target spec: None (top-1), ``top3``, or comma-separated indices / class names."""
-    if target is None or not target.strip():
-        return None
-    text = target.strip()
-    if re.fullmatch(r"top-?\d+", text, re.IGNORECASE):
-        return text
-    row: list[int] = []
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        if part.lstrip("-").isdigit():
-            index = int(part)
-        elif labels is None:
-            raise UsageError(f"--target {part!r}: this model's class names are unknown; give a class index")
-        else:
-            try:
-                index = class_index(part, labels)
-            except ValueError as error:
-                raise UsageError(f"--target: {error}") from None
-        if num_classes is not None and not 0 <= index < num_classes:
-            raise UsageError(f"--target {index}: out of range for a model with {num_classes} classes")
-        if index not in row:
-            row.append(index)
-    if not row:
-        raise UsageError(f"--target {target!r}: no class given")
-    return row
-
-
-def output_keys(found: FoundImages) -> list[str]:
-    """A unique output name per photo: its path relative to the folder that holds all the inputs' roots,
-    without the suffix. One folder keeps its own layout (``photos/a/x.jpg`` -> ``a/x``); ``a/x.jpg`` and
-    ``b/x.jpg`` given together become ``a/x`` and ``b/x``; where two photos differ only in their suffix
-    (``x.jpg``, ``x.png``) the suffix stays in the name (``x.jpg``, ``x.png``)."""
-    absolute = [Path(os.path.abspath(path)) for path in found.paths]
-    roots = [Path(os.path.abspath(root)) for root in found.roots]
-    if not absolute:
-        return []
-    common = Path(os.path.commonpath(roots))
-    relative = [path.relative_to(common) for path in absolute]
-    stems = [str(path.with_suffix("")) for path in relative]
-    counts = Counter(stems)
-    keys = [stem if counts[stem] == 1 else str(path) for stem, path in zip(stems, relative, strict=True)]
-    taken: set[str] = set()
-    unique = []
-    for key in keys:  # a photo named like another's key (``x.jpg.png`` beside ``x.jpg``, ``x.png``)
-        candidate, number = key, 2
-        while candidate in taken:
-            candidate, number = f"{key}~{number}", number + 1
-        taken.add(candidate)
-        unique.append(candidate)
-    return unique
-
-
-def write_json_atomic(data: Any, path: Path) -> None:
-    write_atomic(path, lambda temporary: temporary.write_text(json.dumps(data, indent=1)))
-
-
-ALL_CLASSES_DRAWN = 3  # with --target all: the raw maps of every class are saved, the top ones drawn
-
-
-def read_manifest(path: Path) -> RunManifest:
-    """An earlier run's ``results.json`` (either engine's, any version), to continue it; one line when it
-    cannot be read."""
-    try:
-        return RunManifest.from_json(json.loads(path.read_text()))
-    except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError) as error:
-        raise UsageError(
-            f"--resume: {path} cannot be read ({type(error).__name__}: {str(error)[:80]}); "
-            "move it away, or pass --overwrite instead of --resume"
-        ) from None
-
-
-class OutputError(RuntimeError):
-    """The run's own files (the manifest) cannot be written: a full disk, a removed folder. Exit code 1."""
-
-
-# The options that decide what a map means: a --resume must use the same ones as the run it continues.
-RESUME_KEYS = ("model", "methods", "target", "prompts", "frame", "counterfactual", "eigen_smooth", "aug_smooth")
 
 
 def resolve_frame(bundle: LoadedModel, options: RunOptions) -> RunOptions:
@@ -365,8 +118,9 @@ def resolve_frame(bundle: LoadedModel, options: RunOptions) -> RunOptions:
 class Runner:
     """Runs one ``gradcam explain`` over the photos found; see :func:`run`."""
 
-    def __init__(self, bundle: LoadedModel, found: FoundImages, options: RunOptions) -> None:
+    def __init__(self, bundle: LoadedModel, found: FoundImages, options: RunOptions, kind: str = "photo") -> None:
         options = resolve_frame(bundle, options)
+        self.kind = kind  # "photo" or "image" (image arrays)
         self.bundle, self.found, self.options = bundle, found, options
         self.keys = output_keys(found)
         self.entries: dict[int, PhotoRecord] = {}
@@ -376,7 +130,7 @@ class Runner:
         self.manifest_path = options.out / MANIFEST
         self.explainer = BatchExplainer(bundle, options)
         self.explainers = [self.explainer]  # with the replicas of the model, once the run starts
-        self.started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self.started = now()
         self.last_manifest = time.monotonic()
         self.manifest_interval = MANIFEST_INTERVAL_S
 
@@ -409,25 +163,11 @@ class Runner:
 
     def manifest(self, finished: bool) -> RunManifest:
         options = self.options
-        return RunManifest(
-            engine="local",
-            model=self.bundle.name,
-            model_source=self.bundle.source,
-            methods=[options.method],
-            layer=next((e.layer for e in self.explainers if e.layer is not None), None),
-            target=options.target,
-            prompts=list(options.prompts) or None,
-            frame=options.frame,
-            colormap=options.colormap,
-            format=options.format,
-            save=sorted(BatchExplainer.saved(options)),
-            counterfactual=options.counterfactual,
-            eigen_smooth=options.eigen_smooth,
-            aug_smooth=options.aug_smooth,
-            started=self.started,
-            finished=time.strftime("%Y-%m-%dT%H:%M:%S%z") if finished else None,
-            images=[self.entries[i] for i in sorted(self.entries)],
-        )
+        layer = next((e.layer for e in self.explainers if e.layer is not None), None)
+        return run_manifest("local", self.bundle.name, self.bundle.source, options,
+                            [self.entries[i] for i in sorted(self.entries)], kind=self.kind, layer=layer,
+                            started=self.started, finished=now() if finished else None,
+                            save=sorted(BatchExplainer.saved(options)))  # fmt: skip
 
     def write_manifest(self, finished: bool) -> None:
         """``results.json`` and the ``index.html`` page that shows it, both written atomically."""
@@ -454,7 +194,9 @@ class Runner:
                 todo.append(index)
         if progress and len(todo) < len(self.found.paths):
             progress(len(self.found.paths) - len(todo))
-        dataset = PhotoDataset([self.found.paths[i] for i in todo], self.bundle.preprocessing, self.options)
+        options = self.options
+        dataset = PhotoDataset([self.found.paths[i] for i in todo], self.bundle.preprocessing, options.max_megapixels,
+                               options.max_side, options.frame, self.kind)  # fmt: skip
         batches = batch_ranges(len(todo), self.options.batch_size)
         count = replica_count(self.bundle.model, self.options.device, self.options.replicas, len(batches))
         self.explainers = self._replicas(count)
@@ -500,7 +242,7 @@ class Runner:
             dataset,
             batch_size=self.options.batch_size,
             num_workers=workers,
-            collate_fn=_collate,
+            collate_fn=collate,
             prefetch_factor=2 if workers > 0 else None,
             worker_init_fn=lower_priority,
         )
@@ -601,7 +343,7 @@ class BatchExplainer:
             alpha=options.alpha,
             colormap=options.colormap, tint=options.tint, legend=options.legend, per_channel=options.per_channel,
             counterfactual=options.counterfactual, prompts=bool(options.prompts),
-            replace=options.overwrite or self.replace_unrecorded, preprocessing=self.bundle.preprocessing,
+            overwrite=options.overwrite or self.replace_unrecorded, preprocessing=self.bundle.preprocessing,
         )  # fmt: skip
 
     def explain(self, photos: list[tuple[str, str, DecodedPhoto]]) -> list[PhotoRecord]:
@@ -724,28 +466,3 @@ class BatchExplainer:
 def _input(photo: DecodedPhoto) -> torch.Tensor:
     assert photo.input is not None
     return photo.input
-
-
-def check_same_run(earlier: RunManifest, current: RunManifest, layer: str | None, out: Path) -> None:
-    """A UsageError naming the first option (``RESUME_KEYS``, or the requested ``layer``) in which the run in
-    ``out`` that --resume continues differs from this one: its maps would mean something else."""
-    for key in RESUME_KEYS:
-        if getattr(earlier, key) != getattr(current, key):
-            flag = (
-                "--" + key.replace("_", "-").rstrip("s")
-                if key in ("methods", "prompts")
-                else "--" + key.replace("_", "-")
-            )
-            raise UsageError(
-                f"--resume: the earlier run in {out} used {flag} {_shown(getattr(earlier, key))}, "
-                f"this one {_shown(getattr(current, key))}; run with the same options, or choose another --out"
-            )
-    if layer is not None and earlier.layer not in (None, layer):
-        raise UsageError(
-            f"--resume: the earlier run in {out} explained layer {earlier.layer!r}, this one asks for "
-            f"{layer!r}; run with the same --layer, or choose another --out"
-        )
-
-
-def _shown(value: Any) -> str:
-    return repr(value[0]) if isinstance(value, list) and len(value) == 1 else repr(value)

@@ -28,18 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from ..io.images import IMAGE_SUFFIXES, find_images
-from .local import (
-    MANIFEST,
-    BatchExplainer,
-    RunOptions,
-    UsageError,
-    decode,
-    output_keys,
-    read_manifest,
-    write_json_atomic,
-)
-from .records import PhotoRecord, RunManifest
+from ..io.images import IMAGE_SUFFIXES
+from .decode import decode
+from .kinds import KINDS, find_inputs
+from .local import BatchExplainer
+from .manifest import MANIFEST, now, read_manifest, run_manifest, write_json_atomic
+from .naming import array_keys, method_prefix, output_keys
+from .options import RunOptions, UsageError
+from .records import PhotoRecord
 
 PARQUET_FOLDER = "manifest"
 SUMMARY = "summary.json"
@@ -65,35 +61,54 @@ class ExplainActor:
     ):
         import torch
 
-        from ..io.models import load_model, with_labels
+        from ..io.models import load_bundle
 
         torch.set_num_threads(threads)
         device = options.device
         if device == "cpu" and torch.cuda.is_available() and os.environ.get("CUDA_VISIBLE_DEVICES"):
             device = "cuda"  # Ray gave this actor a GPU
-        self.bundle = load_model(model, weights, device, trust_weights=trust_weights)
-        if labels is not None:
-            self.bundle = with_labels(self.bundle, labels)
+        images = KINDS[options.kind or "photo"].name in ("photo", "image", "video")
+        self.bundle = load_bundle(model, weights, device, trust_weights=trust_weights, labels=labels, images=images)
         self.out_uri = out_uri
         self.local_out = Path(tempfile.mkdtemp(prefix="gradcam-actor-")) if out_uri else options.out
         self.options = replace(options, out=self.local_out, overwrite=True, device=device)
-        self.explainer = BatchExplainer(self.bundle, self.options)
+        self.kind = KINDS[options.kind or "photo"]
+        self.explainer = BatchExplainer(self.bundle, self.options) if self.kind.batched else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         paths = [str(p) for p in batch["path"]]
         keys = [str(k) for k in batch["key"]]
-        contents = batch.get("bytes")
-        spec, limit = self.bundle.preprocessing, self.options.max_megapixels
-        photos = []
-        for i, (path, key) in enumerate(zip(paths, keys, strict=True)):
-            source: Path | bytes = bytes(contents[i]) if contents is not None else Path(path)
-            photos.append((path, key, decode(source, spec, limit, path, self.options.max_side, self.options.frame)))
-        records = self.explainer.explain(photos)
+        records = self._batch(paths, keys, batch.get("bytes")) if self.explainer else self._one_by_one(paths, keys)
         entries = [record.to_json() for record in records]
         if self.out_uri:
             entries = [self._upload(entry) for entry in entries]
-        rows = [_row(entry) for entry in entries]
+        rows = [_row(entry, self.bundle.source) for entry in entries]
         return {column: np.array([row[column] for row in rows], dtype=object) for column in ROW_COLUMNS}
+
+    def _batch(self, paths: list[str], keys: list[str], contents: Any) -> list[PhotoRecord]:
+        """Photos and image arrays: decoded here, explained as one batch by the local engine's explainer."""
+        assert self.explainer is not None
+        spec, options = self.bundle.preprocessing, self.options
+        photos = []
+        for i, (path, key) in enumerate(zip(paths, keys, strict=True)):
+            source: Path | bytes = bytes(contents[i]) if contents is not None else Path(path)
+            decoded = decode(source, spec, options.max_megapixels, path, options.max_side, options.frame,
+                             kind=self.kind.name)  # fmt: skip
+            photos.append((path, key, decoded))
+        return self.explainer.explain(photos)
+
+    def _one_by_one(self, paths: list[str], keys: list[str]) -> list[PhotoRecord]:
+        """Videos, volumes and signals: each file through its kind's ``explain_file``, as the local run does."""
+        from .file_runs import FILE_ERRORS
+
+        explain_file = self.kind.explain_file()
+        records = []
+        for path, key in zip(paths, keys, strict=True):
+            try:
+                records.append(explain_file(self.bundle, Path(path), key, self.options, None))
+            except FILE_ERRORS as error:
+                records.append(PhotoRecord.failed(path, str(error).splitlines()[0]))
+        return records
 
     def _upload(self, entry: dict[str, Any]) -> dict[str, Any]:
         """Copy a photo's files from the actor's scratch folder to the output URI."""
@@ -126,7 +141,7 @@ class DistributedResult:
     entries: list[PhotoRecord] | None
 
 
-def _rows_from_source(source: Any, exclude: list[Path]) -> Any:
+def _rows_from_source(source: Any, exclude: list[Path], kind: str | None = None) -> Any:
     """A Ray Dataset of ``{"path", "key"[, "bytes"]}`` rows from a folder, files, a URI or a Dataset."""
     import ray.data
 
@@ -143,12 +158,13 @@ def _rows_from_source(source: Any, exclude: list[Path]) -> Any:
         files = ray.data.read_binary_files(uri, include_paths=True, file_extensions=[s[1:] for s in IMAGE_SUFFIXES])
         root = uri.split("://", 1)[1]
         return files.map(lambda row: {**row, "key": str(Path(str(row["path"])).relative_to(root).with_suffix(""))})
-    found = find_images([str(loc) for loc in locations], exclude)
+    inputs = find_inputs([str(loc) for loc in locations], exclude, override=kind)
+    found = inputs.found
     if found.missing:
         raise UsageError(f"{found.missing[0]}: no such file or folder")
     if not found.paths:
         raise UsageError("no images found in " + ", ".join(map(str, locations)))
-    keys = output_keys(found)
+    keys = output_keys(found) if inputs.kind.batched else array_keys(found.paths, found.roots)
     return ray.data.from_items([{"path": str(p), "key": k} for p, k in zip(found.paths, keys, strict=True)])
 
 
@@ -169,8 +185,11 @@ def explain_dataset(
 ) -> DistributedResult:
     """Explain every photo of ``source`` (a folder, files, a URI ``s3://...``/``gs://...`` read through
     pyarrow's filesystems, or a Ray Dataset with ``path`` and ``bytes`` columns) into ``out`` (a folder or
-    a URI), with ``actors`` model replicas. ``options`` are those of the local engine."""
+    a URI), with ``actors`` model replicas. ``options`` are those of the local engine; ``options.kind``
+    (or the files' own, as the registry guesses it) decides how each file is read and explained: photos
+    and image arrays in batches, videos, volumes and signals one file per task."""
     import ray
+    import ray.data
 
     out_text = str(out)
     out_uri = out_text if _is_uri(out_text) else None
@@ -186,7 +205,14 @@ def explain_dataset(
     if not ray.is_initialized():
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
     started = time.perf_counter()
-    rows = _rows_from_source(source, exclude=[local_out] if local_out is not None else [])
+    started_at = now()
+    kind = options.kind
+    if kind is None and not _is_uri(str(source)) and not isinstance(source, ray.data.Dataset):
+        locations = [source] if isinstance(source, (str, Path)) else list(source)
+        kind = find_inputs([str(loc) for loc in locations], [local_out] if local_out else []).kind.name
+    options = replace(options, kind=kind or "photo")
+    batched = KINDS[options.kind or "photo"].batched
+    rows = _rows_from_source(source, exclude=[local_out] if local_out is not None else [], kind=options.kind)
     done = {row["path"] for row in previous}
     if local_out is not None and not (options.overwrite or continuing) and not _is_uri(str(source)):
         listed = rows.select_columns(["path", "key"]).take_all()
@@ -205,7 +231,7 @@ def explain_dataset(
             "trust_weights": trust_weights,
             "labels": labels,
         },  # fmt: skip
-        batch_size=options.batch_size,
+        batch_size=options.batch_size if batched else 1,
         batch_format="numpy",
         concurrency=actors,
         num_cpus=cpus_per_actor,
@@ -242,7 +268,13 @@ def explain_dataset(
                "method": options.method, "manifest": manifest_location}  # fmt: skip
     layers = {record.layer for record in entries or [] if record.ok}
     layer = options.layer or (layers.pop() if len(layers) == 1 else None)  # the layer used, as the local engine says
-    _write_small_outputs(out_text, local_out, summary, entries, options, model, layer)
+    sources = [row["source"] for row in results.select_columns(["source"]).take(1)] if total else []
+    manifest = None
+    if entries is not None:
+        manifest = run_manifest("ray", model, sources[0] if sources else None, options, entries,
+                                kind=options.kind or "photo", layer=layer, started=started_at, finished=now(),
+                                **_outputs_of(options)).to_json()  # fmt: skip
+    _write_small_outputs(out_text, local_out, summary, manifest)
     return DistributedResult(total, summary["ok"], summary["failed"], manifest_location, seconds, entries)
 
 
@@ -272,17 +304,19 @@ def _check_output_folder(out: Path, options: RunOptions) -> list[dict[str, Any]]
 
         for row in pq.read_table(out / PARQUET_FOLDER).to_pylist():
             if row["status"] == "ok":
-                rows[row["path"]] = row
+                rows[row["path"]] = {"source": "", **row}  # manifests before 0.9 had no source column
     return list(rows.values())
 
 
-ROW_COLUMNS = ("path", "status", "error", "entry")
+ROW_COLUMNS = ("path", "status", "error", "entry", "source")
 
 
-def _row(entry: dict[str, Any]) -> dict[str, Any]:
-    """A manifest entry as a row of the Parquet manifest (``ROW_COLUMNS``)."""
+def _row(entry: dict[str, Any], source: str = "") -> dict[str, Any]:
+    """A manifest entry as a row of the Parquet manifest (``ROW_COLUMNS``); ``source`` is where the actor's
+    model came from (the manifest's ``model_source``)."""
     error = entry.get("error", "")
-    return {"path": entry["path"], "status": entry["status"], "error": error, "entry": json.dumps(entry)}
+    return {"path": entry["path"], "status": entry["status"], "error": error, "entry": json.dumps(entry),
+            "source": source}  # fmt: skip
 
 
 def _refuse_existing_outputs(out: Path, keys: list[str], method: str, done: set[str], paths: list[str]) -> None:
@@ -293,7 +327,7 @@ def _refuse_existing_outputs(out: Path, keys: list[str], method: str, done: set[
     for key, path in zip(keys, paths, strict=True):
         if path in done:
             continue
-        prefix = f"{key}.{method}."
+        prefix = method_prefix(key, method)
         position = bisect.bisect_left(existing, prefix)
         if position < len(existing) and existing[position].startswith(prefix):
             raise UsageError(
@@ -323,23 +357,19 @@ def _check_output_uri(uri: str, options: RunOptions) -> None:
         filesystem.delete_dir(manifest.path)
 
 
+def _outputs_of(options: RunOptions) -> dict[str, Any]:
+    """The manifest's ``format`` and ``save`` for the run's kind, as the local runs write them."""
+    from .file_runs import OUTPUTS
+
+    if options.kind in OUTPUTS:
+        format, save = OUTPUTS[options.kind]
+        return {"format": format, "save": save}
+    return {"save": sorted(BatchExplainer.saved(options))}
+
+
 def _write_small_outputs(
-    out_text: str,
-    local_out: Path | None,
-    summary: dict[str, Any],
-    entries: list[PhotoRecord] | None,
-    options: RunOptions,
-    model: str,
-    layer: str | None,
+    out_text: str, local_out: Path | None, summary: dict[str, Any], manifest: dict[str, Any] | None
 ) -> None:
-    manifest = None
-    if entries is not None:
-        manifest = RunManifest(
-            engine="ray", model=model, methods=[options.method], layer=layer, target=options.target,
-            prompts=list(options.prompts) or None, frame=options.frame, colormap=options.colormap,
-            format=options.format, save=sorted(BatchExplainer.saved(options)), counterfactual=options.counterfactual,
-            eigen_smooth=options.eigen_smooth, aug_smooth=options.aug_smooth, images=entries,
-        ).to_json()  # fmt: skip
     if local_out is not None:
         write_json_atomic(summary, local_out / SUMMARY)
         if manifest is not None:

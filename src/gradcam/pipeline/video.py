@@ -13,7 +13,7 @@ else the class with the highest mean score over the first clip (or batch of fram
 one clip or batch are held at a time, so memory does not grow with the video's length.
 
 Example:
-    >>> record = explain_video(load_model("r3d_18"), "match.mp4", "match", VideoOptions(out=Path("out")))
+    >>> record = explain_video(load_model("r3d_18"), "match.mp4", "match", RunOptions(out=Path("out")))
     ...                                                                          # doctest: +SKIP
 """
 
@@ -21,79 +21,84 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from ..explain import explain
-from ..io.images import Geometry, preprocess
-from ..io.models import LoadedModel
-from ..io.video import VideoWriter, read_frames, video_info
-from ..render.viz import _font, colour_bar, overlay_image, to_pil
+from ..io.images import Geometry, check_working_size, framed, preprocess
+from ..io.models import LoadedModel, check_label_count
+from ..io.video import VideoReadError, VideoWriter, read_frames, video_info
+from ..render.video import contact_sheet
+from ..render.viz import overlay_image
 from ..result import normalise
+from .naming import label_of, target_stem
+from .options import RunOptions, UsageError, parse_target
 from .records import PhotoRecord, Prediction, TargetRecord
-from .writer import label_of, save_picture, slug
+from .writer import save_picture
 
 SHEET_FRAMES = 12
 
 
-@dataclass(frozen=True)
-class VideoOptions:
-    out: Path
-    method: str = "gradcam"
-    layer: str | None = None
-    target: int | None = None
-    alpha: float = 0.5
-    colormap: str = "jet"
-    batch_size: int = 8
-    every: int = 1  # explain every n-th frame (the others are skipped in the output too)
-    smoothing: float = 0.0  # frame by frame: the share of the previous frame's map kept
-    max_side: int | None = None  # draw (and encode) frames at most this long
-    replace: bool = False
+def video_target(options: RunOptions, labels: Any) -> int | None:
+    """The one class a whole video is explained for: ``--target`` (an index or a class name), else None
+    (the class with the highest mean score over the first clip); a UsageError for several or ``topK``."""
+    target = parse_target(options.target, labels)
+    if target is None:
+        return None
+    if not isinstance(target, list) or len(target) != 1:
+        raise UsageError("--target with videos: one class (an index or a name); the whole video is explained for it")
+    return int(target[0])
 
 
 def explain_video(
     bundle: LoadedModel,
     path: str | Path,
     key: str,
-    options: VideoOptions,
+    options: RunOptions,
     progress: Callable[[int], object] | None = None,
 ) -> PhotoRecord:
-    """Explain every ``options.every``-th frame of the video at ``path`` into ``options.out / key``
+    """Explain every ``options.video.every``-th frame of the video at ``path`` into ``options.out / key``
     (``.{method}.{class}.mp4`` and ``.contact-sheet.png``); returns its record. ``progress(n)`` hears of
     each n frames done."""
     info = video_info(path)
+    try:  # the frames' size from the container, before any frame is decoded
+        check_working_size(info.size, options.max_megapixels, str(path))
+    except ValueError as error:
+        raise VideoReadError(str(error)) from None
+    every, smoothing = options.video.every, options.video.smoothing
     base = options.out / key
     clip = int(bundle.extra.get("video_clip", 0))
-    if not 0 <= options.smoothing < 1:
-        raise ValueError(f"smoothing must be in [0, 1), got {options.smoothing}")
-    frames = read_frames(path, options.every)
+    if not 0 <= smoothing < 1:
+        raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
+    frames = read_frames(path, every)
     device = next(bundle.model.parameters()).device
     writer: VideoWriter | None = None
     sheet: list[tuple[int, Image.Image]] = []
-    sheet_step = max(1, math.ceil(max(1, info.frames // options.every) / SHEET_FRAMES))
-    state: dict[str, Any] = {"target": options.target, "previous": None, "scores": [], "logits": [], "layer": None}
+    sheet_step = max(1, math.ceil(max(1, info.frames // every) / SHEET_FRAMES))
+    state: dict[str, Any] = {"target": video_target(options, bundle.labels), "previous": None, "scores": [],
+                             "logits": [], "layer": None}  # fmt: skip
     done = 0
     video_file = None
     for group in _groups(frames, clip or options.batch_size):
         pictures = [_drawn_size(frame, options.max_side) for _, frame in group]
-        inputs, geometry = _inputs(pictures, bundle, clip)
+        inputs, geometry = _inputs(pictures, bundle, clip, options.frame)
         maps = _explain_group(bundle, inputs.to(device), clip, options, state)[: len(group)]  # a padded clip
         if writer is None:
             label = label_of(bundle.labels, state["target"])
-            video_file = base.with_name(f"{base.name}.{options.method}.{state['target']}-{slug(label)}.mp4")
-            _refuse_existing(video_file, options.replace)
+            stem = target_stem(base.name, options.method, state["target"], label)
+            video_file = base.with_name(f"{stem}.mp4")
+            _refuse_existing(video_file, options.overwrite)
             base.parent.mkdir(parents=True, exist_ok=True)
-            writer = VideoWriter(video_file.with_name(video_file.name + ".partial.mp4"), info.fps / options.every,
+            writer = VideoWriter(video_file.with_name(video_file.name + ".partial.mp4"), info.fps / every,
                                  pictures[0].size)  # fmt: skip
         for (index, _), picture, heat in zip(group, pictures, maps, strict=True):
-            drawn = overlay_image(picture, heat, _on(geometry, picture), options.alpha, options.colormap)
+            drawn = overlay_image(picture, heat, _on(geometry, picture), options.alpha, options.colormap, options.tint)
             writer.write(drawn)
-            if (index // options.every) % sheet_step == 0 and len(sheet) < SHEET_FRAMES:
+            if (index // every) % sheet_step == 0 and len(sheet) < SHEET_FRAMES:
                 small = drawn.copy()
                 small.thumbnail((320, 320))
                 sheet.append((index, small))
@@ -105,9 +110,9 @@ def explain_video(
     writer.close()
     writer.path.replace(video_file)  # the finished file appears whole
     sheet_file = base.with_name(f"{base.name}.{options.method}.contact-sheet.png")
-    picture = contact_sheet(
-        sheet, info.fps, f"{options.method} for {label_of(bundle.labels, state['target'])}", options
-    )
+    against = "against " if options.counterfactual else ""
+    title = f"{options.method} {against}for {label_of(bundle.labels, state['target'])}"
+    picture = contact_sheet(sheet, info.fps, title, options.colormap)
     save_picture(picture, sheet_file, "png")
     return _record(bundle, str(path), info, options, state, video_file, sheet_file, done, pictures[0].size)
 
@@ -130,10 +135,13 @@ def _drawn_size(frame: Image.Image, max_side: int | None) -> Image.Image:
     return frame
 
 
-def _inputs(pictures: list[Image.Image], bundle: LoadedModel, clip: int) -> tuple[torch.Tensor, Geometry]:
+def _inputs(
+    pictures: list[Image.Image], bundle: LoadedModel, clip: int, frame: str = "crop"
+) -> tuple[torch.Tensor, Geometry]:
     """(T, 3, h, w) frames for an image model, or one (1, 3, T, h, w) clip (the last clip padded by repeating
-    its last frame) for a video classifier."""
-    prepared = [preprocess(picture, bundle.preprocessing) for picture in pictures]
+    its last frame) for a video classifier, each frame preprocessed for ``frame`` (crop, full, squash)."""
+    spec = framed(bundle.preprocessing, frame, pictures[0].size)
+    prepared = [preprocess(picture, spec) for picture in pictures]
     geometry = prepared[0][1]
     stacked = torch.stack([pixels for pixels, _ in prepared])
     if not clip:
@@ -144,7 +152,7 @@ def _inputs(pictures: list[Image.Image], bundle: LoadedModel, clip: int) -> tupl
 
 
 def _explain_group(
-    bundle: LoadedModel, inputs: torch.Tensor, clip: int, options: VideoOptions, state: dict[str, Any]
+    bundle: LoadedModel, inputs: torch.Tensor, clip: int, options: RunOptions, state: dict[str, Any]
 ) -> list[torch.Tensor]:
     """The (h, w) map of each frame of the group, for the video's one target."""
     if state["target"] is None:  # the class with the highest mean score over the first clip or batch
@@ -152,10 +160,13 @@ def _explain_group(
             logits = bundle.model(inputs)
         state["target"] = int(logits.float().mean(0).argmax())
     count = len(inputs) if not clip else 1
-    ex = explain(bundle.model, inputs, options.method, bundle.layer_for(options.layer), [state["target"]] * count,
-                 labels=bundle.labels)  # fmt: skip
+    ex = explain(bundle.model, inputs, options.cam_method(), bundle.layer_for(options.layer),
+                 [state["target"]] * count, labels=bundle.labels, counterfactual=options.counterfactual,
+                 eigen_smooth=options.eigen_smooth, prefix_tokens=options.prefix_tokens,
+                 grid=options.token_grid)  # fmt: skip
     state["layer"] = ex.layer
     if ex.logits is not None:
+        check_label_count(bundle.labels, ex.logits)
         state["logits"].append(ex.logits.float().cpu())
     state["scores"] += ex.scores[:, 0].float().cpu().tolist()
     if clip:  # (1, 1, T, h, w): one map per frame of the clip
@@ -163,8 +174,9 @@ def _explain_group(
     else:
         maps = []
         for heat in ex.maps[:, 0].cpu():
-            if options.smoothing and state["previous"] is not None:
-                heat = normalise(options.smoothing * state["previous"] + (1 - options.smoothing) * heat)
+            smoothing = options.video.smoothing
+            if smoothing and state["previous"] is not None:
+                heat = normalise(smoothing * state["previous"] + (1 - smoothing) * heat)
             state["previous"] = heat
             maps.append(heat)
     return maps
@@ -174,41 +186,16 @@ def _on(geometry: Geometry, picture: Image.Image) -> Geometry:
     return Geometry((picture.height, picture.width), geometry.resized, geometry.crop_origin, geometry.crop)
 
 
-def _refuse_existing(path: Path, replace: bool) -> None:
-    if path.exists() and not replace:
+def _refuse_existing(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: exists; pass --overwrite to replace it")
-
-
-def contact_sheet(
-    tiles: list[tuple[int, Image.Image]], fps: float, title: str, options: VideoOptions, columns: int = 4
-) -> Image.Image:
-    """The sampled overlays in a grid, each captioned with its frame and time, with a title and the
-    colour scale."""
-    if not tiles:
-        raise ValueError("no frames to show")
-    width = max(t.width for _, t in tiles)
-    height = max(t.height for _, t in tiles)
-    rows = math.ceil(len(tiles) / columns)
-    caption, header = 18, 40
-    sheet = Image.new("RGB", (columns * width, header + rows * (height + caption)), "white")
-    draw = ImageDraw.Draw(sheet)
-    draw.text((6, 4), title, fill="black", font=_font(16))
-    bar = to_pil(colour_bar(min(200, columns * width // 3), 8, options.colormap))
-    sheet.paste(bar, (6, 26))
-    draw.text((bar.width + 12, 22), "low to high heat (each frame scaled to its own maximum)", fill="black",
-              font=_font(11))  # fmt: skip
-    for i, (index, tile) in enumerate(tiles):
-        x, y = (i % columns) * width, header + (i // columns) * (height + caption)
-        draw.text((x + 4, y + 2), f"frame {index} ({index / fps:.1f} s)", fill="black", font=_font(12))
-        sheet.paste(tile, (x, y + caption))
-    return sheet
 
 
 def _record(
     bundle: LoadedModel,
     path: str,
     info: Any,
-    options: VideoOptions,
+    options: RunOptions,
     state: dict[str, Any],
     video_file: Path,
     sheet_file: Path,
@@ -240,5 +227,5 @@ def _record(
         predictions=tuple(predictions),
         targets=(record,),
         frames=done,
-        fps=round(info.fps / options.every, 3),
+        fps=round(info.fps / options.video.every, 3),
     )

@@ -17,7 +17,6 @@ Example:
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,29 +27,17 @@ from PIL import Image
 
 from ..guided import gradient_picture
 from ..io.files import write_atomic
-from ..io.images import Geometry, model_view
+from ..io.images import model_view
 from ..io.models import Preprocessing
 from ..render.viz import channel_grid, heat_plane, overlay_image, to_pil, with_legend
 from ..result import ChannelContributions, Explanation
+from .decode import DecodedPhoto
+from .naming import label_of, target_stem
 from .records import PhotoRecord, Prediction, StoredMap, TargetRecord
 
 OUTPUTS = ("overlay", "map", "channels", "guided")
 FORMATS = {"jpg": ("JPEG", {"quality": 90}), "png": ("PNG", {"compress_level": 1}), "webp": ("WEBP", {"quality": 90})}
 THUMBNAIL_SIDE = 512
-
-
-@dataclass(frozen=True)
-class DecodedPhoto:
-    """One photo ready to explain: the model's ``input`` (3, h, w), its :class:`Geometry` onto ``photo``
-    (3, H, W) uint8, the picture drawn on (its own resolution, or smaller with ``--max-side``), and the
-    photo's own (width, height). A photo that could not be read has only ``error`` (one line)."""
-
-    input: torch.Tensor | None = None
-    geometry: Geometry | None = None
-    photo: torch.Tensor | None = None
-    size: tuple[int, int] | None = None
-    error: str | None = None
-    index: int = 0  # its position among the photos being run
 
 
 @dataclass(frozen=True)
@@ -78,12 +65,8 @@ class WriteOptions:
     counterfactual: bool = False
     prompts: bool = False  # the targets are text prompts: scores are cosine similarities
     thumbnail: bool = True
-    replace: bool = False  # replace a photo's existing files (--overwrite, or a resumed run's leftovers)
+    overwrite: bool = False  # replace a photo's existing files (--overwrite, or a resumed run's leftovers)
     preprocessing: Preprocessing | None = field(default=None, compare=False)
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower()[:40] or "target"
 
 
 def save_picture(picture: Image.Image | torch.Tensor, path: Path, format: str = "png") -> None:
@@ -120,11 +103,6 @@ def top_predictions(logits: torch.Tensor, labels: Any, similarity: bool, k: int 
         [Prediction(int(i), label_of(labels, int(i)), **{kind: round(float(v), 6)}) for v, i in zip(*row, strict=True)]
         for row in rows
     ]
-
-
-def label_of(labels: Any, index: int) -> str:
-    """Class ``index``'s name in ``labels``, else the index itself."""
-    return labels[index] if labels is not None and index < len(labels) else str(index)
 
 
 class PhotoWriter:
@@ -168,8 +146,8 @@ class PhotoWriter:
         planned = []
         for k in range(ex.maps.shape[1]):
             class_id = int(ex.targets[row, k]) if ex.targets is not None else None
-            suffix = f"{class_id}-{slug(self.label(class_id))}" if class_id is not None else f"target{k}"
-            name = f"{base.name}.{options.method}.{suffix}"
+            label = self.label(class_id) if class_id is not None else None
+            name = target_stem(base.name, options.method, class_id, label, k)
             files = {}
             if "overlay" in options.save:
                 files["overlay"] = base.with_name(f"{name}.{options.format}")
@@ -228,7 +206,7 @@ class PhotoWriter:
         assert photo.geometry is not None and photo.photo is not None
         geometry = photo.geometry
         planned, own = self.plan(key, ex, row, every is not None)
-        if not options.replace:
+        if not options.overwrite:
             existing = [p for files in planned for p in files.values() if p.exists()] + [p for p in own if p.exists()]
             if existing:
                 return PhotoRecord.failed(path, f"{existing[0]}: exists; pass --overwrite to replace it")
@@ -292,6 +270,8 @@ class PhotoWriter:
             all_classes=str(every_file) if every_file is not None else None,
             predictions=tuple(predictions or ()),
             targets=tuple(targets),
+            kind=photo.kind,
+            shape=photo.shape,
         )
 
 

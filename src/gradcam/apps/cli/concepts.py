@@ -15,24 +15,24 @@ from typing import Any
 
 import torch
 
-from ..io.images import DEFAULT_MAX_MEGAPIXELS
+from ...io.images import DEFAULT_MAX_MEGAPIXELS
+from .console import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Formatter, add_photos_and_model
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_MAX_PHOTOS = 256
 
 
-def add_parser(commands: Any, formatter: type[argparse.HelpFormatter], photos_and_model: Any) -> None:
-    """The ``concepts`` subcommand; ``photos_and_model(parser)`` adds PATH... and explain's model options."""
+def add_parser(commands: Any) -> None:
+    """The ``concepts`` subcommand."""
     parser = commands.add_parser(
         "concepts",
         help="what the model sees: concepts shared by the photos (Deep Feature Factorization)",
-        formatter_class=formatter,
+        formatter_class=Formatter,
         description="Factorise the layer's activations of all the photos together into k concepts (non-negative "
         "matrix factorisation, Collins et al. 2018). Writes NAME.concepts.png per photo (each place coloured by its "
         "strongest concept, a legend of the classes each concept votes for), concepts.json and concepts.html into "
         "--out.",
     )
-    photos_and_model(parser)
+    add_photos_and_model(parser)
     parser.add_argument("--k", type=int, default=5, help="how many concepts")
     parser.add_argument("--layer", default=None, help="layer to factorise (default: as for explain)")
     parser.add_argument("--top", type=int, default=2, help="classes shown per concept")
@@ -53,13 +53,14 @@ def add_parser(commands: Any, formatter: type[argparse.HelpFormatter], photos_an
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..dff import concepts
-    from ..io.images import ImageReadError, find_images, preprocess, read_image
-    from ..io.models import ModelLoadError, load_model, read_labels, with_labels
-    from ..pipeline.local import output_keys, write_json_atomic
-    from ..pipeline.writer import save_picture
-    from ..render.concepts import classes_text, colour_of, photo_concepts
-    from ..render.report import write_concepts_page
+    from ...dff import concepts
+    from ...io.images import ImageReadError, find_images, preprocess, read_image
+    from ...io.models import ModelLoadError, load_bundle
+    from ...pipeline.manifest import write_json_atomic
+    from ...pipeline.naming import output_keys
+    from ...pipeline.writer import save_picture
+    from ...render.concepts import classes_text, colour_of, photo_concepts
+    from ...render.report import write_concepts_page
 
     if args.k < 1 or args.top < 1 or args.batch_size < 1 or args.max_photos < 1:
         return _error("--k, --top, --batch-size and --max-photos must be >= 1")
@@ -80,9 +81,8 @@ def run(args: argparse.Namespace) -> int:
     if existing and not args.overwrite:
         return _error(f"{existing[0]} exists; pass --overwrite to replace it, or choose another --out")
     try:
-        bundle = load_model(args.model, args.weights, args.device, trust_weights=args.trust_weights)
-        if args.labels is not None:
-            bundle = with_labels(bundle, read_labels(args.labels))
+        bundle = load_bundle(args.model, args.weights, args.device, trust_weights=args.trust_weights,
+                             labels=args.labels)  # fmt: skip
     except (ModelLoadError, ValueError, OSError) as error:
         return _error(str(error))
 

@@ -29,9 +29,9 @@ from torch import nn
 from ..explain import explain
 from ..io.images import Geometry, framed, image_tensor, preprocess, read_image, to_rgb
 from ..io.models import DEFAULT_MODEL, LoadedModel, Preprocessing, load_model
+from ..render.viz import data_uri, overlay_image, to_pil
 from ..result import Explanation
 from ..targets import Similarity, TargetSpec, TextPrompt
-from .viz import data_uri, overlay_image, to_pil
 
 _LOADED: dict[tuple[str, str | None, str], LoadedModel] = {}
 _LOADED_LOCK = threading.Lock()
@@ -185,14 +185,16 @@ class PhotoExplanation:
         ``{stem}.json`` (the manifest, as ``gradcam explain`` writes it) through the same writer as the
         command line; an existing file is an error unless ``overwrite``. Returns the paths written."""
         from ..io.files import write_atomic
-        from ..pipeline.records import RunManifest
-        from ..pipeline.writer import DecodedPhoto, PhotoWriter, WriteOptions, top_predictions
+        from .decode import DecodedPhoto
+        from .manifest import now, run_manifest
+        from .options import RunOptions
+        from .writer import PhotoWriter, WriteOptions, top_predictions
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         options = WriteOptions(out=folder, method=self.explanation.method, save=frozenset({"overlay", "map"}),
                                format="png", counterfactual=self.explanation.counterfactual, thumbnail=False,
-                               replace=overwrite)  # fmt: skip
+                               overwrite=overwrite)  # fmt: skip
         writer = PhotoWriter(options, self.labels)
         files, _ = writer.plan(stem, self.explanation, 0)
         manifest_path = folder / f"{stem}.json"
@@ -207,9 +209,16 @@ class PhotoExplanation:
         record = writer.write(self.model, stem, decoded, self.explanation, 0, predictions)
         if not record.ok:
             raise OSError(record.error)
-        manifest = RunManifest(engine="python", model=self.model, methods=[self.explanation.method],
-                               layer=self.layer, frame=self.frame, format="png", save=["map", "overlay"],
-                               counterfactual=self.explanation.counterfactual, images=[record])  # fmt: skip
+        asked = RunOptions(
+            out=folder,
+            method=self.explanation.method,
+            frame=self.frame,
+            format="png",
+            save=("map", "overlay"),
+            counterfactual=self.explanation.counterfactual,
+        )
+        manifest = run_manifest("python", self.model, None, asked, [record], kind="photo", layer=self.layer,
+                                started=None, finished=now())  # fmt: skip
         text = json.dumps(manifest.to_json(), indent=1)
         write_atomic(manifest_path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
         return [Path(p) for target in record.targets for p in target.files.values()] + [manifest_path]

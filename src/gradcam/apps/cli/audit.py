@@ -7,25 +7,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..io.images import DEFAULT_MAX_MEGAPIXELS
-from ..io.models import ModelLoadError
-from ..methods import methods
+from ...io.images import DEFAULT_MAX_MEGAPIXELS
+from ...io.models import ModelLoadError
+from ...methods import methods
+from .console import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Formatter, add_photos_and_model, add_ray_options
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
-
-def add_parser(commands: Any, formatter: type[argparse.HelpFormatter], photos_and_model: Any, ray_options: Any) -> None:
-    """The ``audit`` subcommand; ``photos_and_model(parser)`` adds PATH... and the model options of explain,
-    ``ray_options(parser, verb)`` the Ray engine's."""
+def add_parser(commands: Any) -> None:
+    """The ``audit`` subcommand."""
     audit = commands.add_parser(
         "audit",
         help="what a model relies on across a dataset (possible shortcuts), and how two models differ",
-        formatter_class=formatter,
+        formatter_class=Formatter,
         description="Explain every photo, measure where each map's energy sits (border, corners, object boxes), "
         "cluster each class's maps (spectral relevance analysis) and flag clusters that look at a corner, the "
         "border, away from the object or at one fixed place. Writes audit.html, audit.json and the maps into --out.",
     )
-    photos_and_model(audit)
+    add_photos_and_model(audit)
     audit.add_argument(
         "--truth",
         default=None,
@@ -53,11 +51,11 @@ def add_parser(commands: Any, formatter: type[argparse.HelpFormatter], photos_an
         "--max-megapixels", type=float, default=DEFAULT_MAX_MEGAPIXELS, help="refuse photos larger than this"
     )
     audit.add_argument("--quiet", action="store_true", help="no progress bar or summary")
-    ray_options(audit, "audit")
+    add_ray_options(audit, "audit")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..audits import AuditError, audit
+    from ...audits import AuditError, audit
 
     if args.batch_size < 1 or args.workers < 0 or args.actors < 1 or min(args.cpus_per_actor, args.gpus_per_actor) < 0:
         return _error("--batch-size and --actors must be >= 1; --workers, --cpus-per-actor, --gpus-per-actor >= 0")

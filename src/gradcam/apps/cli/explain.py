@@ -1,0 +1,449 @@
+"""``gradcam explain``: every input kind, every engine, one options type.
+
+The command line becomes one :class:`~gradcam.pipeline.options.RunOptions` here (:func:`options_from_args`,
+the one place); the inputs' kind comes from the registry (:mod:`gradcam.pipeline.kinds`), which refuses an
+option the kind does not honour before anything runs; then the kind's engine runs: the photo Runner, the
+one-file-at-a-time runner, or Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ...io.images import DEFAULT_MAX_MEGAPIXELS
+from ...io.models import DEFAULT_MODEL, MODEL_SOURCES, LoadedModel, ModelLoadError
+from ...methods import get_method, methods
+from ...pipeline.kinds import KINDS, FoundInputs, InputKind, find_inputs, refuse_unsupported
+from ...pipeline.options import RunOptions, UsageError, VideoSettings, method_with_options, parse_target
+from ...pipeline.writer import OUTPUTS
+from .console import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    Formatter,
+    add_labels_option,
+    add_ray_options,
+    add_trust_option,
+    load_bundle,
+    print_summary,
+    progress_bar,
+    report_failures,
+    report_missing,
+    usage_error,
+)
+
+MAX_BATCH_SIZE = 512  # bounds the decoded photos held at once; larger batches gain nothing on any device
+
+
+def add_parser(commands: Any) -> None:
+    run = commands.add_parser(
+        "explain",
+        help="explain photos, folders and globs",
+        formatter_class=Formatter,
+        description="Explain each photo: an overlay at the photo's resolution (JPEG by default), and a "
+        "results.json manifest in --out that keeps every map (float16, at the layer's resolution) and an "
+        "index.html page to look through them.",
+    )
+    run.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or globs")
+    run.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="efficientnet_lite0 (offline), a torchvision model name, "
+        + ", ".join(f"{s.spelling} ({s.what})" for s in MODEL_SOURCES)
+        + ", or a whole model file MODEL.pt (with --trust-weights); `gradcam models` lists them",
+    )
+    run.add_argument(
+        "--weights",
+        default=None,
+        help="a local state dict, checkpoint or .safetensors file, or 'none' for random weights (default: the "
+        "pretrained weights)",
+    )
+    add_trust_option(run)
+    add_labels_option(run)
+    run.add_argument("--method", default="gradcam", choices=methods(), help="the CAM method")
+    run.add_argument(
+        "--layer",
+        default=None,
+        help="layer to explain (default: a known-good layer per model family, else the last spatial layer), or "
+        "several comma-separated (maps fused); see `gradcam layers MODEL`",
+    )
+    run.add_argument(
+        "--target",
+        default=None,
+        help="top-1 if omitted; a class index, an ImageNet class name, 'top3', several comma-separated, or 'all' "
+        "(every class's map saved as one float16 array per photo, the top 3 drawn)",
+    )
+    run.add_argument(
+        "--prompt",
+        action="append",
+        default=None,
+        metavar="TEXT",
+        help="with an image-text model (clip:ARCH, a Hugging Face CLIP/SigLIP): explain the similarity of the photo "
+        "to this text; repeat for several prompts (one forward pass for all)",
+    )
+    run.add_argument(
+        "--counterfactual", action="store_true", help="show what speaks against the target (negated gradients)"
+    )
+    run.add_argument("--eigen-smooth", action="store_true", help="first principal component of w_c * A_c (less noise)")
+    run.add_argument("--aug-smooth", action="store_true", help="average 6 flipped/scaled copies (6x the cost)")
+    run.add_argument("--guided", action="store_true", help="also write the Guided Grad-CAM picture")
+    run.add_argument(
+        "--perturbation-batch",
+        type=int,
+        default=32,
+        help="masked/ablated copies per forward pass (scorecam, ablationcam)",
+    )
+    run.add_argument(
+        "--top-channels", type=int, default=None, metavar="N", help="scorecam: score only the N most varied channels"
+    )
+    run.add_argument(
+        "--method-option",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="an option of the method, repeatable: fem k=1.5, kpcacam kernel=rbf gamma=0.01, randomcam seed=3",
+    )
+    run.add_argument("--prefix-tokens", type=int, default=None, help="transformers: tokens before the patch grid")
+    run.add_argument("--token-grid", default=None, metavar="HxW", help="transformers: the patch grid, e.g. 14x14")
+    run.add_argument(
+        "--save",
+        default="overlay",
+        metavar="LIST",
+        help="outputs per target, comma-separated: overlay (the picture), map (float32 .npy at the model's input "
+        "size), channels (the per-feature-map grid, as --per-channel), guided (as --guided); the manifest keeps "
+        "every map either way",
+    )
+    run.add_argument(
+        "--format", default="jpg", choices=["jpg", "png", "webp"], help="the overlays' file format (JPEG quality 90)"
+    )
+    run.add_argument(
+        "--per-channel",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also write a grid of the N feature maps that contribute most",
+    )
+    run.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity in the overlay, 0..1")
+    run.add_argument("--colormap", default="jet", help="any matplotlib colormap")
+    run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps, ...")
+    run.add_argument("--batch-size", type=int, default=8, help=f"images per forward pass (at most {MAX_BATCH_SIZE})")
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="background processes decoding images for a single model (0: none); replicas decode their own",
+    )
+    run.add_argument(
+        "--replicas",
+        type=int,
+        default=None,
+        metavar="N",
+        help="copies of the model explaining batches side by side, each on a share of the CPU threads "
+        "(default: one per thread on a CPU for a model up to 512 MB, else 1)",
+    )
+    run.add_argument("--out", default="gradcam-out", help="output folder")
+    run.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    run.add_argument("--resume", action="store_true", help="skip images already explained in --out's results.json")
+    run.add_argument(
+        "--max-megapixels",
+        type=float,
+        default=DEFAULT_MAX_MEGAPIXELS,
+        help="refuse larger images (a larger JPEG is decoded at a reduced scale that fits)",
+    )
+    run.add_argument(
+        "--frame",
+        choices=["crop", "full", "squash"],
+        default="crop",
+        help="what the model sees: crop = its own preprocessing (centre crop; the rest of the photo is dimmed and "
+        "the crop framed), full = the whole photo with its aspect ratio (one fixed-size models: squash), "
+        "squash = the whole photo resized to the model's input size",
+    )
+    run.add_argument(
+        "--tint",
+        choices=["flat", "heat"],
+        default="flat",
+        help="flat = the heatmap at --alpha everywhere; heat = in proportion to the heat (low heat barely tints)",
+    )
+    run.add_argument(
+        "--legend",
+        action="store_true",
+        help="add a footer to each overlay: what it shows (class, score, probability) and the colour scale",
+    )
+    run.add_argument(
+        "--max-side",
+        type=int,
+        default=None,
+        metavar="N",
+        help="overlays at most N pixels long (smaller files; default: each photo's own resolution)",
+    )
+    run.add_argument(
+        "--smoothing",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="videos explained frame by frame with an image model: keep S of the previous frame's map (0 to <1)",
+    )
+    run.add_argument(
+        "--every", type=int, default=1, metavar="N", help="videos: explain every N-th frame (the output keeps those)"
+    )
+    run.add_argument(
+        "--kind",
+        default=None,
+        choices=list(KINDS),
+        help="what the inputs are (default: guessed from each file): photo, image (an image array at full "
+        "precision: a 16-bit or float TIFF, a .npy (H, W) or (C, H, W) such as a spectrogram), video, volume, signal",
+    )
+    run.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
+    add_ray_options(run, "explain")
+
+
+def options_from_args(args: argparse.Namespace) -> RunOptions:
+    """The one place where the command line becomes :class:`RunOptions`; a UsageError (one line naming the
+    option) for a value no kind could take."""
+    from ...render.viz import colormap_table
+
+    if not 0 <= args.alpha <= 1:
+        raise UsageError(f"--alpha {args.alpha}: must be between 0 and 1")
+    if not 1 <= args.batch_size <= MAX_BATCH_SIZE or args.workers < 0 or args.per_channel < 0:
+        raise UsageError(f"--batch-size must be between 1 and {MAX_BATCH_SIZE}; --workers and --per-channel >= 0")
+    if args.replicas is not None and args.replicas < 1:
+        raise UsageError(f"--replicas {args.replicas}: give at least 1")
+    if args.perturbation_batch < 1:
+        raise UsageError("--perturbation-batch must be >= 1")
+    if not args.max_megapixels > 0 or args.max_megapixels == float("inf"):
+        raise UsageError(f"--max-megapixels {args.max_megapixels}: must be a positive number")
+    if args.max_side is not None and args.max_side < 16:
+        raise UsageError(f"--max-side {args.max_side}: give at least 16 pixels")
+    if args.every < 1 or not 0 <= args.smoothing < 1:
+        raise UsageError("--every N: N >= 1; --smoothing S: 0 <= S < 1")
+    method_options = []
+    for item in args.method_option or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--method-option {item!r}: write it as KEY=VALUE, e.g. k=1.5")
+        method_options.append((key.strip(), value.strip()))
+    if method_options:
+        method_with_options(args.method, method_options)
+    chosen = type(get_method(args.method))
+    if args.top_channels is not None and (args.top_channels < 1 or not chosen.accepts("top_channels")):
+        takers = ", ".join(m for m in methods() if type(get_method(m)).accepts("top_channels"))
+        raise UsageError(f"--top-channels N: N >= 1, with --method {takers}")
+    save = tuple(dict.fromkeys(part.strip() for part in args.save.split(",") if part.strip()))
+    unknown = [part for part in save if part not in OUTPUTS]
+    if unknown or not save:
+        raise UsageError(f"--save {args.save!r}: choose from {', '.join(OUTPUTS)} (comma-separated)")
+    per_channel = args.per_channel or (8 if "channels" in save else 0)
+    if per_channel and not chosen.channel_weights:
+        raise UsageError(
+            f"--per-channel: {args.method} has no channel weights; choose a gradient or perturbation method"
+        )
+    grid = None
+    if args.token_grid is not None:
+        try:
+            height, width = (int(v) for v in args.token_grid.lower().split("x"))
+            grid = (height, width)
+        except ValueError:
+            raise UsageError(f"--token-grid {args.token_grid!r}: write it as HxW, e.g. 14x14") from None
+    try:
+        colormap_table(args.colormap)
+    except ValueError as problem:
+        raise UsageError(f"--colormap: {problem}") from None
+    prompts = tuple(p.strip() for p in args.prompt or ())
+    if any(not p for p in prompts):
+        raise UsageError("--prompt: an empty prompt; give the text to look for")
+    if prompts and args.target is not None:
+        raise UsageError("--prompt and --target: the prompts are the targets; give one or the other")
+    if args.engine == "ray" and (args.actors < 1 or args.cpus_per_actor < 0 or args.gpus_per_actor < 0):
+        raise UsageError("--actors must be >= 1; --cpus-per-actor and --gpus-per-actor >= 0")
+    return RunOptions(
+        out=Path(args.out),
+        method=args.method,
+        layer=args.layer,
+        target="all" if (args.target or "").strip().lower() == "all" else args.target,
+        prompts=prompts,
+        per_channel=per_channel,
+        alpha=args.alpha,
+        colormap=args.colormap,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        replicas=args.replicas,
+        device=args.device,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        max_megapixels=args.max_megapixels,
+        max_side=args.max_side,
+        frame=args.frame,
+        tint=args.tint,
+        legend=args.legend,
+        counterfactual=args.counterfactual,
+        eigen_smooth=args.eigen_smooth,
+        aug_smooth=args.aug_smooth,
+        guided=args.guided or "guided" in save,
+        perturbation_batch=args.perturbation_batch,
+        method_options=tuple(method_options),
+        top_channels=args.top_channels,
+        prefix_tokens=args.prefix_tokens,
+        token_grid=grid,
+        save=tuple(part for part in save if part not in ("channels", "guided")) or ("overlay",),
+        format=args.format,
+        video=VideoSettings(every=args.every, smoothing=args.smoothing),
+        kind=args.kind,
+        engine=args.engine,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        options = options_from_args(args)
+        inputs = find_inputs(args.paths, exclude=[Path(args.out)], override=args.kind)
+        refuse_unsupported(inputs.kind, options)
+    except UsageError as problem:
+        return usage_error(str(problem))
+    report_missing(inputs.found)
+    if not inputs.found.paths:
+        return usage_error("no images found in " + ", ".join(args.paths))
+    try:
+        bundle = load_bundle(args, images=inputs.kind.name in ("photo", "image", "video"))
+        check_targets(bundle, inputs.kind, options)
+    except (ModelLoadError, UsageError) as problem:
+        return usage_error(str(problem))
+    except RuntimeError as problem:  # e.g. an unavailable --device
+        return usage_error(f"--device {args.device}: {str(problem).splitlines()[0]}")
+    if options.engine == "ray":
+        return _on_ray(args, inputs, options, bundle)
+    if inputs.kind.batched:
+        return _photos(args, inputs, options, bundle)
+    return _files(args, inputs, options, bundle)
+
+
+def check_targets(bundle: LoadedModel, kind: InputKind, options: RunOptions) -> None:
+    """Before anything runs: the prompts fit the model, the targets name its classes, the layer exists, and
+    the kind takes the target (a video one class, volumes and signals no ``all``)."""
+    image_text = bool(bundle.extra.get("image_text"))
+    if image_text and not options.prompts:
+        raise UsageError(f"{bundle.name} is an image-text model: say what to look for with --prompt TEXT")
+    if options.prompts and not image_text:
+        raise UsageError(f"--prompt: {bundle.name} is not an image-text model; use clip:ARCH or a CLIP/SigLIP hf:")
+    if options.target == "all" and not kind.batched:
+        raise UsageError(f"--target all: not for {kind.plural} (every class's maps are kept for photos only)")
+    if kind.name == "video":
+        from ...pipeline.video import video_target
+
+        video_target(options, bundle.labels)
+    elif options.target != "all":
+        parse_target(options.target, bundle.labels, len(bundle.labels) if bundle.labels is not None else None)
+    if options.layer is not None and kind.batched:
+        from ...layers import resolve_layers
+        from ...pipeline.options import layer_spec
+
+        try:
+            resolve_layers(bundle.model, layer_spec(options.layer))
+        except ValueError as problem:
+            raise UsageError(str(problem)) from None
+
+
+def _photos(args: argparse.Namespace, inputs: FoundInputs, options: RunOptions, bundle: LoadedModel) -> int:
+    from ...pipeline.local import Runner, resolve_frame
+    from ...pipeline.manifest import OutputError
+
+    options = resolve_frame(bundle, options)
+    found = inputs.found
+    runner = Runner(bundle, found, options, kind=inputs.kind.name)
+    quiet = args.quiet or len(found.paths) <= 1
+    try:
+        with progress_bar(len(found.paths), "img", "explaining", quiet) as update:
+            result = runner.run(progress=update)
+    except UsageError as problem:
+        return usage_error(str(problem))
+    except OutputError as problem:
+        print(f"gradcam: error: {problem}", file=sys.stderr)
+        return EXIT_FAILED
+    report_failures(result.entries)
+    if not args.quiet:
+        print_summary(result.entries, result.manifest_path, found.skipped)
+    if result.interrupted:
+        print(
+            f"gradcam: interrupted; {result.manifest_path} lists what was done (continue with --resume)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    return EXIT_FAILED if result.failed or found.missing else EXIT_OK
+
+
+def _files(args: argparse.Namespace, inputs: FoundInputs, options: RunOptions, bundle: LoadedModel) -> int:
+    """Videos, volumes and signals, one file at a time; a line per file explained."""
+    from ...pipeline.file_runs import FileRunner
+
+    kind = inputs.kind
+
+    def progress(path: Path) -> Any:
+        total = None
+        if kind.name == "video":
+            from ...io.video import VideoReadError, video_info
+
+            try:
+                total = video_info(path).frames // options.video.every or None
+            except VideoReadError:
+                total = None
+        unit = "frame" if kind.name == "video" else "file"
+        return progress_bar(total, unit, path.name, args.quiet or kind.name != "video")
+
+    try:
+        result = FileRunner(bundle, inputs.found, kind, options).run(progress)
+    except UsageError as problem:
+        return usage_error(str(problem))
+    report_failures(result.entries)
+    if not args.quiet:
+        print_file_lines(result.entries)
+        ok = len(result.entries) - result.failed
+        print(f"{ok} explained, {result.failed} failed. Manifest: {result.manifest_path}")
+    return EXIT_FAILED if result.failed or inputs.found.missing else EXIT_OK
+
+
+def print_file_lines(entries: list[Any]) -> None:
+    """One line per file explained: what it was and the files written."""
+    for record in entries:
+        if not record.ok:
+            continue
+        for target in record.targets:
+            files = ", ".join(target.files.values())
+            if record.frames is not None:
+                print(f"{record.path}: {record.frames} frames, {target.label}: {files}")
+            else:
+                print(f"{record.path}: a {record.kind} {tuple(record.shape or ())}, {target.label}: {files}")
+
+
+def _on_ray(args: argparse.Namespace, inputs: FoundInputs, options: RunOptions, bundle: LoadedModel) -> int:
+    try:
+        from ...pipeline.ray import explain_dataset
+    except ImportError as problem:
+        return usage_error(f"--engine ray needs the ray extra: pip install 'gradcam[ray]' ({problem.name} is missing)")
+    if inputs.kind.batched:
+        from ...pipeline.local import resolve_frame
+
+        options = resolve_frame(bundle, options)
+    try:
+        result = explain_dataset(
+            args.paths if len(args.paths) > 1 else args.paths[0],
+            args.out,
+            model=args.model,
+            weights=args.weights,
+            trust_weights=args.trust_weights,
+            labels=list(bundle.labels) if args.labels and bundle.labels is not None else None,
+            options=replace(options, kind=inputs.kind.name),
+            actors=args.actors,
+            cpus_per_actor=args.cpus_per_actor,
+            gpus_per_actor=args.gpus_per_actor,
+            address=args.address,
+        )
+    except UsageError as problem:
+        return usage_error(str(problem))
+    report_failures(result.entries or [])
+    print(
+        f"{result.ok} explained, {result.failed} failed in {result.seconds:.1f} s on Ray. Manifest: {result.manifest}"
+    )
+    return EXIT_FAILED if result.failed else EXIT_OK

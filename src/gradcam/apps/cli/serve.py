@@ -1,0 +1,65 @@
+"""``gradcam serve``: try photos in the browser (the web extra)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ...io.models import DEFAULT_MODEL
+from .console import EXIT_OK, Formatter, add_labels_option, usage_error
+
+
+def add_parser(commands: Any) -> None:
+    web = commands.add_parser(
+        "serve",
+        help="try photos in the browser (needs: pip install 'gradcam[web]')",
+        formatter_class=Formatter,
+    )
+    web.add_argument("--host", default="127.0.0.1", help="address to listen on; anything but loopback opens the app")
+    web.add_argument("--port", type=int, default=7860, help="port")
+    web.add_argument(
+        "--examples",
+        default=None,
+        help="folder of example photos offered in the page (default: the photos shipped with gradcam)",
+    )
+    web.add_argument(
+        "--models",
+        default=DEFAULT_MODEL,
+        help="comma-separated models to offer, all loaded before the app listens (no request waits for a download)",
+    )
+    web.add_argument(
+        "--weights",
+        default=None,
+        help="a fine-tuned state dict or checkpoint for the one model of --models (read without unpickling)",
+    )
+    add_labels_option(web)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        from ..web import serve
+    except ImportError as error:
+        return usage_error(f"gradcam serve needs the web extra: pip install 'gradcam[web]' ({error.name} is missing)")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"gradcam: warning: listening on {args.host}: anyone who can reach this machine can use the app",
+            file=sys.stderr,
+        )
+    from ..web import AppError, ModelShelf
+
+    models = [name.strip() for name in args.models.split(",") if name.strip()]
+    if (args.weights or args.labels) and len(models) != 1:
+        return usage_error("--weights and --labels apply to one model: name exactly one in --models")
+    first = models[0] if models else DEFAULT_MODEL
+    shelf = ModelShelf(
+        models,
+        weights={first: args.weights} if args.weights else None,
+        labels={first: args.labels} if args.labels else None,
+    )
+    try:
+        serve(args.host, args.port, Path(args.examples) if args.examples else None, models=shelf)
+    except AppError as error:
+        return usage_error(f"--models: {error}")
+    return EXIT_OK

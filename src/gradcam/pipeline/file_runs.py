@@ -1,0 +1,115 @@
+"""The local run of the kinds explained one file at a time (videos, volumes, signals): each file through its
+kind's ``explain_file``, a record per file, ``results.json`` rewritten after every file (what ``--resume``
+continues from after an interruption) and ``index.html`` at the end.
+
+Example:
+    >>> found = find_inputs(["scans/"])                                                   # doctest: +SKIP
+    >>> result = FileRunner(bundle, found.found, found.kind, RunOptions(out=Path("out"))).run()
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ..io.arrays import ArrayReadError
+from ..io.images import FoundImages
+from ..io.models import LoadedModel
+from ..io.video import VideoReadError
+from ..render.report import write_explain_page
+from .kinds import InputKind
+from .manifest import MANIFEST, check_same_run, now, read_manifest, run_manifest, write_json_atomic
+from .naming import array_keys
+from .options import RunOptions, UsageError
+from .records import PhotoRecord
+
+# what each kind writes: the manifest's "format" and "save"
+OUTPUTS = {"video": ("mp4", ["overlay"]), "volume": ("png", ["map"]), "signal": ("png", ["map"])}
+FILE_ERRORS = (ArrayReadError, VideoReadError, ValueError, TypeError, FileExistsError, OSError)
+
+Progress = Callable[[Path], contextlib.AbstractContextManager[Callable[[int], object] | None]]
+
+
+@contextlib.contextmanager
+def _no_progress(_: Path) -> Iterator[None]:
+    yield None
+
+
+@dataclass
+class FileRunResult:
+    manifest_path: Path
+    entries: list[PhotoRecord] = field(default_factory=list)
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for entry in self.entries if not entry.ok)
+
+
+class FileRunner:
+    """One ``gradcam explain`` over files of a kind run one at a time (see the module's docstring)."""
+
+    def __init__(self, bundle: LoadedModel, found: FoundImages, kind: InputKind, options: RunOptions) -> None:
+        self.bundle, self.found, self.kind, self.options = bundle, found, kind, options
+        self.manifest_path = options.out / MANIFEST
+        self.started = now()
+
+    def prepare_output(self) -> dict[str, PhotoRecord]:
+        """Check ``--out`` (an earlier run is refused unless ``--overwrite`` or, for arrays, ``--resume``) and
+        return the records of the files an earlier run explained the same way (by path)."""
+        out, options = self.options.out, self.options
+        if self.manifest_path.exists() and not (options.overwrite or options.resume):
+            raise UsageError(
+                f"--out {out}: already holds {MANIFEST} from an earlier run; pass --overwrite or another --out"
+            )
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UsageError(f"--out {out}: cannot write there ({error.strerror})") from None
+        if not (options.resume and self.manifest_path.exists()):
+            return {}
+        earlier = read_manifest(self.manifest_path)
+        check_same_run(earlier, self.manifest([], finished=None), options.layer, out)
+        kinds = ("volume", "signal") if self.kind.name in ("volume", "signal") else (self.kind.name,)
+        return {record.path: record for record in earlier.images if record.ok and (record.kind or "video") in kinds}
+
+    def manifest(self, records: list[PhotoRecord], finished: str | None) -> Any:
+        format, save = OUTPUTS[self.kind.name]
+        layer = next((r.layer for r in records if r.ok), self.options.layer)
+        return run_manifest("local", self.bundle.name, self.bundle.source, self.options, records,
+                            kind=self.kind.name, layer=layer, started=self.started, finished=finished,
+                            format=format, save=save)  # fmt: skip
+
+    def run(self, progress: Progress = _no_progress) -> FileRunResult:
+        """Explain every file; a file that fails is recorded with its error and the run goes on."""
+        previous = self.prepare_output()
+        options = self.options
+        if options.resume:  # a resumed run may find the files of the one it was writing: replace those
+            options = replace(options, overwrite=True)
+        explain_file = self.kind.explain_file()
+        paths = self.found.paths
+        keys = array_keys(paths, self.found.roots)
+        records: list[PhotoRecord] = []
+        for path, key in zip(paths, keys, strict=True):
+            earlier = previous.get(str(path))
+            if earlier is not None and all(Path(f).exists() for t in earlier.targets for f in t.files.values()):
+                records.append(earlier)  # explained by the run this one resumes
+                continue
+            try:
+                with progress(path) as update:
+                    records.append(explain_file(self.bundle, path, key, options, update))
+            except UsageError:
+                raise
+            except FILE_ERRORS as error:
+                records.append(PhotoRecord.failed(str(path), str(error).splitlines()[0]))
+            self._write(records, finished=None)  # after every file: an interrupted run leaves what it did
+        self._write(records, finished=now(), page=True)
+        return FileRunResult(self.manifest_path, records)
+
+    def _write(self, records: list[PhotoRecord], finished: str | None, page: bool = False) -> None:
+        data = self.manifest(records, finished).to_json()
+        write_json_atomic(data, self.manifest_path)
+        if page:
+            write_explain_page(data, self.manifest_path.parent)

@@ -1,0 +1,142 @@
+"""Input kinds as a registry: which files each kind takes, which options it honours, which engines run it.
+
+Every kind is one :class:`InputKind`; the command line, the local engine, Ray and the web app ask this
+registry instead of deciding by suffix themselves:
+
+- ``photo``: JPEG, PNG, WebP, ... (8-bit), explained in batches (:class:`gradcam.pipeline.local.Runner`);
+- ``image``: image arrays at full precision (16-bit or float TIFF, ``.npy`` (H, W) or (C, H, W) with
+  ``--kind image``), explained as images: the same batches, writer and pictures as photos;
+- ``video``: explained frame by frame or clip by clip, one file at a time (:mod:`gradcam.pipeline.video`);
+- ``volume`` and ``signal``: ``.npy``/NIfTI arrays, one file at a time (:mod:`gradcam.pipeline.arrays`).
+
+An option a kind does not honour is refused before anything runs, in one line naming the option and the
+kind (:func:`refuse_unsupported`); the test ``tests/test_options_matrix.py`` runs every option on every
+kind and engine.
+
+Example:
+    >>> kind_of(Path("scan.nii.gz")).name, kind_of(Path("cells.npy"), "image").name      # doctest: +SKIP
+    ('volume', 'image')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..io.arrays import array_dimensions
+from ..io.image_arrays import IMAGE_ARRAY_SUFFIXES, is_high_precision_tiff
+from ..io.images import IMAGE_SUFFIXES, FoundImages, find_images
+from ..io.video import VIDEO_SUFFIXES
+from .options import EVERY_KIND_TAKES, OPTION_FLAGS, RunOptions, UsageError, given_options
+
+_VIDEO_ONLY = frozenset({"video.every", "video.smoothing"})
+_PHOTO_TAKES = frozenset(OPTION_FLAGS) - _VIDEO_ONLY
+_VIDEO_TAKES = frozenset({
+    "layer", "target", "alpha", "colormap", "batch_size", "max_megapixels", "max_side", "frame", "tint",
+    "counterfactual", "eigen_smooth", "perturbation_batch", "method_options", "top_channels", "prefix_tokens",
+    "token_grid", "engine", *_VIDEO_ONLY,
+})  # fmt: skip
+_ARRAY_TAKES = frozenset({
+    "layer", "target", "alpha", "colormap", "resume", "counterfactual", "eigen_smooth", "perturbation_batch",
+    "method_options", "top_channels", "engine",
+})  # fmt: skip
+
+
+@dataclass(frozen=True)
+class InputKind:
+    """One kind of input: its ``name`` (``--kind``), what it is, the file suffixes it may read, the
+    options it honours (``takes``, besides those every kind takes), and how it runs: ``batched`` kinds go
+    through the photo Runner (decoded to a DecodedPhoto), the others one file at a time (``explain_file``)."""
+
+    name: str
+    plural: str
+    suffixes: tuple[str, ...]
+    takes: frozenset[str]
+    batched: bool
+    how: str  # said when an option is refused: how this kind is run
+
+    def honours(self, option: str) -> bool:
+        return option in EVERY_KIND_TAKES or option in self.takes
+
+    def explain_file(self) -> Callable[..., Any]:
+        """``(bundle, path, key, options, progress) -> PhotoRecord`` for a kind run one file at a time."""
+        if self.name == "video":
+            from .video import explain_video
+
+            return explain_video
+        from .arrays import explain_array
+
+        return lambda bundle, path, key, options, progress=None: explain_array(bundle, Path(path), key, options)
+
+
+PHOTO = InputKind("photo", "photos", tuple(sorted(IMAGE_SUFFIXES)), _PHOTO_TAKES, True, "")
+IMAGE = InputKind("image", "image arrays", IMAGE_ARRAY_SUFFIXES, _PHOTO_TAKES, True, "")
+VIDEO = InputKind(
+    "video", "videos", VIDEO_SUFFIXES, _VIDEO_TAKES, False, "videos are explained one at a time, as a stream"
+)
+VOLUME = InputKind(
+    "volume", "volumes", (".npy", ".nii", ".nii.gz"), _ARRAY_TAKES, False, "volumes are explained one file at a time"
+)
+SIGNAL = InputKind("signal", "signals", (".npy",), _ARRAY_TAKES, False, "signals are explained one file at a time")
+KINDS: dict[str, InputKind] = {kind.name: kind for kind in (PHOTO, IMAGE, VIDEO, VOLUME, SIGNAL)}
+# kinds that may share one run: they are run by the same loop and written to the same manifest
+_RUN_TOGETHER = {"volume": "arrays", "signal": "arrays"}
+
+
+def kind_of(path: Path, override: str | None = None) -> InputKind | None:
+    """The kind of the file at ``path`` (None: no kind reads it): ``override`` (``--kind``) where the kind
+    reads files with this suffix, else guessed from the suffix and, for ``.npy`` and TIFF, the header
+    (a ``.npy`` of 1-2 dimensions is a signal, of 3-4 a volume; a 16-bit or float TIFF an image array)."""
+    name = path.name.lower()
+    if override is not None:
+        kind = KINDS[override]
+        return kind if name.endswith(kind.suffixes) else None
+    if name.endswith(VIDEO_SUFFIXES):
+        return VIDEO
+    if name.endswith((".nii", ".nii.gz")):
+        return VOLUME
+    if name.endswith(".npy"):
+        dimensions = array_dimensions(path)
+        return VOLUME if dimensions is not None and dimensions >= 3 else SIGNAL
+    if name.endswith((".tif", ".tiff")) and is_high_precision_tiff(path):
+        return IMAGE
+    return PHOTO if path.suffix.lower() in IMAGE_SUFFIXES else None
+
+
+@dataclass(frozen=True)
+class FoundInputs:
+    """The files of a run, all of one kind (or of kinds run together: volumes and signals)."""
+
+    kind: InputKind
+    found: FoundImages
+
+
+def find_inputs(inputs: Sequence[str], exclude: Iterable[Path] = (), override: str | None = None) -> FoundInputs:
+    """Expand files, folders (recursive) and globs into the files of one kind; a UsageError when they are
+    of several kinds that cannot share a run (say which in one line) or none is found."""
+    if override is not None and override not in KINDS:
+        raise UsageError(f"--kind {override}: choose from {', '.join(KINDS)}")
+    found = find_images(inputs, exclude, accept=lambda path: kind_of(path, override) is not None)
+    kinds: dict[str, InputKind] = {}
+    for path in found.paths:
+        kind = kind_of(path, override) or (KINDS[override] if override else PHOTO)  # named files are tried
+        kinds.setdefault(kind.name, kind)
+    runs = {_RUN_TOGETHER.get(name, name) for name in kinds}
+    if len(runs) > 1:
+        named = " and ".join(kinds[name].plural for name in sorted(kinds))
+        raise UsageError(f"{named} in one run: give them to separate `gradcam explain` runs (or say --kind)")
+    if not kinds:
+        return FoundInputs(KINDS[override] if override else PHOTO, found)
+    chosen = kinds.get("volume") or next(iter(kinds.values()))
+    return FoundInputs(chosen, found)
+
+
+def refuse_unsupported(kind: InputKind, options: RunOptions) -> None:
+    """A UsageError naming the first option given that ``kind`` does not honour: nothing is dropped
+    silently (``--counterfactual`` on a volume would otherwise give a plain map)."""
+    for name in given_options(options):
+        if not kind.honours(name):
+            how = f" ({kind.how})" if kind.how else ""
+            raise UsageError(f"{OPTION_FLAGS[name]}: not for {kind.plural}{how}")

@@ -1,0 +1,217 @@
+"""One options type for a run of ``gradcam explain``, whatever the input kind and the engine.
+
+:class:`RunOptions` is built from the command line in one place (``gradcam.apps.cli.explain``) and read by
+every kind (:mod:`gradcam.pipeline.kinds`) and engine (local, Ray). What differs between kinds sits in a
+sub-option (:class:`VideoSettings`); :data:`OPTION_FLAGS` names the command-line flag of each field, so that
+an option a kind does not honour is refused in one line naming the flag (:func:`given_options`).
+
+Example:
+    >>> options = RunOptions(out=Path("out"), counterfactual=True)
+    >>> [OPTION_FLAGS[name] for name in given_options(options)]
+    ['--counterfactual']
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..io.images import DEFAULT_MAX_MEGAPIXELS
+from ..methods import CAMMethod, get_method
+from ..targets import class_index
+
+
+class UsageError(ValueError):
+    """A bad option: exit code 2."""
+
+
+@dataclass(frozen=True)
+class VideoSettings:
+    """What only videos take: every ``every``-th frame explained (the output keeps those), and frame by
+    frame with an image model, ``smoothing`` of the previous frame's map kept (0 <= s < 1)."""
+
+    every: int = 1
+    smoothing: float = 0.0
+
+
+@dataclass
+class RunOptions:
+    """Every option of a run (see ``gradcam explain -h``); ``out`` is the output folder."""
+
+    out: Path
+    method: str = "gradcam"
+    layer: str | None = None
+    target: str | None = None
+    prompts: tuple[str, ...] = ()
+    per_channel: int = 0
+    alpha: float = 0.5
+    colormap: str = "jet"
+    batch_size: int = 8
+    workers: int = 2
+    device: str = "cpu"
+    overwrite: bool = False
+    resume: bool = False
+    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
+    max_side: int | None = None
+    frame: str = "crop"
+    tint: str = "flat"
+    legend: bool = False
+    counterfactual: bool = False
+    eigen_smooth: bool = False
+    aug_smooth: bool = False
+    guided: bool = False
+    perturbation_batch: int = 32
+    method_options: tuple[tuple[str, str], ...] = ()
+    top_channels: int | None = None
+    prefix_tokens: int | None = None
+    token_grid: tuple[int, int] | None = None
+    save: tuple[str, ...] = ("overlay",)
+    format: str = "jpg"
+    replicas: int | None = None  # model copies side by side (None: one per thread on a CPU up to 512 MB, else 1)
+    video: VideoSettings = field(default_factory=lambda: VideoSettings())
+    kind: str | None = None  # the input kind (gradcam.pipeline.kinds); None: guessed from each file
+    engine: str = "local"  # or "ray"
+
+    def cam_method(self) -> CAMMethod | str:
+        """The method, with its options where it takes some (``--method-option KEY=VALUE`` too)."""
+        method = type(get_method(self.method))
+        options = list(self.method_options)
+        if method.needs_model and method.accepts("batch_size"):
+            options.append(("batch_size", str(self.perturbation_batch)))
+        if method.accepts("top_channels"):
+            options.append(("top_channels", str(self.top_channels)))
+        return method_with_options(self.method, options) if options else self.method
+
+
+def layer_spec(text: str | None) -> str | list[str] | None:
+    """``--layer``: one name, or several comma-separated (their maps fused: averaged, or multiplied by
+    refinecam)."""
+    if text is None or "," not in text:
+        return text
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def method_with_options(name: str, options: Sequence[tuple[str, str]]) -> CAMMethod:
+    """``name``'s method built with ``options`` (``("k", "1.5")``, ...): each value is read as an int, a
+    float, true/false/none, or else kept as text; an option the method does not take is a UsageError
+    that lists the ones it does."""
+    cls = type(get_method(name))
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    values: dict[str, Any] = {}
+    for key, text in options:
+        if key not in accepted:
+            takes = ", ".join(accepted) if accepted else "no options"
+            raise UsageError(f"--method-option {key}: {name} takes {takes}")
+        values[key] = _option_value(text)
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as error:
+        raise UsageError(f"--method-option: {error}") from None
+
+
+def methods_with_options(chosen: list[str], items: Sequence[str]) -> list[str | CAMMethod]:
+    """Several methods (evaluate's, the web app's), each built with its option items: ``METHOD:KEY=VALUE``
+    for that method, ``KEY=VALUE`` for every chosen method that takes KEY (a UsageError when none does)."""
+    options: dict[str, list[tuple[str, str]]] = {name: [] for name in chosen}
+    for item in items:
+        key, equals, value = item.partition("=")
+        owner, _, key = key.strip().rpartition(":")
+        if not equals or not key:
+            raise UsageError(f"method option {item!r}: write it as KEY=VALUE or METHOD:KEY=VALUE, e.g. dff:k=3")
+        if owner:
+            name = get_method(owner).name
+            if name not in options:
+                raise UsageError(f"method option {item!r}: {name} is not among the chosen methods")
+            options[name].append((key.strip(), value.strip()))
+            continue
+        takers = [name for name in chosen if type(get_method(name)).accepts(key.strip())]
+        if not takers:
+            raise UsageError(f"method option {item!r}: no chosen method takes {key.strip()!r}")
+        for name in takers:
+            options[name].append((key.strip(), value.strip()))
+    return [method_with_options(name, pairs) if pairs else name for name, pairs in options.items()]
+
+
+def _option_value(text: str) -> Any:
+    if "," in text:  # a list: finercam ranks=1,2,3
+        return tuple(_option_value(part) for part in text.split(",") if part.strip())
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "none":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_target(target: str | None, labels: Sequence[str] | None, num_classes: int | None = None) -> Any:
+    """``--target`` to a target spec: None (top-1), ``top3``, or comma-separated indices / class names."""
+    if target is None or not target.strip():
+        return None
+    text = target.strip()
+    if re.fullmatch(r"top-?\d+", text, re.IGNORECASE):
+        return text
+    row: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        if part.lstrip("-").isdigit():
+            index = int(part)
+        elif labels is None:
+            raise UsageError(f"--target {part!r}: this model's class names are unknown; give a class index")
+        else:
+            try:
+                index = class_index(part, labels)
+            except ValueError as error:
+                raise UsageError(f"--target: {error}") from None
+        if num_classes is not None and not 0 <= index < num_classes:
+            raise UsageError(f"--target {index}: out of range for a model with {num_classes} classes")
+        if index not in row:
+            row.append(index)
+    if not row:
+        raise UsageError(f"--target {target!r}: no class given")
+    return row
+
+
+# The command-line flag of each option; a kind that does not honour an option refuses it by this name.
+OPTION_FLAGS: dict[str, str] = {
+    "method": "--method", "layer": "--layer", "target": "--target", "prompts": "--prompt",
+    "per_channel": "--per-channel", "alpha": "--alpha", "colormap": "--colormap", "batch_size": "--batch-size",
+    "workers": "--workers", "device": "--device", "overwrite": "--overwrite", "resume": "--resume",
+    "max_megapixels": "--max-megapixels", "max_side": "--max-side", "frame": "--frame", "tint": "--tint",
+    "legend": "--legend", "counterfactual": "--counterfactual", "eigen_smooth": "--eigen-smooth",
+    "aug_smooth": "--aug-smooth", "guided": "--guided", "perturbation_batch": "--perturbation-batch",
+    "method_options": "--method-option", "top_channels": "--top-channels", "prefix_tokens": "--prefix-tokens",
+    "token_grid": "--token-grid", "save": "--save", "format": "--format", "replicas": "--replicas",
+    "video.every": "--every", "video.smoothing": "--smoothing", "kind": "--kind", "engine": "--engine ray",
+}  # fmt: skip
+# Options that every kind takes: where the output goes and what the run may do to it.
+EVERY_KIND_TAKES = frozenset({"method", "device", "overwrite", "kind"})
+
+
+def given_options(options: RunOptions) -> list[str]:
+    """The options of ``options`` set to something other than their default (``video.every`` for a
+    sub-option), in :data:`OPTION_FLAGS` order; ``out`` is never listed."""
+    defaults = RunOptions(out=options.out)
+    given = []
+    for name in OPTION_FLAGS:
+        owner, _, leaf = name.rpartition(".")
+        value = getattr(getattr(options, owner), leaf) if owner else getattr(options, name)
+        default = getattr(getattr(defaults, owner), leaf) if owner else getattr(defaults, name)
+        if value != default:
+            given.append(name)
+    return given
+
+
+def option_names() -> list[str]:
+    """Every option's name as :data:`OPTION_FLAGS` has it (a test checks that no field lacks a flag)."""
+    names = [f.name for f in fields(RunOptions) if f.name not in ("out", "video")]
+    return names + [f"video.{f.name}" for f in fields(VideoSettings)]
