@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 gradio = pytest.importorskip("gradio", reason="the web extra is not installed (pip install 'gradcam[web]')")
 
@@ -65,10 +68,12 @@ def test_requests_are_bounded_in_targets_and_files(tmp_path):
 
 
 def test_only_models_named_at_start_are_offered_and_loaded_before_listening(monkeypatch):
-    from gradcam.apps import web
+    from gradcam.apps import web, web_state
 
     loaded = []
-    monkeypatch.setattr(web, "load_model", lambda name, weights=None: loaded.append(name) or _bundle())
+    monkeypatch.setattr(
+        web_state, "load_bundle", lambda name, weights=None, labels=None: loaded.append(name) or _bundle()
+    )
     shelf = web.ModelShelf(["efficientnet_lite0", "resnet18"])
     shelf.load_all()
     assert loaded == ["efficientnet_lite0", "resnet18"]
@@ -252,3 +257,35 @@ def test_the_model_runs_once_per_method(tmp_path):
     finally:
         handle.remove()
     assert len(calls) == 2 and result.every is not None and result.every.method == "gradcam"
+
+
+def test_other_inputs_are_explained_by_their_kind_or_refused_in_one_line(tmp_path):
+    """#25: the web app took photos only; now a signal, a volume, an image array or a video goes through its
+    kind's own run (the same files and record as `gradcam explain`), and anything else is one line."""
+    from gradcam.apps.web_files import explain_upload
+    from gradcam.io.models import load_bundle
+
+    signal_model = load_bundle("py:tiny_models:TinySignal")
+    np.save(tmp_path / "ecg.npy", np.random.default_rng(0).normal(size=(2, 64)).astype(np.float32))
+    result = explain_upload(tmp_path / "ecg.npy", signal_model, "gradcam", "", 0.5, "jet", tmp_path / "a")
+    assert result.picture.endswith(".plot.png") and Image.open(result.picture).size[0] > 100
+    assert result.files[-1].endswith("results.json") and "a signal (2, 64)" in result.status
+    manifest = json.loads(Path(result.files[-1]).read_text())
+    assert manifest["kind"] == "signal" and manifest["images"][0]["kind"] == "signal"
+
+    photo_model = load_bundle("efficientnet_lite0")
+    np.save(tmp_path / "spec.npy", np.random.default_rng(1).random((60, 90)).astype(np.float32))
+    result = explain_upload(tmp_path / "spec.npy", photo_model, "gradcam", "", 0.5, "jet", tmp_path / "b", "image")
+    assert result.picture.endswith(".png") and "an image array (60, 90)" in result.status
+
+    (tmp_path / "notes.txt").write_text("hello")
+    refused = [
+        (tmp_path / "notes.txt", signal_model, "", None, "not a file of a kind gradcam reads"),
+        (tmp_path / "ecg.npy", signal_model, "top3,1", None, "--target"),
+        (tmp_path / "ecg.npy", photo_model, "", None, "ecg.npy"),  # a photo model on a signal: the run fails
+        (EXAMPLES / "coffee.jpg", photo_model, "", None, "a photo; put it in the Photo box"),
+    ]
+    for path, bundle, target, kind, said in refused:
+        with pytest.raises(AppError) as error:
+            explain_upload(path, bundle, "gradcam", target, 0.5, "jet", tmp_path / "c", kind)
+        assert said in str(error.value) and "\n" not in str(error.value), str(error.value)

@@ -46,6 +46,7 @@ from ..pipeline.options import RunOptions, UsageError, methods_with_options, par
 from ..pipeline.writer import PhotoWriter, WriteOptions, top_predictions
 from ..render.viz import overlay_image
 from ..targets import TextPrompt, class_index
+from .web_files import explain_upload
 from .web_state import AppError, ModelShelf, ScratchSpace
 
 MAX_UPLOAD_MB = 20
@@ -365,6 +366,19 @@ def build_app(examples: Path | None = None, models: Sequence[str] | ModelShelf |
             return gr.update(value=None, label=f"Could not find concepts: {error}")
         return gr.update(value=picture, label=caption)
 
+    def on_upload(path, model_name, chosen_methods, target, alpha, colormap, kind):
+        """A video, volume, signal or image array, through its kind's own run; errors are the status line."""
+        try:
+            if not path:
+                raise AppError("choose a file first")
+            method = (chosen_methods or ["gradcam"])[0]
+            guessed = None if kind == KIND_GUESSED else kind
+            result = explain_upload(path, SHELF.get(model_name), method, target or "", alpha, colormap,
+                                    scratch().new_folder(), guessed)  # fmt: skip
+        except AppError as error:
+            return gr.update(value=None), None, f"**Could not explain:** {error}"
+        return gr.update(value=result.picture), result.files, result.status
+
     def on_model(model_name):
         names, default = layer_choices(model_name)  # every served model was loaded at start
         return gr.update(choices=names, value=default)
@@ -389,6 +403,13 @@ def build_app(examples: Path | None = None, models: Sequence[str] | ModelShelf |
                 alpha = gr.Slider(0, 1, value=0.5, step=0.05, label="Heatmap opacity")
                 colormap = gr.Dropdown(COLORMAPS, value="jet", label="Colormap", allow_custom_value=True)
                 button = gr.Button("Explain", variant="primary", elem_id="explain")
+                with gr.Accordion("Other inputs: a video, a volume or signal (.npy, NIfTI), a 16-bit TIFF", open=False):
+                    upload = gr.File(label="File (the first chosen method; model, target and opacity as above)",
+                                     type="filepath", elem_id="upload")  # fmt: skip
+                    upload_kind = gr.Dropdown([KIND_GUESSED, "image", "video", "volume", "signal"], value=KIND_GUESSED,
+                                              label="Kind", elem_id="upload-kind")  # fmt: skip
+                    upload_button = gr.Button("Explain the file", elem_id="explain-file")
+                    upload_picture = gr.Image(label="The file's picture", elem_id="upload-picture")
             with gr.Column(scale=2):
                 status = gr.Markdown(elem_id="status")
                 top5 = gr.Label(num_top_classes=5, label="Top-5 predictions (for CLIP: cosine similarities)",
@@ -410,10 +431,13 @@ def build_app(examples: Path | None = None, models: Sequence[str] | ModelShelf |
         button.click(run, inputs=[photo, model, chosen, layer, target, alpha, colormap, frame, method_options],
                      outputs=[gallery, grid, top5, files, status, every, any_class])  # fmt: skip
         any_class.change(on_class, inputs=[every, any_class], outputs=[any_map])
+        upload_button.click(on_upload, inputs=[upload, model, chosen, target, alpha, colormap, upload_kind],
+                            outputs=[upload_picture, files, status])  # fmt: skip
         concept_button.click(on_concepts, inputs=[photo, model, concept_count, layer, frame], outputs=[concept_map])
     return app
 
 
+KIND_GUESSED = "guessed from the file"
 FRAMES_SHOWN = {
     "crop": "the model's crop (rest dimmed)",
     "full": "the whole photo",

@@ -48,6 +48,13 @@ class FileRunResult:
         return sum(1 for entry in self.entries if not entry.ok)
 
 
+def file_error(path: Path | str, error: BaseException) -> str:
+    """One line naming the file and what went wrong with it."""
+    lines = str(error).splitlines()
+    message = lines[0] if lines else type(error).__name__
+    return message if str(path) in message else f"{path}: {message}"
+
+
 class FileRunner:
     """One ``gradcam explain`` over files of a kind run one at a time (see the module's docstring)."""
 
@@ -103,7 +110,7 @@ class FileRunner:
             except UsageError:
                 raise
             except FILE_ERRORS as error:
-                records.append(PhotoRecord.failed(str(path), str(error).splitlines()[0]))
+                records.append(PhotoRecord.failed(str(path), file_error(path, error)))
             self._write(records, finished=None)  # after every file: an interrupted run leaves what it did
         self._write(records, finished=now(), page=True)
         return FileRunResult(self.manifest_path, records)

@@ -99,7 +99,7 @@ class ExplainActor:
 
     def _one_by_one(self, paths: list[str], keys: list[str]) -> list[PhotoRecord]:
         """Videos, volumes and signals: each file through its kind's ``explain_file``, as the local run does."""
-        from .file_runs import FILE_ERRORS
+        from .file_runs import FILE_ERRORS, file_error
 
         explain_file = self.kind.explain_file()
         records = []
@@ -107,7 +107,7 @@ class ExplainActor:
             try:
                 records.append(explain_file(self.bundle, Path(path), key, self.options, None))
             except FILE_ERRORS as error:
-                records.append(PhotoRecord.failed(path, str(error).splitlines()[0]))
+                records.append(PhotoRecord.failed(path, file_error(path, error)))
         return records
 
     def _upload(self, entry: dict[str, Any]) -> dict[str, Any]:
