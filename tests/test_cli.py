@@ -433,7 +433,7 @@ def test_html_report_is_self_contained_with_relative_links(tmp_path):
 
 
 def test_method_options_reach_the_method_and_unknown_ones_are_named(tmp_path, capsys):
-    from gradcam.pipeline.options import method_with_options
+    from gradcam.pipeline.method_options import method_with_options
 
     fem = method_with_options("fem", [("k", "1.5")])
     assert fem.k == 1.5

@@ -358,3 +358,24 @@ def test_image_arrays_on_ray_give_the_local_maps(tmp_path):
     assert main(["explain", str(folder), "--out", str(tmp_path / "local"), *common]) == 0
     assert main(["explain", str(folder), "--out", str(tmp_path / "ray"), "--engine", "ray", *common]) == 0
     _same_maps(tmp_path / "local", tmp_path / "ray")
+
+
+def test_a_video_on_ray_gives_the_local_record(tmp_path):
+    pytest.importorskip("av", reason="the video extra is not installed")
+    from test_video import moving_square
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    moving_square(folder / "square.mp4", frames=8)
+    common = ["--model", "py:test_video:Brightness", "--target", "1", "--quiet", "--every", "2", "--tint", "heat"]
+    assert main(["explain", str(folder), "--out", str(tmp_path / "local"), *common]) == 0
+    assert main(["explain", str(folder), "--out", str(tmp_path / "ray"), "--engine", "ray", *common]) == 0
+    ours, theirs = (json.loads((tmp_path / side / "results.json").read_text()) for side in ("local", "ray"))
+    assert theirs["kind"] == ours["kind"] == "video" and theirs["options"] == ours["options"] == {
+        "tint": "heat", "video.every": 2}  # fmt: skip
+    (mine,), (yours,) = ours["images"], theirs["images"]
+    assert mine["frames"] == yours["frames"] == 4 and mine["fps"] == yours["fps"]
+    assert abs(mine["targets"][0]["score"] - yours["targets"][0]["score"]) < 1e-4
+    assert {k: Path(v).name for k, v in mine["targets"][0]["files"].items()} == {
+        k: Path(v).name for k, v in yours["targets"][0]["files"].items()
+    }

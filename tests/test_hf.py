@@ -171,3 +171,28 @@ def test_the_web_app_serves_a_hugging_face_folder(tmp_path, monkeypatch):
     assert result.overlays[0][0].size == (451, 300)
     names, default = web.layer_choices(name)
     assert default == "vit.layers.1.layernorm_before" and default in names
+
+
+def test_a_folder_asking_to_run_its_own_code_is_refused_without_trust(tmp_path, capsys):
+    """#26 item 1: transformers asked "run the custom code? [y/N]" on the terminal, and one `y` imported the
+    folder's Python. Without --trust-weights the folder's code never runs, and nothing asks."""
+    folder = saved("vit", tmp_path / "custom")
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForImageClassification": "modeling_evil.EvilModel"}
+    (folder / "config.json").write_text(json.dumps(config))
+    marker = tmp_path / "ran"
+    (folder / "modeling_evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    with pytest.raises(ModelLoadError, match=r"auto_map.*--trust-weights") as refused:
+        load_model(f"hf:{folder}")
+    assert "\n" not in str(refused.value) and not marker.exists()
+    code = main(["explain", str(EXAMPLES / "coffee.jpg"), "--model", f"hf:{folder}", "--out", str(tmp_path / "o")])
+    captured = capsys.readouterr()
+    assert code == 2 and "auto_map" in captured.err and captured.out == "" and not marker.exists()
+
+
+def test_a_processor_asking_for_huge_inputs_is_refused(tmp_path):
+    """#26 item 7: a preprocessor_config.json can set any working size; it is bounded like a photo."""
+    folder = saved("vit", tmp_path / "huge", transformers.ViTImageProcessor(size={"height": 100000, "width": 100000}))
+    with pytest.raises(ModelLoadError, match=r"100000 x 100000 inputs.*megapixels") as refused:
+        load_model(f"hf:{folder}")
+    assert "\n" not in str(refused.value)

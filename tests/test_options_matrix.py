@@ -156,3 +156,15 @@ def test_kind_guesses_and_overrides(tmp_path):
     assert kind_of(tmp_path / "a.npy", "image").name == "image"
     assert kind_of(tmp_path / "x.mp4").name == "video" and kind_of(tmp_path / "x.jpg").name == "photo"
     assert kind_of(tmp_path / "x.txt") is None and kind_of(tmp_path / "x.jpg", "video") is None
+
+
+def test_resume_refuses_a_run_of_another_kind(tmp_path, capsys):
+    """A folder of .npy files explained as image arrays, then resumed as signals, would mix two meanings."""
+    folder = tmp_path / "arrays"
+    folder.mkdir()
+    np.save(folder / "a.npy", np.random.default_rng(0).random((2, 64)).astype(np.float32))
+    out = tmp_path / "out"
+    assert main(["explain", str(folder), "--kind", "image", "--out", str(out), "--quiet"]) == 0
+    argv = ["explain", str(folder), "--model", SIGNAL, "--out", str(out), "--quiet", "--resume"]
+    assert main(argv) == 2
+    assert "explained image files, this one signal files" in capsys.readouterr().err

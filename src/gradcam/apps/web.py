@@ -41,8 +41,9 @@ from ..io.models import DEFAULT_MODEL, LoadedModel, ModelLoadError
 from ..layers import list_layers
 from ..pipeline.decode import DecodedPhoto
 from ..pipeline.manifest import now, run_manifest
+from ..pipeline.method_options import WEB_BOUNDS, methods_with_options
 from ..pipeline.naming import label_of
-from ..pipeline.options import RunOptions, UsageError, methods_with_options, parse_target
+from ..pipeline.options import RunOptions, UsageError, parse_target
 from ..pipeline.writer import PhotoWriter, WriteOptions, top_predictions
 from ..render.viz import overlay_image
 from ..targets import TextPrompt, class_index
@@ -173,10 +174,9 @@ def explain_photo(
                 f"{count} targets x {len(methods)} methods is more than this page draws (at most {MAX_TARGETS} "
                 f"targets, {MAX_OVERLAYS} overlays); use the command line for more"
             )
+        items = re.split(r"[;\s]+", method_options.strip()) if method_options.strip() else []
+        built = methods_with_options(methods, items, WEB_BOUNDS)  # bounded before any work
         photo = read_image(file, max_megapixels=DEFAULT_MAX_MEGAPIXELS)  # the overlay at the photo's own size
-        built = methods_with_options(
-            methods, re.split(r"[;\s]+", method_options.strip()) if method_options.strip() else []
-        )
     except (ModelLoadError, ImageReadError, UsageError) as error:
         raise AppError(str(error).replace(str(file), file.name)) from None
     pixels, geometry = preprocess(photo, framed(bundle.preprocessing, frame, photo.size))

@@ -50,14 +50,18 @@ def _cache_only(repo: str) -> bool:
     )
 
 
-def load_hf(spec: str, weights: str | None, file: WeightsFile | None) -> LoadedModel:
-    """``spec`` is ``ORG/NAME`` or a local folder; ``weights`` None (the hub's), ``"none"`` or a file."""
+def load_hf(spec: str, weights: str | None, file: WeightsFile | None, trust_code: bool = False) -> LoadedModel:
+    """``spec`` is ``ORG/NAME`` or a local folder; ``weights`` None (the hub's), ``"none"`` or a file. A model
+    whose config asks to run its own Python code (``auto_map``) is refused unless ``trust_code``
+    (``--trust-weights``): transformers is never left to ask on the terminal."""
     transformers = _import_transformers()
     local_folder = Path(spec).is_dir()
     if not local_folder and (spec.startswith((".", "/", "~")) or spec.count("/") > 1):
         raise ModelLoadError(f"hf:{spec}: no such folder (a hub model is hf:ORG/NAME)")
+    if local_folder and not trust_code:
+        _refuse_custom_code(Path(spec))
     offline = False if local_folder else _cache_only(spec)
-    where = dict(local_files_only=offline)
+    where: dict[str, Any] = dict(local_files_only=offline, trust_remote_code=trust_code)
     try:
         config = transformers.AutoConfig.from_pretrained(spec, **where)
     except Exception as error:  # hub, network and parsing errors come in many types
@@ -71,7 +75,7 @@ def load_hf(spec: str, weights: str | None, file: WeightsFile | None) -> LoadedM
             raise ModelLoadError(
                 f"hf:{spec}: an image-text model takes no --weights; save it as a folder, pass hf:FOLDER"
             )
-        return load_hf_image_text(spec, config, where, processor_preprocessing(spec, config, where))
+        return load_hf_image_text(spec, config, where, bounded(processor_preprocessing(spec, config, where), spec))
     auto = transformers.AutoModelForImageClassification
     if weights is None:
         try:
@@ -86,7 +90,7 @@ def load_hf(spec: str, weights: str | None, file: WeightsFile | None) -> LoadedM
 
         def build(num_classes: int | None = None) -> nn.Module:
             sized = config if num_classes is None else _with_classes(config, num_classes)
-            return auto.from_config(sized)
+            return auto.from_config(sized, trust_remote_code=trust_code)
 
         model, resized = _sized_to(file, build, f"hf:{spec}")
         source = "random weights"
@@ -96,11 +100,48 @@ def load_hf(spec: str, weights: str | None, file: WeightsFile | None) -> LoadedM
     return LoadedModel(
         name=f"hf:{spec}",
         model=model.eval(),
-        preprocessing=processor_preprocessing(spec, config, where),
+        preprocessing=bounded(processor_preprocessing(spec, config, where), spec),
         labels=None if resized else _id2label(config),
         default_layer=None,
         source=source,
     )
+
+
+CODE_FILES = ("config.json", "preprocessor_config.json", "tokenizer_config.json", "processor_config.json")
+
+
+def _refuse_custom_code(folder: Path) -> None:
+    """A one-line ModelLoadError when the folder's configs name Python code of its own to run (``auto_map``)."""
+    import json
+
+    for name in CODE_FILES:
+        path = folder / name
+        if not path.is_file() or path.stat().st_size > 10_000_000:
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError):
+            continue  # transformers says what is wrong with it
+        if isinstance(data, dict) and "auto_map" in data:
+            raise ModelLoadError(
+                f"hf:{folder}: {name} asks to run Python code from the folder (auto_map); refused. Pass "
+                "--trust-weights only if you trust where the folder comes from"
+            )
+
+
+MAX_INPUT_PIXELS = 40_000_000  # as a photo's --max-megapixels: a model folder cannot ask for more per image
+
+
+def bounded(preprocessing: Preprocessing, spec: str) -> Preprocessing:
+    """``preprocessing`` when its working sizes are within ``MAX_INPUT_PIXELS``; else a one-line
+    ModelLoadError (a processor config of 100000 x 100000 would allocate tens of GB per photo)."""
+    height, width = preprocessing.crop
+    if height * width > MAX_INPUT_PIXELS or preprocessing.resize**2 > MAX_INPUT_PIXELS:
+        raise ModelLoadError(
+            f"hf:{spec}: its image processor asks for {height} x {width} inputs (resize {preprocessing.resize}), "
+            f"more than {MAX_INPUT_PIXELS / 1e6:g} megapixels; fix its preprocessor_config.json"
+        )
+    return preprocessing
 
 
 def _with_classes(config: Any, num_classes: int) -> Any:

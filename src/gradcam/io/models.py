@@ -209,7 +209,7 @@ def load_model(
     else:
         source = next((s for s in MODEL_SOURCES if name.startswith(s.prefix)), None)
         if source is not None:
-            bundle = source.load(name.removeprefix(source.prefix), weights, file)
+            bundle = source.load(name.removeprefix(source.prefix), weights, file, trust_weights)
         else:
             bundle = _load_torchvision(name, weights, file)
     bundle.model = bundle.model.to(device).eval()
@@ -225,28 +225,28 @@ class ModelSource:
     spelling: str
     what: str
     offline: str
-    load: Callable[[str, str | None, WeightsFile | None], LoadedModel]
+    load: Callable[[str, str | None, WeightsFile | None, bool], LoadedModel]  # (spec, weights, file, trusted)
 
 
-def _timm_source(spec: str, weights: str | None, file: WeightsFile | None) -> LoadedModel:
+def _timm_source(spec: str, weights: str | None, file: WeightsFile | None, trusted: bool) -> LoadedModel:
     from .hub import load_timm
 
     return load_timm(spec, weights, file)
 
 
-def _hf_source(spec: str, weights: str | None, file: WeightsFile | None) -> LoadedModel:
+def _hf_source(spec: str, weights: str | None, file: WeightsFile | None, trusted: bool) -> LoadedModel:
     from .hf import load_hf
 
-    return load_hf(spec, weights, file)
+    return load_hf(spec, weights, file, trust_code=trusted)
 
 
-def _clip_source(spec: str, weights: str | None, file: WeightsFile | None) -> LoadedModel:
+def _clip_source(spec: str, weights: str | None, file: WeightsFile | None, trusted: bool) -> LoadedModel:
     from .image_text import load_open_clip
 
     return load_open_clip(spec, weights, file)
 
 
-def _python_source(spec: str, weights: str | None, file: WeightsFile | None) -> LoadedModel:
+def _python_source(spec: str, weights: str | None, file: WeightsFile | None, trusted: bool) -> LoadedModel:
     return _load_python(spec, file)
 
 

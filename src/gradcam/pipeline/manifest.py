@@ -110,6 +110,11 @@ RESUME_KEYS = ("model", "methods", "target", "prompts", "frame", "counterfactual
 def check_same_run(earlier: RunManifest, current: RunManifest, layer: str | None, out: Path) -> None:
     """A UsageError naming the first option (``RESUME_KEYS``, or the requested ``layer``) in which the run in
     ``out`` that --resume continues differs from this one: its maps would mean something else."""
+    if earlier.kind not in (None, current.kind) and current.kind is not None:
+        raise UsageError(
+            f"--resume: the earlier run in {out} explained {earlier.kind} files, this one {current.kind} files; "
+            "run with the same --kind, or choose another --out"
+        )
     for key in RESUME_KEYS:
         if getattr(earlier, key) != getattr(current, key):
             flag = (

@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
@@ -84,6 +83,8 @@ class RunOptions:
             options.append(("batch_size", str(self.perturbation_batch)))
         if method.accepts("top_channels"):
             options.append(("top_channels", str(self.top_channels)))
+        from .method_options import method_with_options
+
         return method_with_options(self.method, options) if options else self.method
 
 
@@ -93,63 +94,6 @@ def layer_spec(text: str | None) -> str | list[str] | None:
     if text is None or "," not in text:
         return text
     return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def method_with_options(name: str, options: Sequence[tuple[str, str]]) -> CAMMethod:
-    """``name``'s method built with ``options`` (``("k", "1.5")``, ...): each value is read as an int, a
-    float, true/false/none, or else kept as text; an option the method does not take is a UsageError
-    that lists the ones it does."""
-    cls = type(get_method(name))
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    values: dict[str, Any] = {}
-    for key, text in options:
-        if key not in accepted:
-            takes = ", ".join(accepted) if accepted else "no options"
-            raise UsageError(f"--method-option {key}: {name} takes {takes}")
-        values[key] = _option_value(text)
-    try:
-        return cls(**values)
-    except (TypeError, ValueError) as error:
-        raise UsageError(f"--method-option: {error}") from None
-
-
-def methods_with_options(chosen: list[str], items: Sequence[str]) -> list[str | CAMMethod]:
-    """Several methods (evaluate's, the web app's), each built with its option items: ``METHOD:KEY=VALUE``
-    for that method, ``KEY=VALUE`` for every chosen method that takes KEY (a UsageError when none does)."""
-    options: dict[str, list[tuple[str, str]]] = {name: [] for name in chosen}
-    for item in items:
-        key, equals, value = item.partition("=")
-        owner, _, key = key.strip().rpartition(":")
-        if not equals or not key:
-            raise UsageError(f"method option {item!r}: write it as KEY=VALUE or METHOD:KEY=VALUE, e.g. dff:k=3")
-        if owner:
-            name = get_method(owner).name
-            if name not in options:
-                raise UsageError(f"method option {item!r}: {name} is not among the chosen methods")
-            options[name].append((key.strip(), value.strip()))
-            continue
-        takers = [name for name in chosen if type(get_method(name)).accepts(key.strip())]
-        if not takers:
-            raise UsageError(f"method option {item!r}: no chosen method takes {key.strip()!r}")
-        for name in takers:
-            options[name].append((key.strip(), value.strip()))
-    return [method_with_options(name, pairs) if pairs else name for name, pairs in options.items()]
-
-
-def _option_value(text: str) -> Any:
-    if "," in text:  # a list: finercam ranks=1,2,3
-        return tuple(_option_value(part) for part in text.split(",") if part.strip())
-    lowered = text.strip().lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered == "none":
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
 
 
 def parse_target(target: str | None, labels: Sequence[str] | None, num_classes: int | None = None) -> Any:

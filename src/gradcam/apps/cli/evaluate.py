@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ...explain import explain
     from ...hooks import is_out_of_memory
-    from ...pipeline.options import UsageError, methods_with_options
+    from ...pipeline.method_options import methods_with_options
+    from ...pipeline.options import UsageError
     from ..evaluate import EvaluationOptions, evaluate, read_boxes, terminal_table, write_report
 
     try:

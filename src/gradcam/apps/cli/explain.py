@@ -18,7 +18,8 @@ from ...io.images import DEFAULT_MAX_MEGAPIXELS
 from ...io.models import DEFAULT_MODEL, MODEL_SOURCES, LoadedModel, ModelLoadError
 from ...methods import get_method, methods
 from ...pipeline.kinds import KINDS, FoundInputs, InputKind, find_inputs, refuse_unsupported
-from ...pipeline.options import RunOptions, UsageError, VideoSettings, method_with_options, parse_target
+from ...pipeline.method_options import method_with_options
+from ...pipeline.options import RunOptions, UsageError, VideoSettings, parse_target
 from ...pipeline.writer import OUTPUTS
 from .console import (
     EXIT_FAILED,
