@@ -132,3 +132,51 @@ def test_memory_stays_flat_over_a_long_video(tmp_path):
         peaks.append(int(result.stdout.split()[-1]))
     assert peaks[1] <= 1.1 * peaks[0], peaks
     del resource
+
+
+class WideHead(torch.nn.Module):
+    """A frame model with 200,000 classes: its logits per frame are 0.8 MB, so keeping every frame's (as the
+    video record's mean once did) grows memory with the video's length (#26 item 6)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=4, padding=1), torch.nn.ReLU())
+        self.head = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 200_000))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def test_memory_stays_flat_with_a_wide_head_over_a_long_video(tmp_path):
+    import subprocess
+    import sys
+
+    peaks = []
+    tests = str(Path(__file__).resolve().parent)
+    for frames in (40, 600):
+        path = moving_square(tmp_path / f"w{frames}.mp4", frames=frames, fps=25)
+        out = tmp_path / f"wide{frames}"
+        code = (
+            f"import resource, sys; sys.path.insert(0, {tests!r}); from gradcam.apps.cli import main; "
+            f"code = main(['explain', {str(path)!r}, '--model', 'py:test_video:WideHead', '--target', '7', "
+            f"'--out', {str(out)!r}, '--quiet', '--batch-size', '8']); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(code)"
+        )
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-500:]
+        peaks.append(int(result.stdout.split()[-1]))
+    assert peaks[1] - peaks[0] < 150 * 1024, peaks  # KB: 600 frames' logits alone would be 480 MB
+
+
+def test_two_videos_of_one_name_in_two_folders_keep_both_sheets(tmp_path):
+    """#26 item 6: a/clip.mp4 and b/clip.mp4 wrote one contact sheet (the first silently replaced)."""
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        moving_square(tmp_path / folder / "clip.mp4", frames=4)
+    out = tmp_path / "out"
+    argv = ["explain", str(tmp_path / "a" / "clip.mp4"), str(tmp_path / "b" / "clip.mp4"), "--model",
+            "py:test_video:Brightness", "--target", "1", "--out", str(out), "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    sheets = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.contact-sheet.png"))
+    assert sheets == ["a/clip.gradcam.contact-sheet.png", "b/clip.gradcam.contact-sheet.png"]

@@ -156,7 +156,8 @@ def _check(path: Path, shape: tuple[int, ...], dtype: np.dtype, max_elements: in
         raise ArrayReadError(f"{path}: an empty array {tuple(shape)}")
     if count > max_elements:
         raise ArrayReadError(
-            f"{path}: {count:,} values {tuple(shape)} is more than the {max_elements:,} allowed; crop or downsample it"
+            f"{path}: {count:,} values {tuple(shape)} is more than the {max_elements:,} allowed; crop or downsample "
+            "it, or raise --max-megapixels (millions of values for volumes and signals)"
         )
 
 

@@ -21,9 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .weights import ModelLoadError, WeightsFile, _sized_to
+from .weights import MAX_CLASSES, ModelLoadError, WeightsFile, _sized_to
 
 DEFAULT_MODEL = "efficientnet_lite0"
+MAX_LABELS_BYTES = 64_000_000
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,8 @@ def read_labels(path: str | Path) -> list[str]:
 
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_LABELS_BYTES:
+            raise ModelLoadError(f"--labels {path}: over {MAX_LABELS_BYTES // 1_000_000} MB; not a class-names file")
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as error:
         raise ModelLoadError(f"--labels {path}: cannot read it ({type(error).__name__})") from None
@@ -88,15 +91,20 @@ def read_labels(path: str | Path) -> list[str]:
                 indexed = {int(index): str(name) for index, name in data.items()}
                 if min(indexed, default=0) < 0:
                     raise ValueError("a negative class index")
+                if max(indexed, default=0) >= MAX_CLASSES:  # {"1000000000000": "x"}: 23 bytes, a trillion names
+                    raise ValueError(f"class index {max(indexed)}; a model has at most {MAX_CLASSES:,} classes")
                 names = [indexed.get(i, str(i)) for i in range(max(indexed, default=-1) + 1)]
-        except (ValueError, AttributeError, TypeError) as error:
-            raise ModelLoadError(
-                f"--labels {path}: not a JSON list or {{index: name}} object ({str(error)[:80]})"
-            ) from None
+        except (ValueError, AttributeError, TypeError, RecursionError) as error:
+            reason = "nested too deeply" if isinstance(error, RecursionError) else str(error)[:80]
+            raise ModelLoadError(f"--labels {path}: not a JSON list or {{index: name}} object ({reason})") from None
+    if len(names) > MAX_CLASSES:
+        raise ModelLoadError(f"--labels {path}: {len(names):,} names; a model has at most {MAX_CLASSES:,} classes")
     else:
         names = [line.strip() for line in text.splitlines()]
         while names and not names[-1]:
             names.pop()
+    if len(names) > MAX_CLASSES:
+        raise ModelLoadError(f"--labels {path}: {len(names):,} names; a model has at most {MAX_CLASSES:,} classes")
     if not names:
         raise ModelLoadError(f"--labels {path}: no class names in it")
     return names

@@ -21,6 +21,16 @@ class ModelLoadError(RuntimeError):
     """A model or its weights cannot be had; the message says what is missing and how to supply it."""
 
 
+MAX_CLASSES = 1_000_000  # the largest head built or named (a 1,280-feature head of a million classes: 5 GB)
+
+
+def _stored_bytes(tensor: torch.Tensor) -> int:
+    try:
+        return tensor.untyped_storage().nbytes()
+    except (RuntimeError, NotImplementedError):
+        return tensor.numel() * tensor.element_size()
+
+
 class WeightsFile:
     """A local weights file and whether the user vouched for it (``--trust-weights``); read once."""
 
@@ -46,7 +56,18 @@ class WeightsFile:
         sizes = {state[k].shape[0] for k in mismatched}
         if head is None or len(sizes) != 1 or any(k.rsplit(".", 1)[0] != head for k in mismatched):
             return None
-        return sizes.pop()
+        classes = sizes.pop()
+        stretched = [k for k in mismatched if _stored_bytes(state[k]) < state[k].numel() * state[k].element_size()]
+        if stretched:  # a 13 MB file whose head claims 10^7 classes: building it would ask tens of GB
+            raise ModelLoadError(
+                f"--weights {self.path}: {stretched[0]} {tuple(state[stretched[0]].shape)} holds fewer values than "
+                "its shape (an expanded tensor); not a trained head, refused"
+            )
+        if classes > MAX_CLASSES:
+            raise ModelLoadError(
+                f"--weights {self.path}: a head of {classes:,} classes; at most {MAX_CLASSES:,} are built"
+            )
+        return classes
 
     def load_into(self, model: nn.Module) -> None:
         try:

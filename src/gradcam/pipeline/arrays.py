@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from ..explain import explain
 from ..io.arrays import map_path, read_array, write_map
 from ..io.models import LoadedModel, check_label_count
@@ -24,9 +26,9 @@ from .writer import save_picture, top_predictions
 
 def explain_array(bundle: LoadedModel, path: Path, key: str, options: RunOptions) -> PhotoRecord:
     """One volume or signal file through ``bundle``'s model, with ``options`` (method and its options,
-    layer, target, counterfactual, eigen_smooth, alpha, colormap, overwrite); raises ArrayReadError or
-    ValueError in one line."""
-    item = read_array(path)
+    layer, target, counterfactual, eigen_smooth, alpha, colormap, overwrite; ``max_megapixels`` millions of
+    values at most, from the header); raises ArrayReadError or ValueError in one line."""
+    item = read_array(path, int(options.max_megapixels * 1_000_000))
     parameter = next(bundle.model.parameters())
     values = item.values[None].to(parameter.device, parameter.dtype)
     target = parse_target(options.target, bundle.labels)
@@ -36,6 +38,8 @@ def explain_array(bundle: LoadedModel, path: Path, key: str, options: RunOptions
     if ex.logits is None:
         raise ValueError(f"{path}: the model's output is not (B, num_classes) class scores")
     check_label_count(bundle.labels, ex.logits)
+    if not (torch.isfinite(ex.logits).all() and torch.isfinite(ex.scores).all()):
+        raise ValueError(f"{path}: the model's scores are NaN or infinite (are its weights broken?)")
     predictions = top_predictions(ex.logits, bundle.labels, similarity=False)[0]
     targets = []
     for k in range(ex.maps.shape[1]):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io.arrays import ArrayReadError
+from ..io.files import remove_stale_temporaries
 from ..io.images import FoundImages
 from ..io.models import LoadedModel
 from ..io.video import VideoReadError
@@ -75,6 +76,8 @@ class FileRunner:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise UsageError(f"--out {out}: cannot write there ({error.strerror})") from None
+        if options.resume:
+            remove_stale_temporaries(out)  # a killed run's; its unlisted outputs are replaced (overwrite below)
         if not (options.resume and self.manifest_path.exists()):
             return {}
         earlier = read_manifest(self.manifest_path)

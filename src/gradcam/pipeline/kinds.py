@@ -40,7 +40,7 @@ _VIDEO_TAKES = frozenset({
 })  # fmt: skip
 _ARRAY_TAKES = frozenset({
     "layer", "target", "alpha", "colormap", "resume", "counterfactual", "eigen_smooth", "perturbation_batch",
-    "method_options", "top_channels", "engine",
+    "method_options", "top_channels", "engine", "max_megapixels",  # millions of values (voxels, samples)
 })  # fmt: skip
 
 

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from ..all_classes import explain_all
 from ..explain import explain
 from ..hooks import is_out_of_memory, preserved_state, run_model
+from ..io.files import remove_stale_temporaries
 from ..io.images import FoundImages
 from ..io.models import LoadedModel
 from ..render.report import write_explain_page
@@ -143,6 +144,11 @@ class Runner:
             probe.unlink()
         except OSError as error:
             raise UsageError(f"--out {out}: cannot write there ({error.strerror}); choose another folder") from None
+        if self.options.resume:
+            # a run killed outright leaves temporaries, and before its first manifest, complete outputs that no
+            # manifest lists: the temporaries go, and the photos not listed are explained again (files replaced)
+            remove_stale_temporaries(out)
+            self.explainer.replace_unrecorded = True
         if self.manifest_path.exists():
             if self.options.resume:
                 self._continue(read_manifest(self.manifest_path))
@@ -230,6 +236,7 @@ class Runner:
         for model in replicate(self.bundle.model, count)[1:]:
             explainer = BatchExplainer(replace(self.bundle, model=model), self.options)
             explainer.layer, explainer.replace_unrecorded = self.explainer.layer, self.explainer.replace_unrecorded
+            explainer.warned = self.explainer.warned
             explainers.append(explainer)
         return explainers
 
@@ -329,6 +336,7 @@ class BatchExplainer:
         self.layer: str | None = bundle.layer_for(options.layer)
         # set when continuing an earlier run: files of photos its manifest does not list are its leftovers
         self.replace_unrecorded = False
+        self.warned = threading.Event()  # a run says once that the model's scores are not finite
 
     @staticmethod
     def saved(options: RunOptions) -> frozenset[str]:
@@ -454,13 +462,33 @@ class BatchExplainer:
         every_raw = every.raw.cpu() if every is not None else None
         writer = PhotoWriter(self.write_options(), self.bundle.labels)
         prepared = writer.prepare(ex)  # here, for the whole batch: the writers' threads then run PIL only
+        broken = non_finite_rows(ex.logits, ex.scores, self.warned)
         jobs: list[tuple[int, Callable[[], PhotoRecord]]] = []
         for row, (position, path, key, item) in enumerate(good):
+            if row in broken:
+                failed = PhotoRecord.failed(path, f"{path}: {NON_FINITE}")
+                jobs.append((position, partial(lambda r: r, failed)))
+                continue
             job = partial(
                 writer.write, path, key, item, ex, row, predictions[row], contributions, every_raw, prepared=prepared
             )
             jobs.append((position, job))
         return jobs
+
+
+NON_FINITE = "the model's scores are NaN or infinite (are its weights broken?); nothing was drawn"
+
+
+def non_finite_rows(logits: torch.Tensor, scores: torch.Tensor, warned: threading.Event) -> set[int]:
+    """The rows of a batch whose class scores or target scores are NaN or infinite (a model with a NaN in
+    its weights explained every photo with probability NaN, and results.json was not valid JSON); warns
+    once per run (``warned``)."""
+    bad = ~torch.isfinite(logits.detach()).all(dim=-1) | ~torch.isfinite(scores.detach()).all(dim=-1)
+    rows = {int(i) for i in torch.nonzero(bad.cpu()).flatten()}
+    if rows and not warned.is_set():
+        warned.set()
+        warnings.warn(f"{NON_FINITE}; those photos are recorded as failed", stacklevel=2)
+    return rows
 
 
 def _input(photo: DecodedPhoto) -> torch.Tensor:

@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -84,7 +85,23 @@ def _jsonable(value: Any) -> Any:
 
 
 def write_json_atomic(data: Any, path: Path) -> None:
-    write_atomic(path, lambda temporary: temporary.write_text(json.dumps(data, indent=1)))
+    """``data`` as strict JSON (NaN and infinities as null: ``NaN`` is not JSON), written atomically."""
+    try:
+        text = json.dumps(data, indent=1, allow_nan=False)
+    except ValueError:  # a NaN somewhere: rare, so the walk that replaces it is paid only then
+        text = json.dumps(strict_json(data), indent=1, allow_nan=False)
+    write_atomic(path, lambda temporary: temporary.write_text(text))
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: strict_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(item) for item in value]
+    return value
 
 
 def read_manifest(path: Path) -> RunManifest:

@@ -124,7 +124,11 @@ def explain_side_by_side(
             tick()
     finally:
         stop.set()
-        for thread in threads:
-            thread.join()
+        for thread in threads:  # a second Ctrl-C (or SIGTERM) still waits for the batch in hand: a thread
+            while thread.is_alive():  # left inside a torch operation at exit aborts the process (exit 134)
+                try:
+                    thread.join()
+                except KeyboardInterrupt:
+                    continue
     if failures:
         raise failures[0]

@@ -24,7 +24,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -79,8 +78,10 @@ def explain_video(
     writer: VideoWriter | None = None
     sheet: list[tuple[int, Image.Image]] = []
     sheet_step = max(1, math.ceil(max(1, info.frames // every) / SHEET_FRAMES))
-    state: dict[str, Any] = {"target": video_target(options, bundle.labels), "previous": None, "scores": [],
-                             "logits": [], "layer": None}  # fmt: skip
+    # running sums, not per-frame lists: memory stays flat however long the video (a 200k-class head's
+    # logits for 1,500 frames ran out of memory at the end)
+    state: dict[str, Any] = {"target": video_target(options, bundle.labels), "previous": None, "score_sum": 0.0,
+                             "probability_sum": None, "rows": 0, "layer": None}  # fmt: skip
     done = 0
     video_file = None
     for group in _groups(frames, clip or options.batch_size):
@@ -165,10 +166,15 @@ def _explain_group(
                  eigen_smooth=options.eigen_smooth, prefix_tokens=options.prefix_tokens,
                  grid=options.token_grid)  # fmt: skip
     state["layer"] = ex.layer
+    if not torch.isfinite(ex.scores).all() or (ex.logits is not None and not torch.isfinite(ex.logits).all()):
+        raise ValueError("the model's scores are NaN or infinite (are its weights broken?)")
     if ex.logits is not None:
         check_label_count(bundle.labels, ex.logits)
-        state["logits"].append(ex.logits.float().cpu())
-    state["scores"] += ex.scores[:, 0].float().cpu().tolist()
+        probabilities = ex.logits.detach().float().softmax(-1).sum(0).cpu()
+        total = state["probability_sum"]
+        state["probability_sum"] = probabilities if total is None else total + probabilities
+    state["score_sum"] += float(ex.scores[:, 0].detach().float().sum())
+    state["rows"] += len(ex.scores)
     if clip:  # (1, 1, T, h, w): one map per frame of the clip
         maps = list(ex.maps[0, 0].cpu().unbind(0))
     else:
@@ -204,8 +210,8 @@ def _record(
 ) -> PhotoRecord:
     target = state["target"]
     predictions: list[Prediction] = []
-    if state["logits"]:
-        mean = torch.cat(state["logits"]).softmax(-1).mean(0)
+    if state["probability_sum"] is not None and state["rows"]:
+        mean = state["probability_sum"] / state["rows"]
         top = mean.topk(min(5, mean.numel()))
         predictions = [
             Prediction(int(i), label_of(bundle.labels, int(i)), probability=round(float(p), 6))
@@ -214,7 +220,7 @@ def _record(
     record = TargetRecord(
         index=target,
         label=label_of(bundle.labels, target),
-        score=float(np.mean(state["scores"])) if state["scores"] else 0.0,
+        score=state["score_sum"] / state["rows"] if state["rows"] else 0.0,
         files={"video": str(video_file), "contact_sheet": str(sheet_file)},
     )
     return PhotoRecord(

@@ -6,19 +6,23 @@
     gradcam concepts PATH... [--k 5]
     gradcam serve | gradcam models | gradcam layers MODEL
 
-Exit codes: 0 all inputs explained, 1 some failed, 2 usage error, 130 interrupted.
+Exit codes: 0 all inputs explained, 1 some failed, 2 usage error, 130 interrupted (Ctrl-C), 143 terminated
+(SIGTERM; recorded like an interruption).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from . import audit, concepts, evaluate, explain, layers, models, serve
-from .console import EXIT_INTERRUPTED, EXIT_OK, Formatter, one_line_warning
+from .console import EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, Formatter, one_line_warning
 
 # name -> module; the order is the order of `gradcam -h`
 COMMANDS = {"explain": explain, "evaluate": evaluate, "audit": audit, "concepts": concepts, "serve": serve,
@@ -41,9 +45,31 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), terminated_like_interrupted() as stopped:
         warnings.showwarning = one_line_warning
-        return _dispatch(args)
+        code = _dispatch(args)
+    return EXIT_TERMINATED if stopped.is_set() else code
+
+
+@contextlib.contextmanager
+def terminated_like_interrupted() -> Iterator[threading.Event]:
+    """SIGTERM (``kill``, a scheduler's time limit, ``docker stop``) stops a command the way Ctrl-C does:
+    what was explained is recorded in the manifest, temporaries are removed, ``--resume`` continues; the
+    exit code is then 143. The event says whether it came. Only the main thread can install a handler."""
+    stopped = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stopped
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        stopped.set()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield stopped
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ from ...io.models import DEFAULT_MODEL, LoadedModel
 from ...io.models import load_bundle as load_model_and_labels
 from ...pipeline.records import PhotoRecord
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 
 class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

@@ -153,7 +153,8 @@ def add_parser(commands: Any) -> None:
         "--max-megapixels",
         type=float,
         default=DEFAULT_MAX_MEGAPIXELS,
-        help="refuse larger images (a larger JPEG is decoded at a reduced scale that fits)",
+        help="refuse larger images (a larger JPEG is decoded at a reduced scale that fits) and video frames; for "
+        "volumes and signals, millions of values",
     )
     run.add_argument(
         "--frame",

@@ -1,0 +1,207 @@
+"""The third hostile pass (#26): memory bounded by what the work can cost, one line per bad input, the rest
+of the run goes on. Each case failed before its fix."""
+
+from __future__ import annotations
+
+import json
+import resource
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from gradcam.apps.cli import main
+from gradcam.io.models import ModelLoadError, load_model, read_labels
+from manifest_check import validate
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def test_a_labels_file_naming_a_trillionth_class_is_refused_before_allocating(tmp_path):
+    """23 bytes grew memory until MemoryError."""
+    bomb = tmp_path / "labels.json"
+    bomb.write_text('{"1000000000000": "x"}')
+    before = _peak_mb()
+    with pytest.raises(ModelLoadError, match="at most 1,000,000 classes") as refused:
+        read_labels(bomb)
+    assert "\n" not in str(refused.value) and _peak_mb() - before < 50
+
+
+def test_deeply_nested_labels_are_one_line(tmp_path):
+    nested = tmp_path / "labels.json"
+    nested.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ModelLoadError, match="nested too deeply|not a JSON list"):
+        read_labels(nested)
+
+
+def test_an_expanded_head_is_refused_before_building_it(tmp_path, capsys):
+    """A 13.7 MB state dict whose head is an expanded (10^7, 512) tensor asked for a 51 GB head, and the
+    error blamed --device."""
+    state = torchvision.models.resnet18().state_dict()
+    state["fc.weight"] = torch.zeros(1, 512).expand(10_000_000, 512)
+    state["fc.bias"] = torch.zeros(1).expand(10_000_000)
+    path = tmp_path / "bomb.pth"
+    torch.save(state, path)
+    assert path.stat().st_size < 60_000_000
+    before = _peak_mb()
+    with pytest.raises(ModelLoadError, match="expanded tensor") as refused:
+        load_model("resnet18", str(path))
+    assert "\n" not in str(refused.value) and _peak_mb() - before < 500
+    code = main(["explain", str(EXAMPLES / "coffee.jpg"), "--model", "resnet18", "--weights", str(path),
+                 "--out", str(tmp_path / "out")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "--weights" in err and "--device" not in err
+
+
+def test_a_real_fine_tuned_head_still_loads(tmp_path):
+    model = torchvision.models.resnet18(num_classes=7)
+    torch.save(model.state_dict(), tmp_path / "ft.pth")
+    with pytest.warns(UserWarning, match="7-class head"):
+        assert load_model("resnet18", str(tmp_path / "ft.pth")).model.fc.out_features == 7
+
+
+def test_a_volume_bomb_in_a_folder_is_one_line_and_the_rest_is_explained(tmp_path, capsys):
+    """#26 item 5: in a folder [a_ok, b_bomb, c_ok], c was never processed and no index.html was written."""
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for name in ("a_ok", "c_ok"):
+        np.save(folder / f"{name}.npy", np.random.default_rng(0).normal(size=(8, 10, 12)).astype(np.float32))
+    with open(folder / "b_bomb.npy", "wb") as handle:  # a header claiming 4 x 10^9 values, no data behind it
+        np.lib.format.write_array_header_1_0(handle, {"descr": "<f4", "fortran_order": False,
+                                                      "shape": (1600, 1600, 1600)})  # fmt: skip
+    (folder / "d_short.npy").write_bytes((folder / "a_ok.npy").read_bytes()[:200])  # a header, cut values
+    out = tmp_path / "out"
+    before = _peak_mb()
+    code = main(["explain", str(folder), "--model", "py:tiny_models:TinyVolume", "--out", str(out), "--quiet"])
+    assert code == 1 and _peak_mb() - before < 500
+    lines = [line for line in capsys.readouterr().err.splitlines() if "b_bomb" in line or "d_short" in line]
+    assert len(lines) == 2 and all("Traceback" not in line for line in lines)
+    records = {Path(r["path"]).name: r for r in validate(out / "results.json")["images"]}
+    assert records["a_ok.npy"]["status"] == records["c_ok.npy"]["status"] == "ok"
+    assert records["b_bomb.npy"]["status"] == records["d_short.npy"]["status"] == "error"
+    assert (out / "index.html").exists()
+
+
+def test_a_nifti_bomb_is_refused_from_its_header(tmp_path, capsys):
+    """#26 item 5: a 1 MB .nii.gz of 600^3 voxels reached 2.8 GB; the voxels are bounded like a photo's pixels
+    (--max-megapixels, millions of values for volumes), from the header, before a value is decompressed."""
+    nibabel = pytest.importorskip("nibabel")
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    nibabel.save(nibabel.Nifti1Image(np.zeros((600, 600, 600), np.uint8), np.eye(4)), str(folder / "b_bomb.nii.gz"))
+    nibabel.save(nibabel.Nifti1Image(np.random.default_rng(0).random((10, 12, 14)).astype(np.float32), np.eye(4)),
+                 str(folder / "a_ok.nii.gz"))  # fmt: skip
+    assert (folder / "b_bomb.nii.gz").stat().st_size < 2_000_000
+    out = tmp_path / "out"
+    before = _peak_mb()
+    code = main(["explain", str(folder), "--model", "py:tiny_models:TinyVolume", "--out", str(out), "--quiet"])
+    assert code == 1 and _peak_mb() - before < 300
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "b_bomb" in line]
+    assert "216,000,000 values" in line and "--max-megapixels" in line
+    records = {Path(r["path"]).name: r["status"] for r in validate(out / "results.json")["images"]}
+    assert records == {"a_ok.nii.gz": "ok", "b_bomb.nii.gz": "error"}
+
+
+def test_a_nan_in_the_weights_fails_each_photo_in_one_line_and_the_json_stays_strict(tmp_path, capsys):
+    """#26 item 9: a NaN weight gave exit 0, `probability: NaN` in results.json (not JSON) and no cards."""
+    model = torchvision.models.resnet18(num_classes=4)
+    with torch.no_grad():
+        model.fc.bias[2] = float("nan")
+    torch.save(model.state_dict(), tmp_path / "nan.pth")
+    out = tmp_path / "out"
+    argv = ["explain", str(EXAMPLES), "--model", "resnet18", "--weights", str(tmp_path / "nan.pth"), "--out",
+            str(out), "--quiet"]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("warning: the model's scores are NaN") == 1 and "NaN or infinite" in err
+    manifest = json.loads((out / "results.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert all(record["status"] == "error" for record in manifest["images"])
+
+
+def test_manifests_never_hold_nan():
+    from gradcam.pipeline.manifest import strict_json, write_json_atomic
+
+    assert strict_json({"a": [1.0, float("nan"), {"b": float("inf")}]}) == {"a": [1.0, None, {"b": None}]}
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        target = Path(folder) / "x.json"
+        write_json_atomic({"p": float("nan")}, target)
+        assert json.loads(target.read_text()) == {"p": None}
+
+
+def _start(folder: Path, out: Path, *extra: str):
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "gradcam", "explain", str(folder), "--out", str(out), "--quiet",
+               "--batch-size", "2", *extra]  # fmt: skip
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_outputs(out: Path, count: int, process, limit: float = 120.0) -> None:
+    import time
+
+    start = time.monotonic()
+    while len(list(out.rglob("*.gradcam.*.jpg"))) < count:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() - start < limit
+        time.sleep(0.05)
+
+
+def _photos(tmp_path: Path, count: int) -> Path:
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    source = Image.open(EXAMPLES / "chelsea.jpg")
+    for i in range(count):
+        source.rotate(i * 3).save(folder / f"p{i:03d}.jpg")
+    return folder
+
+
+@pytest.mark.parametrize("replicas", ["1", "2"])
+def test_sigterm_stops_like_ctrl_c_and_resume_finishes(tmp_path, replicas):
+    """#26 item 8: SIGTERM left no manifest and .tmp files; it now records what was done (exit 143)."""
+    import signal
+
+    folder, out = _photos(tmp_path, 40), tmp_path / "out"
+    process = _start(folder, out, "--replicas", replicas)
+    _wait_for_outputs(out, 4, process)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err
+    assert "terminate called" not in err and "Traceback" not in err
+    data = json.loads((out / "results.json").read_text())
+    assert data["finished"] is None and 0 < data["summary"]["ok"] < 40
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+    again = _start(folder, out, "--resume", "--replicas", replicas)
+    _, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err
+    assert json.loads((out / "results.json").read_text())["summary"] == {"images": 40, "ok": 40, "failed": 0}
+
+
+def test_sigkill_before_the_first_manifest_then_resume_redoes_and_cleans(tmp_path):
+    """#26 item 8: killed before its first manifest, a run left outputs that --resume then reported as
+    failures ("exists; pass --overwrite") while its .tmp files survived."""
+    import signal
+
+    folder, out = _photos(tmp_path, 24), tmp_path / "out"
+    process = _start(folder, out)
+    _wait_for_outputs(out, 2, process)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    assert not (out / "results.json").exists()
+    stale = out / ".p000.gradcam.282-tiger_cat.jpg.999-1.tmp"
+    stale.write_bytes(b"half")  # what a write cut by SIGKILL leaves
+    again = _start(folder, out, "--resume")
+    _, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err
+    assert json.loads((out / "results.json").read_text())["summary"] == {"images": 24, "ok": 24, "failed": 0}
+    assert not stale.exists() and not [p for p in out.rglob("*") if ".tmp" in p.name]
