@@ -84,6 +84,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, ...")
+    parser.add_argument(
+        "--methods", default=None, help="comma-separated methods to time (default: every gradient and activation one)"
+    )
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -98,7 +101,7 @@ def main() -> None:
             return model(x)
 
     runs: dict[str, Callable[[], object]] = {"plain forward (inference_mode)": forward}
-    for method in gradcam.methods():
+    for method in args.methods.split(",") if args.methods else gradcam.methods():
         chosen = gradcam.get_method(method)
         if isinstance(chosen, PerturbationMethod) or getattr(chosen, "reads_attention", False):
             continue  # one forward pass per channel: see bench_perturbation.py; gradeclip needs a ViT

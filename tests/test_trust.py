@@ -205,3 +205,86 @@ def test_sigkill_before_the_first_manifest_then_resume_redoes_and_cleans(tmp_pat
     assert again.returncode == 0, err
     assert json.loads((out / "results.json").read_text())["summary"] == {"images": 24, "ok": 24, "failed": 0}
     assert not stale.exists() and not [p for p in out.rglob("*") if ".tmp" in p.name]
+
+
+@pytest.mark.parametrize(
+    "source, spec, said",
+    [
+        (None, "py:./mynet:Net", "not a module name"),
+        (None, "py:../x/mynet.py:Net", "not a module name"),
+        ("def broken(:\n", "py:{m}:Net", "SyntaxError"),
+        ("raise RuntimeError('no GPU here')\n", "py:{m}:Net", "RuntimeError: no GPU here"),
+        ("import sys\nsys.exit(3)\n", "py:{m}:Net", "SystemExit"),
+        ("import torch\nclass Net(torch.nn.Module):\n    def forward(self, x):\n        return x\n", "py:{m}:Net",
+         "without parameters"),
+        ("import sys\ndef Net():\n    sys.exit('bye')\n", "py:{m}:Net", "Net() failed (SystemExit: bye)"),
+    ],
+)  # fmt: skip
+def test_a_py_spec_that_cannot_build_is_one_line(tmp_path, monkeypatch, capsys, source, spec, said):
+    module = f"user_model_{abs(hash((source, spec))) % 10**8}"
+    if source is not None:
+        (tmp_path / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code = main(["explain", str(EXAMPLES / "coffee.jpg"), "--model", spec.format(m=module), "--out",
+                 str(tmp_path / "out")])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and said in err[0] and "Traceback" not in err[0], err
+
+
+def test_a_superscript_target_is_one_line(tmp_path, capsys):
+    assert main(["explain", str(EXAMPLES / "coffee.jpg"), "--target", "²", "--out", str(tmp_path / "o")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("gradcam: error: --target")
+
+
+@pytest.mark.parametrize(
+    "content, said",
+    [("[1, 2, 3]", "expected COCO"), ("[" * 50_000 + "]" * 50_000, "nested too deeply"),
+     ('{"images": [{"id": 1, "file_name": "coffee.jpg"}], '
+      '"annotations": [{"image_id": 1, "bbox": [0, 0, Infinity, 5]}]}', "finite")],
+)  # fmt: skip
+def test_bad_box_files_are_one_line_for_evaluate_and_audit(tmp_path, capsys, content, said):
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(content)
+    photo = str(EXAMPLES / "coffee.jpg")
+    assert main(["evaluate", photo, "--boxes", str(boxes), "--methods", "gradcam", "--out", str(tmp_path / "e")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
+    assert "--boxes" in line and said in line
+    code = main(["audit", photo, "--boxes", str(boxes), "--out", str(tmp_path / "a"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "--boxes" in err[-1] and "Traceback" not in "\n".join(err)
+
+
+def test_serve_on_a_busy_port_is_one_line(capsys):
+    pytest.importorskip("gradio")
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--port", str(port)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"gradcam: error: --port {port}: cannot listen")
+
+
+def test_audit_compare_refuses_a_model_of_other_classes(tmp_path, capsys):
+    model = torchvision.models.resnet18(num_classes=10)
+    torch.save(model.state_dict(), tmp_path / "ten.pth")
+    argv = ["audit", str(EXAMPLES / "coffee.jpg"), "--compare", "resnet18", "--compare-weights",
+            str(tmp_path / "ten.pth"), "--out", str(tmp_path / "a"), "--quiet"]  # fmt: skip
+    assert main(argv) == 2
+    assert "has 10 classes and efficientnet_lite0 1000" in capsys.readouterr().err
+
+
+def test_wrapping_methods_fail_like_the_others_on_a_bad_input():
+    """explain(model, bad, "sess") raised a bare RuntimeError where other methods raise ForwardError."""
+    from gradcam import explain
+    from gradcam.hooks import ForwardError
+
+    model = torchvision.models.resnet18().eval()
+    for bad in (torch.zeros(1, 1, 64, 64), torch.zeros(1, 3, 64, 64, dtype=torch.float64)):
+        for method in ("gradcam", "sess", "fullgrad"):
+            with pytest.raises(ForwardError) as failed:
+                explain(model, bad, method, "layer4")
+            assert "\n" not in str(failed.value)

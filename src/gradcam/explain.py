@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .hooks import captured_forward, model_lock, preserved_state
+from .hooks import ForwardError, captured_forward, is_out_of_memory, model_lock, preserved_state
 from .inputs import BoundInputs, automatic_layer, image_key, image_of, prefixed, unprefixed
 from .layers import LayerSpec, resolve_layers
 from .methods import CAMMethod, get_method
@@ -206,7 +206,19 @@ def _wrapped(
     with model_lock(model), torch.inference_mode(False), preserved_state(model, eval_mode=eval_mode):
         single = method.uses_layer and not isinstance(layer, (list, tuple))
         name = resolve_layers(model, layer, images)[0][0] if single else None
-        maps = method.wrapped_maps(model, images, name or layer, targets_of, explain, select)
+        try:
+            maps = method.wrapped_maps(model, images, name or layer, targets_of, explain, select)
+        except ForwardError:
+            raise
+        except RuntimeError as error:  # the method's own forward passes: one line, as explain()'s are
+            if is_out_of_memory(error):
+                raise
+            first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+            raise ForwardError(
+                f"images {tuple(images.shape)} {str(images.dtype).removeprefix('torch.')} on {images.device}: "
+                f"{method.name} could not run the model on them ({first[:200]}); check the input's shape, dtype "
+                "and size"
+            ) from error
         if "resolved" not in seen:
             raise RuntimeError(f"{method.name}: wrapped_maps did not resolve its targets (call targets_of once)")
         logits, resolved = seen["logits"], seen["resolved"]

@@ -28,6 +28,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..io.images import DEFAULT_MAX_MEGAPIXELS, find_images
 from ..io.models import LoadedModel, load_bundle, probe_output, read_labels, with_labels
 from .dataset import AuditInputError, read_object_boxes, read_truth
@@ -89,6 +91,25 @@ def _bundle(model: str | LoadedModel, weights: str | None, labels: Any, device: 
     return with_labels(model, read_labels(labels) if isinstance(labels, (str, Path)) else list(labels))
 
 
+def _check_same_classes(first: LoadedModel, second: LoadedModel) -> None:
+    """An AuditError (one line) when the two models do not explain the same classes: comparing class 5 of a
+    1,000-class model with class 5 of a 10-class one would compare maps of different things."""
+    counts = []
+    for bundle in (first, second):
+        output = probe_output(bundle)
+        counts.append(output.shape[-1] if isinstance(output, torch.Tensor) and output.dim() == 2 else None)
+    if None not in counts and counts[0] != counts[1]:
+        raise AuditError(
+            f"--compare: {second.name} has {counts[1]} classes and {first.name} {counts[0]}; compare models of the "
+            "same classes (or give --compare-labels naming the same classes in the same order)"
+        )
+    if first.labels is not None and second.labels is not None and list(first.labels) != list(second.labels):
+        raise AuditError(
+            f"--compare: {second.name} names its classes differently from {first.name}; give --compare-labels "
+            "in the first model's order"
+        )
+
+
 def audit(
     paths: str | Path | Sequence[str | Path],
     model: str | LoadedModel = "efficientnet_lite0",
@@ -139,6 +160,8 @@ def audit(
         raise AuditError("no images found in " + ", ".join(locations))
     bundle = _bundle(model, weights, labels, device, trust_weights)
     second = _bundle(compare, compare_weights, compare_labels, device, trust_weights) if compare is not None else None
+    if second is not None:
+        _check_same_classes(bundle, second)
     if layer is not None:
         from ..layers import resolve_layers
 

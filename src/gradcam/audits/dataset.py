@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -117,6 +118,8 @@ def read_object_boxes(location: Path, roots: Sequence[Path] = ()) -> PathTable:
         raise AuditInputError(f"--boxes {location}: cannot read it ({error.strerror or error})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise AuditInputError(f"--boxes {location}: not JSON ({error})") from None
+    except RecursionError:
+        raise AuditInputError(f"--boxes {location}: not JSON boxes (nested too deeply)") from None
     table = PathTable()
     if isinstance(data, dict) and "annotations" not in data:
         for image, boxes in data.items():
@@ -137,7 +140,10 @@ def read_object_boxes(location: Path, roots: Sequence[Path] = ()) -> PathTable:
 
 def _checked_boxes(boxes: object, source: str) -> list[list[float]]:
     if not isinstance(boxes, list) or not all(
-        isinstance(b, (list, tuple)) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b) for b in boxes
+        isinstance(b, (list, tuple))
+        and len(b) == 4
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in b)
+        for b in boxes
     ):
-        raise AuditInputError(f"{source}: expected a list of [x1, y1, x2, y2] boxes")
+        raise AuditInputError(f"{source}: expected a list of [x1, y1, x2, y2] boxes of finite numbers")
     return [[float(v) for v in box] for box in boxes]  # type: ignore[union-attr]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,16 +36,28 @@ def read_boxes(path: Path, labels: Sequence[str] | None) -> dict[str, list[tuple
                         index = int(label)
                     else:
                         index = class_index(label, labels or [])
-                    box = [float(row[k]) for k in ("x1", "y1", "x2", "y2")]
+                    box = finite_box([float(row[k]) for k in ("x1", "y1", "x2", "y2")])
                     boxes.setdefault(Path(row["image"]).name, []).append((index, box))
             return boxes
         data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError(f"a JSON {type(data).__name__}; expected COCO's {{images, annotations}} object")
         names = {image["id"]: Path(image["file_name"]).name for image in data["images"]}
         for annotation in data["annotations"]:
-            x, y, w, h = annotation["bbox"]
+            x, y, w, h = finite_box([float(v) for v in annotation["bbox"]])
             boxes.setdefault(names[annotation["image_id"]], []).append(
                 (int(annotation.get("category_id", ANY_CLASS)), [x, y, x + w, y + h])
             )
         return boxes
-    except (OSError, KeyError, ValueError, json.JSONDecodeError) as error:
-        raise ValueError(f"--boxes {path}: cannot read boxes ({type(error).__name__}: {error})") from None
+    except RecursionError:
+        raise ValueError(f"--boxes {path}: cannot read boxes (nested too deeply)") from None
+    except (OSError, KeyError, ValueError, TypeError, AttributeError, json.JSONDecodeError) as error:
+        reason = str(error).splitlines()[0] if str(error) else ""
+        raise ValueError(f"--boxes {path}: cannot read boxes ({type(error).__name__}: {reason[:120]})") from None
+
+
+def finite_box(box: list[float]) -> list[float]:
+    """``box`` when it is four finite numbers; a ValueError otherwise (NaN or Infinity in a box file)."""
+    if len(box) != 4 or not all(math.isfinite(v) for v in box):
+        raise ValueError(f"box {box}: expected four finite numbers x1, y1, x2, y2")
+    return box

@@ -282,6 +282,11 @@ def _load_python(target: str, file: WeightsFile | None) -> LoadedModel:
     module_name, _, attribute = target.partition(":")
     if not module_name or not attribute:
         raise ModelLoadError(f"--model py:{target}: write it as py:PACKAGE.MODULE:FACTORY, e.g. py:mynet.models:Net3D")
+    if module_name.startswith(".") or not all(part.isidentifier() for part in module_name.split(".")):
+        raise ModelLoadError(
+            f"--model py:{target}: {module_name!r} is not a module name (a relative or file path?); put its folder "
+            "on PYTHONPATH and name the module, e.g. py:mynet.models:Net3D"
+        )
     try:
         factory = getattr(importlib.import_module(module_name), attribute)
     except ImportError as error:
@@ -290,16 +295,25 @@ def _load_python(target: str, file: WeightsFile | None) -> LoadedModel:
         ) from None
     except AttributeError:
         raise ModelLoadError(f"--model py:{target}: {module_name} has no {attribute}") from None
+    except (Exception, SystemExit) as error:  # its code failed on import: a syntax error, a raise, sys.exit()
+        raise ModelLoadError(f"--model py:{target}: importing {module_name} failed ({_said(error)})") from None
     try:
         model = factory()
-    except Exception as error:  # the user's own code: its failure is told in one line, not a traceback
-        raise ModelLoadError(f"--model py:{target}: {attribute}() failed ({type(error).__name__}: {error})") from None
+    except (Exception, SystemExit) as error:  # the user's own code: its failure is told in one line
+        raise ModelLoadError(f"--model py:{target}: {attribute}() failed ({_said(error)})") from None
     if not isinstance(model, nn.Module):
         raise ModelLoadError(f"--model py:{target}: {attribute}() gave a {type(model).__name__}, not a torch module")
+    if next(model.parameters(), None) is None:
+        raise ModelLoadError(f"--model py:{target}: {attribute}() built a model without parameters; nothing to explain")
     if file is not None:
         file.load_into(model)
     source = f"weights from {file.path}" if file is not None else "its factory's weights"
     return LoadedModel(name=f"py:{target}", model=model, preprocessing=GENERIC_PREPROCESSING, source=source)
+
+
+def _said(error: BaseException) -> str:
+    lines = str(error).splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 def _load_whole_model(path: str, trusted: bool) -> LoadedModel:

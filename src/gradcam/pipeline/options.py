@@ -107,7 +107,7 @@ def parse_target(target: str | None, labels: Sequence[str] | None, num_classes: 
     for part in (p.strip() for p in text.split(",")):
         if not part:
             continue
-        if part.lstrip("-").isdigit():
+        if re.fullmatch(r"-?[0-9]+", part):  # ASCII digits: "²".isdigit() is True, int("²") fails
             index = int(part)
         elif labels is None:
             raise UsageError(f"--target {part!r}: this model's class names are unknown; give a class index")

@@ -49,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
         )
     from ..web import AppError, ModelShelf
 
+    busy = _port_taken(args.host, args.port)
+    if busy:
+        return usage_error(f"--port {args.port}: cannot listen on {args.host} ({busy}); choose another --port")
     models = [name.strip() for name in args.models.split(",") if name.strip()]
     if (args.weights or args.labels) and len(models) != 1:
         return usage_error("--weights and --labels apply to one model: name exactly one in --models")
@@ -62,4 +65,19 @@ def run(args: argparse.Namespace) -> int:
         serve(args.host, args.port, Path(args.examples) if args.examples else None, models=shelf)
     except AppError as error:
         return usage_error(f"--models: {error}")
+    except OSError as error:  # the port was taken meanwhile
+        return usage_error(f"--port {args.port}: cannot listen on {args.host} ({str(error).splitlines()[0]})")
     return EXIT_OK
+
+
+def _port_taken(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (taken, not an address here), or None when it can."""
+    import socket
+
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((host, port))
+    except OSError as error:
+        return error.strerror or str(error)
+    return None
