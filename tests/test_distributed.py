@@ -347,6 +347,16 @@ def test_signals_and_volumes_on_ray_give_the_local_maps(tmp_path):
     )
     _same_maps(tmp_path / "local", tmp_path / "ray")
     assert json.loads((tmp_path / "ray" / "results.json").read_text())["counterfactual"] is True
+    volumes = tmp_path / "volumes"
+    volumes.mkdir()
+    np.save(volumes / "v.npy", np.random.default_rng(5).normal(size=(8, 10, 12)).astype(np.float32))
+    model = ["--model", "py:tiny_models:TinyVolume", "--quiet", "--eigen-smooth"]
+    assert main(["explain", str(volumes), "--out", str(tmp_path / "vlocal"), *model]) == 0
+    assert (
+        main(["explain", str(volumes), "--out", str(tmp_path / "vray"), "--engine", "ray", "--actors", "1", *model])
+        == 0
+    )
+    _same_maps(tmp_path / "vlocal", tmp_path / "vray")
 
 
 def test_image_arrays_on_ray_give_the_local_maps(tmp_path):

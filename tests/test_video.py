@@ -180,3 +180,35 @@ def test_two_videos_of_one_name_in_two_folders_keep_both_sheets(tmp_path):
     assert main(argv) == 0
     sheets = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.contact-sheet.png"))
     assert sheets == ["a/clip.gradcam.contact-sheet.png", "b/clip.gradcam.contact-sheet.png"]
+
+
+def test_a_video_over_the_megapixel_limit_is_one_line_from_its_header(tmp_path, capsys):
+    """#26 item 6: a 16000 x 16000 mp4 (752 KB) ran out of memory decoding its frames; the frame size is read
+    from the container and bounded like a photo's (here a small video under a smaller limit)."""
+    path = moving_square(tmp_path / "big.mp4", frames=4)
+    out = tmp_path / "out"
+    argv = ["explain", str(path), "--model", "py:test_video:Brightness", "--target", "1", "--out", str(out),
+            "--quiet", "--max-megapixels", "0.01"]  # fmt: skip
+    assert main(argv) == 1
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "big.mp4" in line]
+    assert "megapixels" in line and "Traceback" not in line
+    assert validate(out / "results.json")["images"][0]["status"] == "error"
+
+
+def test_a_video_without_a_frame_count_still_shows_progress(tmp_path):
+    """#26 item 6: an .mkv without a frame count crashed the progress bar (it worked with --quiet)."""
+    import av as pyav
+
+    path = tmp_path / "clip.mkv"
+    with pyav.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+        for i in range(6):
+            frame = pyav.VideoFrame.from_image(Image.new("RGB", (160, 120), (40 * i, 40, 40)))
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    out = tmp_path / "out"
+    assert main(["explain", str(path), "--model", "py:test_video:Brightness", "--target", "1", "--out", str(out)]) == 0
+    assert validate(out / "results.json")["images"][0]["frames"] == 6

@@ -289,3 +289,59 @@ def test_other_inputs_are_explained_by_their_kind_or_refused_in_one_line(tmp_pat
         with pytest.raises(AppError) as error:
             explain_upload(path, bundle, "gradcam", target, 0.5, "jet", tmp_path / "c", kind)
         assert said in str(error.value) and "\n" not in str(error.value), str(error.value)
+
+
+def test_the_status_line_shows_the_users_text_as_text():
+    """#26 item 3: a target typed as ![i](http://...) was rendered as Markdown (the image fetched)."""
+    from gradcam.apps.web import as_text, failure
+
+    shown = as_text("--target ![i](http://example.invalid/x.png): not a class <b>bold</b>")
+    assert "](" not in shown.replace("\\](", "") and "<b>" not in shown.replace("\\<b\\>", "")
+    import markdown_it
+
+    html = markdown_it.MarkdownIt().render(shown)
+    assert "<img" not in html and "<b>" not in html and "example.invalid" in html
+    assert failure(AppError("x")).startswith("**Could not explain:** x")
+
+
+def test_any_failure_of_a_request_is_its_status_line(monkeypatch, capsys):
+    """Ten inputs gave a bare "Error" and a traceback in the log; now every failure is the status line."""
+    from gradcam.apps import web
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("something inside broke\nsecond line")
+
+    monkeypatch.setattr(web, "explain_photo", broken)
+    app = build_app()
+    run = next(fn for fn in app.fns.values() if getattr(fn, "name", "") == "run")
+    outputs = run.fn(str(EXAMPLES / "coffee.jpg"), "efficientnet_lite0", ["gradcam"], None, "", 0.5, "jet", "crop", "")
+    assert "Could not explain:" in outputs[4] and "RuntimeError: something inside broke" in outputs[4]
+    assert "second line" not in outputs[4]
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def _lying_png(path: Path, width: int, height: int) -> Path:
+    """A small PNG whose header declares width x height grey pixels (its data compresses to almost nothing)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    rows = zlib.compress(b"\x00" * (width + 1) * 64, 9)  # the first 64 rows only: a decoder would still allocate all
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+    return path
+
+
+def test_an_upload_is_size_checked_before_anything_decodes_it(tmp_path):
+    """#26 item 3: Gradio decoded and converted a 13000 x 13000 grey PNG (to RGB) before our check refused it;
+    the photo box now hands the file over untouched and the header check refuses it."""
+    from gradio.data_classes import FileData
+
+    bomb = _lying_png(tmp_path / "grey.png", 13000, 13000)
+    app = build_app()
+    photo = next(block for block in app.blocks.values() if getattr(block, "elem_id", None) == "photo")
+    assert photo.preprocess(FileData(path=str(bomb), orig_name="grey.png")) == str(bomb)  # not decoded
+    with pytest.raises(AppError, match="megapixels"):
+        explain_photo(str(bomb), "efficientnet_lite0", ["gradcam"], None, "", 0.5, "jet", out_dir=tmp_path / "o")

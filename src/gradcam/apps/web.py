@@ -48,7 +48,7 @@ from ..pipeline.writer import PhotoWriter, WriteOptions, top_predictions
 from ..render.viz import overlay_image
 from ..targets import TextPrompt, class_index
 from .web_files import explain_upload
-from .web_state import AppError, ModelShelf, ScratchSpace
+from .web_state import AppError, ModelShelf, ScratchSpace, as_text, failure, one_line
 
 MAX_UPLOAD_MB = 20
 MAX_TARGETS = 10  # per method; top1000 would write 2,000 files
@@ -337,9 +337,9 @@ def build_app(examples: Path | None = None, models: Sequence[str] | ModelShelf |
         try:
             result = explain_photo(path, model_name, chosen_methods, layer, target, alpha, colormap, frame=frame,
                                    method_options=method_options or "")  # fmt: skip
-        except AppError as error:
+        except Exception as error:  # noqa: BLE001 (an AppError is the user's; anything else is said the same way)
             return (gr.update(value=None), gr.update(value=None), gr.update(value=None), gr.update(value=None),
-                    f"**Could not explain:** {error}", None, gr.update(choices=[], value=None))  # fmt: skip
+                    failure(error), None, gr.update(choices=[], value=None))  # fmt: skip
         status = (
             f"{len(chosen_methods)} method(s) by row, {result.targets} target(s) by column; layer `{result.layer}`; "
             f"frame: {FRAMES_SHOWN[frame]}"
@@ -356,14 +356,14 @@ def build_app(examples: Path | None = None, models: Sequence[str] | ModelShelf |
             return gr.update(value=None)
         try:
             return gr.update(value=every.draw(name), label=f"{every.method} for {name} (no model run)")
-        except (AppError, ValueError) as error:
-            return gr.update(value=None, label=f"Could not draw: {error}")
+        except Exception as error:  # noqa: BLE001
+            return gr.update(value=None, label=f"Could not draw: {one_line(error)}")
 
     def on_concepts(path, model_name, k, layer, frame):
         try:
             picture, caption = photo_concepts_picture(path, model_name, k, layer, frame)
-        except AppError as error:
-            return gr.update(value=None, label=f"Could not find concepts: {error}")
+        except Exception as error:  # noqa: BLE001
+            return gr.update(value=None, label=f"Could not find concepts: {one_line(error)}")
         return gr.update(value=picture, label=caption)
 
     def on_upload(path, model_name, chosen_methods, target, alpha, colormap, kind):
@@ -375,9 +375,9 @@ def build_app(examples: Path | None = None, models: Sequence[str] | ModelShelf |
             guessed = None if kind == KIND_GUESSED else kind
             result = explain_upload(path, SHELF.get(model_name), method, target or "", alpha, colormap,
                                     scratch().new_folder(), guessed)  # fmt: skip
-        except AppError as error:
-            return gr.update(value=None), None, f"**Could not explain:** {error}"
-        return gr.update(value=result.picture), result.files, result.status
+        except Exception as error:  # noqa: BLE001
+            return gr.update(value=None), None, failure(error)
+        return gr.update(value=result.picture), result.files, as_text(result.status)
 
     def on_model(model_name):
         names, default = layer_choices(model_name)  # every served model was loaded at start
@@ -387,7 +387,10 @@ def build_app(examples: Path | None = None, models: Sequence[str] | ModelShelf |
         gr.Markdown("# gradcam\nWhy did the model decide that? Upload or paste a photo, or pick an example.")
         with gr.Row():
             with gr.Column(scale=1):
-                photo = gr.Image(type="filepath", label="Photo", sources=["upload", "clipboard"], elem_id="photo")
+                # image_mode=None: Gradio hands over the uploaded file untouched (any other mode makes it decode and
+                # convert the whole image first, before our own size check: a 164 KB 13000 x 13000 PNG took 0.8 GB)
+                photo = gr.Image(type="filepath", label="Photo", sources=["upload", "clipboard"], elem_id="photo",
+                                 image_mode=None)  # fmt: skip
                 if example_files:
                     gr.Examples(example_files, inputs=[photo], label="Examples")
                 model = gr.Dropdown(choices, value=choices[0], label="Model", elem_id="model")

@@ -1,5 +1,6 @@
-"""The web app's server state: the models it serves (each loaded once, before the server listens) and the
-scratch folders of its requests (the newest few kept, all removed when the process ends).
+"""The web app's server state: the models it serves (each loaded once, before the server listens), the
+scratch folders of its requests (the newest few kept, all removed when the process ends), and how a
+failed request is said on the page (one line, the user's text shown as text).
 
 Example:
     >>> shelf = ModelShelf(["efficientnet_lite0"]); shelf.load_all()          # doctest: +SKIP
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import shutil
+import sys
 import tempfile
 import threading
 from collections import deque
@@ -76,3 +78,28 @@ class ScratchSpace:
             while len(self._folders) > self.keep:
                 shutil.rmtree(self._folders.popleft(), ignore_errors=True)
         return folder
+
+
+MARKDOWN_SPECIAL = "\\`*_{}[]()<>#+-.!|~&"
+
+
+def as_text(message: str) -> str:
+    """``message`` shown as the text it is in the status line (a Markdown field): every character Markdown
+    or HTML would act on is escaped, so a target typed as ``![i](http://...)`` is never fetched."""
+    return "".join(f"\\{c}" if c in MARKDOWN_SPECIAL else c for c in message)
+
+
+def one_line(error: BaseException) -> str:
+    """What went wrong, in one line: the message of one of ours, else the error's kind and first line."""
+    lines = str(error).strip().splitlines()
+    if isinstance(error, AppError):
+        return lines[0] if lines else "the request failed"
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+def failure(error: BaseException) -> str:
+    """The status line of a request that failed (its text escaped), and one line in the server's log for an
+    error that is not the user's (no traceback: it may carry the user's paths)."""
+    if not isinstance(error, AppError):
+        print(f"gradcam serve: a request failed: {one_line(error)}", file=sys.stderr)
+    return "**Could not explain:** " + as_text(one_line(error))

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..explain import explain
 from ..io.images import Geometry, framed, image_tensor, preprocess, read_image, to_rgb
-from ..io.models import DEFAULT_MODEL, LoadedModel, Preprocessing, load_model
+from ..io.models import DEFAULT_MODEL, LoadedModel, Preprocessing, load_bundle
 from ..render.viz import data_uri, overlay_image, to_pil
 from ..result import Explanation
 from ..targets import Similarity, TargetSpec, TextPrompt
@@ -102,7 +102,7 @@ def _bundle(
     key = (name, weights, str(device or "cpu"))
     with _LOADED_LOCK:
         if key not in _LOADED:
-            _LOADED[key] = load_model(name, weights, device or "cpu")
+            _LOADED[key] = load_bundle(name, weights, str(device or "cpu"))
         bundle = _LOADED[key]
     return bundle if spec is None else replace(bundle, preprocessing=spec)
 
