@@ -11,7 +11,8 @@ import timm
 import torch
 
 from gradcam.io.efficientnet_lite import PREPROCESSING, efficientnet_lite0
-from gradcam.io.models import _timm_preprocessing, load_model
+from gradcam.io.hub import _timm_preprocessing
+from gradcam.io.models import load_model
 from gradcam.targets import imagenet_labels
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 gradio = pytest.importorskip("gradio", reason="the web extra is not installed (pip install 'gradcam[web]')")
@@ -345,3 +346,47 @@ def test_an_upload_is_size_checked_before_anything_decodes_it(tmp_path):
     assert photo.preprocess(FileData(path=str(bomb), orig_name="grey.png")) == str(bomb)  # not decoded
     with pytest.raises(AppError, match="megapixels"):
         explain_photo(str(bomb), "efficientnet_lite0", ["gradcam"], None, "", 0.5, "jet", out_dir=tmp_path / "o")
+
+
+class Pause(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import time
+
+        time.sleep(0.05)
+        return x
+
+
+class Slow(torch.nn.Module):
+    """A served model whose head takes 50 ms a pass (scorecam runs the head once per chunk of channels)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3, stride=8, padding=1), torch.nn.ReLU())
+        self.head = torch.nn.Sequential(
+            Pause(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(64, 3)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def test_one_request_cannot_hold_the_server_past_its_budget(monkeypatch):
+    """#26 item 2: `sscam:samples=2000` kept a server busy for hours. Options are bounded, and each request has
+    a time budget: past it, its next forward pass (of any module) ends it with one status line."""
+    import time
+
+    from gradcam.apps import web, web_state
+
+    name = "py:test_web:Slow"
+    monkeypatch.setattr(web, "SHELF", web.ModelShelf([name]))
+    monkeypatch.setattr(web_state, "REQUEST_SECONDS", 0.5)
+    app = build_app()
+    run = next(fn for fn in app.fns.values() if getattr(fn, "name", "") == "run")
+    start = time.monotonic()
+    outputs = run.fn(str(EXAMPLES / "coffee.jpg"), name, ["scorecam"], "features", "", 0.5, "jet", "crop",
+                     "batch_size=1")  # fmt: skip
+    assert time.monotonic() - start < 5  # 64 channels one at a time would take over 3 s
+    assert "ran past its 0.5 s budget" in outputs[4].replace("\\", "")
+    fine = run.fn(str(EXAMPLES / "coffee.jpg"), name, ["gradcam"], "features", "", 0.5, "jet", "crop", "")
+    assert "method(s) by row" in fine[4]  # the next request has its own budget

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .hooks import ForwardError, captured_forward, is_out_of_memory, model_lock, preserved_state
+from .hooks import ForwardError, captured_forward, forward_error, is_out_of_memory, model_lock, preserved_state
 from .inputs import BoundInputs, automatic_layer, image_key, image_of, prefixed, unprefixed
 from .layers import LayerSpec, resolve_layers
 from .methods import CAMMethod, get_method
@@ -213,12 +213,7 @@ def _wrapped(
         except RuntimeError as error:  # the method's own forward passes: one line, as explain()'s are
             if is_out_of_memory(error):
                 raise
-            first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
-            raise ForwardError(
-                f"images {tuple(images.shape)} {str(images.dtype).removeprefix('torch.')} on {images.device}: "
-                f"{method.name} could not run the model on them ({first[:200]}); check the input's shape, dtype "
-                "and size"
-            ) from error
+            raise forward_error(images, error, f"{method.name} could not run the model on them") from error
         if "resolved" not in seen:
             raise RuntimeError(f"{method.name}: wrapped_maps did not resolve its targets (call targets_of once)")
         logits, resolved = seen["logits"], seen["resolved"]

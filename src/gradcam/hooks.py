@@ -146,11 +146,19 @@ def run_model(model: nn.Module, images: torch.Tensor) -> object:
     except RuntimeError as error:
         if is_out_of_memory(error):
             raise
-        first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
-        raise ForwardError(
-            f"images {tuple(images.shape)} {str(images.dtype).removeprefix('torch.')} on {images.device}: "
-            f"the model's forward pass failed ({first[:200]}); check the input's shape, dtype and device"
-        ) from error
+        raise forward_error(images, error) from error
+
+
+def forward_error(
+    images: torch.Tensor, error: BaseException, failed: str = "the model's forward pass failed"
+) -> ForwardError:
+    """The one-line :class:`ForwardError` for ``error``, raised by the model on ``images``: their shape,
+    dtype and device, what ``failed``, and the error's first line."""
+    first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+    return ForwardError(
+        f"images {tuple(images.shape)} {str(images.dtype).removeprefix('torch.')} on {images.device}: "
+        f"{failed} ({first[:200]}); check the input's shape, dtype and device"
+    )
 
 
 @contextmanager

@@ -48,7 +48,7 @@ from ..pipeline.writer import PhotoWriter, WriteOptions, top_predictions
 from ..render.viz import overlay_image
 from ..targets import TextPrompt, class_index
 from .web_files import explain_upload
-from .web_state import AppError, ModelShelf, ScratchSpace, as_text, failure, one_line
+from .web_state import AppError, ModelShelf, ScratchSpace, as_text, failure, one_line, request_budget
 
 MAX_UPLOAD_MB = 20
 MAX_TARGETS = 10  # per method; top1000 would write 2,000 files
@@ -335,8 +335,9 @@ def build_app(examples: Path | None = None, models: Sequence[str] | ModelShelf |
     def run(path, model_name, chosen_methods, layer, target, alpha, colormap, frame, method_options):
         """Every user error becomes the status line (no exception, so no traceback in the server log)."""
         try:
-            result = explain_photo(path, model_name, chosen_methods, layer, target, alpha, colormap, frame=frame,
-                                   method_options=method_options or "")  # fmt: skip
+            with request_budget():
+                result = explain_photo(path, model_name, chosen_methods, layer, target, alpha, colormap, frame=frame,
+                                       method_options=method_options or "")  # fmt: skip
         except Exception as error:  # noqa: BLE001 (an AppError is the user's; anything else is said the same way)
             return (gr.update(value=None), gr.update(value=None), gr.update(value=None), gr.update(value=None),
                     failure(error), None, gr.update(choices=[], value=None))  # fmt: skip
@@ -361,7 +362,8 @@ def build_app(examples: Path | None = None, models: Sequence[str] | ModelShelf |
 
     def on_concepts(path, model_name, k, layer, frame):
         try:
-            picture, caption = photo_concepts_picture(path, model_name, k, layer, frame)
+            with request_budget():
+                picture, caption = photo_concepts_picture(path, model_name, k, layer, frame)
         except Exception as error:  # noqa: BLE001
             return gr.update(value=None, label=f"Could not find concepts: {one_line(error)}")
         return gr.update(value=picture, label=caption)
@@ -373,8 +375,9 @@ def build_app(examples: Path | None = None, models: Sequence[str] | ModelShelf |
                 raise AppError("choose a file first")
             method = (chosen_methods or ["gradcam"])[0]
             guessed = None if kind == KIND_GUESSED else kind
-            result = explain_upload(path, SHELF.get(model_name), method, target or "", alpha, colormap,
-                                    scratch().new_folder(), guessed)  # fmt: skip
+            with request_budget():
+                result = explain_upload(path, SHELF.get(model_name), method, target or "", alpha, colormap,
+                                        scratch().new_folder(), guessed)  # fmt: skip
         except Exception as error:  # noqa: BLE001
             return gr.update(value=None), None, failure(error)
         return gr.update(value=result.picture), result.files, as_text(result.status)

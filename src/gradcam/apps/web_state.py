@@ -9,13 +9,17 @@ Example:
 from __future__ import annotations
 
 import atexit
+import contextlib
+import contextvars
 import shutil
 import sys
 import tempfile
 import threading
+import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from ..io.models import DEFAULT_MODEL, LoadedModel, load_bundle
 
@@ -24,6 +28,44 @@ SCRATCH_FOLDERS = 64  # requests whose files stay downloadable
 
 class AppError(ValueError):
     """A message for the page."""
+
+
+REQUEST_SECONDS = 120.0  # one request's time budget: past it, its next forward pass stops it
+_DEADLINE: contextvars.ContextVar[tuple[float, float] | None] = contextvars.ContextVar(
+    "gradcam_request_deadline", default=None
+)  # (the monotonic time it ends, its length in seconds)
+
+
+class BudgetExceeded(Exception):  # noqa: N818 (what the page says: the request ran past its budget)
+    """A request ran past its time budget; raised at its next forward pass (of any module of a served model)."""
+
+
+@contextlib.contextmanager
+def request_budget(seconds: float | None = None) -> Iterator[None]:
+    """The calls in this block (this thread) may run the served models for ``seconds`` in all: one request
+    cannot hold the server (``sscam`` with many samples on a large photo, say), whatever its options."""
+    budget = REQUEST_SECONDS if seconds is None else seconds
+    token = _DEADLINE.set((time.monotonic() + budget, budget))
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
+
+
+def _check_budget(module: Any, inputs: Any) -> None:
+    budget = _DEADLINE.get()
+    if budget is not None and time.monotonic() > budget[0]:
+        raise BudgetExceeded(
+            f"the request ran past its {budget[1]:g} s budget; ask for fewer methods, targets or samples, "
+            "or use the command line"
+        )
+
+
+def guard(model: Any) -> None:
+    """Check the request's budget before every module's forward pass of a model this server owns (a part
+    of the network run alone, as the perturbation methods do, is checked too)."""
+    for module in model.modules():
+        module.register_forward_pre_hook(_check_budget)
 
 
 class ModelShelf:
@@ -52,7 +94,9 @@ class ModelShelf:
         with self._lock:
             if name not in self._loaded:
                 # weights_only: nothing is unpickled
-                self._loaded[name] = load_bundle(name, self.weights.get(name), labels=self.labels.get(name))
+                bundle = load_bundle(name, self.weights.get(name), labels=self.labels.get(name))
+                guard(bundle.model)  # the server's own copy: every request is held to its budget
+                self._loaded[name] = bundle
             return self._loaded[name]
 
     def load_all(self) -> None:
@@ -92,7 +136,7 @@ def as_text(message: str) -> str:
 def one_line(error: BaseException) -> str:
     """What went wrong, in one line: the message of one of ours, else the error's kind and first line."""
     lines = str(error).strip().splitlines()
-    if isinstance(error, AppError):
+    if isinstance(error, (AppError, BudgetExceeded)):
         return lines[0] if lines else "the request failed"
     return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
@@ -100,6 +144,6 @@ def one_line(error: BaseException) -> str:
 def failure(error: BaseException) -> str:
     """The status line of a request that failed (its text escaped), and one line in the server's log for an
     error that is not the user's (no traceback: it may carry the user's paths)."""
-    if not isinstance(error, AppError):
+    if not isinstance(error, (AppError, BudgetExceeded)):
         print(f"gradcam serve: a request failed: {one_line(error)}", file=sys.stderr)
     return "**Could not explain:** " + as_text(one_line(error))
