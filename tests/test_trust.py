@@ -189,7 +189,8 @@ def test_sigterm_stops_like_ctrl_c_and_resume_finishes(tmp_path, replicas):
 
 def test_sigkill_before_the_first_manifest_then_resume_redoes_and_cleans(tmp_path):
     """#26 item 8: killed before its first manifest, a run left outputs that --resume then reported as
-    failures ("exists; pass --overwrite") while its .tmp files survived."""
+    failures ("exists; pass --overwrite") while its .tmp files survived. The manifest is now written before
+    the first photo, so the outputs are known to be the run's (a user's own file is still never replaced)."""
     import signal
 
     folder, out = _photos(tmp_path, 24), tmp_path / "out"
@@ -197,7 +198,8 @@ def test_sigkill_before_the_first_manifest_then_resume_redoes_and_cleans(tmp_pat
     _wait_for_outputs(out, 2, process)
     process.send_signal(signal.SIGKILL)
     process.communicate(timeout=60)
-    assert not (out / "results.json").exists()
+    killed = json.loads((out / "results.json").read_text())
+    assert killed["finished"] is None and killed["summary"]["ok"] < 24
     stale = out / ".p000.gradcam.282-tiger_cat.jpg.999-1.tmp"
     stale.write_bytes(b"half")  # what a write cut by SIGKILL leaves
     again = _start(folder, out, "--resume")
@@ -288,3 +290,16 @@ def test_wrapping_methods_fail_like_the_others_on_a_bad_input():
             with pytest.raises(ForwardError) as failed:
                 explain(model, bad, method, "layer4")
             assert "\n" not in str(failed.value)
+
+
+def test_label_files_of_every_form_still_read(tmp_path):
+    """The bounds above must not break the ordinary files: lines, a JSON list, a JSON object with a gap."""
+    (tmp_path / "names.txt").write_text("cat\ndog\n\n")
+    (tmp_path / "list.json").write_text('["cat", "dog"]')
+    (tmp_path / "object.json").write_text('{"0": "cat", "2": "cup"}')
+    assert read_labels(tmp_path / "names.txt") == ["cat", "dog"]
+    assert read_labels(tmp_path / "list.json") == ["cat", "dog"]
+    assert read_labels(tmp_path / "object.json") == ["cat", "1", "cup"]
+    (tmp_path / "many.txt").write_text("x\n" * 1_000_001)
+    with pytest.raises(ModelLoadError, match="1,000,001 names"):
+        read_labels(tmp_path / "many.txt")

@@ -97,8 +97,6 @@ def read_labels(path: str | Path) -> list[str]:
         except (ValueError, AttributeError, TypeError, RecursionError) as error:
             reason = "nested too deeply" if isinstance(error, RecursionError) else str(error)[:80]
             raise ModelLoadError(f"--labels {path}: not a JSON list or {{index: name}} object ({reason})") from None
-    if len(names) > MAX_CLASSES:
-        raise ModelLoadError(f"--labels {path}: {len(names):,} names; a model has at most {MAX_CLASSES:,} classes")
     else:
         names = [line.strip() for line in text.splitlines()]
         while names and not names[-1]:

@@ -102,6 +102,7 @@ class FileRunner:
         paths = self.found.paths
         keys = array_keys(paths, self.found.roots)
         records: list[PhotoRecord] = []
+        self._write(records, finished=None)  # from the start: a run killed at any point leaves its manifest
         for path, key in zip(paths, keys, strict=True):
             earlier = previous.get(str(path))
             if earlier is not None and all(Path(f).exists() for t in earlier.targets for f in t.files.values()):

@@ -144,11 +144,8 @@ class Runner:
             probe.unlink()
         except OSError as error:
             raise UsageError(f"--out {out}: cannot write there ({error.strerror}); choose another folder") from None
-        if self.options.resume:
-            # a run killed outright leaves temporaries, and before its first manifest, complete outputs that no
-            # manifest lists: the temporaries go, and the photos not listed are explained again (files replaced)
+        if self.options.resume:  # a run killed outright (SIGKILL: no clean-up ran) leaves its temporaries
             remove_stale_temporaries(out)
-            self.explainer.replace_unrecorded = True
         if self.manifest_path.exists():
             if self.options.resume:
                 self._continue(read_manifest(self.manifest_path))
@@ -189,8 +186,10 @@ class Runner:
         self.manifest_interval = max(MANIFEST_INTERVAL_S, (self.last_manifest - started) / MANIFEST_SHARE)
 
     def run(self, progress: Callable[[int], None] | None = None) -> RunResult:
-        """Explain every photo. The manifest says ``finished`` only when every photo was seen; a run
-        stopped by a usage error before any photo was explained leaves no manifest behind."""
+        """Explain every photo. The manifest is written before the first photo (so a run killed at any
+        point leaves one, and ``--resume`` knows the outputs it finds are the run's, not the user's) and says
+        ``finished`` only when every photo was seen; a run stopped by a usage error before any photo was
+        explained leaves no manifest behind."""
         self.prepare_output()
         todo = []
         for index, path in enumerate(self.found.paths):
@@ -198,6 +197,17 @@ class Runner:
                 self.entries[index] = self.previous[str(path)]
             else:
                 todo.append(index)
+        fresh = not self.manifest_path.exists()
+        self.write_manifest(finished=False)
+        try:
+            return self._run(todo, progress)
+        except UsageError:
+            if fresh and not self.entries:  # nothing was explained: the corrected command must not be refused
+                for written in (self.manifest_path, self.options.out / "index.html"):
+                    written.unlink(missing_ok=True)
+            raise
+
+    def _run(self, todo: list[int], progress: Callable[[int], None] | None) -> RunResult:
         if progress and len(todo) < len(self.found.paths):
             progress(len(self.found.paths) - len(todo))
         options = self.options

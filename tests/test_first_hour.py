@@ -1,0 +1,56 @@
+"""The first hour of a new user (#27 item 14, in part): messages and help that a newcomer reads first."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import gradcam
+from gradcam.apps.cli import build_parser, main
+from gradcam.targets import class_index
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def test_a_method_typo_is_one_line_with_the_close_names(tmp_path, capsys):
+    assert main(["explain", str(EXAMPLES / "coffee.jpg"), "--method", "gradcm", "--out", str(tmp_path / "o")]) == 2
+    captured = capsys.readouterr()
+    (line,) = captured.err.strip().splitlines()
+    assert line.startswith("gradcam: error: --method gradcm:") and "gradcam" in line and "usage:" not in captured.err
+
+
+def test_a_missing_file_is_one_line(tmp_path, capsys):
+    assert main(["explain", str(tmp_path / "nope.jpg"), "--out", str(tmp_path / "o")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == f"gradcam: error: {tmp_path / 'nope.jpg'}: no such file or folder"
+
+
+def test_help_says_no_default_where_none_applies(capsys):
+    with pytest.raises(SystemExit):
+        main(["explain", "-h"])
+    text = capsys.readouterr().out
+    assert "(default: None)" not in text and "(default: False)" not in text
+    assert "(default: gradcam)" in text.replace("\n", " ").replace("  ", " ") or "default: gradcam" in text
+
+
+def test_every_command_has_a_description_and_help_never_breaks_a_word(capsys):
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command")
+    for name, sub in commands.choices.items():
+        assert sub.description, name
+        with pytest.raises(SystemExit):
+            main([name, "-h"])
+        text = capsys.readouterr().out
+        assert "gradcam-e\n" not in text and "-e lementwise" not in text.replace("\n", " "), name
+
+
+@pytest.mark.parametrize("typed, expected", [("cat", {"tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}),
+                                             ("tigr cat", {"tiger cat"})])  # fmt: skip
+def test_a_class_name_typo_suggests_the_classes_that_contain_it(typed, expected):
+    labels = gradcam.imagenet_labels()
+    with pytest.raises(ValueError) as unknown:
+        class_index(typed, labels)
+    message = str(unknown.value)
+    assert all(repr(name) in message for name in expected), message
+    assert "crate" not in message and "castle" not in message
