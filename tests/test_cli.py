@@ -197,10 +197,10 @@ def test_usage_errors_are_one_line_with_suggestions(tmp_path, capsys, options, m
 
 
 def test_unknown_method_lists_choices(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        run(str(EXAMPLES / "chelsea.jpg"), "--method", "gradcma")
-    assert exit_info.value.code == 2
-    assert "invalid choice: 'gradcma'" in capsys.readouterr().err
+    # #27: one line with the close names and the choices, instead of argparse's usage block and exit
+    assert run(str(EXAMPLES / "chelsea.jpg"), "--method", "gradcma", "--out", str(tmp_path / "o")) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "unknown method 'gradcma'; did you mean 'gradcam'" in line and "choose from gradcam, gradcam++" in line
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")

@@ -23,7 +23,7 @@ def test_a_method_typo_is_one_line_with_the_close_names(tmp_path, capsys):
 def test_a_missing_file_is_one_line(tmp_path, capsys):
     assert main(["explain", str(tmp_path / "nope.jpg"), "--out", str(tmp_path / "o")]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line == f"gradcam: error: {tmp_path / 'nope.jpg'}: no such file or folder"
+    assert line == f"gradcam: error: {tmp_path / 'nope.jpg'}: no such file or folder; no images found"
 
 
 def test_help_says_no_default_where_none_applies(capsys):
@@ -54,3 +54,34 @@ def test_a_class_name_typo_suggests_the_classes_that_contain_it(typed, expected)
     message = str(unknown.value)
     assert all(repr(name) in message for name in expected), message
     assert "crate" not in message and "castle" not in message
+
+
+def test_every_python_snippet_of_the_readme_runs_as_written(tmp_path, monkeypatch):
+    """#27 item 13: `gradcam.models.Preprocessing` in the README raised AttributeError; each ```python block
+    now runs as written (in a folder with the examples beside it, as in a checkout)."""
+    import re
+
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    assert len(blocks) >= 2
+    (tmp_path / "examples").symlink_to(EXAMPLES)
+    monkeypatch.chdir(tmp_path)
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})  # noqa: S102 (our own README)
+    assert (tmp_path / "coffee-espresso.png").exists()
+    spec = gradcam.io.models.Preprocessing(resize=256, crop=(224, 224))  # the README's own words
+    assert spec.crop == (224, 224)
+
+
+def test_explain_image_takes_several_classes_of_one_photo_and_saves_by_its_name(tmp_path):
+    """#27 item 13: targets=["tiger cat", "tabby"] or [282, 281] failed ("2 targets for a batch of 1"), and
+    ex.save named every file photo.* with the model's name as the photo's path."""
+    for targets in (["tiger cat", "tabby"], [282, 281], "tiger cat,tabby"):
+        ex = gradcam.explain_image(str(EXAMPLES / "chelsea.jpg"), targets=targets)
+        assert ex.names == ["tiger cat", "tabby"]
+    written = ex.save(tmp_path) + gradcam.explain_image(str(EXAMPLES / "coffee.jpg")).save(tmp_path)
+    assert {p.name for p in written} >= {"chelsea.json", "coffee.json", "chelsea.gradcam.281-tabby.png"}
+    import json
+
+    assert json.loads((tmp_path / "chelsea.json").read_text())["images"][0]["path"].endswith("chelsea.jpg")
+    assert len(repr(gradcam.load_model())) < 300

@@ -175,9 +175,9 @@ def test_explain_image_three_lines_and_the_result_draws_itself(tmp_path):
     assert len(repr(ex.explanation)) < 200  # no whole tensors
     assert ex._repr_png_().startswith(b"\x89PNG") and "espresso" in ex._repr_html_()
     written = ex.save(tmp_path)
-    assert sorted(p.name for p in written) == [
-        "photo.gradcam.967-espresso.npy", "photo.gradcam.967-espresso.png", "photo.gradcam.968-cup.npy",
-        "photo.gradcam.968-cup.png", "photo.json",
+    assert sorted(p.name for p in written) == [  # named after the photo (#27: every save was "photo.*")
+        "coffee.gradcam.967-espresso.npy", "coffee.gradcam.967-espresso.png", "coffee.gradcam.968-cup.npy",
+        "coffee.gradcam.968-cup.png", "coffee.json",
     ]  # fmt: skip
     with pytest.raises(FileExistsError, match="pass overwrite=True"):
         ex.save(tmp_path)

@@ -221,8 +221,8 @@ def concepts(
             if start == 0 and tail is not None:
                 tensor, logits = tail.layer_output, select(tail.output)
             else:
-                output, (tensor,) = captured_forward(model, images[start : start + batch_size], [(name, module)], False)
-                logits = select(output)
+                raw, (tensor,) = captured_forward(model, images[start : start + batch_size], [(name, module)], False)
+                logits = select(raw)
             layout = infer_layout(tensor, tuple(images.shape[-2:]), None, None, name)
             parts.append(layout.to_spatial(tensor).float())
             needed = parts[0][0].numel() * 4 * len(images) * 3  # the activations, their shifted copy, W H

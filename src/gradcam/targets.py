@@ -181,7 +181,9 @@ def class_index(name: str, labels: Sequence[str]) -> int:
     key = name.strip().lower()
     if key in lowered:
         return lowered.index(key)
-    close = difflib.get_close_matches(key, lowered, n=3, cutoff=0.6)
+    words = key.split()
+    containing = [c for c in lowered if words and all(w in re.findall(r"[a-z0-9']+", c) for w in words)]
+    close = containing[:6] or difflib.get_close_matches(key, lowered, n=3, cutoff=0.6)
     hint = f"; did you mean {', '.join(repr(labels[lowered.index(c)]) for c in close)}?" if close else ""
     raise ValueError(f"unknown class name {name!r}{hint}")
 
@@ -192,7 +194,7 @@ def _to_index(item: Any, labels: Sequence[str] | None, num_classes: int) -> int:
     if isinstance(item, numbers.Integral) or (isinstance(item, torch.Tensor) and item.dim() == 0):
         index = int(item)
     elif isinstance(item, str):
-        if item.strip().lstrip("-").isdigit():
+        if re.fullmatch(r"\s*-?[0-9]+\s*", item):  # ASCII digits only: "²".isdigit() is True
             index = int(item)
         elif labels is None:
             raise ValueError(f"targets: class name {item!r} given but the model's labels are unknown; pass labels=")

@@ -52,6 +52,15 @@ class LoadedModel:
     source: str = ""
     extra: dict = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        """One line (printing the module itself listed its whole tree: 27 KB for the default model)."""
+        parameters = sum(p.numel() for p in self.model.parameters())
+        labels = f"{len(self.labels)} class names" if self.labels is not None else "no class names"
+        return (
+            f"LoadedModel({self.name!r}, {type(self.model).__name__} with {parameters / 1e6:.1f} M parameters, "
+            f"input {self.preprocessing.crop[0]}x{self.preprocessing.crop[1]}, {labels}, source {self.source!r})"
+        )
+
     def layer_for(self, requested: str | None, example: torch.Tensor | None = None) -> str | None:
         """The one place that decides which layer is explained: ``requested`` when given, else the model
         family's default (``features.35`` for VGG-19, ``bn2`` for EfficientNet-Lite, ...), else, given an

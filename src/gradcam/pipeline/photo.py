@@ -80,12 +80,29 @@ def explain_image(
         dtype=parameter.dtype if parameter is not None else torch.float32,
     )
     names = labels if labels is not None else bundle.labels
+    targets = _for_one_photo(targets, names)
     if isinstance(targets, TextPrompt):
         names = list(targets.prompts)
     elif isinstance(targets, Similarity):
         names = list(targets.labels())
     ex = explain(bundle.model, x, method, bundle.layer_for(layer), targets, labels=names, **options)
-    return PhotoExplanation(ex, image_tensor(image), geometry, tuple(names) if names else None, bundle.name, frame)
+    source = str(photo) if isinstance(photo, (str, Path)) else None
+    return PhotoExplanation(ex, image_tensor(image), geometry, tuple(names) if names else None, bundle.name, frame,
+                            source)  # fmt: skip
+
+
+def _for_one_photo(targets: Any, labels: Any) -> Any:
+    """``targets`` as K targets of the one photo: a list of classes (``["tiger cat", "tabby"]``, ``[282, 281]``)
+    and the command line's ``"tiger cat,tabby"`` are several targets of this photo, not one per image of a
+    batch ("2 targets for a batch of 1")."""
+    if isinstance(targets, str) and "," in targets:
+        from .options import parse_target
+
+        return [parse_target(targets, labels)]
+    classes = isinstance(targets, (list, tuple)) and len(targets) > 1
+    if classes and all(isinstance(t, (int, str)) and not isinstance(t, bool) for t in targets):
+        return [list(targets)]
+    return targets
 
 
 def _bundle(
@@ -134,6 +151,7 @@ class PhotoExplanation:
     labels: tuple[str, ...] | None
     model: str
     frame: str = "crop"
+    source: str | None = None  # the photo's path, when it was given by one
 
     @property
     def maps(self) -> torch.Tensor:
@@ -180,10 +198,13 @@ class PhotoExplanation:
         kind = "against " if self.explanation.counterfactual else ""
         return f"{self.explanation.method}: {kind}{self.names[k]} (score {float(self.scores[0, k]):.3g})"
 
-    def save(self, folder: str | Path, stem: str = "photo", overwrite: bool = False) -> list[Path]:
+    def save(self, folder: str | Path, stem: str | None = None, overwrite: bool = False) -> list[Path]:
         """Write ``{stem}.{method}.{index}-{name}.png`` (overlay) and ``.npy`` (map) per target and
         ``{stem}.json`` (the manifest, as ``gradcam explain`` writes it) through the same writer as the
-        command line; an existing file is an error unless ``overwrite``. Returns the paths written."""
+        command line; ``stem`` is the photo's file name without its suffix (``"photo"`` for a photo given
+        as an image), so several photos saved into one folder keep their own files. An existing file is an
+        error unless ``overwrite``. Returns the paths written."""
+        stem = stem or (Path(self.source).stem if self.source else "photo")
         from ..io.files import write_atomic
         from .decode import DecodedPhoto
         from .manifest import now, run_manifest
@@ -206,7 +227,7 @@ class PhotoExplanation:
         decoded = DecodedPhoto(geometry=self.geometry, photo=self.photo, size=size)
         logits = self.explanation.logits
         predictions = top_predictions(logits, self.labels, similarity=False)[0] if logits is not None else None
-        record = writer.write(self.model, stem, decoded, self.explanation, 0, predictions)
+        record = writer.write(self.source or stem, stem, decoded, self.explanation, 0, predictions)
         if not record.ok:
             raise OSError(record.error)
         asked = RunOptions(

@@ -22,7 +22,9 @@ class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionH
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        return text if "(default:" in text else super()._get_help_string(action)
+        if "(default:" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text  # a default is shown only where one applies
+        return super()._get_help_string(action)
 
 
 def usage_error(message: str) -> int:

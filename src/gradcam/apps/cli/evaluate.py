@@ -32,7 +32,7 @@ def add_parser(commands: Any) -> None:
     add_photos_and_model(judge)
     judge.add_argument(
         "--methods",
-        default=",".join(m for m in methods() if get_method(m).evaluated_by_default),
+        default=", ".join(m for m in methods() if get_method(m).evaluated_by_default),
         help="comma-separated methods (scorecam, sscam, iscam and ablationcam are slower, gradeclip needs a ViT, cam a "
         "pooled linear head: add them by name)",
     )  # fmt: skip

@@ -65,7 +65,7 @@ def add_parser(commands: Any) -> None:
     )
     add_trust_option(run)
     add_labels_option(run)
-    run.add_argument("--method", default="gradcam", choices=methods(), help="the CAM method")
+    run.add_argument("--method", default="gradcam", help="the CAM method: " + ", ".join(methods()))
     run.add_argument(
         "--layer",
         default=None,
@@ -208,6 +208,11 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
     option) for a value no kind could take."""
     from ...render.viz import colormap_table
 
+    try:
+        args.method = get_method(args.method).name
+    except ValueError as problem:
+        raise UsageError(f"--method {args.method}: {problem}") from None
+
     if not 0 <= args.alpha <= 1:
         raise UsageError(f"--alpha {args.alpha}: must be between 0 and 1")
     if not 1 <= args.batch_size <= MAX_BATCH_SIZE or args.workers < 0 or args.per_channel < 0:
@@ -305,9 +310,12 @@ def run(args: argparse.Namespace) -> int:
         refuse_unsupported(inputs.kind, options)
     except UsageError as problem:
         return usage_error(str(problem))
-    report_missing(inputs.found)
-    if not inputs.found.paths:
+    if not inputs.found.paths:  # nothing to explain: one line says why
+        missing = inputs.found.missing
+        if missing:
+            return usage_error(", ".join(missing) + ": no such file or folder; no images found")
         return usage_error("no images found in " + ", ".join(args.paths))
+    report_missing(inputs.found)
     try:
         bundle = load_bundle(args, images=inputs.kind.name in ("photo", "image", "video"))
         check_targets(bundle, inputs.kind, options)

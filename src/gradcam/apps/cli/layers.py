@@ -11,7 +11,11 @@ from .console import EXIT_OK, Formatter, add_trust_option, usage_error
 
 def add_parser(commands: Any) -> None:
     layers = commands.add_parser(
-        "layers", help="list a model's candidate layers with their output shapes", formatter_class=Formatter
+        "layers",
+        help="list a model's candidate layers with their output shapes",
+        description="A model's layers with a spatial output (the ones --layer can explain), their output shapes, "
+        "and the default marked.",
+        formatter_class=Formatter,
     )
     layers.add_argument("model", nargs="?", default=DEFAULT_MODEL, help="a model name as for explain --model")
     layers.add_argument("--weights", default="none", help="weights do not change shapes, so random by default")

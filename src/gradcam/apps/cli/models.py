@@ -11,7 +11,11 @@ from .console import EXIT_OK, Formatter
 
 def add_parser(commands: Any) -> None:
     listing = commands.add_parser(
-        "models", help="list model names and which work offline now", formatter_class=Formatter
+        "models",
+        help="list model names and which work offline now",
+        description="The model names --model takes (the embedded default, torchvision, the model sources) and "
+        "which of them work offline now.",
+        formatter_class=Formatter,
     )
     listing.add_argument(
         "--all", action="store_true", help="list every torchvision model, not only those ready offline"

@@ -15,6 +15,8 @@ def add_parser(commands: Any) -> None:
     web = commands.add_parser(
         "serve",
         help="try photos in the browser (needs: pip install 'gradcam[web]')",
+        description="Serve the web app: upload or paste a photo (or a video, a volume, a signal, an image array), "
+        "choose methods and targets, download the maps. Listens on 127.0.0.1 unless --host says otherwise.",
         formatter_class=Formatter,
     )
     web.add_argument("--host", default="127.0.0.1", help="address to listen on; anything but loopback opens the app")
