@@ -188,7 +188,7 @@ def test_replicas_is_checked_on_the_command_line(twelve_photos, tmp_path, capsys
 
 
 def test_writer_threads_take_the_cores_a_single_model_leaves(monkeypatch):
-    from gradcam.pipeline import local
+    from gradcam.pipeline import replicas as local  # the thread counts live beside the replicas since #25
 
     monkeypatch.setattr(local.os, "sched_getaffinity", lambda _: set(range(16)), raising=False)
     assert local.writer_threads(workers=8, replicas=1) == 7  # a GPU run: 16 cores, 8 decoding, the main thread

@@ -45,6 +45,7 @@ from ..pipeline.method_options import WEB_BOUNDS, methods_with_options
 from ..pipeline.naming import label_of
 from ..pipeline.options import RunOptions, UsageError, parse_target
 from ..pipeline.writer import PhotoWriter, WriteOptions, top_predictions
+from ..render.captions import caption
 from ..render.viz import overlay_image
 from ..targets import TextPrompt, class_index
 from .web_files import explain_upload
@@ -228,7 +229,7 @@ def explain_photo(
         records.append(record)
         for k, picture in enumerate(pictures):
             index = int(ex.targets[0, k]) if ex.targets is not None else k
-            overlays.append((picture, f"{method}: {label_of(names, index)}, {_score_text(ex, k, index, prompt)}"))
+            overlays.append((picture, _caption(ex, k, index, prompt, method, label_of(names, index))))
         if channels and "channels" in record.targets[0].files:
             first = label_of(names, int(ex.targets[0, 0])) if ex.targets is not None else "the first target"
             grid_label = f"Feature maps adding up to the {method} map for {first}"
@@ -304,14 +305,15 @@ def _keeps_every_class(bundle: LoadedModel, method: Any, targets: Any) -> bool:
     return True
 
 
-def _score_text(ex: Any, k: int, index: int, prompt: bool) -> str:
-    """What the number under an overlay is: the logit explained and its probability, or the cosine."""
+def _caption(ex: Any, k: int, index: int, prompt: bool, method: str, label: str) -> str:
+    """The overlay's caption (:func:`gradcam.render.captions.caption`): the logit and its probability, or
+    the cosine similarity of a prompt."""
     score = float(ex.scores[0, k])
     if prompt:
-        return f"cosine {score:.3f}"
-    if ex.logits is None or index >= ex.logits.shape[-1]:
-        return f"score {score:.2f}"
-    return f"logit {score:.2f}, p = {float(ex.logits[0].softmax(-1)[index]):.2f}"
+        return caption(method, label, similarity=True, score=score)
+    if ex.logits is None or index >= ex.logits.shape[-1]:  # the page names the class (its index is in the files)
+        return caption(method, label, score=score, score_name="score")
+    return caption(method, label, score=score, probability=float(ex.logits[0].softmax(-1)[index]))
 
 
 def build_app(examples: Path | None = None, models: Sequence[str] | ModelShelf | None = None) -> Any:

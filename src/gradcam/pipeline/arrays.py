@@ -18,6 +18,7 @@ from ..explain import explain
 from ..io.arrays import map_path, read_array, write_map
 from ..io.models import LoadedModel, check_label_count
 from ..render.arrays import montage, signal_plot
+from ..render.captions import caption
 from .naming import label_of, target_stem
 from .options import RunOptions, parse_target
 from .records import PhotoRecord, TargetRecord
@@ -56,12 +57,12 @@ def explain_array(bundle: LoadedModel, path: Path, key: str, options: RunOptions
         existing = [p for p in (map_file, picture_path) if p.exists()]
         if existing and not options.overwrite:
             raise FileExistsError(f"{existing[0]} exists; pass --overwrite to replace it")
-        against = "against " if options.counterfactual else ""
-        caption = f"{options.method} {against}for {label} ({index}), score {float(ex.scores[0, k]):.2f}"
+        text = caption(options.method, label, index, counterfactual=options.counterfactual,
+                       score=float(ex.scores[0, k]), score_name="score")  # fmt: skip
         if item.kind == "volume":
-            picture = montage(item, heat, caption, options.alpha, options.colormap)
+            picture = montage(item, heat, text, options.alpha, options.colormap)
         else:
-            picture = signal_plot(item, heat, caption, options.colormap)
+            picture = signal_plot(item, heat, text, options.colormap)
         write_map(heat.numpy(), map_file, item)
         save_picture(picture, picture_path, "png")
         targets.append(TargetRecord(index=index, label=label, score=float(ex.scores[0, k]),

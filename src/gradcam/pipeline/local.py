@@ -7,8 +7,6 @@ hands each input to the :class:`~gradcam.pipeline.writer.PhotoWriter` (the Ray a
 
 from __future__ import annotations
 
-import contextlib
-import os
 import threading
 import time
 import warnings
@@ -43,39 +41,22 @@ from .manifest import (
 from .naming import output_keys
 from .options import RunOptions, UsageError, layer_spec, parse_target
 from .records import PhotoRecord, RunManifest
-from .replicas import batch_ranges, explain_side_by_side, replica_count, replicate, torch_threads
+from .replicas import (  # noqa: F401 (WRITER_THREADS, MAX_WRITER_THREADS: this engine's, read by tests)
+    MAX_WRITER_THREADS,
+    WRITER_THREADS,
+    batch_ranges,
+    explain_side_by_side,
+    lower_priority,
+    replica_count,
+    replicate,
+    torch_threads,
+    writer_threads,
+)
 from .writer import PhotoWriter, WriteOptions, top_predictions
 
 ALL_CLASSES_DRAWN = 3  # with --target all: the raw maps of every class are saved, the top ones drawn
 MANIFEST_INTERVAL_S = 20.0
 MANIFEST_SHARE = 0.02  # a large run's manifest is rewritten less often: at most this share of the time
-WRITER_THREADS = 2  # at least; more where cores are left over (see writer_threads)
-MAX_WRITER_THREADS = 16
-SIDE_WORK_NICENESS = 10  # decoding and writing yield to the model's forward pass, the run's critical path
-
-
-def lower_priority(*_: object) -> None:
-    """Lower the calling thread's scheduling priority (Linux: each thread has its own niceness; elsewhere
-    nothing happens). Decoding workers and writer threads call it, so that on a machine whose every core
-    the model's threads use, they take the gaps the model leaves instead of stalling its threads, which
-    wait for each other at every layer (1,000 photos on 2 cores, median of 4 turns: 0.69 -> 0.76 of plain
-    inference)."""
-    with contextlib.suppress(AttributeError, OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), SIDE_WORK_NICENESS)
-
-
-def writer_threads(workers: int, replicas: int) -> int:
-    """Threads that draw and encode the pictures: ``WRITER_THREADS`` where the model's replicas use every
-    core (a CPU run), else also the cores neither the decoding workers nor the main thread use, up to
-    ``MAX_WRITER_THREADS``: with the model on a GPU, the pictures (about 12 CPU-ms a photo) are what the
-    CPU has to keep up with, and PIL draws and encodes without holding the GIL."""
-    if replicas > 1:
-        return WRITER_THREADS
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(WRITER_THREADS, min(MAX_WRITER_THREADS, cores - workers - 1))
 
 
 def _resolved(value: Any) -> Future:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import threading
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -132,3 +133,32 @@ def explain_side_by_side(
                     continue
     if failures:
         raise failures[0]
+
+
+WRITER_THREADS = 2  # at least; more where cores are left over (see writer_threads)
+MAX_WRITER_THREADS = 16
+SIDE_WORK_NICENESS = 10  # decoding and writing yield to the model's forward pass, the run's critical path
+
+
+def lower_priority(*_: object) -> None:
+    """Lower the calling thread's scheduling priority (Linux: each thread has its own niceness; elsewhere
+    nothing happens). Decoding workers and writer threads call it, so that on a machine whose every core
+    the model's threads use, they take the gaps the model leaves instead of stalling its threads, which
+    wait for each other at every layer (1,000 photos on 2 cores, median of 4 turns: 0.69 -> 0.76 of plain
+    inference)."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), SIDE_WORK_NICENESS)
+
+
+def writer_threads(workers: int, replicas: int) -> int:
+    """Threads that draw and encode the pictures: ``WRITER_THREADS`` where the model's replicas use every
+    core (a CPU run), else also the cores neither the decoding workers nor the main thread use, up to
+    ``MAX_WRITER_THREADS``: with the model on a GPU, the pictures (about 12 CPU-ms a photo) are what the
+    CPU has to keep up with, and PIL draws and encodes without holding the GIL."""
+    if replicas > 1:
+        return WRITER_THREADS
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(WRITER_THREADS, min(MAX_WRITER_THREADS, cores - workers - 1))

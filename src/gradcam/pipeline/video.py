@@ -31,6 +31,7 @@ from ..explain import explain
 from ..io.images import Geometry, check_working_size, framed, preprocess
 from ..io.models import LoadedModel, check_label_count
 from ..io.video import VideoReadError, VideoWriter, read_frames, video_info
+from ..render.captions import caption
 from ..render.video import contact_sheet
 from ..render.viz import overlay_image
 from ..result import normalise
@@ -111,8 +112,8 @@ def explain_video(
     writer.close()
     writer.path.replace(video_file)  # the finished file appears whole
     sheet_file = base.with_name(f"{base.name}.{options.method}.contact-sheet.png")
-    against = "against " if options.counterfactual else ""
-    title = f"{options.method} {against}for {label_of(bundle.labels, state['target'])}"
+    title = caption(options.method, label_of(bundle.labels, state["target"]), state["target"],
+                    counterfactual=options.counterfactual)  # fmt: skip
     picture = contact_sheet(sheet, info.fps, title, options.colormap)
     save_picture(picture, sheet_file, "png")
     return _record(bundle, str(path), info, options, state, video_file, sheet_file, done, pictures[0].size)

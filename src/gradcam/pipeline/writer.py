@@ -29,6 +29,7 @@ from ..guided import gradient_picture
 from ..io.files import write_atomic
 from ..io.images import model_view
 from ..io.models import Preprocessing
+from ..render.captions import caption
 from ..render.viz import channel_grid, heat_plane, overlay_image, to_pil, with_legend
 from ..result import ChannelContributions, Explanation
 from .decode import DecodedPhoto
@@ -128,14 +129,13 @@ class PhotoWriter:
     def caption(self, ex: Explanation, row: int, k: int) -> str:
         """What target ``k`` of image ``row`` is, with its score and what the score is."""
         class_id = int(ex.targets[row, k]) if ex.targets is not None else None
-        name = f"{self.label(class_id)} ({class_id})" if class_id is not None else f"target {k}"
-        against = "against " if self.options.counterfactual else ""
-        score = float(ex.scores[row, k])
-        if self.options.prompts:
-            return f"{self.options.method}: {against}{name}, cosine similarity {score:.3f}"
-        probability = ex.logits[row].softmax(-1)[class_id] if class_id is not None and ex.logits is not None else None
-        chance = f", p = {float(probability):.2f}" if probability is not None else ""
-        return f"{self.options.method}: {against}{name}, logit {score:.2f}{chance}"
+        label = self.label(class_id) if class_id is not None else None
+        probability = None
+        if class_id is not None and ex.logits is not None and not self.options.prompts:
+            probability = float(ex.logits[row].softmax(-1)[class_id])
+        return caption(self.options.method, label, class_id if class_id is not None else k,
+                       counterfactual=self.options.counterfactual, score=float(ex.scores[row, k]),
+                       probability=probability, similarity=self.options.prompts)  # fmt: skip
 
     def plan(
         self, key: str, ex: Explanation, row: int, every: bool = False

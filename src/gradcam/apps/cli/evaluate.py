@@ -19,6 +19,8 @@ from .console import (
     usage_error,
 )
 
+EVALUATED = [m for m in methods() if get_method(m).evaluated_by_default]  # evaluate's default list
+
 
 def add_parser(commands: Any) -> None:
     judge = commands.add_parser(
@@ -32,9 +34,9 @@ def add_parser(commands: Any) -> None:
     add_photos_and_model(judge)
     judge.add_argument(
         "--methods",
-        default=", ".join(m for m in methods() if get_method(m).evaluated_by_default),
-        help="comma-separated methods (scorecam, sscam, iscam and ablationcam are slower, gradeclip needs a ViT, cam a "
-        "pooled linear head: add them by name)",
+        default=",".join(EVALUATED),
+        help=f"comma-separated methods (default: {', '.join(EVALUATED)}; scorecam, sscam, iscam and ablationcam "
+        "are slower, gradeclip needs a ViT, cam a pooled linear head: add them by name)",
     )  # fmt: skip
     judge.add_argument(
         "--method-option",
