@@ -101,7 +101,12 @@ def explain_side_by_side(
         with lock:
             return None if stop.is_set() else next_batch()
 
-    def work(explain_batch: Callable[[Batch], Callable[[], object]]) -> None:
+    # each replica's own "done", set as its last act: Thread.join/is_alive cannot be trusted after a
+    # KeyboardInterrupt lands inside join() (CPython marks the thread stopped while it still runs: it was
+    # then still inside a torch operation at exit, and the process aborted, exit 134, in 4 of 13 Ctrl-Cs)
+    finished = [threading.Event() for _ in explainers]
+
+    def work(explain_batch: Callable[[Batch], Callable[[], object]], done: threading.Event) -> None:
         waiting: Callable[[], object] | None = None
         try:
             while (batch := take()) is not None:
@@ -112,23 +117,25 @@ def explain_side_by_side(
         except BaseException as error:  # raised again in the calling thread
             failures.append(error)
             stop.set()
+        finally:
+            done.set()
 
     threads = [
-        threading.Thread(target=work, args=(explain,), name=f"gradcam-replica-{i}", daemon=True)
-        for i, explain in enumerate(explainers)
+        threading.Thread(target=work, args=(explain, done), name=f"gradcam-replica-{i}", daemon=True)
+        for i, (explain, done) in enumerate(zip(explainers, finished, strict=True))
     ]
-    for thread in threads:
-        thread.start()
     try:
-        while alive := [thread for thread in threads if thread.is_alive()]:
-            alive[0].join(TICK_S)
+        for thread in threads:
+            thread.start()
+        while running := [done for done in finished if not done.is_set()]:
+            running[0].wait(TICK_S)
             tick()
     finally:
         stop.set()
-        for thread in threads:  # a second Ctrl-C (or SIGTERM) still waits for the batch in hand: a thread
-            while thread.is_alive():  # left inside a torch operation at exit aborts the process (exit 134)
+        for thread, done in zip(threads, finished, strict=True):  # each finishes the batch in hand, also on a
+            while thread.ident is not None and not done.is_set():  # second Ctrl-C or a SIGTERM
                 try:
-                    thread.join()
+                    done.wait()
                 except KeyboardInterrupt:
                     continue
     if failures:
