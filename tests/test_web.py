@@ -315,7 +315,8 @@ def test_any_failure_of_a_request_is_its_status_line(monkeypatch, capsys):
     monkeypatch.setattr(web, "explain_photo", broken)
     app = build_app()
     run = next(fn for fn in app.fns.values() if getattr(fn, "name", "") == "run")
-    outputs = run.fn(str(EXAMPLES / "coffee.jpg"), "efficientnet_lite0", ["gradcam"], None, "", 0.5, "jet", "crop", "")
+    outputs = list(run.fn(str(EXAMPLES / "coffee.jpg"), "efficientnet_lite0", ["gradcam"], None, "", 0.5, "jet", "crop",
+                          ""))[-1]  # fmt: skip
     assert "Could not explain:" in outputs[4] and "RuntimeError: something inside broke" in outputs[4]
     assert "second line" not in outputs[4]
     assert capsys.readouterr().err.count("\n") == 1
@@ -384,9 +385,31 @@ def test_one_request_cannot_hold_the_server_past_its_budget(monkeypatch):
     app = build_app()
     run = next(fn for fn in app.fns.values() if getattr(fn, "name", "") == "run")
     start = time.monotonic()
-    outputs = run.fn(str(EXAMPLES / "coffee.jpg"), name, ["scorecam"], "features", "", 0.5, "jet", "crop",
-                     "batch_size=1")  # fmt: skip
+    outputs = list(run.fn(str(EXAMPLES / "coffee.jpg"), name, ["scorecam"], "features", "", 0.5, "jet", "crop",
+                          "batch_size=1"))[-1]  # fmt: skip
     assert time.monotonic() - start < 5  # 64 channels one at a time would take over 3 s
     assert "ran past its 0.5 s budget" in outputs[4].replace("\\", "")
-    fine = run.fn(str(EXAMPLES / "coffee.jpg"), name, ["gradcam"], "features", "", 0.5, "jet", "crop", "")
+    fine = list(run.fn(str(EXAMPLES / "coffee.jpg"), name, ["gradcam"], "features", "", 0.5, "jet", "crop", ""))[-1]
     assert "method(s) by row" in fine[4]  # the next request has its own budget
+
+
+def test_closing_the_page_stops_the_work(monkeypatch):
+    """#26 item 2: a request's work went on after its client had gone. Gradio closes an event's generator at a
+    yield when its page goes away; the work, in its own thread, then stops at its next forward pass."""
+    import threading
+    import time
+
+    from gradcam.apps import web
+
+    name = "py:test_web:Slow"
+    monkeypatch.setattr(web, "SHELF", web.ModelShelf([name]))
+    app = build_app()
+    run = next(fn for fn in app.fns.values() if getattr(fn, "name", "") == "run")
+    updates = run.fn(str(EXAMPLES / "coffee.jpg"), name, ["scorecam"], "features", "", 0.5, "jet", "crop",
+                     "batch_size=1")  # fmt: skip
+    next(updates)  # the work is under way (64 head passes of 50 ms each: over 3 s)
+    (worker,) = [t for t in threading.enumerate() if t.name == "gradcam-web-request"]
+    start = time.monotonic()
+    updates.close()  # what Gradio does when the page is closed
+    worker.join(timeout=5)
+    assert not worker.is_alive() and time.monotonic() - start < 1.0

@@ -49,7 +49,7 @@ from ..render.captions import caption
 from ..render.viz import overlay_image
 from ..targets import TextPrompt, class_index
 from .web_files import explain_upload
-from .web_state import AppError, ModelShelf, ScratchSpace, as_text, failure, one_line, request_budget
+from .web_state import AppError, ModelShelf, ScratchSpace, as_text, failure, in_background, one_line, request_budget
 
 MAX_UPLOAD_MB = 20
 MAX_TARGETS = 10  # per method; top1000 would write 2,000 files
@@ -337,12 +337,13 @@ def build_app(examples: Path | None = None, models: Sequence[str] | ModelShelf |
     def run(path, model_name, chosen_methods, layer, target, alpha, colormap, frame, method_options):
         """Every user error becomes the status line (no exception, so no traceback in the server log)."""
         try:
-            with request_budget():
-                result = explain_photo(path, model_name, chosen_methods, layer, target, alpha, colormap, frame=frame,
-                                       method_options=method_options or "")  # fmt: skip
+            result = yield from in_background(
+                lambda: explain_photo(path, model_name, chosen_methods, layer, target, alpha, colormap, frame=frame,
+                                      method_options=method_options or ""), (gr.skip(),) * 7)  # fmt: skip
         except Exception as error:  # noqa: BLE001 (an AppError is the user's; anything else is said the same way)
-            return (gr.update(value=None), gr.update(value=None), gr.update(value=None), gr.update(value=None),
-                    failure(error), None, gr.update(choices=[], value=None))  # fmt: skip
+            yield (gr.update(value=None), gr.update(value=None), gr.update(value=None), gr.update(value=None),
+                   failure(error), None, gr.update(choices=[], value=None))  # fmt: skip
+            return
         status = (
             f"{len(chosen_methods)} method(s) by row, {result.targets} target(s) by column; layer `{result.layer}`; "
             f"frame: {FRAMES_SHOWN[frame]}"
@@ -351,8 +352,8 @@ def build_app(examples: Path | None = None, models: Sequence[str] | ModelShelf |
         height = rows * (860 // max(2, result.targets)) + 40  # every overlay in view, none in a scroll box
         menu = gr.update(choices=list(result.every.labels), value=None, interactive=True) if result.every else \
             gr.update(choices=[], value=None, interactive=False)  # fmt: skip
-        return (gr.update(value=result.overlays, columns=result.targets, height=height), gr.update(value=result.grid,
-                label=result.grid_label), result.top5, result.files, status, result.every, menu)  # fmt: skip
+        yield (gr.update(value=result.overlays, columns=result.targets, height=height), gr.update(value=result.grid,
+               label=result.grid_label), result.top5, result.files, status, result.every, menu)  # fmt: skip
 
     def on_class(every, name):
         if every is None or not name:
@@ -377,12 +378,15 @@ def build_app(examples: Path | None = None, models: Sequence[str] | ModelShelf |
                 raise AppError("choose a file first")
             method = (chosen_methods or ["gradcam"])[0]
             guessed = None if kind == KIND_GUESSED else kind
-            with request_budget():
-                result = explain_upload(path, SHELF.get(model_name), method, target or "", alpha, colormap,
-                                        scratch().new_folder(), guessed)  # fmt: skip
+            bundle, folder = SHELF.get(model_name), scratch().new_folder()
+            result = yield from in_background(
+                lambda: explain_upload(path, bundle, method, target or "", alpha, colormap, folder, guessed),
+                (gr.skip(),) * 3,
+            )
         except Exception as error:  # noqa: BLE001
-            return gr.update(value=None), None, failure(error)
-        return gr.update(value=result.picture), result.files, as_text(result.status)
+            yield gr.update(value=None), None, failure(error)
+            return
+        yield gr.update(value=result.picture), result.files, as_text(result.status)
 
     def on_model(model_name):
         names, default = layer_choices(model_name)  # every served model was loaded at start

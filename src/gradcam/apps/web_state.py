@@ -17,9 +17,9 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..io.models import DEFAULT_MODEL, LoadedModel, load_bundle
 
@@ -31,9 +31,10 @@ class AppError(ValueError):
 
 
 REQUEST_SECONDS = 120.0  # one request's time budget: past it, its next forward pass stops it
-_DEADLINE: contextvars.ContextVar[tuple[float, float] | None] = contextvars.ContextVar(
+_DEADLINE: contextvars.ContextVar[tuple[float, float, threading.Event | None] | None] = contextvars.ContextVar(
     "gradcam_request_deadline", default=None
-)  # (the monotonic time it ends, its length in seconds)
+)  # (the monotonic time it ends, its length in seconds, set when the request is cancelled)
+T = TypeVar("T")
 
 
 class BudgetExceeded(Exception):  # noqa: N818 (what the page says: the request ran past its budget)
@@ -41,11 +42,12 @@ class BudgetExceeded(Exception):  # noqa: N818 (what the page says: the request 
 
 
 @contextlib.contextmanager
-def request_budget(seconds: float | None = None) -> Iterator[None]:
-    """The calls in this block (this thread) may run the served models for ``seconds`` in all: one request
-    cannot hold the server (``sscam`` with many samples on a large photo, say), whatever its options."""
+def request_budget(seconds: float | None = None, cancelled: threading.Event | None = None) -> Iterator[None]:
+    """The calls in this block (this thread) may run the served models for ``seconds`` in all, and stop at
+    their next forward pass once ``cancelled`` is set (the request's browser went away): one request cannot
+    hold the server (``sscam`` with many samples on a large photo, say), whatever its options."""
     budget = REQUEST_SECONDS if seconds is None else seconds
-    token = _DEADLINE.set((time.monotonic() + budget, budget))
+    token = _DEADLINE.set((time.monotonic() + budget, budget, cancelled))
     try:
         yield
     finally:
@@ -54,11 +56,45 @@ def request_budget(seconds: float | None = None) -> Iterator[None]:
 
 def _check_budget(module: Any, inputs: Any) -> None:
     budget = _DEADLINE.get()
-    if budget is not None and time.monotonic() > budget[0]:
+    if budget is None:
+        return
+    ends, seconds, cancelled = budget
+    if cancelled is not None and cancelled.is_set():
+        raise BudgetExceeded("the request was cancelled (its page was closed)")
+    if time.monotonic() > ends:
         raise BudgetExceeded(
-            f"the request ran past its {budget[1]:g} s budget; ask for fewer methods, targets or samples, "
+            f"the request ran past its {seconds:g} s budget; ask for fewer methods, targets or samples, "
             "or use the command line"
         )
+
+
+def in_background(work: Callable[[], T], idle: Any, poll_s: float = 0.5) -> Generator[Any, None, T]:
+    """Run ``work`` (under the request's budget) in a thread while this generator yields ``idle`` every
+    ``poll_s`` seconds; Gradio stops an event's generator when its page goes away (it closes it at a
+    ``yield``), and that cancels the work at its next forward pass. Returns ``work``'s result, or raises
+    its error."""
+    cancelled = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            with request_budget(cancelled=cancelled):
+                outcome["value"] = work()
+        except BaseException as error:  # noqa: BLE001 (handed to the generator's caller)
+            outcome["error"] = error
+
+    worker = threading.Thread(target=run, name="gradcam-web-request", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(poll_s)
+            if worker.is_alive():
+                yield idle
+    finally:
+        cancelled.set()  # also when the generator is closed at a yield: the page is gone
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 def guard(model: Any) -> None:
