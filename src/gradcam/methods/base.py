@@ -92,7 +92,16 @@ class CAMMethod:
         """Whether the method's constructor takes ``option`` (``batch_size``, ``top_channels``, ...)."""
         import inspect
 
-        return option in inspect.signature(cls.__init__).parameters
+        parameter = inspect.signature(cls.__init__).parameters.get(option)
+        return (
+            parameter is not None
+            and option != "self"
+            and parameter.kind
+            not in (
+                inspect.Parameter.VAR_POSITIONAL,
+                inspect.Parameter.VAR_KEYWORD,
+            )
+        )
 
     def wrapped_maps(
         self,

@@ -43,7 +43,7 @@ def check_option(method: str, key: str, value: Any, parameter: inspect.Parameter
 
 
 def _check_one(method: str, key: str, value: Any, declared: str, limits: dict[str, float]) -> None:
-    where = f"--method-option {key}={value!r} ({method})"
+    where = f"--method-option {key}={value!r} ({method})"  # key: a parameter's name, one line
     if value is None:
         if "None" in declared or not declared:
             return
@@ -87,12 +87,17 @@ def method_with_options(
     method declares and the bounds (``limits``: tighter upper bounds, the web app's); an option the method
     does not take is a UsageError that lists the ones it does."""
     cls = type(get_method(name))
-    parameters = {p: v for p, v in inspect.signature(cls.__init__).parameters.items() if p != "self"}
+    parameters = {
+        p: v
+        for p, v in inspect.signature(cls.__init__).parameters.items()
+        if p != "self" and v.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    }  # a method without options of its own has object's (*args, **kwargs): none
     values: dict[str, Any] = {}
     for key, text in options:
         if key not in parameters:
             takes = ", ".join(parameters) if parameters else "no options"
-            raise UsageError(f"--method-option {key}: {name} takes {takes}")
+            shown = key if key.isprintable() else repr(key)  # one line, whatever was typed
+            raise UsageError(f"--method-option {shown}: {name} takes {takes}")
         values[key] = check_option(name, key, _option_value(text), parameters[key], limits or {})
     try:
         return cls(**values)
