@@ -389,7 +389,10 @@ def build_app(examples: Path | None = None, models: Sequence[str] | ModelShelf |
         yield gr.update(value=result.picture), result.files, as_text(result.status)
 
     def on_model(model_name):
-        names, default = layer_choices(model_name)  # every served model was loaded at start
+        try:
+            names, default = layer_choices(model_name)  # every served model was loaded at start
+        except Exception:  # noqa: BLE001 (a model of signals or volumes: no photo-shaped probe; the run picks)
+            return gr.update(choices=[], value=None)
         return gr.update(choices=names, value=default)
 
     with gr.Blocks(title="gradcam", delete_cache=GRADIO_CACHE_SWEEP) as app:
@@ -421,13 +424,13 @@ def build_app(examples: Path | None = None, models: Sequence[str] | ModelShelf |
                     upload_kind = gr.Dropdown([KIND_GUESSED, "image", "video", "volume", "signal"], value=KIND_GUESSED,
                                               label="Kind", elem_id="upload-kind")  # fmt: skip
                     upload_button = gr.Button("Explain the file", elem_id="explain-file")
-                    upload_picture = gr.Image(label="The file's picture", elem_id="upload-picture")
             with gr.Column(scale=2):
                 status = gr.Markdown(elem_id="status")
                 top5 = gr.Label(num_top_classes=5, label="Top-5 predictions (for CLIP: cosine similarities)",
                                 elem_id="top5")  # fmt: skip
                 gallery = gr.Gallery(label="Overlays: methods by row, targets by column", columns=2, height="auto",
                                      object_fit="contain", elem_id="overlays")  # fmt: skip
+                upload_picture = gr.Image(label="The file's picture (Other inputs)", elem_id="upload-picture")
                 gr.HTML(colour_scale_html(), elem_id="scale")
                 grid = gr.Image(label="Feature maps contributing most (first method, first target)", elem_id="grid")
                 every = gr.State(None)

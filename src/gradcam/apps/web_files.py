@@ -16,6 +16,7 @@ from ..io.images import FoundImages
 from ..io.models import LoadedModel
 from ..pipeline.kinds import KINDS, kind_of, refuse_unsupported
 from ..pipeline.options import RunOptions, UsageError, parse_target
+from ..render.captions import caption
 from .web_state import AppError
 
 MAX_VIDEO_FRAMES = 600  # a request explains at most this many frames (longer videos: the command line)
@@ -84,7 +85,8 @@ def explain_upload(
     if record.frames is not None:
         what += f", {record.frames} frames"
     first = record.targets[0]
-    status = f"{what}: {method} for {first.label} (score {first.score:.3g}); layer `{record.layer}`"
+    named = caption(method, first.label, first.index, score=first.score, score_name="score")
+    status = f"{what}: {named}; layer `{record.layer}`"
     return UploadResult(picture, [*files, str(manifest)], status)
 
 
