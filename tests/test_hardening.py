@@ -463,3 +463,12 @@ def test_a_picture_that_cannot_be_drawn_fails_its_photo_in_one_line(tmp_path, mo
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.count("cannot draw outputs (RuntimeError: Expected all tensors") == 3
     assert manifest(out)["summary"] == {"images": 3, "ok": 0, "failed": 3}
+
+
+def test_cam_on_an_empty_batch_gives_empty_maps():
+    """Found by `make fuzz` (seed 3443129215): CAM's head check reduced an empty gradient and raised."""
+    images = torch.zeros(0, 3, 32, 32)
+    model = TinyCNN().eval()
+    model.classifier = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 10))  # a pooled linear head
+    maps = gradcam.explain(model, images, "cam", "features").maps
+    assert maps.shape[0] == 0

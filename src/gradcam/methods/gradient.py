@@ -120,6 +120,8 @@ class CAM(CAMMethod):
     def weights(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         height, width = gradients.shape[-2:]
         mean = gradients.mean(dim=(2, 3))
+        if gradients.numel() == 0:  # an empty batch: nothing to check, empty weights
+            return mean * (height * width)
         spread = (gradients - mean[..., None, None]).abs().amax()
         if spread > 1e-4 * mean.abs().amax().clamp(min=1e-12):
             raise ValueError(
