@@ -413,3 +413,37 @@ def test_closing_the_page_stops_the_work(monkeypatch):
     updates.close()  # what Gradio does when the page is closed
     worker.join(timeout=5)
     assert not worker.is_alive() and time.monotonic() - start < 1.0
+
+
+def test_sigterm_removes_the_scratch_folder(tmp_path):
+    """#26 item 3: the scratch folder stayed behind when the server was stopped with SIGTERM."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    code = (
+        "import sys; from gradcam.apps import web; from gradcam.apps.cli import main; "
+        "print(web.scratch().root, flush=True); "
+        f"sys.exit(main(['serve', '--port', '{port}']))"
+    )
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    server = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env)  # fmt: skip
+    root = Path(server.stdout.readline().strip())
+    assert root.is_dir() and root.is_relative_to(tmp_path)
+    deadline = time.monotonic() + 120
+    while True:  # until it listens
+        with socket.socket() as client:
+            if client.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        assert server.poll() is None and time.monotonic() < deadline, server.communicate()
+        time.sleep(0.2)
+    server.send_signal(signal.SIGTERM)
+    server.communicate(timeout=60)
+    assert server.returncode == 143 and not root.exists()
