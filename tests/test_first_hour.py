@@ -85,3 +85,18 @@ def test_explain_image_takes_several_classes_of_one_photo_and_saves_by_its_name(
 
     assert json.loads((tmp_path / "chelsea.json").read_text())["images"][0]["path"].endswith("chelsea.jpg")
     assert len(repr(gradcam.load_model())) < 300
+
+
+def test_explain_help_groups_its_options(capsys):
+    """#27 item 14: `explain -h` had 43 options in one flat list."""
+    with pytest.raises(SystemExit):
+        main(["explain", "-h"])
+    text = capsys.readouterr().out
+    headings = ["inputs:", "model:", "method:", "targets:", "outputs:", "videos:", "running:"]
+    positions = [text.index(f"\n{heading}\n") for heading in headings]
+    assert positions == sorted(positions)
+    sections = dict(
+        zip(headings, [text[a:b] for a, b in zip(positions, [*positions[1:], len(text)], strict=True)], strict=True)
+    )
+    assert "--counterfactual" in sections["method:"] and "--every" in sections["videos:"]
+    assert "--kind" in sections["inputs:"] and "--engine" in sections["running:"] and "--out " in sections["outputs:"]

@@ -42,7 +42,7 @@ def one_line_warning(message, category, filename, lineno, file=None, line=None) 
     print(f"gradcam: warning: {message}", file=sys.stderr)
 
 
-def add_labels_option(parser: argparse.ArgumentParser) -> None:
+def add_labels_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     parser.add_argument(
         "--labels",
         default=None,
@@ -52,7 +52,7 @@ def add_labels_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_trust_option(parser: argparse.ArgumentParser) -> None:
+def add_trust_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     parser.add_argument(
         "--trust-weights",
         action="store_true",
@@ -70,7 +70,7 @@ def add_photos_and_model(parser: argparse.ArgumentParser) -> None:
     add_labels_option(parser)
 
 
-def add_ray_options(parser: argparse.ArgumentParser, verb: str) -> None:
+def add_ray_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, verb: str) -> None:
     """--engine, --address, --actors, --cpus-per-actor and --gpus-per-actor, for ``verb`` on a Ray cluster."""
     parser.add_argument("--engine", choices=["local", "ray"], default="local", help=f"ray: {verb} on a Ray cluster")
     parser.add_argument("--address", default=None, help="ray: 'auto' or ray://HOST:PORT (default: a local instance)")

@@ -49,36 +49,43 @@ def add_parser(commands: Any) -> None:
         "results.json manifest in --out that keeps every map (float16, at the layer's resolution) and an "
         "index.html page to look through them.",
     )
-    run.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or globs")
-    run.add_argument(
+    inputs = run.add_argument_group("inputs")
+    model = run.add_argument_group("model")
+    method = run.add_argument_group("method")
+    targets = run.add_argument_group("targets")
+    outputs = run.add_argument_group("outputs")
+    videos = run.add_argument_group("videos")
+    running = run.add_argument_group("running")
+    inputs.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or globs")
+    model.add_argument(
         "--model",
         default=DEFAULT_MODEL,
         help="efficientnet_lite0 (offline), a torchvision model name, "
         + ", ".join(f"{s.spelling} ({s.what})" for s in MODEL_SOURCES)
         + ", or a whole model file MODEL.pt (with --trust-weights); `gradcam models` lists them",
     )
-    run.add_argument(
+    model.add_argument(
         "--weights",
         default=None,
         help="a local state dict, checkpoint or .safetensors file, or 'none' for random weights (default: the "
         "pretrained weights)",
     )
-    add_trust_option(run)
-    add_labels_option(run)
-    run.add_argument("--method", default="gradcam", help="the CAM method: " + ", ".join(methods()))
-    run.add_argument(
+    add_trust_option(model)
+    add_labels_option(model)
+    method.add_argument("--method", default="gradcam", help="the CAM method: " + ", ".join(methods()))
+    method.add_argument(
         "--layer",
         default=None,
         help="layer to explain (default: a known-good layer per model family, else the last spatial layer), or "
         "several comma-separated (maps fused); see `gradcam layers MODEL`",
     )
-    run.add_argument(
+    targets.add_argument(
         "--target",
         default=None,
         help="top-1 if omitted; a class index, an ImageNet class name, 'top3', several comma-separated, or 'all' "
         "(every class's map saved as one float16 array per photo, the top 3 drawn)",
     )
-    run.add_argument(
+    targets.add_argument(
         "--prompt",
         action="append",
         default=None,
@@ -86,31 +93,33 @@ def add_parser(commands: Any) -> None:
         help="with an image-text model (clip:ARCH, a Hugging Face CLIP/SigLIP): explain the similarity of the photo "
         "to this text; repeat for several prompts (one forward pass for all)",
     )
-    run.add_argument(
+    method.add_argument(
         "--counterfactual", action="store_true", help="show what speaks against the target (negated gradients)"
     )
-    run.add_argument("--eigen-smooth", action="store_true", help="first principal component of w_c * A_c (less noise)")
-    run.add_argument("--aug-smooth", action="store_true", help="average 6 flipped/scaled copies (6x the cost)")
-    run.add_argument("--guided", action="store_true", help="also write the Guided Grad-CAM picture")
-    run.add_argument(
+    method.add_argument(
+        "--eigen-smooth", action="store_true", help="first principal component of w_c * A_c (less noise)"
+    )
+    method.add_argument("--aug-smooth", action="store_true", help="average 6 flipped/scaled copies (6x the cost)")
+    method.add_argument("--guided", action="store_true", help="also write the Guided Grad-CAM picture")
+    method.add_argument(
         "--perturbation-batch",
         type=int,
         default=32,
         help="masked/ablated copies per forward pass (scorecam, ablationcam)",
     )
-    run.add_argument(
+    method.add_argument(
         "--top-channels", type=int, default=None, metavar="N", help="scorecam: score only the N most varied channels"
     )
-    run.add_argument(
+    method.add_argument(
         "--method-option",
         action="append",
         default=None,
         metavar="KEY=VALUE",
         help="an option of the method, repeatable: fem k=1.5, kpcacam kernel=rbf gamma=0.01, randomcam seed=3",
     )
-    run.add_argument("--prefix-tokens", type=int, default=None, help="transformers: tokens before the patch grid")
-    run.add_argument("--token-grid", default=None, metavar="HxW", help="transformers: the patch grid, e.g. 14x14")
-    run.add_argument(
+    model.add_argument("--prefix-tokens", type=int, default=None, help="transformers: tokens before the patch grid")
+    model.add_argument("--token-grid", default=None, metavar="HxW", help="transformers: the patch grid, e.g. 14x14")
+    outputs.add_argument(
         "--save",
         default="overlay",
         metavar="LIST",
@@ -118,27 +127,29 @@ def add_parser(commands: Any) -> None:
         "size), channels (the per-feature-map grid, as --per-channel), guided (as --guided); the manifest keeps "
         "every map either way",
     )
-    run.add_argument(
+    outputs.add_argument(
         "--format", default="jpg", choices=["jpg", "png", "webp"], help="the overlays' file format (JPEG quality 90)"
     )
-    run.add_argument(
+    outputs.add_argument(
         "--per-channel",
         type=int,
         default=0,
         metavar="N",
         help="also write a grid of the N feature maps that contribute most",
     )
-    run.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity in the overlay, 0..1")
-    run.add_argument("--colormap", default="jet", help="any matplotlib colormap")
-    run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps, ...")
-    run.add_argument("--batch-size", type=int, default=8, help=f"images per forward pass (at most {MAX_BATCH_SIZE})")
-    run.add_argument(
+    outputs.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity in the overlay, 0..1")
+    outputs.add_argument("--colormap", default="jet", help="any matplotlib colormap")
+    model.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps, ...")
+    running.add_argument(
+        "--batch-size", type=int, default=8, help=f"images per forward pass (at most {MAX_BATCH_SIZE})"
+    )
+    running.add_argument(
         "--workers",
         type=int,
         default=2,
         help="background processes decoding images for a single model (0: none); replicas decode their own",
     )
-    run.add_argument(
+    running.add_argument(
         "--replicas",
         type=int,
         default=None,
@@ -146,17 +157,17 @@ def add_parser(commands: Any) -> None:
         help="copies of the model explaining batches side by side, each on a share of the CPU threads "
         "(default: one per thread on a CPU for a model up to 512 MB, else 1)",
     )
-    run.add_argument("--out", default="gradcam-out", help="output folder")
-    run.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    run.add_argument("--resume", action="store_true", help="skip images already explained in --out's results.json")
-    run.add_argument(
+    outputs.add_argument("--out", default="gradcam-out", help="output folder")
+    outputs.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    running.add_argument("--resume", action="store_true", help="skip images already explained in --out's results.json")
+    inputs.add_argument(
         "--max-megapixels",
         type=float,
         default=DEFAULT_MAX_MEGAPIXELS,
         help="refuse larger images (a larger JPEG is decoded at a reduced scale that fits) and video frames; for "
         "volumes and signals, millions of values",
     )
-    run.add_argument(
+    outputs.add_argument(
         "--frame",
         choices=["crop", "full", "squash"],
         default="crop",
@@ -164,43 +175,43 @@ def add_parser(commands: Any) -> None:
         "the crop framed), full = the whole photo with its aspect ratio (one fixed-size models: squash), "
         "squash = the whole photo resized to the model's input size",
     )
-    run.add_argument(
+    outputs.add_argument(
         "--tint",
         choices=["flat", "heat"],
         default="flat",
         help="flat = the heatmap at --alpha everywhere; heat = in proportion to the heat (low heat barely tints)",
     )
-    run.add_argument(
+    outputs.add_argument(
         "--legend",
         action="store_true",
         help="add a footer to each overlay: what it shows (class, score, probability) and the colour scale",
     )
-    run.add_argument(
+    outputs.add_argument(
         "--max-side",
         type=int,
         default=None,
         metavar="N",
         help="overlays at most N pixels long (smaller files; default: each photo's own resolution)",
     )
-    run.add_argument(
+    videos.add_argument(
         "--smoothing",
         type=float,
         default=0.0,
         metavar="S",
         help="videos explained frame by frame with an image model: keep S of the previous frame's map (0 to <1)",
     )
-    run.add_argument(
+    videos.add_argument(
         "--every", type=int, default=1, metavar="N", help="videos: explain every N-th frame (the output keeps those)"
     )
-    run.add_argument(
+    inputs.add_argument(
         "--kind",
         default=None,
         choices=list(KINDS),
         help="what the inputs are (default: guessed from each file): photo, image (an image array at full "
         "precision: a 16-bit or float TIFF, a .npy (H, W) or (C, H, W) such as a spectrogram), video, volume, signal",
     )
-    run.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
-    add_ray_options(run, "explain")
+    running.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
+    add_ray_options(running, "explain")
 
 
 def options_from_args(args: argparse.Namespace) -> RunOptions:
