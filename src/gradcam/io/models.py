@@ -134,18 +134,12 @@ def probe_output(bundle: LoadedModel) -> Any:
 def with_labels(bundle: LoadedModel, names: Sequence[str], source: str = "--labels", probe: bool = True) -> LoadedModel:
     """``bundle`` naming its classes ``names``; their number must be the model's (one forward pass on a
     black image; with ``probe=False``, or for a model that does not take images, the count is checked on
-    the run's first real output: :func:`check_label_count`)."""
+    the run's first real output: explain() refuses labels of another count, in ``resolve_targets``)."""
     output = probe_output(bundle) if probe else None
     outputs = output.shape[-1] if isinstance(output, torch.Tensor) else None
     if outputs is not None and outputs != len(names):
         raise ModelLoadError(f"{source}: {len(names)} class names for a model with {outputs} classes")
     return replace(bundle, labels=tuple(names))
-
-
-def check_label_count(labels: Sequence[str] | None, logits: torch.Tensor, source: str = "--labels") -> None:
-    """A ValueError (one line) when ``labels`` do not name the classes of ``logits`` (B, classes)."""
-    if labels is not None and logits.dim() == 2 and len(labels) != logits.shape[-1]:
-        raise ValueError(f"{source}: {len(labels)} class names for a model with {logits.shape[-1]} classes")
 
 
 def load_bundle(

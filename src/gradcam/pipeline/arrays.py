@@ -12,17 +12,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from ..explain import explain
 from ..io.arrays import map_path, read_array, write_map
-from ..io.models import LoadedModel, check_label_count
+from ..io.models import LoadedModel
 from ..render.arrays import montage, signal_plot
 from ..render.captions import caption
 from .naming import label_of, target_stem
 from .options import RunOptions, parse_target
 from .records import PhotoRecord, TargetRecord
-from .writer import save_picture, top_predictions
+from .writer import BROKEN_SCORES, non_finite_rows, save_picture, top_predictions
 
 
 def explain_array(bundle: LoadedModel, path: Path, key: str, options: RunOptions) -> PhotoRecord:
@@ -38,9 +36,8 @@ def explain_array(bundle: LoadedModel, path: Path, key: str, options: RunOptions
                  counterfactual=options.counterfactual, eigen_smooth=options.eigen_smooth)  # fmt: skip
     if ex.logits is None:
         raise ValueError(f"{path}: the model's output is not (B, num_classes) class scores")
-    check_label_count(bundle.labels, ex.logits)
-    if not (torch.isfinite(ex.logits).all() and torch.isfinite(ex.scores).all()):
-        raise ValueError(f"{path}: the model's scores are NaN or infinite (are its weights broken?)")
+    if non_finite_rows(ex.logits, ex.scores):
+        raise ValueError(f"{path}: {BROKEN_SCORES}")
     predictions = top_predictions(ex.logits, bundle.labels, similarity=False)[0]
     targets = []
     for k in range(ex.maps.shape[1]):

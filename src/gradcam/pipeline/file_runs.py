@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +21,12 @@ from ..io.images import FoundImages
 from ..io.models import LoadedModel
 from ..io.video import VideoReadError
 from ..render.report import write_explain_page
-from .kinds import InputKind
-from .manifest import MANIFEST, check_same_run, now, read_manifest, run_manifest, write_json_atomic
+from .kinds import InputKind, manifest_outputs
+from .manifest import MANIFEST, RunResult, check_same_run, now, read_manifest, run_manifest, write_json_atomic
 from .naming import array_keys
 from .options import RunOptions, UsageError
 from .records import PhotoRecord
 
-# what each kind writes: the manifest's "format" and "save"
-OUTPUTS = {"video": ("mp4", ["overlay"]), "volume": ("png", ["map"]), "signal": ("png", ["map"])}
 FILE_ERRORS = (ArrayReadError, VideoReadError, ValueError, TypeError, FileExistsError, OSError)
 
 Progress = Callable[[Path], contextlib.AbstractContextManager[Callable[[int], object] | None]]
@@ -37,16 +35,6 @@ Progress = Callable[[Path], contextlib.AbstractContextManager[Callable[[int], ob
 @contextlib.contextmanager
 def _no_progress(_: Path) -> Iterator[None]:
     yield None
-
-
-@dataclass
-class FileRunResult:
-    manifest_path: Path
-    entries: list[PhotoRecord] = field(default_factory=list)
-
-    @property
-    def failed(self) -> int:
-        return sum(1 for entry in self.entries if not entry.ok)
 
 
 def file_error(path: Path | str, error: BaseException) -> str:
@@ -86,13 +74,12 @@ class FileRunner:
         return {record.path: record for record in earlier.images if record.ok and (record.kind or "video") in kinds}
 
     def manifest(self, records: list[PhotoRecord], finished: str | None) -> Any:
-        format, save = OUTPUTS[self.kind.name]
         layer = next((r.layer for r in records if r.ok), self.options.layer)
         return run_manifest("local", self.bundle.name, self.bundle.source, self.options, records,
                             kind=self.kind.name, layer=layer, started=self.started, finished=finished,
-                            format=format, save=save)  # fmt: skip
+                            **manifest_outputs(self.kind, self.options))  # fmt: skip
 
-    def run(self, progress: Progress = _no_progress) -> FileRunResult:
+    def run(self, progress: Progress = _no_progress) -> RunResult:
         """Explain every file; a file that fails is recorded with its error and the run goes on."""
         previous = self.prepare_output()
         options = self.options
@@ -117,7 +104,7 @@ class FileRunner:
                 records.append(PhotoRecord.failed(str(path), file_error(path, error)))
             self._write(records, finished=None)  # after every file: an interrupted run leaves what it did
         self._write(records, finished=now(), page=True)
-        return FileRunResult(self.manifest_path, records)
+        return RunResult(self.manifest_path, records)
 
     def _write(self, records: list[PhotoRecord], finished: str | None, page: bool = False) -> None:
         data = self.manifest(records, finished).to_json()

@@ -29,7 +29,7 @@ from ..io.arrays import array_dimensions
 from ..io.image_arrays import IMAGE_ARRAY_SUFFIXES, is_high_precision_tiff
 from ..io.images import IMAGE_SUFFIXES, FoundImages, find_images
 from ..io.video import VIDEO_SUFFIXES
-from .options import EVERY_KIND_TAKES, OPTION_FLAGS, RunOptions, UsageError, given_options
+from .options import EVERY_KIND_TAKES, OPTION_FLAGS, RunOptions, UsageError, given_options, saved_outputs
 
 _VIDEO_ONLY = frozenset({"video.every", "video.smoothing"})
 _PHOTO_TAKES = frozenset(OPTION_FLAGS) - _VIDEO_ONLY
@@ -56,6 +56,7 @@ class InputKind:
     takes: frozenset[str]
     batched: bool
     how: str  # said when an option is refused: how this kind is run
+    images: bool = True  # its model takes images (a black photo may probe it); volumes and signals: no
 
     def honours(self, option: str) -> bool:
         return option in EVERY_KIND_TAKES or option in self.takes
@@ -77,9 +78,12 @@ VIDEO = InputKind(
     "video", "videos", VIDEO_SUFFIXES, _VIDEO_TAKES, False, "videos are explained one at a time, as a stream"
 )
 VOLUME = InputKind(
-    "volume", "volumes", (".npy", ".nii", ".nii.gz"), _ARRAY_TAKES, False, "volumes are explained one file at a time"
+    "volume", "volumes", (".npy", ".nii", ".nii.gz"), _ARRAY_TAKES, False, "volumes are explained one file at a time",
+    images=False,
+)  # fmt: skip
+SIGNAL = InputKind(
+    "signal", "signals", (".npy",), _ARRAY_TAKES, False, "signals are explained one file at a time", images=False
 )
-SIGNAL = InputKind("signal", "signals", (".npy",), _ARRAY_TAKES, False, "signals are explained one file at a time")
 KINDS: dict[str, InputKind] = {kind.name: kind for kind in (PHOTO, IMAGE, VIDEO, VOLUME, SIGNAL)}
 # kinds that may share one run: they are run by the same loop and written to the same manifest
 _RUN_TOGETHER = {"volume": "arrays", "signal": "arrays"}
@@ -118,10 +122,17 @@ def find_inputs(inputs: Sequence[str], exclude: Iterable[Path] = (), override: s
     of several kinds that cannot share a run (say which in one line) or none is found."""
     if override is not None and override not in KINDS:
         raise UsageError(f"--kind {override}: choose from {', '.join(KINDS)}")
-    found = find_images(inputs, exclude, accept=lambda path: kind_of(path, override) is not None)
+    seen: dict[Path, InputKind | None] = {}  # each file's kind read once (a .npy header, a TIFF's mode)
+
+    def accept(path: Path) -> bool:
+        seen[path] = kind_of(path, override)
+        return seen[path] is not None
+
+    found = find_images(inputs, exclude, accept=accept)
     kinds: dict[str, InputKind] = {}
     for path in found.paths:
-        kind = kind_of(path, override) or (KINDS[override] if override else PHOTO)  # named files are tried
+        kind = seen[path] if path in seen else kind_of(path, override)
+        kind = kind or (KINDS[override] if override else PHOTO)  # files named one by one are tried
         kinds.setdefault(kind.name, kind)
     runs = {_RUN_TOGETHER.get(name, name) for name in kinds}
     if len(runs) > 1:
@@ -131,6 +142,20 @@ def find_inputs(inputs: Sequence[str], exclude: Iterable[Path] = (), override: s
         return FoundInputs(KINDS[override] if override else PHOTO, found)
     chosen = kinds.get("volume") or next(iter(kinds.values()))
     return FoundInputs(chosen, found)
+
+
+# what the kinds run one file at a time write, as the manifest's ``format`` and ``save`` say it
+_FILE_OUTPUTS = {"video": ("mp4", ["overlay"]), "volume": ("png", ["map"]), "signal": ("png", ["map"])}
+
+
+def manifest_outputs(kind: InputKind, options: RunOptions) -> dict[str, Any]:
+    """The manifest's ``format`` and ``save`` for a run of ``kind``, whichever engine ran it: the photo
+    outputs asked for (``--format``, ``--save`` with what ``--per-channel`` and ``--guided`` add), or what
+    a video, volume or signal run writes."""
+    if kind.name in _FILE_OUTPUTS:
+        format, save = _FILE_OUTPUTS[kind.name]
+        return {"format": format, "save": save}
+    return {"format": options.format, "save": sorted(saved_outputs(options))}
 
 
 def refuse_unsupported(kind: InputKind, options: RunOptions) -> None:

@@ -12,9 +12,8 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,9 +28,11 @@ from ..io.models import LoadedModel
 from ..render.report import write_explain_page
 from ..targets import TextPrompt
 from .decode import DecodedPhoto, PhotoDataset, collate
+from .kinds import KINDS, manifest_outputs
 from .manifest import (
     MANIFEST,
     OutputError,
+    RunResult,
     check_same_run,
     now,
     read_manifest,
@@ -39,7 +40,7 @@ from .manifest import (
     write_json_atomic,
 )
 from .naming import output_keys
-from .options import RunOptions, UsageError, layer_spec, parse_target
+from .options import RunOptions, UsageError, layer_spec, parse_target, saved_outputs
 from .records import PhotoRecord, RunManifest
 from .replicas import (  # noqa: F401 (WRITER_THREADS, MAX_WRITER_THREADS: this engine's, read by tests)
     MAX_WRITER_THREADS,
@@ -52,7 +53,7 @@ from .replicas import (  # noqa: F401 (WRITER_THREADS, MAX_WRITER_THREADS: this 
     torch_threads,
     writer_threads,
 )
-from .writer import PhotoWriter, WriteOptions, top_predictions
+from .writer import BROKEN_SCORES, PhotoWriter, WriteOptions, non_finite_rows, top_predictions
 
 ALL_CLASSES_DRAWN = 3  # with --target all: the raw maps of every class are saved, the top ones drawn
 MANIFEST_INTERVAL_S = 20.0
@@ -63,17 +64,6 @@ def _resolved(value: Any) -> Future:
     future: Future = Future()
     future.set_result(value)
     return future
-
-
-@dataclass
-class RunResult:
-    manifest_path: Path
-    entries: list[PhotoRecord] = field(default_factory=list)
-    interrupted: bool = False
-
-    @property
-    def failed(self) -> int:
-        return sum(1 for entry in self.entries if not entry.ok)
 
 
 def resolve_frame(bundle: LoadedModel, options: RunOptions) -> RunOptions:
@@ -151,7 +141,7 @@ class Runner:
         return run_manifest("local", self.bundle.name, self.bundle.source, options,
                             [self.entries[i] for i in sorted(self.entries)], kind=self.kind, layer=layer,
                             started=self.started, finished=now() if finished else None,
-                            save=sorted(BatchExplainer.saved(options)))  # fmt: skip
+                            **manifest_outputs(KINDS[self.kind], options))  # fmt: skip
 
     def write_manifest(self, finished: bool) -> None:
         """``results.json`` and the ``index.html`` page that shows it, both written atomically."""
@@ -329,16 +319,10 @@ class BatchExplainer:
         self.replace_unrecorded = False
         self.warned = threading.Event()  # a run says once that the model's scores are not finite
 
-    @staticmethod
-    def saved(options: RunOptions) -> frozenset[str]:
-        """The outputs written: ``--save``, with ``channels`` for ``--per-channel`` and ``guided`` for ``--guided``."""
-        extra = ({"channels"} if options.per_channel else set()) | ({"guided"} if options.guided else set())
-        return frozenset(set(options.save) | extra)
-
     def write_options(self) -> WriteOptions:
         options = self.options
         return WriteOptions(
-            out=options.out, method=options.method, save=self.saved(options), format=options.format,
+            out=options.out, method=options.method, save=saved_outputs(options), format=options.format,
             alpha=options.alpha,
             colormap=options.colormap, tint=options.tint, legend=options.legend, per_channel=options.per_channel,
             counterfactual=options.counterfactual, prompts=bool(options.prompts),
@@ -453,7 +437,7 @@ class BatchExplainer:
         every_raw = every.raw.cpu() if every is not None else None
         writer = PhotoWriter(self.write_options(), self.bundle.labels)
         prepared = writer.prepare(ex)  # here, for the whole batch: the writers' threads then run PIL only
-        broken = non_finite_rows(ex.logits, ex.scores, self.warned)
+        broken = _broken_rows(ex.logits, ex.scores, self.warned)
         jobs: list[tuple[int, Callable[[], PhotoRecord]]] = []
         for row, (position, path, key, item) in enumerate(good):
             if row in broken:
@@ -467,18 +451,15 @@ class BatchExplainer:
         return jobs
 
 
-NON_FINITE = "the model's scores are NaN or infinite (are its weights broken?); nothing was drawn"
+NON_FINITE = f"{BROKEN_SCORES}; nothing was drawn"
 
 
-def non_finite_rows(logits: torch.Tensor, scores: torch.Tensor, warned: threading.Event) -> set[int]:
-    """The rows of a batch whose class scores or target scores are NaN or infinite (a model with a NaN in
-    its weights explained every photo with probability NaN, and results.json was not valid JSON); warns
-    once per run (``warned``)."""
-    bad = ~torch.isfinite(logits.detach()).all(dim=-1) | ~torch.isfinite(scores.detach()).all(dim=-1)
-    rows = {int(i) for i in torch.nonzero(bad.cpu()).flatten()}
+def _broken_rows(logits: torch.Tensor, scores: torch.Tensor, warned: threading.Event) -> set[int]:
+    """:func:`non_finite_rows` of a batch, said once per run (``warned``)."""
+    rows = non_finite_rows(logits, scores)
     if rows and not warned.is_set():
         warned.set()
-        warnings.warn(f"{NON_FINITE}; those photos are recorded as failed", stacklevel=2)
+        warnings.warn(f"{NON_FINITE}; those photos are recorded as failed", stacklevel=3)
     return rows
 
 

@@ -13,6 +13,7 @@ import json
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,20 @@ def read_manifest(path: Path) -> RunManifest:
             f"--resume: {path} cannot be read ({type(error).__name__}: {str(error)[:80]}); "
             "move it away, or pass --overwrite instead of --resume"
         ) from None
+
+
+@dataclass
+class RunResult:
+    """What a run did (any engine run here: photos, image arrays, or files one at a time): its manifest,
+    one record per input, and whether it was interrupted."""
+
+    manifest_path: Path
+    entries: list[PhotoRecord] = field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for entry in self.entries if not entry.ok)
 
 
 class OutputError(RuntimeError):

@@ -141,6 +141,13 @@ OPTION_FLAGS: dict[str, str] = {
 EVERY_KIND_TAKES = frozenset({"method", "device", "overwrite", "kind"})
 
 
+def saved_outputs(options: RunOptions) -> frozenset[str]:
+    """The outputs a photo run writes: ``--save``, with ``channels`` for ``--per-channel`` and ``guided`` for
+    ``--guided``."""
+    extra = ({"channels"} if options.per_channel else set()) | ({"guided"} if options.guided else set())
+    return frozenset(set(options.save) | extra)
+
+
 def given_options(options: RunOptions) -> list[str]:
     """The options of ``options`` set to something other than their default (``video.every`` for a
     sub-option), in :data:`OPTION_FLAGS` order; ``out`` is never listed."""

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..io.images import IMAGE_SUFFIXES
 from .decode import decode
-from .kinds import KINDS, find_inputs
+from .kinds import KINDS, find_inputs, manifest_outputs
 from .local import BatchExplainer
 from .manifest import MANIFEST, now, read_manifest, run_manifest, write_json_atomic
 from .naming import array_keys, method_prefix, output_keys
@@ -67,12 +67,13 @@ class ExplainActor:
         device = options.device
         if device == "cpu" and torch.cuda.is_available() and os.environ.get("CUDA_VISIBLE_DEVICES"):
             device = "cuda"  # Ray gave this actor a GPU
-        images = KINDS[options.kind or "photo"].name in ("photo", "image", "video")
-        self.bundle = load_bundle(model, weights, device, trust_weights=trust_weights, labels=labels, images=images)
+        self.kind = KINDS[options.kind or "photo"]
+        self.bundle = load_bundle(
+            model, weights, device, trust_weights=trust_weights, labels=labels, images=self.kind.images
+        )
         self.out_uri = out_uri
         self.local_out = Path(tempfile.mkdtemp(prefix="gradcam-actor-")) if out_uri else options.out
         self.options = replace(options, out=self.local_out, overwrite=True, device=device)
-        self.kind = KINDS[options.kind or "photo"]
         self.explainer = BatchExplainer(self.bundle, self.options) if self.kind.batched else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -141,8 +142,9 @@ class DistributedResult:
     entries: list[PhotoRecord] | None
 
 
-def _rows_from_source(source: Any, exclude: list[Path], kind: str | None = None) -> Any:
-    """A Ray Dataset of ``{"path", "key"[, "bytes"]}`` rows from a folder, files, a URI or a Dataset."""
+def _rows_from_source(source: Any, exclude: list[Path], kind: str | None = None) -> tuple[Any, str]:
+    """A Ray Dataset of ``{"path", "key"[, "bytes"]}`` rows from a folder, files, a URI or a Dataset, and the
+    inputs' kind (``kind`` where given; local files are read once to guess it; otherwise photos)."""
     import ray.data
 
     if isinstance(source, ray.data.Dataset):
@@ -151,13 +153,14 @@ def _rows_from_source(source: Any, exclude: list[Path], kind: str | None = None)
             raise UsageError("a Ray Dataset to explain needs a 'path' column (and 'bytes' unless paths are readable)")
         if "key" not in columns:
             source = source.map(lambda row: {**row, "key": Path(str(row["path"])).stem})
-        return source
+        return source, kind or "photo"
     locations = [source] if isinstance(source, (str, Path)) else list(source)
     if len(locations) == 1 and _is_uri(str(locations[0])):
         uri = str(locations[0]).rstrip("/")
         files = ray.data.read_binary_files(uri, include_paths=True, file_extensions=[s[1:] for s in IMAGE_SUFFIXES])
         root = uri.split("://", 1)[1]
-        return files.map(lambda row: {**row, "key": str(Path(str(row["path"])).relative_to(root).with_suffix(""))})
+        keyed = files.map(lambda row: {**row, "key": str(Path(str(row["path"])).relative_to(root).with_suffix(""))})
+        return keyed, kind or "photo"
     inputs = find_inputs([str(loc) for loc in locations], exclude, override=kind)
     found = inputs.found
     if found.missing:
@@ -165,7 +168,8 @@ def _rows_from_source(source: Any, exclude: list[Path], kind: str | None = None)
     if not found.paths:
         raise UsageError("no images found in " + ", ".join(map(str, locations)))
     keys = output_keys(found) if inputs.kind.batched else array_keys(found.paths, found.roots)
-    return ray.data.from_items([{"path": str(p), "key": k} for p, k in zip(found.paths, keys, strict=True)])
+    rows = ray.data.from_items([{"path": str(p), "key": k} for p, k in zip(found.paths, keys, strict=True)])
+    return rows, inputs.kind.name
 
 
 def explain_dataset(
@@ -189,7 +193,6 @@ def explain_dataset(
     (or the files' own, as the registry guesses it) decides how each file is read and explained: photos
     and image arrays in batches, videos, volumes and signals one file per task."""
     import ray
-    import ray.data
 
     out_text = str(out)
     out_uri = out_text if _is_uri(out_text) else None
@@ -206,13 +209,9 @@ def explain_dataset(
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
     started = time.perf_counter()
     started_at = now()
-    kind = options.kind
-    if kind is None and not _is_uri(str(source)) and not isinstance(source, ray.data.Dataset):
-        locations = [source] if isinstance(source, (str, Path)) else list(source)
-        kind = find_inputs([str(loc) for loc in locations], [local_out] if local_out else []).kind.name
-    options = replace(options, kind=kind or "photo")
-    batched = KINDS[options.kind or "photo"].batched
-    rows = _rows_from_source(source, exclude=[local_out] if local_out is not None else [], kind=options.kind)
+    rows, kind = _rows_from_source(source, exclude=[local_out] if local_out is not None else [], kind=options.kind)
+    options = replace(options, kind=kind)
+    batched = KINDS[kind].batched
     done = {row["path"] for row in previous}
     if local_out is not None and not (options.overwrite or continuing) and not _is_uri(str(source)):
         listed = rows.select_columns(["path", "key"]).take_all()
@@ -272,8 +271,8 @@ def explain_dataset(
     manifest = None
     if entries is not None:
         manifest = run_manifest("ray", model, sources[0] if sources else None, options, entries,
-                                kind=options.kind or "photo", layer=layer, started=started_at, finished=now(),
-                                **_outputs_of(options)).to_json()  # fmt: skip
+                                kind=kind, layer=layer, started=started_at, finished=now(),
+                                **manifest_outputs(KINDS[kind], options)).to_json()  # fmt: skip
     _write_small_outputs(out_text, local_out, summary, manifest)
     return DistributedResult(total, summary["ok"], summary["failed"], manifest_location, seconds, entries)
 
@@ -355,16 +354,6 @@ def _check_output_uri(uri: str, options: RunOptions) -> None:
         if not options.overwrite:
             raise UsageError(f"--out {uri}: holds an earlier run; pass --overwrite to replace it, or another --out")
         filesystem.delete_dir(manifest.path)
-
-
-def _outputs_of(options: RunOptions) -> dict[str, Any]:
-    """The manifest's ``format`` and ``save`` for the run's kind, as the local runs write them."""
-    from .file_runs import OUTPUTS
-
-    if options.kind in OUTPUTS:
-        format, save = OUTPUTS[options.kind]
-        return {"format": format, "save": save}
-    return {"save": sorted(BatchExplainer.saved(options))}
 
 
 def _write_small_outputs(

@@ -29,7 +29,7 @@ from PIL import Image
 
 from ..explain import explain
 from ..io.images import Geometry, check_working_size, framed, preprocess
-from ..io.models import LoadedModel, check_label_count
+from ..io.models import LoadedModel
 from ..io.video import VideoReadError, VideoWriter, read_frames, video_info
 from ..render.captions import caption
 from ..render.video import contact_sheet
@@ -38,7 +38,7 @@ from ..result import normalise
 from .naming import label_of, target_stem
 from .options import RunOptions, UsageError, parse_target
 from .records import PhotoRecord, Prediction, TargetRecord
-from .writer import save_picture
+from .writer import BROKEN_SCORES, non_finite_rows, save_picture
 
 SHEET_FRAMES = 12
 
@@ -167,10 +167,9 @@ def _explain_group(
                  eigen_smooth=options.eigen_smooth, prefix_tokens=options.prefix_tokens,
                  grid=options.token_grid)  # fmt: skip
     state["layer"] = ex.layer
-    if not torch.isfinite(ex.scores).all() or (ex.logits is not None and not torch.isfinite(ex.logits).all()):
-        raise ValueError("the model's scores are NaN or infinite (are its weights broken?)")
+    if non_finite_rows(ex.logits, ex.scores):
+        raise ValueError(BROKEN_SCORES)
     if ex.logits is not None:
-        check_label_count(bundle.labels, ex.logits)
         probabilities = ex.logits.detach().float().softmax(-1).sum(0).cpu()
         total = state["probability_sum"]
         state["probability_sum"] = probabilities if total is None else total + probabilities

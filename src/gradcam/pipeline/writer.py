@@ -106,6 +106,19 @@ def top_predictions(logits: torch.Tensor, labels: Any, similarity: bool, k: int 
     ]
 
 
+BROKEN_SCORES = "the model's scores are NaN or infinite (are its weights broken?)"
+
+
+def non_finite_rows(logits: torch.Tensor | None, scores: torch.Tensor) -> set[int]:
+    """The rows of an explanation whose class scores (``logits``, if any) or explained scores are NaN or
+    infinite: a model with a NaN in its weights explains every input with probability NaN, and such a
+    record would make results.json invalid JSON. Every engine and kind asks this."""
+    bad = ~torch.isfinite(scores.detach()).all(dim=-1)
+    if logits is not None:
+        bad |= ~torch.isfinite(logits.detach()).all(dim=-1)
+    return {int(i) for i in torch.nonzero(bad.cpu()).flatten()}
+
+
 class PhotoWriter:
     """Turns one photo's explanation into files and its :class:`PhotoRecord`."""
 

@@ -328,7 +328,7 @@ def run(args: argparse.Namespace) -> int:
         return usage_error("no images found in " + ", ".join(args.paths))
     report_missing(inputs.found)
     try:
-        bundle = load_bundle(args, images=inputs.kind.name in ("photo", "image", "video"))
+        bundle = load_bundle(args, images=inputs.kind.images)
         check_targets(bundle, inputs.kind, options)
     except (ModelLoadError, UsageError) as problem:
         return usage_error(str(problem))
@@ -368,10 +368,9 @@ def check_targets(bundle: LoadedModel, kind: InputKind, options: RunOptions) -> 
 
 
 def _photos(args: argparse.Namespace, inputs: FoundInputs, options: RunOptions, bundle: LoadedModel) -> int:
-    from ...pipeline.local import Runner, resolve_frame
+    from ...pipeline.local import Runner
     from ...pipeline.manifest import OutputError
 
-    options = resolve_frame(bundle, options)
     found = inputs.found
     runner = Runner(bundle, found, options, kind=inputs.kind.name)
     quiet = args.quiet or len(found.paths) <= 1
