@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 # torch and torchvision first, pinned to releases pip can take from a local mirror where one exists;
 # override with `make test TORCH="torch torchvision"`.
 TORCH ?= torch==2.14.1 torchvision==0.29.1
-EXTRAS ?= test,timm,web,ray,hf,clip,video,volume
+EXTRAS ?= test,timm,web,ray,hf,clip,video,volume,lightning,tensorboard,mlflow,wandb,yolo
 
 .PHONY: demo test fuzz bench lint typecheck clean
 
