@@ -350,7 +350,7 @@ def test_models_and_layers_commands(capsys):
 
     # every model source is listed, the own-architecture and whole-file ways included
     assert all(source.spelling in listing for source in MODEL_SOURCES) and "MODEL.pt" in listing
-    assert {s.prefix for s in MODEL_SOURCES} == {"timm:", "hf:", "clip:", "py:"}
+    assert {s.prefix for s in MODEL_SOURCES} == {"timm:", "hf:", "clip:", "yolo:", "py:"}
     assert main(["layers", "vgg19"]) == 0
     layers = capsys.readouterr().out
     line = next(line for line in layers.splitlines() if line.startswith("features.35 "))

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from gradcam.apps.cli import main
-from gradcam.pipeline.kinds import KINDS, kind_of, refuse_unsupported
+from gradcam.pipeline.kinds import DETECTION, KINDS, kind_of, refuse_unsupported
 from gradcam.pipeline.options import (
     OPTION_FLAGS,
+    DetectionSettings,
     RunOptions,
     UsageError,
     VideoSettings,
@@ -33,8 +34,10 @@ SAMPLES = {
     "counterfactual": True, "eigen_smooth": True, "aug_smooth": True, "guided": True, "perturbation_batch": 8,
     "method_options": (("k", "2"),), "top_channels": 4, "prefix_tokens": 1, "token_grid": (7, 7),
     "save": ("overlay", "map"), "format": "png", "replicas": 2, "kind": "photo", "engine": "ray",
-    "video.every": 2, "video.smoothing": 0.5,
+    "video.every": 2, "video.smoothing": 0.5, "detection.conf": 0.5, "detection.max_boxes": 3,
 }  # fmt: skip
+# the kinds of files, and a detector's photos (a kind chosen by the model: kinds.for_model)
+EVERY_KIND = {**KINDS, "detection": DETECTION}
 
 
 def _with(name: str) -> RunOptions:
@@ -42,6 +45,8 @@ def _with(name: str) -> RunOptions:
     owner, _, leaf = name.rpartition(".")
     if owner == "video":
         return replace(options, video=replace(VideoSettings(), **{leaf: SAMPLES[name]}))
+    if owner == "detection":
+        return replace(options, detection=replace(DetectionSettings(), **{leaf: SAMPLES[name]}))
     return replace(options, **{name: SAMPLES[name]})
 
 
@@ -50,18 +55,18 @@ def test_every_option_has_a_flag_and_a_sample():
     assert given_options(RunOptions(out=Path("anywhere"))) == []
 
 
-@pytest.mark.parametrize("kind", sorted(KINDS))
+@pytest.mark.parametrize("kind", sorted(EVERY_KIND))
 @pytest.mark.parametrize("name", sorted(OPTION_FLAGS))
 def test_each_option_is_honoured_or_refused_in_one_line(kind, name):
     options = _with(name)
     assert given_options(options) == [name]
-    if KINDS[kind].honours(name):
-        refuse_unsupported(KINDS[kind], options)  # nothing said
+    if EVERY_KIND[kind].honours(name):
+        refuse_unsupported(EVERY_KIND[kind], options)  # nothing said
         return
     with pytest.raises(UsageError) as refused:
-        refuse_unsupported(KINDS[kind], options)
+        refuse_unsupported(EVERY_KIND[kind], options)
     message = str(refused.value)
-    assert message.startswith(f"{OPTION_FLAGS[name]}: not for {KINDS[kind].plural}") and "\n" not in message
+    assert message.startswith(f"{OPTION_FLAGS[name]}: not for {EVERY_KIND[kind].plural}") and "\n" not in message
 
 
 def test_the_kinds_take_what_their_code_reads():

@@ -21,8 +21,10 @@ from .methods.perturbation import Probe
 from .result import Explanation, LayerResult, normalise, upsample
 from .spatial import Volume, infer_layout
 from .targets import (
+    NoTargets,
     ResolvedTargets,
     Similarity,
+    TargetsFromOutput,
     TargetSpec,
     TextPrompt,
     are_callable_targets,
@@ -274,6 +276,10 @@ def _explain_once(
     with preserved_state(model, eval_mode=settings.eval_mode):
         torch.set_grad_enabled(False)
         raw_output, outputs = captured_forward(model, images, captured, graph_from_layer=method.uses_gradients)
+        if isinstance(targets, TargetsFromOutput):
+            targets = targets.choose(raw_output)
+            if not targets:
+                raise NoTargets("the model's output gave no target to explain")
         callables = are_callable_targets(targets)
         logits = (
             raw_output

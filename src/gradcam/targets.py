@@ -111,6 +111,19 @@ class Regression:
         return value if self.direction >= 0 else -value
 
 
+class TargetsFromOutput:
+    """Targets chosen from the model's own output in the same forward pass (a detector's boxes after its
+    non-maximum suppression): :func:`gradcam.explain` calls ``choose(output)`` once, on the output of its
+    forward pass, and explains the callables it returns (one score per image each)."""
+
+    def choose(self, output: Any) -> list[TargetFn]:
+        raise NotImplementedError
+
+
+class NoTargets(ValueError):
+    """``TargetsFromOutput.choose`` found nothing to explain (a detector saw no box)."""
+
+
 @dataclass(frozen=True)
 class ResolvedTargets:
     """K targets for each of B images: class indices (B, K), or K callables applied to every image."""
@@ -119,6 +132,7 @@ class ResolvedTargets:
     functions: tuple[TargetFn, ...] | None
     comparisons: torch.Tensor | None = None  # (B, K, m) Finer-CAM's comparison classes of each target
     alpha: float = 1.0
+    batch: int | None = None  # the images' count, for callables on an output that is not one tensor
 
     @property
     def count(self) -> int:
@@ -155,7 +169,12 @@ class ResolvedTargets:
             weights = logits.softmax(dim=1).gather(1, flat).view(compared.shape)
             differences = main[..., None] - self.alpha * others
             return (weights * differences).sum(dim=2) / (weights.sum(dim=2) + 1e-9)
-        rows = logits.shape[0] if isinstance(logits, torch.Tensor) else len(logits)
+        if isinstance(logits, torch.Tensor):
+            rows = logits.shape[0]
+        elif image_ids is not None:
+            rows = len(image_ids)
+        else:  # a tuple or dict output (a detector's): its length is not the batch's
+            rows = self.batch if self.batch is not None else len(logits)
         columns = [_check_score(fn(logits), rows) for fn in self.functions or ()]
         return torch.stack(columns, dim=1)
 
@@ -215,7 +234,7 @@ def resolve_targets(
     detection lists)."""
     if are_callable_targets(targets):
         functions = (targets,) if _is_function(targets) else tuple(targets)  # type: ignore[arg-type]
-        return ResolvedTargets(None, functions)
+        return ResolvedTargets(None, functions, batch=batch)
     batch, num_classes = (batch or logits.shape[0]), logits.shape[-1]
     if labels is not None and len(labels) != num_classes:
         raise ValueError(f"labels: {len(labels)} class names for a model with {num_classes} outputs")
@@ -431,4 +450,4 @@ class TextPrompt:
         return Similarity(encode(list(self.prompts)), self.prompts)
 
 
-TargetSpec = int | str | TargetFn | Sequence[Any] | TextPrompt | Similarity | None
+TargetSpec = int | str | TargetFn | Sequence[Any] | TextPrompt | Similarity | TargetsFromOutput | None

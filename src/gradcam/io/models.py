@@ -255,6 +255,14 @@ def _clip_source(spec: str, weights: str | None, file: WeightsFile | None, trust
     return load_open_clip(spec, weights, file)
 
 
+def _yolo_source(spec: str, weights: str | None, file: WeightsFile | None, trusted: bool) -> LoadedModel:
+    from .yolo import load_yolo
+
+    if weights is not None:
+        raise ModelLoadError(f"--model yolo:{spec}: a YOLO checkpoint holds its weights; give it as yolo:FILE.pt")
+    return load_yolo(spec, trusted)
+
+
 def _python_source(spec: str, weights: str | None, file: WeightsFile | None, trusted: bool) -> LoadedModel:
     return _load_python(spec, file)
 
@@ -267,6 +275,8 @@ MODEL_SOURCES: list[ModelSource] = [
                 "when in the Hugging Face cache, or a folder", _hf_source),
     ModelSource("clip:", "clip:ARCH[@TAG]", "open_clip, e.g. clip:ViT-B-32 (--prompt)",
                 "when cached, else --weights FILE", _clip_source),
+    ModelSource("yolo:", "yolo:FILE.pt or yolo:CONFIG.yaml", "Ultralytics YOLO (v5u/v8/11), a map per box",
+                "yes (a .pt needs --trust-weights)", _yolo_source),
     ModelSource("py:", "py:PACKAGE.MODULE:FACTORY", "your own architecture (signals and volumes too), --weights FILE",
                 "yes", _python_source),
 ]  # fmt: skip

@@ -7,7 +7,9 @@ registry instead of deciding by suffix themselves:
 - ``image``: image arrays at full precision (16-bit or float TIFF, ``.npy`` (H, W) or (C, H, W) with
   ``--kind image``), explained as images: the same batches, writer and pictures as photos;
 - ``video``: explained frame by frame or clip by clip, one file at a time (:mod:`gradcam.pipeline.video`);
-- ``volume`` and ``signal``: ``.npy``/NIfTI arrays, one file at a time (:mod:`gradcam.pipeline.arrays`).
+- ``volume`` and ``signal``: ``.npy``/NIfTI arrays, one file at a time (:mod:`gradcam.pipeline.arrays`);
+- ``detection``: photos given to a detector (``yolo:`` models), one photo at a time, one map per box
+  (:mod:`gradcam.pipeline.detect`); chosen by the model (:func:`for_model`), not by the files.
 
 An option a kind does not honour is refused before anything runs, in one line naming the option and the
 kind (:func:`refuse_unsupported`); the test ``tests/test_options_matrix.py`` runs every option on every
@@ -32,7 +34,8 @@ from ..io.video import VIDEO_SUFFIXES
 from .options import EVERY_KIND_TAKES, OPTION_FLAGS, RunOptions, UsageError, given_options, saved_outputs
 
 _VIDEO_ONLY = frozenset({"video.every", "video.smoothing"})
-_PHOTO_TAKES = frozenset(OPTION_FLAGS) - _VIDEO_ONLY
+_DETECTION_ONLY = frozenset({"detection.conf", "detection.max_boxes"})
+_PHOTO_TAKES = frozenset(OPTION_FLAGS) - _VIDEO_ONLY - _DETECTION_ONLY
 _VIDEO_TAKES = frozenset({
     "layer", "target", "alpha", "colormap", "batch_size", "max_megapixels", "max_side", "frame", "tint",
     "counterfactual", "eigen_smooth", "perturbation_batch", "method_options", "top_channels", "prefix_tokens",
@@ -41,6 +44,10 @@ _VIDEO_TAKES = frozenset({
 _ARRAY_TAKES = frozenset({
     "layer", "target", "alpha", "colormap", "resume", "counterfactual", "eigen_smooth", "perturbation_batch",
     "method_options", "top_channels", "engine", "max_megapixels",  # millions of values (voxels, samples)
+})  # fmt: skip
+_DETECTION_TAKES = frozenset({
+    "layer", "alpha", "colormap", "max_megapixels", "counterfactual", "eigen_smooth", "perturbation_batch",
+    "method_options", "top_channels", *_DETECTION_ONLY,
 })  # fmt: skip
 
 
@@ -67,6 +74,10 @@ class InputKind:
             from .video import explain_video
 
             return explain_video
+        if self.name == "detection":
+            from .detect import explain_detections
+
+            return explain_detections
         from .arrays import explain_array
 
         return lambda bundle, path, key, options, progress=None: explain_array(bundle, Path(path), key, options)
@@ -85,6 +96,23 @@ SIGNAL = InputKind(
     "signal", "signals", (".npy",), _ARRAY_TAKES, False, "signals are explained one file at a time", images=False
 )
 KINDS: dict[str, InputKind] = {kind.name: kind for kind in (PHOTO, IMAGE, VIDEO, VOLUME, SIGNAL)}
+DETECTION = InputKind(
+    "detection", "a detector's photos", tuple(sorted(IMAGE_SUFFIXES)), _DETECTION_TAKES, False,
+    "a detector explains each box it keeps, one photo at a time",
+)  # fmt: skip
+DETECTORS = ("yolo:",)  # model sources whose models are detectors
+
+
+def for_model(kind: InputKind, model: str) -> InputKind:
+    """The kind a run has with ``model``: photos given to a detector are a detection run; other inputs are
+    refused for a detector in one line."""
+    if not model.startswith(DETECTORS):
+        return kind
+    if kind.name != "photo":
+        raise UsageError(f"--model {model}: a detector explains photos, not {kind.plural}")
+    return DETECTION
+
+
 # kinds that may share one run: they are run by the same loop and written to the same manifest
 _RUN_TOGETHER = {"volume": "arrays", "signal": "arrays"}
 
@@ -145,7 +173,10 @@ def find_inputs(inputs: Sequence[str], exclude: Iterable[Path] = (), override: s
 
 
 # what the kinds run one file at a time write, as the manifest's ``format`` and ``save`` say it
-_FILE_OUTPUTS = {"video": ("mp4", ["overlay"]), "volume": ("png", ["map"]), "signal": ("png", ["map"])}
+_FILE_OUTPUTS = {
+    "video": ("mp4", ["overlay"]), "volume": ("png", ["map"]), "signal": ("png", ["map"]),
+    "detection": ("png", ["overlay", "map"]),
+}  # fmt: skip
 
 
 def manifest_outputs(kind: InputKind, options: RunOptions) -> dict[str, Any]:

@@ -37,6 +37,15 @@ class VideoSettings:
     smoothing: float = 0.0
 
 
+@dataclass(frozen=True)
+class DetectionSettings:
+    """What only a detector's photos take (``yolo:`` models): boxes kept from ``conf`` up, at most
+    ``max_boxes`` of them a photo (after the detector's own non-maximum suppression)."""
+
+    conf: float = 0.25
+    max_boxes: int = 10
+
+
 @dataclass
 class RunOptions:
     """Every option of a run (see ``gradcam explain -h``); ``out`` is the output folder."""
@@ -72,6 +81,7 @@ class RunOptions:
     format: str = "jpg"
     replicas: int | None = None  # model copies side by side (None: one per thread on a CPU up to 512 MB, else 1)
     video: VideoSettings = field(default_factory=lambda: VideoSettings())
+    detection: DetectionSettings = field(default_factory=lambda: DetectionSettings())
     kind: str | None = None  # the input kind (gradcam.pipeline.kinds); None: guessed from each file
     engine: str = "local"  # or "ray"
 
@@ -136,6 +146,7 @@ OPTION_FLAGS: dict[str, str] = {
     "method_options": "--method-option", "top_channels": "--top-channels", "prefix_tokens": "--prefix-tokens",
     "token_grid": "--token-grid", "save": "--save", "format": "--format", "replicas": "--replicas",
     "video.every": "--every", "video.smoothing": "--smoothing", "kind": "--kind", "engine": "--engine ray",
+    "detection.conf": "--conf", "detection.max_boxes": "--max-boxes",
 }  # fmt: skip
 # Options that every kind takes: where the output goes and what the run may do to it.
 EVERY_KIND_TAKES = frozenset({"method", "device", "overwrite", "kind"})
@@ -164,5 +175,6 @@ def given_options(options: RunOptions) -> list[str]:
 
 def option_names() -> list[str]:
     """Every option's name as :data:`OPTION_FLAGS` has it (a test checks that no field lacks a flag)."""
-    names = [f.name for f in fields(RunOptions) if f.name not in ("out", "video")]
-    return names + [f"video.{f.name}" for f in fields(VideoSettings)]
+    names = [f.name for f in fields(RunOptions) if f.name not in ("out", "video", "detection")]
+    video = [f"video.{f.name}" for f in fields(VideoSettings)]
+    return names + video + [f"detection.{f.name}" for f in fields(DetectionSettings)]

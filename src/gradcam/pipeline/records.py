@@ -85,6 +85,7 @@ class TargetRecord:
     score: float
     files: dict[str, str]
     map: StoredMap | None = None
+    box: tuple[float, float, float, float] | None = None  # a detector's box (x1, y1, x2, y2) on the photo
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,7 @@ class PhotoRecord:
                     map=StoredMap(_pair(t["map"]["shape"]), t["map"]["grid"], t["map"]["float16"])  # type: ignore[arg-type]
                     if t.get("map")
                     else None,
+                    box=tuple(t["box"]) if t.get("box") else None,  # type: ignore[arg-type]
                 )
                 for t in data.get("targets", [])
             ),

@@ -93,7 +93,9 @@ function card(entry) {
   for (const t of entry.targets) {
     const row = el('div', {class: 'target maps'});
     const what = `${t.label} (${t.index})`;
-    row.append(el('h3', {}, `${what}: score ${t.score.toFixed(2)}${probabilityOf(entry, t.index)}`));
+    const score = t.box ? `confidence ${t.score >= 0.01 ? t.score.toFixed(2) : t.score.toExponential(0)}, box ${t.box.map(Math.round).join(', ')}`
+      : `score ${t.score.toFixed(2)}${probabilityOf(entry, t.index)}`;
+    row.append(el('h3', {}, `${what}: ${score}`));
     const method = entry.method || data.method;
     if (t.files.video) {
       row.append(el('figure', {}, el('video', {src: t.files.video, controls: '', muted: '', loop: '', preload: 'metadata',
@@ -153,6 +155,7 @@ FRAME_NOTES = {
     "squash": "frame: the whole photo resized to the model's input",
 }
 SCORE_NOTE = "the explained logit, before the softmax (p = its class probability)"
+DETECTION_NOTE = "the detector's confidence in the box's class; each box explained on its own"
 PROMPT_NOTE = "the cosine similarity of the photo to the prompt"
 
 
@@ -201,11 +204,15 @@ def explain_page(manifest: dict[str, Any], out: Path) -> str:
     payload = json_for_script({"images": images, "method": method})
     summary = manifest.get("summary", {})
     title = f"gradcam: {method} on {manifest.get('model', '')}"
+    detection = manifest.get("kind") == "detection"
     arrays_only = bool(images) and all(entry.get("kind") or entry.get("status") != "ok" for entry in images)
     frame = "volumes and signals as stored" if arrays_only else FRAME_NOTES.get(manifest.get("frame") or "crop", "")
+    if detection:
+        frame = "frame: the whole photo, letterboxed as the detector's own predictor does"
+    note = DETECTION_NOTE if detection else PROMPT_NOTE if manifest.get("prompts") else SCORE_NOTE
     subtitle = (
         f"layer {manifest.get('layer')}, {frame}; {summary.get('ok', 0)} explained, {summary.get('failed', 0)} "
-        f"failed. Score: {PROMPT_NOTE if manifest.get('prompts') else SCORE_NOTE}"
+        f"failed. Score: {note}"
     )
     scale = colour_scale_css(manifest.get("colormap") or "jet")
     return f"""<!doctype html>

@@ -17,9 +17,9 @@ from typing import Any
 from ...io.images import DEFAULT_MAX_MEGAPIXELS
 from ...io.models import DEFAULT_MODEL, MODEL_SOURCES, LoadedModel, ModelLoadError
 from ...methods import get_method, methods
-from ...pipeline.kinds import KINDS, FoundInputs, InputKind, find_inputs, refuse_unsupported
+from ...pipeline.kinds import KINDS, FoundInputs, InputKind, find_inputs, for_model, refuse_unsupported
 from ...pipeline.method_options import method_with_options
-from ...pipeline.options import RunOptions, UsageError, VideoSettings, parse_target
+from ...pipeline.options import DetectionSettings, RunOptions, UsageError, VideoSettings, parse_target
 from ...pipeline.writer import OUTPUTS
 from .console import (
     EXIT_FAILED,
@@ -55,6 +55,7 @@ def add_parser(commands: Any) -> None:
     targets = run.add_argument_group("targets")
     outputs = run.add_argument_group("outputs")
     videos = run.add_argument_group("videos")
+    detectors = run.add_argument_group("detectors (--model yolo:...)")
     running = run.add_argument_group("running")
     inputs.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or globs")
     model.add_argument(
@@ -203,6 +204,11 @@ def add_parser(commands: Any) -> None:
     videos.add_argument(
         "--every", type=int, default=1, metavar="N", help="videos: explain every N-th frame (the output keeps those)"
     )
+    detectors.add_argument(
+        "--conf", type=float, default=0.25, metavar="C",
+        help="keep the boxes the detector is at least C confident of (0 to 1), after its own non-maximum suppression",
+    )  # fmt: skip
+    detectors.add_argument("--max-boxes", type=int, default=10, metavar="N", help="explain at most N boxes a photo")
     inputs.add_argument(
         "--kind",
         default=None,
@@ -238,6 +244,8 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         raise UsageError(f"--max-side {args.max_side}: give at least 16 pixels")
     if args.every < 1 or not 0 <= args.smoothing < 1:
         raise UsageError("--every N: N >= 1; --smoothing S: 0 <= S < 1")
+    if not 0 <= args.conf <= 1 or args.max_boxes < 1:
+        raise UsageError(f"--conf {args.conf}: between 0 and 1; --max-boxes {args.max_boxes}: 1 or more")
     method_options = []
     for item in args.method_option or ():
         key, sep, value = item.partition("=")
@@ -309,6 +317,7 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         save=tuple(part for part in save if part not in ("channels", "guided")) or ("overlay",),
         format=args.format,
         video=VideoSettings(every=args.every, smoothing=args.smoothing),
+        detection=DetectionSettings(conf=args.conf, max_boxes=args.max_boxes),
         kind=args.kind,
         engine=args.engine,
     )
@@ -318,6 +327,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         options = options_from_args(args)
         inputs = find_inputs(args.paths, exclude=[Path(args.out)], override=args.kind)
+        inputs = replace(inputs, kind=for_model(inputs.kind, args.model))
         refuse_unsupported(inputs.kind, options)
     except UsageError as problem:
         return usage_error(str(problem))
@@ -429,10 +439,14 @@ def print_file_lines(entries: list[Any]) -> None:
     for record in entries:
         if not record.ok:
             continue
+        if record.kind == "detection" and not record.targets:
+            print(f"{record.path}: no box kept (lower --conf to see less confident ones)")
         for target in record.targets:
             files = ", ".join(target.files.values())
             if record.frames is not None:
                 print(f"{record.path}: {record.frames} frames, {target.label}: {files}")
+            elif record.kind == "detection":
+                print(f"{record.path}: {target.label} {target.score:.2f} at {list(target.box or ())}: {files}")
             else:
                 print(f"{record.path}: a {record.kind} {tuple(record.shape or ())}, {target.label}: {files}")
 

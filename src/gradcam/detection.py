@@ -1,0 +1,120 @@
+"""Per-box maps of an object detector: every box the detector keeps (after its own confidence threshold and
+non-maximum suppression) explained from one forward pass.
+
+A detector is described to this module by a small adapter (:class:`Detector`): ``detect(output)`` lists the
+kept boxes of each image from the model's raw output, and ``score(detection)`` returns the scalar that box
+stands on, one per image: for a YOLO head, the class score of the box's class at the anchor it came from
+(``output[:, 4 + class, anchor]``). Grad-CAM of that score at a layer ``A`` is, as for a classifier,
+``L = ReLU(sum_c w_c A_c)`` with ``w_c = mean_ij d score / d A_c,ij`` (Selvaraju et al., 2017).
+
+With several layers (a detection head reads several scales: YOLO's P3, P4, P5) the maps are *summed* at
+the input's size before normalising, not averaged after normalising each: for a gradient method every
+layer's raw map is the first-order share of the same score, so a layer the box hardly uses adds little,
+instead of having its noise stretched to full strength.
+
+Example:
+    >>> boxes = explain_boxes(net, x, YoloDetector(classes=80), layer=["model.15", "model.18", "model.21"])
+    >>> boxes.detections[0].box, boxes.maps.shape                            # doctest: +SKIP
+    ((112.0, 40.5, 380.2, 610.0), torch.Size([3, 640, 480]))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from .explain import explain
+from .layers import LayerSpec
+from .methods import CAMMethod, get_method
+from .result import Explanation, normalise, upsample
+from .targets import NoTargets, TargetsFromOutput
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One kept box: ``box`` (x1, y1, x2, y2) in the model's input pixels, its class ``label``, the
+    detector's ``confidence`` and the ``anchor`` (the prediction's position in the raw output)."""
+
+    box: tuple[float, float, float, float]
+    label: int
+    confidence: float
+    anchor: int
+
+
+class Detector(Protocol):
+    def detect(self, output: Any) -> list[list[Detection]]: ...
+
+    def score(self, detection: Detection) -> Callable[[Any], torch.Tensor]: ...
+
+
+@dataclass(frozen=True)
+class BoxExplanation:
+    """``detections`` (K boxes) and their ``maps`` (K, H, W) in [0, 1] at the input's size; ``explanation``
+    is :func:`gradcam.explain`'s (None when the detector kept no box)."""
+
+    detections: tuple[Detection, ...]
+    maps: torch.Tensor
+    explanation: Explanation | None
+
+
+class _ChosenBoxes(TargetsFromOutput):
+    """The boxes of this one call, chosen on its own forward pass (never shared between calls)."""
+
+    def __init__(self, detector: Detector) -> None:
+        self.detector = detector
+        self.found: list[Detection] = []
+
+    def choose(self, output: Any) -> list[Callable[[Any], torch.Tensor]]:
+        detached = tuple(o.detach() if isinstance(o, torch.Tensor) else o for o in output) if isinstance(
+            output, (tuple, list)
+        ) else output  # fmt: skip
+        self.found = list(self.detector.detect(detached)[0])
+        return [self.detector.score(d) for d in self.found]
+
+
+def explain_boxes(
+    model: nn.Module,
+    image: torch.Tensor,
+    detector: Detector,
+    method: str | CAMMethod = "gradcam",
+    layer: LayerSpec = None,
+    *,
+    eigen_smooth: bool = False,
+    counterfactual: bool = False,
+) -> BoxExplanation:
+    """One map per box the detector keeps on ``image`` (1, C, H, W), from one forward pass.
+
+    Args:
+        detector: the adapter that finds the boxes in the raw output and names each box's score
+            (:class:`gradcam.io.yolo.YoloDetector` for Ultralytics models).
+        method: a gradient method (gradcam, gradcam++, hirescam, xgradcam, layercam, ...), an activation
+            method (eigencam: the same map for every box) or a masking method (scorecam, ablationcam).
+        layer: one layer or several (their raw maps summed, see the module's docstring); None: the
+            detector's ``default_layer(model)`` where it has one (a YOLO head's inputs).
+    """
+    chosen = get_method(method)
+    if chosen.wraps_explain:
+        raise ValueError(f"{chosen.name} runs the model its own way and cannot explain a detector's boxes")
+    if image.dim() != 4 or image.shape[0] != 1:
+        raise ValueError(f"explain_boxes: one image (1, C, H, W) at a time, got {tuple(image.shape)}")
+    if layer is None and hasattr(detector, "default_layer"):
+        layer = detector.default_layer(model)
+    if isinstance(layer, str) and "," in layer:
+        layer = [part.strip() for part in layer.split(",") if part.strip()]
+    boxes = _ChosenBoxes(detector)
+    try:
+        ex = explain(model, image, chosen, layer, boxes, eigen_smooth=eigen_smooth, counterfactual=counterfactual)
+    except NoTargets:
+        return BoxExplanation((), image.new_zeros((0, *image.shape[2:])), None)
+    size = tuple(image.shape[2:])
+    summed = torch.stack([upsample(r.raw, size) for r in ex.layer_results]).sum(0)
+    return BoxExplanation(tuple(boxes.found), normalise(summed)[0], ex)
+
+
+def boxes_of(detections: Sequence[Detection]) -> torch.Tensor:
+    """(K, 4) float boxes (x1, y1, x2, y2)."""
+    return torch.tensor([d.box for d in detections], dtype=torch.float32).view(-1, 4)

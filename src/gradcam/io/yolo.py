@@ -1,0 +1,174 @@
+"""Ultralytics YOLO detectors (v5u, v8, 11 layouts: detect and segment heads): ``yolo:CONFIG.yaml`` (the
+architecture with random weights, offline: ``yolo:yolov8n.yaml``) or ``yolo:FILE.pt`` (a trained
+checkpoint; Ultralytics saves whole pickled models, so it loads only with ``--trust-weights``).
+
+Ultralytics is AGPL-3.0 licensed; it is the optional ``yolo`` extra (``pip install gradcam[yolo]``) and is
+imported only when a ``yolo:`` model is asked for.
+
+The photo is letterboxed as Ultralytics' own predictor does (the longer side to ``size``, padded with grey
+114 to a multiple of the stride, centred), and :class:`Letterbox` carries maps and boxes back to the photo.
+
+Example:
+    >>> bundle = gradcam.load_model("yolo:yolov8n.yaml")                       # doctest: +SKIP
+    >>> x, box = letterbox(photo, 640)
+    >>> boxes = explain_boxes(bundle.model, x[None], bundle.extra["detector"], layer=bundle.default_layer)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..detection import Detection
+from .images import image_tensor
+from .models import LoadedModel, Preprocessing
+from .weights import ModelLoadError
+
+PAD_VALUE = 114  # Ultralytics' letterbox grey
+
+
+@dataclass(frozen=True)
+class YoloDetector:
+    """The :class:`gradcam.detection.Detector` of an Ultralytics detect or segment head, whose raw output
+    is (B, 4 + classes [+ mask coefficients], anchors): boxes (centre x, centre y, w, h) then class scores.
+    Boxes are kept by Ultralytics' own ``non_max_suppression`` with ``conf``, ``iou`` and ``max_boxes``."""
+
+    classes: int
+    conf: float = 0.25
+    iou: float = 0.45
+    max_boxes: int = 10
+
+    def detect(self, output: Any) -> list[list[Detection]]:
+        from ultralytics.utils.nms import non_max_suppression
+
+        predictions = _predictions(output)
+        kept, anchors = non_max_suppression(
+            predictions, self.conf, self.iou, nc=self.classes, max_det=self.max_boxes, return_idxs=True
+        )
+        return [
+            [
+                Detection((float(x1), float(y1), float(x2), float(y2)), int(label), float(confidence), int(anchor))
+                for (x1, y1, x2, y2, confidence, label), anchor in zip(
+                    boxes[:, :6].tolist(), index.view(-1).tolist(), strict=True
+                )
+            ]
+            for boxes, index in zip(kept, anchors, strict=True)
+        ]
+
+    def default_layer(self, model: Any) -> list[str]:
+        """The head's inputs: every scale it reads (P3, P4, P5 for YOLOv8)."""
+        return [f"model.{index}" for index in model.model[-1].f]
+
+    def score(self, detection: Detection) -> Callable[[Any], torch.Tensor]:
+        row, anchor = 4 + detection.label, detection.anchor
+
+        def box_score(output: Any) -> torch.Tensor:
+            return _predictions(output)[:, row, anchor]
+
+        return box_score
+
+
+def _predictions(output: Any) -> torch.Tensor:
+    """The (B, 4 + classes + ..., anchors) tensor of a YOLO head's eval-mode output ``(y, extras)``."""
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """How a photo (``original`` height, width) became the letterboxed input: scaled by ``scale`` to
+    ``inner`` (height, width), placed at ``offset`` (top, left) in an input of ``size`` (height, width)."""
+
+    original: tuple[int, int]
+    scale: float
+    inner: tuple[int, int]
+    offset: tuple[int, int]
+    size: tuple[int, int]
+
+    def map_to_photo(self, maps: torch.Tensor) -> torch.Tensor:
+        """(K, H, W) maps on the input -> (K, h, w) on the photo (the padding cut away, smooth resize)."""
+        top, left = self.offset
+        inner = maps[:, top : top + self.inner[0], left : left + self.inner[1]]
+        return F.interpolate(inner[None].float(), size=self.original, mode="bilinear", align_corners=False)[0]
+
+    def box_to_photo(self, box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+        """(x1, y1, x2, y2) on the input -> on the photo, clipped to it."""
+        top, left = self.offset
+        height, width = self.original
+        x1, y1, x2, y2 = ((v - (left if i % 2 == 0 else top)) / self.scale for i, v in enumerate(box))
+        return (min(max(x1, 0), width), min(max(y1, 0), height), min(max(x2, 0), width), min(max(y2, 0), height))
+
+
+def letterbox(photo: Image.Image, size: int = 640, stride: int = 32) -> tuple[torch.Tensor, Letterbox]:
+    """The photo as Ultralytics' predictor feeds it: the longer side to ``size`` (aspect ratio kept),
+    padded with grey 114 on both sides to a multiple of ``stride``; (3, H, W) float in [0, 1], RGB.
+    Resized with PIL's bilinear filter (Ultralytics uses OpenCV's: pixel values differ slightly)."""
+    width, height = photo.size
+    scale = min(size / height, size / width)
+    inner = (max(1, round(height * scale)), max(1, round(width * scale)))
+    padded = tuple(-(-side // stride) * stride for side in inner)
+    top, left = (padded[0] - inner[0]) // 2, (padded[1] - inner[1]) // 2
+    resized = photo.convert("RGB").resize((inner[1], inner[0]), Image.Resampling.BILINEAR)
+    canvas = Image.new("RGB", (padded[1], padded[0]), (PAD_VALUE,) * 3)
+    canvas.paste(resized, (left, top))
+    pixels = image_tensor(canvas).float() / 255.0
+    return pixels, Letterbox((height, width), scale, inner, (top, left), (padded[0], padded[1]))
+
+
+def load_yolo(spec: str, trusted: bool, size: int = 640) -> LoadedModel:
+    """``CONFIG.yaml`` (random weights) or a checkpoint ``FILE.pt`` (only with ``trusted``)."""
+    try:
+        from ultralytics import YOLO
+    except ImportError:
+        raise ModelLoadError(
+            f"--model yolo:{spec}: needs Ultralytics (AGPL-3.0): pip install 'gradcam[yolo]'"
+        ) from None
+    if not spec.endswith((".yaml", ".yml", ".pt")):
+        raise ModelLoadError(f"--model yolo:{spec}: give an Ultralytics CONFIG.yaml or a checkpoint FILE.pt")
+    if spec.endswith(".pt"):
+        if not Path(spec).is_file():
+            raise ModelLoadError(f"--model yolo:{spec}: no such file (weights are not downloaded here)")
+        if not trusted:
+            raise ModelLoadError(
+                f"--model yolo:{spec}: an Ultralytics checkpoint is a whole pickled model and runs code when "
+                "loaded; pass --trust-weights if you trust its source"
+            )
+    try:
+        net: Any = YOLO(spec).model
+    except Exception as error:  # a missing or broken config, a checkpoint of another library
+        raise ModelLoadError(f"--model yolo:{spec}: cannot load it ({type(error).__name__}: {error})") from None
+    head = net.model[-1]
+    task = getattr(net, "task", "detect")
+    if task not in ("detect", "segment") or not hasattr(head, "nc"):
+        raise ModelLoadError(f"--model yolo:{spec}: a {task} model; gradcam explains YOLO detect and segment heads")
+    net = net.float().eval()
+    labels = _class_names(net.names, head.nc)
+    detector = YoloDetector(classes=head.nc)
+    return LoadedModel(
+        name=f"yolo:{Path(spec).name}",
+        model=net,
+        preprocessing=Preprocessing(resize=size, crop=(size, size), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)),
+        labels=labels,
+        default_layer=",".join(detector.default_layer(net)),
+        source="ultralytics",
+        extra={"detector": detector, "letterbox": size, "task": task},
+    )
+
+
+def _class_names(names: Any, count: int) -> list[str]:
+    """The model's class names; a config's placeholder names ("0", "1", ...) for 80 classes are COCO's."""
+    listed = [str(names[i]) for i in range(count)] if isinstance(names, dict) else [str(n) for n in names]
+    if count == 80 and listed == [str(i) for i in range(80)]:
+        import ultralytics
+        import yaml
+
+        coco = Path(ultralytics.__file__).parent / "cfg" / "datasets" / "coco.yaml"
+        with open(coco) as handle:
+            names = yaml.safe_load(handle)["names"]
+        return [str(names[i]) for i in range(80)]
+    return listed
