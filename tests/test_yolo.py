@@ -39,39 +39,60 @@ def photo():
 
 
 def _by_hand(net, x, layer_names, row, anchor):
-    """Grad-CAM of ``output[0][:, row, anchor]`` with plain forward hooks, each layer's raw map summed."""
+    """Grad-CAM of ``output[0][:, row, anchor]`` with plain forward hooks, each layer's raw map summed; every
+    layer's output handed on as a leaf of its own, so a box's gradient stops at the first one it meets."""
     captured = {}
+
+    def leaf(module, inputs, output, name):
+        captured[name] = output.detach().requires_grad_()
+        return captured[name]
+
     handles = [
-        net.get_submodule(name).register_forward_hook(lambda m, i, o, name=name: captured.__setitem__(name, o))
+        net.get_submodule(name).register_forward_hook(lambda m, i, o, name=name: leaf(m, i, o, name))
         for name in layer_names
     ]
     try:
         with torch.enable_grad():
             score = net(x)[0][0, row, anchor]
-            grads = torch.autograd.grad(score, [captured[n] for n in layer_names])
+            grads = torch.autograd.grad(score, [captured[n] for n in layer_names], allow_unused=True)
     finally:
         for handle in handles:
             handle.remove()
     total = 0
     for name, grad in zip(layer_names, grads, strict=True):
+        if grad is None:  # another scale's box: nothing of this score passes this map
+            continue
         weights = grad.mean(dim=(2, 3), keepdim=True)
         raw = F.relu((weights * captured[name]).sum(1, keepdim=True))
         total = total + F.interpolate(raw, size=x.shape[2:], mode="bilinear", align_corners=False)
     return normalise(total[0, 0].detach())
 
 
+@pytest.mark.filterwarnings("ignore:.*zero")  # model.21 alone: the P3 and P4 boxes have no gradient there
 def test_each_box_map_is_gradcam_by_hand_at_its_anchor(yolo, photo):
     x, _ = letterbox(photo, 320)
-    detector = YoloDetector(classes=80, conf=0.0, max_boxes=3)
+    detector = YoloDetector(classes=80, conf=0.0, max_boxes=30)
     for layers in (["model.21"], yolo.default_layer.split(",")):
         found = explain_boxes(yolo.model, x[None], detector, "gradcam", ",".join(layers))
-        assert len(found.detections) == 3 and found.maps.shape == (3, *x.shape[1:])
+        levels = {_level(d.anchor, x.shape[1:]) for d in found.detections}
+        assert len(found.detections) == 30 and found.maps.shape == (30, *x.shape[1:])
+        assert len(layers) == 1 or levels == {0, 1, 2}, levels  # boxes of every scale are checked
         for k, detection in enumerate(found.detections):
             expected = _by_hand(yolo.model, x[None], layers, 4 + detection.label, detection.anchor)
             torch.testing.assert_close(found.maps[k], expected, atol=1e-4, rtol=1e-4)
         # each box's explained score is the detector's own confidence for it
         scores = found.explanation.scores[0].tolist()
         assert scores == pytest.approx([d.confidence for d in found.detections], rel=1e-5)
+
+
+def _level(anchor, size, strides=(8, 16, 32)):
+    """Which scale an anchor of YOLOv8's output belongs to (P3's anchors first, then P4's, then P5's)."""
+    start = 0
+    for level, stride in enumerate(strides):
+        start += (size[0] // stride) * (size[1] // stride)
+        if anchor < start:
+            return level
+    raise AssertionError(anchor)
 
 
 def test_the_boxes_are_ultralytics_own(yolo, photo):
@@ -182,3 +203,70 @@ def test_a_callable_target_on_a_tuple_output_gets_one_score_per_image(yolo, phot
     x, _ = letterbox(photo, 320)
     ex = gradcam.explain(yolo.model, x[None], layer="model.15", targets=lambda output: output[0][:, 4, 100])
     assert ex.maps.shape == (1, 1, *x.shape[1:]) and ex.scores.shape == (1, 1)
+
+
+def test_boxes_are_explained_after_a_prediction_under_inference_mode(photo):
+    """Ultralytics caches its anchor grid; made under inference_mode (any prediction) it broke explain's
+    autograd ("Inference tensors cannot be saved for backward")."""
+    import gradcam
+
+    net = gradcam.load_model("yolo:yolov8n.yaml").model
+    x, _ = letterbox(photo, 320)
+    with torch.inference_mode():
+        net(x[None])
+    found = explain_boxes(net, x[None], YoloDetector(80, conf=0.0, max_boxes=2))
+    assert len(found.detections) == 2 and found.maps.shape[0] == 2
+
+
+class TwoColourDetector(torch.nn.Module):
+    """A hand-weighted detector with YOLO's output layout (B, 4 + 2, anchors) on a 64 x 64 photo, stride 8:
+    class 0 is red, class 1 is blue; each 8 x 8 cell proposes a 16 x 16 box at its centre."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = torch.nn.Conv2d(3, 2, 8, stride=8)
+        self.head = torch.nn.Conv2d(2, 2, 3, padding=1)
+        with torch.no_grad():
+            self.features.weight.zero_()
+            self.features.weight[0, 0], self.features.weight[0, 2] = 1 / 64, -1 / 64  # red minus blue
+            self.features.weight[1, 2], self.features.weight[1, 0] = 1 / 64, -1 / 64  # blue minus red
+            self.features.bias.zero_()
+            self.head.weight.zero_()
+            self.head.weight[0, 0] = 0.1
+            self.head.weight[1, 1] = 0.1
+            self.head.weight[0, 0, 1, 1] = self.head.weight[1, 1, 1, 1] = 1.0
+            self.head.bias.fill_(-0.2)
+
+    def forward(self, x):
+        features = torch.relu(self.features(x))
+        scores = torch.sigmoid(8 * self.head(features)).flatten(2)  # (B, 2, 64)
+        rows, columns = torch.meshgrid(torch.arange(8), torch.arange(8), indexing="ij")
+        centres = torch.stack([columns.flatten() * 8 + 4, rows.flatten() * 8 + 4]).float()
+        boxes = torch.cat([centres, torch.full((2, 64), 16.0)])[None].expand(len(x), -1, -1)
+        return torch.cat([boxes, scores], dim=1), {}
+
+
+def _two_squares(red=True, blue=True):
+    x = torch.full((1, 3, 64, 64), 0.5)
+    if red:
+        x[0, :, 8:24, 8:24] = torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1)
+    if blue:
+        x[0, :, 40:56, 40:56] = torch.tensor([0.0, 0.0, 1.0]).view(3, 1, 1)
+    return x
+
+
+def test_each_box_map_falls_on_its_own_object_and_follows_it():
+    net = TwoColourDetector().eval()
+    detector = YoloDetector(classes=2, conf=0.5, iou=0.1, max_boxes=5)
+    found = explain_boxes(net, _two_squares(), detector, "gradcam", "features")
+    labels = [d.label for d in found.detections]
+    assert sorted(labels) == [0, 1], found.detections
+    for detection, heat in zip(found.detections, found.maps, strict=True):
+        red, blue = heat[8:24, 8:24].mean(), heat[40:56, 40:56].mean()
+        assert (red > 3 * blue) if detection.label == 0 else (blue > 3 * red), (detection, red, blue)
+        x1, y1, x2, y2 = detection.box
+        assert (x1 < 24 and y1 < 24) if detection.label == 0 else (x2 > 40 and y2 > 40)
+    # the red square removed: no red box is kept, and the blue box's map stays on the blue square
+    alone = explain_boxes(net, _two_squares(red=False), detector, "gradcam", "features")
+    assert [d.label for d in alone.detections] == [1]
+    assert alone.maps[0, 40:56, 40:56].mean() > 3 * alone.maps[0, 8:24, 8:24].mean()

@@ -44,6 +44,7 @@ class _Settings:
     prefix_tokens: int | None
     grid: tuple[int, int] | None
     every_class: bool = False
+    layers_apart: bool = False
 
 
 def explain(
@@ -64,6 +65,7 @@ def explain(
     grid: tuple[int, int] | None = None,
     image_input: int | str | None = None,
     every_class: bool = False,
+    layers_apart: bool = False,
 ) -> Explanation:
     """Explain ``model``'s decision on ``images`` with a class activation map.
 
@@ -96,6 +98,10 @@ def explain(
         every_class: also every class's map from the same forward pass, as ``ex.class_maps`` (a
             :class:`~gradcam.all_classes.ClassMaps`; gradient methods, one layer): what
             ``targets="all"`` gives, without running the model a second time.
+        layers_apart: with several layers, each layer's gradient comes only by paths that pass no other of
+            them (every layer starts its own graph): a detector's scales, where each box is explained at the
+            feature map its head reads (:func:`gradcam.detection.explain_boxes`), and the backward pass of a
+            target stops there.
 
     Returns:
         an :class:`Explanation`; ``maps`` is (B, K, H, W) in [0, 1].
@@ -167,6 +173,7 @@ def explain(
         prefix_tokens,
         grid,
         every_class,
+        layers_apart,
     )
     with model_lock(model), torch.inference_mode(False):
         if images.is_inference():
@@ -275,7 +282,9 @@ def _explain_once(
         raise ValueError(f"{method.name} explains one layer at a time")
     with preserved_state(model, eval_mode=settings.eval_mode):
         torch.set_grad_enabled(False)
-        raw_output, outputs = captured_forward(model, images, captured, graph_from_layer=method.uses_gradients)
+        raw_output, outputs = captured_forward(
+            model, images, captured, graph_from_layer=method.uses_gradients, layers_apart=settings.layers_apart
+        )
         if isinstance(targets, TargetsFromOutput):
             targets = targets.choose(raw_output)
             if not targets:
@@ -326,7 +335,8 @@ def _explain_once(
     for index, (name, _) in enumerate(layers):
         output, layout = outputs[index].detach(), layouts[index]
         context = LayerContext(name, layout.to_spatial(output).float(), resolved.count,
-                               eigen_smooth=settings.eigen_smooth, layout=layout)  # fmt: skip
+                               eigen_smooth=settings.eigen_smooth, layout=layout,
+                               warn_zero=not (settings.layers_apart and len(layers) > 1))  # fmt: skip
         if reads_attention:  # the gradients were taken at the attention's output, not at the layer
             assert gradients is not None
             context = replace(context, tokens=output, attention=captured[-1][1],

@@ -162,13 +162,17 @@ def forward_error(
 
 
 @contextmanager
-def capture(layers: list[tuple[str, nn.Module]], graph_from_layer: bool = True) -> Iterator[Capture]:
+def capture(
+    layers: list[tuple[str, nn.Module]], graph_from_layer: bool = True, layers_apart: bool = False
+) -> Iterator[Capture]:
     """Hook ``layers`` for one forward pass; the hooks are removed when the block ends, also on error.
 
     With ``graph_from_layer`` the forward must start with grad disabled: the first target layer that runs
     turns autograd on and hands the rest of the network a leaf tensor, so nothing before it is recorded.
     The recorded and the handed-on tensors are never the same object, so an in-place module after the
-    layer (VGG's ReLUs) cannot overwrite the activations or break the graph.
+    layer (VGG's ReLUs) cannot overwrite the activations or break the graph. With ``layers_apart`` every
+    layer hands on a leaf of its own: a score's gradient reaches each layer only by paths that pass no other
+    captured layer (a detector's scales: a box's gradient stops at the feature map its head reads).
     """
     record = Capture(names=[name for name, _ in layers])
     handles = []
@@ -177,7 +181,7 @@ def capture(layers: list[tuple[str, nn.Module]], graph_from_layer: bool = True) 
         def hook(module: nn.Module, args: object, output: object) -> object:
             tensor = _spatial_output(name, output)
             record.calls[name] = record.calls.get(name, 0) + 1
-            if graph_from_layer and not torch.is_grad_enabled():
+            if graph_from_layer and (layers_apart or not torch.is_grad_enabled()):
                 torch.set_grad_enabled(True)
                 tensor = tensor.detach().requires_grad_()
             if tensor.requires_grad:
@@ -205,11 +209,15 @@ def capture(layers: list[tuple[str, nn.Module]], graph_from_layer: bool = True) 
 
 
 def captured_forward(
-    model: nn.Module, images: Any, layers: list[tuple[str, nn.Module]], graph_from_layer: bool = True
+    model: nn.Module,
+    images: Any,
+    layers: list[tuple[str, nn.Module]],
+    graph_from_layer: bool = True,
+    layers_apart: bool = False,
 ) -> tuple[object, list[torch.Tensor]]:
     """One forward pass of ``model`` on ``images`` (:func:`run_model`) recording each of ``layers``'
     outputs (:func:`capture`): the model's raw output and the recorded tensors, in ``layers``' order. The
     one "forward pass with capture" of explain(), every class's maps and the concepts' factorisation."""
-    with capture(layers, graph_from_layer=graph_from_layer) as record:
+    with capture(layers, graph_from_layer=graph_from_layer, layers_apart=layers_apart) as record:
         output = run_model(model, images)
     return output, record.tensors()

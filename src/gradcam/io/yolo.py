@@ -61,6 +61,16 @@ class YoloDetector:
             for boxes, index in zip(kept, anchors, strict=True)
         ]
 
+    def prepare(self, model: Any) -> None:
+        """Ultralytics caches its anchor grid on the head; one made under ``torch.inference_mode()`` (any
+        earlier prediction) cannot enter autograd, so it is dropped, and the next forward pass makes it again
+        (the same values, as ordinary tensors)."""
+        layers = getattr(model, "model", None)
+        head = layers[-1] if isinstance(layers, torch.nn.Sequential) and len(layers) else None
+        anchors = getattr(head, "anchors", None)
+        if isinstance(anchors, torch.Tensor) and anchors.is_inference():
+            head.shape = None
+
     def default_layer(self, model: Any) -> list[str]:
         """The head's inputs: every scale it reads (P3, P4, P5 for YOLOv8)."""
         return [f"model.{index}" for index in model.model[-1].f]

@@ -45,6 +45,7 @@ class LayerContext:
     attention: Any = None
     output_gradients: list[torch.Tensor] | None = None
     layout: Any = None
+    warn_zero: bool = True  # False where a zero gradient at this layer is expected (explain(layers_apart=True))
 
 
 class CAMMethod:
@@ -150,7 +151,8 @@ class CAMMethod:
             weights.append(weight)
         raw = torch.stack(cams, dim=1).clamp(min=0)
         # a zero gradient gives a zero map: look at the (larger) gradients only when some map is zero
-        if bool((raw == 0).flatten(2).all(dim=2).any()) and any(_zero_rows(g) for g in gradients):
+        zero_maps = context.warn_zero and bool((raw == 0).flatten(2).all(dim=2).any())
+        if zero_maps and any(_zero_rows(g) for g in gradients):
             warnings.warn(
                 f"layer {context.name!r}: the gradient of a target is zero everywhere, so its map is zero; "
                 "the layer may not influence that score",
