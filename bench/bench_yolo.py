@@ -16,10 +16,9 @@ import torch
 from PIL import Image
 
 import gradcam
+from bench_core import interleaved_medians
 from gradcam.detection import explain_boxes
 from gradcam.io.yolo import YoloDetector, letterbox
-
-from bench_core import interleaved_medians
 
 
 def main() -> None:
