@@ -18,7 +18,8 @@ from PIL import Image
 import gradcam
 from bench_core import interleaved_medians
 from gradcam.detection import explain_boxes
-from gradcam.io.yolo import YoloDetector, letterbox
+from gradcam.io.letterbox import letterbox
+from gradcam.io.yolo import YoloDetector
 
 
 def main() -> None:

@@ -15,7 +15,8 @@ from PIL import Image
 
 from gradcam.apps.cli import main
 from gradcam.detection import explain_boxes
-from gradcam.io.yolo import YoloDetector, letterbox
+from gradcam.io.letterbox import letterbox
+from gradcam.io.yolo import YoloDetector
 from gradcam.result import normalise
 from manifest_check import validate
 
@@ -270,3 +271,17 @@ def test_each_box_map_falls_on_its_own_object_and_follows_it():
     alone = explain_boxes(net, _two_squares(red=False), detector, "gradcam", "features")
     assert [d.label for d in alone.detections] == [1]
     assert alone.maps[0, 40:56, 40:56].mean() > 3 * alone.maps[0, 8:24, 8:24].mean()
+
+
+def test_a_broken_photo_gets_our_message_after_ultralytics_patched_pil(tmp_path):
+    """Importing Ultralytics replaces PIL's Image.open by a wrapper that tries to pip-install a HEIF plugin on
+    any file PIL cannot read: a folder's broken file said "No module named 'pi_heif'" instead of ours."""
+    import ultralytics.utils.patches  # noqa: F401  (applies the patch, as loading a yolo: model does)
+    from PIL import Image as PILImage
+
+    from gradcam.io.images import ImageReadError, read_image
+
+    assert PILImage.open.__module__.startswith("ultralytics")
+    (tmp_path / "text.jpg").write_text("not a photo")
+    with pytest.raises(ImageReadError, match="not a readable image"):
+        read_image(tmp_path / "text.jpg")

@@ -1,10 +1,11 @@
 """Per-box maps of an object detector: every box the detector keeps (after its own confidence threshold and
 non-maximum suppression) explained from one forward pass.
 
-A detector is described to this module by a small adapter (:class:`Detector`): ``detect(output)`` lists the
-kept boxes of each image from the model's raw output, and ``score(detection)`` returns the scalar that box
-stands on, one per image: for a YOLO head, the class score of the box's class at the anchor it came from
-(``output[:, 4 + class, anchor]``). Grad-CAM of that score at a layer ``A`` is, as for a classifier,
+A detector is described to this module by a small adapter (:class:`Detector`): ``detect(output, size)``
+lists the kept boxes of each image from the model's raw output (``size``: the input's height and width),
+and ``score(detection)`` returns the scalar that box stands on, one per image: for a YOLO head, the class
+score of the box's class at the anchor it came from (``output[:, 4 + class, anchor]``); for a DETR, the
+class probability of the box's query. Grad-CAM of that score at a layer ``A`` is, as for a classifier,
 ``L = ReLU(sum_c w_c A_c)`` with ``w_c = mean_ij d score / d A_c,ij`` (Selvaraju et al., 2017).
 
 With several layers (a detection head reads several scales: YOLO's P3, P4, P5, each from its own feature
@@ -51,7 +52,7 @@ class Detection:
 
 
 class Detector(Protocol):
-    def detect(self, output: Any) -> list[list[Detection]]: ...
+    def detect(self, output: Any, size: tuple[int, int]) -> list[list[Detection]]: ...
 
     def score(self, detection: Detection) -> Callable[[Any], torch.Tensor]: ...
 
@@ -69,15 +70,15 @@ class BoxExplanation:
 class _ChosenBoxes(TargetsFromOutput):
     """The boxes of this one call, chosen on its own forward pass (never shared between calls)."""
 
-    def __init__(self, detector: Detector) -> None:
-        self.detector = detector
+    def __init__(self, detector: Detector, size: tuple[int, int]) -> None:
+        self.detector, self.size = detector, size
         self.found: list[Detection] = []
 
     def choose(self, output: Any) -> list[Callable[[Any], torch.Tensor]]:
         detached = tuple(o.detach() if isinstance(o, torch.Tensor) else o for o in output) if isinstance(
             output, (tuple, list)
         ) else output  # fmt: skip
-        self.found = list(self.detector.detect(detached)[0])
+        self.found = list(self.detector.detect(detached, self.size)[0])
         return [self.detector.score(d) for d in self.found]
 
 
@@ -110,7 +111,7 @@ def explain_boxes(
         layer = detector.default_layer(model)
     if isinstance(layer, str) and "," in layer:
         layer = [part.strip() for part in layer.split(",") if part.strip()]
-    boxes = _ChosenBoxes(detector)
+    boxes = _ChosenBoxes(detector, (int(image.shape[2]), int(image.shape[3])))
     with model_lock(model):
         if hasattr(detector, "prepare"):
             detector.prepare(model)

@@ -76,7 +76,8 @@ def load_hf(spec: str, weights: str | None, file: WeightsFile | None, trust_code
                 f"hf:{spec}: an image-text model takes no --weights; save it as a folder, pass hf:FOLDER"
             )
         return load_hf_image_text(spec, config, where, bounded(processor_preprocessing(spec, config, where), spec))
-    auto = transformers.AutoModelForImageClassification
+    detector = any(str(name).endswith("ForObjectDetection") for name in getattr(config, "architectures", None) or [])
+    auto = transformers.AutoModelForObjectDetection if detector else transformers.AutoModelForImageClassification
     if weights is None:
         try:
             model = auto.from_pretrained(spec, **where)
@@ -97,6 +98,8 @@ def load_hf(spec: str, weights: str | None, file: WeightsFile | None, trust_code
         if file is not None:
             file.load_into(model)
             source = f"weights from {weights}"
+    if detector:
+        return _detection_bundle(spec, model.eval(), config, where, source)
     return LoadedModel(
         name=f"hf:{spec}",
         model=model.eval(),
@@ -104,6 +107,24 @@ def load_hf(spec: str, weights: str | None, file: WeightsFile | None, trust_code
         labels=None if resized else _id2label(config),
         default_layer=None,
         source=source,
+    )
+
+
+def _detection_bundle(spec: str, model: nn.Module, config: Any, where: dict, source: str) -> LoadedModel:
+    """An object detector (``...ForObjectDetection``): one map per box (:mod:`gradcam.io.hf_detection`)."""
+    from .hf_detection import detection_extra, processor_dict
+
+    extra = detection_extra(config, processor_dict(spec, where))
+    frame = extra["frame"].keywords
+    shortest = frame["shortest"]
+    return LoadedModel(
+        name=f"hf:{spec}",
+        model=model,
+        preprocessing=Preprocessing(shortest, (shortest, shortest), frame["mean"], frame["std"]),
+        labels=_id2label(config),
+        default_layer=extra["detector"].default_layer(model),
+        source=source,
+        extra=extra,
     )
 
 

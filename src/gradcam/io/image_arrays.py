@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from .arrays import MAX_ELEMENTS, ArrayReadError, npy_header
+from .images import open_image
 
 IMAGE_ARRAY_SUFFIXES = (".npy", ".tif", ".tiff", ".png")
 HIGH_PRECISION_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
@@ -46,7 +47,7 @@ def is_high_precision_tiff(path: Path) -> bool:
     if path.suffix.lower() not in (".tif", ".tiff"):
         return False
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             return image.mode in HIGH_PRECISION_MODES
     except (OSError, SyntaxError, ValueError):
         return False
@@ -82,7 +83,7 @@ def _read_with_pil(path: Path, max_megapixels: float) -> ImageArray:
     bomb_limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None  # our own limit, from the header
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             width, height = image.size
             _check_size(path, (height, width), height * width * len(image.getbands()), None, max_megapixels)
             image.load()

@@ -31,6 +31,19 @@ STRIP_PIXELS = 1 << 20  # maps are carried onto the photo in strips of about thi
 ORIENTATION = 0x0112  # the EXIF tag; photos without a rotation are not copied to be "transposed"
 
 
+def open_image(source: object) -> Image.Image:
+    """PIL's own ``Image.open``, also when a library has patched it: importing Ultralytics (a ``yolo:`` model)
+    replaces ``Image.open`` by a wrapper that, on a file PIL cannot read, tries to pip-install a HEIF plugin;
+    a stranger's broken file must get our one-line message, never an install."""
+    opener = Image.open
+    module = getattr(opener, "__module__", "") or ""
+    if module.startswith("ultralytics"):
+        import sys
+
+        opener = getattr(sys.modules.get(module), "_image_open", opener)
+    return opener(source)  # type: ignore[arg-type]
+
+
 class ImageReadError(ValueError):
     """An image that cannot be used; the message is one line naming the file."""
 
@@ -137,7 +150,7 @@ def read_image(
     bomb_limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None  # our own limit applies after the JPEG draft has shrunk the decode
     try:
-        with Image.open(source) as image:
+        with open_image(source) as image:
             header = image.size
             if image.format == "JPEG":
                 scale = draft_scale(header, max_megapixels, draft_size, max_side)

@@ -5,8 +5,9 @@ checkpoint; Ultralytics saves whole pickled models, so it loads only with ``--tr
 Ultralytics is AGPL-3.0 licensed; it is the optional ``yolo`` extra (``pip install gradcam[yolo]``) and is
 imported only when a ``yolo:`` model is asked for.
 
-The photo is letterboxed as Ultralytics' own predictor does (the longer side to ``size``, padded with grey
-114 to a multiple of the stride, centred), and :class:`Letterbox` carries maps and boxes back to the photo.
+The photo is letterboxed as Ultralytics' own predictor does (:func:`gradcam.io.letterbox.letterbox`: the
+longer side to ``size``, padded with grey 114 to a multiple of the stride, centred); the bundle's
+``extra["frame"]`` does it, and its :class:`~gradcam.io.letterbox.Letterbox` carries maps and boxes back.
 
 Example:
     >>> bundle = gradcam.load_model("yolo:yolov8n.yaml")                       # doctest: +SKIP
@@ -18,19 +19,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from PIL import Image
 
 from ..detection import Detection
-from .images import image_tensor
+from .letterbox import letterbox
 from .models import LoadedModel, Preprocessing
 from .weights import ModelLoadError
-
-PAD_VALUE = 114  # Ultralytics' letterbox grey
 
 
 @dataclass(frozen=True)
@@ -44,7 +42,7 @@ class YoloDetector:
     iou: float = 0.45
     max_boxes: int = 10
 
-    def detect(self, output: Any) -> list[list[Detection]]:
+    def detect(self, output: Any, size: tuple[int, int] | None = None) -> list[list[Detection]]:
         from ultralytics.utils.nms import non_max_suppression
 
         predictions = _predictions(output)
@@ -68,7 +66,7 @@ class YoloDetector:
         layers = getattr(model, "model", None)
         head = layers[-1] if isinstance(layers, torch.nn.Sequential) and len(layers) else None
         anchors = getattr(head, "anchors", None)
-        if isinstance(anchors, torch.Tensor) and anchors.is_inference():
+        if head is not None and isinstance(anchors, torch.Tensor) and anchors.is_inference():
             head.shape = None
 
     def default_layer(self, model: Any) -> list[str]:
@@ -87,47 +85,6 @@ class YoloDetector:
 def _predictions(output: Any) -> torch.Tensor:
     """The (B, 4 + classes + ..., anchors) tensor of a YOLO head's eval-mode output ``(y, extras)``."""
     return output[0] if isinstance(output, (tuple, list)) else output
-
-
-@dataclass(frozen=True)
-class Letterbox:
-    """How a photo (``original`` height, width) became the letterboxed input: scaled by ``scale`` to
-    ``inner`` (height, width), placed at ``offset`` (top, left) in an input of ``size`` (height, width)."""
-
-    original: tuple[int, int]
-    scale: float
-    inner: tuple[int, int]
-    offset: tuple[int, int]
-    size: tuple[int, int]
-
-    def map_to_photo(self, maps: torch.Tensor) -> torch.Tensor:
-        """(K, H, W) maps on the input -> (K, h, w) on the photo (the padding cut away, smooth resize)."""
-        top, left = self.offset
-        inner = maps[:, top : top + self.inner[0], left : left + self.inner[1]]
-        return F.interpolate(inner[None].float(), size=self.original, mode="bilinear", align_corners=False)[0]
-
-    def box_to_photo(self, box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
-        """(x1, y1, x2, y2) on the input -> on the photo, clipped to it."""
-        top, left = self.offset
-        height, width = self.original
-        x1, y1, x2, y2 = ((v - (left if i % 2 == 0 else top)) / self.scale for i, v in enumerate(box))
-        return (min(max(x1, 0), width), min(max(y1, 0), height), min(max(x2, 0), width), min(max(y2, 0), height))
-
-
-def letterbox(photo: Image.Image, size: int = 640, stride: int = 32) -> tuple[torch.Tensor, Letterbox]:
-    """The photo as Ultralytics' predictor feeds it: the longer side to ``size`` (aspect ratio kept),
-    padded with grey 114 on both sides to a multiple of ``stride``; (3, H, W) float in [0, 1], RGB.
-    Resized with PIL's bilinear filter (Ultralytics uses OpenCV's: pixel values differ slightly)."""
-    width, height = photo.size
-    scale = min(size / height, size / width)
-    inner = (max(1, round(height * scale)), max(1, round(width * scale)))
-    padded = tuple(-(-side // stride) * stride for side in inner)
-    top, left = (padded[0] - inner[0]) // 2, (padded[1] - inner[1]) // 2
-    resized = photo.convert("RGB").resize((inner[1], inner[0]), Image.Resampling.BILINEAR)
-    canvas = Image.new("RGB", (padded[1], padded[0]), (PAD_VALUE,) * 3)
-    canvas.paste(resized, (left, top))
-    pixels = image_tensor(canvas).float() / 255.0
-    return pixels, Letterbox((height, width), scale, inner, (top, left), (padded[0], padded[1]))
 
 
 def load_yolo(spec: str, trusted: bool, size: int = 640) -> LoadedModel:
@@ -166,7 +123,7 @@ def load_yolo(spec: str, trusted: bool, size: int = 640) -> LoadedModel:
         labels=labels,
         default_layer=",".join(detector.default_layer(net)),
         source="ultralytics",
-        extra={"detector": detector, "letterbox": size, "task": task},
+        extra={"detector": detector, "frame": partial(letterbox, size=size), "task": task},
     )
 
 

@@ -20,7 +20,6 @@ import torch
 from ..detection import explain_boxes
 from ..io.images import read_image
 from ..io.models import LoadedModel
-from ..io.yolo import letterbox
 from ..render.detections import box_picture, boxes_picture
 from .naming import label_of, target_stem
 from .options import RunOptions
@@ -36,7 +35,7 @@ def explain_detections(
     path = Path(path)
     photo = read_image(path, max_megapixels=options.max_megapixels, name=str(path))
     parameter = next(bundle.model.parameters())
-    pixels, box = letterbox(photo, int(bundle.extra.get("letterbox", 640)))
+    pixels, box = bundle.extra["frame"](photo)  # the detector's own resizing (a letterbox for YOLO)
     detector = replace(bundle.extra["detector"], conf=options.detection.conf, max_boxes=options.detection.max_boxes)
     layer = bundle.layer_for(options.layer)
     found = explain_boxes(bundle.model, pixels[None].to(parameter.device, parameter.dtype), detector,

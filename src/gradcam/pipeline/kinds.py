@@ -104,9 +104,11 @@ DETECTORS = ("yolo:",)  # model sources whose models are detectors
 
 
 def for_model(kind: InputKind, model: str) -> InputKind:
-    """The kind a run has with ``model``: photos given to a detector are a detection run; other inputs are
-    refused for a detector in one line."""
-    if not model.startswith(DETECTORS):
+    """The kind a run has with ``model``: photos given to a detector (``yolo:``, an ``hf:`` folder of an
+    object-detection checkpoint) are a detection run; other inputs are refused for a detector in one line."""
+    from ..io.hf_detection import is_detection_folder
+
+    if not model.startswith(DETECTORS) and not (model.startswith("hf:") and is_detection_folder(model[3:])):
         return kind
     if kind.name != "photo":
         raise UsageError(f"--model {model}: a detector explains photos, not {kind.plural}")

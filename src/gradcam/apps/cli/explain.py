@@ -17,7 +17,7 @@ from typing import Any
 from ...io.images import DEFAULT_MAX_MEGAPIXELS
 from ...io.models import DEFAULT_MODEL, MODEL_SOURCES, LoadedModel, ModelLoadError
 from ...methods import get_method, methods
-from ...pipeline.kinds import KINDS, FoundInputs, InputKind, find_inputs, for_model, refuse_unsupported
+from ...pipeline.kinds import DETECTION, KINDS, FoundInputs, InputKind, find_inputs, for_model, refuse_unsupported
 from ...pipeline.method_options import method_with_options
 from ...pipeline.options import DetectionSettings, RunOptions, UsageError, VideoSettings, parse_target
 from ...pipeline.writer import OUTPUTS
@@ -339,6 +339,9 @@ def run(args: argparse.Namespace) -> int:
     report_missing(inputs.found)
     try:
         bundle = load_bundle(args, images=inputs.kind.images)
+        if bundle.extra.get("detector") is not None and inputs.kind.name == "photo":  # a hub detector, known now
+            inputs = replace(inputs, kind=DETECTION)
+            refuse_unsupported(DETECTION, options)
         check_targets(bundle, inputs.kind, options)
     except (ModelLoadError, UsageError) as problem:
         return usage_error(str(problem))

@@ -1,0 +1,140 @@
+"""Hugging Face object detectors (DETR, Conditional/Deformable DETR, RT-DETR, YOLOS, Table Transformer, ...):
+``hf:FOLDER`` or ``hf:ORG/NAME`` of a ``...ForObjectDetection`` checkpoint gets one map per box.
+
+Their outputs hold per query ``logits`` (B, Q, classes [+ 1 "no object"]) and ``pred_boxes`` (B, Q, 4: centre
+x, centre y, width, height, relative to the input). The boxes are kept as the models' own post-processing
+keeps them: DETR-style heads (a softmax with a "no object" class) keep each query's best class above the
+threshold; sigmoid heads (Conditional/Deformable DETR, RT-DETR) keep the top (query, class) pairs above it.
+A box's score is that class's probability for its query.
+
+Example:
+    >>> bundle = gradcam.load_model("hf:my-detr-folder")                        # doctest: +SKIP
+    >>> x, frame = bundle.extra["frame"](photo)
+    >>> explain_boxes(bundle.model, x[None], bundle.extra["detector"])
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..detection import Detection
+from .letterbox import shorter_side
+
+SIGMOID_HEADS = frozenset(
+    {"conditional_detr", "deformable_detr", "rt_detr", "rt_detr_v2", "dab_detr", "d_fine", "deta"}
+)
+MAX_CONFIG_BYTES = 1_000_000
+
+
+@dataclass(frozen=True)
+class HfDetector:
+    """The :class:`gradcam.detection.Detector` of a transformers object-detection output."""
+
+    sigmoid: bool = False
+    conf: float = 0.5
+    max_boxes: int = 10
+
+    def probabilities(self, output: Any) -> torch.Tensor:
+        """(B, Q, classes): each query's class probabilities ("no object" dropped for softmax heads)."""
+        logits = output["logits"] if isinstance(output, dict) else output.logits
+        return logits.sigmoid() if self.sigmoid else logits.softmax(-1)[..., :-1]
+
+    def detect(self, output: Any, size: tuple[int, int]) -> list[list[Detection]]:
+        probabilities = self.probabilities(output).detach().float()
+        boxes = (output["pred_boxes"] if isinstance(output, dict) else output.pred_boxes).detach().float()
+        height, width = size
+        found = []
+        for probs, relative in zip(probabilities, boxes, strict=True):
+            if self.sigmoid:
+                values, flat = probs.flatten().topk(min(self.max_boxes, probs.numel()))
+                queries, labels = flat // probs.shape[1], flat % probs.shape[1]
+            else:
+                best, classes = probs.max(-1)
+                values, queries = best.topk(min(self.max_boxes, len(best)))
+                labels = classes[queries]
+            kept = []
+            for value, query, label in zip(values.tolist(), queries.tolist(), labels.tolist(), strict=True):
+                if value < self.conf:
+                    continue
+                cx, cy, w, h = relative[query].tolist()
+                box = ((cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height)
+                kept.append(Detection(box, int(label), float(value), int(query)))
+            found.append(kept)
+        return found
+
+    def score(self, detection: Detection) -> Callable[[Any], torch.Tensor]:
+        query, label = detection.anchor, detection.label
+
+        def box_score(output: Any) -> torch.Tensor:
+            return self.probabilities(output)[:, query, label]
+
+        return box_score
+
+    def default_layer(self, model: Any) -> str | None:
+        """The feature map the transformer reads: DETR's ``input_projection`` (a 1x1 convolution on the
+        backbone's last stage), or the last one of a multi-scale model's projections."""
+        names = [name for name, _ in model.named_modules()]
+        for wanted in ("model.input_projection", "model.input_proj.0"):
+            if wanted in names:
+                return wanted
+        projections = [n for n in names if n.startswith(("model.input_proj.", "model.encoder_input_proj."))]
+        last = sorted({".".join(n.split(".")[:3]) for n in projections})
+        return last[-1] if last else None
+
+
+def is_detection_folder(spec: str) -> bool:
+    """Whether ``hf:FOLDER``'s ``config.json`` names a ``...ForObjectDetection`` architecture (read without
+    importing transformers; a hub name is asked of its config when loaded)."""
+    config = Path(spec) / "config.json"
+    try:
+        if not config.is_file() or config.stat().st_size > MAX_CONFIG_BYTES:
+            return False
+        architectures = json.loads(config.read_text()).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        return False
+    return any(str(name).endswith("ForObjectDetection") for name in architectures)
+
+
+def detection_extra(config: Any, processor: dict) -> dict[str, Any]:
+    """The bundle's ``extra`` for a detector: the :class:`HfDetector` and how a photo becomes its input
+    (the processor's shorter/longer side and normalisation; DETR's 800/1333 and ImageNet's by default)."""
+    size = processor.get("size") or {}
+    shortest = int(size.get("shortest_edge") or size.get("height") or 800)
+    longest = int(size.get("longest_edge") or max(shortest, size.get("width") or 1333))
+    mean = tuple(processor.get("image_mean") or (0.485, 0.456, 0.406))
+    std = tuple(processor.get("image_std") or (0.229, 0.224, 0.225))
+    if not processor.get("do_normalize", True):
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    detector = HfDetector(sigmoid=getattr(config, "model_type", "") in SIGMOID_HEADS)
+    return {
+        "detector": detector,
+        "frame": partial(shorter_side, shortest=shortest, longest=longest, mean=mean, std=std),
+        "task": "detect",
+    }
+
+
+def processor_dict(spec: str, where: dict) -> dict:
+    """The image processor's settings as a dict (empty when the checkpoint has none)."""
+    folder = Path(spec)
+    path = folder / "preprocessor_config.json"
+    if folder.is_dir():
+        try:
+            if path.is_file() and path.stat().st_size <= MAX_CONFIG_BYTES:
+                return dict(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            return {}
+        return {}
+    try:
+        import transformers
+
+        processor = transformers.AutoImageProcessor.from_pretrained(spec, **where)
+        return processor.to_dict()
+    except Exception:  # no processor in the checkpoint: the DETR defaults
+        return {}

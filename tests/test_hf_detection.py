@@ -1,0 +1,113 @@
+"""Hugging Face object detectors (#29 item 7): ``hf:FOLDER`` of a DETR checkpoint (built here from a config with
+random weights, offline) gets one map per box; each equals Grad-CAM by hand at the query's class probability;
+the boxes are the model's own post-processing's; the CLI writes them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from gradcam.apps.cli import main
+from gradcam.detection import explain_boxes
+from gradcam.io.hf_detection import HfDetector
+from gradcam.result import normalise
+from manifest_check import validate
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def detr_folder(tmp_path_factory):
+    from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
+
+    torch.manual_seed(0)
+    backbone = ResNetConfig(num_channels=3, embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1],
+                            out_features=["stage4"])  # fmt: skip
+    config = DetrConfig(
+        use_timm_backbone=False, backbone_config=backbone, use_pretrained_backbone=False, d_model=32,
+        encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+        encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=12, num_labels=3,
+        id2label={0: "cat", 1: "dog", 2: "cup"}, label2id={"cat": 0, "dog": 1, "cup": 2},
+    )  # fmt: skip
+    folder = tmp_path_factory.mktemp("detr")
+    DetrForObjectDetection(config).save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps({"size": {"shortest_edge": 96, "longest_edge": 160}}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def photo():
+    torch.manual_seed(2)
+    pixels = (torch.rand(3, 12, 16) * 255).to(torch.uint8)
+    big = F.interpolate(pixels[None].float(), size=(120, 160), mode="bilinear")[0].round().to(torch.uint8)
+    return Image.fromarray(big.permute(1, 2, 0).numpy())
+
+
+def test_detr_boxes_equal_gradcam_by_hand_and_its_own_post_processing(detr_folder, photo):
+    import gradcam
+
+    bundle = gradcam.load_model(f"hf:{detr_folder}")
+    assert bundle.labels == ("cat", "dog", "cup") or list(bundle.labels) == ["cat", "dog", "cup"]
+    assert bundle.default_layer == "model.input_projection"
+    x, frame = bundle.extra["frame"](photo)
+    assert x.shape == (3, 96, 128) and frame.inner == (96, 128)  # the shorter side to 96
+    detector = HfDetector(conf=0.0, max_boxes=4)
+    found = explain_boxes(bundle.model, x[None], detector)
+    assert len(found.detections) == 4
+    with torch.no_grad():
+        output = bundle.model(x[None])
+    probabilities = output.logits.softmax(-1)[0, :, :-1]
+    best = probabilities.max(-1)
+    # the post-processing of DETR's image processor: each query's best class, the most confident first
+    processor = transformers.DetrImageProcessor()
+    theirs = processor.post_process_object_detection(output, threshold=0.0, target_sizes=[(96, 128)])[0]
+    order = theirs["scores"].argsort(descending=True)[:4]
+    assert [d.confidence for d in found.detections] == pytest.approx(theirs["scores"][order].tolist(), rel=1e-5)
+    assert [d.label for d in found.detections] == theirs["labels"][order].tolist()
+    for detection, box in zip(found.detections, theirs["boxes"][order].tolist(), strict=True):
+        assert detection.box == pytest.approx(tuple(box), abs=1e-3)
+        assert detection.confidence == pytest.approx(float(best.values[detection.anchor]), rel=1e-5)
+    # each map: Grad-CAM by hand with a plain hook at the query's class probability
+    layer = bundle.model.get_submodule("model.input_projection")
+    for k, detection in enumerate(found.detections):
+        captured: dict = {}
+        handle = layer.register_forward_hook(lambda m, i, o, captured=captured: captured.setdefault("a", o))
+        try:
+            out = bundle.model(pixel_values=x[None])
+        finally:
+            handle.remove()
+        score = out.logits.softmax(-1)[0, detection.anchor, detection.label]
+        (grad,) = torch.autograd.grad(score, captured["a"])
+        raw = F.relu((grad.mean(dim=(2, 3), keepdim=True) * captured["a"]).sum(1, keepdim=True))
+        expected = normalise(F.interpolate(raw, size=x.shape[1:], mode="bilinear", align_corners=False)[0, 0])
+        torch.testing.assert_close(found.maps[k], expected.detach(), atol=1e-4, rtol=1e-4)
+
+
+def test_the_cli_explains_a_detr_folder_box_by_box(detr_folder, photo, tmp_path):
+    photo.save(tmp_path / "room.png")
+    out = tmp_path / "out"
+    code = main(["explain", str(tmp_path / "room.png"), "--model", f"hf:{detr_folder}", "--conf", "0",
+                 "--max-boxes", "3", "--out", str(out), "--quiet"])  # fmt: skip
+    assert code == 0
+    data = json.loads((out / "results.json").read_text())
+    validate(data)
+    record = data["images"][0]
+    assert data["kind"] == "detection" and len(record["targets"]) == 3
+    assert {t["label"] for t in record["targets"]} <= {"cat", "dog", "cup"}
+    for target in record["targets"]:
+        x1, y1, x2, y2 = target["box"]
+        assert 0 <= x1 <= x2 <= 160 and 0 <= y1 <= y2 <= 120
+        assert Image.open(target["files"]["overlay"]).size == (160, 120)
+
+
+def test_sigmoid_heads_keep_the_top_query_class_pairs():
+    logits = torch.tensor([[[2.0, -3.0], [0.5, 1.5], [-4.0, -4.0]]])  # 3 queries, 2 classes
+    boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.25, 0.25, 0.5, 0.5], [0.9, 0.9, 0.1, 0.1]]])
+    found = HfDetector(sigmoid=True, conf=0.5, max_boxes=2).detect({"logits": logits, "pred_boxes": boxes}, (10, 20))[0]
+    assert [(d.anchor, d.label) for d in found] == [(0, 0), (1, 1)]
+    assert found[0].box == pytest.approx((8.0, 4.0, 12.0, 6.0))
+    assert found[0].confidence == pytest.approx(float(torch.sigmoid(torch.tensor(2.0))))
