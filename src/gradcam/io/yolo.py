@@ -64,7 +64,7 @@ class YoloDetector:
         earlier prediction) cannot enter autograd, so it is dropped, and the next forward pass makes it again
         (the same values, as ordinary tensors)."""
         layers = getattr(model, "model", None)
-        head = layers[-1] if isinstance(layers, torch.nn.Sequential) and len(layers) else None
+        head: Any = layers[-1] if isinstance(layers, torch.nn.Sequential) and len(layers) else None
         anchors = getattr(head, "anchors", None)
         if head is not None and isinstance(anchors, torch.Tensor) and anchors.is_inference():
             head.shape = None
