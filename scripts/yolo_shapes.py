@@ -11,6 +11,7 @@ Ultralytics (AGPL-3.0) trains it; nothing is downloaded (plots and the AMP check
 from __future__ import annotations
 
 import argparse
+import os
 import random
 from pathlib import Path
 
@@ -60,19 +61,21 @@ def write_dataset(root: Path, count: int, seed: int) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("/tmp/yolo-shapes"))
+    parser.add_argument("--out", type=lambda p: Path(p).resolve(), default=Path("/tmp/yolo-shapes"))
     parser.add_argument("--images", type=int, default=240)
     parser.add_argument("--epochs", type=int, default=40)
     args = parser.parse_args()
     from ultralytics import YOLO
 
     data = write_dataset(args.out, args.images, seed=0)
+    os.chdir(args.out)  # Ultralytics' own loggers (MLflow when installed) write beside it, not in the checkout
     model = YOLO("yolov8n.yaml")
     model.train(data=str(data), epochs=args.epochs, imgsz=SIZE, batch=16, workers=0, device="cpu", plots=False,
                 amp=False, project=str(args.out), name="train", exist_ok=True, verbose=False, seed=0)  # fmt: skip
     photo, _ = scene(random.Random(12345), 3)
     photo.save(args.out / "scene.png")
     print(f"checkpoint: {args.out / 'train' / 'weights' / 'best.pt'}; a new scene: {args.out / 'scene.png'}")
+    print("the README's picture: gradcam explain SCENE --model yolo:CHECKPOINT --trust-weights (all boxes, two boxes)")
 
 
 if __name__ == "__main__":

@@ -87,8 +87,10 @@ def _predictions(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, (tuple, list)) else output
 
 
-def load_yolo(spec: str, trusted: bool, size: int = 640) -> LoadedModel:
-    """``CONFIG.yaml`` (random weights) or a checkpoint ``FILE.pt`` (only with ``trusted``)."""
+def load_yolo(spec: str, trusted: bool, size: int | None = None) -> LoadedModel:
+    """``CONFIG.yaml`` (random weights) or a checkpoint ``FILE.pt`` (only with ``trusted``); photos are
+    letterboxed to ``size``, by default the size the checkpoint was trained at (as Ultralytics predicts), else
+    640."""
     try:
         from ultralytics import YOLO
     except ImportError:
@@ -106,9 +108,13 @@ def load_yolo(spec: str, trusted: bool, size: int = 640) -> LoadedModel:
                 "loaded; pass --trust-weights if you trust its source"
             )
     try:
-        net: Any = YOLO(spec).model
+        loaded = YOLO(spec)
+        net: Any = loaded.model
     except Exception as error:  # a missing or broken config, a checkpoint of another library
         raise ModelLoadError(f"--model yolo:{spec}: cannot load it ({type(error).__name__}: {error})") from None
+    trained = loaded.overrides.get("imgsz") if isinstance(getattr(loaded, "overrides", None), dict) else None
+    if size is None:
+        size = int(max(trained) if isinstance(trained, (list, tuple)) else trained or 640)
     head = net.model[-1]
     task = getattr(net, "task", "detect")
     if task not in ("detect", "segment") or not hasattr(head, "nc"):
