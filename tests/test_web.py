@@ -73,7 +73,7 @@ def test_only_models_named_at_start_are_offered_and_loaded_before_listening(monk
 
     loaded = []
     monkeypatch.setattr(
-        web_state, "load_bundle", lambda name, weights=None, labels=None: loaded.append(name) or _bundle()
+        web_state, "load_bundle", lambda name, weights=None, labels=None, **_: loaded.append(name) or _bundle()
     )
     shelf = web.ModelShelf(["efficientnet_lite0", "resnet18"])
     shelf.load_all()

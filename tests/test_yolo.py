@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -285,3 +286,42 @@ def test_a_broken_photo_gets_our_message_after_ultralytics_patched_pil(tmp_path)
     (tmp_path / "text.jpg").write_text("not a photo")
     with pytest.raises(ImageReadError, match="not a readable image"):
         read_image(tmp_path / "text.jpg")
+
+
+def test_the_web_app_explains_every_box_of_a_detector(tmp_path, monkeypatch, photo):
+    """#29: a detector in the web app gets the command line's pictures (every box, then each), the boxes with
+    their confidences beside them and a manifest; conf and max_boxes come with the method options."""
+    pytest.importorskip("gradio")
+    from gradcam.apps import web
+    from gradcam.apps.web_state import AppError
+
+    photo.save(tmp_path / "street.png")
+    monkeypatch.setattr(web, "SHELF", web.ModelShelf(["yolo:yolov8n.yaml"]))
+    result = web.explain_photo(str(tmp_path / "street.png"), "yolo:yolov8n.yaml", ["gradcam", "eigencam"], None, "",
+                               0.5, "jet", out_dir=tmp_path / "out", method_options="conf=0 max_boxes=2")  # fmt: skip
+    assert len(result.overlays) == 6 and result.targets == 3  # per method: every box, box 0, box 1
+    assert result.overlays[0][1] == "gradcam: every box (2)" and result.overlays[4][1].startswith("eigencam: ")
+    assert len(result.top5) == 2 and all(Image.open(path).size == (320, 240) for path, _ in result.overlays)
+    data = json.loads(Path(result.files[-1]).read_text())
+    validate(data)
+    assert data["engine"] == "web" and data["kind"] == "detection" and data["methods"] == ["gradcam", "eigencam"]
+    with pytest.raises(AppError, match="kept no box at conf 0.99"):
+        web.explain_photo(str(tmp_path / "street.png"), "yolo:yolov8n.yaml", ["gradcam"], None, "", 0.5, "jet",
+                          out_dir=tmp_path / "o2", method_options="conf=0.99")  # fmt: skip
+    with pytest.raises(AppError, match="max_boxes between 1 and 12"):
+        web.explain_photo(str(tmp_path / "street.png"), "yolo:yolov8n.yaml", ["gradcam"], None, "", 0.5, "jet",
+                          out_dir=tmp_path / "o3", method_options="max_boxes=50")  # fmt: skip
+
+
+def test_serve_loads_a_yolo_checkpoint_only_when_the_operator_trusts_it(tmp_path, monkeypatch):
+    pytest.importorskip("gradio")
+    from gradcam.apps import web
+    from gradcam.io.weights import ModelLoadError
+
+    (tmp_path / "best.pt").write_bytes(b"a pickle, as Ultralytics saves")
+    with pytest.raises(ModelLoadError, match="--trust-weights"):
+        web.ModelShelf([f"yolo:{tmp_path / 'best.pt'}"]).get(f"yolo:{tmp_path / 'best.pt'}")
+    shelves = []
+    monkeypatch.setattr(web, "serve", lambda host, port, examples, models: shelves.append(models))
+    assert main(["serve", "--models", "yolo:yolov8n.yaml", "--trust-weights"]) == 0
+    assert shelves[-1].trust_weights and not web.ModelShelf(["yolo:yolov8n.yaml"]).trust_weights

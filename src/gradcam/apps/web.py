@@ -48,6 +48,7 @@ from ..pipeline.writer import PhotoWriter, WriteOptions, top_predictions
 from ..render.captions import caption
 from ..render.viz import overlay_image
 from ..targets import TextPrompt, class_index
+from .web_detect import explain_detector_photo, is_detector
 from .web_files import explain_upload
 from .web_state import AppError, ModelShelf, ScratchSpace, as_text, failure, in_background, one_line, request_budget
 
@@ -94,7 +95,8 @@ def layer_choices(name: str) -> tuple[list[str], str]:
     example = torch.zeros(1, 3, *bundle.preprocessing.crop)
     infos = list_layers(bundle.model, example)
     default = bundle.layer_for(None, example) or infos[-1].name
-    return [i.name for i in infos], default
+    names = [i.name for i in infos]
+    return (names if default in names else [default, *names]), default  # several layers (a detector's scales)
 
 
 @dataclass
@@ -157,6 +159,11 @@ def explain_photo(
         raise AppError(f"{file.name} is over {MAX_UPLOAD_MB} MB; use the command line for large files.")
     try:
         bundle = cached_model(model_name)
+        if is_detector(bundle):  # one map per box, as the command line draws them
+            overlays, found, files, chosen = explain_detector_photo(
+                bundle, model_name, file, methods, alpha, colormap, out_dir or scratch().new_folder(), method_options
+            )
+            return PhotoResult(overlays, None, found, files, chosen, len(overlays) // len(methods), "")
         names = bundle.labels
         targets: Any
         if bundle.extra.get("image_text"):

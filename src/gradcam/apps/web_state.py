@@ -113,10 +113,14 @@ class ModelShelf:
         names: Sequence[str] = (DEFAULT_MODEL,),
         weights: dict[str, str] | None = None,
         labels: dict[str, str] | None = None,
+        trust_weights: bool = False,
     ) -> None:
         """``weights`` and ``labels`` map a served name to a weights file (a fine-tuned checkpoint, read
-        without unpickling: there is no ``--trust-weights`` here) and to a class-names file."""
+        without unpickling) and to a class-names file. ``trust_weights`` (``gradcam serve --trust-weights``,
+        the operator's word for the model files they named) lets files that run code on loading in, such as
+        an Ultralytics checkpoint; what users upload is never unpickled."""
         self.names = list(dict.fromkeys(names)) or [DEFAULT_MODEL]
+        self.trust_weights = trust_weights
         self.weights, self.labels = dict(weights or {}), dict(labels or {})
         self._loaded: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()
@@ -129,8 +133,9 @@ class ModelShelf:
             )
         with self._lock:
             if name not in self._loaded:
-                # weights_only: nothing is unpickled
-                bundle = load_bundle(name, self.weights.get(name), labels=self.labels.get(name))
+                # weights_only: nothing is unpickled, unless the operator trusts the model files they named
+                bundle = load_bundle(name, self.weights.get(name), labels=self.labels.get(name),
+                                     trust_weights=self.trust_weights)  # fmt: skip
                 guard(bundle.model)  # the server's own copy: every request is held to its budget
                 self._loaded[name] = bundle
             return self._loaded[name]

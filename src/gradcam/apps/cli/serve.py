@@ -36,6 +36,12 @@ def add_parser(commands: Any) -> None:
         default=None,
         help="a fine-tuned state dict or checkpoint for the one model of --models (read without unpickling)",
     )
+    web.add_argument(
+        "--trust-weights",
+        action="store_true",
+        help="also load the model files of --models whose loading runs code (an Ultralytics checkpoint "
+        "yolo:FILE.pt, a whole pickled model): only files from a source you trust; uploads are never unpickled",
+    )
     add_labels_option(web)
 
 
@@ -62,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         models,
         weights={first: args.weights} if args.weights else None,
         labels={first: args.labels} if args.labels else None,
+        trust_weights=args.trust_weights,
     )
     try:
         serve(args.host, args.port, Path(args.examples) if args.examples else None, models=shelf)
