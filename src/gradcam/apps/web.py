@@ -160,10 +160,10 @@ def explain_photo(
     try:
         bundle = cached_model(model_name)
         if is_detector(bundle):  # one map per box, as the command line draws them
-            overlays, found, files, chosen = explain_detector_photo(
+            boxes, found, files, chosen = explain_detector_photo(
                 bundle, model_name, file, methods, alpha, colormap, out_dir or scratch().new_folder(), method_options
             )
-            return PhotoResult(overlays, None, found, files, chosen, len(overlays) // len(methods), "")
+            return PhotoResult(boxes, None, found, files, chosen, len(boxes) // len(methods), "")
         names = bundle.labels
         targets: Any
         if bundle.extra.get("image_text"):
