@@ -325,3 +325,34 @@ def test_serve_loads_a_yolo_checkpoint_only_when_the_operator_trusts_it(tmp_path
     monkeypatch.setattr(web, "serve", lambda host, port, examples, models: shelves.append(models))
     assert main(["serve", "--models", "yolo:yolov8n.yaml", "--trust-weights"]) == 0
     assert shelves[-1].trust_weights and not web.ModelShelf(["yolo:yolov8n.yaml"]).trust_weights
+
+
+def test_the_local_score_equals_the_full_head_at_every_edge_and_scale(yolo, photo):
+    """A box's score recomputed from its anchor's neighbourhood (the class branch's reach) equals the full
+    head's output, and so do its gradients, at the corners and edges of every scale's map."""
+    x, _ = letterbox(photo, 320)
+    detector = YoloDetector(classes=80).prepare(yolo.model)
+    assert detector.head is not None and detector.radii == (2, 2, 2)
+    with torch.enable_grad():
+        output = yolo.model(x[None].requires_grad_())
+    features = output[1]["feats"]
+    anchors, start = [], 0
+    for feature in features:
+        height, width = feature.shape[-2:]
+        for row, column in ((0, 0), (0, width - 1), (height - 1, 0), (height - 1, width - 1), (1, 1), (height // 2, 1)):
+            anchors.append(start + row * width + column)
+        start += height * width
+    from gradcam.detection import Detection
+
+    for anchor in anchors:
+        box = Detection((0.0, 0.0, 1.0, 1.0), 7, 0.0, anchor)
+        local = detector.score(box)(output)
+        full = output[0][:, 4 + 7, anchor]
+        torch.testing.assert_close(local, full, atol=1e-6, rtol=1e-5)
+        ours = torch.autograd.grad(local.sum(), features, retain_graph=True, allow_unused=True)
+        theirs = torch.autograd.grad(full.sum(), features, retain_graph=True, allow_unused=True)
+        for a, b in zip(ours, theirs, strict=True):
+            if b is None or not b.any():
+                assert a is None or not a.any()
+            else:
+                torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)

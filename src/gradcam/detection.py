@@ -111,10 +111,10 @@ def explain_boxes(
         layer = detector.default_layer(model)
     if isinstance(layer, str) and "," in layer:
         layer = [part.strip() for part in layer.split(",") if part.strip()]
-    boxes = _ChosenBoxes(detector, (int(image.shape[2]), int(image.shape[3])))
     with model_lock(model):
-        if hasattr(detector, "prepare"):
-            detector.prepare(model)
+        if hasattr(detector, "prepare"):  # bound to this model (a new instance: the given one is shared)
+            detector = detector.prepare(model) or detector
+    boxes = _ChosenBoxes(detector, (int(image.shape[2]), int(image.shape[3])))
     try:
         ex = explain(model, image, chosen, layer, boxes, eigen_smooth=eigen_smooth, counterfactual=counterfactual,
                      layers_apart=True)  # fmt: skip

@@ -305,7 +305,8 @@ def _explain_once(
             targets, logits.detach() if isinstance(logits, torch.Tensor) else logits, settings.labels, len(images)
         )
         resolved = method.adjust_targets(resolved, logits)
-        scores = resolved.scores(logits)
+        columns = resolved.columns(logits) if resolved.functions is not None else None
+        scores = torch.stack(columns, dim=1) if columns is not None else resolved.scores(logits)
         gradients = None
         if method.uses_gradients:
             differentiated = outputs[len(layers) :] if reads_attention else outputs
@@ -315,6 +316,7 @@ def _explain_once(
                 [n for n, _ in captured[-len(differentiated) :]],
                 method.second_order,
                 keep_graph=settings.every_class,
+                columns=columns,
             )
         size = tuple(images.shape[2:])
         layouts = [
@@ -395,11 +397,14 @@ def _gradients(
     names: list[str],
     second_order: bool = False,
     keep_graph: bool = False,
+    columns: list[torch.Tensor] | None = None,
 ) -> list[list[torch.Tensor]]:
     """``d scores[:, k] / d activations`` for each target k, through the head only. Summing over the batch
     is exact: in eval mode each image's score depends on its own activations alone. With ``second_order``
     (Shapley-CAM) each gradient comes back as ``G - 0.5 * H A``, the Hessian-vector product by a double
-    backward."""
+    backward. ``columns``: callable targets' scores before they were stacked; each is differentiated on
+    its own, so a target's backward pass runs through its own graph only (through the stack it would run
+    through every other target's with zeros: K targets of a detector would cost K squared)."""
     connected = [a.requires_grad for a in activations]
     if not scores.requires_grad or not any(connected):
         warnings.warn(
@@ -410,8 +415,9 @@ def _gradients(
     per_target = []
     for k in range(scores.shape[1]):
         last = k == scores.shape[1] - 1 and not keep_graph
+        target = columns[k] if columns is not None else scores[:, k]
         grads = torch.autograd.grad(
-            scores[:, k].sum(), inputs, retain_graph=not last or second_order, allow_unused=True,
+            target.sum(), inputs, retain_graph=not last or second_order, allow_unused=True,
             create_graph=second_order,
         )  # fmt: skip
         if second_order:

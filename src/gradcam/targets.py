@@ -169,14 +169,17 @@ class ResolvedTargets:
             weights = logits.softmax(dim=1).gather(1, flat).view(compared.shape)
             differences = main[..., None] - self.alpha * others
             return (weights * differences).sum(dim=2) / (weights.sum(dim=2) + 1e-9)
-        if isinstance(logits, torch.Tensor):
-            rows = logits.shape[0]
+        return torch.stack(self.columns(logits, image_ids), dim=1)
+
+    def columns(self, output: Any, image_ids: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Each callable target's (N,) scores on ``output``, before they are stacked."""
+        if isinstance(output, torch.Tensor):
+            rows = output.shape[0]
         elif image_ids is not None:
             rows = len(image_ids)
         else:  # a tuple or dict output (a detector's): its length is not the batch's
-            rows = self.batch if self.batch is not None else len(logits)
-        columns = [_check_score(fn(logits), rows) for fn in self.functions or ()]
-        return torch.stack(columns, dim=1)
+            rows = self.batch if self.batch is not None else len(output)
+        return [_check_score(fn(output), rows) for fn in self.functions or ()]
 
 
 def _check_score(score: torch.Tensor, batch: int) -> torch.Tensor:

@@ -18,7 +18,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,8 @@ class YoloDetector:
     conf: float = 0.25
     iou: float = 0.45
     max_boxes: int = 10
+    head: Any = field(default=None, compare=False, repr=False)  # bound by prepare(): the model's Detect head
+    radii: tuple[int, ...] = ()  # each scale's class branch: how far an anchor's score reads around it
 
     def detect(self, output: Any, size: tuple[int, int] | None = None) -> list[list[Detection]]:
         from ultralytics.utils.nms import non_max_suppression
@@ -59,27 +61,92 @@ class YoloDetector:
             for boxes, index in zip(kept, anchors, strict=True)
         ]
 
-    def prepare(self, model: Any) -> None:
-        """Ultralytics caches its anchor grid on the head; one made under ``torch.inference_mode()`` (any
-        earlier prediction) cannot enter autograd, so it is dropped, and the next forward pass makes it again
-        (the same values, as ordinary tensors)."""
+    def prepare(self, model: Any) -> YoloDetector:
+        """This detector bound to ``model``'s head, for :meth:`score`'s local path (where its class branches
+        are plain stride-1 convolutions). Also: Ultralytics caches its anchor grid on the head; one made under
+        ``torch.inference_mode()`` (any earlier prediction) cannot enter autograd, so it is dropped, and the
+        next forward pass makes it again (the same values, as ordinary tensors)."""
         layers = getattr(model, "model", None)
         head: Any = layers[-1] if isinstance(layers, torch.nn.Sequential) and len(layers) else None
         anchors = getattr(head, "anchors", None)
         if head is not None and isinstance(anchors, torch.Tensor) and anchors.is_inference():
             head.shape = None
+        branches = getattr(head, "cv3", None)
+        if head is None or getattr(head, "end2end", False) or not isinstance(branches, torch.nn.ModuleList):
+            return self
+        radii = [_reach(branch) for branch in branches]
+        if any(radius is None for radius in radii):
+            return self
+        return replace(self, head=head, radii=tuple(r for r in radii if r is not None))
 
     def default_layer(self, model: Any) -> list[str]:
         """The head's inputs: every scale it reads (P3, P4, P5 for YOLOv8)."""
         return [f"model.{index}" for index in model.model[-1].f]
 
     def score(self, detection: Detection) -> Callable[[Any], torch.Tensor]:
-        row, anchor = 4 + detection.label, detection.anchor
+        """The box's class score at its anchor, ``output[0][:, 4 + class, anchor]``. With the head bound
+        (:meth:`prepare`) it is computed again from the anchor's own neighbourhood of the head's input (the
+        class branch's reach, 2 cells for YOLOv8): the same value, but the backward pass of each box then runs
+        through a 5 x 5 window instead of every scale's whole class branch (ten boxes: a fraction of a forward
+        pass instead of three; tests compare with the full output's gradients)."""
+        row, anchor, label = 4 + detection.label, detection.anchor, detection.label
+        head, radii = self.head, self.radii
 
         def box_score(output: Any) -> torch.Tensor:
+            features = _features(output)
+            if head is not None and features is not None and len(features) == len(radii):
+                return _local_class_score(head, features, radii, label, anchor)
             return _predictions(output)[:, row, anchor]
 
         return box_score
+
+
+def _features(output: Any) -> list[torch.Tensor] | None:
+    """The head's inputs, one per scale, as its eval-mode output carries them (``extras["feats"]``)."""
+    extras = output[1] if isinstance(output, (tuple, list)) and len(output) > 1 else None
+    features = extras.get("feats") if isinstance(extras, dict) else None
+    return list(features) if isinstance(features, (list, tuple)) else None
+
+
+def _reach(branch: torch.nn.Module) -> int | None:
+    """How many cells around a position a stack of stride-1, same-padded convolutions reads (None for
+    anything else: a stride, a pooling, an odd padding)."""
+    reach = 0
+    for module in branch.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            k, d = module.kernel_size, module.dilation
+            if (
+                module.stride != (1, 1)
+                or k[0] != k[1]
+                or d[0] != d[1]
+                or module.padding != ((k[0] - 1) // 2 * d[0],) * 2
+            ):
+                return None
+            reach += (k[0] - 1) // 2 * d[0]
+        elif isinstance(
+            module, (torch.nn.MaxPool2d, torch.nn.AvgPool2d, torch.nn.AdaptiveAvgPool2d, torch.nn.Upsample)
+        ):
+            return None
+    return reach
+
+
+def _local_class_score(
+    head: Any, features: list[torch.Tensor], radii: tuple[int, ...], label: int, anchor: int
+) -> torch.Tensor:
+    """``sigmoid(cv3[scale](window))`` at the anchor: the window is the anchor's neighbourhood of its scale's
+    map, cut at the map's own edges (where the convolutions' zero padding is the full map's too), so the
+    value at its centre is exactly the full head's."""
+    start = 0
+    for scale, feature in enumerate(features):
+        height, width = feature.shape[-2:]
+        if anchor < start + height * width:
+            row, column = divmod(anchor - start, width)
+            reach = radii[scale]
+            top, left = max(0, row - reach), max(0, column - reach)
+            window = feature[:, :, top : row + reach + 1, left : column + reach + 1]
+            return head.cv3[scale](window)[:, label, row - top, column - left].sigmoid()
+        start += height * width
+    raise ValueError(f"anchor {anchor} is beyond the head's {start} positions")
 
 
 def _predictions(output: Any) -> torch.Tensor:
