@@ -356,3 +356,21 @@ def test_the_local_score_equals_the_full_head_at_every_edge_and_scale(yolo, phot
                 assert a is None or not a.any()
             else:
                 torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_a_segment_model_gets_its_boxes_explained_the_same_way(photo):
+    """A segment head's output nests its predictions one level deeper, ((y, prototypes), extras); its boxes
+    are explained by the same path, and its score equals the full output's."""
+    import gradcam
+
+    bundle = gradcam.load_model("yolo:yolov8n-seg.yaml")
+    assert bundle.extra["task"] == "segment"
+    x, _ = letterbox(photo, 320)
+    detector = replace(bundle.extra["detector"], conf=0.0, max_boxes=3)
+    found = explain_boxes(bundle.model, x[None], detector)
+    assert len(found.detections) == 3 and found.maps.shape == (3, *x.shape[1:])
+    with torch.no_grad():
+        output = bundle.model(x[None])
+    plain = YoloDetector(classes=80)  # not bound to the head: the score read from the output itself
+    for detection, score in zip(found.detections, found.explanation.scores[0], strict=True):
+        assert float(plain.score(detection)(output)) == pytest.approx(float(score), rel=1e-5)

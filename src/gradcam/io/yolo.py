@@ -150,8 +150,11 @@ def _local_class_score(
 
 
 def _predictions(output: Any) -> torch.Tensor:
-    """The (B, 4 + classes + ..., anchors) tensor of a YOLO head's eval-mode output ``(y, extras)``."""
-    return output[0] if isinstance(output, (tuple, list)) else output
+    """The (B, 4 + classes + ..., anchors) tensor of a YOLO head's eval-mode output: ``(y, extras)`` for a
+    detect head, ``((y, prototypes), extras)`` for a segment head."""
+    while isinstance(output, (tuple, list)):
+        output = output[0]
+    return output
 
 
 def load_yolo(spec: str, trusted: bool, size: int | None = None) -> LoadedModel:
