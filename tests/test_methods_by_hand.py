@@ -271,3 +271,42 @@ def test_shapleycam_by_hand_on_a_quadratic_head():
     plain = gradcam.explain(Quadratic(), HAND_INPUT, "gradcam", "act", targets=[0]).raw[0, 0]
     torch.testing.assert_close(plain, 2 * shapley)
     torch.testing.assert_close(raw_map(HandModel(), "shapleycam"), raw_map(HandModel(), "gradcam"))  # linear head
+
+
+def test_shapleycam_on_a_vision_transformer_by_hand():
+    """#30: Shapley-CAM on torchvision's ViT failed ("derivative for aten::_scaled_dot_product_flash_attention_
+    for_cpu_backward is not implemented": its Hessian-vector product differentiates the attention's backward).
+    It now runs the attention through the math kernel; the map equals ``G - 0.5 H A`` written out by hand."""
+    import torch.nn.functional as F
+    import torchvision
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    torch.manual_seed(0)
+    vit = torchvision.models.VisionTransformer(image_size=64, patch_size=16, num_layers=2, num_heads=2, hidden_dim=32,
+                                               mlp_dim=64, num_classes=10).eval()  # fmt: skip
+    torch.nn.init.normal_(vit.heads.head.weight)  # torchvision starts its head at zero: every gradient would be 0
+    x = torch.randn(1, 3, 64, 64)
+    layer = "encoder.layers.encoder_layer_1.ln_1"
+    ex = gradcam.explain(vit, x, "shapleycam", layer, targets=[3])
+    captured = {}
+
+    def leaf(module, inputs, output):
+        captured["a"] = output.detach().requires_grad_()
+        return captured["a"]
+
+    handle = vit.get_submodule(layer).register_forward_hook(leaf)
+    try:
+        with sdpa_kernel(SDPBackend.MATH):
+            score = vit(x)[0, 3]
+            (g,) = torch.autograd.grad(score, captured["a"], create_graph=True)
+            (hvp,) = torch.autograd.grad(g, captured["a"], grad_outputs=captured["a"].detach())
+    finally:
+        handle.remove()
+    corrected = (g - 0.5 * hvp).detach()[:, 1:]  # the patch tokens (the class token is not on the grid)
+    tokens = captured["a"].detach()[:, 1:]
+    weights = corrected.mean(dim=1)  # (1, C)
+    raw = F.relu((tokens * weights[:, None]).sum(-1)).view(1, 1, 4, 4)
+    expected = F.interpolate(raw, size=(64, 64), mode="bilinear", align_corners=False)[0, 0]
+    expected = (expected - expected.min()) / (expected.max() - expected.min())
+    torch.testing.assert_close(ex.maps[0, 0], expected, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(hvp, torch.zeros_like(hvp))  # the correction is not zero on a transformer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -282,9 +283,10 @@ def _explain_once(
         raise ValueError(f"{method.name} explains one layer at a time")
     with preserved_state(model, eval_mode=settings.eval_mode):
         torch.set_grad_enabled(False)
-        raw_output, outputs = captured_forward(
-            model, images, captured, graph_from_layer=method.uses_gradients, layers_apart=settings.layers_apart
-        )
+        with _twice_differentiable(method.second_order):
+            raw_output, outputs = captured_forward(
+                model, images, captured, graph_from_layer=method.uses_gradients, layers_apart=settings.layers_apart
+            )
         if isinstance(targets, TargetsFromOutput):
             targets = targets.choose(raw_output)
             if not targets:
@@ -363,6 +365,18 @@ def _explain_once(
         counterfactual=settings.counterfactual,
         class_maps=class_maps,
     )
+
+
+def _twice_differentiable(needed: bool) -> Any:
+    """For a second-order method (Shapley-CAM's Hessian-vector product): attention through PyTorch's math
+    kernel, whose backward can itself be differentiated (the fused CPU and GPU kernels' cannot: "derivative
+    for aten::_scaled_dot_product_flash_attention_for_cpu_backward is not implemented"). The maps are the
+    same; the math kernel is slower and holds the attention matrix."""
+    if not needed:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(SDPBackend.MATH)
 
 
 def _similarity_scores(
