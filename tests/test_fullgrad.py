@@ -61,3 +61,53 @@ def test_fullgrad_matches_pytorch_grad_cam():
         theirs = cam(x, targets=[ClassifierOutputTarget(3), ClassifierOutputTarget(9)])
     for a, b in zip(ours.numpy(), theirs, strict=True):
         assert np.corrcoef(a.ravel(), b.ravel())[0, 1] >= 0.999
+
+
+def test_fullgrad_by_hand_with_timm_layers():
+    """#30: on timm's EfficientNet pytorch-grad-cam finds no bias layer (its ``Conv2dSame`` and
+    ``BatchNormAct2d`` are not the types it looks for), so its FullGrad is the input-gradient term alone
+    (r 0.14-0.38 with ours). Ours takes them, and takes ``z`` of a norm-with-activation before the
+    activation (it took the activated output before this test). Written out by hand."""
+    timm_layers = pytest.importorskip("timm.layers")
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        timm_layers.Conv2dSame(3, 4, 3, stride=2, bias=True), timm_layers.BatchNormAct2d(4, act_layer=nn.ReLU6),
+        nn.Conv2d(4, 5, 3, padding=1, bias=False), timm_layers.BatchNormAct2d(5, act_layer=nn.SiLU),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 3),
+    ).eval()  # fmt: skip
+    for norm in (model[1], model[3]):
+        norm.running_mean.uniform_(-1, 1)
+        norm.running_var.uniform_(0.5, 2)
+        norm.weight.data.uniform_(0.5, 1.5)
+        norm.bias.data.uniform_(-0.5, 0.5)
+    x = torch.randn(2, 3, 16, 16)
+    ours = gradcam.explain(model, x, "fullgrad", targets=2).maps[:, 0]
+
+    def pre_activation(norm, z):
+        return torch.nn.functional.batch_norm(z, norm.running_mean, norm.running_var, norm.weight, norm.bias,
+                                              False, 0.0, norm.eps)  # fmt: skip
+
+    xx = x.clone().requires_grad_(True)
+    z1 = model[0](xx)
+    z2 = pre_activation(model[1], z1)
+    # the activations out of place (timm builds them in place): z must keep its own value for its gradient
+    z3 = pre_activation(model[3], model[2](torch.nn.functional.relu6(z2)))
+    y = model[6](model[5](model[4](torch.nn.functional.silu(z3))))[:, 2].sum()
+    gx, g1, g2, g3 = torch.autograd.grad(y, [xx, z1, z2, z3])
+
+    def effective(norm):
+        return (norm.bias - norm.running_mean * norm.weight / torch.sqrt(norm.running_var + norm.eps))[
+            None, :, None, None
+        ]
+
+    def psi(m):
+        flat = m.flatten(2)
+        low, high = flat.amin(-1, keepdim=True), flat.amax(-1, keepdim=True)
+        summed = ((flat - low) / (high - low + 1e-7)).reshape(m.shape).sum(1, keepdim=True)
+        return torch.nn.functional.interpolate(summed, size=(16, 16), mode="bilinear", align_corners=False)[:, 0]
+
+    total = psi((xx * gx).abs()) + psi((model[0].bias[None, :, None, None] * g1).abs())
+    total = total + psi((effective(model[1]) * g2).abs()) + psi((effective(model[3]) * g3).abs())
+    flat = total.flatten(1)
+    expected = (flat - flat.amin(1, keepdim=True)) / (flat.amax(1, keepdim=True) - flat.amin(1, keepdim=True))
+    torch.testing.assert_close(ours, expected.view_as(ours).detach(), atol=1e-5, rtol=1e-4)

@@ -3,9 +3,10 @@
 FullGrad (Srinivas & Fleuret, "Full-Gradient Representation for Neural-Network Visualization", NeurIPS
 2019, arXiv:1905.00780): ``S = psi(|x * dy/dx|) + sum_layers sum_c psi(|b_c * dy/dz_c|)``, where ``z`` is the
 output of a layer with a bias ``b`` (a convolution's bias, or a batch norm's effective bias
-``beta - mu gamma / sqrt(var + eps)``), and ``psi`` min-max normalises each map (per image and channel) and
-resizes it to the input. It needs the gradient through the whole network: one forward pass and one full
-backward pass per target.
+``beta - mu gamma / sqrt(var + eps)``; for a norm that also applies an activation, as timm's
+``BatchNormAct2d`` does, ``z`` is the norm's output before it), and ``psi`` min-max normalises each map (per
+image and channel) and resizes it to the input. It needs the gradient through the whole network: one
+forward pass and one full backward pass per target.
 
 Example:
     >>> gradcam.explain(model, x, "fullgrad", targets="top-2").maps.shape               # doctest: +SKIP
@@ -32,6 +33,19 @@ def _bias_layers(model: nn.Module, dims: int) -> list[tuple[str, nn.Module]]:
         for name, module in model.named_modules()
         if (isinstance(module, convolutions) and module.bias is not None) or isinstance(module, norms)
     ]
+
+
+def _after_the_norm(module: nn.Module) -> nn.Module | None:
+    """The first module a norm-with-activation applies after normalising (timm's ``BatchNormAct2d``: its
+    ``drop``, then ``act``): its input is the norm's own output ``z``. None for a plain layer, whose output
+    is ``z`` itself."""
+    if (
+        not isinstance(module, nn.modules.batchnorm._BatchNorm)
+        or type(module).forward is nn.modules.batchnorm._BatchNorm.forward
+    ):
+        return None
+    children = dict(module.named_children())
+    return children.get("drop") or children.get("act")
 
 
 def _effective_bias(module: nn.Module) -> torch.Tensor:
@@ -88,7 +102,17 @@ class FullGrad(CAMMethod):
             outputs.append(output)
             return output.clone()  # an in-place ReLU after the layer changes the copy, not z
 
-        handles = [module.register_forward_hook(keep) for _, module in layers]
+        def keep_input(module: nn.Module, inputs: Any) -> tuple[torch.Tensor, ...]:
+            outputs.append(inputs[0])
+            return (inputs[0].clone(), *inputs[1:])
+
+        handles = []
+        for _, module in layers:
+            inside = _after_the_norm(module)
+            if inside is not None:  # z is the norm's own output, before the activation the module applies
+                handles.append(inside.register_forward_pre_hook(keep_input))
+            else:
+                handles.append(module.register_forward_hook(keep))
         try:
             with torch.enable_grad():
                 x = images.detach().clone().requires_grad_(True)
