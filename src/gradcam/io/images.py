@@ -119,7 +119,7 @@ def find_images(
 
 
 def read_image(
-    path: Path | bytes,
+    path: Path | str | bytes,
     draft_size: int | None = None,
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
     name: str = "",
@@ -140,6 +140,7 @@ def read_image(
     if isinstance(path, bytes):
         source, size, path = io.BytesIO(path), len(path), Path(name or "<bytes>")
     else:
+        path = Path(path)  # a str names a file too
         source = path
         try:
             size = path.stat().st_size
