@@ -394,3 +394,15 @@ def test_gradcampp_weights_follow_the_formula_where_gradients_are_tiny():
 
     torch.testing.assert_close(ours.double(), weights(0.0), rtol=1e-5, atol=1e-12)
     assert not torch.allclose(weights(1e-7), weights(0.0), rtol=1e-2)  # the peer's eps changes them
+
+
+def test_kpcacam_of_a_numerically_constant_kernel_is_an_empty_map():
+    """#30: on a random MobileNetV3 the layer's activations are ~1e-7, every sigmoid-kernel entry is tanh(1)
+    to the last bits, and centring leaves rounding noise, which was stretched to a full-range map; now a
+    zero map (scikit-learn's, which the peer runs, gives zero too). A healthy scale still gives a map."""
+    torch.manual_seed(0)
+    activations = torch.randn(1, 96, 4, 4)
+    method = gradcam.get_method("kpcacam")
+    tiny, _ = method.combine(activations * 1e-7, None)
+    healthy, _ = method.combine(activations, None)
+    assert not tiny.any() and healthy.clamp(min=0).std() > 0

@@ -101,7 +101,11 @@ class KPCACAM(CAMMethod):
         ones = torch.full((n, n), 1.0 / n, dtype=kernel.dtype, device=kernel.device)
         centred = kernel - ones @ kernel - kernel @ ones + ones @ kernel @ ones
         values, vectors = torch.linalg.eigh(centred)
-        top, vector = values[:, -1].clamp(min=0), vectors[:, :, -1]
+        # a kernel that centring makes numerically zero (activations ~1e-7: every k(x_i, x_j) the same to the
+        # last bits) has no component: a zero map, as scikit-learn's float32 gives, not rounding noise
+        scale = kernel.abs().amax(dim=(1, 2))
+        top = torch.where(values[:, -1] > 1e-10 * scale, values[:, -1], torch.zeros_like(values[:, -1]))
+        vector = vectors[:, :, -1]
         largest = vector.gather(1, vector.abs().argmax(dim=1, keepdim=True))
         vector = vector * torch.where(largest < 0, -1.0, 1.0).to(vector.dtype)
         projection = vector * top.sqrt()[:, None]
