@@ -220,3 +220,31 @@ def _other_sign(model, x, spec, method, targets, image, theirs) -> float:
     flipped = (-first_principal_component(acts)[image]).clamp(min=0)
     up = torch.nn.functional.interpolate(flipped[None, None], size=x.shape[-2:], mode="bilinear")
     return correlation(up[0, 0].numpy(), np.asarray(theirs))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_method_runs_on_each_family_or_refuses_in_one_line(family):
+    """#30 item 2: each registered method gives finite maps of the input's size on each family, or a
+    ValueError of one line saying why (Grad-ECLIP and LeGrad read a transformer's attention; CAM needs a
+    pooled linear head after the layer)."""
+    spec = FAMILIES[family]
+    model = _seeded(spec)
+    torch.manual_seed(2)
+    size = 64  # the smallest each family takes: this is about running, not agreeing
+    x = torch.randn(1, 3, size, size)
+    refused = {}
+    for method in gradcam.methods():
+        configured = gradcam.get_method(method)
+        if method in ("scorecam", "sscam", "iscam", "ablationcam"):
+            configured = type(configured)(batch_size=64)
+        try:
+            maps = gradcam.explain(model, x, configured, spec.layer).maps
+        except ValueError as error:
+            message = str(error)
+            assert "\n" not in message and len(message) < 400, (method, message)
+            refused[method] = message
+            continue
+        assert maps.shape == (1, 1, size, size) and bool(torch.isfinite(maps).all()), method
+    assert set(refused) <= {"gradeclip", "legrad", "cam", "dff"}, refused
+    if spec.to_grid is None:  # a CNN: no attention to read
+        assert {"gradeclip", "legrad"} <= set(refused), refused
