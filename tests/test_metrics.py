@@ -180,6 +180,18 @@ def test_evaluate_sanity_column(tmp_path, capsys):
     assert image["sanity_layers"][0] == "classifier"  # randomised from the top down
     assert data["summary"][0]["sanity_passed"] in (True, False)  # one photo decides little; see the unit test
     assert image["sanity_curve"][0] != 1.0  # randomising the classifier already changed the map
+    # #27 item 10: the title "Sanity: mean |rank corr.|" split report.md's header into extra cells and
+    # report.html's into three header cells
+    table = [line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("|")]
+    import re
+
+    widths = {len(re.split(r"(?<!\\)\|", line.strip()[1:-1])) for line in table}
+    assert len(widths) == 1, table
+    page = (tmp_path / "report.html").read_text()
+    header = page.split("<thead><tr>", 1)[1].split("</tr>", 1)[0]
+    first_row = page.split("<tbody><tr>", 1)[1].split("</tr>", 1)[0]
+    assert header.count("<th>") == first_row.count("<td>") == widths.pop()
+    assert "<th>Sanity: mean |rank corr.| (lower is better)</th>" in header
 
 
 def test_evaluate_usage_errors(tmp_path, capsys):

@@ -209,7 +209,8 @@ def markdown_table(summary: list[dict[str, Any]]) -> str:
     """The summary as Markdown; the best value of each column in bold."""
     columns = [c for c in METRIC_COLUMNS if any(entry[c[0]] is not None for entry in summary)]
     sanity = any(entry.get("sanity_passed") is not None for entry in summary)
-    header = "| method | layer | " + " | ".join(f"{title} ({better} is better)" for _, title, better in columns) + " |"
+    titles = [f"{title} ({better} is better)".replace("|", "\\|") for _, title, better in columns]  # "|r|": a cell
+    header = "| method | layer | " + " | ".join(titles) + " |"
     header += f" Sanity check (pass: mean abs r < {metrics.SANITY_THRESHOLD}) |" if sanity else ""
     lines = [header, "|---|---|" + "---:|" * len(columns) + ("---|" if sanity else "")]
     best = {c: _best(summary, c, better) for c, _, better in columns}
@@ -298,7 +299,11 @@ def plot_curves(curves: dict[str, dict[str, list[float]]], path: Path, identical
         axis.set_xlabel("fraction of pixels removed" if "Deletion" in title else "fraction of pixels inserted")
         axis.set_ylabel("class probability")
         axis.grid(alpha=0.3)
-    axes[1].legend(fontsize=8)
-    figure.tight_layout()
+    # the legend below both plots, never over a curve (it covered the insertion curves' start)
+    handles, labels = axes[1].get_legend_handles_labels()
+    columns = max(1, min(4, len(labels)))
+    figure.legend(handles, labels, loc="lower center", ncol=columns, fontsize=8, frameon=False)
+    rows = -(-len(labels) // columns)
+    figure.tight_layout(rect=(0, min(0.45, 0.05 + 0.045 * rows), 1, 1))
     figure.savefig(path)
     plt.close(figure)

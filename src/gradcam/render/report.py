@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -250,7 +251,8 @@ def evaluation_page(model: str, table_markdown: str, errors: list[str], identica
     """``report.html``: the evaluation table (the best value of each column in bold), the identical maps
     and the curves, one page."""
     lines = [line for line in table_markdown.splitlines() if line.startswith("|") and not line.startswith("|---")]
-    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    # cells split on the table's own bars, not on an escaped "\|" inside a title ("|r|")
+    cells = [[c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])] for line in lines]
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cells[0]) if cells else ""
     body = "".join("<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in cells[1:])
     skipped = "".join(f"<li class='error'>{html.escape(e)}</li>" for e in errors)
