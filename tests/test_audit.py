@@ -277,7 +277,12 @@ def test_wrong_predictions_keep_the_true_and_the_predicted_class_maps(planted_sh
     for photo in wrong_photos:  # the map of the true class (coffee) is not the map of the said class (cat)
         assert not np.array_equal(maps[photo["map_row"]], predicted[photo["predicted_map_row"]])
     assert all(p["predicted_map_row"] is None for p in report["photos"] if p["right"])
-    assert "Wrong predictions (24)" in result.html.read_text()
+    page = result.html.read_text()
+    assert "Wrong predictions (24)" in page
+    # #27 item 8: each pair names its photo; captions break between words (long names anywhere), not mid-word
+    first = wrong_photos[0]["key"]
+    assert f"<figcaption>{first}: true coffee</figcaption>" in page
+    assert "word-break:break-all" not in page and "overflow-wrap:anywhere" in page
 
 
 # --- bad input, the model left as it was --------------------------------------------------------------------------
@@ -438,3 +443,10 @@ def test_methods_that_make_their_own_maps_audit_true_and_predicted_classes(tmp_p
     assert coffee["explained"]["label"] == "tabby" and coffee["predicted"]["label"] == "espresso"
     assert not coffee["right"] and coffee["predicted_map_row"] == 0
     assert np.load(out / "predicted_maps.npy").shape[0] == 1
+
+
+def test_counts_of_photos_read_as_english():
+    """#27 item 8: the page said "1 photos"."""
+    from gradcam.render.audit_page import _photos
+
+    assert (_photos(1), _photos(2), _photos(0)) == ("1 photo", "2 photos", "0 photos")

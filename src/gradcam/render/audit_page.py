@@ -44,7 +44,7 @@ tr.flagged td{background:#fdecea}
 .row{display:flex;gap:12px;flex-wrap:wrap;align-items:flex-start}
 figure{margin:0;text-align:center;font-size:12px;color:#555;max-width:140px}
 figure img{width:128px;height:128px;border-radius:4px;display:block;background:#eee}
-figcaption{word-break:break-all}
+figcaption{overflow-wrap:anywhere}
 .cluster{border:1px solid #ddd;border-radius:6px;padding:8px}
 .cluster.flagged{border:2px solid #c0392b}
 .reason{color:#c0392b;font-size:12px;margin:2px 0}
@@ -125,7 +125,7 @@ def _class_table(classes: list[dict[str, Any]], paged: set[int]) -> str:
 def _class_page(entry: dict[str, Any], pictures: Pictures) -> str:
     flagged = " flagged" if entry["flagged"] else ""
     corner_value, corner_text = _worst_corner(entry["energy_corners"])
-    facts = (f'{entry["photos"]} photos; accuracy {_share(entry["accuracy"])}; '
+    facts = (f'{_photos(entry["photos"])}; accuracy {_share(entry["accuracy"])}; '
              f'border {_share(entry["energy_border"])}; worst corner {corner_text}; '
              f'in boxes {_share(entry["energy_in_boxes"])}')  # fmt: skip
     clusters = []
@@ -137,7 +137,8 @@ def _class_page(entry: dict[str, Any], pictures: Pictures) -> str:
         note = "" if cluster["eligible"] else "<p class=muted>too small to flag</p>"
         clusters.append(
             f'<div class="cluster{" flagged" if cluster["flagged"] else ""}" data-cluster="{cluster["index"]}">'
-            f'<h3>Cluster {cluster["index"]}: {cluster["size"]} photos ({_share(cluster["share"])})</h3>{reasons}{note}'
+            f'<h3>Cluster {cluster["index"]}: {_photos(cluster["size"])} ({_share(cluster["share"])})</h3>'
+            f"{reasons}{note}"
             f'<div class=row>{_figure(pictures.file(cluster["picture"]), "its mean map")}{typical}</div></div>'
         )  # fmt: skip
     return (
@@ -163,7 +164,7 @@ def _photo_lists(lists: dict[str, Any], pictures: Pictures) -> str:
     if lists["truth"]:
         pairs = "".join(
             f'<div class=pair data-key="{escape(p["key"])}">'
-            f'{_figure(pictures.photo(p["key"]), "true: " + p["truth"]["label"])}'
+            f'{_figure(pictures.photo(p["key"]), p["key"] + ": true " + p["truth"]["label"])}'
             f'{_figure(pictures.photo(p["key"], "predicted"), _said(p))}</div>'
             for p in lists["wrong"]
         )  # fmt: skip
@@ -171,6 +172,11 @@ def _photo_lists(lists: dict[str, Any], pictures: Pictures) -> str:
                      f'class beside the map of the class the model said, most confident mistakes first.</p>'
                      f'<div class=row>{pairs or "none"}</div>')  # fmt: skip
     return "".join(parts)
+
+
+def _photos(count: int) -> str:
+    """ "1 photo", "2 photos"."""
+    return f"{count} photo" if count == 1 else f"{count} photos"
 
 
 def _said(photo: dict[str, Any]) -> str:
@@ -240,7 +246,7 @@ def audit_page(report: dict[str, Any], lists: dict[str, Any], pictures: Pictures
     paged = classes[:PAGE_CLASSES]
     more = len(classes) - len(paged)
     compared = f", compared with {report['compared_model']}" if report.get("compared_model") else ""
-    subtitle = (f'{summary["audited"]} photos ({summary["failed"]} unreadable), {summary["classes"]} classes, '
+    subtitle = (f'{_photos(summary["audited"])} ({summary["failed"]} unreadable), {summary["classes"]} classes, '
                 f'accuracy {_share(summary["accuracy"])}; {report["method"]} on layer {report["layer"]}{compared}; '
                 f'maps in the model\'s input frame ({report["input_size"][1]} x '
                 f'{report["input_size"][0]})')  # fmt: skip
