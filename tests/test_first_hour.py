@@ -100,3 +100,23 @@ def test_explain_help_groups_its_options(capsys):
     )
     assert "--counterfactual" in sections["method:"] and "--every" in sections["videos:"]
     assert "--kind" in sections["inputs:"] and "--engine" in sections["running:"] and "--out " in sections["outputs:"]
+
+
+def test_gradcam_help_imports_no_torch():
+    """#27 item 14: `gradcam --help` took 4-14 s (every command and torch imported to list seven lines); now
+    it imports neither (a fresh interpreter: this one has torch already). `explain -h` still lists all."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom gradcam.apps.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
+        "print('torch' in sys.modules, 'gradcam.explain' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[-1] == "False False" and any("explain" in line and "photos" in line for line in lines)
+    import gradcam
+
+    assert callable(gradcam.explain) and callable(gradcam.methods)  # the public names, not the submodules

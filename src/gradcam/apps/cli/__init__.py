@@ -14,22 +14,30 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import os
 import signal
 import sys
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
+from types import ModuleType
 
-from . import audit, concepts, evaluate, explain, layers, models, serve
-from .console import EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, Formatter, one_line_warning
+from .summaries import EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, SUMMARIES, Formatter
 
-# name -> module; the order is the order of `gradcam -h`
-COMMANDS = {"explain": explain, "evaluate": evaluate, "audit": audit, "concepts": concepts, "serve": serve,
-            "models": models, "layers": layers}  # fmt: skip
+# the subcommands, in the order of `gradcam -h`; each module is imported only when its command runs (or
+# every one for build_parser()): importing one imports torch, and `gradcam -h` needs none of them
+COMMANDS = tuple(SUMMARIES)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_module(name: str) -> ModuleType:
+    """The module of subcommand ``name`` (its ``add_parser`` and ``run``)."""
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def build_parser(only: str | None = "every") -> argparse.ArgumentParser:
+    """The ``gradcam`` parser: every command's options (``only="every"``), one command's (``only=NAME``),
+    or none (``only=None``: the commands and their one-line summaries, for ``gradcam -h``, without torch)."""
     parser = argparse.ArgumentParser(
         prog="gradcam",
         description="Why did the image model decide that? Grad-CAM-family heatmaps for PyTorch vision models.",
@@ -37,14 +45,21 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `gradcam COMMAND -h` for the options of each command.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in COMMANDS.values():
-        module.add_parser(commands)
+    for name in COMMANDS:
+        if only == "every" or only == name:
+            command_module(name).add_parser(commands)
+        else:
+            commands.add_parser(name, help=SUMMARIES[name])
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    chosen = next((a for a in arguments if not a.startswith("-")), None)
+    parser = build_parser(chosen if chosen in COMMANDS else None)
+    args = parser.parse_args(arguments)
+    from .console import one_line_warning
+
     with warnings.catch_warnings(), terminated_like_interrupted() as stopped:
         warnings.showwarning = one_line_warning
         code = _dispatch(args)
@@ -74,7 +89,7 @@ def terminated_like_interrupted() -> Iterator[threading.Event]:
 
 def _dispatch(args: argparse.Namespace) -> int:
     try:
-        return COMMANDS[args.command].run(args)
+        return command_module(args.command).run(args)
     except KeyboardInterrupt:
         print("gradcam: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

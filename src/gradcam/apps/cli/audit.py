@@ -11,13 +11,14 @@ from ...io.images import DEFAULT_MAX_MEGAPIXELS
 from ...io.models import ModelLoadError
 from ...methods import methods
 from .console import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Formatter, add_photos_and_model, add_ray_options
+from .summaries import SUMMARIES
 
 
 def add_parser(commands: Any) -> None:
     """The ``audit`` subcommand."""
     audit = commands.add_parser(
         "audit",
-        help="what a model relies on across a dataset (possible shortcuts), and how two models differ",
+        help=SUMMARIES["audit"],
         formatter_class=Formatter,
         description="Explain every photo, measure where each map's energy sits (border, corners, object boxes), "
         "cluster each class's maps (spectral relevance analysis) and flag clusters that look at a corner, the "

@@ -17,6 +17,7 @@ import torch
 
 from ...io.images import DEFAULT_MAX_MEGAPIXELS
 from .console import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Formatter, add_photos_and_model
+from .summaries import SUMMARIES
 
 DEFAULT_MAX_PHOTOS = 256
 
@@ -25,7 +26,7 @@ def add_parser(commands: Any) -> None:
     """The ``concepts`` subcommand."""
     parser = commands.add_parser(
         "concepts",
-        help="what the model sees: concepts shared by the photos (Deep Feature Factorization)",
+        help=SUMMARIES["concepts"],
         formatter_class=Formatter,
         description="Factorise the layer's activations of all the photos together into k concepts (non-negative "
         "matrix factorisation, Collins et al. 2018). Writes NAME.concepts.png per photo (each place coloured by its "

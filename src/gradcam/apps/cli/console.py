@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-import textwrap
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -14,22 +13,9 @@ from ...io.images import FoundImages, find_images
 from ...io.models import DEFAULT_MODEL, LoadedModel
 from ...io.models import load_bundle as load_model_and_labels
 from ...pipeline.records import PhotoRecord
+from .summaries import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE, Formatter
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
-
-
-class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in the help, except where the help already says what the default is."""
-
-    def _split_lines(self, text: str, width: int) -> list[str]:
-        """Wrapped at spaces only: a method name such as ``gradcam-elementwise`` is never cut at its hyphen."""
-        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        text = action.help or ""
-        if "(default:" in text or action.default in (None, False, argparse.SUPPRESS):
-            return text  # a default is shown only where one applies
-        return super()._get_help_string(action)
+__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_TERMINATED", "EXIT_USAGE", "Formatter"]
 
 
 def usage_error(message: str) -> int:

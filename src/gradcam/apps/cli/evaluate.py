@@ -18,6 +18,7 @@ from .console import (
     load_bundle,
     usage_error,
 )
+from .summaries import SUMMARIES
 
 EVALUATED = [m for m in methods() if get_method(m).evaluated_by_default]  # evaluate's default list
 
@@ -25,7 +26,7 @@ EVALUATED = [m for m in methods() if get_method(m).evaluated_by_default]  # eval
 def add_parser(commands: Any) -> None:
     judge = commands.add_parser(
         "evaluate",
-        help="measure how faithful and well-localised the maps of several methods are",
+        help=SUMMARIES["evaluate"],
         formatter_class=Formatter,
         description="Deletion/insertion, Average Drop/Increase, ROAD, pointing game (with --boxes) and, with "
         "--sanity, the model-randomisation check, for each method and layer; writes report.md, results.json "

@@ -36,6 +36,7 @@ from .console import (
     report_missing,
     usage_error,
 )
+from .summaries import SUMMARIES
 
 MAX_BATCH_SIZE = 512  # bounds the decoded photos held at once; larger batches gain nothing on any device
 
@@ -43,7 +44,7 @@ MAX_BATCH_SIZE = 512  # bounds the decoded photos held at once; larger batches g
 def add_parser(commands: Any) -> None:
     run = commands.add_parser(
         "explain",
-        help="explain photos, folders and globs",
+        help=SUMMARIES["explain"],
         formatter_class=Formatter,
         description="Explain each photo: an overlay at the photo's resolution (JPEG by default), and a "
         "results.json manifest in --out that keeps every map (float16, at the layer's resolution) and an "

@@ -7,12 +7,13 @@ from typing import Any
 
 from ...io.models import DEFAULT_MODEL, ModelLoadError, load_model
 from .console import EXIT_OK, Formatter, add_trust_option, usage_error
+from .summaries import SUMMARIES
 
 
 def add_parser(commands: Any) -> None:
     layers = commands.add_parser(
         "layers",
-        help="list a model's candidate layers with their output shapes",
+        help=SUMMARIES["layers"],
         description="A model's layers with a spatial output (the ones --layer can explain), their output shapes, "
         "and the default marked.",
         formatter_class=Formatter,

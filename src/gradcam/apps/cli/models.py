@@ -7,12 +7,13 @@ from typing import Any
 
 from ...io.models import DEFAULT_MODEL, MODEL_SOURCES
 from .console import EXIT_OK, Formatter
+from .summaries import SUMMARIES
 
 
 def add_parser(commands: Any) -> None:
     listing = commands.add_parser(
         "models",
-        help="list model names and which work offline now",
+        help=SUMMARIES["models"],
         description="The model names --model takes (the embedded default, torchvision, the model sources) and "
         "which of them work offline now.",
         formatter_class=Formatter,

@@ -9,12 +9,13 @@ from typing import Any
 
 from ...io.models import DEFAULT_MODEL
 from .console import EXIT_OK, Formatter, add_labels_option, usage_error
+from .summaries import SUMMARIES
 
 
 def add_parser(commands: Any) -> None:
     web = commands.add_parser(
         "serve",
-        help="try photos in the browser (needs: pip install 'gradcam[web]')",
+        help=SUMMARIES["serve"],
         description="Serve the web app: upload or paste a photo (or a video, a volume, a signal, an image array), "
         "choose methods and targets, download the maps. Listens on 127.0.0.1 unless --host says otherwise.",
         formatter_class=Formatter,
