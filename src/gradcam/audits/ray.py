@@ -14,6 +14,7 @@ import numpy as np
 
 from ..io.images import DEFAULT_MAX_MEGAPIXELS
 from ..io.models import LoadedModel
+from ..io.quiet import start_ray
 from .engine import (
     ROW_FIELDS,
     AuditExplainer,
@@ -118,8 +119,7 @@ def run_ray(
     """Audit ``items`` on Ray with the explainers' models; returns what was measured and the layers used."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+    start_ray(address)
     rows = ray.data.from_items([
         {"position": i, "path": item.path, "key": item.key, "truth": -1 if item.truth is None else item.truth,
          "boxes": json.dumps([list(b) for b in item.boxes])}

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .hub import in_hub_cache, reachable
 from .models import LoadedModel, ModelLoadError, Preprocessing, WeightsFile, _sized_to
+from .quiet import quiet_transformers
 
 if TYPE_CHECKING:
     from torch import nn
@@ -31,6 +32,7 @@ def _import_transformers() -> Any:
         raise ModelLoadError(
             "hf: models need the transformers package (pip install 'gradcam[hf]' or pip install transformers)"
         ) from error
+    quiet_transformers(transformers)
     return transformers
 
 

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..io.images import IMAGE_SUFFIXES
+from ..io.quiet import start_ray
 from .decode import decode
 from .kinds import KINDS, find_inputs, manifest_outputs
 from .local import BatchExplainer
@@ -192,7 +193,6 @@ def explain_dataset(
     a URI), with ``actors`` model replicas. ``options`` are those of the local engine; ``options.kind``
     (or the files' own, as the registry guesses it) decides how each file is read and explained: photos
     and image arrays in batches, videos, volumes and signals one file per task."""
-    import ray
 
     out_text = str(out)
     out_uri = out_text if _is_uri(out_text) else None
@@ -205,8 +205,7 @@ def explain_dataset(
         previous = _check_output_folder(local_out, options)
     else:
         _check_output_uri(out_text, options)
-    if not ray.is_initialized():
-        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+    start_ray(address)
     started = time.perf_counter()
     started_at = now()
     rows, kind = _rows_from_source(source, exclude=[local_out] if local_out is not None else [], kind=options.kind)

@@ -58,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     chosen = next((a for a in arguments if not a.startswith("-")), None)
     parser = build_parser(chosen if chosen in COMMANDS else None)
     args = parser.parse_args(arguments)
+    if getattr(args, "verbose", False):
+        os.environ["GRADCAM_VERBOSE"] = "1"  # read by gradcam.io.quiet, in this process and Ray's workers
     from .console import one_line_warning
 
     with warnings.catch_warnings(), terminated_like_interrupted() as stopped:

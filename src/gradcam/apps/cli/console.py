@@ -63,6 +63,9 @@ def add_ray_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, v
     parser.add_argument("--actors", type=int, default=2, help="ray: model replicas")
     parser.add_argument("--cpus-per-actor", type=float, default=1.0, help="ray: CPUs reserved by each actor")
     parser.add_argument("--gpus-per-actor", type=float, default=0.0, help="ray: GPUs given to each actor")
+    parser.add_argument(
+        "--verbose", action="store_true", help="also show Ray's and transformers' own logs and loading bars"
+    )
 
 
 def load_bundle(args: argparse.Namespace, images: bool = True) -> LoadedModel:
