@@ -120,3 +120,19 @@ def test_gradcam_help_imports_no_torch():
     import gradcam
 
     assert callable(gradcam.explain) and callable(gradcam.methods)  # the public names, not the submodules
+
+
+def test_random_weights_are_said_on_the_console_and_the_page(tmp_path, capsys):
+    """#27 item 6: `--weights none` drew "gradcam for riding unicycle" with no sign the model was untrained."""
+    from gradcam.apps.cli import main
+
+    code = main(["explain", str(EXAMPLES / "coffee.jpg"), "--weights", "none", "--out", str(tmp_path), "--quiet"])
+    assert code == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "random weights" in line]
+    assert len(warned) == 1 and "untrained network" in warned[0]
+    page = (tmp_path / "index.html").read_text()
+    assert 'id="untrained"' in page and "Untrained model." in page
+    trained = tmp_path / "trained"
+    assert main(["explain", str(EXAMPLES / "coffee.jpg"), "--out", str(trained), "--quiet"]) == 0
+    assert 'id="untrained"' not in (trained / "index.html").read_text()
+    assert "random weights" not in capsys.readouterr().err

@@ -198,7 +198,9 @@ def load_yolo(spec: str, trusted: bool, size: int | None = None) -> LoadedModel:
         preprocessing=Preprocessing(resize=size, crop=(size, size), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)),
         labels=labels,
         default_layer=",".join(detector.default_layer(net)),
-        source="ultralytics",
+        source="random weights (an Ultralytics config)"
+        if spec.endswith((".yaml", ".yml"))
+        else "Ultralytics checkpoint",
         extra={"detector": detector, "frame": partial(letterbox, size=size), "task": task},
     )
 

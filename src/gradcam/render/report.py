@@ -219,7 +219,7 @@ def explain_page(manifest: dict[str, Any], out: Path) -> str:
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <meta name="viewport" content="width=device-width,initial-scale=1"><style>{_STYLE}</style></head>
-<body><header><h1>{html.escape(title)}</h1><div class="controls">
+<body><header><h1>{html.escape(title)}</h1>{_untrained_note(manifest)}<div class="controls">
 <span>{html.escape(subtitle)}</span>
 <span class="scale">heat: low <i style="background:{scale}"></i> high (each map scaled to its own maximum)</span>
 <label>predicted class <select id="filter"><option value="">all</option></select></label>
@@ -231,6 +231,30 @@ def explain_page(manifest: dict[str, Any], out: Path) -> str:
 <script type="application/json" id="data">{payload}</script>
 <script>{_SCRIPT}</script></body></html>
 """
+
+
+UNTRAINED = "random weights"  # how a model source says it learnt nothing (io.models, io.yolo)
+
+
+def untrained_warning(model: str, source: str) -> str | None:
+    """One line when ``model`` has random weights (``--weights none``, a YOLO config): its maps show what an
+    untrained network responds to, and its class names are no prediction (#27 item 6)."""
+    if UNTRAINED not in (source or "").lower():
+        return None
+    how = "" if source.strip().lower() == UNTRAINED else f" ({source})"
+    return (
+        f"{model} has random weights{how}: its maps show what an untrained network responds to, "
+        "and its class names are no prediction"
+    )
+
+
+def _untrained_note(manifest: dict[str, Any]) -> str:
+    said = untrained_warning(str(manifest.get("model", "")), str(manifest.get("model_source") or ""))
+    return (
+        f'<p id="untrained" style="color:#c0392b;margin:4px 0"><b>Untrained model.</b> {html.escape(said)}</p>'
+        if said
+        else ""
+    )
 
 
 def write_explain_page(manifest: dict[str, Any], out: Path) -> Path:

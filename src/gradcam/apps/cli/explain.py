@@ -21,6 +21,7 @@ from ...pipeline.kinds import DETECTION, KINDS, FoundInputs, InputKind, find_inp
 from ...pipeline.method_options import method_with_options
 from ...pipeline.options import DetectionSettings, RunOptions, UsageError, VideoSettings, parse_target
 from ...pipeline.writer import OUTPUTS
+from ...render.report import untrained_warning
 from .console import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -344,6 +345,9 @@ def run(args: argparse.Namespace) -> int:
             inputs = replace(inputs, kind=DETECTION)
             refuse_unsupported(DETECTION, options)
         check_targets(bundle, inputs.kind, options)
+        said = untrained_warning(bundle.name, bundle.source)
+        if said:
+            print(f"gradcam: warning: {said}", file=sys.stderr)
     except (ModelLoadError, UsageError) as problem:
         return usage_error(str(problem))
     except RuntimeError as problem:  # e.g. an unavailable --device
