@@ -114,24 +114,22 @@ def test_maps_correlate_with_pytorch_grad_cam(arch, method):
         assert theirs[image].std() > 0
         r = correlation(ours[image], theirs[image])
         if method in SIGNLESS and r < 0.999:
-            # ours follows the summed activation; compare against the oracle's other sign (ReLU after the
-            # sign makes this a different map, not -map)
-            from gradcam.methods.activation import first_principal_component
-
-            acts = ours_activations(model, x, CASES[arch])
-            if method == "eigengradcam":
-                acts = (
-                    acts
-                    * gradcam.explain(model, x, "hirescam", CASES[arch], targets=targets).layer_results[0].weights[:, 0]
-                )
-            flipped = (-first_principal_component(acts)[image]).clamp(min=0)
-            up = torch.nn.functional.interpolate(flipped[None, None], size=x.shape[-2:], mode="bilinear")
-            r = correlation(up[0, 0].numpy(), theirs[image])
+            r = other_sign_correlation(model, x, CASES[arch], method, targets, image, theirs[image])
         assert r >= (0.99 if method in PERTURBATION else 0.999), (arch, method, image, r)
 
 
-def ours_activations(model, x, layer):
-    return gradcam.explain(model, x, "eigencam", layer).layer_results[0].activations
+def other_sign_correlation(model, x, layer, method, targets, image, theirs) -> float:
+    """Ours follows the summed activation; the oracle keeps the sign its SVD returns (docs/methods.md:
+    Eigen-CAM's sign): the correlation with ours flipped (ReLU after the sign makes it another map, not -map)."""
+    from gradcam.methods.activation import first_principal_component
+
+    ex = gradcam.explain(model, x, "hirescam", layer, targets=targets)
+    acts = ex.layer_results[0].activations
+    if method == "eigengradcam":
+        acts = acts * ex.layer_results[0].weights[:, 0]
+    flipped = (-first_principal_component(acts)[image]).clamp(min=0)
+    up = torch.nn.functional.interpolate(flipped[None, None], size=x.shape[-2:], mode="bilinear")
+    return correlation(up[0, 0].numpy(), np.asarray(theirs))
 
 
 def test_cam_equals_torchcam_and_refuses_a_layer_without_a_pooled_linear_head():

@@ -20,7 +20,7 @@ import torchvision
 from torch import nn
 
 import gradcam
-from test_reference import ORACLES, PERTURBATION, SIGNLESS, correlation
+from test_reference import ORACLES, PERTURBATION, SIGNLESS, correlation, informative_targets, other_sign_correlation
 
 pytorch_grad_cam = pytest.importorskip("pytorch_grad_cam")
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
@@ -92,12 +92,6 @@ def _seeded(family: Family) -> nn.Module:
     return family.build().eval()
 
 
-def _targets(model: nn.Module, x: torch.Tensor, layer: str) -> list[int]:
-    every = gradcam.explain(model, x, "gradcam", layer, targets="top-5")
-    best = every.raw.flatten(2).std(dim=2).argmax(dim=1)
-    return [int(every.targets[i, best[i]]) for i in range(len(x))]
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("method", ORACLES)
 def test_each_method_agrees_with_pytorch_grad_cam_on_each_family(family, method):
@@ -107,7 +101,7 @@ def test_each_method_agrees_with_pytorch_grad_cam_on_each_family(family, method)
     model = _seeded(spec)
     torch.manual_seed(2)
     x = torch.randn(2, 3, spec.size, spec.size)
-    targets = _targets(model, x, spec.layer)
+    targets = informative_targets(model, x, spec.layer)
     ours = gradcam.explain(model, x, method, spec.layer, targets=targets).maps[:, 0].numpy()
     theirs = _peer(method, model, x, spec, targets, as_published=True)
     if method in DEPARTS and not _agree(ours, theirs, method):
@@ -117,7 +111,7 @@ def test_each_method_agrees_with_pytorch_grad_cam_on_each_family(family, method)
             continue  # both empty (FEM: no position passes the k-sigma rule)
         r = correlation(ours[image], theirs[image])
         if method in SIGNLESS and r < 0.999:
-            r = max(r, _other_sign(model, x, spec, method, targets, image, theirs[image]))
+            r = max(r, other_sign_correlation(model, x, spec.layer, method, targets, image, theirs[image]))
         assert r >= (0.99 if method in PERTURBATION else 0.999), (family, method, image, r)
 
 
@@ -207,44 +201,3 @@ def _ablation_layer(tokens: bool, zero: bool, prefix: int = 0) -> nn.Module:
             return moved.transpose(1, output.dim() - 1) if tokens else moved
 
     return Zeroed()
-
-
-def _other_sign(model, x, spec, method, targets, image, theirs) -> float:
-    """The peer keeps the sign its SVD returns (docs/methods.md: Eigen-CAM's sign); compare with ours flipped."""
-    from gradcam.methods.activation import first_principal_component
-
-    ex = gradcam.explain(model, x, "hirescam", spec.layer, targets=targets)
-    acts = ex.layer_results[0].activations
-    if method == "eigengradcam":
-        acts = acts * ex.layer_results[0].weights[:, 0]
-    flipped = (-first_principal_component(acts)[image]).clamp(min=0)
-    up = torch.nn.functional.interpolate(flipped[None, None], size=x.shape[-2:], mode="bilinear")
-    return correlation(up[0, 0].numpy(), np.asarray(theirs))
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-def test_every_method_runs_on_each_family_or_refuses_in_one_line(family):
-    """#30 item 2: each registered method gives finite maps of the input's size on each family, or a
-    ValueError of one line saying why (Grad-ECLIP and LeGrad read a transformer's attention; CAM needs a
-    pooled linear head after the layer)."""
-    spec = FAMILIES[family]
-    model = _seeded(spec)
-    torch.manual_seed(2)
-    size = 64  # the smallest each family takes: this is about running, not agreeing
-    x = torch.randn(1, 3, size, size)
-    refused = {}
-    for method in gradcam.methods():
-        configured = gradcam.get_method(method)
-        if method in ("scorecam", "sscam", "iscam", "ablationcam"):
-            configured = type(configured)(batch_size=64)
-        try:
-            maps = gradcam.explain(model, x, configured, spec.layer).maps
-        except ValueError as error:
-            message = str(error)
-            assert "\n" not in message and len(message) < 400, (method, message)
-            refused[method] = message
-            continue
-        assert maps.shape == (1, 1, size, size) and bool(torch.isfinite(maps).all()), method
-    assert set(refused) <= {"gradeclip", "legrad", "cam", "dff"}, refused
-    if spec.to_grid is None:  # a CNN: no attention to read
-        assert {"gradeclip", "legrad"} <= set(refused), refused

@@ -206,6 +206,10 @@ def test_photos_from_paths_are_preprocessed_and_drawn_as_the_model_sees_them(tmp
     photos = fixed_photos([tmp_path / "red.png", tmp_path / "blue.png"], spec)
     assert photos.names == ("red", "blue") and photos.inputs.shape == (2, 3, 64, 64)
     assert tuple(photos.pixels[0, :, 10, 10].tolist()) == (200, 20, 20)  # un-normalised back to the photo
+    # more paths than max_photos: a name for each photo kept, no more (three names for two inputs before)
+    Image.new("RGB", (300, 200), (20, 200, 20)).save(tmp_path / "green.png")
+    kept = fixed_photos([tmp_path / "red.png", tmp_path / "blue.png", tmp_path / "green.png"], spec, max_photos=2)
+    assert kept.names == ("red", "blue") and len(kept.inputs) == len(kept.pixels) == 2
 
 
 def test_sinks_are_found_for_each_tracker_and_unknown_ones_refused(tmp_path):

@@ -25,7 +25,7 @@ Example:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -75,10 +75,8 @@ class _ChosenBoxes(TargetsFromOutput):
         self.found: list[Detection] = []
 
     def choose(self, output: Any) -> list[Callable[[Any], torch.Tensor]]:
-        detached = tuple(o.detach() if isinstance(o, torch.Tensor) else o for o in output) if isinstance(
-            output, (tuple, list)
-        ) else output  # fmt: skip
-        self.found = list(self.detector.detect(detached, self.size)[0])
+        with torch.no_grad():  # the NMS records nothing, however the output nests its tensors
+            self.found = list(self.detector.detect(output, self.size)[0])
         return [self.detector.score(d) for d in self.found]
 
 
@@ -130,8 +128,3 @@ def explain_boxes(
             stacklevel=2,
         )
     return BoxExplanation(tuple(boxes.found), normalise(summed)[0], ex)
-
-
-def boxes_of(detections: Sequence[Detection]) -> torch.Tensor:
-    """(K, 4) float boxes (x1, y1, x2, y2)."""
-    return torch.tensor([d.box for d in detections], dtype=torch.float32).view(-1, 4)

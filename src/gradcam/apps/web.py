@@ -48,7 +48,7 @@ from ..pipeline.writer import PhotoWriter, WriteOptions, top_predictions
 from ..render.captions import caption
 from ..render.viz import overlay_image
 from ..targets import TextPrompt, class_index
-from .web_detect import explain_detector_photo, is_detector
+from .web_detect import explain_detector_photo
 from .web_files import explain_upload
 from .web_state import AppError, ModelShelf, ScratchSpace, as_text, failure, in_background, one_line, request_budget
 
@@ -159,7 +159,7 @@ def explain_photo(
         raise AppError(f"{file.name} is over {MAX_UPLOAD_MB} MB; use the command line for large files.")
     try:
         bundle = cached_model(model_name)
-        if is_detector(bundle):  # one map per box, as the command line draws them
+        if bundle.is_detector:  # one map per box, as the command line draws them
             boxes, found, files, chosen = explain_detector_photo(
                 bundle, model_name, file, methods, alpha, colormap, out_dir or scratch().new_folder(), method_options
             )

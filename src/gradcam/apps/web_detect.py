@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
 
 from ..io.files import write_atomic
 from ..io.images import ImageReadError
@@ -91,7 +90,3 @@ def explain_detector_photo(
     write_atomic(manifest_path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
     files = sorted({path for record in records for t in record.targets for path in t.files.values()})
     return overlays, found, [*files, str(manifest_path)], records[0].layer or str(bundle.default_layer)
-
-
-def is_detector(bundle: Any) -> bool:
-    return bundle.extra.get("detector") is not None

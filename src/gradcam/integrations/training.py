@@ -73,9 +73,9 @@ def fixed_photos(
     if isinstance(photos, (str, Path)) or (
         isinstance(photos, Sequence) and photos and all(isinstance(p, (str, Path)) for p in photos)
     ):
-        paths = [Path(photos)] if isinstance(photos, (str, Path)) else [Path(p) for p in photos]
+        paths = [Path(photos)] if isinstance(photos, (str, Path)) else [Path(p) for p in photos[:max_photos]]
         spec = preprocessing or Preprocessing(resize=256, crop=(224, 224))
-        inputs = torch.stack([preprocess(read_image(path, name=str(path)), spec)[0] for path in paths[:max_photos]])
+        inputs = torch.stack([preprocess(read_image(path, name=str(path)), spec)[0] for path in paths])
         return Photos(inputs, display_pixels(inputs, spec.mean, spec.std), _unique([p.stem for p in paths]))
     if hasattr(photos, "__iter__"):
         return _from_loader(photos, mean, std, max_photos)

@@ -32,10 +32,15 @@ class Letterbox:
     offset: tuple[int, int]
     size: tuple[int, int]
 
+    def inside(self, maps: torch.Tensor) -> torch.Tensor:
+        """(K, H, W) maps on the input -> (K, h, w) on the photo's area of it (the padding cut away), at the
+        model's resolution."""
+        top, left = self.offset
+        return maps[:, top : top + self.inner[0], left : left + self.inner[1]]
+
     def map_to_photo(self, maps: torch.Tensor) -> torch.Tensor:
         """(K, H, W) maps on the input -> (K, h, w) on the photo (the padding cut away, smooth resize)."""
-        top, left = self.offset
-        inner = maps[:, top : top + self.inner[0], left : left + self.inner[1]]
+        inner = self.inside(maps)
         return F.interpolate(inner[None].float(), size=self.original, mode="bilinear", align_corners=False)[0]
 
     def box_to_photo(self, box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:

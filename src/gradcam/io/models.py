@@ -61,6 +61,11 @@ class LoadedModel:
             f"input {self.preprocessing.crop[0]}x{self.preprocessing.crop[1]}, {labels}, source {self.source!r})"
         )
 
+    @property
+    def is_detector(self) -> bool:
+        """Whether the model is a detector explained box by box (``extra["detector"]``: yolo:, hf: detection)."""
+        return self.extra.get("detector") is not None
+
     def layer_for(self, requested: str | None, example: torch.Tensor | None = None) -> str | None:
         """The one place that decides which layer is explained: ``requested`` when given, else the model
         family's default (``features.35`` for VGG-19, ``bn2`` for EfficientNet-Lite, ...), else, given an

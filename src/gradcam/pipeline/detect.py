@@ -57,7 +57,7 @@ def explain_detections(
         raise FileExistsError(f"{existing[0]} exists; pass --overwrite to replace it")
     targets = []
     if found.detections:
-        small = _frame_maps(found.maps, box)  # (K, h, w) at the model's resolution, on the photo's frame
+        small = box.inside(found.maps.detach().float().cpu())  # (K, h, w) at the model's resolution
         save_npy_atomic(small.numpy().astype(np.float16), map_file)
         save_picture(boxes_picture(photo, maps, boxes, captions, options.alpha), all_boxes, "png")
     for k, detection in enumerate(found.detections):
@@ -78,9 +78,3 @@ def _rounded(box: tuple[float, float, float, float]) -> tuple[float, float, floa
 def _confidence(value: float) -> str:
     """0.87; a tiny confidence (random weights, a low --conf) as 2e-04 rather than a misleading 0.00."""
     return f"{value:.2f}" if value >= 0.01 else f"{value:.0e}"
-
-
-def _frame_maps(maps: torch.Tensor, box: Any) -> torch.Tensor:
-    """The maps inside the letterbox's photo area (padding cut away), at the model's input resolution."""
-    top, left = box.offset
-    return maps[:, top : top + box.inner[0], left : left + box.inner[1]].detach().float().cpu()

@@ -341,7 +341,7 @@ def run(args: argparse.Namespace) -> int:
     report_missing(inputs.found)
     try:
         bundle = load_bundle(args, images=inputs.kind.images)
-        if bundle.extra.get("detector") is not None and inputs.kind.name == "photo":  # a hub detector, known now
+        if bundle.is_detector and inputs.kind.name == "photo":  # a hub detector, known now
             inputs = replace(inputs, kind=DETECTION)
             refuse_unsupported(DETECTION, options)
         check_targets(bundle, inputs.kind, options)
