@@ -6,8 +6,10 @@
 
 Gradient and activation methods by default; ``--masking`` times the methods that re-run the network per
 channel (Score-CAM, Ablation-CAM, ...), which cost seconds per image. Random weights (offline); the embedded
-EfficientNet-Lite0 has its ImageNet weights. Runs take turns (interleaved medians). Prints a Markdown table:
-ours and the peer in ms per image, their ratio, and ours as a multiple of a plain forward pass.
+EfficientNet-Lite0 has its ImageNet weights. Runs take turns (interleaved medians). Every row compares the
+same output: maps at the input's size, each scaled to [0, 1] (torchcam's layer-resolution maps are upsampled
+for it; ``--raw-peer-maps`` not). Prints a Markdown table: ours and the peer in ms per image, their ratio,
+and ours as a multiple of a plain forward pass.
 """
 
 from __future__ import annotations
@@ -48,7 +50,9 @@ def build(name: str) -> tuple[torch.nn.Module, str | None]:
     return model, "fc" if hasattr(model, "fc") else None
 
 
-def peer_run(method: str, model: torch.nn.Module, layer: str, fc: str | None, x: torch.Tensor) -> Callable | None:
+def peer_run(
+    method: str, model: torch.nn.Module, layer: str, fc: str | None, x: torch.Tensor, raw_maps: bool = False
+) -> Callable | None:
     library, name = PEERS[method]
     reference = copy.deepcopy(model)
     with torch.no_grad():
@@ -80,9 +84,18 @@ def peer_run(method: str, model: torch.nn.Module, layer: str, fc: str | None, x:
                     out = reference(x)
             else:
                 out = reference(x)
-            return extractor(top, out)
+            maps = extractor(top, out)
+        return maps if raw_maps else at_input_size(maps[0], x)
 
     return run
+
+
+def at_input_size(maps: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """torchcam's layer-resolution maps as ours and pytorch-grad-cam's are: bilinear at the input's size, each
+    scaled to [0, 1] (what a torchcam user does before drawing: its ``overlay_mask`` resizes too)."""
+    up = torch.nn.functional.interpolate(maps[:, None].float(), size=x.shape[2:], mode="bilinear", align_corners=False)
+    low, high = up.amin(dim=(2, 3), keepdim=True), up.amax(dim=(2, 3), keepdim=True)
+    return (up - low) / (high - low).clamp(min=1e-12)
 
 
 def main() -> None:
@@ -94,6 +107,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--masking", action="store_true", help="time the masking methods instead")
     parser.add_argument("--methods", default=None, help="comma-separated, instead of the default set")
+    parser.add_argument(
+        "--raw-peer-maps", action="store_true", help="time torchcam without upsampling its maps to the input's size"
+    )
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     torch.manual_seed(0)
@@ -111,7 +127,7 @@ def main() -> None:
         runs["ours"] = lambda m=method: gradcam.explain(model, x, m, args.layer)
         if method == "cam" and fc is None:
             runs.pop("ours")
-        peer = peer_run(method, model, args.layer, fc, x) if method in PEERS else None
+        peer = peer_run(method, model, args.layer, fc, x, args.raw_peer_maps) if method in PEERS else None
         if peer is not None:
             runs["peer"] = peer
         try:

@@ -137,6 +137,17 @@ def test_custom_output_selector(tiny_cnn, tiny_images):
     torch.testing.assert_close(ex.maps, gradcam.explain(tiny_cnn, tiny_images).maps)
 
 
+def test_a_batch_of_the_wrong_dimension_is_named_when_the_model_refuses_it():
+    """A 4-D batch is checked against the convolutions only when the forward pass fails (no cost on the
+    normal path): the message still names the shape the model takes."""
+    clips = torch.nn.Sequential(torch.nn.Conv3d(3, 4, 3), torch.nn.AdaptiveAvgPool3d(1), torch.nn.Flatten())
+    with pytest.raises(ValueError, match=r"take float tensor \(B, C, D, H, W\), not 2-D inputs"):
+        gradcam.explain(clips, torch.randn(1, 3, 12, 12), layer="0")
+    signals = torch.nn.Sequential(torch.nn.Conv1d(3, 4, 3), torch.nn.AdaptiveAvgPool1d(1), torch.nn.Flatten())
+    with pytest.raises(ValueError, match=r"take float tensor \(B, C, L\), not 2-D inputs"):
+        gradcam.explain(signals, torch.randn(1, 3, 12, 12), layer="0")
+
+
 def test_bad_images(tiny_cnn):
     with pytest.raises(ValueError, match=r"float tensor \(B, C, H, W\).*images\[None\]"):
         gradcam.explain(tiny_cnn, torch.randn(3, 32, 32))  # a (B, C, L) signal to a 2-D CNN: the batch forgotten

@@ -12,7 +12,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .hooks import ForwardError, captured_forward, forward_error, is_out_of_memory, model_lock, preserved_state
+from .hooks import (
+    ForwardError,
+    captured_forward,
+    forward_error,
+    is_out_of_memory,
+    model_lock,
+    modules_of,
+    preserved_state,
+)
 from .inputs import BoundInputs, automatic_layer, image_key, image_of, prefixed, unprefixed
 from .layers import LayerSpec, resolve_layers
 from .methods import CAMMethod, get_method
@@ -138,8 +146,8 @@ def explain(
             f"clips, got {shape}"
         )
     chosen = get_method(method)
-    _check_dimensions(model, images)
-    if images.dim() != 4:
+    if images.dim() != 4:  # a 4-D batch is checked only when the model refuses it (below): no cost otherwise
+        _check_dimensions(model, images)
         _refuse_outside_images(chosen, targets, aug_smooth, guided, images.dim() - 2)
     if not bool(torch.isfinite(images.sum())) and not bool((finite := torch.isfinite(images)).all()):
         bad = int((~finite).sum())  # the sum is one cheap pass; it is not finite when any value is not
@@ -180,7 +188,11 @@ def explain(
         if images.is_inference():
             images = images.clone()
         layers = resolve_layers(model, layer, images)
-        result = _explain_once(model, images, layers, targets, settings)
+        try:
+            result = _explain_once(model, images, layers, targets, settings)
+        except ForwardError:
+            _check_dimensions(model, images)  # a 3-D model given a 4-D batch: said in those words
+            raise
         if aug_smooth:
             result = _augmented(model, images, layers, result, settings)
         if guided:
@@ -236,7 +248,7 @@ def _wrapped(
 def _check_dimensions(model: nn.Module, images: torch.Tensor) -> None:
     """A model whose convolutions are all 2-D given a (C, H, W) image without its batch dimension (or a
     1-D model given an image) is told so in one line, before its own error about channels."""
-    kinds = {len(m.kernel_size) for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)}
+    kinds = {len(m.kernel_size) for m in modules_of(model) if isinstance(m, nn.modules.conv._ConvNd)}
     spatial = images.dim() - 2
     if kinds and spatial not in kinds:
         expected = {1: "(B, C, L)", 2: "(B, C, H, W)", 3: "(B, C, D, H, W)"}

@@ -71,9 +71,12 @@ def _resolve_one(model: nn.Module, spec: str | nn.Module) -> tuple[str, nn.Modul
         raise ValueError(f"layer: the module {type(spec).__name__} given is not part of the model")
     if not isinstance(spec, str):
         raise TypeError(f"layer: expected a module name or an nn.Module, got {type(spec).__name__}")
+    try:
+        if spec:
+            return spec, model.get_submodule(spec)
+    except AttributeError:
+        pass
     names = [name for name, _ in model.named_modules() if name]
-    if spec in names:
-        return spec, model.get_submodule(spec)
     close = difflib.get_close_matches(spec, names, n=5, cutoff=0.5)
     hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     raise ValueError(f"unknown layer {spec!r}{hint} (list the layers with `gradcam layers MODEL`)")
