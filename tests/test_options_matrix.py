@@ -15,6 +15,7 @@ from gradcam.pipeline.kinds import DETECTION, KINDS, kind_of, refuse_unsupported
 from gradcam.pipeline.options import (
     OPTION_FLAGS,
     DetectionSettings,
+    PreprocessSettings,
     RunOptions,
     UsageError,
     VideoSettings,
@@ -35,6 +36,8 @@ SAMPLES = {
     "method_options": (("k", "2"),), "top_channels": 4, "prefix_tokens": 1, "token_grid": (7, 7),
     "save": ("overlay", "map"), "format": "png", "replicas": 2, "kind": "photo", "engine": "ray",
     "video.every": 2, "video.smoothing": 0.5, "detection.conf": 0.5, "detection.max_boxes": 3,
+    "preprocess.resize": 300, "preprocess.crop": (240, 240), "preprocess.mean": (0.5,), "preprocess.std": (0.5,),
+    "preprocess.interpolation": "bicubic",
 }  # fmt: skip
 # the kinds of files, and a detector's photos (a kind chosen by the model: kinds.for_model)
 EVERY_KIND = {**KINDS, "detection": DETECTION}
@@ -47,6 +50,8 @@ def _with(name: str) -> RunOptions:
         return replace(options, video=replace(VideoSettings(), **{leaf: SAMPLES[name]}))
     if owner == "detection":
         return replace(options, detection=replace(DetectionSettings(), **{leaf: SAMPLES[name]}))
+    if owner == "preprocess":
+        return replace(options, preprocess=replace(PreprocessSettings(), **{leaf: SAMPLES[name]}))
     return replace(options, **{name: SAMPLES[name]})
 
 

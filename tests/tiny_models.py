@@ -99,3 +99,14 @@ def TinyViT() -> nn.Module:  # noqa: N802  (a factory named like the class it bu
                               mlp_dim=64, num_classes=10)  # fmt: skip
     nn.init.normal_(model.heads.head.weight, std=0.5)
     return model.eval()
+
+
+SEEN_INPUTS: list[torch.Tensor] = []
+
+
+class RecordingCNN(TinyCNN):
+    """TinyCNN that keeps each input it is given (``SEEN_INPUTS``): what reached the model, checked by tests."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        SEEN_INPUTS.append(x.detach().clone())
+        return super().forward(x)

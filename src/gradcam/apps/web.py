@@ -252,7 +252,8 @@ def explain_photo(
         save=("map", "overlay"),
     )
     manifest = run_manifest("web", model_name, bundle.source, asked, records, kind="photo", layer=records[0].layer,
-                            started=None, finished=now(), methods=[str(m) for m in methods])  # fmt: skip
+                            started=None, finished=now(), methods=[str(m) for m in methods],
+                            preprocessing=None if bundle.is_detector else bundle.preprocessing)  # fmt: skip
     manifest_path = out_dir / f"{stem}.json"
     text = json.dumps(manifest.to_json(), indent=1)
     write_atomic(manifest_path, lambda temporary: temporary.write_text(text, encoding="utf-8"))

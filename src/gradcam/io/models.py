@@ -25,6 +25,7 @@ from .weights import MAX_CLASSES, ModelLoadError, WeightsFile, _sized_to
 
 DEFAULT_MODEL = "efficientnet_lite0"
 MAX_LABELS_BYTES = 64_000_000
+IMAGENET_LABELS = "imagenet"  # --labels imagenet: ImageNet's 1,000 class names (a model of your own trained on it)
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,23 @@ class Preprocessing:
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
     interpolation: str = "bilinear"
     squash: bool = False
+
+    def describe(self) -> str:
+        """One line, as a run prints it: ``resize the shorter side to 256 (bicubic), centre crop 224 x 224,
+        mean 0.5 0.5 0.5, std 0.5 0.5 0.5``."""
+        height, width = self.crop
+        size = (
+            f"resize to {height} x {width}"
+            if self.squash
+            else (f"resize the shorter side to {self.resize}, centre crop {height} x {width}")
+        )
+        numbers = lambda values: " ".join(f"{v:g}" for v in values)  # noqa: E731
+        return f"{size} ({self.interpolation}), mean {numbers(self.mean)}, std {numbers(self.std)}"
+
+    def to_json(self) -> dict[str, Any]:
+        """As the manifest records it (``results.json``: ``preprocessing``)."""
+        return {"resize": self.resize, "crop": list(self.crop), "mean": list(self.mean), "std": list(self.std),
+                "interpolation": self.interpolation, "squash": self.squash}  # fmt: skip
 
 
 @dataclass
@@ -159,11 +177,15 @@ def load_bundle(
     """The one loader of "model + labels + preprocessing" (the CLI, the web app, the audit, concepts and the
     Ray actors use it): :func:`load_model`, then ``labels`` (a file as ``--labels`` reads it, or the names)
     checked against the model's classes, on a black image when the run's inputs are ``images``, else on
-    the first real output (volumes, signals: a photo would not fit their model)."""
+    the first real output (volumes, signals: a photo would not fit their model). ``labels="imagenet"``
+    names ImageNet's 1,000 classes."""
     bundle = load_model(model, weights, device, trust_weights=trust_weights)
     if labels is None:
         return bundle
-    names = read_labels(labels) if isinstance(labels, (str, Path)) else list(labels)
+    if labels == IMAGENET_LABELS and not Path(labels).exists():
+        names = list(_imagenet_labels())
+    else:
+        names = read_labels(labels) if isinstance(labels, (str, Path)) else list(labels)
     return with_labels(bundle, names, probe=images)
 
 

@@ -35,11 +35,12 @@ from .options import EVERY_KIND_TAKES, OPTION_FLAGS, RunOptions, UsageError, giv
 
 _VIDEO_ONLY = frozenset({"video.every", "video.smoothing"})
 _DETECTION_ONLY = frozenset({"detection.conf", "detection.max_boxes"})
+_PREPROCESS = frozenset(name for name in OPTION_FLAGS if name.startswith("preprocess."))
 _PHOTO_TAKES = frozenset(OPTION_FLAGS) - _VIDEO_ONLY - _DETECTION_ONLY
 _VIDEO_TAKES = frozenset({
     "layer", "target", "alpha", "colormap", "batch_size", "max_megapixels", "max_side", "frame", "tint",
     "counterfactual", "eigen_smooth", "perturbation_batch", "method_options", "top_channels", "prefix_tokens",
-    "token_grid", "engine", *_VIDEO_ONLY,
+    "token_grid", "engine", *_VIDEO_ONLY, *_PREPROCESS,
 })  # fmt: skip
 _ARRAY_TAKES = frozenset({
     "layer", "target", "alpha", "colormap", "resume", "counterfactual", "eigen_smooth", "perturbation_batch",

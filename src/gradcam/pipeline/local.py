@@ -141,6 +141,7 @@ class Runner:
         return run_manifest("local", self.bundle.name, self.bundle.source, options,
                             [self.entries[i] for i in sorted(self.entries)], kind=self.kind, layer=layer,
                             started=self.started, finished=now() if finished else None,
+                            preprocessing=self.bundle.preprocessing,
                             **manifest_outputs(KINDS[self.kind], options))  # fmt: skip
 
     def write_manifest(self, finished: bool) -> None:

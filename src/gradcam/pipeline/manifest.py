@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io.files import write_atomic
+from ..io.models import Preprocessing
 from .options import RunOptions, UsageError, given_options
 from .records import PhotoRecord, RunManifest
 
@@ -46,10 +47,12 @@ def run_manifest(
     format: str | None = None,
     save: Sequence[str] | None = None,
     methods: Sequence[str] | None = None,
+    preprocessing: Preprocessing | None = None,
 ) -> RunManifest:
     """The manifest of a run of ``options`` (any engine, any kind): the options that decide what a map
     means as fields, every other option given in ``options`` (by name), and one record per input.
-    ``format`` and ``save`` default to the photo runs' (``options.format``, ``options.save``)."""
+    ``format`` and ``save`` default to the photo runs' (``options.format``, ``options.save``);
+    ``preprocessing`` is what the inputs went through (photos, videos: the model's own or ``--resize`` ...)."""
     recorded = {name: _jsonable(_value(options, name)) for name in given_options(options) if name not in _OWN_FIELDS}
     return RunManifest(
         engine=engine,  # type: ignore[arg-type]
@@ -70,6 +73,7 @@ def run_manifest(
         finished=finished,
         kind=kind,
         options=recorded,
+        preprocessing=None if preprocessing is None else preprocessing.to_json(),
         images=list(images),
     )
 
@@ -158,6 +162,11 @@ def check_same_run(earlier: RunManifest, current: RunManifest, layer: str | None
                 f"--resume: the earlier run in {out} used {flag} {_shown(getattr(earlier, key))}, "
                 f"this one {_shown(getattr(current, key))}; run with the same options, or choose another --out"
             )
+    if None not in (earlier.preprocessing, current.preprocessing) and earlier.preprocessing != current.preprocessing:
+        raise UsageError(
+            f"--resume: the earlier run in {out} preprocessed its inputs otherwise ({earlier.preprocessing}); run "
+            "with the same --resize/--crop/--mean/--std/--interpolation, or choose another --out"
+        )
     if layer is not None and earlier.layer not in (None, layer):
         raise UsageError(
             f"--resume: the earlier run in {out} explained layer {earlier.layer!r}, this one asks for "

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from ..io.images import DEFAULT_MAX_MEGAPIXELS
+from ..io.models import Preprocessing
 from ..methods import CAMMethod, get_method
 from ..targets import class_index
 
@@ -44,6 +45,55 @@ class DetectionSettings:
 
     conf: float = 0.25
     max_boxes: int = 10
+
+
+INTERPOLATIONS = ("bilinear", "bicubic")
+
+
+@dataclass(frozen=True)
+class PreprocessSettings:
+    """The user's own preprocessing (``--resize``, ``--crop``, ``--mean``, ``--std``, ``--interpolation``),
+    each replacing the model's where given. ``--crop`` alone keeps the model's ratio of resize to crop
+    (256/224 for ImageNet's: ``--crop 240`` resizes to 274); ``--resize`` alone keeps its crop.
+
+    Example:
+        >>> chosen = PreprocessSettings(crop=(240, 240), mean=(0.5,), std=(0.5,))
+        >>> chosen.applied_to(Preprocessing(resize=256, crop=(224, 224))).describe()
+        'resize the shorter side to 274, centre crop 240 x 240 (bilinear), mean 0.5 0.5 0.5, std 0.5 0.5 0.5'
+    """
+
+    resize: int | None = None
+    crop: tuple[int, int] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    interpolation: str | None = None
+
+    def applied_to(self, spec: Preprocessing) -> Preprocessing:
+        """``spec`` with these choices in it; a UsageError (one line naming the option) for values that do
+        not fit together or the model's channels."""
+        if self == PreprocessSettings():
+            return spec
+        crop = self.crop or spec.crop
+        resize = self.resize
+        if resize is None:
+            resize = round(max(crop) * spec.resize / max(spec.crop)) if self.crop else spec.resize
+        if min(crop) > resize and not spec.squash:
+            raise UsageError(f"--resize {resize}: smaller than the crop {crop[0]}x{crop[1]}; give --resize >= --crop")
+        channels = len(spec.mean)
+        mean = _per_channel("--mean", self.mean, channels) or spec.mean
+        std = _per_channel("--std", self.std, channels) or spec.std
+        return replace(spec, resize=resize, crop=crop, mean=mean, std=std,
+                       interpolation=self.interpolation or spec.interpolation)  # fmt: skip
+
+
+def _per_channel(flag: str, values: tuple[float, ...] | None, channels: int) -> tuple[float, ...] | None:
+    if values is None:
+        return None
+    if len(values) == 1:
+        values = values * channels
+    if len(values) != channels:
+        raise UsageError(f"{flag}: {len(values)} values for a model of {channels} channels; give 1 or {channels}")
+    return values
 
 
 @dataclass
@@ -82,6 +132,7 @@ class RunOptions:
     replicas: int | None = None  # model copies side by side (None: one per thread on a CPU up to 512 MB, else 1)
     video: VideoSettings = field(default_factory=lambda: VideoSettings())
     detection: DetectionSettings = field(default_factory=lambda: DetectionSettings())
+    preprocess: PreprocessSettings = field(default_factory=lambda: PreprocessSettings())
     kind: str | None = None  # the input kind (gradcam.pipeline.kinds); None: guessed from each file
     engine: str = "local"  # or "ray"
 
@@ -146,7 +197,9 @@ OPTION_FLAGS: dict[str, str] = {
     "method_options": "--method-option", "top_channels": "--top-channels", "prefix_tokens": "--prefix-tokens",
     "token_grid": "--token-grid", "save": "--save", "format": "--format", "replicas": "--replicas",
     "video.every": "--every", "video.smoothing": "--smoothing", "kind": "--kind", "engine": "--engine ray",
-    "detection.conf": "--conf", "detection.max_boxes": "--max-boxes",
+    "detection.conf": "--conf", "detection.max_boxes": "--max-boxes", "preprocess.resize": "--resize",
+    "preprocess.crop": "--crop", "preprocess.mean": "--mean", "preprocess.std": "--std",
+    "preprocess.interpolation": "--interpolation",
 }  # fmt: skip
 # Options that every kind takes: where the output goes and what the run may do to it.
 EVERY_KIND_TAKES = frozenset({"method", "device", "overwrite", "kind"})
@@ -175,6 +228,7 @@ def given_options(options: RunOptions) -> list[str]:
 
 def option_names() -> list[str]:
     """Every option's name as :data:`OPTION_FLAGS` has it (a test checks that no field lacks a flag)."""
-    names = [f.name for f in fields(RunOptions) if f.name not in ("out", "video", "detection")]
+    names = [f.name for f in fields(RunOptions) if f.name not in ("out", "video", "detection", "preprocess")]
     video = [f"video.{f.name}" for f in fields(VideoSettings)]
-    return names + video + [f"detection.{f.name}" for f in fields(DetectionSettings)]
+    detection = [f"detection.{f.name}" for f in fields(DetectionSettings)]
+    return names + video + detection + [f"preprocess.{f.name}" for f in fields(PreprocessSettings)]

@@ -88,7 +88,7 @@ def explain_image(
     ex = explain(bundle.model, x, method, bundle.layer_for(layer), targets, labels=names, **options)
     source = str(photo) if isinstance(photo, (str, Path)) else None
     return PhotoExplanation(ex, image_tensor(image), geometry, tuple(names) if names else None, bundle.name, frame,
-                            source)  # fmt: skip
+                            source, bundle.preprocessing)  # fmt: skip
 
 
 def _for_one_photo(targets: Any, labels: Any) -> Any:
@@ -152,6 +152,7 @@ class PhotoExplanation:
     model: str
     frame: str = "crop"
     source: str | None = None  # the photo's path, when it was given by one
+    preprocessing: Preprocessing | None = None  # what the photo went through (recorded by save())
 
     @property
     def maps(self) -> torch.Tensor:
@@ -239,7 +240,7 @@ class PhotoExplanation:
             counterfactual=self.explanation.counterfactual,
         )
         manifest = run_manifest("python", self.model, None, asked, [record], kind="photo", layer=self.layer,
-                                started=None, finished=now())  # fmt: skip
+                                started=None, finished=now(), preprocessing=self.preprocessing)  # fmt: skip
         text = json.dumps(manifest.to_json(), indent=1)
         write_atomic(manifest_path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
         return [Path(p) for target in record.targets for p in target.files.values()] + [manifest_path]

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..io.images import IMAGE_SUFFIXES
+from ..io.models import Preprocessing
 from ..io.quiet import start_ray
 from .decode import decode
 from .kinds import KINDS, find_inputs, manifest_outputs
@@ -72,6 +73,8 @@ class ExplainActor:
         self.bundle = load_bundle(
             model, weights, device, trust_weights=trust_weights, labels=labels, images=self.kind.images
         )
+        if self.kind.honours("preprocess.resize"):
+            self.bundle = replace(self.bundle, preprocessing=options.preprocess.applied_to(self.bundle.preprocessing))
         self.out_uri = out_uri
         self.local_out = Path(tempfile.mkdtemp(prefix="gradcam-actor-")) if out_uri else options.out
         self.options = replace(options, out=self.local_out, overwrite=True, device=device)
@@ -187,12 +190,15 @@ def explain_dataset(
     gpus_per_actor: float = 0.0,
     address: str | None = None,
     threads_per_actor: int = 1,
+    preprocessing: Preprocessing | None = None,
 ) -> DistributedResult:
     """Explain every photo of ``source`` (a folder, files, a URI ``s3://...``/``gs://...`` read through
     pyarrow's filesystems, or a Ray Dataset with ``path`` and ``bytes`` columns) into ``out`` (a folder or
     a URI), with ``actors`` model replicas. ``options`` are those of the local engine; ``options.kind``
     (or the files' own, as the registry guesses it) decides how each file is read and explained: photos
-    and image arrays in batches, videos, volumes and signals one file per task."""
+    and image arrays in batches, videos, volumes and signals one file per task. Each actor applies
+    ``options.preprocess`` to its model's preprocessing; ``preprocessing`` (the result, where the caller
+    loaded the model too) is recorded in the manifest."""
 
     out_text = str(out)
     out_uri = out_text if _is_uri(out_text) else None
@@ -270,7 +276,7 @@ def explain_dataset(
     manifest = None
     if entries is not None:
         manifest = run_manifest("ray", model, sources[0] if sources else None, options, entries,
-                                kind=kind, layer=layer, started=started_at, finished=now(),
+                                kind=kind, layer=layer, started=started_at, finished=now(), preprocessing=preprocessing,
                                 **manifest_outputs(KINDS[kind], options)).to_json()  # fmt: skip
     _write_small_outputs(out_text, local_out, summary, manifest)
     return DistributedResult(total, summary["ok"], summary["failed"], manifest_location, seconds, entries)

@@ -198,6 +198,7 @@ class RunManifest:
     finished: str | None = None
     kind: str | None = None  # the input kind (photo, image, video, volume, signal); None: photos (before 0.9)
     options: dict[str, Any] = field(default_factory=dict)  # every other option given, by name: {"alpha": 0.7}
+    preprocessing: dict[str, Any] | None = None  # what the inputs went through (Preprocessing.to_json); None: none
     images: list[PhotoRecord] = field(default_factory=list)
     version: int = MANIFEST_VERSION
     tool: str = "gradcam"
@@ -228,7 +229,7 @@ class RunManifest:
 
 _RUN_FIELDS = ("version", "tool", "engine", "model", "model_source", "methods", "layer", "target", "prompts",
                "frame", "colormap", "format", "save", "counterfactual", "eigen_smooth", "aug_smooth", "started",
-               "finished", "kind", "options")  # fmt: skip
+               "finished", "kind", "options", "preprocessing")  # fmt: skip
 
 
 def read_manifest_file(path: str | Path) -> RunManifest:

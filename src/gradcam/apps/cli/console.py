@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 from ...io.images import FoundImages, find_images
 from ...io.models import DEFAULT_MODEL, LoadedModel
 from ...io.models import load_bundle as load_model_and_labels
+from ...pipeline.options import INTERPOLATIONS, PreprocessSettings, UsageError
 from ...pipeline.records import PhotoRecord
 from .summaries import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE, Formatter
 
@@ -33,8 +35,8 @@ def add_labels_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup)
         "--labels",
         default=None,
         metavar="FILE",
-        help="class names: one per line, or JSON {index: name}; for a fine-tuned model (default: the model's "
-        "own, else class indices)",
+        help="class names: one per line, or JSON {index: name}, or 'imagenet' for ImageNet's 1,000; for a "
+        "fine-tuned model or your own (default: the model's own, else class indices)",
     )
 
 
@@ -54,6 +56,64 @@ def add_photos_and_model(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default=None, help="as for explain (a fine-tuned checkpoint, ...)")
     add_trust_option(parser)
     add_labels_option(parser)
+
+
+def add_preprocessing_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """--resize, --crop, --mean, --std and --interpolation: the preprocessing the model was trained with."""
+    parser.add_argument(
+        "--resize",
+        type=int,
+        default=None,
+        metavar="N",
+        help="resize the photo's shorter side to N pixels (default: the model's own)",
+    )
+    parser.add_argument(
+        "--crop",
+        default=None,
+        metavar="N|HxW",
+        help="centre-crop N x N or H x W pixels (default: the model's own; --crop alone keeps the "
+        "model's resize-to-crop ratio)",
+    )
+    parser.add_argument(
+        "--mean",
+        default=None,
+        metavar="M[,M,M]",
+        help="per-channel mean subtracted after scaling to [0, 1], e.g. 0.5 or 0.485,0.456,0.406",
+    )
+    parser.add_argument("--std", default=None, metavar="S[,S,S]", help="per-channel standard deviation divided by")
+    parser.add_argument("--interpolation", choices=INTERPOLATIONS, default=None,
+                        help="how the photo is resized (default: the model's own)")  # fmt: skip
+
+
+def preprocess_settings(args: argparse.Namespace) -> PreprocessSettings:
+    """The preprocessing options given (a UsageError naming the option for a value that is not one)."""
+    crop = None
+    if args.crop is not None:
+        parts = args.crop.lower().split("x")
+        try:
+            sides = [int(part) for part in parts]
+        except ValueError:
+            sides = []
+        if len(sides) not in (1, 2) or min(sides) < 16:
+            raise UsageError(f"--crop {args.crop!r}: give N or HxW, at least 16 pixels, e.g. 240 or 224x288")
+        crop = (sides[0], sides[-1])
+    if args.resize is not None and args.resize < 16:
+        raise UsageError(f"--resize {args.resize}: give at least 16 pixels")
+    return PreprocessSettings(resize=args.resize, crop=crop, mean=_numbers("--mean", args.mean),
+                              std=_numbers("--std", args.std, positive=True),
+                              interpolation=args.interpolation)  # fmt: skip
+
+
+def _numbers(flag: str, text: str | None, positive: bool = False) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise UsageError(f"{flag} {text!r}: give numbers separated by commas, e.g. 0.5 or 0.485,0.456,0.406") from None
+    if not all(math.isfinite(v) for v in values) or (positive and min(values) <= 0):
+        raise UsageError(f"{flag} {text!r}: give finite numbers{', each above 0' if positive else ''}")
+    return values
 
 
 def add_ray_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, verb: str) -> None:

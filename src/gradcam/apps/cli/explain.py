@@ -28,9 +28,11 @@ from .console import (
     EXIT_OK,
     Formatter,
     add_labels_option,
+    add_preprocessing_options,
     add_ray_options,
     add_trust_option,
     load_bundle,
+    preprocess_settings,
     print_summary,
     progress_bar,
     report_failures,
@@ -57,6 +59,7 @@ def add_parser(commands: Any) -> None:
     targets = run.add_argument_group("targets")
     outputs = run.add_argument_group("outputs")
     videos = run.add_argument_group("videos")
+    preprocessing = run.add_argument_group("preprocessing (what the model was trained with; photos and videos)")
     detectors = run.add_argument_group("detectors (--model yolo:...)")
     running = run.add_argument_group("running")
     inputs.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or globs")
@@ -75,6 +78,7 @@ def add_parser(commands: Any) -> None:
     )
     add_trust_option(model)
     add_labels_option(model)
+    add_preprocessing_options(preprocessing)
     method.add_argument("--method", default="gradcam", help="the CAM method: " + ", ".join(methods()))
     method.add_argument(
         "--layer",
@@ -320,6 +324,7 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         format=args.format,
         video=VideoSettings(every=args.every, smoothing=args.smoothing),
         detection=DetectionSettings(conf=args.conf, max_boxes=args.max_boxes),
+        preprocess=preprocess_settings(args),
         kind=args.kind,
         engine=args.engine,
     )
@@ -348,6 +353,10 @@ def run(args: argparse.Namespace) -> int:
         said = untrained_warning(bundle.name, bundle.source)
         if said:
             print(f"gradcam: warning: {said}", file=sys.stderr)
+        if inputs.kind.honours("preprocess.resize"):  # the kinds whose inputs are resized for the model
+            bundle = replace(bundle, preprocessing=options.preprocess.applied_to(bundle.preprocessing))
+            if not args.quiet:
+                print(f"gradcam: preprocessing: {bundle.preprocessing.describe()}", file=sys.stderr)
     except (ModelLoadError, UsageError) as problem:
         return usage_error(str(problem))
     except RuntimeError as problem:  # e.g. an unavailable --device
@@ -481,6 +490,7 @@ def _on_ray(args: argparse.Namespace, inputs: FoundInputs, options: RunOptions, 
             cpus_per_actor=args.cpus_per_actor,
             gpus_per_actor=args.gpus_per_actor,
             address=args.address,
+            preprocessing=bundle.preprocessing if inputs.kind.honours("preprocess.resize") else None,
         )
     except UsageError as problem:
         return usage_error(str(problem))
