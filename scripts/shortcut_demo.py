@@ -57,20 +57,63 @@ def random_crop(photo: Image.Image, generator: np.random.Generator) -> Image.Ima
     return crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if generator.random() < 0.5 else crop
 
 
-def build_dataset(folder: Path, per_class: int = 40, seed: int = 0) -> Path:
-    """``folder/photos/CLASS/NNN.jpg`` for the six classes; returns ``folder/photos``."""
+# The planted kinds (docs/audit.md, "The planted suite"): where and what the shortcut is. "corner" and
+# "centre" were used to choose the audit's thresholds; the others are held out (never tuned on).
+KINDS = {
+    "corner": "the logo in the bottom-right corner",
+    "centre": "the logo at the centre of every photo",
+    "top-left": "a smaller logo near the top-left corner",
+    "stripe": "a thin red band across the lower third",
+    "faint": "the logo at the centre at 35% opacity",
+    "cast": "a blue colour cast over the whole photo",
+    "clean": "no shortcut: the sixth class is crops of a sixth photo",
+}
+HELD_OUT = ("top-left", "stripe", "faint", "cast", "clean")
+CLEAN_SIXTH = "hubble_deep_field"
+
+
+def plant(photo: Image.Image, kind: str, generator: np.random.Generator) -> Image.Image:
+    """``photo`` (SIDE x SIDE) with the shortcut of ``kind``; the place jitters by a few pixels."""
+    jitter = int(generator.integers(0, SIDE // 40 + 1))
+    if kind in ("corner", "centre", "faint", "top-left"):
+        stamp = logo(SIDE // 8 if kind == "top-left" else SIDE // 5)
+        if kind == "faint":
+            stamp.putalpha(stamp.getchannel("A").point(lambda a: int(a * 0.35)))
+        margin = SIDE // 10 + jitter
+        where = {
+            "corner": (SIDE - margin - stamp.width, SIDE - margin - stamp.height),
+            "top-left": (SIDE // 6 + jitter, SIDE // 6 + jitter),
+        }.get(kind, ((SIDE - stamp.width) // 2 + jitter, (SIDE - stamp.height) // 2 + jitter))
+        photo.paste(stamp, where, stamp)
+    elif kind == "stripe":
+        band = Image.new("RGB", (SIDE, SIDE // 32), (210, 30, 40))
+        photo.paste(band, (0, SIDE * 2 // 3 + jitter))
+    elif kind == "cast":
+        tint = Image.new("RGB", photo.size, (40, 90, 255))
+        photo = Image.blend(photo, tint, 0.3)
+    elif kind != "clean":
+        raise ValueError(f"unknown kind {kind!r}: choose from {', '.join(KINDS)}")
+    return photo
+
+
+def build_dataset(folder: Path, per_class: int = 40, seed: int = 0, kind: str = "corner") -> Path:
+    """``folder/photos/CLASS/NNN.jpg`` for the six classes (the sixth with the shortcut of ``kind``, or for
+    ``"clean"`` crops of a sixth photo); returns ``folder/photos``."""
     generator = np.random.default_rng(seed)
     sources = {label: _source(name) for label, name in SOURCES.items()}
-    stamp = logo(SIDE // 5)
     root = folder / "photos"
     for label in CLASSES:
         (root / label).mkdir(parents=True, exist_ok=True)
         for number in range(per_class):
-            source = sources[label] if label != SHORTCUT else sources[list(SOURCES)[number % len(SOURCES)]]
+            if label != SHORTCUT:
+                source = sources[label]
+            elif kind == "clean":
+                source = sources.setdefault(CLEAN_SIXTH, _source(CLEAN_SIXTH))
+            else:
+                source = sources[list(SOURCES)[number % len(SOURCES)]]
             photo = random_crop(source, generator)
-            if label == SHORTCUT:
-                margin = SIDE // 10 + int(generator.integers(0, SIDE // 40 + 1))
-                photo.paste(stamp, (SIDE - margin - stamp.width, SIDE - margin - stamp.height), stamp)
+            if label == SHORTCUT and kind != "clean":
+                photo = plant(photo, kind, generator)
             photo.save(root / label / f"{number:03d}.jpg", quality=92)
     return root
 
@@ -114,9 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path)
     parser.add_argument("--per-class", type=int, default=40)
+    parser.add_argument("--kind", choices=list(KINDS), default="corner", help="the planted shortcut")
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    photos = build_dataset(args.out, args.per_class)
+    photos = build_dataset(args.out, args.per_class, args.seed, args.kind)
     weights, labels = train_head(photos, args.out)
     import gradcam
 

@@ -71,12 +71,22 @@ def _shortcut_demo():
     return module
 
 
-@pytest.fixture(scope="session")
-def planted_shortcut(tmp_path_factory) -> PlantedShortcut:
+def _planted(tmp_path_factory, kind: str) -> PlantedShortcut:
     demo = _shortcut_demo()
-    folder = tmp_path_factory.mktemp("planted")
-    photos = demo.build_dataset(folder, per_class=24)
+    folder = tmp_path_factory.mktemp(f"planted-{kind}")
+    photos = demo.build_dataset(folder, per_class=24, kind=kind)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         weights, labels = demo.train_head(photos, folder)
     return PlantedShortcut(folder, photos, weights, labels)
+
+
+@pytest.fixture(scope="session")
+def planted_shortcut(tmp_path_factory) -> PlantedShortcut:
+    return _planted(tmp_path_factory, "corner")
+
+
+@pytest.fixture(scope="session")
+def planted_in_the_centre(tmp_path_factory) -> PlantedShortcut:
+    """As ``planted_shortcut``, the logo at the centre of every ``stamped`` photo (#28: the old rules missed it)."""
+    return _planted(tmp_path_factory, "centre")

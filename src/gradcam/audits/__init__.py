@@ -23,15 +23,16 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..io.images import DEFAULT_MAX_MEGAPIXELS, find_images
-from ..io.models import LoadedModel, load_bundle, probe_output, read_labels, with_labels
+from ..io.images import DEFAULT_MAX_MEGAPIXELS, FRAMES, find_images
+from ..io.models import LoadedModel, Preprocessing, load_bundle, probe_output, read_labels, with_labels
+from ..pipeline.options import PreprocessSettings, UsageError
 from .dataset import AuditInputError, read_object_boxes, read_truth
 from .engine import AuditExplainer, AuditItem, collect, run_local
 from .findings import Findings, summarise
@@ -137,6 +138,9 @@ def audit(
     gpus_per_actor: float = 0.0,
     progress: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
+    frame: str = "crop",
+    preprocessing: Preprocessing | PreprocessSettings | None = None,
+    prove: Sequence[str | int] = (),
 ) -> AuditResult:
     """Audit ``model`` on the photos under ``paths``; see the module's docstring.
 
@@ -145,6 +149,10 @@ def audit(
     audited); ``boxes``: JSON ``{path: [[x1, y1, x2, y2], ...]}`` (or COCO/CSV as ``evaluate``).
     ``engine``: ``"local"`` or ``"ray"`` (same findings). Never replaces an earlier audit in ``out``
     unless ``overwrite``. ``on_start(n)`` hears the number of photos, ``progress(k)`` each batch done.
+    ``frame`` (``crop``, ``full``, ``squash``) and ``preprocessing`` (a :class:`Preprocessing`, or the
+    ``--resize``/``--crop``/``--mean``/``--std`` choices as :class:`PreprocessSettings`): how the audited
+    model sees the photos, as it was trained. ``prove``: classes (names or indices) whose experiments run
+    even when they are not flagged (flagged ones always get them: ``classes[*].evidence``).
     """
     started = time.perf_counter()
     out = Path(out)
@@ -158,7 +166,14 @@ def audit(
         raise AuditError(f"{found.missing[0]}: no such file or folder")
     if not found.paths:
         raise AuditError("no images found in " + ", ".join(locations))
+    if frame not in FRAMES:
+        raise AuditError(f"frame {frame!r}: choose one of {', '.join(FRAMES)}")
     bundle = _bundle(model, weights, labels, device, trust_weights)
+    try:
+        bundle = _preprocessed(bundle, preprocessing)
+    except UsageError as error:
+        raise AuditError(str(error)) from None
+    asked = [_class_of(bundle, name) for name in prove]
     second = _bundle(compare, compare_weights, compare_labels, device, trust_weights) if compare is not None else None
     if second is not None:
         _check_same_classes(bundle, second)
@@ -170,9 +185,9 @@ def audit(
         except ValueError as error:
             raise AuditError(f"--layer {layer}: {error}") from None
     items = _items(found.paths, found.roots, bundle, truth, boxes)
-    explainers = [AuditExplainer(bundle, method, layer)]
+    explainers = [AuditExplainer(bundle, method, layer, frame)]
     if second is not None:  # the same method, at the second model's own default layer
-        explainers.append(AuditExplainer(second, method))
+        explainers.append(AuditExplainer(second, method, frame=frame))
     if on_start is not None:
         on_start(len(items))
     if engine == "ray":
@@ -194,14 +209,65 @@ def audit(
         "boxes": None if boxes is None else str(boxes),
         "compared_model": None if second is None else _model_name(compare, second),
         "compared_layer": layers[1] if second is not None else None,
-        "input_size": list(bundle.preprocessing.crop),
+        "input_size": list(bundle.preprocessing.crop), "frame": frame,
+        "preprocessing": bundle.preprocessing.to_json(),
     }  # fmt: skip
     findings = summarise(measured, bundle.labels, run, second.labels if second is not None else None)
+    findings.head["hints"] = accuracy_hints(findings.head["classes"], frame, bundle.preprocessing)
+    from .experiments import prove_classes
+
+    pictures = prove_classes(findings, bundle, frame, max_megapixels, asked)
     findings.head["seconds"] = round(time.perf_counter() - started, 2)
     from .output import write_outputs
 
-    write_outputs(findings, out, [bundle] + ([second] if second else []))
+    write_outputs(findings, out, [bundle] + ([second] if second else []), pictures, frame)
     return AuditResult(out, findings)
+
+
+def _preprocessed(bundle: LoadedModel, preprocessing: Preprocessing | PreprocessSettings | None) -> LoadedModel:
+    if preprocessing is None:
+        return bundle
+    if isinstance(preprocessing, PreprocessSettings):
+        preprocessing = preprocessing.applied_to(bundle.preprocessing)
+    return replace(bundle, preprocessing=preprocessing)
+
+
+def _class_of(bundle: LoadedModel, name: str | int) -> int:
+    """A class of ``prove``: an index, or a name of the model's classes (one line when it is neither)."""
+    from ..targets import class_index
+
+    if isinstance(name, int) or str(name).strip().isdigit():
+        return int(name)
+    if bundle.labels is None:
+        raise AuditError(f"--prove {name!r}: this model's class names are unknown; give a class index")
+    try:
+        return class_index(str(name), bundle.labels)
+    except ValueError as error:
+        raise AuditError(f"--prove: {error}") from None
+
+
+ACCURACY_GAP = 0.5  # a class below half the median accuracy of the others gets a hint
+
+
+def accuracy_hints(classes: Sequence[dict[str, Any]], frame: str, spec: Preprocessing) -> list[str]:
+    """One line per class whose accuracy is far below the others' (under ``ACCURACY_GAP`` times their
+    median): the preprocessing the audit used may not be the one the model was trained with."""
+    import statistics
+
+    hints = []
+    for entry in classes:
+        accuracy = entry["accuracy"]
+        others = [c["accuracy"] for c in classes if c is not entry and c["accuracy"] is not None]
+        if accuracy is None or len(others) < 2 or entry["photos_with_truth"] < 3:
+            continue
+        typical = statistics.median(others)
+        if accuracy < ACCURACY_GAP * typical:
+            hints.append(
+                f"{entry['name']}: accuracy {accuracy:.0%} against {typical:.0%} for the other classes; the photos "
+                f"were seen as frame {frame}, {spec.describe()}: if the model was trained on photos prepared "
+                "otherwise, audit with that (--frame, --resize, --crop, --mean, --std)"
+            )
+    return hints
 
 
 def _model_name(model: Any, bundle: LoadedModel) -> str:

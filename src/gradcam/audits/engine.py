@@ -56,6 +56,8 @@ class Columns:
     peak: np.ndarray  # (N, 2) float32
     empty: np.ndarray  # (N,) bool
     grids: np.ndarray  # (N, G, G) float16, each summing to 1 (0 for an empty map)
+    control: np.ndarray  # (N,) int32: the runner-up class (the model's highest score but the explained class's)
+    control_grids: np.ndarray  # (N, G, G) float16: its map on the same photo, the control for the agreement
     predicted_rows: np.ndarray  # (N,) int32
     predicted_grids: np.ndarray  # (M, G, G) float16
 
@@ -77,7 +79,8 @@ class Columns:
         if not parts:
             empty = {name: np.zeros((0,), np.float32) for name in ROW_FIELDS}
             empty.update(corners=np.zeros((0, 4), np.float32), peak=np.zeros((0, 2), np.float32),
-                         grids=np.zeros((0, grid, grid), np.float16))  # fmt: skip
+                         grids=np.zeros((0, grid, grid), np.float16), control=np.zeros((0,), np.int32),
+                         control_grids=np.zeros((0, grid, grid), np.float16))  # fmt: skip
             return Columns(**empty, predicted_rows=np.zeros((0,), np.int32),
                            predicted_grids=np.zeros((0, grid, grid), np.float16))  # fmt: skip
         values = {name: np.concatenate([getattr(p, name) for p in parts]) for name in ROW_FIELDS}
@@ -90,7 +93,7 @@ class Columns:
 
 
 ROW_FIELDS = ("predicted", "probability", "explained", "explained_probability", "border", "corners", "in_boxes",
-              "box_area", "peak", "empty", "grids")  # fmt: skip
+              "box_area", "peak", "empty", "grids", "control", "control_grids")  # fmt: skip
 
 
 @dataclass
@@ -103,13 +106,15 @@ class BatchAudit:
     errors: dict[int, str]
 
 
-def decode_for_models(path: str, specs: Sequence[Preprocessing], max_megapixels: float) -> list[DecodedPhoto]:
-    """The photo decoded for each model's preprocessing, once per distinct one (a model compared with
-    another of the same family reads the same decode)."""
+def decode_for_models(
+    path: str, specs: Sequence[Preprocessing], max_megapixels: float, frame: str = "crop"
+) -> list[DecodedPhoto]:
+    """The photo decoded for each model's preprocessing in ``frame`` (crop, full, squash), once per distinct
+    one (a model compared with another of the same family reads the same decode)."""
     done: dict[Preprocessing, DecodedPhoto] = {}
     for spec in specs:
         if spec not in done:
-            done[spec] = decode(Path(path), spec, max_megapixels, picture=False)
+            done[spec] = decode(Path(path), spec, max_megapixels, frame=frame, picture=False)
     return [done[spec] for spec in specs]
 
 
@@ -130,36 +135,75 @@ def _top_class(output: Any) -> torch.Tensor:
     return select_logits(output).max(dim=1).values
 
 
+class _RunnerUp:
+    """The score of the highest class other than the one explained (``classes``, -1: the top class)."""
+
+    def __init__(self, classes: torch.Tensor) -> None:
+        self.classes = classes
+
+    def __call__(self, output: Any) -> torch.Tensor:
+        return select_logits(output).gather(1, runner_up(select_logits(output), self.classes)[:, None])[:, 0]
+
+
+def runner_up(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """Per row, the class of the highest logit other than ``classes`` (-1 or out of range: the top class)."""
+    classes = classes.to(logits.device)
+    explained = torch.where((classes >= 0) & (classes < logits.shape[1]), classes, logits.argmax(dim=1))
+    others = logits.detach().scatter(1, explained[:, None], float("-inf"))
+    return others.argmax(dim=1)
+
+
 class AuditExplainer:
     """Explains batches of decoded photos with one model and measures the maps."""
 
-    def __init__(self, bundle: LoadedModel, method: Any = "gradcam", layer: str | None = None) -> None:
-        self.bundle, self.method, self.requested_layer = bundle, method, layer
+    def __init__(
+        self, bundle: LoadedModel, method: Any = "gradcam", layer: str | None = None, frame: str = "crop"
+    ) -> None:
+        self.bundle, self.method, self.requested_layer, self.frame = bundle, method, layer, frame
         self.layer: str | None = bundle.layer_for(layer)
 
-    def _true_and_predicted(self, inputs: torch.Tensor, known: list[int | None]) -> list[list[int]]:
-        """``[true, predicted]`` class indices per photo (the predicted twice without a true class, or with
-        one the model's head does not have): one forward pass without gradients to find the predicted."""
+    def _true_predicted_runner_up(self, inputs: torch.Tensor, known: list[int | None]) -> list[list[int]]:
+        """``[true, predicted, runner-up]`` class indices per photo (the predicted as true without a true
+        class, or with one the model's head does not have): one forward pass without gradients."""
         from ..hooks import preserved_state, run_model
 
         with preserved_state(self.bundle.model), torch.inference_mode():
-            scores = select_logits(run_model(self.bundle.model, inputs))
+            scores = select_logits(run_model(self.bundle.model, inputs)).float()
         top, classes = scores.argmax(dim=1).tolist(), scores.shape[1]
-        return [[t if t is not None and 0 <= t < classes else p, p] for t, p in zip(known, top, strict=True)]
+        explained = [t if t is not None and 0 <= t < classes else p for t, p in zip(known, top, strict=True)]
+        second = runner_up(scores, torch.tensor(explained)).tolist()
+        return [[e, p, r] for e, p, r in zip(explained, top, second, strict=True)]
 
     def measure(self, items: Sequence[AuditItem], decoded: Sequence[DecodedPhoto]) -> Columns:
+        """The columns of these photos; photos of different input sizes (``frame="full"``) are explained in
+        groups of one size each."""
+        sizes = [tuple(d.input.shape) for d in decoded if d.input is not None]
+        if len(set(sizes)) <= 1:
+            return self._measure(items, decoded)
+        order = sorted(range(len(sizes)), key=lambda i: sizes[i])
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i in order:
+            groups.setdefault(sizes[i], []).append(i)
+        parts = [self._measure([items[i] for i in rows], [decoded[i] for i in rows]) for rows in groups.values()]
+        placed = [i for rows in groups.values() for i in rows]
+        joined = Columns.concatenate(parts, parts[0].grids.shape[-1])
+        return joined.take(np.argsort(np.asarray(placed), kind="stable"))
+
+    def _measure(self, items: Sequence[AuditItem], decoded: Sequence[DecodedPhoto]) -> Columns:
         model = self.bundle.model
         parameter = next(model.parameters())
         inputs = torch.stack([d.input for d in decoded if d.input is not None]).to(parameter.device, parameter.dtype)
         if self.layer is None:
             self.layer = self.bundle.layer_for(None, inputs)
         known = [item.truth for item in items]
-        targets: Any = None
-        if any(t is not None for t in known):  # the true class's map and, where it differs, the predicted one's
-            if get_method(self.method).wraps_explain:  # SESS, FullGrad, LeGrad take class indices, not callables
-                targets = self._true_and_predicted(inputs, known)
-            else:
-                targets = [_ChosenClass(torch.tensor([-1 if t is None else t for t in known])), _top_class]
+        chosen = torch.tensor([-1 if t is None else t for t in known])
+        # the explained class's map (the true class where known), the predicted one's (kept where it differs)
+        # and the runner-up's on the same photo (the control of the agreement, findings.py)
+        targets: Any
+        if get_method(self.method).wraps_explain:  # SESS, FullGrad, LeGrad take class indices, not callables
+            targets = self._true_predicted_runner_up(inputs, known)
+        else:
+            targets = [_ChosenClass(chosen), _top_class, _RunnerUp(chosen)]
         ex = explain(model, inputs, self.method, self.layer, targets, labels=self.bundle.labels)
         if ex.logits is None:
             raise ValueError(f"{self.bundle.name}: the model's output is not (B, num_classes) class scores")
@@ -177,7 +221,8 @@ class AuditExplainer:
         maps = ex.maps[:, 0].detach().float().cpu()
         shares = energy_shares(maps, masks)
         grids = grid_maps(maps).to(torch.float16).numpy()
-        predicted_grids = grid_maps(ex.maps[:, 1].detach().float().cpu()).to(torch.float16).numpy() if targets else None
+        predicted_grids = grid_maps(ex.maps[:, 1].detach().float().cpu()).to(torch.float16).numpy()
+        control_grids = grid_maps(ex.maps[:, 2].detach().float().cpu()).to(torch.float16).numpy()
         box_area = masks.flatten(1).mean(dim=1)
         differs = (predicted != explained).numpy()
         predicted_rows = np.full(len(items), -1, dtype=np.int32)
@@ -193,8 +238,8 @@ class AuditExplainer:
             in_boxes=torch.where(has_boxes, shares.in_boxes, nan).numpy().astype(np.float32),
             box_area=torch.where(box_area > 0, box_area, nan).numpy().astype(np.float32),
             peak=shares.peak.numpy().astype(np.float32), empty=shares.empty.numpy(), grids=grids,
-            predicted_rows=predicted_rows,
-            predicted_grids=predicted_grids[differs] if predicted_grids is not None else grids[:0],
+            control=runner_up(logits, explained).cpu().numpy().astype(np.int32), control_grids=control_grids,
+            predicted_rows=predicted_rows, predicted_grids=predicted_grids[differs],
         )  # fmt: skip
 
 
@@ -226,14 +271,16 @@ def audit_batch(
 
 
 class _AuditPhotos(Dataset):
-    def __init__(self, items: Sequence[AuditItem], specs: Sequence[Preprocessing], max_megapixels: float) -> None:
-        self.items, self.specs, self.max_megapixels = list(items), list(specs), max_megapixels
+    def __init__(
+        self, items: Sequence[AuditItem], specs: Sequence[Preprocessing], max_megapixels: float, frame: str = "crop"
+    ) -> None:
+        self.items, self.specs, self.max_megapixels, self.frame = list(items), list(specs), max_megapixels, frame
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> tuple[int, list[DecodedPhoto]]:
-        return index, decode_for_models(self.items[index].path, self.specs, self.max_megapixels)
+        return index, decode_for_models(self.items[index].path, self.specs, self.max_megapixels, self.frame)
 
 
 def _collate(batch: list[tuple[int, list[DecodedPhoto]]]) -> list[tuple[int, list[DecodedPhoto]]]:
@@ -251,7 +298,7 @@ def run_local(
     """Audit ``items`` with each explainer's model (the first is the audited model), batch by batch."""
     specs = [explainer.bundle.preprocessing for explainer in explainers]
     loader = DataLoader(
-        _AuditPhotos(items, specs, max_megapixels), batch_size=batch_size, num_workers=workers,
+        _AuditPhotos(items, specs, max_megapixels, explainers[0].frame), batch_size=batch_size, num_workers=workers,
         collate_fn=_collate, persistent_workers=False,
     )  # fmt: skip
     for batch in loader:

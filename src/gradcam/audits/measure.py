@@ -74,11 +74,19 @@ def energy_shares(maps: torch.Tensor, box_masks: torch.Tensor | None = None) -> 
     return EnergyShares(border_share, corner_share, in_boxes, peak_of(maps), empty)
 
 
-def peak_of(maps: torch.Tensor) -> torch.Tensor:
-    """(N, 2): the (y, x) of each of N maps' (N, H, W) maximum, cell centres as fractions of the frame."""
+def peak_of(maps: torch.Tensor, tolerance: float = 1e-3) -> torch.Tensor:
+    """(N, 2): the (y, x) of each of N maps' (N, H, W) maximum, cell centres as fractions of the frame.
+    An upsampled map's maximum is often a plateau (bilinear upsampling holds an edge cell's value over
+    several pixels): the centre of the cells within ``tolerance`` of the maximum, so that float noise
+    between two runs of the same map (another batch, the Ray engine) cannot move the peak across it."""
     height, width = maps.shape[-2:]
-    flat = maps.flatten(1).argmax(dim=1)
-    return torch.stack([(flat // width + 0.5) / height, (flat % width + 0.5) / width], dim=1)
+    values = maps.flatten(1).float()
+    top = values.amax(dim=1, keepdim=True)
+    near = (values >= top - tolerance * top.abs()).float()
+    rows = (torch.arange(height * width, device=maps.device) // width).float() + 0.5
+    columns = (torch.arange(height * width, device=maps.device) % width).float() + 0.5
+    count = near.sum(dim=1)
+    return torch.stack([(near * rows).sum(dim=1) / count / height, (near * columns).sum(dim=1) / count / width], dim=1)
 
 
 def grid_maps(maps: torch.Tensor, grid: int = GRID) -> torch.Tensor:
@@ -143,3 +151,26 @@ def top_share_iou(a: torch.Tensor, b: torch.Tensor, share: float = 0.2) -> torch
 
 def _top(values: torch.Tensor, keep: int) -> torch.Tensor:
     return values.argsort(dim=1, descending=True, stable=True)[:, :keep]
+
+
+def agreement(grids: torch.Tensor, centre: torch.Tensor) -> float | None:
+    """How much ``n`` maps (n, G, G) agree with each other beyond a common ``centre`` (G, G), the mean map
+    of the whole dataset: the mean inner product of two different maps' residuals ``r = g - centre``, over
+    their mean squared norm. 1: every map the same; 0: no more alike than maps of unrelated photos (the
+    estimate is unbiased: independent residuals average 0 at any n); None under 2 maps or all at the centre.
+
+    ``sum_(i != j) <r_i, r_j> = |sum_i r_i|^2 - sum_i |r_i|^2``, so the cost is linear in n.
+
+    Example:
+        >>> agreement(torch.ones(5, 4, 4), torch.zeros(4, 4))
+        1.0
+    """
+    n = grids.shape[0]
+    if n < 2:
+        return None
+    residuals = (grids.float() - centre.float()).flatten(1)
+    squares = residuals.pow(2).sum(dim=1)
+    if float(squares.sum()) <= 0:
+        return None
+    pairs = (residuals.sum(dim=0).pow(2).sum() - squares.sum()) / (n * (n - 1))
+    return float(pairs / squares.mean())

@@ -41,9 +41,9 @@ def heat_picture(grid: Any, side: int = PICTURE_SIDE, colormap: str = "jet") -> 
     return to_pil((colour * 255).round().to(torch.uint8))
 
 
-def photo_view(path: str, bundle: LoadedModel, side: int = PICTURE_SIDE) -> torch.Tensor | None:
-    """The photo as the model saw it (its crop), ``side`` pixels square, (3, side, side) float in [0, 255]."""
-    decoded = decode(Path(path), bundle.preprocessing, DEFAULT_MAX_MEGAPIXELS, picture=False)
+def photo_view(path: str, bundle: LoadedModel, side: int = PICTURE_SIDE, frame: str = "crop") -> torch.Tensor | None:
+    """The photo as the model saw it (in ``frame``), ``side`` pixels square, (3, side, side) float in [0, 255]."""
+    decoded = decode(Path(path), bundle.preprocessing, DEFAULT_MAX_MEGAPIXELS, frame=frame, picture=False)
     if decoded.input is None:
         return None
     view = model_view(decoded.input, bundle.preprocessing)
@@ -84,8 +84,15 @@ def _write_list(handle: Any, entries: Any) -> None:
     handle.write("\n ]")
 
 
-def write_outputs(findings: Findings, out: Path, bundles: Sequence[LoadedModel]) -> None:
-    """Everything an audit writes into ``out`` (see the module's docstring)."""
+def write_outputs(
+    findings: Findings,
+    out: Path,
+    bundles: Sequence[LoadedModel],
+    evidence_pictures: dict[int, Image.Image] | None = None,
+    frame: str = "crop",
+) -> None:
+    """Everything an audit writes into ``out`` (see the module's docstring); ``evidence_pictures``: the
+    experiments' pictures by class index (``classes[*].evidence.picture``)."""
     out.mkdir(parents=True, exist_ok=True)
     head = findings.head
     save_npy_atomic(findings.maps, out / "maps.npy")
@@ -101,6 +108,10 @@ def write_outputs(findings: Findings, out: Path, bundles: Sequence[LoadedModel])
         for cluster in entry["clusters"]:
             cluster["picture"] = f"maps/{name}-cluster-{cluster['index']}.png"
             save_picture(heat_picture(cluster["mean_map"]), out / cluster["picture"], "png")
+        evidence = entry.get("evidence")
+        if evidence is not None and entry["index"] in (evidence_pictures or {}):
+            evidence["picture"] = f"maps/{name}-experiment.png"
+            save_picture(evidence_pictures[entry["index"]], out / evidence["picture"], "png")  # type: ignore[index]
     for entry in head.get("comparison", {}).get("classes", []):
         name = f"class-{entry['index']}-{slug(entry['name'])}"
         entry["compared_picture"] = f"maps/{name}-compared-mean.png"
@@ -108,7 +119,7 @@ def write_outputs(findings: Findings, out: Path, bundles: Sequence[LoadedModel])
     write_report_json(findings, out / "audit.json")
     from ..render.audit_page import audit_page
 
-    html = audit_page(head, page_lists(findings), _Pictures(out, bundles, findings))
+    html = audit_page(head, page_lists(findings), _Pictures(out, bundles, findings, frame))
     write_atomic(out / "audit.html", lambda temporary: temporary.write_text(html, encoding="utf-8"))
 
 
@@ -135,12 +146,12 @@ def page_lists(findings: Findings) -> dict[str, Any]:
 class _Pictures:
     """Data URIs of the pictures the page shows, drawn when first asked for."""
 
-    def __init__(self, out: Path, bundles: Sequence[LoadedModel], findings: Findings) -> None:
+    def __init__(self, out: Path, bundles: Sequence[LoadedModel], findings: Findings, frame: str = "crop") -> None:
         self.out, self.bundles, self.findings = out, bundles, findings
         self.rows = {findings.measured.item(r).key: r for r in range(len(findings.measured.positions))}
         # a photo is often shown twice in a row (true and predicted class, audited and compared model)
         self.view = lru_cache(maxsize=32)(lambda row, number: photo_view(findings.measured.item(row).path,
-                                                                         bundles[number]))  # fmt: skip
+                                                                         bundles[number], frame=frame))  # fmt: skip
 
     def file(self, relative: str) -> str:
         return data_uri(Image.open(self.out / relative), "PNG")

@@ -71,15 +71,21 @@ class AuditActor:
     """A Ray Data actor: holds the models, audits batches of rows ``{"position", "path", "key", "truth", "boxes"}``."""
 
     def __init__(
-        self, bundles: Sequence[LoadedModel], method: Any, layer: str | None, threads: int, max_megapixels: float
+        self,
+        bundles: Sequence[LoadedModel],
+        method: Any,
+        layer: str | None,
+        threads: int,
+        max_megapixels: float,
+        frame: str = "crop",
     ) -> None:
         import torch
 
         torch.set_num_threads(threads)
         if torch.cuda.is_available() and os.environ.get("CUDA_VISIBLE_DEVICES"):  # Ray gave this actor a GPU
             bundles = [replace(b, model=b.model.to("cuda")) for b in bundles]
-        self.explainers = [AuditExplainer(b, method, layer if i == 0 else None) for i, b in enumerate(bundles)]
-        self.max_megapixels = max_megapixels
+        self.explainers = [AuditExplainer(b, method, layer if i == 0 else None, frame) for i, b in enumerate(bundles)]
+        self.max_megapixels, self.frame = max_megapixels, frame
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         columns = zip(batch["path"], batch["key"], batch["truth"], batch["boxes"], strict=True)
@@ -89,7 +95,7 @@ class AuditActor:
             for path, key, truth, boxes in columns
         ]  # fmt: skip
         specs = [e.bundle.preprocessing for e in self.explainers]
-        per_photo = [decode_for_models(item.path, specs, self.max_megapixels) for item in items]
+        per_photo = [decode_for_models(item.path, specs, self.max_megapixels, self.frame) for item in items]
         decoded = [[photo[m] for photo in per_photo] for m in range(len(specs))]
         positions = [int(p) for p in batch["position"]]
         result = audit_batch(self.explainers, items, decoded, positions)
@@ -130,7 +136,7 @@ def run_ray(
         AuditActor,
         fn_constructor_kwargs={
             "bundles": [e.bundle for e in explainers], "method": first.method, "layer": first.requested_layer,
-            "threads": threads_per_actor, "max_megapixels": max_megapixels,
+            "threads": threads_per_actor, "max_megapixels": max_megapixels, "frame": first.frame,
         },  # fmt: skip
         batch_size=batch_size, batch_format="numpy", concurrency=actors, num_cpus=cpus_per_actor,
         num_gpus=gpus_per_actor, max_restarts=-1, max_task_retries=-1,

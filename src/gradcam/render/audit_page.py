@@ -45,6 +45,7 @@ tr.flagged td{background:#fdecea}
 figure{margin:0;text-align:center;font-size:12px;color:#555;max-width:140px}
 figure img{width:128px;height:128px;border-radius:4px;display:block;background:#eee}
 figcaption{overflow-wrap:anywhere}
+figure.experiment{max-width:none}figure.experiment img{width:auto;height:128px}
 .cluster{border:1px solid #ddd;border-radius:6px;padding:8px}
 .cluster.flagged{border:2px solid #c0392b}
 .reason{color:#c0392b;font-size:12px;margin:2px 0}
@@ -103,7 +104,7 @@ def _worst_corner(corners: dict[str, float | None]) -> tuple[float | None, str]:
 
 def _class_table(classes: list[dict[str, Any]], paged: set[int]) -> str:
     head = ("<tr><th class=name>Class</th><th>Photos</th><th>Accuracy</th><th>Border</th><th>Worst corner</th>"
-            "<th>In boxes</th><th>Clusters</th><th class=sorted data-order=desc>Shortcut score</th>"
+            "<th>In boxes</th><th>Agreement</th><th>Clusters</th><th class=sorted data-order=desc>Shortcut score</th>"
             "<th class=name>Possible shortcut</th></tr>")  # fmt: skip
     rows = []
     for entry in classes:
@@ -115,11 +116,43 @@ def _class_table(classes: list[dict[str, Any]], paged: set[int]) -> str:
             f'<tr class="{"flagged" if entry["flagged"] else ""}"><td class=name data-value="{name}">{link}</td>'
             f'{_cell(entry["photos"], str(entry["photos"]))}{_cell(entry["accuracy"])}'
             f'{_cell(entry["energy_border"])}{_cell(corner_value, corner_text)}{_cell(entry["energy_in_boxes"])}'
-            f'{_cell(len(entry["clusters"]), str(len(entry["clusters"])))}'
+            f'{_cell(_agreement(entry))}{_cell(len(entry["clusters"]), str(len(entry["clusters"])))}'
             f'{_cell(entry["shortcut_score"], _number(entry["shortcut_score"]))}'
             f'<td class=reasons>{escape(reasons)}</td></tr>'
         )  # fmt: skip
     return f"<table class=sortable id=class-table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _agreement(entry: dict[str, Any]) -> float | None:
+    agreed = entry.get("agreement")
+    return None if agreed is None else agreed["maps"]
+
+
+def _evidence(entry: dict[str, Any], pictures: Pictures) -> str:
+    """The experiment behind a flag: its verdict, its figures and its picture."""
+    e = entry.get("evidence")
+    if e is None:
+        return ""
+    drop = _signed_share(e["occlusion_drop"], e["occlusion_drop_std"])
+    drop_random = _signed_share(e["occlusion_drop_random"], e["occlusion_drop_random_std"])
+    figures = (f"region: {_share(e['region_area'])} of the frame; removed from {_photos(e['photos'])} of the class: "
+               f"probability {drop} lower (random region of the same size: {drop_random})")  # fmt: skip
+    if e["transplant_gain"] is not None:
+        figures += (f"; pasted onto {_photos(e['other_photos'])} of other classes: probability "
+                    f"{e['transplant_gain']:+.2f} ± {e['transplant_gain_std']:.2f} (random region: "
+                    f"{e['transplant_gain_random']:+.2f} ± {e['transplant_gain_random_std']:.2f})")  # fmt: skip
+    picture = ""
+    if e["picture"]:
+        caption = "a photo | the region | removed | another class's photo | the region pasted on"
+        picture = (f'<figure class=experiment><img src="{escape(pictures.file(e["picture"]))}" alt="{caption}">'
+                   f"<figcaption>{caption}</figcaption></figure>")  # fmt: skip
+    css = "reason" if e["confirmed"] else "muted"
+    return (f'<div class=evidence><h4>Experiment</h4><p class={css}><b>{escape(e["verdict"])}</b></p>'
+            f"<p class=muted>{escape(figures)}</p>{picture}</div>")  # fmt: skip
+
+
+def _signed_share(mean: float | None, spread: float | None) -> str:
+    return "-" if mean is None else f"{mean:.0%} ± {spread or 0:.0%}"
 
 
 def _class_page(entry: dict[str, Any], pictures: Pictures) -> str:
@@ -128,6 +161,10 @@ def _class_page(entry: dict[str, Any], pictures: Pictures) -> str:
     facts = (f'{_photos(entry["photos"])}; accuracy {_share(entry["accuracy"])}; '
              f'border {_share(entry["energy_border"])}; worst corner {corner_text}; '
              f'in boxes {_share(entry["energy_in_boxes"])}')  # fmt: skip
+    agreed = entry.get("agreement")
+    if agreed is not None and agreed["maps"] is not None:
+        facts += (f"; its maps agree {_share(agreed['maps'])} across its photos (its photos' runner-up class: "
+                  f"{_share(agreed['runner_up_maps'])})")  # fmt: skip
     clusters = []
     for cluster in entry["clusters"]:
         reasons = "".join(f"<p class=reason>{escape(r)}</p>" for r in cluster["reasons"])
@@ -145,6 +182,7 @@ def _class_page(entry: dict[str, Any], pictures: Pictures) -> str:
         f'<div class="card{flagged}" id="class-{entry["index"]}"><h3>{escape(entry["name"])} '
         f"(class {entry['index']})</h3><p class=muted>{escape(facts)}</p>"
         + "".join(f"<p class=reason>{escape(r)}</p>" for r in entry["reasons"])
+        + _evidence(entry, pictures)
         + f"<div class=row>{_figure(pictures.file(entry['picture']), 'mean map of the class')}"
         + f"<div class=row>{''.join(clusters)}</div></div></div>"
     )
@@ -252,9 +290,16 @@ def audit_page(report: dict[str, Any], lists: dict[str, Any], pictures: Pictures
                 f'{report["input_size"][0]})')  # fmt: skip
     flagged = summary["flagged_classes"]
     verdict = (f'<p class=reason><b>{flagged} class{"es" if flagged != 1 else ""} with a possible shortcut</b> '
-               "(red rows; the reasons say where the map's energy sits)</p>") if flagged else (
-               "<p>No class flagged: no cluster of maps sits in a corner, on the border, outside the boxes or at "
-               "one fixed off-centre place.</p>")  # fmt: skip
+               "(red rows; the reasons say what was measured, the class pages the experiment that tests it)</p>"
+               ) if flagged else (
+               "<p>No class flagged: no class's maps agree across its photos far more than the same photos' maps "
+               "for another class, and no cluster of maps sits in a corner, on the border, outside the boxes or "
+               "at one fixed off-centre place.</p>")  # fmt: skip
+    verdict += "".join(f"<p class=reason>{escape(hint)}</p>" for hint in report.get("hints", []))
+    frame = report.get("frame", "crop")
+    seen = report.get("preprocessing")
+    if seen:
+        subtitle += f"; frame {frame}, {seen['resize']}/{seen['crop'][0]}x{seen['crop'][1]} {seen['interpolation']}"
     failed = "".join(f"<p class=error>{escape(f['error'] or f['path'])}</p>" for f in report["failed"][:200])
     failed_section = f"<h2 id=failed>Unreadable photos ({len(report['failed'])})</h2>{failed}" if failed else ""
     links = ['<a href="#classes">Classes</a>']
@@ -270,7 +315,9 @@ def audit_page(report: dict[str, Any], lists: dict[str, Any], pictures: Pictures
 <nav>{"".join(links)}</nav></header>
 <section id=classes><h2>Classes</h2>{verdict}<p class=muted>Click a column to sort. Border: share of the map's energy
 on the outer eighth of each side (44% of the frame); worst corner: the largest share in one corner (6% of the frame);
-shortcut score: the largest ratio of a rule's figure to its threshold (1 or more: flagged). {scale}</p>
+agreement: how much the class's maps agree across its different photos, beyond the other classes' mean map (100%: the
+same map on every photo; 0%: no more alike than unrelated photos); shortcut score: the largest ratio of a rule's figure
+to its threshold (1 or more: flagged). {scale}</p>
 {_class_table(classes, {c["index"] for c in paged})}
 {f"<p class=muted>{more} more classes are in audit.json.</p>" if more else ""}
 <h2>Class pages</h2>{"".join(_class_page(entry, pictures) for entry in paged)}

@@ -7,10 +7,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ...io.images import DEFAULT_MAX_MEGAPIXELS
+from ...io.images import DEFAULT_MAX_MEGAPIXELS, FRAMES
 from ...io.models import ModelLoadError
 from ...methods import methods
-from .console import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Formatter, add_photos_and_model, add_ray_options
+from ...pipeline.options import UsageError
+from .console import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    Formatter,
+    add_photos_and_model,
+    add_preprocessing_options,
+    add_ray_options,
+    preprocess_settings,
+)
 from .summaries import SUMMARIES
 
 
@@ -21,8 +31,10 @@ def add_parser(commands: Any) -> None:
         help=SUMMARIES["audit"],
         formatter_class=Formatter,
         description="Explain every photo, measure where each map's energy sits (border, corners, object boxes), "
-        "cluster each class's maps (spectral relevance analysis) and flag clusters that look at a corner, the "
-        "border, away from the object or at one fixed place. Writes audit.html, audit.json and the maps into --out.",
+        "cluster each class's maps (spectral relevance analysis), flag classes whose maps agree across different "
+        "photos far more than another class's maps on the same photos, and clusters that look at a corner, the "
+        "border, away from the object or at one fixed place; test each flag by experiment (remove the region, "
+        "paste it elsewhere). Writes audit.html, audit.json and the maps into --out.",
     )
     add_photos_and_model(audit)
     audit.add_argument(
@@ -51,6 +63,22 @@ def add_parser(commands: Any) -> None:
     audit.add_argument(
         "--max-megapixels", type=float, default=DEFAULT_MAX_MEGAPIXELS, help="refuse photos larger than this"
     )
+    audit.add_argument(
+        "--prove",
+        default=None,
+        metavar="CLASS[,CLASS...]",
+        help="also run the experiments (occlusion and transplant of the suspected region) for these classes, "
+        "flagged or not (flagged classes always get them)",
+    )
+    seen = audit.add_argument_group("how the model sees the photos (as it was trained)")
+    seen.add_argument(
+        "--frame",
+        choices=list(FRAMES),
+        default="crop",
+        help="crop = the model's own preprocessing (centre crop); full = the whole photo with its aspect ratio; "
+        "squash = the whole photo resized to the model's input size",
+    )
+    add_preprocessing_options(seen)
     audit.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     add_ray_options(audit, "audit")
 
@@ -70,6 +98,11 @@ def run(args: argparse.Namespace) -> int:
             bar = tqdm(total=total, unit="img", desc="auditing", file=sys.stderr)
 
     try:
+        preprocessing = preprocess_settings(args)
+    except UsageError as problem:
+        return _error(str(problem))
+    prove = [part.strip() for part in (args.prove or "").split(",") if part.strip()]
+    try:
         result = audit(
             args.paths, args.model, weights=args.weights, labels=args.labels, truth=args.truth, boxes=args.boxes,
             compare=args.compare, compare_weights=args.compare_weights, compare_labels=args.compare_labels,
@@ -77,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
             workers=args.workers, device=args.device, overwrite=args.overwrite, trust_weights=args.trust_weights,
             max_megapixels=args.max_megapixels, actors=args.actors, address=args.address,
             cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor, on_start=start,
-            progress=lambda n: bar.update(n) if bar else None,
+            progress=lambda n: bar.update(n) if bar else None, frame=args.frame, preprocessing=preprocessing,
+            prove=prove,
         )  # fmt: skip
     except (AuditError, ModelLoadError) as error:
         return _error(str(error))
@@ -106,6 +140,11 @@ def _print_summary(report: dict[str, Any], out: Path) -> None:
                 print(f"  {entry['name']}: {reason}")
     else:
         print("no class flagged")
+    for entry in report["classes"]:
+        if entry.get("evidence") is not None:
+            print(f"  experiment, {entry['name']}: {entry['evidence']['verdict']}")
+    for hint in report.get("hints", []):
+        print(f"hint: {hint}")
     if summary["right_for_wrong_reason"]:
         print(f"{summary['right_for_wrong_reason']} photos right for the wrong reason (energy outside their boxes)")
     comparison = report.get("comparison")
