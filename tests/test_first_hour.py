@@ -136,3 +136,46 @@ def test_random_weights_are_said_on_the_console_and_the_page(tmp_path, capsys):
     assert main(["explain", str(EXAMPLES / "coffee.jpg"), "--out", str(trained), "--quiet"]) == 0
     assert 'id="untrained"' not in (trained / "index.html").read_text()
     assert "random weights" not in capsys.readouterr().err
+
+
+def test_an_empty_counterfactual_map_is_said_not_drawn_as_a_flat_tint(tmp_path):
+    """#27 item 1: the README's `--target "tiger cat" --counterfactual` on the cat gave an all-zero map drawn as
+    a flat blue overlay with no message, and nothing recorded how strong any map was."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    examples = Path(gradcam.__file__).parent / "examples"
+    out = tmp_path / "out"
+    code = main(["explain", str(examples / "chelsea.jpg"), str(examples / "coffee.jpg"), "--target", "tiger cat",
+                 "--counterfactual", "--out", str(out), "--quiet", "--format", "png"])  # fmt: skip
+    assert code == 0
+    manifest = json.loads((out / "results.json").read_text())
+    peaks = {Path(im["path"]).stem: im["targets"][0]["raw_max"] for im in manifest["images"]}
+    assert peaks["chelsea"] == 0 and peaks["coffee"] > 0
+    overlay = np.asarray(Image.open(out / "chelsea.gradcam.282-tiger_cat.png").convert("RGB")).astype(float)
+    photo = np.asarray(Image.open(examples / "chelsea.jpg").convert("RGB")).astype(float)
+    top, left, bottom, right = 60, 160, 200, 300  # inside the model's view, away from its frame line
+    assert abs(overlay[top:bottom, left:right] - photo[top:bottom, left:right]).mean() < 4  # the photo, untinted
+    with_legend = tmp_path / "legend"
+    assert main(["explain", str(examples / "chelsea.jpg"), "--target", "tiger cat", "--counterfactual", "--legend",
+                 "--out", str(with_legend), "--quiet", "--format", "png"]) == 0  # fmt: skip
+    pictured = np.asarray(Image.open(with_legend / "chelsea.gradcam.282-tiger_cat.png").convert("RGB"))
+    assert pictured.shape[0] > photo.shape[0]  # the footer says it (its text is checked in the legend test)
+
+
+def test_the_legend_says_an_empty_map_and_the_raw_maximum():
+    import torch
+
+    from gradcam.render.viz import with_legend
+
+    picture = torch.full((3, 100, 300), 128, dtype=torch.uint8)
+    empty = with_legend(picture, "gradcam: against tiger cat (282)", empty="empty map: no evidence against tiger cat")
+    scaled = with_legend(picture, "gradcam: tabby (281)", peak=0.0021)
+    assert empty.shape[1] == scaled.shape[1] > 100
+    footer_empty, footer_scaled = empty[:, 100:], scaled[:, 100:]
+    reddish = (footer_empty[0].int() - footer_empty[2].int() > 60).sum()
+    assert reddish > 20  # the sentence, in red, instead of the colour bar
+    bar = (footer_scaled[2].int() - footer_scaled[0].int() > 60).sum()  # the scale's blue end
+    assert bar > 20 and (footer_empty[2].int() - footer_empty[0].int() > 60).sum() == 0

@@ -86,6 +86,7 @@ class TargetRecord:
     files: dict[str, str]
     map: StoredMap | None = None
     box: tuple[float, float, float, float] | None = None  # a detector's box (x1, y1, x2, y2) on the photo
+    raw_max: float | None = None  # the map's maximum before scaling to [0, 1]; 0: an empty map (photos)
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,7 @@ class PhotoRecord:
                     if t.get("map")
                     else None,
                     box=tuple(t["box"]) if t.get("box") else None,  # type: ignore[arg-type]
+                    raw_max=t.get("raw_max"),
                 )
                 for t in data.get("targets", [])
             ),

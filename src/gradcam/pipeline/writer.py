@@ -237,11 +237,20 @@ class PhotoWriter:
         targets = []
         for k, files in enumerate(planned):
             class_id = int(ex.targets[row, k]) if ex.targets is not None else None
+            peak = float(ex.raw[row, k].max()) if ex.raw.numel() else 0.0
             if "overlay" in files or pictures is not None:
                 plane = prepared.planes[row, k]
-                drawn = overlay_image(image, plane, geometry, options.alpha, options.colormap, options.tint)
+                # an empty map (no evidence at this layer) is not drawn as a flat blue tint: the photo only
+                alpha = options.alpha if peak > 0 else 0.0
+                drawn = overlay_image(image, plane, geometry, alpha, options.colormap, options.tint)
                 if options.legend:
-                    drawn = to_pil(with_legend(_tensor(drawn), self.caption(ex, row, k), options.colormap))
+                    empty = None
+                    if peak <= 0:
+                        against = "against " if options.counterfactual else "for "
+                        what = self.label(class_id) if class_id is not None else "the target"
+                        empty = f"empty map: no evidence {against}{what} at this layer"
+                    drawn = to_pil(with_legend(_tensor(drawn), self.caption(ex, row, k), options.colormap,
+                                               peak=peak, empty=empty))  # fmt: skip
                 if "overlay" in files:
                     save_picture(drawn, files["overlay"], options.format)
                 if pictures is not None:
@@ -269,6 +278,7 @@ class PhotoWriter:
                     score=float(ex.scores[row, k]),
                     files={kind: str(p) for kind, p in files.items()},
                     map=prepared.stored[row][k],
+                    raw_max=round(peak, 6),
                 )
             )
         return PhotoRecord(

@@ -278,21 +278,28 @@ def colour_bar(width: int, height: int, colormap: str = "jet") -> torch.Tensor:
     return (colorize(ramp, colormap) * 255).round().to(torch.uint8)
 
 
-def with_legend(picture: torch.Tensor, title: str, colormap: str = "jet") -> torch.Tensor:
+def with_legend(
+    picture: torch.Tensor, title: str, colormap: str = "jet", peak: float | None = None, empty: str | None = None
+) -> torch.Tensor:
     """``picture`` (3, H, W) uint8 with a footer: ``title`` and the colour scale ("low ... high, each map
-    scaled to its own maximum"), sized to the picture."""
+    scaled to its own maximum", with the map's raw maximum ``peak`` where given), sized to the picture; for
+    an empty map, the sentence ``empty`` instead of the scale."""
     height, width = picture.shape[1:]
     size = max(11, min(28, round(width / 45)))
     font = _font(size)
     footer = Image.new("RGB", (width, 3 * size + 14), "white")
     draw = ImageDraw.Draw(footer)
     draw.text((6, 4), title, fill="black", font=font)
+    if empty is not None:
+        draw.text((6, 2 * size + 2), empty, fill=(160, 20, 20), font=font)
+        below = torch.from_numpy(np.asarray(footer).copy()).permute(2, 0, 1)
+        return torch.cat([picture, below.to(picture.device)], dim=1)
     bar_width = max(40, min(width // 3, 400))
     low = draw.textlength("low ", font=font) if hasattr(draw, "textlength") else 4 * size
     draw.text((6, 2 * size + 2), "low", fill="black", font=font)
     bar = to_pil(colour_bar(bar_width, max(6, size // 2), colormap))
     footer.paste(bar, (int(6 + low), 2 * size + 2 + (size - bar.height) // 2 + 2))
-    high = "high (scaled to this map's maximum)"
+    high = "high (scaled to this map's maximum)" if peak is None else f"high = {peak:.3g} (this map's maximum)"
     draw.text((int(6 + low + bar_width + 6), 2 * size + 2), high, fill="black", font=font)
     below = torch.from_numpy(np.asarray(footer).copy()).permute(2, 0, 1)
     return torch.cat([picture, below.to(picture.device)], dim=1)
