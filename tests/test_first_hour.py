@@ -179,3 +179,33 @@ def test_the_legend_says_an_empty_map_and_the_raw_maximum():
     assert reddish > 20  # the sentence, in red, instead of the colour bar
     bar = (footer_scaled[2].int() - footer_scaled[0].int() > 60).sum()  # the scale's blue end
     assert bar > 20 and (footer_empty[2].int() - footer_empty[0].int() > 60).sum() == 0
+
+
+def test_a_shared_scale_draws_weak_evidence_weak(tmp_path):
+    """#27 item 1: every map was stretched to its own maximum, so evidence ten times weaker was drawn as red as
+    the strongest. `--scale shared` draws a photo's maps on its strongest map's scale."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    coffee = Path(gradcam.__file__).parent / "examples" / "coffee.jpg"
+
+    def red_share(out: Path, name: str) -> float:
+        pixels = np.asarray(Image.open(out / name).convert("RGB")).astype(int)
+        return float(((pixels[..., 0] > 180) & (pixels[..., 2] < 90)).mean())
+
+    runs = {}
+    for scale in ("own", "shared"):
+        out = tmp_path / scale
+        assert main(["explain", str(coffee), "--target", "espresso,tiger cat", "--scale", scale, "--out", str(out),
+                     "--quiet", "--format", "png"]) == 0  # fmt: skip
+        runs[scale] = out
+    manifest = json.loads((runs["shared"] / "results.json").read_text())
+    assert manifest["options"]["scale"] == "shared"
+    strong, weak = (t["raw_max"] for t in manifest["images"][0]["targets"])
+    assert strong > 5 * weak > 0
+    weak_file, strong_file = "coffee.gradcam.282-tiger_cat.png", "coffee.gradcam.967-espresso.png"
+    assert red_share(runs["own"], weak_file) > 0.005  # stretched: as red as a strong map
+    assert red_share(runs["shared"], weak_file) < 0.1 * red_share(runs["own"], weak_file)
+    assert red_share(runs["shared"], strong_file) == pytest.approx(red_share(runs["own"], strong_file), abs=1e-3)

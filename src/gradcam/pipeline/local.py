@@ -328,6 +328,7 @@ class BatchExplainer:
             colormap=options.colormap, tint=options.tint, legend=options.legend, per_channel=options.per_channel,
             counterfactual=options.counterfactual, prompts=bool(options.prompts),
             overwrite=options.overwrite or self.replace_unrecorded, preprocessing=self.bundle.preprocessing,
+            scale=options.scale,
         )  # fmt: skip
 
     def explain(self, photos: list[tuple[str, str, DecodedPhoto]]) -> list[PhotoRecord]:

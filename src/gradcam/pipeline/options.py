@@ -118,6 +118,7 @@ class RunOptions:
     frame: str = "crop"
     tint: str = "flat"
     legend: bool = False
+    scale: str = "own"  # own: each map to its own maximum; shared: a photo's maps to its strongest one
     counterfactual: bool = False
     eigen_smooth: bool = False
     aug_smooth: bool = False
@@ -192,7 +193,7 @@ OPTION_FLAGS: dict[str, str] = {
     "per_channel": "--per-channel", "alpha": "--alpha", "colormap": "--colormap", "batch_size": "--batch-size",
     "workers": "--workers", "device": "--device", "overwrite": "--overwrite", "resume": "--resume",
     "max_megapixels": "--max-megapixels", "max_side": "--max-side", "frame": "--frame", "tint": "--tint",
-    "legend": "--legend", "counterfactual": "--counterfactual", "eigen_smooth": "--eigen-smooth",
+    "legend": "--legend", "scale": "--scale", "counterfactual": "--counterfactual", "eigen_smooth": "--eigen-smooth",
     "aug_smooth": "--aug-smooth", "guided": "--guided", "perturbation_batch": "--perturbation-batch",
     "method_options": "--method-option", "top_channels": "--top-channels", "prefix_tokens": "--prefix-tokens",
     "token_grid": "--token-grid", "save": "--save", "format": "--format", "replicas": "--replicas",

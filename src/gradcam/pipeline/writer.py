@@ -66,6 +66,7 @@ class WriteOptions:
     counterfactual: bool = False
     prompts: bool = False  # the targets are text prompts: scores are cosine similarities
     thumbnail: bool = True
+    scale: str = "own"  # "own": each map scaled to its own maximum; "shared": a photo's maps to its strongest
     overwrite: bool = False  # replace a photo's existing files (--overwrite, or a resumed run's leftovers)
     preprocessing: Preprocessing | None = field(default=None, compare=False)
 
@@ -133,11 +134,18 @@ class PhotoWriter:
     def label(self, index: int) -> str:
         return label_of(self.labels, index)
 
-    @staticmethod
-    def prepare(ex: Explanation) -> PreparedMaps:
+    def prepare(self, ex: Explanation) -> PreparedMaps:
         """The batch's stored maps and 8-bit planes, for :meth:`write` (whose threads then draw and encode
-        only, with PIL: a torch operation in each of them would start threads of its own)."""
-        return PreparedMaps(StoredMap.best_of_batch(ex.raw, ex.maps), heat_plane(ex.maps))
+        only, with PIL: a torch operation in each of them would start threads of its own). With
+        ``scale="shared"`` a photo's maps are drawn on one scale, its strongest map's maximum: a map with a
+        tenth of that evidence is drawn a tenth as hot (the stored maps stay each normalised)."""
+        drawn = ex.maps
+        if self.options.scale == "shared" and ex.raw.numel():
+            peaks = ex.raw.flatten(2).amax(dim=2).float()  # (B, K)
+            strongest = peaks.amax(dim=1, keepdim=True)
+            ratio = torch.where(strongest > 0, peaks / strongest.clamp(min=1e-30), torch.zeros_like(peaks))
+            drawn = ex.maps * ratio[..., None, None].to(ex.maps)
+        return PreparedMaps(StoredMap.best_of_batch(ex.raw, ex.maps), heat_plane(drawn))
 
     def caption(self, ex: Explanation, row: int, k: int) -> str:
         """What target ``k`` of image ``row`` is, with its score and what the score is."""
@@ -249,8 +257,9 @@ class PhotoWriter:
                         against = "against " if options.counterfactual else "for "
                         what = self.label(class_id) if class_id is not None else "the target"
                         empty = f"empty map: no evidence {against}{what} at this layer"
+                    shared = float(ex.raw[row].max()) if options.scale == "shared" else None
                     drawn = to_pil(with_legend(_tensor(drawn), self.caption(ex, row, k), options.colormap,
-                                               peak=peak, empty=empty))  # fmt: skip
+                                               peak=peak, empty=empty, shared=shared))  # fmt: skip
                 if "overlay" in files:
                     save_picture(drawn, files["overlay"], options.format)
                 if pictures is not None:

@@ -279,11 +279,17 @@ def colour_bar(width: int, height: int, colormap: str = "jet") -> torch.Tensor:
 
 
 def with_legend(
-    picture: torch.Tensor, title: str, colormap: str = "jet", peak: float | None = None, empty: str | None = None
+    picture: torch.Tensor,
+    title: str,
+    colormap: str = "jet",
+    peak: float | None = None,
+    empty: str | None = None,
+    shared: float | None = None,
 ) -> torch.Tensor:
     """``picture`` (3, H, W) uint8 with a footer: ``title`` and the colour scale ("low ... high, each map
-    scaled to its own maximum", with the map's raw maximum ``peak`` where given), sized to the picture; for
-    an empty map, the sentence ``empty`` instead of the scale."""
+    scaled to its own maximum", with the map's raw maximum ``peak`` where given, or the photo's strongest
+    map's ``shared`` maximum with ``--scale shared``), sized to the picture; for an empty map, the sentence
+    ``empty`` instead of the scale."""
     height, width = picture.shape[1:]
     size = max(11, min(28, round(width / 45)))
     font = _font(size)
@@ -300,6 +306,8 @@ def with_legend(
     bar = to_pil(colour_bar(bar_width, max(6, size // 2), colormap))
     footer.paste(bar, (int(6 + low), 2 * size + 2 + (size - bar.height) // 2 + 2))
     high = "high (scaled to this map's maximum)" if peak is None else f"high = {peak:.3g} (this map's maximum)"
+    if shared is not None:
+        high = f"high = {shared:.3g} (shared; this map: {peak or 0:.3g})"
     draw.text((int(6 + low + bar_width + 6), 2 * size + 2), high, fill="black", font=font)
     below = torch.from_numpy(np.asarray(footer).copy()).permute(2, 0, 1)
     return torch.cat([picture, below.to(picture.device)], dim=1)

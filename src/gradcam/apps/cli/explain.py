@@ -189,6 +189,14 @@ def add_parser(commands: Any) -> None:
         help="flat = the heatmap at --alpha everywhere; heat = in proportion to the heat (low heat barely tints)",
     )
     outputs.add_argument(
+        "--scale",
+        choices=["own", "shared"],
+        default="own",
+        help="own = each map coloured from its own minimum to its own maximum; shared = a photo's maps (its "
+        "targets) on one scale, the strongest map's maximum, so weak evidence looks weak (the legend and "
+        "results.json's raw_max give the numbers)",
+    )
+    outputs.add_argument(
         "--legend",
         action="store_true",
         help="add a footer to each overlay: what it shows (class, score, probability) and the colour scale",
@@ -311,6 +319,7 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         frame=args.frame,
         tint=args.tint,
         legend=args.legend,
+        scale=args.scale,
         counterfactual=args.counterfactual,
         eigen_smooth=args.eigen_smooth,
         aug_smooth=args.aug_smooth,
