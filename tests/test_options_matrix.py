@@ -31,8 +31,8 @@ VOLUME = "py:tiny_models:TinyVolume"
 SAMPLES = {
     "method": "gradcam++", "layer": "features", "target": "1", "prompts": ("a cat",), "per_channel": 4,
     "alpha": 0.8, "colormap": "viridis", "batch_size": 4, "workers": 0, "device": "cpu:0", "overwrite": True,
-    "resume": True, "max_megapixels": 12.0, "max_side": 640, "frame": "full", "tint": "heat", "legend": True, "scale": "shared",
-    "counterfactual": True, "eigen_smooth": True, "aug_smooth": True, "guided": True, "perturbation_batch": 8,
+    "resume": True, "max_megapixels": 12.0, "max_side": 640, "frame": "full", "tint": "heat", "legend": True,
+    "scale": "shared", "counterfactual": True, "eigen_smooth": True, "aug_smooth": True, "guided": True, "perturbation_batch": 8,
     "method_options": (("k", "2"),), "top_channels": 4, "prefix_tokens": 1, "token_grid": (7, 7),
     "save": ("overlay", "map"), "format": "png", "replicas": 2, "kind": "photo", "engine": "ray",
     "video.every": 2, "video.smoothing": 0.5, "detection.conf": 0.5, "detection.max_boxes": 3,
