@@ -154,14 +154,14 @@ def test_an_empty_counterfactual_map_is_said_not_drawn_as_a_flat_tint(tmp_path):
     manifest = json.loads((out / "results.json").read_text())
     peaks = {Path(im["path"]).stem: im["targets"][0]["raw_max"] for im in manifest["images"]}
     assert peaks["chelsea"] == 0 and peaks["coffee"] > 0
-    overlay = np.asarray(Image.open(out / "chelsea.gradcam.282-tiger_cat.png").convert("RGB")).astype(float)
+    overlay = np.asarray(Image.open(out / "chelsea.gradcam.against-282-tiger_cat.png").convert("RGB")).astype(float)
     photo = np.asarray(Image.open(examples / "chelsea.jpg").convert("RGB")).astype(float)
     top, left, bottom, right = 60, 160, 200, 300  # inside the model's view, away from its frame line
     assert abs(overlay[top:bottom, left:right] - photo[top:bottom, left:right]).mean() < 4  # the photo, untinted
     with_legend = tmp_path / "legend"
     assert main(["explain", str(examples / "chelsea.jpg"), "--target", "tiger cat", "--counterfactual", "--legend",
                  "--out", str(with_legend), "--quiet", "--format", "png"]) == 0  # fmt: skip
-    pictured = np.asarray(Image.open(with_legend / "chelsea.gradcam.282-tiger_cat.png").convert("RGB"))
+    pictured = np.asarray(Image.open(with_legend / "chelsea.gradcam.against-282-tiger_cat.png").convert("RGB"))
     assert pictured.shape[0] > photo.shape[0]  # the footer says it (its text is checked in the legend test)
 
 

@@ -43,7 +43,7 @@ def explain_array(bundle: LoadedModel, path: Path, key: str, options: RunOptions
     for k in range(ex.maps.shape[1]):
         index = int(ex.targets[0, k]) if ex.targets is not None else k
         label = label_of(bundle.labels, index)
-        stem = options.out / target_stem(key, options.method, index, label)
+        stem = options.out / target_stem(key, options.method, index, label, counterfactual=options.counterfactual)
         stem.parent.mkdir(parents=True, exist_ok=True)
         heat = ex.maps[0, k].detach().float().cpu()
         kind = "montage" if item.kind == "volume" else "plot"

@@ -28,11 +28,14 @@ def label_of(labels: Any, index: int) -> str:
     return labels[index] if labels is not None and 0 <= index < len(labels) else str(index)
 
 
-def target_stem(key: str, method: str, class_id: int | None, label: str | None, position: int = 0) -> str:
+def target_stem(
+    key: str, method: str, class_id: int | None, label: str | None, position: int = 0, counterfactual: bool = False
+) -> str:
     """The name every file of one target starts with: ``KEY.METHOD.INDEX-LABEL`` (``KEY.METHOD.targetK``
-    for a callable target without a class)."""
+    for a callable target without a class); a counterfactual map, the evidence against the class, is
+    ``KEY.METHOD.against-INDEX-LABEL``, so that a file on its own is never read as evidence for it."""
     suffix = f"{class_id}-{slug(label or str(class_id))}" if class_id is not None else f"target{position}"
-    return f"{key}.{method}.{suffix}"
+    return f"{key}.{method}.{'against-' if counterfactual else ''}{suffix}"
 
 
 def method_prefix(key: str, method: str) -> str:

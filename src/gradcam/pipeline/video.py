@@ -91,7 +91,7 @@ def explain_video(
         maps = _explain_group(bundle, inputs.to(device), clip, options, state)[: len(group)]  # a padded clip
         if writer is None:
             label = label_of(bundle.labels, state["target"])
-            stem = target_stem(base.name, options.method, state["target"], label)
+            stem = target_stem(base.name, options.method, state["target"], label, counterfactual=options.counterfactual)
             video_file = base.with_name(f"{stem}.mp4")
             _refuse_existing(video_file, options.overwrite)
             base.parent.mkdir(parents=True, exist_ok=True)

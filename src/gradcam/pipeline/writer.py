@@ -168,7 +168,7 @@ class PhotoWriter:
         for k in range(ex.maps.shape[1]):
             class_id = int(ex.targets[row, k]) if ex.targets is not None else None
             label = self.label(class_id) if class_id is not None else None
-            name = target_stem(base.name, options.method, class_id, label, k)
+            name = target_stem(base.name, options.method, class_id, label, k, options.counterfactual)
             files = {}
             if "overlay" in options.save:
                 files["overlay"] = base.with_name(f"{name}.{options.format}")
