@@ -249,8 +249,11 @@ def terminal_table(summary: list[dict[str, Any]], identical: Sequence[Sequence[s
 
 def write_report(evaluation: Evaluation, out: Path, model_name: str) -> Path:
     """``report.html``, ``report.md``, ``results.json`` and ``curves.png`` in ``out``; returns the page's path."""
+    from .recommend import recommend
+
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(evaluation.summary)
+    verdict = recommend(evaluation.rows, evaluation.summary)
     markdown = out / "report.md"
     lines = [
         f"# gradcam evaluation: {model_name}",
@@ -258,6 +261,10 @@ def write_report(evaluation: Evaluation, out: Path, model_name: str) -> Path:
         f"{len({row['image'] for row in evaluation.rows})} images, top-1 class of each. "
         "Deletion/insertion: RISE protocol, softmax probability of the class; ROAD at 20/40/60/80% with noisy "
         "linear imputation; pointing game where boxes were given. See docs/evaluation.md for how to read it.",
+        "",
+        "## Verdict",
+        "",
+        verdict["text"],
         "",
         table,
         "",
@@ -269,10 +276,11 @@ def write_report(evaluation: Evaluation, out: Path, model_name: str) -> Path:
         lines += ["", "Skipped images:", *[f"- {error}" for error in evaluation.errors]]
     markdown.write_text("\n".join(lines) + "\n")
     payload = {"model": model_name, "summary": evaluation.summary, "images": evaluation.rows,
-               "curves": evaluation.curves, "errors": evaluation.errors, "identical": evaluation.identical}  # fmt: skip
+               "curves": evaluation.curves, "errors": evaluation.errors, "identical": evaluation.identical,
+               "verdict": verdict}  # fmt: skip
     (out / "results.json").write_text(json.dumps(payload, indent=1))
     plot_curves(evaluation.curves, out / "curves.png", evaluation.identical)
-    page = evaluation_page(model_name, table, evaluation.errors, evaluation.identical)
+    page = evaluation_page(model_name, table, evaluation.errors, evaluation.identical, verdict["text"])
     (out / "report.html").write_text(page, encoding="utf-8")
     return out / "report.html"
 

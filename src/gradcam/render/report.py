@@ -271,7 +271,9 @@ def _cell(text: str) -> str:
     return f"<td>{html.escape(text)}</td>"
 
 
-def evaluation_page(model: str, table_markdown: str, errors: list[str], identical: Sequence[Sequence[str]] = ()) -> str:
+def evaluation_page(
+    model: str, table_markdown: str, errors: list[str], identical: Sequence[Sequence[str]] = (), verdict: str = ""
+) -> str:
     """``report.html``: the evaluation table (the best value of each column in bold), the identical maps
     and the curves, one page."""
     lines = [line for line in table_markdown.splitlines() if line.startswith("|") and not line.startswith("|---")]
@@ -285,7 +287,7 @@ def evaluation_page(model: str, table_markdown: str, errors: list[str], identica
 <html lang="en"><head><meta charset="utf-8"><title>gradcam evaluation: {html.escape(model)}</title>
 <style>{_STYLE}</style></head><body><header><h1>gradcam evaluation: {html.escape(model)}</h1>
 <div class="controls">Top-1 class of each photo; see docs/evaluation.md for how to read it.</div></header>
-<nav><h2>Metrics</h2><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
+<nav>{f"<h2>Verdict</h2><p>{html.escape(verdict)}</p>" if verdict else ""}<h2>Metrics</h2><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
 {f"<h2>Identical maps</h2><ul>{same}</ul>" if same else ""}
 <h2>Deletion and insertion curves</h2><img src="curves.png" alt="deletion and insertion curves" style="max-width:100%">
 {f"<h2>Skipped images</h2><ul>{skipped}</ul>" if skipped else ""}</nav></body></html>

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         return usage_error(str(error))
     options = EvaluationOptions(built, layers, args.steps, args.batch_size, args.sanity, boxes=boxes)
+    print(_estimate(bundle, probe, len(found.paths), chosen, len(layers), args), flush=True)
     from tqdm import tqdm
 
     try:
@@ -129,5 +132,32 @@ def run(args: argparse.Namespace) -> int:
         print(f"gradcam: error: --out {out}: cannot write the report ({error.strerror})", file=sys.stderr)
         return EXIT_FAILED
     print(terminal_table(evaluation.summary, evaluation.identical))
+    verdict = json.loads((out / "results.json").read_text())["verdict"]
+    print(textwrap.fill(verdict["text"], width=96))
     print(f"Report: {report} (also report.md, results.json, curves.png)")
     return EXIT_FAILED if evaluation.errors or found.missing else EXIT_OK
+
+
+def _estimate(bundle: Any, probe: Any, photos: int, methods: list[str], layers: int, args: argparse.Namespace) -> str:
+    """One line before the run: the forward passes it needs and about how long they take here (one batch
+    of ``--batch-size`` timed now). Perturbation methods need more (their own forward passes per channel)."""
+    import time
+
+    import torch
+
+    from ...hooks import preserved_state, run_model
+
+    batch = probe.expand(min(args.batch_size, 32), -1, -1, -1).contiguous()
+    with preserved_state(bundle.model), torch.inference_mode():
+        run_model(bundle.model, batch[:1])  # warm-up
+        started = time.perf_counter()
+        run_model(bundle.model, batch)
+        per_image = (time.perf_counter() - started) / len(batch)
+    # per map: deletion + insertion (2 x steps), ROAD (8), Average Drop/Increase (2), the map itself (~3)
+    per_map = 2 * args.steps + 8 + 2 + 3 + (6 * 6 if args.sanity else 0)
+    slow = [m for m in methods if getattr(get_method(m), "needs_model", False)]
+    seconds = photos * len(methods) * layers * per_map * per_image
+    more = f" (more: {', '.join(slow)} re-run the model per channel)" if slow else ""
+    plural = lambda n, word: f"{n} {word}{'s' if n != 1 else ''}"  # noqa: E731
+    return (f"about {max(1, round(seconds))} s: {plural(photos, 'photo')} x {plural(len(methods), 'method')} x "
+            f"{plural(layers, 'layer')}, {per_map} passes a map, {per_image * 1000:.0f} ms an image{more}")  # fmt: skip
