@@ -182,3 +182,16 @@ def test_a_plateau_peak_does_not_move_with_float_noise():
     noisy = plateau.clone()
     noisy[0, 1, 7] += 1e-6
     assert peak_of(plateau).tolist() == peak_of(noisy).tolist() == [[0.375, 0.8125]]
+
+
+def test_the_box_sums_equal_a_plain_box_filter():
+    """The removed region's fill sums boxes with integral images (a quarter-image box with avg_pool2d took 29 s
+    of a 300-photo audit); the sums equal the direct filter's, zeros outside the image."""
+    import torch.nn.functional as F
+
+    from gradcam.audits.experiments import _box_sum
+
+    x = torch.rand(2, 3, 20, 24, generator=torch.Generator().manual_seed(0))
+    for side in (3, 5, 11):
+        direct = F.avg_pool2d(x, side, stride=1, padding=side // 2, count_include_pad=True) * side * side
+        assert torch.allclose(_box_sum(x, side), direct, atol=1e-4)

@@ -81,16 +81,29 @@ def _on_input(cells: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def filled(inputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``inputs`` (B, C, H, W) with the pixels under ``mask`` (H, W, 1 = removed) replaced by a normalised
-    box blur of the pixels outside it (wide enough to reach across the region); where none is in reach,
-    the mean of the pixels outside."""
-    keep = (1 - mask)[None, None]
+    """``inputs`` (B, C, H, W) with the pixels under ``mask`` ((H, W) or one per image (B, H, W); 1 =
+    removed) replaced by a normalised box blur of the pixels outside it (a box a quarter of the image wide,
+    enough to reach across the region); where none is in reach, the mean of the pixels outside. The box
+    sums come from integral images, so the cost does not grow with the box."""
+    masks = (mask if mask.dim() == 3 else mask[None]).to(inputs)[:, None]  # (B or 1, 1, H, W)
+    keep = 1 - masks
     side = max(3, (max(inputs.shape[-2:]) // 4) | 1)
-    values = F.avg_pool2d(inputs * keep, side, stride=1, padding=side // 2, count_include_pad=False)
-    weights = F.avg_pool2d(keep.expand(1, 1, -1, -1), side, stride=1, padding=side // 2, count_include_pad=False)
-    outside = (inputs * keep).sum(dim=(2, 3), keepdim=True) / keep.sum().clamp(min=1)
+    values, weights = _box_sum(inputs * keep, side), _box_sum(keep.expand(inputs.shape[0], 1, -1, -1), side)
+    outside = (inputs * keep).sum(dim=(2, 3), keepdim=True) / keep.sum(dim=(2, 3), keepdim=True).clamp(min=1)
     imputed = torch.where(weights > 1e-6, values / weights.clamp(min=1e-6), outside)
-    return inputs * keep + imputed * mask[None, None]
+    return inputs * keep + imputed * masks
+
+
+def _box_sum(x: torch.Tensor, side: int) -> torch.Tensor:
+    """The sum of ``x`` (B, C, H, W) over a ``side`` x ``side`` box centred on each pixel (zero outside),
+    from an integral image: four lookups per pixel."""
+    half = side // 2
+    padded = F.pad(x.double(), (half + 1, half, half + 1, half))
+    integral = padded.cumsum(dim=2).cumsum(dim=3)
+    height, width = x.shape[-2:]
+    bottom, right = integral[..., side:, side:], integral[..., :height, side:]
+    left, corner = integral[..., side:, :width], integral[..., :height, :width]
+    return (bottom - right - left + corner).to(x.dtype)
 
 
 def _probabilities(bundle: LoadedModel, inputs: torch.Tensor, index: int) -> torch.Tensor:
@@ -125,10 +138,12 @@ def prove(
     frame: str = "crop",
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
     seed: int = 0,
+    known: torch.Tensor | None = None,
 ) -> tuple[dict[str, Any], Image.Image | None]:
     """The ``evidence`` entry of class ``index`` (see the module) and its picture: a photo of the class,
     the region on it, the photo with the region removed, a photo of another class, and that photo with
-    the region pasted on. ``region``: (G, G) bool cells, from :func:`suspected_region`."""
+    the region pasted on. ``region``: (G, G) bool cells, from :func:`suspected_region`. ``known``: the
+    class's probability on the first ``own_paths`` where the audit measured it already (saves a pass)."""
     frame = "squash" if frame == "full" else frame  # one input size for a batch; the region is relative
     own = _inputs(bundle, list(own_paths)[:PROOF_PHOTOS], frame, max_megapixels)
     other = _inputs(bundle, list(other_paths)[:PROOF_PHOTOS], frame, max_megapixels)
@@ -152,9 +167,13 @@ def prove(
     size = (int(own.shape[-2]), int(own.shape[-1]))
     mask = _on_input(region, size)
     randoms = [_on_input(random_region(region, generator), size) for _ in range(len(own))]
-    base = _probabilities(bundle, own, index)
+    own_count = min(len(own_paths), PROOF_PHOTOS)
+    if known is not None and len(known) >= own_count == len(own):  # every photo read again: the audit's figures
+        base = known[:own_count].float()
+    else:
+        base = _probabilities(bundle, own, index)
     removed = filled(own, mask)
-    removed_random = torch.cat([filled(own[i : i + 1], randoms[i]) for i in range(len(own))])
+    removed_random = filled(own, torch.stack(randoms))
     drop = (base - _probabilities(bundle, removed, index)) / base.clamp(min=1e-6)
     drop_random = (base - _probabilities(bundle, removed_random, index)) / base.clamp(min=1e-6)
     evidence = dict(empty, photos=len(own))
@@ -239,7 +258,9 @@ def prove_classes(
         region = suspected_region(grids[own_rows].mean(0), grids[other_rows].mean(0))
         paths = [findings.measured.item(int(r)).path for r in own_rows]
         others = [findings.measured.item(int(r)).path for r in other_rows]
-        entry["evidence"], picture = prove(bundle, index, paths, others, region, frame, max_megapixels, seed=index)
+        known = torch.from_numpy(view.explained_probability[own_rows].astype(np.float32))
+        entry["evidence"], picture = prove(bundle, index, paths, others, region, frame, max_megapixels, seed=index,
+                                           known=known)  # fmt: skip
         if picture is not None:
             pictures[index] = picture
     return pictures
