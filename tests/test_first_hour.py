@@ -173,7 +173,7 @@ def test_the_legend_says_an_empty_map_and_the_raw_maximum():
     picture = torch.full((3, 100, 300), 128, dtype=torch.uint8)
     empty = with_legend(picture, "gradcam: against tiger cat (282)", empty="empty map: no evidence against tiger cat")
     scaled = with_legend(picture, "gradcam: tabby (281)", peak=0.0021)
-    assert empty.shape[1] == scaled.shape[1] > 100
+    assert empty.shape[1] > 100 and scaled.shape[1] > 100
     footer_empty, footer_scaled = empty[:, 100:], scaled[:, 100:]
     reddish = (footer_empty[0].int() - footer_empty[2].int() > 60).sum()
     assert reddish > 20  # the sentence, in red, instead of the colour bar
@@ -209,3 +209,21 @@ def test_a_shared_scale_draws_weak_evidence_weak(tmp_path):
     assert red_share(runs["own"], weak_file) > 0.005  # stretched: as red as a strong map
     assert red_share(runs["shared"], weak_file) < 0.1 * red_share(runs["own"], weak_file)
     assert red_share(runs["shared"], strong_file) == pytest.approx(red_share(runs["own"], strong_file), abs=1e-3)
+
+
+def test_a_legend_fits_any_width():
+    """#27 item 3: on a narrow photo the legend was cut off ("gradcam: Egyptian ca"); it now wraps."""
+    import torch
+
+    from gradcam.render.viz import _wrapped, with_legend
+
+    assert _wrapped("aa bb cc", 5, len) == ["aa bb", "cc"]
+    assert _wrapped("abcdefgh", 3, len) == ["abc", "def", "gh"]
+    title = "gradcam: Egyptian cat (285), logit 8.03, p = 0.42"
+    heights = []
+    for width in (120, 200, 451, 900):
+        out = with_legend(torch.full((3, 50, width), 90, dtype=torch.uint8), title, peak=8.03)
+        footer = out[:, 50:]
+        assert bool((footer[:, :, -4:] == 255).all()), width  # nothing runs into the right edge
+        heights.append(footer.shape[1])
+    assert heights[0] > heights[2]  # the narrow one wrapped onto more lines

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+from collections.abc import Callable
 from functools import lru_cache
 
 import numpy as np
@@ -289,28 +290,70 @@ def with_legend(
     """``picture`` (3, H, W) uint8 with a footer: ``title`` and the colour scale ("low ... high, each map
     scaled to its own maximum", with the map's raw maximum ``peak`` where given, or the photo's strongest
     map's ``shared`` maximum with ``--scale shared``), sized to the picture; for an empty map, the sentence
-    ``empty`` instead of the scale."""
+    ``empty`` instead of the scale. Text wraps at word boundaries to the picture's width (a narrow photo's
+    legend is never cut off), and the scale's words go under the bar when they do not fit beside it."""
     height, width = picture.shape[1:]
     size = max(11, min(28, round(width / 45)))
     font = _font(size)
-    footer = Image.new("RGB", (width, 3 * size + 14), "white")
-    draw = ImageDraw.Draw(footer)
-    draw.text((6, 4), title, fill="black", font=font)
-    if empty is not None:
-        draw.text((6, 2 * size + 2), empty, fill=(160, 20, 20), font=font)
-        below = torch.from_numpy(np.asarray(footer).copy()).permute(2, 0, 1)
-        return torch.cat([picture, below.to(picture.device)], dim=1)
-    bar_width = max(40, min(width // 3, 400))
-    low = draw.textlength("low ", font=font) if hasattr(draw, "textlength") else 4 * size
-    draw.text((6, 2 * size + 2), "low", fill="black", font=font)
-    bar = to_pil(colour_bar(bar_width, max(6, size // 2), colormap))
-    footer.paste(bar, (int(6 + low), 2 * size + 2 + (size - bar.height) // 2 + 2))
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+    def length(text: str) -> float:
+        return measure.textlength(text, font=font) if hasattr(measure, "textlength") else len(text) * size * 0.6
+
+    usable = max(1, width - 12)
+    lines: list[tuple[str, tuple[int, int, int]]] = [(line, (0, 0, 0)) for line in _wrapped(title, usable, length)]
     high = "high (scaled to this map's maximum)" if peak is None else f"high = {peak:.3g} (this map's maximum)"
     if shared is not None:
         high = f"high = {shared:.3g} (shared; this map: {peak or 0:.3g})"
-    draw.text((int(6 + low + bar_width + 6), 2 * size + 2), high, fill="black", font=font)
+    bar_width = max(40, min(width // 3, 400))
+    low = length("low ")
+    bar_line = None
+    if empty is not None:
+        lines += [(line, (160, 20, 20)) for line in _wrapped(empty, usable, length)]
+    else:
+        bar_line = len(lines)
+        beside = 6 + low + bar_width + 6 + length(high) <= width - 6
+        if not beside:
+            bar_width = max(20, min(bar_width, int(usable - low - 6)))
+        lines.append(("", (0, 0, 0)))  # the bar's line
+        if not beside:
+            lines += [(line, (0, 0, 0)) for line in _wrapped(high, usable, length)]
+    step = size + 6
+    footer = Image.new("RGB", (width, len(lines) * step + 10), "white")
+    draw = ImageDraw.Draw(footer)
+    for number, (text, colour) in enumerate(lines):
+        draw.text((6, 4 + number * step), text, fill=colour, font=font)
+    if bar_line is not None:
+        y = 4 + bar_line * step
+        draw.text((6, y), "low", fill="black", font=font)
+        bar = to_pil(colour_bar(bar_width, max(6, size // 2), colormap))
+        footer.paste(bar, (int(6 + low), y + (size - bar.height) // 2 + 2))
+        if 6 + low + bar_width + 6 + length(high) <= width - 6:
+            draw.text((int(6 + low + bar_width + 6), y), high, fill="black", font=font)
     below = torch.from_numpy(np.asarray(footer).copy()).permute(2, 0, 1)
     return torch.cat([picture, below.to(picture.device)], dim=1)
+
+
+def _wrapped(text: str, width: float, length: Callable[[str], float]) -> list[str]:
+    """``text`` in lines of at most ``width`` (as ``length`` measures), broken between words; a word longer
+    than a line is broken where it must."""
+    lines: list[str] = []
+    current = ""
+    for word in text.split(" "):
+        candidate = f"{current} {word}" if current else word
+        if length(candidate) <= width:
+            current = candidate
+            continue
+        if current:
+            lines.append(current)
+        while length(word) > width and len(word) > 1:
+            cut = max(1, int(len(word) * width / max(length(word), 1)))
+            lines.append(word[:cut])
+            word = word[cut:]
+        current = word
+    if current:
+        lines.append(current)
+    return lines or [""]
 
 
 @lru_cache(maxsize=16)
