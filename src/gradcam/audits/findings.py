@@ -224,12 +224,14 @@ def agreement_figures(
 ) -> dict[str, Any]:
     """``agreement`` of a group's maps (``maps``) and of its photos' runner-up maps (``runner_up_maps``),
     each around the other classes' mean map; empty maps left out. ``place``: the (y, x) peak of the group's
-    mean map minus ``centre``, where its maps agree."""
+    mean map minus ``centre``, where its maps agree: the centre of the cells with at least half its largest
+    excess (the single largest cell sits on an edge of a mark as often as on its middle)."""
     maps = torch.from_numpy(grids.astype(np.float32))
     control = torch.from_numpy(control_grids.astype(np.float32))
     maps, control = maps[maps.flatten(1).sum(1) > 0], control[control.flatten(1).sum(1) > 0]
     residual = (maps.mean(0) - centre) if len(maps) else torch.zeros_like(centre)
-    y, x = peak_of(residual.clamp(min=0)[None])[0].tolist()
+    excess = residual.clamp(min=0)
+    y, x = peak_of(excess[None], tolerance=0.5)[0].tolist()  # the centre of the cells of at least half the peak
     return {
         "maps": _number(agreement(maps, centre)), "runner_up_maps": _number(agreement(control, control_centre)),
         "photos": len(maps), "place": [_number(y), _number(x)],
