@@ -15,10 +15,10 @@ from torch import nn
 from .hooks import (
     ForwardError,
     captured_forward,
+    check_dimensions,
     forward_error,
     is_out_of_memory,
     model_lock,
-    modules_of,
     preserved_state,
 )
 from .inputs import BoundInputs, automatic_layer, image_key, image_of, prefixed, unprefixed
@@ -147,7 +147,7 @@ def explain(
         )
     chosen = get_method(method)
     if images.dim() != 4:  # a 4-D batch is checked only when the model refuses it (below): no cost otherwise
-        _check_dimensions(model, images)
+        check_dimensions(model, images)
         _refuse_outside_images(chosen, targets, aug_smooth, guided, images.dim() - 2)
     if not bool(torch.isfinite(images.sum())) and not bool((finite := torch.isfinite(images)).all()):
         bad = int((~finite).sum())  # the sum is one cheap pass; it is not finite when any value is not
@@ -191,7 +191,7 @@ def explain(
         try:
             result = _explain_once(model, images, layers, targets, settings)
         except ForwardError:
-            _check_dimensions(model, images)  # a 3-D model given a 4-D batch: said in those words
+            check_dimensions(model, images)  # a 3-D model given a 4-D batch: said in those words
             raise
         if aug_smooth:
             result = _augmented(model, images, layers, result, settings)
@@ -243,21 +243,6 @@ def _wrapped(
     label = method.layer_label(model, name or layer)
     result = LayerResult(label, images.new_zeros(0), None, maps)
     return Explanation(maps, resolved.indices, scores, logits.float(), method.name, (result,))
-
-
-def _check_dimensions(model: nn.Module, images: torch.Tensor) -> None:
-    """A model whose convolutions are all 2-D given a (C, H, W) image without its batch dimension (or a
-    1-D model given an image) is told so in one line, before its own error about channels."""
-    kinds = {len(m.kernel_size) for m in modules_of(model) if isinstance(m, nn.modules.conv._ConvNd)}
-    spatial = images.dim() - 2
-    if kinds and spatial not in kinds:
-        expected = {1: "(B, C, L)", 2: "(B, C, H, W)", 3: "(B, C, D, H, W)"}
-        wanted = " or ".join(expected[k] for k in sorted(kinds) if k in expected)
-        hint = "; a single image needs its batch dimension: images[None]" if spatial == 1 and 2 in kinds else ""
-        raise ValueError(
-            f"images {tuple(images.shape)}: this model's convolutions take float tensor {wanted}, "
-            f"not {spatial}-D inputs{hint}"
-        )
 
 
 def _refuse_outside_images(method: CAMMethod, targets: TargetSpec, aug_smooth: bool, guided: bool, dims: int) -> None:

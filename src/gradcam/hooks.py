@@ -248,3 +248,18 @@ def captured_forward(
     with capture(layers, graph_from_layer=graph_from_layer, layers_apart=layers_apart) as record:
         output = run_model(model, images)
     return output, record.tensors()
+
+
+def check_dimensions(model: nn.Module, images: torch.Tensor) -> None:
+    """A model whose convolutions are all 2-D given a (C, H, W) image without its batch dimension (or a
+    1-D model given an image) is told so in one line, before its own error about channels."""
+    kinds = {len(m.kernel_size) for m in modules_of(model) if isinstance(m, nn.modules.conv._ConvNd)}
+    spatial = images.dim() - 2
+    if kinds and spatial not in kinds:
+        expected = {1: "(B, C, L)", 2: "(B, C, H, W)", 3: "(B, C, D, H, W)"}
+        wanted = " or ".join(expected[k] for k in sorted(kinds) if k in expected)
+        hint = "; a single image needs its batch dimension: images[None]" if spatial == 1 and 2 in kinds else ""
+        raise ValueError(
+            f"images {tuple(images.shape)}: this model's convolutions take float tensor {wanted}, "
+            f"not {spatial}-D inputs{hint}"
+        )

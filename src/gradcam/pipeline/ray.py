@@ -87,7 +87,8 @@ class ExplainActor:
         entries = [record.to_json() for record in records]
         if self.out_uri:
             entries = [self._upload(entry) for entry in entries]
-        rows = [_row(entry, self.bundle.source) for entry in entries]
+        seen = json.dumps(self.bundle.preprocessing.to_json()) if self.kind.honours("preprocess.resize") else ""
+        rows = [_row(entry, self.bundle.source, seen) for entry in entries]
         return {column: np.array([row[column] for row in rows], dtype=object) for column in ROW_COLUMNS}
 
     def _batch(self, paths: list[str], keys: list[str], contents: Any) -> list[PhotoRecord]:
@@ -272,7 +273,10 @@ def explain_dataset(
                "method": options.method, "manifest": manifest_location}  # fmt: skip
     layers = {record.layer for record in entries or [] if record.ok}
     layer = options.layer or (layers.pop() if len(layers) == 1 else None)  # the layer used, as the local engine says
-    sources = [row["source"] for row in results.select_columns(["source"]).take(1)] if total else []
+    firsts = results.select_columns(["source", "preprocessing"]).take(1) if total else []
+    sources = [row["source"] for row in firsts]
+    if preprocessing is None and firsts:  # a Python caller: what the actors applied
+        preprocessing = _preprocessing_of(str(firsts[0]["preprocessing"] or ""))
     manifest = None
     if entries is not None:
         manifest = run_manifest("ray", model, sources[0] if sources else None, options, entries,
@@ -308,19 +312,30 @@ def _check_output_folder(out: Path, options: RunOptions) -> list[dict[str, Any]]
 
         for row in pq.read_table(out / PARQUET_FOLDER).to_pylist():
             if row["status"] == "ok":
-                rows[row["path"]] = {"source": "", **row}  # manifests before 0.9 had no source column
+                # manifests before 0.9 had no source column, before 0.11 no preprocessing column
+                rows[row["path"]] = {"source": "", "preprocessing": "", **row}
     return list(rows.values())
 
 
-ROW_COLUMNS = ("path", "status", "error", "entry", "source")
+ROW_COLUMNS = ("path", "status", "error", "entry", "source", "preprocessing")
 
 
-def _row(entry: dict[str, Any], source: str = "") -> dict[str, Any]:
+def _row(entry: dict[str, Any], source: str = "", preprocessing: str = "") -> dict[str, Any]:
     """A manifest entry as a row of the Parquet manifest (``ROW_COLUMNS``); ``source`` is where the actor's
-    model came from (the manifest's ``model_source``)."""
+    model came from (the manifest's ``model_source``), ``preprocessing`` what its inputs went through (JSON,
+    '' for none)."""
     error = entry.get("error", "")
     return {"path": entry["path"], "status": entry["status"], "error": error, "entry": json.dumps(entry),
-            "source": source}  # fmt: skip
+            "source": source, "preprocessing": preprocessing}  # fmt: skip
+
+
+def _preprocessing_of(text: str) -> Preprocessing | None:
+    if not text:
+        return None
+    data = json.loads(text)
+    return Preprocessing(resize=int(data["resize"]), crop=(int(data["crop"][0]), int(data["crop"][1])),
+                         mean=tuple(data["mean"]), std=tuple(data["std"]), interpolation=data["interpolation"],
+                         squash=bool(data["squash"]))  # fmt: skip
 
 
 def _refuse_existing_outputs(out: Path, keys: list[str], method: str, done: set[str], paths: list[str]) -> None:
