@@ -195,3 +195,37 @@ def test_the_box_sums_equal_a_plain_box_filter():
     for side in (3, 5, 11):
         direct = F.avg_pool2d(x, side, stride=1, padding=side // 2, count_include_pad=True) * side * side
         assert torch.allclose(_box_sum(x, side), direct, atol=1e-4)
+
+
+def test_prove_reads_classes_as_target_does():
+    """`--prove` took "²" for a digit (str.isdigit) and crashed on int("²"); it now reads classes with
+    --target's own parser, and says --prove."""
+    from gradcam.audits import AuditError, _classes_to_prove
+    from gradcam.io.models import LoadedModel
+    from tiny_models import TinyCNN
+
+    names = ["cat", "dog", "stamped"] + [f"c{i}" for i in range(7)]
+    bundle = LoadedModel("tiny", TinyCNN(), Preprocessing(resize=32, crop=(32, 32)), labels=names)
+    assert _classes_to_prove(bundle, ["stamped", 1, "stamped"]) == [2, 1]
+    for bad, said in (("²", "--prove: unknown class name '²'"), ("top3", "--prove 'top3'"), ("horse", "--prove:")):
+        with pytest.raises(AuditError, match=said):
+            _classes_to_prove(bundle, [bad])
+
+
+def test_a_full_frame_experiment_does_not_reuse_the_audits_probabilities(tmp_path):
+    """With frame="full" the experiment squashes the photos, so the audit's probabilities (of the full
+    frame) are not those of its inputs and must be measured again."""
+    from gradcam.audits.experiments import prove
+    from gradcam.io.models import LoadedModel
+    from tiny_models import TinyCNN
+
+    torch.manual_seed(0)
+    bundle = LoadedModel("tiny", TinyCNN().eval(), Preprocessing(resize=32, crop=(32, 32)))
+    examples = Path(gradcam.__file__).parent / "examples"
+    own, other = [str(examples / "chelsea.jpg")], [str(examples / "coffee.jpg")]
+    region = torch.zeros(4, 4, dtype=torch.bool)
+    region[1:3, 1:3] = True
+    measured, _ = prove(bundle, 0, own, other, region, frame="full")
+    wrong = torch.ones(1)  # what a reuse would take as the photo's probability
+    given, _ = prove(bundle, 0, own, other, region, frame="full", known=wrong)
+    assert given["occlusion_drop"] == measured["occlusion_drop"]

@@ -32,7 +32,7 @@ import torch
 
 from ..io.images import DEFAULT_MAX_MEGAPIXELS, FRAMES, find_images
 from ..io.models import LoadedModel, Preprocessing, load_bundle, probe_output, read_labels, with_labels
-from ..pipeline.options import PreprocessSettings, UsageError
+from ..pipeline.options import PreprocessSettings, UsageError, parse_target
 from .dataset import AuditInputError, read_object_boxes, read_truth
 from .engine import AuditExplainer, AuditItem, collect, run_local
 from .findings import Findings, summarise
@@ -173,7 +173,7 @@ def audit(
         bundle = _preprocessed(bundle, preprocessing)
     except UsageError as error:
         raise AuditError(str(error)) from None
-    asked = [_class_of(bundle, name) for name in prove]
+    asked = _classes_to_prove(bundle, prove)
     second = _bundle(compare, compare_weights, compare_labels, device, trust_weights) if compare is not None else None
     if second is not None:
         _check_same_classes(bundle, second)
@@ -232,18 +232,19 @@ def _preprocessed(bundle: LoadedModel, preprocessing: Preprocessing | Preprocess
     return replace(bundle, preprocessing=preprocessing)
 
 
-def _class_of(bundle: LoadedModel, name: str | int) -> int:
-    """A class of ``prove``: an index, or a name of the model's classes (one line when it is neither)."""
-    from ..targets import class_index
-
-    if isinstance(name, int) or str(name).strip().isdigit():
-        return int(name)
-    if bundle.labels is None:
-        raise AuditError(f"--prove {name!r}: this model's class names are unknown; give a class index")
-    try:
-        return class_index(str(name), bundle.labels)
-    except ValueError as error:
-        raise AuditError(f"--prove: {error}") from None
+def _classes_to_prove(bundle: LoadedModel, names: Sequence[str | int]) -> list[int]:
+    """``prove``'s classes: indices or names of the model's classes, read as ``--target`` reads them (one
+    line naming ``--prove`` for one that is neither)."""
+    chosen: list[int] = []
+    for name in names:
+        try:
+            classes = parse_target(str(name), bundle.labels, flag="--prove")
+        except UsageError as error:
+            raise AuditError(str(error)) from None
+        if not isinstance(classes, list):  # "top3" and the like: not a class
+            raise AuditError(f"--prove {name!r}: name a class or give its index")
+        chosen += [c for c in classes if c not in chosen]
+    return chosen
 
 
 ACCURACY_GAP = 0.5  # a class below half the median accuracy of the others gets a hint

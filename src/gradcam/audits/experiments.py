@@ -143,8 +143,10 @@ def prove(
     """The ``evidence`` entry of class ``index`` (see the module) and its picture: a photo of the class,
     the region on it, the photo with the region removed, a photo of another class, and that photo with
     the region pasted on. ``region``: (G, G) bool cells, from :func:`suspected_region`. ``known``: the
-    class's probability on the first ``own_paths`` where the audit measured it already (saves a pass)."""
-    frame = "squash" if frame == "full" else frame  # one input size for a batch; the region is relative
+    class's probability on the first ``own_paths`` where the audit measured it already (saves a pass; not
+    for ``frame="full"``, whose photos are squashed here and so seen otherwise than by the audit)."""
+    if frame == "full":  # one input size for a batch; the region is relative to the frame
+        frame, known = "squash", None
     own = _inputs(bundle, list(own_paths)[:PROOF_PHOTOS], frame, max_megapixels)
     other = _inputs(bundle, list(other_paths)[:PROOF_PHOTOS], frame, max_megapixels)
     generator = torch.Generator().manual_seed(seed)

@@ -158,8 +158,11 @@ def layer_spec(text: str | None) -> str | list[str] | None:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def parse_target(target: str | None, labels: Sequence[str] | None, num_classes: int | None = None) -> Any:
-    """``--target`` to a target spec: None (top-1), ``top3``, or comma-separated indices / class names."""
+def parse_target(
+    target: str | None, labels: Sequence[str] | None, num_classes: int | None = None, flag: str = "--target"
+) -> Any:
+    """``--target`` to a target spec: None (top-1), ``top3``, or comma-separated indices / class names;
+    errors name ``flag`` (another option that takes classes: ``gradcam audit --prove``)."""
     if target is None or not target.strip():
         return None
     text = target.strip()
@@ -172,18 +175,18 @@ def parse_target(target: str | None, labels: Sequence[str] | None, num_classes: 
         if re.fullmatch(r"-?[0-9]+", part):  # ASCII digits: "²".isdigit() is True, int("²") fails
             index = int(part)
         elif labels is None:
-            raise UsageError(f"--target {part!r}: this model's class names are unknown; give a class index")
+            raise UsageError(f"{flag} {part!r}: this model's class names are unknown; give a class index")
         else:
             try:
                 index = class_index(part, labels)
             except ValueError as error:
-                raise UsageError(f"--target: {error}") from None
+                raise UsageError(f"{flag}: {error}") from None
         if num_classes is not None and not 0 <= index < num_classes:
-            raise UsageError(f"--target {index}: out of range for a model with {num_classes} classes")
+            raise UsageError(f"{flag} {index}: out of range for a model with {num_classes} classes")
         if index not in row:
             row.append(index)
     if not row:
-        raise UsageError(f"--target {target!r}: no class given")
+        raise UsageError(f"{flag} {target!r}: no class given")
     return row
 
 
