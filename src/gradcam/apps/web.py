@@ -40,6 +40,7 @@ from ..io.images import (
 from ..io.models import DEFAULT_MODEL, LoadedModel, ModelLoadError
 from ..layers import list_layers
 from ..pipeline.decode import DecodedPhoto
+from ..pipeline.kinds import PHOTO
 from ..pipeline.manifest import now, run_manifest
 from ..pipeline.method_options import WEB_BOUNDS, methods_with_options
 from ..pipeline.naming import label_of
@@ -253,7 +254,7 @@ def explain_photo(
     )
     manifest = run_manifest("web", model_name, bundle.source, asked, records, kind="photo", layer=records[0].layer,
                             started=None, finished=now(), methods=[str(m) for m in methods],
-                            preprocessing=None if bundle.is_detector else bundle.preprocessing)  # fmt: skip
+                            preprocessing=PHOTO.preprocessing_of(bundle))  # fmt: skip
     manifest_path = out_dir / f"{stem}.json"
     text = json.dumps(manifest.to_json(), indent=1)
     write_atomic(manifest_path, lambda temporary: temporary.write_text(text, encoding="utf-8"))

@@ -19,6 +19,7 @@ from ..io.files import write_atomic
 from ..io.images import ImageReadError
 from ..io.models import LoadedModel
 from ..pipeline.detect import explain_detections
+from ..pipeline.kinds import DETECTION
 from ..pipeline.manifest import now, run_manifest
 from ..pipeline.method_options import WEB_BOUNDS, methods_with_options
 from ..pipeline.options import DetectionSettings, RunOptions, UsageError
@@ -85,7 +86,7 @@ def explain_detector_photo(
     asked = RunOptions(out=out_dir, method=str(methods[0]), format="png", save=("map", "overlay"), detection=settings)
     manifest = run_manifest("web", model_name, bundle.source, asked, records, kind="detection", layer=records[0].layer,
                             started=None, finished=now(), methods=[str(m) for m in methods],
-                            preprocessing=None if bundle.is_detector else bundle.preprocessing)  # fmt: skip
+                            preprocessing=DETECTION.preprocessing_of(bundle))  # fmt: skip
     manifest_path = out_dir / f"{file.stem}.json"
     text = json.dumps(manifest.to_json(), indent=1)
     write_atomic(manifest_path, lambda temporary: temporary.write_text(text, encoding="utf-8"))

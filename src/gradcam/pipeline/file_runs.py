@@ -77,7 +77,7 @@ class FileRunner:
         layer = next((r.layer for r in records if r.ok), self.options.layer)
         return run_manifest("local", self.bundle.name, self.bundle.source, self.options, records,
                             kind=self.kind.name, layer=layer, started=self.started, finished=finished,
-                            preprocessing=self.bundle.preprocessing if self.kind.honours("preprocess.resize") else None,
+                            preprocessing=self.kind.preprocessing_of(self.bundle),
                             **manifest_outputs(self.kind, self.options))  # fmt: skip
 
     def run(self, progress: Progress = _no_progress) -> RunResult:

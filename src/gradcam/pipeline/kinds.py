@@ -23,13 +23,14 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ..io.arrays import array_dimensions
 from ..io.image_arrays import IMAGE_ARRAY_SUFFIXES, is_high_precision_tiff
 from ..io.images import IMAGE_SUFFIXES, FoundImages, find_images
+from ..io.models import LoadedModel, Preprocessing
 from ..io.video import VIDEO_SUFFIXES
 from .options import EVERY_KIND_TAKES, OPTION_FLAGS, RunOptions, UsageError, given_options, saved_outputs
 
@@ -68,6 +69,20 @@ class InputKind:
 
     def honours(self, option: str) -> bool:
         return option in EVERY_KIND_TAKES or option in self.takes
+
+    def preprocessing_of(self, bundle: LoadedModel) -> Preprocessing | None:
+        """What this kind's inputs go through before ``bundle``'s model, as the manifest records it: the
+        bundle's preprocessing for photos, image arrays and videos; None for the kinds given to the model
+        as they are (volumes, signals) or letterboxed (a detector's photos)."""
+        return bundle.preprocessing if self.honours("preprocess.resize") else None
+
+    def preprocessed(self, bundle: LoadedModel, options: RunOptions) -> LoadedModel:
+        """``bundle`` with the user's ``--resize``/``--crop``/``--mean``/``--std``/``--interpolation`` in its
+        preprocessing, for the kinds whose inputs are resized for the model (a UsageError, one line, for
+        values that do not fit the model)."""
+        if not self.honours("preprocess.resize"):
+            return bundle
+        return replace(bundle, preprocessing=options.preprocess.applied_to(bundle.preprocessing))
 
     def explain_file(self) -> Callable[..., Any]:
         """``(bundle, path, key, options, progress) -> PhotoRecord`` for a kind run one file at a time."""

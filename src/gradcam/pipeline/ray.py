@@ -73,8 +73,7 @@ class ExplainActor:
         self.bundle = load_bundle(
             model, weights, device, trust_weights=trust_weights, labels=labels, images=self.kind.images
         )
-        if self.kind.honours("preprocess.resize"):
-            self.bundle = replace(self.bundle, preprocessing=options.preprocess.applied_to(self.bundle.preprocessing))
+        self.bundle = self.kind.preprocessed(self.bundle, options)
         self.out_uri = out_uri
         self.local_out = Path(tempfile.mkdtemp(prefix="gradcam-actor-")) if out_uri else options.out
         self.options = replace(options, out=self.local_out, overwrite=True, device=device)
@@ -87,7 +86,8 @@ class ExplainActor:
         entries = [record.to_json() for record in records]
         if self.out_uri:
             entries = [self._upload(entry) for entry in entries]
-        seen = json.dumps(self.bundle.preprocessing.to_json()) if self.kind.honours("preprocess.resize") else ""
+        spec = self.kind.preprocessing_of(self.bundle)
+        seen = json.dumps(spec.to_json()) if spec is not None else ""
         rows = [_row(entry, self.bundle.source, seen) for entry in entries]
         return {column: np.array([row[column] for row in rows], dtype=object) for column in ROW_COLUMNS}
 

@@ -253,10 +253,10 @@ def run(args: argparse.Namespace) -> int:
         said = untrained_warning(bundle.name, bundle.source)
         if said:
             print(f"gradcam: warning: {said}", file=sys.stderr)
-        if inputs.kind.honours("preprocess.resize"):  # the kinds whose inputs are resized for the model
-            bundle = replace(bundle, preprocessing=options.preprocess.applied_to(bundle.preprocessing))
-            if not args.quiet:
-                print(f"gradcam: preprocessing: {bundle.preprocessing.describe()}", file=sys.stderr)
+        bundle = inputs.kind.preprocessed(bundle, options)
+        seen = inputs.kind.preprocessing_of(bundle)
+        if seen is not None and not args.quiet:
+            print(f"gradcam: preprocessing: {seen.describe()}", file=sys.stderr)
     except (ModelLoadError, UsageError) as problem:
         return usage_error(str(problem))
     except RuntimeError as problem:  # e.g. an unavailable --device
@@ -390,7 +390,7 @@ def _on_ray(args: argparse.Namespace, inputs: FoundInputs, options: RunOptions, 
             cpus_per_actor=args.cpus_per_actor,
             gpus_per_actor=args.gpus_per_actor,
             address=args.address,
-            preprocessing=bundle.preprocessing if inputs.kind.honours("preprocess.resize") else None,
+            preprocessing=inputs.kind.preprocessing_of(bundle),
         )
     except UsageError as problem:
         return usage_error(str(problem))
