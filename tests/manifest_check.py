@@ -1,5 +1,5 @@
-"""Shared by the record tests: validate a manifest against the shipped JSON Schema, and compare two photo
-records field by field with file paths set aside."""
+"""Shared by the record tests: validate a manifest (or an audit report) against the shipped JSON Schema, and
+compare two photo records field by field with file paths set aside."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+import gradcam.audits
 from gradcam.pipeline.records import SCHEMA, PhotoRecord
 
 
@@ -17,6 +18,18 @@ def validate(manifest: dict[str, Any] | Path) -> dict[str, Any]:
 
     data = json.loads(manifest.read_text()) if isinstance(manifest, Path) else manifest
     jsonschema.Draft202012Validator(json.loads(SCHEMA.read_text())).validate(data)
+    return data
+
+
+AUDIT_SCHEMA = Path(gradcam.audits.__file__).with_name("audit.schema.json")
+
+
+def validate_audit(report: dict[str, Any] | Path) -> dict[str, Any]:
+    """``audit.json`` (a path, or the parsed report) checked against the audit schema; returns the report."""
+    import jsonschema
+
+    data = json.loads(report.read_text()) if isinstance(report, Path) else report
+    jsonschema.Draft202012Validator(json.loads(AUDIT_SCHEMA.read_text())).validate(data)
     return data
 
 

@@ -20,16 +20,9 @@ from gradcam.audits.findings import FLAG_CORNER, flags
 from gradcam.audits.measure import box_mask, energy_shares, grid_maps, rank_correlation, top_share_iou
 from gradcam.io.images import Geometry
 from gradcam.io.models import load_model, read_labels, with_labels
+from manifest_check import validate_audit as validate
 
-SCHEMA = Path(gradcam.__file__).parent / "audits" / "audit.schema.json"
 CLEAN = ["cat", "coffee", "astronaut", "rocket", "motorcycle"]
-
-
-def validate(report: dict) -> dict:
-    import jsonschema
-
-    jsonschema.Draft202012Validator(json.loads(SCHEMA.read_text())).validate(report)
-    return report
 
 
 # --- the measures, by hand -------------------------------------------------------------------------------------

@@ -17,16 +17,9 @@ from gradcam.audits.experiments import filled, random_region, suspected_region
 from gradcam.audits.findings import FLAG_AGREEMENT, flags
 from gradcam.audits.measure import agreement
 from gradcam.io.models import Preprocessing
+from manifest_check import validate_audit
 
-SCHEMA = Path(gradcam.__file__).parent / "audits" / "audit.schema.json"
 CLEAN = ["cat", "coffee", "astronaut", "rocket", "motorcycle"]
-
-
-def _valid(report: dict) -> dict:
-    import jsonschema
-
-    jsonschema.Draft202012Validator(json.loads(SCHEMA.read_text())).validate(report)
-    return report
 
 
 # --- the measures, by hand -------------------------------------------------------------------------------------
@@ -110,7 +103,7 @@ def centre_audit(planted_in_the_centre, tmp_path_factory):
                  "--truth", str(data.photos), "--out", str(out), "--quiet", "--workers", "0",
                  "--prove", "cat"])  # fmt: skip
     assert code == 0
-    return out, _valid(json.loads((out / "audit.json").read_text()))
+    return out, validate_audit(json.loads((out / "audit.json").read_text()))
 
 
 def test_a_shortcut_in_the_centre_is_flagged_by_what_its_maps_do(centre_audit):
@@ -166,7 +159,7 @@ def test_the_audit_sees_photos_as_the_model_was_trained(planted_shortcut, tmp_pa
                  "--truth", str(data.photos), "--out", str(out), "--quiet", "--workers", "0", "--frame", "squash",
                  "--resize", "200", "--crop", "192"])  # fmt: skip
     assert code == 0
-    report = _valid(json.loads((out / "audit.json").read_text()))
+    report = validate_audit(json.loads((out / "audit.json").read_text()))
     assert report["frame"] == "squash" and report["input_size"] == [192, 192]
     assert report["preprocessing"]["crop"] == [192, 192] and report["preprocessing"]["resize"] == 200
     assert main(["audit", str(data.photos), "--out", str(tmp_path / "bad"), "--mean", "1,2"]) == 2
