@@ -44,10 +44,12 @@ THUMBNAIL_SIDE = 512
 @dataclass(frozen=True)
 class PreparedMaps:
     """What the writer needs of a batch's maps, made once per batch by :meth:`PhotoWriter.prepare` (torch,
-    in the caller's thread): each map as stored in the record, and as the 8-bit plane drawn."""
+    in the caller's thread): each map as stored in the record, as the 8-bit plane drawn, and its raw maximum
+    before scaling (0: an empty map)."""
 
     stored: list[list[StoredMap]]
     planes: np.ndarray  # (B, K, H, W) uint8
+    peaks: np.ndarray  # (B, K) float
 
 
 @dataclass(frozen=True)
@@ -140,12 +142,12 @@ class PhotoWriter:
         ``scale="shared"`` a photo's maps are drawn on one scale, its strongest map's maximum: a map with a
         tenth of that evidence is drawn a tenth as hot (the stored maps stay each normalised)."""
         drawn = ex.maps
+        peaks = ex.raw.flatten(2).amax(dim=2).float() if ex.raw.numel() else torch.zeros(ex.maps.shape[:2])  # (B, K)
         if self.options.scale == "shared" and ex.raw.numel():
-            peaks = ex.raw.flatten(2).amax(dim=2).float()  # (B, K)
             strongest = peaks.amax(dim=1, keepdim=True)
             ratio = torch.where(strongest > 0, peaks / strongest.clamp(min=1e-30), torch.zeros_like(peaks))
             drawn = ex.maps * ratio[..., None, None].to(ex.maps)
-        return PreparedMaps(StoredMap.best_of_batch(ex.raw, ex.maps), heat_plane(drawn))
+        return PreparedMaps(StoredMap.best_of_batch(ex.raw, ex.maps), heat_plane(drawn), peaks.cpu().numpy())
 
     def caption(self, ex: Explanation, row: int, k: int) -> str:
         """What target ``k`` of image ``row`` is, with its score and what the score is."""
@@ -245,7 +247,7 @@ class PhotoWriter:
         targets = []
         for k, files in enumerate(planned):
             class_id = int(ex.targets[row, k]) if ex.targets is not None else None
-            peak = float(ex.raw[row, k].max()) if ex.raw.numel() else 0.0
+            peak = float(prepared.peaks[row, k])
             if "overlay" in files or pictures is not None:
                 plane = prepared.planes[row, k]
                 # an empty map (no evidence at this layer) is not drawn as a flat blue tint: the photo only
@@ -257,7 +259,7 @@ class PhotoWriter:
                         against = "against " if options.counterfactual else "for "
                         what = self.label(class_id) if class_id is not None else "the target"
                         empty = f"empty map: no evidence {against}{what} at this layer"
-                    shared = float(ex.raw[row].max()) if options.scale == "shared" else None
+                    shared = float(prepared.peaks[row].max()) if options.scale == "shared" else None
                     drawn = to_pil(with_legend(_tensor(drawn), self.caption(ex, row, k), options.colormap,
                                                peak=peak, empty=empty, shared=shared))  # fmt: skip
                 if "overlay" in files:

@@ -307,7 +307,7 @@ def with_legend(
         high = f"high = {shared:.3g} (shared; this map: {peak or 0:.3g})"
     bar_width = max(40, min(width // 3, 400))
     low = length("low ")
-    bar_line = None
+    bar_line, beside = None, False
     if empty is not None:
         lines += [(line, (160, 20, 20)) for line in _wrapped(empty, usable, length)]
     else:
@@ -328,7 +328,7 @@ def with_legend(
         draw.text((6, y), "low", fill="black", font=font)
         bar = to_pil(colour_bar(bar_width, max(6, size // 2), colormap))
         footer.paste(bar, (int(6 + low), y + (size - bar.height) // 2 + 2))
-        if 6 + low + bar_width + 6 + length(high) <= width - 6:
+        if beside:  # else its words are on the lines under the bar
             draw.text((int(6 + low + bar_width + 6), y), high, fill="black", font=font)
     below = torch.from_numpy(np.asarray(footer).copy()).permute(2, 0, 1)
     return torch.cat([picture, below.to(picture.device)], dim=1)
