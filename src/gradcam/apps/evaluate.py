@@ -17,6 +17,7 @@ from ..io.boxes import ANY_CLASS, read_boxes  # noqa: F401 (read_boxes: evaluate
 from ..io.images import FoundImages, ImageReadError, preprocess, read_image, to_original
 from ..io.models import LoadedModel
 from ..render.report import evaluation_page
+from .recommend import recommend
 
 METRIC_COLUMNS = [
     ("deletion_auc", "Deletion AUC", "lower"),
@@ -60,6 +61,7 @@ class Evaluation:
     curves: dict[str, dict[str, list[float]]]
     errors: list[str]
     identical: list[list[str]] = field(default_factory=list)  # groups of keys whose maps coincide
+    verdict: dict[str, Any] | None = None  # which method to trust (gradcam.apps.recommend; made by evaluate())
 
 
 def evaluate(
@@ -147,7 +149,8 @@ def evaluate(
                     "deletion": (deletion_sum / len(loaded)).tolist(),
                     "insertion": (insertion_sum / len(loaded)).tolist(),
                 }
-    return Evaluation(rows, summarise(rows), curves, errors, identical_groups(fingerprints))
+    summary = summarise(rows)
+    return Evaluation(rows, summary, curves, errors, identical_groups(fingerprints), recommend(rows, summary))
 
 
 def _fingerprint(maps: torch.Tensor) -> torch.Tensor:
@@ -249,11 +252,9 @@ def terminal_table(summary: list[dict[str, Any]], identical: Sequence[Sequence[s
 
 def write_report(evaluation: Evaluation, out: Path, model_name: str) -> Path:
     """``report.html``, ``report.md``, ``results.json`` and ``curves.png`` in ``out``; returns the page's path."""
-    from .recommend import recommend
-
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(evaluation.summary)
-    verdict = recommend(evaluation.rows, evaluation.summary)
+    verdict = evaluation.verdict or recommend(evaluation.rows, evaluation.summary)
     markdown = out / "report.md"
     lines = [
         f"# gradcam evaluation: {model_name}",

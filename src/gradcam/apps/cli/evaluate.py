@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import textwrap
 from pathlib import Path
@@ -132,8 +131,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"gradcam: error: --out {out}: cannot write the report ({error.strerror})", file=sys.stderr)
         return EXIT_FAILED
     print(terminal_table(evaluation.summary, evaluation.identical))
-    verdict = json.loads((out / "results.json").read_text())["verdict"]
-    print(textwrap.fill(verdict["text"], width=96))
+    print(textwrap.fill((evaluation.verdict or {}).get("text", ""), width=96))
     print(f"Report: {report} (also report.md, results.json, curves.png)")
     return EXIT_FAILED if evaluation.errors or found.missing else EXIT_OK
 
