@@ -279,12 +279,13 @@ def test_one_photo_gives_the_same_record_locally_on_ray_and_in_the_web_app(tmp_p
 
 
 def test_an_audit_on_ray_finds_what_the_local_engine_finds(planted_shortcut, tmp_path):
-    """`gradcam audit --engine ray`: the same maps, clusters, flags and photos as the local engine."""
+    """`gradcam audit --engine ray`: the same maps, clusters, flags and photos as the local engine, and the
+    same followed classes (--classes)."""
     from gradcam.apps.cli import main
 
     data = planted_shortcut
     common = ["audit", str(data.photos), "--weights", str(data.weights), "--labels", str(data.labels),
-              "--truth", str(data.photos), "--quiet", "--batch-size", "8"]  # fmt: skip
+              "--truth", str(data.photos), "--quiet", "--batch-size", "8", "--classes", "stamped,cat"]  # fmt: skip
     assert main([*common, "--out", str(tmp_path / "local"), "--workers", "0"]) == 0
     assert main([*common, "--out", str(tmp_path / "ray"), "--engine", "ray", "--cpus-per-actor", "0.5"]) == 0
     local = json.loads((tmp_path / "local" / "audit.json").read_text())
@@ -300,6 +301,11 @@ def test_an_audit_on_ray_finds_what_the_local_engine_finds(planted_shortcut, tmp
         np.load(tmp_path / "ray" / "maps.npy").astype(np.float32), atol=1e-3,
     )  # fmt: skip
     assert [c["name"] for c in distributed["classes"] if c["flagged"]] == ["stamped"]
+    assert [f["name"] for f in distributed["followed"]] == ["stamped", "cat"]
+    np.testing.assert_allclose(
+        np.load(tmp_path / "local" / "followed_maps.npy").astype(np.float32),
+        np.load(tmp_path / "ray" / "followed_maps.npy").astype(np.float32), atol=1e-3,
+    )  # fmt: skip
     assert _rounded(local, 2) == _rounded(distributed, 2)
 
 

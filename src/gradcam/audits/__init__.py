@@ -36,6 +36,7 @@ from ..pipeline.options import PreprocessSettings, UsageError, parse_target
 from .dataset import AuditInputError, read_object_boxes, read_truth
 from .engine import AuditExplainer, AuditItem, collect, run_local
 from .findings import Findings, summarise
+from .follow import follow_budget, followed_entries
 
 AUDIT_JSON = "audit.json"
 AUDIT_HTML = "audit.html"
@@ -141,6 +142,7 @@ def audit(
     frame: str = "crop",
     preprocessing: Preprocessing | PreprocessSettings | None = None,
     prove: Sequence[str | int] = (),
+    classes: str | Sequence[str | int] | None = None,
 ) -> AuditResult:
     """Audit ``model`` on the photos under ``paths``; see the module's docstring.
 
@@ -152,7 +154,10 @@ def audit(
     ``frame`` (``crop``, ``full``, ``squash``) and ``preprocessing`` (a :class:`Preprocessing`, or the
     ``--resize``/``--crop``/``--mean``/``--std`` choices as :class:`PreprocessSettings`): how the audited
     model sees the photos, as it was trained. ``prove``: classes (names or indices) whose experiments run
-    even when they are not flagged (flagged ones always get them: ``classes[*].evidence``).
+    even when they are not flagged (flagged ones always get them: ``classes[*].evidence``). ``classes``:
+    classes (names or indices, or ``"all"``: the classes of ``truth``, else every class of the model) whose
+    maps are taken on every photo, other classes' included (``followed`` in ``audit.json``, see
+    :mod:`gradcam.audits.follow`), within :func:`~gradcam.audits.follow.follow_budget`.
     """
     started = time.perf_counter()
     out = Path(out)
@@ -185,7 +190,8 @@ def audit(
         except ValueError as error:
             raise AuditError(f"--layer {layer}: {error}") from None
     items = _items(found.paths, found.roots, bundle, truth, boxes)
-    explainers = [AuditExplainer(bundle, method, layer, frame)]
+    followed = _classes_to_follow(bundle, classes, items)
+    explainers = [AuditExplainer(bundle, method, layer, frame, followed)]
     if second is not None:  # the same method, at the second model's own default layer
         explainers.append(AuditExplainer(second, method, frame=frame))
     if on_start is not None:
@@ -199,7 +205,7 @@ def audit(
     else:
         batches = run_local(items, explainers, batch_size, workers, max_megapixels, progress)
         try:
-            measured = collect(batches, items, len(explainers))
+            measured = collect(batches, items, len(explainers), len(followed))
         except (ValueError, TypeError) as error:  # the method, layer or model cannot be explained this way
             raise AuditError(str(error).splitlines()[0]) from None
         layers = [e.layer for e in explainers]
@@ -214,13 +220,15 @@ def audit(
     }  # fmt: skip
     findings = summarise(measured, bundle.labels, run, second.labels if second is not None else None)
     findings.head["hints"] = accuracy_hints(findings.head["classes"], frame, bundle.preprocessing)
-    from .experiments import prove_classes
+    findings.head["followed"] = followed_entries(measured, followed, bundle.labels)
+    from .experiments import prove_classes, prove_followed
 
     pictures = prove_classes(findings, bundle, frame, max_megapixels, asked)
+    followed_pictures = prove_followed(findings, bundle, frame, max_megapixels, asked)
     findings.head["seconds"] = round(time.perf_counter() - started, 2)
     from .output import write_outputs
 
-    write_outputs(findings, out, [bundle] + ([second] if second else []), pictures, frame)
+    write_outputs(findings, out, [bundle] + ([second] if second else []), pictures, frame, followed_pictures)
     return AuditResult(out, findings)
 
 
@@ -244,6 +252,35 @@ def _classes_to_prove(bundle: LoadedModel, names: Sequence[str | int]) -> list[i
         if not isinstance(classes, list):  # "top3" and the like: not a class
             raise AuditError(f"--prove {name!r}: name a class or give its index")
         chosen += [c for c in classes if c not in chosen]
+    return chosen
+
+
+def _classes_to_follow(
+    bundle: LoadedModel, names: str | Sequence[str | int] | None, items: Sequence[AuditItem]
+) -> list[int]:
+    """``classes``' indices: ``"all"`` is the classes of the true classes given, else every class of the
+    model's head; names and indices are read as ``--target`` reads them. Refused in one line beyond the
+    budget (:func:`~gradcam.audits.follow.follow_budget`)."""
+    if names is None:
+        return []
+    asked = [names] if isinstance(names, (str, int)) else list(names)
+    head = len(bundle.labels) if bundle.labels is not None else _outputs(bundle)
+    if [str(a).strip().lower() for a in asked] == ["all"]:
+        known = sorted({item.truth for item in items if item.truth is not None})
+        chosen = known or list(range(head))
+    else:
+        chosen = []
+        for name in asked:
+            try:
+                found = parse_target(str(name), bundle.labels, head, flag="--classes")
+            except UsageError as error:
+                raise AuditError(str(error)) from None
+            if not isinstance(found, list):  # "top3" and the like: not a class
+                raise AuditError(f"--classes {name!r}: name a class, give its index, or say all")
+            chosen += [c for c in found if c not in chosen]
+    refused = follow_budget(len(items), len(chosen))
+    if refused is not None:
+        raise AuditError(f"--classes: {refused}")
     return chosen
 
 

@@ -58,6 +58,8 @@ class Columns:
     grids: np.ndarray  # (N, G, G) float16, each summing to 1 (0 for an empty map)
     control: np.ndarray  # (N,) int32: the runner-up class (the model's highest score but the explained class's)
     control_grids: np.ndarray  # (N, G, G) float16: its map on the same photo, the control for the agreement
+    followed_grids: np.ndarray  # (N, K, G, G) float16: the maps of the K followed classes (``--classes``)
+    followed_probability: np.ndarray  # (N, K) float32: their probabilities
     predicted_rows: np.ndarray  # (N,) int32
     predicted_grids: np.ndarray  # (M, G, G) float16
 
@@ -75,12 +77,14 @@ class Columns:
         return Columns(**values, predicted_rows=renumbered, predicted_grids=self.predicted_grids[kept[has]])
 
     @staticmethod
-    def concatenate(parts: Sequence[Columns], grid: int) -> Columns:
+    def concatenate(parts: Sequence[Columns], grid: int, followed: int = 0) -> Columns:
         if not parts:
             empty = {name: np.zeros((0,), np.float32) for name in ROW_FIELDS}
             empty.update(corners=np.zeros((0, 4), np.float32), peak=np.zeros((0, 2), np.float32),
                          grids=np.zeros((0, grid, grid), np.float16), control=np.zeros((0,), np.int32),
-                         control_grids=np.zeros((0, grid, grid), np.float16))  # fmt: skip
+                         control_grids=np.zeros((0, grid, grid), np.float16),
+                         followed_grids=np.zeros((0, followed, grid, grid), np.float16),
+                         followed_probability=np.zeros((0, followed), np.float32))  # fmt: skip
             return Columns(**empty, predicted_rows=np.zeros((0,), np.int32),
                            predicted_grids=np.zeros((0, grid, grid), np.float16))  # fmt: skip
         values = {name: np.concatenate([getattr(p, name) for p in parts]) for name in ROW_FIELDS}
@@ -93,7 +97,8 @@ class Columns:
 
 
 ROW_FIELDS = ("predicted", "probability", "explained", "explained_probability", "border", "corners", "in_boxes",
-              "box_area", "peak", "empty", "grids", "control", "control_grids")  # fmt: skip
+              "box_area", "peak", "empty", "grids", "control", "control_grids", "followed_grids",
+              "followed_probability")  # fmt: skip
 
 
 @dataclass
@@ -131,6 +136,16 @@ class _ChosenClass:
         return logits.gather(1, chosen[:, None])[:, 0]
 
 
+class _OneClass:
+    """The score of class ``index`` for every image (a followed class, ``--classes``)."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __call__(self, output: Any) -> torch.Tensor:
+        return select_logits(output)[:, self.index]
+
+
 def _top_class(output: Any) -> torch.Tensor:
     return select_logits(output).max(dim=1).values
 
@@ -154,12 +169,20 @@ def runner_up(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
 
 
 class AuditExplainer:
-    """Explains batches of decoded photos with one model and measures the maps."""
+    """Explains batches of decoded photos with one model and measures the maps; ``followed``: classes
+    (indices) whose maps are also taken on every photo (``--classes``: one more target each, in the same
+    batched pass)."""
 
     def __init__(
-        self, bundle: LoadedModel, method: Any = "gradcam", layer: str | None = None, frame: str = "crop"
+        self,
+        bundle: LoadedModel,
+        method: Any = "gradcam",
+        layer: str | None = None,
+        frame: str = "crop",
+        followed: Sequence[int] = (),
     ) -> None:
         self.bundle, self.method, self.requested_layer, self.frame = bundle, method, layer, frame
+        self.followed = [int(c) for c in followed]
         self.layer: str | None = bundle.layer_for(layer)
 
     def _true_predicted_runner_up(self, inputs: torch.Tensor, known: list[int | None]) -> list[list[int]]:
@@ -172,7 +195,7 @@ class AuditExplainer:
         top, classes = scores.argmax(dim=1).tolist(), scores.shape[1]
         explained = [t if t is not None and 0 <= t < classes else p for t, p in zip(known, top, strict=True)]
         second = runner_up(scores, torch.tensor(explained)).tolist()
-        return [[e, p, r] for e, p, r in zip(explained, top, second, strict=True)]
+        return [[e, p, r, *self.followed] for e, p, r in zip(explained, top, second, strict=True)]
 
     def measure(self, items: Sequence[AuditItem], decoded: Sequence[DecodedPhoto]) -> Columns:
         """The columns of these photos; photos of different input sizes (``frame="full"``) are explained in
@@ -186,7 +209,7 @@ class AuditExplainer:
             groups.setdefault(sizes[i], []).append(i)
         parts = [self._measure([items[i] for i in rows], [decoded[i] for i in rows]) for rows in groups.values()]
         placed = [i for rows in groups.values() for i in rows]
-        joined = Columns.concatenate(parts, parts[0].grids.shape[-1])
+        joined = Columns.concatenate(parts, parts[0].grids.shape[-1], len(self.followed))
         return joined.take(np.argsort(np.asarray(placed), kind="stable"))
 
     def _measure(self, items: Sequence[AuditItem], decoded: Sequence[DecodedPhoto]) -> Columns:
@@ -203,7 +226,7 @@ class AuditExplainer:
         if get_method(self.method).wraps_explain:  # SESS, FullGrad, LeGrad take class indices, not callables
             targets = self._true_predicted_runner_up(inputs, known)
         else:
-            targets = [_ChosenClass(chosen), _top_class, _RunnerUp(chosen)]
+            targets = [_ChosenClass(chosen), _top_class, _RunnerUp(chosen), *map(_OneClass, self.followed)]
         ex = explain(model, inputs, self.method, self.layer, targets, labels=self.bundle.labels)
         if ex.logits is None:
             raise ValueError(f"{self.bundle.name}: the model's output is not (B, num_classes) class scores")
@@ -223,6 +246,13 @@ class AuditExplainer:
         grids = grid_maps(maps).to(torch.float16).numpy()
         predicted_grids = grid_maps(ex.maps[:, 1].detach().float().cpu()).to(torch.float16).numpy()
         control_grids = grid_maps(ex.maps[:, 2].detach().float().cpu()).to(torch.float16).numpy()
+        followed = ex.maps[:, 3:].detach().float().cpu()
+        count, grid = followed.shape[1], grids.shape[-1]
+        followed_grids = (
+            grid_maps(followed.flatten(0, 1)).reshape(len(items), count, grid, grid)
+            if count
+            else (torch.zeros(len(items), 0, grid, grid))
+        )
         box_area = masks.flatten(1).mean(dim=1)
         differs = (predicted != explained).numpy()
         predicted_rows = np.full(len(items), -1, dtype=np.int32)
@@ -239,6 +269,8 @@ class AuditExplainer:
             box_area=torch.where(box_area > 0, box_area, nan).numpy().astype(np.float32),
             peak=shares.peak.numpy().astype(np.float32), empty=shares.empty.numpy(), grids=grids,
             control=runner_up(logits, explained).cpu().numpy().astype(np.int32), control_grids=control_grids,
+            followed_grids=followed_grids.to(torch.float16).numpy(),
+            followed_probability=probabilities[:, self.followed].numpy().astype(np.float32).reshape(len(items), count),
             predicted_rows=predicted_rows, predicted_grids=predicted_grids[differs],
         )  # fmt: skip
 
@@ -324,8 +356,11 @@ class Measured:
         return self.items[int(self.positions[row])]
 
 
-def collect(batches: Iterator[BatchAudit] | Sequence[BatchAudit], items: Sequence[AuditItem], models: int) -> Measured:
-    """The batches (in any order, as Ray returns them) as one :class:`Measured`, rows by position."""
+def collect(
+    batches: Iterator[BatchAudit] | Sequence[BatchAudit], items: Sequence[AuditItem], models: int, followed: int = 0
+) -> Measured:
+    """The batches (in any order, as Ray returns them) as one :class:`Measured`, rows by position;
+    ``followed``: how many classes the first model follows (``--classes``)."""
     positions: list[np.ndarray] = []
     parts: list[list[Columns]] = [[] for _ in range(models)]
     errors: dict[int, str] = {}
@@ -338,5 +373,5 @@ def collect(batches: Iterator[BatchAudit] | Sequence[BatchAudit], items: Sequenc
     where = np.concatenate(positions) if positions else np.zeros((0,), np.int64)
     order = np.argsort(where, kind="stable")
     grid = parts[0][0].grids.shape[-1] if parts[0] else GRID
-    joined = [Columns.concatenate(p, grid).take(order) for p in parts]
+    joined = [Columns.concatenate(p, grid, followed if n == 0 else 0).take(order) for n, p in enumerate(parts)]
     return Measured(items, where[order], joined, errors)

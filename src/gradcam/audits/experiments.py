@@ -39,6 +39,7 @@ from ..pipeline.decode import decode
 from ..pipeline.naming import label_of
 from ..render.viz import to_pil
 from ..targets import select_logits
+from .follow import followed_centre
 
 PROOF_PHOTOS = 24
 MAX_REGION = 0.3
@@ -280,3 +281,34 @@ def _spread(rows: np.ndarray, classes: np.ndarray) -> np.ndarray:
     for turn in range(depth):
         order += [q[turn] for q in queues if turn < len(q)]
     return np.asarray(order, dtype=np.int64)
+
+
+def prove_followed(
+    findings: Any, bundle: LoadedModel, frame: str, max_megapixels: float, asked: Sequence[int] = ()
+) -> dict[int, Image.Image]:
+    """The experiments for every flagged followed class (``head["followed"]``) and every one in ``asked``,
+    on the other classes' photos: the suspected region is removed from those where the class is most
+    probable and pasted onto those where it is least. Returns the pictures by class index."""
+    view = findings.measured.models[0]
+    pictures: dict[int, Image.Image] = {}
+    for number, entry in enumerate(findings.head.get("followed", [])):
+        index = entry["index"]
+        if not (entry["flagged"] or index in asked):
+            continue
+        others = np.nonzero(view.explained != index)[0]
+        if len(others) < 2:
+            continue
+        ranked = others[np.argsort(-view.followed_probability[others, number], kind="stable")]
+        half = min(PROOF_PHOTOS, len(ranked) // 2)  # two different sets of photos
+        strongest, weakest = ranked[:half], _spread(ranked[half:][::-1].copy(), view.explained)
+        grids = torch.from_numpy(view.followed_grids[others, number].astype(np.float32))
+        centre = followed_centre(view.grids[others], view.control_grids[others[view.control[others] != index]])
+        region = suspected_region(grids.mean(0), centre)
+        paths = [findings.measured.item(int(r)).path for r in strongest]
+        donors_of = [findings.measured.item(int(r)).path for r in weakest]
+        known = torch.from_numpy(view.followed_probability[strongest, number].astype(np.float32))
+        entry["evidence"], picture = prove(bundle, index, paths, donors_of, region, frame, max_megapixels,
+                                           seed=index, known=known)  # fmt: skip
+        if picture is not None:
+            pictures[index] = picture
+    return pictures

@@ -90,9 +90,11 @@ def write_outputs(
     bundles: Sequence[LoadedModel],
     evidence_pictures: dict[int, Image.Image] | None = None,
     frame: str = "crop",
+    followed_pictures: dict[int, Image.Image] | None = None,
 ) -> None:
     """Everything an audit writes into ``out`` (see the module's docstring); ``evidence_pictures``: the
-    experiments' pictures by class index (``classes[*].evidence.picture``)."""
+    experiments' pictures by class index (``classes[*].evidence.picture``), ``followed_pictures`` those of
+    the followed classes (``followed[*].evidence.picture``)."""
     out.mkdir(parents=True, exist_ok=True)
     head = findings.head
     save_npy_atomic(findings.maps, out / "maps.npy")
@@ -112,6 +114,20 @@ def write_outputs(
         if evidence is not None and entry["index"] in (evidence_pictures or {}):
             evidence["picture"] = f"maps/{name}-experiment.png"
             save_picture(evidence_pictures[entry["index"]], out / evidence["picture"], "png")  # type: ignore[index]
+    if head.get("followed"):
+        save_npy_atomic(findings.measured.models[0].followed_grids, out / "followed_maps.npy")
+    for entry in head.get("followed", []):
+        name = f"followed-{entry['index']}-{slug(entry['name'])}"
+        entry["others_picture"] = f"maps/{name}-others-mean.png"
+        save_picture(heat_picture(entry["others_mean_map"]), out / entry["others_picture"], "png")
+        entry["picture"] = None
+        if entry["mean_map"] is not None:
+            entry["picture"] = f"maps/{name}-mean.png"
+            save_picture(heat_picture(entry["mean_map"]), out / entry["picture"], "png")
+        evidence = entry.get("evidence")
+        if evidence is not None and entry["index"] in (followed_pictures or {}):
+            evidence["picture"] = f"maps/{name}-experiment.png"
+            save_picture(followed_pictures[entry["index"]], out / evidence["picture"], "png")  # type: ignore[index]
     for entry in head.get("comparison", {}).get("classes", []):
         name = f"class-{entry['index']}-{slug(entry['name'])}"
         entry["compared_picture"] = f"maps/{name}-compared-mean.png"
@@ -157,13 +173,16 @@ class _Pictures:
         return data_uri(Image.open(self.out / relative), "PNG")
 
     def photo(self, key: str, which: str = "map") -> str | None:
-        """``which``: ``map`` (the audited class's), ``predicted`` (the predicted class's) or ``compared``."""
+        """``which``: ``map`` (the audited class's), ``predicted`` (the predicted class's), ``compared`` or
+        ``followed:K`` (the K-th followed class's)."""
         row = self.rows.get(key)
         if row is None:
             return None
         columns = self.findings.measured.models[0]
         grid = columns.grids[row]
-        if which == "predicted" and columns.predicted_rows[row] >= 0:
+        if which.startswith("followed:"):
+            grid = columns.followed_grids[row, int(which.split(":")[1])]
+        elif which == "predicted" and columns.predicted_rows[row] >= 0:
             grid = columns.predicted_grids[columns.predicted_rows[row]]
         elif which == "compared" and len(self.findings.measured.models) > 1:
             grid = self.findings.measured.models[1].grids[row]

@@ -26,6 +26,7 @@ from .engine import (
     collect,
     decode_for_models,
 )
+from .measure import GRID
 
 
 def batch_to_rows(batch: BatchAudit, positions: Sequence[int], grid: int) -> dict[str, np.ndarray]:
@@ -41,6 +42,8 @@ def batch_to_rows(batch: BatchAudit, positions: Sequence[int], grid: int) -> dic
     for number, columns in enumerate(batch.columns):
         for name in ROW_FIELDS:
             values = getattr(columns, name)
+            if values.ndim > 1 and values.shape[1] == 0:  # no followed classes: no column (Ray keeps no 0-wide one)
+                continue
             full = np.zeros((count, *values.shape[1:]), dtype=values.dtype)
             full[where >= 0] = values[where[where >= 0]]
             rows[f"m{number}.{name}"] = full
@@ -53,14 +56,22 @@ def batch_to_rows(batch: BatchAudit, positions: Sequence[int], grid: int) -> dic
     return rows
 
 
-def rows_to_batch(rows: dict[str, np.ndarray], models: int) -> BatchAudit:
+def rows_to_batch(rows: dict[str, np.ndarray], models: int, grid: int) -> BatchAudit:
     errors = {int(p): str(e) for p, e in zip(rows["position"], rows["error"], strict=True) if str(e)}
     good = np.array([not str(e) for e in rows["error"]], dtype=bool)
     columns = []
     for number in range(models if good.any() else 0):
-        values = {name: rows[f"m{number}.{name}"][good] for name in ROW_FIELDS}
+        count = int(good.sum())
+        absent: dict[str, np.ndarray] = {
+            "followed_grids": np.zeros((count, 0, grid, grid), np.float16),
+            "followed_probability": np.zeros((count, 0), np.float32),
+        }
+        values: dict[str, np.ndarray] = {
+            name: rows[f"m{number}.{name}"][good] if f"m{number}.{name}" in rows else absent[name]
+            for name in ROW_FIELDS
+        }
         has = rows[f"m{number}.has_predicted"][good]
-        predicted_rows = np.full(int(good.sum()), -1, dtype=np.int32)
+        predicted_rows = np.full(count, -1, dtype=np.int32)
         predicted_rows[has] = np.arange(int(has.sum()), dtype=np.int32)
         columns.append(Columns(**values, predicted_rows=predicted_rows,
                                predicted_grids=rows[f"m{number}.predicted_grid"][good][has]))  # fmt: skip
@@ -78,13 +89,17 @@ class AuditActor:
         threads: int,
         max_megapixels: float,
         frame: str = "crop",
+        followed: Sequence[int] = (),
     ) -> None:
         import torch
 
         torch.set_num_threads(threads)
         if torch.cuda.is_available() and os.environ.get("CUDA_VISIBLE_DEVICES"):  # Ray gave this actor a GPU
             bundles = [replace(b, model=b.model.to("cuda")) for b in bundles]
-        self.explainers = [AuditExplainer(b, method, layer if i == 0 else None, frame) for i, b in enumerate(bundles)]
+        self.explainers = [
+            AuditExplainer(b, method, layer if i == 0 else None, frame, followed if i == 0 else ())
+            for i, b in enumerate(bundles)
+        ]
         self.max_megapixels, self.frame = max_megapixels, frame
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -105,8 +120,6 @@ class AuditActor:
 
 
 def _grid(batch: BatchAudit) -> int:
-    from .measure import GRID
-
     return batch.columns[0].grids.shape[-1] if batch.columns else GRID
 
 
@@ -137,6 +150,7 @@ def run_ray(
         fn_constructor_kwargs={
             "bundles": [e.bundle for e in explainers], "method": first.method, "layer": first.requested_layer,
             "threads": threads_per_actor, "max_megapixels": max_megapixels, "frame": first.frame,
+            "followed": first.followed,
         },  # fmt: skip
         batch_size=batch_size, batch_format="numpy", concurrency=actors, num_cpus=cpus_per_actor,
         num_gpus=gpus_per_actor, max_restarts=-1, max_task_retries=-1,
@@ -147,7 +161,8 @@ def run_ray(
     def batches() -> Iterator[BatchAudit]:
         nonlocal layers
         for rows_out in results.iter_batches(batch_format="numpy", batch_size=None):
-            batch = rows_to_batch(rows_out, len(explainers))
+            grid = int(rows_out["m0.grids"].shape[-1]) if "m0.grids" in rows_out else GRID
+            batch = rows_to_batch(rows_out, len(explainers), grid)
             seen.update(int(p) for p in rows_out["position"])
             if len(batch.positions):
                 layers = json.loads(str(rows_out["layers"][0]))
@@ -155,7 +170,7 @@ def run_ray(
                 progress(len(rows_out["position"]))
             yield batch
 
-    measured = collect(batches(), items, len(explainers))
+    measured = collect(batches(), items, len(explainers), len(first.followed))
     if len(seen) != len(items):
         missing = next(item.path for i, item in enumerate(items) if i not in seen)
         raise RuntimeError(f"the Ray engine lost {len(items) - len(seen)} photos (first: {missing})")

@@ -11,6 +11,12 @@ from __future__ import annotations
 from html import escape
 from typing import Any, Protocol
 
+from .audit_followed import followed_section
+from .audit_parts import cell as _cell
+from .audit_parts import figure as _figure
+from .audit_parts import number as _number
+from .audit_parts import photos as _photos
+from .audit_parts import share as _share
 from .report import colour_scale_css
 
 PAGE_CLASSES = 60
@@ -77,23 +83,6 @@ for (const table of document.querySelectorAll('table.sortable')) {
 """
 
 
-def _share(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0%}"
-
-
-def _cell(value: float | None, text: str | None = None, css: str = "") -> str:
-    sort = "" if value is None else f' data-value="{value}"'
-    shown = escape(text if text is not None else _share(value))
-    return f"<td{sort}{f' class={css}' if css else ''}>{shown}</td>"
-
-
-def _figure(src: str | None, caption: str, alt: str = "") -> str:
-    if src is None:
-        return f"<figure><figcaption>{escape(caption)} (unreadable now)</figcaption></figure>"
-    image = f'<img src="{escape(src)}" alt="{escape(alt or caption)}">'
-    return f"<figure>{image}<figcaption>{escape(caption)}</figcaption></figure>"
-
-
 def _worst_corner(corners: dict[str, float | None]) -> tuple[float | None, str]:
     known = {k: v for k, v in corners.items() if v is not None}
     if not known:
@@ -128,22 +117,33 @@ def _agreement(entry: dict[str, Any]) -> float | None:
     return None if agreed is None else agreed["maps"]
 
 
-def _evidence(entry: dict[str, Any], pictures: Pictures) -> str:
-    """The experiment behind a flag: its verdict, its figures and its picture."""
+def _evidence(entry: dict[str, Any], pictures: Pictures, followed: bool = False) -> str:
+    """The experiment behind a flag: its verdict, its figures and its picture. ``followed``: a followed
+    class's, run on other classes' photos (removed where the class is most probable, pasted where least)."""
     e = entry.get("evidence")
     if e is None:
         return ""
     drop = _signed_share(e["occlusion_drop"], e["occlusion_drop_std"])
     drop_random = _signed_share(e["occlusion_drop_random"], e["occlusion_drop_random_std"])
-    figures = (f"region: {_share(e['region_area'])} of the frame; removed from {_photos(e['photos'])} of the class: "
+    removed_from, pasted_onto = (
+        ("where the class is most probable", "where it is least probable")
+        if followed
+        else ("of the class", "of other classes")
+    )
+    figures = (f"region: {_share(e['region_area'])} of the frame; removed from {_photos(e['photos'])} {removed_from}: "
                f"probability {drop} lower (random region of the same size: {drop_random})")  # fmt: skip
     if e["transplant_gain"] is not None:
-        figures += (f"; pasted onto {_photos(e['other_photos'])} of other classes: probability "
+        figures += (f"; pasted onto {_photos(e['other_photos'])} {pasted_onto}: probability "
                     f"{e['transplant_gain']:+.2f} ± {e['transplant_gain_std']:.2f} (random region: "
                     f"{e['transplant_gain_random']:+.2f} ± {e['transplant_gain_random_std']:.2f})")  # fmt: skip
     picture = ""
     if e["picture"]:
         caption = "a photo | the region | removed | another class's photo | the region pasted on"
+        if followed:
+            caption = (
+                "a photo where it is most probable | the region | removed | one where it is least probable | "
+                "the region pasted on"
+            )
         picture = (f'<figure class=experiment><img src="{escape(pictures.file(e["picture"]))}" alt="{caption}">'
                    f"<figcaption>{caption}</figcaption></figure>")  # fmt: skip
     css = "reason" if e["confirmed"] else "muted"
@@ -212,11 +212,6 @@ def _photo_lists(lists: dict[str, Any], pictures: Pictures) -> str:
     return "".join(parts)
 
 
-def _photos(count: int) -> str:
-    """ "1 photo", "2 photos"."""
-    return f"{count} photo" if count == 1 else f"{count} photos"
-
-
 def _said(photo: dict[str, Any]) -> str:
     predicted = photo["predicted"]
     return f"said: {predicted['label']} ({_share(predicted['probability'])})"
@@ -272,10 +267,6 @@ def _class_picture(report: dict[str, Any], index: int) -> str:
     return next(c["picture"] for c in report["classes"] if c["index"] == index)
 
 
-def _number(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
-
-
 def audit_page(report: dict[str, Any], lists: dict[str, Any], pictures: Pictures) -> str:
     """The page of an audit: ``report`` is ``audit.json`` without its per-photo lists (with the PNG paths
     added), ``lists`` the photos the page lists (:func:`gradcam.audits.output.page_lists`)."""
@@ -303,6 +294,8 @@ def audit_page(report: dict[str, Any], lists: dict[str, Any], pictures: Pictures
     failed = "".join(f"<p class=error>{escape(f['error'] or f['path'])}</p>" for f in report["failed"][:200])
     failed_section = f"<h2 id=failed>Unreadable photos ({len(report['failed'])})</h2>{failed}" if failed else ""
     links = ['<a href="#classes">Classes</a>']
+    if report.get("followed"):
+        links.append('<a href="#followed">Followed classes</a>')
     if report.get("comparison"):
         links.append('<a href="#comparison">Comparison</a>')
     if report["failed"]:
@@ -321,6 +314,7 @@ to its threshold (1 or more: flagged). {scale}</p>
 {_class_table(classes, {c["index"] for c in paged})}
 {f"<p class=muted>{more} more classes are in audit.json.</p>" if more else ""}
 <h2>Class pages</h2>{"".join(_class_page(entry, pictures) for entry in paged)}
+{followed_section(report.get("followed", []), pictures, _evidence)}
 {_photo_lists(lists, pictures)}
 {_comparison(report, lists, pictures)}
 {failed_section}

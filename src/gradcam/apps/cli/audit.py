@@ -70,6 +70,14 @@ def add_parser(commands: Any) -> None:
         help="also run the experiments (occlusion and transplant of the suspected region) for these classes, "
         "flagged or not (flagged classes always get them)",
     )
+    audit.add_argument(
+        "--classes",
+        default=None,
+        metavar="CLASS[,CLASS...]|all",
+        help="follow these classes over every photo, other classes' photos included: where does the model find "
+        "evidence for them in photos that do not show them? (all: the classes of --truth, else every class of the "
+        "model, within a time and memory budget; each costs one more backward pass per batch)",
+    )
     seen = audit.add_argument_group("how the model sees the photos (as it was trained)")
     seen.add_argument(
         "--frame",
@@ -102,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
     except UsageError as problem:
         return _error(str(problem))
     prove = [part.strip() for part in (args.prove or "").split(",") if part.strip()]
+    followed = None if args.classes is None else [part.strip() for part in args.classes.split(",") if part.strip()]
     try:
         result = audit(
             args.paths, args.model, weights=args.weights, labels=args.labels, truth=args.truth, boxes=args.boxes,
@@ -111,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
             max_megapixels=args.max_megapixels, actors=args.actors, address=args.address,
             cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor, on_start=start,
             progress=lambda n: bar.update(n) if bar else None, frame=args.frame, preprocessing=preprocessing,
-            prove=prove,
+            prove=prove, classes=followed,
         )  # fmt: skip
     except (AuditError, ModelLoadError) as error:
         return _error(str(error))
@@ -143,6 +152,16 @@ def _print_summary(report: dict[str, Any], out: Path) -> None:
     for entry in report["classes"]:
         if entry.get("evidence") is not None:
             print(f"  experiment, {entry['name']}: {entry['evidence']['verdict']}")
+    for entry in report.get("followed", []):
+        print(
+            f"followed {entry['name']}: on {entry['other_photos']} photos of other classes, mean probability "
+            f"{_share(entry['probability_on_others'])}, predicted on {entry['predicted_on_others']}"
+            + ("" if entry["flagged"] else "; not flagged")
+        )
+        for reason in entry["reasons"]:
+            print(f"  {entry['name']}: {reason}")
+        if entry.get("evidence") is not None:
+            print(f"  experiment, {entry['name']}: {entry['evidence']['verdict']}")
     for hint in report.get("hints", []):
         print(f"hint: {hint}")
     if summary["right_for_wrong_reason"]:
@@ -154,6 +173,10 @@ def _print_summary(report: dict[str, Any], out: Path) -> None:
             f"top-20% IoU {comparison['top20_iou']}, {comparison['prediction_changes']} predictions changed"
         )
     print(f"report: {out / 'audit.html'}")
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
 
 
 def _error(message: str) -> int:
