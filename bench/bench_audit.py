@@ -8,7 +8,8 @@ true class's map and the predicted class's), then, each in a child process timed
 1. ``gradcam explain FOLDER`` with its default outputs (overlays, the manifest, index.html);
 2. ``gradcam audit FOLDER --truth FOLDER`` (audit.json, audit.html, maps, the clusters).
 Prints images per second, the ratio of the audit's time to explain's (the goal: at most 1.2) and the
-audit's peak RSS (the child's, including its decoding workers).
+audit's peak RSS (the child's, including its decoding workers). With ``--follow K``, a third run follows
+the first K classes over every photo (``--classes``) and its time is printed beside the audit's.
 """
 
 from __future__ import annotations
@@ -55,13 +56,16 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip-explain", action="store_true", help="only the audit (for the memory rows)")
+    parser.add_argument("--follow", type=int, default=0, help="also time an audit following this many classes")
     args = parser.parse_args()
     common = ["--quiet", "--batch-size", str(args.batch), "--workers", str(args.workers), "--device", args.device]
     print(f"efficientnet_lite0, batch {args.batch}, {args.workers} decoding workers, {os.cpu_count()} cores, "
           "photos of 0.1 to 1 megapixels, 5 classes with --truth")  # fmt: skip
+    follow = ",".join(list(CLASSES)[: args.follow])
+    extra = f" audit --classes {follow} (s) | peak RSS with --classes (MB) |" if follow else ""
     print("| images | gradcam explain (img/s) | gradcam audit (img/s) | audit time / explain time | "
-          "peak RSS of audit (MB) |")  # fmt: skip
-    print("|---:|---:|---:|---:|---:|")
+          f"peak RSS of audit (MB) |{extra}")  # fmt: skip
+    print("|---:|---:|---:|---:|---:|" + ("---:|---:|" if follow else ""))
     with tempfile.TemporaryDirectory() as tmp:
         sources = source_photos(Path(tmp), (0.1, 1.0), count=len(CLASSES) * 4)
         for count in args.counts:
@@ -74,9 +78,16 @@ def main() -> None:
                 ["audit", str(folder), "--truth", str(folder), "--out", f"{tmp}/audit{count}", *common]
             )
             shutil.rmtree(f"{tmp}/audit{count}")
+            followed = ""
+            if follow:
+                arguments = ["audit", str(folder), "--truth", str(folder), "--out", f"{tmp}/follow{count}", *common]
+                follow_seconds, follow_rss = child([*arguments, "--classes", follow])
+                shutil.rmtree(f"{tmp}/follow{count}")
+                followed = f" {follow_seconds:.1f} (audit: {audit_seconds:.1f}) | {follow_rss:.0f} |"
             explain_rate = f"{count / explain_seconds:.1f}" if explain_seconds else "-"
             ratio = f"{audit_seconds / explain_seconds:.2f}" if explain_seconds else "-"
-            print(f"| {count} | {explain_rate} | {count / audit_seconds:.1f} | {ratio} | {rss:.0f} |", flush=True)
+            row = f"| {count} | {explain_rate} | {count / audit_seconds:.1f} | {ratio} | {rss:.0f} |{followed}"
+            print(row, flush=True)
             shutil.rmtree(folder)
 
 

@@ -150,7 +150,7 @@ def test_serve_command_warns_when_opened_to_the_network(monkeypatch, capsys):
     from gradcam.apps.cli import main
 
     calls = []
-    monkeypatch.setattr(gradcam.apps.web, "serve", lambda host, port, examples, models: calls.append((host, port)))
+    monkeypatch.setattr(gradcam.apps.web, "serve", lambda host, port, examples, models, audits: calls.append((host, port)))
     assert main(["serve"]) == 0
     assert calls[-1] == ("127.0.0.1", 7860) and "warning" not in capsys.readouterr().err
     assert main(["serve", "--host", "0.0.0.0", "--port", "8000"]) == 0
@@ -186,7 +186,7 @@ def test_a_fine_tuned_checkpoint_with_its_labels_is_served(tmp_path, monkeypatch
                            out_dir=tmp_path)  # fmt: skip
     assert set(result.top5) == {"cat", "dog", "cup"} and result.overlays[0][1].startswith("gradcam: dog")
     shelves = []
-    monkeypatch.setattr(web, "serve", lambda host, port, examples, models: shelves.append(models))
+    monkeypatch.setattr(web, "serve", lambda host, port, examples, models, audits: shelves.append(models))
     assert main(["serve", "--models", "resnet18", "--weights", str(path), "--labels", str(names)]) == 0
     assert shelves[-1].weights == {"resnet18": str(path)} and shelves[-1].labels == {"resnet18": str(names)}
     assert main(["serve", "--models", "resnet18,vgg19", "--weights", str(path)]) == 2

@@ -30,7 +30,6 @@ from ..explain import explain
 from ..io.files import write_atomic
 from ..io.images import (
     DEFAULT_MAX_MEGAPIXELS,
-    IMAGE_SUFFIXES,
     ImageReadError,
     framed,
     image_tensor,
@@ -49,15 +48,15 @@ from ..pipeline.writer import PhotoWriter, WriteOptions, top_predictions
 from ..render.captions import caption
 from ..render.viz import overlay_image
 from ..targets import TextPrompt, class_index
+from .web_audit import audit_folders, audit_tab
 from .web_detect import explain_detector_photo
-from .web_files import explain_upload
+from .web_files import colour_scale_html, example_photos, explain_upload
 from .web_state import AppError, ModelShelf, ScratchSpace, as_text, failure, in_background, one_line, request_budget
 
 MAX_UPLOAD_MB = 20
 MAX_TARGETS = 10  # per method; top1000 would write 2,000 files
 MAX_OVERLAYS = 30  # methods x targets in one request
 GRADIO_CACHE_SWEEP = (600, 3600)  # every 10 minutes, delete Gradio's cached files older than an hour
-PACKAGE_EXAMPLES = Path(__file__).parents[1] / "examples"
 ANY_CLASS_LABEL = "Any class: type to search; its map appears without running the model again (first method)"
 COLORMAPS = ["jet", "turbo", "inferno", "viridis", "magma", "plasma", "coolwarm"]
 
@@ -325,9 +324,11 @@ def _caption(ex: Any, k: int, index: int, prompt: bool, method: str, label: str)
     return caption(method, label, score=score, probability=float(ex.logits[0].softmax(-1)[index]))
 
 
-def build_app(examples: Path | None = None, models: Sequence[str] | ModelShelf | None = None) -> Any:
+def build_app(
+    examples: Path | None = None, models: Sequence[str] | ModelShelf | None = None, audits: Sequence[Path] = ()
+) -> Any:
     """The Gradio page, offering ``models`` (names, or a :class:`ModelShelf`; default: the embedded one),
-    all loaded before it returns."""
+    all loaded before it returns, and the audit folders ``audits`` in its "Audit a dataset" tab."""
     import gradio as gr
 
     from ..methods import methods as registered
@@ -406,7 +407,7 @@ def build_app(examples: Path | None = None, models: Sequence[str] | ModelShelf |
 
     with gr.Blocks(title="gradcam", delete_cache=GRADIO_CACHE_SWEEP) as app:
         gr.Markdown("# gradcam\nWhy did the model decide that? Upload or paste a photo, or pick an example.")
-        with gr.Row():
+        with gr.Tab("Explain a photo", elem_id="explain-tab"), gr.Row():
             with gr.Column(scale=1):
                 # image_mode=None: Gradio hands over the uploaded file untouched (any other mode makes it decode and
                 # convert the whole image first, before our own size check: a 164 KB 13000 x 13000 PNG took 0.8 GB)
@@ -451,6 +452,8 @@ def build_app(examples: Path | None = None, models: Sequence[str] | ModelShelf |
                     concept_count = gr.Slider(1, MAX_CONCEPTS, value=4, step=1, label="Concepts", elem_id="concept-k")
                     concept_button = gr.Button("Find concepts", elem_id="concepts")
                     concept_map = gr.Image(label="Each place coloured by its strongest concept", elem_id="concepts-map")
+        with gr.Tab("Audit a dataset", elem_id="audit-tab"):
+            audit_tab(SHELF, choices, lambda: scratch().new_folder(), audit_folders(audits))
         model.change(on_model, inputs=[model], outputs=[layer])
         button.click(run, inputs=[photo, model, chosen, layer, target, alpha, colormap, frame, method_options],
                      outputs=[gallery, grid, top5, files, status, every, any_class])  # fmt: skip
@@ -469,29 +472,15 @@ FRAMES_SHOWN = {
 }
 
 
-def example_photos(folder: Path | None) -> list[str]:
-    """The photos offered as examples: ``folder``'s, else those shipped inside the package."""
-    if folder is None or not folder.is_dir():
-        folder = PACKAGE_EXAMPLES
-    return sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-
-
-def colour_scale_html() -> str:
-    """The colour scale under the overlays (jet; the colormap menu changes the overlays' colours)."""
-    from ..render.report import colour_scale_css
-
-    bar = f'<i style="display:inline-block;width:220px;height:10px;background:{colour_scale_css("jet")}"></i>'
-    return f"<div>heat: low {bar} high &mdash; each map scaled to its own maximum (jet shown)</div>"
-
-
 def serve(
     host: str = "127.0.0.1",
     port: int = 7860,
     examples: Path | None = None,
     block: bool = True,
     models: Sequence[str] | ModelShelf | None = None,
+    audits: Sequence[Path] = (),
 ) -> Any:
     """Start the app; returns Gradio's ``(app, local_url, share_url)`` when ``block`` is False."""
-    app = build_app(examples, models)
+    app = build_app(examples, models, audits)
     return app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=not block,
                       max_file_size=f"{MAX_UPLOAD_MB}mb", show_error=False)  # fmt: skip

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..io.images import FoundImages
+from ..io.images import IMAGE_SUFFIXES, FoundImages
 from ..io.models import LoadedModel
 from ..pipeline.kinds import KINDS, kind_of, refuse_unsupported
 from ..pipeline.options import RunOptions, UsageError, parse_target
@@ -111,3 +111,21 @@ def _check_video(path: Path) -> None:
             f"{path.name}: {frames} frames; the web app explains videos of at most {MAX_VIDEO_FRAMES} frames "
             "(use gradcam explain for longer ones)"
         )
+
+
+PACKAGE_EXAMPLES = Path(__file__).parents[1] / "examples"
+
+
+def example_photos(folder: Path | None) -> list[str]:
+    """The photos offered as examples: ``folder``'s, else those shipped inside the package."""
+    if folder is None or not folder.is_dir():
+        folder = PACKAGE_EXAMPLES
+    return sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def colour_scale_html() -> str:
+    """The colour scale under the overlays (jet; the colormap menu changes the overlays' colours)."""
+    from ..render.report import colour_scale_css
+
+    bar = f'<i style="display:inline-block;width:220px;height:10px;background:{colour_scale_css("jet")}"></i>'
+    return f"<div>heat: low {bar} high &mdash; each map scaled to its own maximum (jet shown)</div>"

@@ -17,7 +17,8 @@ def add_parser(commands: Any) -> None:
         "serve",
         help=SUMMARIES["serve"],
         description="Serve the web app: upload or paste a photo (or a video, a volume, a signal, an image array), "
-        "choose methods and targets, download the maps. Listens on 127.0.0.1 unless --host says otherwise.",
+        "choose methods and targets, download the maps; open an audit (--audit) or audit a zip of photos. Listens "
+        "on 127.0.0.1 unless --host says otherwise.",
         formatter_class=Formatter,
     )
     web.add_argument("--host", default="127.0.0.1", help="address to listen on; anything but loopback opens the app")
@@ -43,6 +44,13 @@ def add_parser(commands: Any) -> None:
         help="also load the model files of --models whose loading runs code (an Ultralytics checkpoint "
         "yolo:FILE.pt, a whole pickled model): only files from a source you trust; uploads are never unpickled",
     )
+    web.add_argument(
+        "--audit",
+        action="append",
+        default=[],
+        metavar="FOLDER",
+        help="an audit folder (gradcam audit --out) to offer in the 'Audit a dataset' tab; repeat for several",
+    )
     add_labels_option(web)
 
 
@@ -57,6 +65,12 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     from ..web import AppError, ModelShelf
+    from ..web_audit import audit_folders
+
+    try:
+        audit_folders([Path(folder) for folder in args.audit])
+    except AppError as error:
+        return usage_error(f"--audit: {error}")
 
     busy = _port_taken(args.host, args.port)
     if busy:
@@ -72,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
         trust_weights=args.trust_weights,
     )
     try:
-        serve(args.host, args.port, Path(args.examples) if args.examples else None, models=shelf)
+        serve(args.host, args.port, Path(args.examples) if args.examples else None, models=shelf,
+              audits=[Path(folder) for folder in args.audit])  # fmt: skip
     except AppError as error:
         return usage_error(f"--models: {error}")
     except OSError as error:  # the port was taken meanwhile
