@@ -150,7 +150,7 @@ def test_serve_command_warns_when_opened_to_the_network(monkeypatch, capsys):
     from gradcam.apps.cli import main
 
     calls = []
-    monkeypatch.setattr(gradcam.apps.web, "serve", lambda host, port, examples, models, audits: calls.append((host, port)))
+    monkeypatch.setattr(gradcam.apps.web, "serve", lambda host, port, examples, **_: calls.append((host, port)))
     assert main(["serve"]) == 0
     assert calls[-1] == ("127.0.0.1", 7860) and "warning" not in capsys.readouterr().err
     assert main(["serve", "--host", "0.0.0.0", "--port", "8000"]) == 0
