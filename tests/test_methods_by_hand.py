@@ -137,6 +137,76 @@ def test_cam_on_a_pooled_linear_head():
     torch.testing.assert_close(ex.layer_results[0].weights[0, 0], torch.tensor([2.0, -1.0]))
 
 
+class _PooledHead(torch.nn.Module):
+    """A ReLU layer read by global average pooling and ``head`` (the hand weights [[2, -1], [0.5, 0.5]] in
+    one linear layer, or split into two, or followed by a log-softmax)."""
+
+    def __init__(self, head: str = "linear") -> None:
+        super().__init__()
+        self.act = torch.nn.ReLU()
+        weight = torch.tensor([[2.0, -1.0], [0.5, 0.5]])
+        if head == "two linears":  # W = W2 @ W1 with W1 = 2 I
+            self.fc = torch.nn.Sequential(torch.nn.Linear(2, 2, bias=False), torch.nn.Linear(2, 2, bias=False))
+            with torch.no_grad():
+                self.fc[0].weight.copy_(2 * torch.eye(2))
+                self.fc[1].weight.copy_(weight / 2)
+        else:
+            self.fc = torch.nn.Linear(2, 2, bias=False)
+            with torch.no_grad():
+                self.fc.weight.copy_(weight)
+        self.log_softmax = head == "log-softmax"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores = self.fc(self.act(x).mean(dim=(2, 3)))
+        return scores.log_softmax(dim=1) if self.log_softmax else scores
+
+
+def _backward_passes(model: torch.nn.Module) -> list[int]:
+    calls: list[int] = []
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.register_full_backward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+def test_cam_reads_the_classifier_without_a_backward_pass():
+    """One linear layer gives every score from the pooled layer: its rows are CAM's weights, no gradient."""
+    model = _PooledHead()
+    backward = _backward_passes(model)
+    ex = gradcam.explain(model, HAND_INPUT, "cam", "act", targets=[0])
+    assert backward == []
+    torch.testing.assert_close(ex.raw[0, 0], torch.tensor([[2.0, 3.0], [0.0, 2.0]]))
+    torch.testing.assert_close(ex.layer_results[0].weights[0, 0], torch.tensor([2.0, -1.0]))
+    # the same weights as the gradient gives them (Grad-CAM's mean gradient is W / (h w) on such a head)
+    grad = gradcam.explain(model, HAND_INPUT, "gradcam", "act", targets=[0])
+    torch.testing.assert_close(grad.layer_results[0].weights[0, 0] * 4, torch.tensor([2.0, -1.0]))
+    counter = gradcam.explain(model, HAND_INPUT, "cam", "act", targets=[0], counterfactual=True)
+    torch.testing.assert_close(counter.layer_results[0].weights[0, 0], torch.tensor([-2.0, 1.0]))
+    model.fc = torch.nn.Linear(2, 2, bias=False)  # a new classifier: the one found before no longer gives the scores
+    with torch.no_grad():
+        model.fc.weight.copy_(torch.tensor([[-1.0, 3.0], [0.0, 1.0]]))
+    swapped = gradcam.explain(model, HAND_INPUT, "cam", "act", targets=[0])
+    torch.testing.assert_close(swapped.layer_results[0].weights[0, 0], torch.tensor([-1.0, 3.0]))
+
+
+@pytest.mark.parametrize("head", ["two linears", "log-softmax"])
+def test_cam_falls_back_to_the_gradient_when_no_one_linear_layer_gives_the_scores(head):
+    """Two linear layers (W2 W1 = the hand weights) or a log-softmax after the classifier: no single linear
+    layer reproduces the scores, so the gradient gives the weights, as before."""
+    model = _PooledHead(head)
+    backward = _backward_passes(model)
+    ex = gradcam.explain(model, HAND_INPUT, "cam", "act", targets=[0])
+    assert backward  # the gradient was taken
+    weights = ex.layer_results[0].weights[0, 0]
+    if head == "two linears":
+        torch.testing.assert_close(weights, torch.tensor([2.0, -1.0]))
+    else:  # d log p_0 / d pooled = W_0 - sum_j p_j W_j
+        pooled = torch.relu(HAND_INPUT).mean(dim=(2, 3))[0]
+        weight = torch.tensor([[2.0, -1.0], [0.5, 0.5]])
+        p = (weight @ pooled).softmax(0)
+        torch.testing.assert_close(weights, weight[0] - p @ weight)
+
+
 def test_cam_refuses_a_head_that_is_not_pooled_and_linear(hand_model):
     with pytest.raises(ValueError, match="not followed by global average pooling"):
         raw_map(hand_model, "cam")  # the hand model's head weighs each position differently

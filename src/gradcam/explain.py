@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -20,9 +19,11 @@ from .hooks import (
     is_out_of_memory,
     model_lock,
     preserved_state,
+    twice_differentiable,
 )
 from .inputs import BoundInputs, automatic_layer, image_key, image_of, prefixed, unprefixed
 from .layers import LayerSpec, resolve_layers
+from .linear_head import linear_head_gradients
 from .methods import CAMMethod, get_method
 from .methods.attention import attention_beside
 from .methods.base import LayerContext
@@ -54,6 +55,7 @@ class _Settings:
     grid: tuple[int, int] | None
     every_class: bool = False
     layers_apart: bool = False
+    head_first: bool = True  # a method that reads a linear head (CAM) first tries it without a graph
 
 
 def explain(
@@ -278,11 +280,14 @@ def _explain_once(
     captured = [*layers, attention_beside(model, layers[0][0])] if reads_attention else layers
     if reads_attention and len(layers) != 1:
         raise ValueError(f"{method.name} explains one layer at a time")
+    head_first = method.reads_linear_head and settings.head_first and len(layers) == 1 and not settings.every_class
+    asked = targets
     with preserved_state(model, eval_mode=settings.eval_mode):
         torch.set_grad_enabled(False)
-        with _twice_differentiable(method.second_order):
+        with twice_differentiable(method.second_order):
+            graph = method.uses_gradients and not head_first
             raw_output, outputs = captured_forward(
-                model, images, captured, graph_from_layer=method.uses_gradients, layers_apart=settings.layers_apart
+                model, images, captured, graph_from_layer=graph, layers_apart=settings.layers_apart
             )
         if isinstance(targets, TargetsFromOutput):
             targets = targets.choose(raw_output)
@@ -307,7 +312,14 @@ def _explain_once(
         columns = resolved.columns(logits) if resolved.functions is not None else None
         scores = torch.stack(columns, dim=1) if columns is not None else resolved.scores(logits)
         gradients = None
-        if method.uses_gradients:
+        if head_first:  # CAM: the classifier's rows, if one linear layer gives the scores from the pooled layer
+            found = None
+            if resolved.indices is not None and resolved.comparisons is None and isinstance(logits, torch.Tensor):
+                found = linear_head_gradients(model, outputs[0], logits, resolved.indices)
+            if found is None:  # no such classifier: the gradient decides (and CAM refuses a layer not read so)
+                return _explain_once(model, images, layers, asked, replace(settings, head_first=False))
+            gradients = [[g] for g in found]
+        elif method.uses_gradients:
             differentiated = outputs[len(layers) :] if reads_attention else outputs
             gradients = _gradients(
                 scores,
@@ -362,18 +374,6 @@ def _explain_once(
         counterfactual=settings.counterfactual,
         class_maps=class_maps,
     )
-
-
-def _twice_differentiable(needed: bool) -> Any:
-    """For a second-order method (Shapley-CAM's Hessian-vector product): attention through PyTorch's math
-    kernel, whose backward can itself be differentiated (the fused CPU and GPU kernels' cannot: "derivative
-    for aten::_scaled_dot_product_flash_attention_for_cpu_backward is not implemented"). The maps are the
-    same; the math kernel is slower and holds the attention matrix."""
-    if not needed:
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel(SDPBackend.MATH)
 
 
 def _similarity_scores(

@@ -7,6 +7,7 @@ gradients are taken with ``torch.autograd.grad`` to that leaf only. No parameter
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import warnings
 import weakref
@@ -263,3 +264,15 @@ def check_dimensions(model: nn.Module, images: torch.Tensor) -> None:
             f"images {tuple(images.shape)}: this model's convolutions take float tensor {wanted}, "
             f"not {spatial}-D inputs{hint}"
         )
+
+
+def twice_differentiable(needed: bool) -> Any:
+    """For a second-order method (Shapley-CAM's Hessian-vector product): attention through PyTorch's math
+    kernel, whose backward can itself be differentiated (the fused CPU and GPU kernels' cannot: "derivative
+    for aten::_scaled_dot_product_flash_attention_for_cpu_backward is not implemented"). The maps are the
+    same; the math kernel is slower and holds the attention matrix."""
+    if not needed:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(SDPBackend.MATH)

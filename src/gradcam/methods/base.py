@@ -68,6 +68,7 @@ class CAMMethod:
     evaluated_by_default: ClassVar[bool] = True  # derived: in `gradcam evaluate`'s default list (fast, any CNN)
     wraps_explain: ClassVar[bool] = False  # makes its maps itself from the model (SESS, FullGrad): wrapped_maps()
     uses_layer: ClassVar[bool] = True  # explains one chosen layer (FullGrad: every bias of the network)
+    reads_linear_head: ClassVar[bool] = False  # its gradient is a linear classifier's rows (CAM: linear_head.py)
     any_dimensions: ClassVar[bool] = True  # works on signals, volumes and clips as on images
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

@@ -110,12 +110,15 @@ class CAM(CAMMethod):
     a linear classifier: the class's own classifier weights.
 
     ``w_kc = W_kc``;  ``L = ReLU(sum_c w_kc A_c)``. For such a head ``dy_k / dA_c,ij = W_kc / (h w)`` at
-    every position, so the weights are read from the gradient (no search for the classifier); a layer
-    whose gradient varies over positions is not followed by such a head, and is refused.
+    every position: :func:`gradcam.explain` first looks for that classifier (a linear layer that gives every
+    score from the pooled layer, :mod:`gradcam.linear_head`: no backward pass), else reads the weights from
+    the gradient; a layer whose gradient varies over positions is not followed by such a head, and is
+    refused.
     """
 
     name = "cam"
     evaluated_by_default = False  # for global-average-pool + linear heads only
+    reads_linear_head = True  # the classifier's rows without a backward pass where one is found
 
     def weights(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         height, width = gradients.shape[-2:]
