@@ -279,3 +279,21 @@ def test_report_html_in_a_browser(tmp_path):
         shot = page.screenshot(full_page=True)
     pixels = np.asarray(Image.open(io.BytesIO(shot)).convert("L"), dtype=np.float32)
     assert pixels.std() > 20
+
+
+def test_the_channel_grid_leaves_few_empty_cells_and_says_which_scale_is_shared():
+    """#27: 16 channels and the combined tile were 5 x 4 with three empty cells, under a note saying "one
+    colour scale for every tile" although the combined tile is scaled on its own."""
+    import torch
+
+    from gradcam.render.viz import channel_grid, grid_columns
+
+    assert [grid_columns(n) for n in (3, 5, 9, 17, 33)] == [2, 3, 3, 6, 7]
+    photo = torch.full((3, 32, 32), 128, dtype=torch.uint8)
+    grid = channel_grid(photo, torch.rand(16, 4, 4), list(range(16)), [1.0] * 16, torch.rand(32, 32), 16.0, tile=64)
+    assert grid.width == 6 * 64  # 6 x 3: one empty cell
+    import numpy as np
+
+    pixels = np.asarray(grid)
+    last_cell = pixels[2 * (pixels.shape[0] - 40) // 3 + 20 : pixels.shape[0] - 40, 5 * 64 + 8 : 6 * 64 - 8]
+    assert (last_cell == 255).all()  # the one empty cell, white

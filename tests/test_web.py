@@ -14,7 +14,14 @@ from PIL import Image
 gradio = pytest.importorskip("gradio", reason="the web extra is not installed (pip install 'gradcam[web]')")
 
 from browser import headless_page  # noqa: E402
-from gradcam.apps.web import AppError, build_app, explain_photo, model_choices, photo_concepts_picture  # noqa: E402
+from gradcam.apps.web import (  # noqa: E402
+    PAGE_CSS,
+    AppError,
+    build_app,
+    explain_photo,
+    model_choices,
+    photo_concepts_picture,
+)
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -101,7 +108,7 @@ def free_port() -> int:
 def running_app():
     app = build_app(None)  # the example photos shipped inside the package
     port = free_port()
-    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, css=PAGE_CSS)
     yield f"http://127.0.0.1:{port}"
     app.close()
 
@@ -114,13 +121,22 @@ def test_in_a_real_browser(running_app, tmp_path, capfd):
         page.locator("#status").get_by_text("Upload, paste or pick a photo first.").wait_for(timeout=30_000)
         page.locator("#photo input[type=file]").set_input_files(str(EXAMPLES / "astronaut.jpg"))
         page.locator("#photo img").first.wait_for(timeout=30_000)
-        page.get_by_label("layercam").check()
+        assert page.locator("#explain").bounding_box()["y"] < 1000  # in the first screen, above the options
+        page.locator("#explain").click()
+        page.locator("#status").get_by_text("1 method(s) by row, 1 target(s) by column").wait_for(timeout=60_000)
+        one = page.locator("#overlays img").first.bounding_box()
+        assert one["width"] <= 0.55 * page.locator("#overlays").bounding_box()["width"]  # not blown up
+        page.locator("#methods input").fill("layercam")
+        page.locator("#methods input").press("Enter")
         page.locator("#target textarea").fill("top2")
         page.locator("#explain").click()
         page.locator("#status").get_by_text("2 method(s) by row, 2 target(s) by column").wait_for(timeout=60_000)
         page.locator("#overlays img").nth(3).wait_for(timeout=60_000)
         fits = page.evaluate("[...document.querySelectorAll('#overlays img')].map(i => getComputedStyle(i).objectFit)")
         assert fits and set(fits) == {"contain"}  # a portrait photo keeps its top and bottom
+        cut = page.evaluate("[...document.querySelectorAll('#overlays .caption-label')]"
+                            ".filter(c => c.scrollWidth > c.clientWidth + 1).length")  # fmt: skip
+        assert cut == 0  # every caption whole: "layercam: Egyptian cat, logit 8.96, p = 0.34"
         assert "Feature maps adding up to the gradcam map for" in page.locator("#grid").inner_text()
         assert "heat: low" in page.locator("#scale").inner_text()
         page.locator("#anyclass input").fill("bobsled")  # any of the 1,000 classes, from the kept maps
@@ -190,6 +206,24 @@ def test_a_fine_tuned_checkpoint_with_its_labels_is_served(tmp_path, monkeypatch
     assert main(["serve", "--models", "resnet18", "--weights", str(path), "--labels", str(names)]) == 0
     assert shelves[-1].weights == {"resnet18": str(path)} and shelves[-1].labels == {"resnet18": str(names)}
     assert main(["serve", "--models", "resnet18,vgg19", "--weights", str(path)]) == 2
+
+
+def test_one_method_that_cannot_explain_the_photo_leaves_the_others_shown(tmp_path):
+    """#27: legrad picked beside gradcam on a CNN wiped every result; now gradcam's overlay is shown and
+    legrad's reason said. Methods that read a transformer's attention are not offered for a CNN at all."""
+    from gradcam.apps.web import method_choices
+
+    result = explain_photo(str(EXAMPLES / "coffee.jpg"), "efficientnet_lite0", ["gradcam", "legrad"], None, "", 0.5,
+                           "jet", out_dir=tmp_path)  # fmt: skip
+    assert len(result.overlays) == 1 and result.overlays[0][1].startswith("gradcam: espresso")
+    assert len(result.failures) == 1 and result.failures[0].startswith("legrad: legrad explains vision transformers")
+    manifest = json.loads(Path(result.files[-1]).read_text())
+    assert manifest["methods"] == ["gradcam"]
+    choices = method_choices("efficientnet_lite0")
+    assert "gradcam" in choices and "legrad" not in choices and "gradeclip" not in choices
+    with pytest.raises(AppError, match="legrad"):  # nothing could be explained: the reason, as before
+        explain_photo(str(EXAMPLES / "coffee.jpg"), "efficientnet_lite0", ["legrad"], None, "", 0.5, "jet",
+                      out_dir=tmp_path / "alone")  # fmt: skip
 
 
 def test_captions_say_what_the_score_is(tmp_path):

@@ -46,8 +46,8 @@ from ..pipeline.naming import label_of
 from ..pipeline.options import RunOptions, UsageError, parse_target
 from ..pipeline.writer import PhotoWriter, WriteOptions, top_predictions
 from ..render.captions import caption
-from ..render.viz import overlay_image
-from ..targets import TextPrompt, class_index
+from ..targets import TextPrompt
+from .web_any_class import AnyClass
 from .web_audit import audit_folders, audit_tab
 from .web_detect import explain_detector_photo
 from .web_files import colour_scale_html, example_photos, explain_upload
@@ -58,6 +58,13 @@ MAX_TARGETS = 10  # per method; top1000 would write 2,000 files
 MAX_OVERLAYS = 30  # methods x targets in one request
 GRADIO_CACHE_SWEEP = (600, 3600)  # every 10 minutes, delete Gradio's cached files older than an hour
 ANY_CLASS_LABEL = "Any class: type to search; its map appears without running the model again (first method)"
+# Gradio draws a gallery caption on one line cut with "...", and an image's label over the image's top left
+# (where the channel grid's first caption is): the page's overlays say their class and probability in full,
+# the pictures start below their labels (passed to launch(), where Gradio 6 takes a page's CSS)
+PAGE_CSS = (
+    "#overlays .caption-label{white-space:normal;overflow:visible;text-overflow:clip;max-width:none}"
+    "#grid img,#anyclass-map img,#concepts-map img,#upload-picture img{padding-top:30px}"
+)
 COLORMAPS = ["jet", "turbo", "inferno", "viridis", "magma", "plasma", "coolwarm"]
 
 
@@ -99,6 +106,23 @@ def layer_choices(name: str) -> tuple[list[str], str]:
     return (names if default in names else [default, *names]), default  # several layers (a detector's scales)
 
 
+@lru_cache(maxsize=8)
+def method_choices(name: str) -> list[str]:
+    """The methods offered for served model ``name``: every method, but those that read a transformer
+    block's attention (Grad-ECLIP, LeGrad) only where the model's default layer has one beside it."""
+    from ..methods import methods as registered
+    from ..methods.attention import attention_beside
+
+    names = registered()
+    try:
+        attention_beside(cached_model(name).model, layer_choices(name)[1])
+    except Exception:  # noqa: BLE001 (no attention there, or no photo-shaped probe: those methods cannot run)
+        from ..methods import get_method
+
+        return [m for m in names if not get_method(m).reads_attention]
+    return names
+
+
 @dataclass
 class PhotoResult:
     overlays: list[tuple[Any, str]]  # method by method, each method's targets in order
@@ -109,31 +133,7 @@ class PhotoResult:
     targets: int = 1  # per method: the overlays form a methods x targets grid
     grid_label: str = "Feature maps contributing most"
     every: AnyClass | None = None  # every class's map of the first method, for the "any class" menu
-
-
-@dataclass(frozen=True)
-class AnyClass:
-    """Every class's raw map of one photo (float16, the layer's resolution) and what is needed to draw one
-    on the photo again without running the model: the photo's file, its geometry and the drawing options."""
-
-    raw: torch.Tensor  # (K, h, w)
-    labels: tuple[str, ...]
-    path: str
-    geometry: Any
-    method: str
-    alpha: float
-    colormap: str
-
-    def draw(self, name: str) -> Any:
-        """The overlay of class ``name`` (a label or an index) on the photo, at its own resolution."""
-        from ..result import normalise, upsample
-
-        index = class_index(name, self.labels) if not name.strip().isdigit() else int(name)
-        if not 0 <= index < len(self.raw):
-            raise AppError(f"class {index} is out of range for a model with {len(self.raw)} classes")
-        heat = normalise(upsample(self.raw[index][None, None].float(), self.geometry.crop))[0, 0]
-        photo = read_image(Path(self.path), max_megapixels=DEFAULT_MAX_MEGAPIXELS)
-        return overlay_image(photo, heat, self.geometry, self.alpha, self.colormap)
+    failures: tuple[str, ...] = ()  # one line per method that could not explain this photo (the others shown)
 
 
 def explain_photo(
@@ -195,11 +195,12 @@ def explain_photo(
     stem = Path(file.name).stem
     prompt = isinstance(targets, TextPrompt)
     overlays: list[tuple[Any, str]] = []
-    records = []
+    records: list[Any] = []
     grid = None
     grid_label = "Feature maps contributing most"
     top5: dict[str, float] = {}
     every: AnyClass | None = None
+    failures: list[str] = []
     for number, (method, configured) in enumerate(zip(methods, built, strict=True)):
         # the first method also keeps every class's map, from the same forward pass, for the any-class menu
         keep_all = number == 0 and _keeps_every_class(bundle, configured, targets)
@@ -213,15 +214,16 @@ def explain_photo(
                     raise
                 # the menu of every class is a bonus: without it (a layer it cannot serve), the maps asked for
                 ex = explain(bundle.model, x, configured, chosen_layer, asked, labels=bundle.labels)
-        except (ValueError, TypeError) as error:
-            raise AppError(str(error)) from None
+        except (ValueError, TypeError) as error:  # this method cannot explain it: said, the others still shown
+            failures.append(f"{method}: {str(error).splitlines()[0]}")
+            continue
         if ex.class_maps is not None:
             every = AnyClass(ex.class_maps.raw[0].to(torch.float16).cpu(), tuple(bundle.labels or ()), str(file),
                              geometry, ex.method, alpha, colormap)  # fmt: skip
         predictions = top_predictions(ex.logits, names, similarity=prompt)[0] if ex.logits is not None else None
         if not top5 and predictions:  # class probabilities, or the prompts' cosine similarities
             top5 = {p.label: float((p.similarity if prompt else p.probability) or 0.0) for p in predictions}
-        channels = number == 0 and per_channel > 0 and ex.layer_results[0].weights is not None
+        channels = not records and per_channel > 0 and ex.layer_results[0].weights is not None
         options = WriteOptions(
             out=out_dir, method=method, save=frozenset({"overlay", "map"} | ({"channels"} if channels else set())),
             format="png", alpha=alpha, colormap=colormap, per_channel=per_channel if channels else 0,
@@ -241,9 +243,12 @@ def explain_photo(
             first = label_of(names, int(ex.targets[0, 0])) if ex.targets is not None else "the first target"
             grid_label = f"Feature maps adding up to the {method} map for {first}"
             grid = record.targets[0].files["channels"]
+    if not records:
+        raise AppError("; ".join(failures))
+    ran = [m for m in methods if not any(f.startswith(f"{m}: ") for f in failures)]
     asked = RunOptions(
         out=out_dir,
-        method=str(methods[0]),
+        method=str(ran[0]),
         target=target or None,
         frame=frame,
         colormap=colormap,
@@ -252,14 +257,14 @@ def explain_photo(
         save=("map", "overlay"),
     )
     manifest = run_manifest("web", model_name, bundle.source, asked, records, kind="photo", layer=records[0].layer,
-                            started=None, finished=now(), methods=[str(m) for m in methods],
+                            started=None, finished=now(), methods=[str(m) for m in ran],
                             preprocessing=PHOTO.preprocessing_of(bundle))  # fmt: skip
     manifest_path = out_dir / f"{stem}.json"
     text = json.dumps(manifest.to_json(), indent=1)
     write_atomic(manifest_path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
     files = [path for record in records for t in record.targets for kind, path in t.files.items() if kind != "channels"]
     files.append(str(manifest_path))
-    return PhotoResult(overlays, grid, top5, files, records[0].layer or "", count, grid_label, every)
+    return PhotoResult(overlays, grid, top5, files, records[0].layer or "", count, grid_label, every, tuple(failures))
 
 
 MAX_CONCEPTS = 8
@@ -331,8 +336,6 @@ def build_app(
     all loaded before it returns, and the audit folders ``audits`` in its "Audit a dataset" tab."""
     import gradio as gr
 
-    from ..methods import methods as registered
-
     global SHELF
     if models is not None:
         SHELF = models if isinstance(models, ModelShelf) else ModelShelf(models)
@@ -354,24 +357,25 @@ def build_app(
             yield (gr.update(value=None), gr.update(value=None), gr.update(value=None), gr.update(value=None),
                    failure(error), None, gr.update(choices=[], value=None))  # fmt: skip
             return
+        shown = len(chosen_methods) - len(result.failures)
         status = (
-            f"{len(chosen_methods)} method(s) by row, {result.targets} target(s) by column; layer `{result.layer}`; "
+            f"{shown} method(s) by row, {result.targets} target(s) by column; layer `{result.layer}`; "
             f"frame: {FRAMES_SHOWN[frame]}"
-        )
-        rows = max(1, len(result.overlays) // max(1, result.targets))
-        height = rows * (860 // max(2, result.targets)) + 40  # every overlay in view, none in a scroll box
+        ) + "".join(f"  \n**Not shown:** {as_text(failure)}" for failure in result.failures)
         menu = gr.update(choices=list(result.every.labels), value=None, interactive=True) if result.every else \
             gr.update(choices=[], value=None, interactive=False)  # fmt: skip
-        yield (gr.update(value=result.overlays, columns=result.targets, height=height), gr.update(value=result.grid,
+        # at least two columns: one overlay fills half the width, not the whole column blown up
+        yield (gr.update(value=result.overlays, columns=max(2, result.targets), selected_index=None),
+               gr.update(value=result.grid,
                label=result.grid_label), result.top5, result.files, status, result.every, menu)  # fmt: skip
 
     def on_class(every, name):
         if every is None or not name:
-            return gr.update(value=None)
+            return gr.update(value=None, visible=False)
         try:
-            return gr.update(value=every.draw(name), label=f"{every.method} for {name} (no model run)")
+            return gr.update(value=every.draw(name), label=f"{every.method} for {name} (no model run)", visible=True)
         except Exception as error:  # noqa: BLE001
-            return gr.update(value=None, label=f"Could not draw: {one_line(error)}")
+            return gr.update(value=None, label=f"Could not draw: {one_line(error)}", visible=True)
 
     def on_concepts(path, model_name, k, layer, frame):
         try:
@@ -396,14 +400,16 @@ def build_app(
         except Exception as error:  # noqa: BLE001
             yield gr.update(value=None), None, failure(error)
             return
-        yield gr.update(value=result.picture), result.files, as_text(result.status)
+        yield gr.update(value=result.picture, visible=True), result.files, as_text(result.status)
 
-    def on_model(model_name):
+    def on_model(model_name, asked):
+        usable = method_choices(model_name)
+        methods_shown = gr.update(choices=usable, value=[m for m in asked or [] if m in usable] or ["gradcam"])
         try:
             names, default = layer_choices(model_name)  # every served model was loaded at start
         except Exception:  # noqa: BLE001 (a model of signals or volumes: no photo-shaped probe; the run picks)
-            return gr.update(choices=[], value=None)
-        return gr.update(choices=names, value=default)
+            return gr.update(choices=[], value=None), methods_shown
+        return gr.update(choices=names, value=default), methods_shown
 
     with gr.Blocks(title="gradcam", delete_cache=GRADIO_CACHE_SWEEP) as app:
         gr.Markdown("# gradcam\nWhy did the model decide that? Upload or paste a photo, or pick an example.")
@@ -412,22 +418,22 @@ def build_app(
                 # image_mode=None: Gradio hands over the uploaded file untouched (any other mode makes it decode and
                 # convert the whole image first, before our own size check: a 164 KB 13000 x 13000 PNG took 0.8 GB)
                 photo = gr.Image(type="filepath", label="Photo", sources=["upload", "clipboard"], elem_id="photo",
-                                 image_mode=None)  # fmt: skip
+                                 image_mode=None, height=300)  # fmt: skip
                 if example_files:
                     gr.Examples(example_files, inputs=[photo], label="Examples")
                 model = gr.Dropdown(choices, value=choices[0], label="Model", elem_id="model")
-                chosen = gr.CheckboxGroup(registered(), value=["gradcam"], label="Methods (side by side)",
-                                          elem_id="methods")  # fmt: skip
-                layer = gr.Dropdown(layers, value=default_layer, label="Layer (default selected)", elem_id="layer")
+                chosen = gr.Dropdown(method_choices(choices[0]), value=["gradcam"], multiselect=True, elem_id="methods",
+                                     label="Methods (side by side; those this model runs)")  # fmt: skip
                 target = gr.Textbox(label="Target: empty for the top-1, a class name or index, top3; for an "
                                     "image-text model (CLIP), prompts separated by ;", elem_id="target")  # fmt: skip
+                button = gr.Button("Explain", variant="primary", elem_id="explain")
+                layer = gr.Dropdown(layers, value=default_layer, label="Layer (default selected)", elem_id="layer")
                 method_options = gr.Textbox(label="Method options: KEY=VALUE or METHOD:KEY=VALUE, separated by ; "
                                             "(dff:k=3; sscam:samples=8)", elem_id="method-options")  # fmt: skip
                 frame = gr.Radio([(label, key) for key, label in FRAMES_SHOWN.items()], value="crop",
                                  label="Frame: what the model sees", elem_id="frame")  # fmt: skip
                 alpha = gr.Slider(0, 1, value=0.5, step=0.05, label="Heatmap opacity")
                 colormap = gr.Dropdown(COLORMAPS, value="jet", label="Colormap", allow_custom_value=True)
-                button = gr.Button("Explain", variant="primary", elem_id="explain")
                 with gr.Accordion("Other inputs: a video, a volume or signal (.npy, NIfTI), a 16-bit TIFF", open=False):
                     upload = gr.File(label="File (the first chosen method; model, target and opacity as above)",
                                      type="filepath", elem_id="upload")  # fmt: skip
@@ -439,14 +445,16 @@ def build_app(
                 top5 = gr.Label(num_top_classes=5, label="Top-5 predictions (for CLIP: cosine similarities)",
                                 elem_id="top5")  # fmt: skip
                 gallery = gr.Gallery(label="Overlays: methods by row, targets by column", columns=2, height="auto",
-                                     object_fit="contain", elem_id="overlays")  # fmt: skip
-                upload_picture = gr.Image(label="The file's picture (Other inputs)", elem_id="upload-picture")
+                                     object_fit="contain", preview=False, fit_columns=False,
+                                     elem_id="overlays")  # fmt: skip
+                upload_picture = gr.Image(label="The file's picture (Other inputs)", elem_id="upload-picture",
+                                          visible=False)  # fmt: skip
                 gr.HTML(colour_scale_html(), elem_id="scale")
                 grid = gr.Image(label="Feature maps contributing most (first method, first target)", elem_id="grid")
                 every = gr.State(None)
                 any_class = gr.Dropdown([], label=ANY_CLASS_LABEL, filterable=True, interactive=False,
                                         elem_id="anyclass")  # fmt: skip
-                any_map = gr.Image(label="The chosen class's map", elem_id="anyclass-map")
+                any_map = gr.Image(label="The chosen class's map", elem_id="anyclass-map", visible=False)
                 files = gr.File(label="Downloads: PNG, .npy, JSON", file_count="multiple", elem_id="files")
                 with gr.Accordion("Concepts: what the model sees (Deep Feature Factorization)", open=False):
                     concept_count = gr.Slider(1, MAX_CONCEPTS, value=4, step=1, label="Concepts", elem_id="concept-k")
@@ -454,7 +462,7 @@ def build_app(
                     concept_map = gr.Image(label="Each place coloured by its strongest concept", elem_id="concepts-map")
         with gr.Tab("Audit a dataset", elem_id="audit-tab"):
             audit_tab(SHELF, choices, lambda: scratch().new_folder(), audit_folders(audits))
-        model.change(on_model, inputs=[model], outputs=[layer])
+        model.change(on_model, inputs=[model, chosen], outputs=[layer, chosen])
         button.click(run, inputs=[photo, model, chosen, layer, target, alpha, colormap, frame, method_options],
                      outputs=[gallery, grid, top5, files, status, every, any_class])  # fmt: skip
         any_class.change(on_class, inputs=[every, any_class], outputs=[any_map])
@@ -482,5 +490,5 @@ def serve(
 ) -> Any:
     """Start the app; returns Gradio's ``(app, local_url, share_url)`` when ``block`` is False."""
     app = build_app(examples, models, audits)
-    return app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=not block,
+    return app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=not block, css=PAGE_CSS,
                       max_file_size=f"{MAX_UPLOAD_MB}mb", show_error=False)  # fmt: skip

@@ -229,7 +229,9 @@ def channel_grid(
     alpha: float = 0.5,
 ) -> Image.Image:
     """The "Grad-CAM per feature map" picture: one tile per feature map's contribution ``w_c * A_c``
-    (all on one colour scale, so tiles compare), then the combined map, and the colour scale.
+    (all on one colour scale, so tiles compare), then the combined map (on its own scale: ReLU of the sum,
+    scaled to its maximum, as the overlay), and the colour scale; as many columns as leave the fewest
+    empty cells (:func:`grid_columns`).
 
     Args:
         photo: (3, h, w) uint8, the model's view of the photo (the crop).
@@ -257,7 +259,7 @@ def channel_grid(
     tiles.append((overlay(small, resized[0, 0].clamp(0, 1), alpha, colormap), "combined: ReLU of the sum"))
     font = _font(max(12, tile // 13))
     caption = int(font.size) + 10 if isinstance(font, ImageFont.FreeTypeFont) else 18
-    columns = math.ceil(math.sqrt(len(tiles)))
+    columns = grid_columns(len(tiles))
     rows = (len(tiles) + columns - 1) // columns
     footer = caption + 16
     grid = Image.new("RGB", (columns * tile, rows * (tile + caption) + footer), "white")
@@ -266,11 +268,24 @@ def channel_grid(
         x, y = (i % columns) * tile, (i // columns) * (tile + caption)
         grid.paste(to_pil(picture), (x, y + caption))
         draw.text((x + 4, y + 4), text, fill="black", font=font)
-    note = "% = share of the sum of all channels; one colour scale for every tile"
+    note = "% = share of the sum of all channels; one colour scale for the channels, the combined map on its own"
     bottom = rows * (tile + caption)
     grid.paste(to_pil(colour_bar(min(columns * tile - 8, 3 * tile), 10, colormap)), (4, bottom + 4))
     draw.text((4, bottom + 16), f"low to high contribution w*A; {note}", fill="black", font=_font(max(10, tile // 18)))
     return grid
+
+
+def grid_columns(count: int) -> int:
+    """Columns for ``count`` tiles: about a square (at most twice as wide as high), with the fewest empty
+    cells (17 tiles: 6 x 3 with one empty cell, not 5 x 4 with three); ties go to the squarer grid.
+
+    Example:
+        >>> grid_columns(9), grid_columns(17), grid_columns(5)
+        (3, 6, 3)
+    """
+    square = math.ceil(math.sqrt(max(1, count)))
+    shapely = [c for c in range(square, square + 3) if 2 * math.ceil(count / c) >= c] or [square]
+    return min(shapely, key=lambda c: (-count % c, c))
 
 
 def colour_bar(width: int, height: int, colormap: str = "jet") -> torch.Tensor:
