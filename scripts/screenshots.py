@@ -40,19 +40,20 @@ def main_() -> None:
         shutil.copy(out / "coffee.gradcam.967-espresso.png", docs / "coffee-overlay.png")
         with headless_page(1400, 1000) as page:
             page.goto((out / "index.html").as_uri())
-            page.wait_for_function("[...document.images].every(i => i.complete)")
+            page.wait_for_function("[...document.images].filter(i => i.checkVisibility()).every(i => i.complete)")
             page.screenshot(path=str(docs / "report.png"))
-    from gradcam.apps.web import build_app
+    from gradcam.apps.web import PAGE_CSS, build_app
 
     app = build_app(None)
     port = free_port()
-    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, css=PAGE_CSS)
     try:
         with headless_page(1400, 1100) as page:
             page.goto(f"http://127.0.0.1:{port}")
             page.locator("#photo input[type=file]").set_input_files(str(ROOT / "examples" / "astronaut.jpg"))
             page.locator("#photo img").first.wait_for(timeout=30_000)
-            page.get_by_label("layercam").check()
+            page.locator("#methods input").fill("layercam")
+            page.locator("#methods input").press("Enter")
             page.locator("#target textarea").fill("top2")
             page.locator("#explain").click()
             page.locator("#overlays img").nth(3).wait_for(timeout=60_000)

@@ -123,7 +123,7 @@ def test_in_a_real_browser(running_app, tmp_path, capfd):
         page.locator("#photo img").first.wait_for(timeout=30_000)
         assert page.locator("#explain").bounding_box()["y"] < 1000  # in the first screen, above the options
         page.locator("#explain").click()
-        page.locator("#status").get_by_text("1 method(s) by row, 1 target(s) by column").wait_for(timeout=60_000)
+        page.locator("#status").get_by_text("1 method(s), one target: side by side").wait_for(timeout=60_000)
         one = page.locator("#overlays img").first.bounding_box()
         assert one["width"] <= 0.55 * page.locator("#overlays").bounding_box()["width"]  # not blown up
         page.locator("#methods input").fill("layercam")
@@ -424,7 +424,7 @@ def test_one_request_cannot_hold_the_server_past_its_budget(monkeypatch):
     assert time.monotonic() - start < 5  # 64 channels one at a time would take over 3 s
     assert "ran past its 0.5 s budget" in outputs[4].replace("\\", "")
     fine = list(run.fn(str(EXAMPLES / "coffee.jpg"), name, ["gradcam"], "features", "", 0.5, "jet", "crop", ""))[-1]
-    assert "method(s) by row" in fine[4]  # the next request has its own budget
+    assert "1 method(s), one target" in fine[4]  # the next request has its own budget
 
 
 def test_closing_the_page_stops_the_work(monkeypatch):

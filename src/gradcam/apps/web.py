@@ -65,6 +65,7 @@ PAGE_CSS = (
     "#overlays .caption-label{white-space:normal;overflow:visible;text-overflow:clip;max-width:none}"
     "#grid img,#anyclass-map img,#concepts-map img,#upload-picture img{padding-top:30px}"
 )
+OVERLAYS_WIDTH = 860  # the overlays' column at a 1400-pixel-wide window, for the gallery's height
 COLORMAPS = ["jet", "turbo", "inferno", "viridis", "magma", "plasma", "coolwarm"]
 
 
@@ -358,16 +359,21 @@ def build_app(
                    failure(error), None, gr.update(choices=[], value=None))  # fmt: skip
             return
         shown = len(chosen_methods) - len(result.failures)
-        status = (
-            f"{shown} method(s) by row, {result.targets} target(s) by column; layer `{result.layer}`; "
-            f"frame: {FRAMES_SHOWN[frame]}"
-        ) + "".join(f"  \n**Not shown:** {as_text(failure)}" for failure in result.failures)
+        layout = f"{shown} method(s) by row, {result.targets} target(s) by column" if result.targets > 1 else (
+            f"{shown} method(s), one target: side by side")  # fmt: skip
+        status = f"{layout}; layer `{result.layer}`; frame: {FRAMES_SHOWN[frame]}" + "".join(
+            f"  \n**Not shown:** {as_text(failure)}" for failure in result.failures
+        )
         menu = gr.update(choices=list(result.every.labels), value=None, interactive=True) if result.every else \
             gr.update(choices=[], value=None, interactive=False)  # fmt: skip
-        # at least two columns: one overlay fills half the width, not the whole column blown up
-        yield (gr.update(value=result.overlays, columns=max(2, result.targets), selected_index=None),
-               gr.update(value=result.grid,
-               label=result.grid_label), result.top5, result.files, status, result.every, menu)  # fmt: skip
+        # at least two columns (one overlay fills half the width, not the whole column blown up), and the
+        # gallery as tall as its rows and their captions: every overlay in view, none in a scroll box
+        columns = max(2, result.targets)
+        rows = -(-len(result.overlays) // columns)
+        height = rows * (OVERLAYS_WIDTH // columns + 56) + 24
+        yield (gr.update(value=result.overlays, columns=columns, height=height, selected_index=None),
+               gr.update(value=result.grid, label=result.grid_label), result.top5, result.files, status,
+               result.every, menu)  # fmt: skip
 
     def on_class(every, name):
         if every is None or not name:

@@ -29,13 +29,14 @@ main{display:grid;grid-template-columns:repeat(auto-fill,minmax(460px,1fr));gap:
 .card h2{font-size:13px;margin:0 0 6px;word-break:break-all}
 .card img{width:100%;border-radius:4px;background:#eee}
 .maps figure{margin:0}.maps figcaption{font-size:12px;color:#555}
-.card figure.photo img{max-height:240px;width:auto;max-width:100%}
-.target{display:grid;grid-template-columns:repeat(auto-fit,minmax(200px,1fr));gap:6px;margin:8px 0;
+.card figure.photo img{max-height:160px;width:auto;max-width:100%}
+.target{display:flex;flex-wrap:wrap;gap:6px;margin:8px 0;
   padding-top:6px;border-top:1px solid #eee}
-.target h3{grid-column:1/-1;font-size:13px;margin:0}
+.target h3{flex-basis:100%;font-size:13px;margin:0}.target>figure{flex:1 1 300px;max-width:100%}
+.target>figure img{width:auto;max-width:100%;display:block}
 .card img{cursor:zoom-in}
 .card figure{margin:0}
-.target figure.grid{grid-column:1/-1}
+.target details.grid{flex-basis:100%;font-size:12px;color:#555}.target details.grid summary{cursor:pointer}
 dialog{border:0;padding:0;background:#000c;max-width:100vw;max-height:100vh}
 dialog img{max-width:96vw;max-height:92vh;display:block;cursor:zoom-out}
 dialog p{color:#fff;margin:4px 8px;font-size:13px}
@@ -111,9 +112,9 @@ function card(entry) {
     }
     else row.append(el('p', {}, 'overlay not saved (--save); the map is in results.json'));
     if (t.files.guided) row.append(figure(t.files.guided, 'Guided Grad-CAM', `Guided Grad-CAM for ${what}`));
-    if (t.files.channels) {
-      const grid = figure(t.files.channels, 'feature maps', `the feature maps adding up to the map for ${what}`);
-      grid.className = 'grid';
+    if (t.files.channels) {  // folded: the overlay stays the page's main picture, however many maps
+      const grid = el('details', {class: 'grid'}, el('summary', {}, `the feature maps adding up to the map for ${what}`),
+        figure(t.files.channels, 'feature maps', `the feature maps adding up to the map for ${what}`));
       row.append(grid);
     }
     box.append(row);

@@ -173,7 +173,7 @@ def frame_view(picture: Image.Image, box: tuple[int, int, int, int], label: str 
     draw.rectangle((left, max(top, bottom - line), right - 1, bottom - 1), fill=light)
     draw.rectangle((left, top, left + line - 1, bottom - 1), fill=light)
     draw.rectangle((max(left, right - line), top, right - 1, bottom - 1), fill=light)
-    tag = text_tile(label, max(10, round(min(height, width) / 28)))
+    tag = text_tile(label, max(10, round(min(height, width) / 18)))  # readable where the overlay is shown small
     tag_h, tag_w = tag.shape[1:]
     y, x = top + line, left + line
     if y + tag_h <= height and x + tag_w <= width and tag_w < right - left:
@@ -261,17 +261,21 @@ def channel_grid(
     caption = int(font.size) + 10 if isinstance(font, ImageFont.FreeTypeFont) else 18
     columns = grid_columns(len(tiles))
     rows = (len(tiles) + columns - 1) // columns
-    footer = caption + 16
+    line_height = max(10, tile // 18) + 4
+    footer = 16 + 2 * (line_height + 2) + 4
     grid = Image.new("RGB", (columns * tile, rows * (tile + caption) + footer), "white")
     draw = ImageDraw.Draw(grid)
     for i, (picture, text) in enumerate(tiles):
         x, y = (i % columns) * tile, (i // columns) * (tile + caption)
         grid.paste(to_pil(picture), (x, y + caption))
         draw.text((x + 4, y + 4), text, fill="black", font=font)
-    note = "% = share of the sum of all channels; one colour scale for the channels, the combined map on its own"
+    small_font = _font(max(10, tile // 18))
     bottom = rows * (tile + caption)
     grid.paste(to_pil(colour_bar(min(columns * tile - 8, 3 * tile), 10, colormap)), (4, bottom + 4))
-    draw.text((4, bottom + 16), f"low to high contribution w*A; {note}", fill="black", font=_font(max(10, tile // 18)))
+    notes = ["low to high contribution w*A; % = share of the sum of all channels",
+             "one colour scale for the channels; the combined map on its own"]  # fmt: skip
+    for number, note in enumerate(notes):
+        draw.text((4, bottom + 16 + number * (line_height + 2)), note, fill="black", font=small_font)
     return grid
 
 
