@@ -55,14 +55,27 @@ def linear_head_gradients(
                 continue
             weight = module.weight.detach().float()
             bias = None if module.bias is None else module.bias.detach().float()
-            if ((F.linear(pooled, weight, bias) - logits.detach().float()).abs() <= scale).all():
+            rows = weight[indices.to(weight.device)]  # (B, K, C)
+            # a classifier found before is checked on the explained scores (B x K dot products); a new one
+            # on every score of the batch
+            if searched:
+                reproduces = _close(F.linear(pooled, weight, bias), logits, scale)
+            else:
+                explained = (rows * pooled[:, None, :].to(rows)).sum(dim=2)
+                if bias is not None:
+                    explained = explained + bias[indices.to(bias.device)]
+                reproduces = _close(explained, logits.detach().gather(1, indices.to(logits.device)), scale)
+            if reproduces:
                 with _LOCK:
                     _FOUND[model] = module
                 cells = math.prod(activations.shape[2:])
-                rows = weight[indices.to(weight.device)] / cells  # (B, K, C)
                 trailing = (1,) * (activations.dim() - 2)
                 return [
-                    rows[:, k].reshape(len(rows), channels, *trailing).expand(activations.shape)
+                    (rows[:, k] / cells).reshape(len(rows), channels, *trailing).expand(activations.shape)
                     for k in range(indices.shape[1])
                 ]
     return None
+
+
+def _close(computed: torch.Tensor, scores: torch.Tensor, scale: float) -> bool:
+    return bool(((computed - scores.detach().float().to(computed.device)).abs() <= scale).all())
