@@ -122,8 +122,11 @@ def test_gradcam_help_imports_no_torch():
     assert callable(gradcam.explain) and callable(gradcam.methods)  # the public names, not the submodules
 
 
-def test_random_weights_are_said_on_the_console_and_the_page(tmp_path, capsys):
+def test_random_weights_are_said_on_the_console_the_page_and_the_pictures(tmp_path, capsys):
     """#27 item 6: `--weights none` drew "gradcam for riding unicycle" with no sign the model was untrained."""
+    import numpy as np
+    from PIL import Image
+
     from gradcam.apps.cli import main
 
     code = main(["explain", str(EXAMPLES / "coffee.jpg"), "--weights", "none", "--out", str(tmp_path), "--quiet"])
@@ -136,6 +139,15 @@ def test_random_weights_are_said_on_the_console_and_the_page(tmp_path, capsys):
     assert main(["explain", str(EXAMPLES / "coffee.jpg"), "--out", str(trained), "--quiet"]) == 0
     assert 'id="untrained"' not in (trained / "index.html").read_text()
     assert "random weights" not in capsys.readouterr().err
+
+    def corner(folder):  # the bottom-left corner of the overlay, where the red "untrained model" tile sits
+        overlay = next(p for p in folder.glob("coffee.gradcam.*.jpg"))
+        pixels = np.asarray(Image.open(overlay).convert("RGB"), dtype=np.float32)
+        return pixels[-8:, :40].mean(axis=(0, 1))
+
+    red, green, blue = corner(tmp_path)
+    assert red > 130 and green < 80 and blue < 80
+    assert not (corner(trained)[0] > 130 and corner(trained)[1] < 80)
 
 
 def test_an_empty_counterfactual_map_is_said_not_drawn_as_a_flat_tint(tmp_path):

@@ -308,3 +308,28 @@ def test_the_channel_grid_leaves_few_empty_cells_and_says_which_scale_is_shared(
     pixels = np.asarray(grid)
     last_cell = pixels[2 * (pixels.shape[0] - 40) // 3 + 20 : pixels.shape[0] - 40, 5 * 64 + 8 : 6 * 64 - 8]
     assert (last_cell == 255).all()  # the one empty cell, white
+
+
+def test_maps_from_a_coarse_grid_are_drawn_without_creases():
+    """#27: bilinear upsampling from 7 x 7 is creased along the cells' edges (diamonds on a 4,000-pixel
+    overlay). The drawn map is smoothed by half a cell; its maximum and the stored map stay as they were."""
+    import torch
+    import torch.nn.functional as F
+
+    from gradcam.render.viz import smooth_for_drawing
+
+    grid = torch.zeros(1, 1, 7, 7)
+    grid[0, 0, 3, 3], grid[0, 0, 2, 4] = 1.0, 0.6
+    maps = F.interpolate(grid, size=(224, 224), mode="bilinear", align_corners=False)
+    maps = maps / maps.amax()
+    drawn = smooth_for_drawing(maps, (7, 7))
+
+    def crease(m):  # the largest second difference along the rows: a kink where bilinear changes slope
+        return (m[..., 2:] - 2 * m[..., 1:-1] + m[..., :-2]).abs().amax()
+
+    assert crease(drawn) < crease(maps) / 5
+    assert float(drawn.amax()) == pytest.approx(1.0)
+    peak = divmod(int(drawn[0, 0].argmax()), 224)
+    assert abs(peak[0] - 112) <= 16 and abs(peak[1] - 112) <= 16  # still on the hottest cell (32 px a cell)
+    fine = torch.rand(1, 2, 16, 16)
+    assert torch.equal(smooth_for_drawing(fine, (16, 16)), fine)  # a map at its grid's own size: as it is

@@ -46,11 +46,12 @@ from ..pipeline.naming import label_of
 from ..pipeline.options import RunOptions, UsageError, parse_target
 from ..pipeline.writer import PhotoWriter, WriteOptions, top_predictions
 from ..render.captions import caption
+from ..render.report import untrained_warning
 from ..targets import TextPrompt
 from .web_any_class import AnyClass
 from .web_audit import audit_folders, audit_tab
 from .web_detect import explain_detector_photo
-from .web_files import colour_scale_html, example_photos, explain_upload
+from .web_files import FRAMES_SHOWN, KIND_GUESSED, colour_scale_html, example_photos, explain_upload
 from .web_state import AppError, ModelShelf, ScratchSpace, as_text, failure, in_background, one_line, request_budget
 
 MAX_UPLOAD_MB = 20
@@ -229,6 +230,7 @@ def explain_photo(
             out=out_dir, method=method, save=frozenset({"overlay", "map"} | ({"channels"} if channels else set())),
             format="png", alpha=alpha, colormap=colormap, per_channel=per_channel if channels else 0,
             prompts=prompt, thumbnail=False, overwrite=True, preprocessing=bundle.preprocessing,
+            untrained=untrained_warning(bundle.name, bundle.source) is not None,
         )  # fmt: skip
         pictures: list[Any] = []
         contributions = ex.channel_contributions(per_channel) if channels else None
@@ -476,14 +478,6 @@ def build_app(
                             outputs=[upload_picture, files, status])  # fmt: skip
         concept_button.click(on_concepts, inputs=[photo, model, concept_count, layer, frame], outputs=[concept_map])
     return app
-
-
-KIND_GUESSED = "guessed from the file"
-FRAMES_SHOWN = {
-    "crop": "the model's crop (rest dimmed)",
-    "full": "the whole photo",
-    "squash": "the whole photo, squashed",
-}
 
 
 def serve(

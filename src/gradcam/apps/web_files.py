@@ -114,6 +114,12 @@ def _check_video(path: Path) -> None:
 
 
 PACKAGE_EXAMPLES = Path(__file__).parents[1] / "examples"
+KIND_GUESSED = "guessed from the file"  # the page's choices: the kind of an uploaded file, the frame
+FRAMES_SHOWN = {
+    "crop": "the model's crop (rest dimmed)",
+    "full": "the whole photo",
+    "squash": "the whole photo, squashed",
+}
 
 
 def example_photos(folder: Path | None) -> list[str]:

@@ -25,7 +25,7 @@ from ..hooks import is_out_of_memory, preserved_state, run_model
 from ..io.files import remove_stale_temporaries
 from ..io.images import FoundImages
 from ..io.models import LoadedModel
-from ..render.report import write_explain_page
+from ..render.report import untrained_warning, write_explain_page
 from ..targets import TextPrompt
 from .decode import DecodedPhoto, PhotoDataset, collate
 from .kinds import KINDS, manifest_outputs
@@ -328,7 +328,7 @@ class BatchExplainer:
             colormap=options.colormap, tint=options.tint, legend=options.legend, per_channel=options.per_channel,
             counterfactual=options.counterfactual, prompts=bool(options.prompts),
             overwrite=options.overwrite or self.replace_unrecorded, preprocessing=self.bundle.preprocessing,
-            scale=options.scale,
+            scale=options.scale, untrained=untrained_warning(self.bundle.name, self.bundle.source) is not None,
         )  # fmt: skip
 
     def explain(self, photos: list[tuple[str, str, DecodedPhoto]]) -> list[PhotoRecord]:

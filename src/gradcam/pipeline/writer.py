@@ -30,7 +30,15 @@ from ..io.files import write_atomic
 from ..io.images import model_view
 from ..io.models import Preprocessing
 from ..render.captions import caption
-from ..render.viz import channel_grid, heat_plane, overlay_image, to_pil, with_legend
+from ..render.viz import (
+    channel_grid,
+    heat_plane,
+    overlay_image,
+    smooth_for_drawing,
+    stamp_untrained,
+    to_pil,
+    with_legend,
+)
 from ..result import ChannelContributions, Explanation
 from .decode import DecodedPhoto
 from .naming import label_of, target_stem
@@ -71,6 +79,7 @@ class WriteOptions:
     scale: str = "own"  # "own": each map scaled to its own maximum; "shared": a photo's maps to its strongest
     overwrite: bool = False  # replace a photo's existing files (--overwrite, or a resumed run's leftovers)
     preprocessing: Preprocessing | None = field(default=None, compare=False)
+    untrained: bool = False  # the model has random weights: every picture says so (stamp_untrained)
 
 
 def save_picture(picture: Image.Image | torch.Tensor, path: Path, format: str = "png") -> None:
@@ -147,6 +156,8 @@ class PhotoWriter:
             strongest = peaks.amax(dim=1, keepdim=True)
             ratio = torch.where(strongest > 0, peaks / strongest.clamp(min=1e-30), torch.zeros_like(peaks))
             drawn = ex.maps * ratio[..., None, None].to(ex.maps)
+        if ex.raw.dim() == 4 and drawn.dim() == 4:
+            drawn = smooth_for_drawing(drawn, tuple(ex.raw.shape[-2:]))
         return PreparedMaps(StoredMap.best_of_batch(ex.raw, ex.maps), heat_plane(drawn), peaks.cpu().numpy())
 
     def caption(self, ex: Explanation, row: int, k: int) -> str:
@@ -253,6 +264,8 @@ class PhotoWriter:
                 # an empty map (no evidence at this layer) is not drawn as a flat blue tint: the photo only
                 alpha = options.alpha if peak > 0 else 0.0
                 drawn = overlay_image(image, plane, geometry, alpha, options.colormap, options.tint)
+                if options.untrained:
+                    stamp_untrained(drawn)
                 if options.legend:
                     empty = None
                     if peak <= 0:

@@ -132,6 +132,33 @@ def _dimming() -> list[int]:
     return [round(v * OUTSIDE_BRIGHTNESS) for v in range(256)] * 3
 
 
+def smooth_for_drawing(maps: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, K, H, W) maps upsampled from a layer's ``grid`` (h, w), smoothed for drawing: a Gaussian of half a
+    grid cell's width (sigma), each map rescaled to its own maximum before. Bilinear upsampling from a 7 x 7
+    grid is linear within each cell and creased along their edges: on a large photo the creases show as
+    diamonds that are not in the model's evidence. The stored maps (``.npy``, the record) stay exact.
+
+    Example:
+        >>> smooth_for_drawing(ex.maps, tuple(ex.raw.shape[-2:]))    # doctest: +SKIP
+    """
+    height, width = maps.shape[-2:]
+    sigmas = (0.5 * height / max(1, grid[0]), 0.5 * width / max(1, grid[1]))
+    if min(sigmas) < 1 or maps.numel() == 0:  # as fine as the picture's grid: nothing to smooth
+        return maps
+    flat = maps.detach().float().flatten(0, 1)[:, None]  # (B K, 1, H, W)
+    for dim, sigma in ((2, sigmas[0]), (3, sigmas[1])):
+        radius = min(int(3 * sigma), flat.shape[dim] - 1)
+        taps = torch.arange(-radius, radius + 1, dtype=flat.dtype, device=flat.device)
+        kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+        kernel = (kernel / kernel.sum()).view(1, 1, -1, 1) if dim == 2 else (kernel / kernel.sum()).view(1, 1, 1, -1)
+        padding = (0, 0, radius, radius) if dim == 2 else (radius, radius, 0, 0)
+        flat = F.conv2d(F.pad(flat, padding, mode="reflect"), kernel)
+    smoothed = flat[:, 0].reshape(maps.shape)
+    before = maps.detach().float().flatten(2).amax(dim=2)[..., None, None]
+    after = smoothed.flatten(2).amax(dim=2)[..., None, None]
+    return torch.where(after > 0, smoothed * before / after.clamp(min=1e-30), smoothed).clamp(0, 1).to(maps.dtype)
+
+
 def heat_plane(maps: torch.Tensor) -> np.ndarray:
     """Maps in [0, 1] (any shape) as 8-bit planes, what :func:`overlay_image` draws: computed for a whole
     batch at once, so the threads that draw need no torch operation (each would start its own threads)."""
@@ -180,6 +207,19 @@ def frame_view(picture: Image.Image, box: tuple[int, int, int, int], label: str 
         picture.paste(to_pil(tag), (x, y))
 
 
+UNTRAINED_TAG = "untrained model: random weights"
+
+
+def stamp_untrained(picture: Image.Image) -> None:
+    """Say on ``picture`` (in place, its bottom-left corner) that the model that made it has random weights:
+    a map of an untrained network shown under a class name looks like an explanation and is none."""
+    width, height = picture.size
+    tag = text_tile(UNTRAINED_TAG, max(10, round(min(height, width) / 18)), background=(170, 30, 30))
+    tag_h, tag_w = tag.shape[1:]
+    if tag_w <= width and tag_h <= height:
+        picture.paste(to_pil(tag), (0, height - tag_h))
+
+
 def seen_box(geometry: Geometry) -> tuple[int, int, int, int] | None:
     """The part of the photo the model saw, (left, top, right, bottom) in the photo's pixels; None when it
     saw all of it."""
@@ -195,12 +235,12 @@ def seen_box(geometry: Geometry) -> tuple[int, int, int, int] | None:
 
 
 @lru_cache(maxsize=32)
-def text_tile(text: str, size: int) -> torch.Tensor:
+def text_tile(text: str, size: int, background: tuple[int, int, int] = (30, 30, 30)) -> torch.Tensor:
     """(3, h, w) uint8: light ``text`` on a dark tile, ``size`` pixels high."""
     font = _font(size)
     left, top, right, bottom = (int(v) for v in font.getbbox(text))
     pad = max(2, size // 5)
-    tile = Image.new("RGB", (right - left + 2 * pad, bottom - top + 2 * pad), (30, 30, 30))
+    tile = Image.new("RGB", (right - left + 2 * pad, bottom - top + 2 * pad), background)
     ImageDraw.Draw(tile).text((pad - left, pad - top), text, fill=(235, 235, 235), font=font)
     return torch.from_numpy(np.asarray(tile).copy()).permute(2, 0, 1)
 
