@@ -157,7 +157,7 @@ class PhotoWriter:
             ratio = torch.where(strongest > 0, peaks / strongest.clamp(min=1e-30), torch.zeros_like(peaks))
             drawn = ex.maps * ratio[..., None, None].to(ex.maps)
         if ex.raw.dim() == 4 and drawn.dim() == 4:
-            drawn = smooth_for_drawing(drawn, tuple(ex.raw.shape[-2:]))
+            drawn = smooth_for_drawing(drawn, (int(ex.raw.shape[-2]), int(ex.raw.shape[-1])))
         return PreparedMaps(StoredMap.best_of_batch(ex.raw, ex.maps), heat_plane(drawn), peaks.cpu().numpy())
 
     def caption(self, ex: Explanation, row: int, k: int) -> str:
