@@ -217,3 +217,20 @@ def test_the_concepts_page_shows_every_photo_and_escapes_names(tmp_path):
     assert page.count("<div class='card'>") == 2 and "espresso" in page and "https://" not in page
     assert "src='coffee.concepts.png'" in page and "%3Cimg%20src%3Dx" in page  # relative, percent-encoded
     assert main(["concepts", str(photos), "--k", "3", "--out", str(out), "--quiet"]) == 2  # not replaced unasked
+
+
+def test_concepts_are_numbered_the_same_whatever_the_photos_order():
+    """#27 item 7: the same three photos in reverse order renumbered (and so recoloured) the concepts
+    (espresso, go-kart, tiger cat, football helmet became football helmet, tiger cat, go-kart, espresso).
+    They are numbered by how much of the photos each holds, largest first."""
+    from gradcam.io.images import preprocess, read_image
+    from gradcam.io.models import load_model
+
+    bundle = load_model("efficientnet_lite0")
+    x = torch.stack([preprocess(read_image(EXAMPLES / f"{n}.jpg"), bundle.preprocessing)[0]
+                     for n in ("chelsea", "coffee", "astronaut")])  # fmt: skip
+    forward, backward = gradcam.concepts(bundle.model, x, k=4), gradcam.concepts(bundle.model, x.flip(0), k=4)
+    assert [t[0][0] for t in forward.top_classes(1)] == [t[0][0] for t in backward.top_classes(1)]
+    torch.testing.assert_close(forward.vectors, backward.vectors, atol=1e-3, rtol=1e-3)
+    held = forward.raw.flatten(2).sum(dim=(0, 2))
+    assert (held[:-1] >= held[1:]).all()  # largest first

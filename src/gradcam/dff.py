@@ -236,6 +236,11 @@ def concepts(
         if k > activations.shape[1]:
             raise ValueError(f"concepts: k={k} is more than the layer's {activations.shape[1]} channels")
         vectors, raw = factorize(activations, k, seed)
+        # numbered by how much of the photos each holds, largest first: NMF's own order follows its start
+        # and the order of the photos' columns, so the same photos in another order renumbered (recoloured)
+        # the same concepts
+        order = raw.flatten(2).sum(dim=(0, 2)).argsort(descending=True, stable=True)
+        vectors, raw = vectors[order], raw[:, order]
         scores = concept_scores(tail, vectors, tuple(raw.shape[2:]), select)
     if labels is None and isinstance(logits, torch.Tensor) and logits.dim() == 2:
         labels = imagenet_labels() if logits.shape[1] == 1000 else None

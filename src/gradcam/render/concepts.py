@@ -28,21 +28,25 @@ def colour_of(index: int) -> tuple[int, int, int]:
     return PALETTE[index % len(PALETTE)]
 
 
-def concept_picture(
-    photo: Image.Image, maps: torch.Tensor, legend: Sequence[str], opacity: float = 0.65
-) -> Image.Image:
-    """``photo`` with (k, H, W) concept ``maps`` in [0, 1] at its size laid over it: each pixel takes the
-    colour of its strongest concept, blended in proportion to the square root of that concept's value there
-    (a concept at a quarter of the photo's peak is still half-coloured; weak places show
-    the photo, dimmed), and a legend below with one line per concept (``legend``)."""
+def concept_picture(photo: Image.Image, maps: torch.Tensor, legend: Sequence[str], opacity: float = 0.7) -> Image.Image:
+    """``photo`` with (k, H, W) concept ``maps`` in [0, 1] at its size laid over it: the photo in grey (so
+    that a concept's colour shows on any photo: light blue on a white cup did not), each pixel tinted with
+    the colour of its strongest concept in proportion to the square root of that concept's value there (a
+    concept at a quarter of the photo's peak is still half-coloured; weak places show the photo, dimmed), the
+    borders between concepts drawn in white, and a legend below with one line per concept (``legend``) and
+    what its percentage is."""
     if maps.dim() != 3 or tuple(maps.shape[1:]) != (photo.height, photo.width):
         raise ValueError(f"concept maps {tuple(maps.shape)} do not fit the photo {photo.width} x {photo.height}")
     strength, winner = maps.float().max(dim=0)
     colours = torch.tensor([colour_of(j) for j in range(maps.shape[0])], dtype=torch.float32)
     tint = colours[winner].permute(2, 0, 1)  # (3, H, W)
-    pixels = torch.from_numpy(np.asarray(photo.convert("RGB"), dtype=np.float32).copy()).permute(2, 0, 1)
+    grey = torch.from_numpy(np.asarray(photo.convert("L"), dtype=np.float32).copy())[None].expand(3, -1, -1)
     alpha = (strength.sqrt() * opacity)[None]  # the square root: a concept at half strength still shows
-    blended = pixels * (1 - alpha) * (0.55 + 0.45 * strength[None]) + tint * alpha
+    blended = grey * (1 - alpha) * (0.45 + 0.45 * strength[None]) + tint * alpha
+    edge = torch.zeros_like(winner, dtype=torch.bool)  # where the strongest concept changes: its border
+    edge[1:, :] |= winner[1:, :] != winner[:-1, :]
+    edge[:, 1:] |= winner[:, 1:] != winner[:, :-1]
+    blended = torch.where(edge[None] & (strength[None] > 0.1), torch.full_like(blended, 255.0), blended)
     picture = Image.fromarray(blended.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy())
     return _with_concept_legend(picture, legend)
 
@@ -59,7 +63,11 @@ def photo_concepts(
         photo = photo.resize((geometry.original[1], geometry.original[0]))
     on_photo, _ = to_original(maps, geometry)
     legend = [f"{j + 1}  {classes_text(top)}  ({float(shares[j]):.0%} of this photo)" for j, top in enumerate(tops)]
+    legend.append(SHARE_NOTE)
     return concept_picture(photo, on_photo, legend)
+
+
+SHARE_NOTE = "% = the concept's part of this photo's activations (all concepts: 100%)"
 
 
 def classes_text(top: Sequence[tuple[str, float]]) -> str:
@@ -68,13 +76,18 @@ def classes_text(top: Sequence[tuple[str, float]]) -> str:
 
 
 def _with_concept_legend(picture: Image.Image, legend: Sequence[str]) -> Image.Image:
+    """The legend below: a swatch and a line per concept; a last line without a swatch when it is the
+    :data:`SHARE_NOTE`."""
     size = max(12, min(24, round(picture.width / 40)))
-    font = _font(size)
+    font, note_font = _font(size), _font(max(10, size * 3 // 4))
     line = size + 8
     footer = Image.new("RGB", (picture.width, line * len(legend) + 10), "white")
     draw = ImageDraw.Draw(footer)
     for j, text in enumerate(legend):
         top = 5 + j * line
+        if text == SHARE_NOTE:
+            draw.text((6, top + 3), text, fill=(90, 90, 90), font=note_font)
+            continue
         draw.rectangle((6, top + 2, 6 + size, top + 2 + size), fill=colour_of(j), outline=(60, 60, 60))
         draw.text((14 + size, top + 1), text, fill="black", font=font)
     combined = Image.new("RGB", (picture.width, picture.height + footer.height), "white")
