@@ -212,3 +212,51 @@ def test_a_video_without_a_frame_count_still_shows_progress(tmp_path):
     out = tmp_path / "out"
     assert main(["explain", str(path), "--model", "py:test_video:Brightness", "--target", "1", "--out", str(out)]) == 0
     assert validate(out / "results.json")["images"][0]["frames"] == 6
+
+
+class Side(torch.nn.Module):
+    """Class 0: how bright the left half is; class 1: the right half. The square moving left to right
+    changes the top class half way."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(3, 1, 1), torch.nn.ReLU())
+        with torch.no_grad():
+            self.features[0].weight.fill_(1 / 3)
+            self.features[0].bias.fill_(0.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.features(x)[:, 0]
+        half = a.shape[-1] // 2
+        return torch.stack([a[..., :half].mean(dim=(1, 2)), a[..., half:].mean(dim=(1, 2))], dim=1) * 10
+
+
+def test_without_a_target_each_frame_is_explained_for_its_own_top_class(tmp_path):
+    """#27 item 5: a pan from one object to another was titled with the first frame's class throughout.
+    Each frame's map is now of its own top class, and the mp4 and the contact sheet say which, with its
+    probability."""
+    from gradcam.io.models import LoadedModel, Preprocessing
+    from gradcam.pipeline.options import RunOptions
+    from gradcam.pipeline.video import explain_video
+
+    path = moving_square(tmp_path / "square.mp4", frames=12)
+    bundle = LoadedModel("side", Side().eval(), Preprocessing(resize=120, crop=(120, 160), squash=True),
+                         labels=["left", "right"])  # fmt: skip
+    options = RunOptions(out=tmp_path / "out", layer="features", batch_size=5)
+    record = explain_video(bundle, path, "square", options).to_json()
+    target = record["targets"][0]
+    assert target.get("index") is None and target["label"].startswith("the top class of each frame: ")
+    assert "left (" in target["label"] and "right (" in target["label"]
+    assert Path(target["files"]["video"]).name == "square.gradcam.top-class.mp4"
+    frames = [np.asarray(frame, dtype=np.int16) for _, frame in read_frames(target["files"]["video"])]
+    for i in (0, 11):  # the square on the left, then on the right: the map follows the class that wins
+        left, top, right, bottom = square_at(i, 12)
+        red = frames[i][..., 0] - frames[i][..., 2]
+        assert red[top + 8 : bottom - 8, left + 8 : right - 8].mean() > red[60:, :].mean() + 40, i
+        corner = frames[i][2:8, 2:40]  # the caption tile: dark, with light letters
+        assert corner.mean() < 120 and corner.max() > 180
+    sheet = Image.open(target["files"]["contact_sheet"])
+    assert sheet.width == 4 * 160
+    with_target = explain_video(bundle, path, "fixed", RunOptions(out=tmp_path / "out", layer="features",
+                                                                  batch_size=5, target="left")).to_json()  # fmt: skip
+    assert with_target["targets"][0]["index"] == 0 and with_target["targets"][0]["label"] == "left"

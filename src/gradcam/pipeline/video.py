@@ -8,9 +8,11 @@ Two ways, chosen by the model:
 - any image model, frame by frame (batches of frames), optionally smoothed over time: ``smoothing = s``
   keeps ``s`` of the previous frame's map (``m_t = s m_(t-1) + (1 - s) m_t``, 0 = off).
 
-The target is the same for the whole video, so the overlay does not flicker between classes: ``--target``,
-else the class with the highest mean score over the first clip (or batch of frames). Only the frames of
-one clip or batch are held at a time, so memory does not grow with the video's length.
+Without ``--target`` each frame (each clip, for a video classifier) is explained for its own top class: a pan
+from the espresso to the cat is the espresso's map, then the cat's. With ``--target`` the whole video is
+explained for that one class. Every frame of the mp4 and every tile of the contact sheet says which class
+its map is of and the frame's probability of it. Temporal smoothing never mixes the maps of two classes.
+Only the frames of one clip or batch are held at a time, so memory does not grow with the video's length.
 
 Example:
     >>> record = explain_video(load_model("r3d_18"), "match.mp4", "match", RunOptions(out=Path("out")))
@@ -32,7 +34,7 @@ from ..io.images import Geometry, check_working_size, framed, preprocess
 from ..io.models import LoadedModel
 from ..io.video import VideoReadError, VideoWriter, read_frames, video_info
 from ..render.captions import caption
-from ..render.video import contact_sheet
+from ..render.video import contact_sheet, with_frame_caption
 from ..render.viz import overlay_image
 from ..result import normalise
 from .naming import label_of, target_stem
@@ -43,9 +45,12 @@ from .writer import BROKEN_SCORES, non_finite_rows, save_picture
 SHEET_FRAMES = 12
 
 
+PER_FRAME = "the top class of each frame"
+
+
 def video_target(options: RunOptions, labels: Any) -> int | None:
     """The one class a whole video is explained for: ``--target`` (an index or a class name), else None
-    (the class with the highest mean score over the first clip); a UsageError for several or ``topK``."""
+    (each frame's own top class); a UsageError for several or ``topK``."""
     target = parse_target(options.target, labels)
     if target is None:
         return None
@@ -77,33 +82,40 @@ def explain_video(
     frames = read_frames(path, every)
     device = next(bundle.model.parameters()).device
     writer: VideoWriter | None = None
-    sheet: list[tuple[int, Image.Image]] = []
+    sheet: list[tuple[int, Image.Image, str]] = []
     sheet_step = max(1, math.ceil(max(1, info.frames // every) / SHEET_FRAMES))
     # running sums, not per-frame lists: memory stays flat however long the video (a 200k-class head's
     # logits for 1,500 frames ran out of memory at the end)
     state: dict[str, Any] = {"target": video_target(options, bundle.labels), "previous": None, "score_sum": 0.0,
-                             "probability_sum": None, "rows": 0, "layer": None}  # fmt: skip
+                             "probability_sum": None, "rows": 0, "layer": None, "previous_class": None,
+                             "classes": {}}  # fmt: skip
     done = 0
     video_file = None
     for group in _groups(frames, clip or options.batch_size):
         pictures = [_drawn_size(frame, options.max_side) for _, frame in group]
         inputs, geometry = _inputs(pictures, bundle, clip, options.frame)
-        maps = _explain_group(bundle, inputs.to(device), clip, options, state)[: len(group)]  # a padded clip
+        maps, said = _explain_group(bundle, inputs.to(device), clip, options, state)
         if writer is None:
-            label = label_of(bundle.labels, state["target"])
-            stem = target_stem(base.name, options.method, state["target"], label, counterfactual=options.counterfactual)
+            target = state["target"]
+            label = label_of(bundle.labels, target) if target is not None else None
+            stem = target_stem(base.name, options.method, target, label, counterfactual=options.counterfactual)
+            if target is None:
+                stem = f"{base.name}.{options.method}.top-class"
             video_file = base.with_name(f"{stem}.mp4")
             _refuse_existing(video_file, options.overwrite)
             base.parent.mkdir(parents=True, exist_ok=True)
             writer = VideoWriter(video_file.with_name(video_file.name + ".partial.mp4"), info.fps / every,
                                  pictures[0].size)  # fmt: skip
-        for (index, _), picture, heat in zip(group, pictures, maps, strict=True):
+        for (index, _), picture, heat, (class_id, probability) in zip(group, pictures, maps, said, strict=False):
             drawn = overlay_image(picture, heat, _on(geometry, picture), options.alpha, options.colormap, options.tint)
-            writer.write(drawn)
+            text = frame_text(bundle.labels, class_id, probability, options.counterfactual)
+            if class_id is not None:
+                state["classes"][class_id] = state["classes"].get(class_id, 0) + 1
+            writer.write(with_frame_caption(drawn, text))
             if (index // every) % sheet_step == 0 and len(sheet) < SHEET_FRAMES:
                 small = drawn.copy()
                 small.thumbnail((320, 320))
-                sheet.append((index, small))
+                sheet.append((index, small, text))
         done += len(group)
         if progress is not None:
             progress(len(group))
@@ -113,7 +125,8 @@ def explain_video(
     writer.path.replace(video_file)  # the finished file appears whole
     sheet_file = base.with_name(f"{base.name}.{options.method}.contact-sheet.png")
     title = caption(options.method, label_of(bundle.labels, state["target"]), state["target"],
-                    counterfactual=options.counterfactual)  # fmt: skip
+                    counterfactual=options.counterfactual) if state["target"] is not None else (
+        f"{options.method} for {PER_FRAME} (above each frame: its class and probability)")  # fmt: skip
     picture = contact_sheet(sheet, info.fps, title, options.colormap)
     save_picture(picture, sheet_file, "png")
     return _record(bundle, str(path), info, options, state, video_file, sheet_file, done, pictures[0].size)
@@ -155,37 +168,46 @@ def _inputs(
 
 def _explain_group(
     bundle: LoadedModel, inputs: torch.Tensor, clip: int, options: RunOptions, state: dict[str, Any]
-) -> list[torch.Tensor]:
-    """The (h, w) map of each frame of the group, for the video's one target."""
-    if state["target"] is None:  # the class with the highest mean score over the first clip or batch
-        with torch.inference_mode():
-            logits = bundle.model(inputs)
-        state["target"] = int(logits.float().mean(0).argmax())
+) -> tuple[list[torch.Tensor], list[tuple[int | None, float | None]]]:
+    """The (h, w) map of each frame of the group, for the video's one target or each frame's own top class
+    (each clip's, for a video classifier), and each frame's (class, probability of it)."""
     count = len(inputs) if not clip else 1
+    fixed = state["target"]
     ex = explain(bundle.model, inputs, options.cam_method(), bundle.layer_for(options.layer),
-                 [state["target"]] * count, labels=bundle.labels, counterfactual=options.counterfactual,
-                 eigen_smooth=options.eigen_smooth, prefix_tokens=options.prefix_tokens,
-                 grid=options.token_grid)  # fmt: skip
+                 [fixed] * count if fixed is not None else None, labels=bundle.labels,
+                 counterfactual=options.counterfactual, eigen_smooth=options.eigen_smooth,
+                 prefix_tokens=options.prefix_tokens, grid=options.token_grid)  # fmt: skip
     state["layer"] = ex.layer
     if non_finite_rows(ex.logits, ex.scores):
         raise ValueError(BROKEN_SCORES)
+    classes: list[int | None] = [int(c) for c in ex.targets[:, 0]] if ex.targets is not None else [None] * count
+    chances: list[float | None] = [None] * count
     if ex.logits is not None:
-        probabilities = ex.logits.detach().float().softmax(-1).sum(0).cpu()
+        probabilities = ex.logits.detach().float().softmax(-1).cpu()
         total = state["probability_sum"]
-        state["probability_sum"] = probabilities if total is None else total + probabilities
+        state["probability_sum"] = probabilities.sum(0) if total is None else total + probabilities.sum(0)
+        chances = [float(probabilities[row, c]) if c is not None else None for row, c in enumerate(classes)]
     state["score_sum"] += float(ex.scores[:, 0].detach().float().sum())
     state["rows"] += len(ex.scores)
-    if clip:  # (1, 1, T, h, w): one map per frame of the clip
+    if clip:  # (1, 1, T, h, w): one map per frame of the clip (the last clip padded: cut by the caller's zip)
         maps = list(ex.maps[0, 0].cpu().unbind(0))
-    else:
-        maps = []
-        for heat in ex.maps[:, 0].cpu():
-            smoothing = options.video.smoothing
-            if smoothing and state["previous"] is not None:
-                heat = normalise(smoothing * state["previous"] + (1 - smoothing) * heat)
-            state["previous"] = heat
-            maps.append(heat)
-    return maps
+        return maps, [(classes[0], chances[0])] * len(maps)
+    maps = []
+    for heat, class_id in zip(ex.maps[:, 0].cpu(), classes, strict=True):
+        smoothing = options.video.smoothing
+        if smoothing and state["previous"] is not None and state["previous_class"] == class_id:
+            heat = normalise(smoothing * state["previous"] + (1 - smoothing) * heat)  # never two classes' maps
+        state["previous"], state["previous_class"] = heat, class_id
+        maps.append(heat)
+    return maps, list(zip(classes, chances, strict=True))
+
+
+def frame_text(labels: Any, class_id: int | None, probability: float | None, counterfactual: bool = False) -> str:
+    """What a frame's map is of: ``espresso p = 0.95`` (``against espresso ...`` for a counterfactual map)."""
+    if class_id is None:
+        return ""
+    said = f"{'against ' if counterfactual else ''}{label_of(labels, class_id)}"
+    return said if probability is None else f"{said} p = {probability:.2f}"
 
 
 def _on(geometry: Geometry, picture: Image.Image) -> Geometry:
@@ -217,9 +239,13 @@ def _record(
             Prediction(int(i), label_of(bundle.labels, int(i)), probability=round(float(p), 6))
             for p, i in zip(top.values, top.indices, strict=True)
         ]
+    label = label_of(bundle.labels, target) if target is not None else PER_FRAME
+    if target is None and state["classes"]:  # which classes the frames were explained for, most frames first
+        counts = sorted(state["classes"].items(), key=lambda kv: (-kv[1], kv[0]))
+        label += ": " + ", ".join(f"{label_of(bundle.labels, c)} ({n} frames)" for c, n in counts[:10])
     record = TargetRecord(
         index=target,
-        label=label_of(bundle.labels, target),
+        label=label,
         score=state["score_sum"] / state["rows"] if state["rows"] else 0.0,
         files={"video": str(video_file), "contact_sheet": str(sheet_file)},
     )
