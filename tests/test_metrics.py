@@ -192,6 +192,13 @@ def test_evaluate_sanity_column(tmp_path, capsys):
     first_row = page.split("<tbody><tr>", 1)[1].split("</tr>", 1)[0]
     assert header.count("<th>") == first_row.count("<td>") == widths.pop()
     assert "<th>Sanity: mean |rank corr.| (lower is better)</th>" in header
+    # #27 item 10: both reports pointed to docs/evaluation.md, which a pip user does not have; they say
+    # what each of their columns measures themselves
+    markdown = (tmp_path / "report.md").read_text()
+    assert "docs/evaluation.md" not in markdown + page
+    assert "## How to read it" in markdown and "- Deletion AUC: pixels removed most-salient-first" in markdown
+    assert "<dt>Sanity: mean |rank corr.|</dt><dd>rank correlation with the maps of the model randomised" in page
+    assert "Pointing game" not in markdown.split("## How to read it")[1]  # no boxes: not a column, not explained
 
 
 def test_evaluate_usage_errors(tmp_path, capsys):

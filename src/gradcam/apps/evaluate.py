@@ -29,6 +29,20 @@ METRIC_COLUMNS = [
     ("energy_pointing", "Energy pointing", "higher"),
     ("sanity_correlation", "Sanity: mean |rank corr.|", "lower"),
 ]
+# what each column measures, written into report.md and report.html (a pip user has no docs/ folder)
+READING = {
+    "deletion_auc": "pixels removed most-salient-first (RISE, Petsiuk et al. 2018); the area under the class "
+    "probability: low when the map found what the model needs",
+    "insertion_auc": "pixels put back most-salient-first onto a blurred copy; high when the map found it",
+    "average_drop": "Grad-CAM++'s mean fall of the probability on image x map, in % of the probability",
+    "increase_in_confidence": "share of the photos whose probability rises on image x map",
+    "road_combined": "ROAD (Rong et al. 2022): 20-80% of the pixels removed least- minus most-relevant-first, "
+    "filled by noisy linear imputation; high when the map ranks pixels well",
+    "pointing": "share of the photos whose map peaks inside a box of the class (15 px tolerance)",
+    "energy_pointing": "share of the map's energy inside the boxes",
+    "sanity_correlation": "rank correlation with the maps of the model randomised from the top (Adebayo et al. "
+    "2018); a method that ignores the model stays high",
+}
 SHORT_TITLES = {
     "deletion_auc": "Del",
     "insertion_auc": "Ins",
@@ -208,9 +222,14 @@ def _best(summary: list[dict[str, Any]], column: str, better: str) -> float | No
     return min(values) if better == "lower" else max(values)
 
 
+def present_columns(summary: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """The metric columns some method has a value for (the pointing game only with boxes, ...)."""
+    return [c for c in METRIC_COLUMNS if any(entry[c[0]] is not None for entry in summary)]
+
+
 def markdown_table(summary: list[dict[str, Any]]) -> str:
     """The summary as Markdown; the best value of each column in bold."""
-    columns = [c for c in METRIC_COLUMNS if any(entry[c[0]] is not None for entry in summary)]
+    columns = present_columns(summary)
     sanity = any(entry.get("sanity_passed") is not None for entry in summary)
     titles = [f"{title} ({better} is better)".replace("|", "\\|") for _, title, better in columns]  # "|r|": a cell
     header = "| method | layer | " + " | ".join(titles) + " |"
@@ -231,7 +250,7 @@ def markdown_table(summary: list[dict[str, Any]]) -> str:
 
 def terminal_table(summary: list[dict[str, Any]], identical: Sequence[Sequence[str]] = ()) -> str:
     """A compact table for the terminal (arrows: which way is better), and the identical maps."""
-    columns = [c for c in METRIC_COLUMNS if any(entry[c[0]] is not None for entry in summary)]
+    columns = present_columns(summary)
     names = [f"{entry['method']} @ {entry['layer']}" for entry in summary]
     width = max(len("method @ layer"), *(len(n) for n in names))
     arrows = {"lower": "v", "higher": "^"}
@@ -261,7 +280,7 @@ def write_report(evaluation: Evaluation, out: Path, model_name: str) -> Path:
         "",
         f"{len({row['image'] for row in evaluation.rows})} images, top-1 class of each. "
         "Deletion/insertion: RISE protocol, softmax probability of the class; ROAD at 20/40/60/80% with noisy "
-        "linear imputation; pointing game where boxes were given. See docs/evaluation.md for how to read it.",
+        "linear imputation; pointing game where boxes were given.",
         "",
         "## Verdict",
         "",
@@ -272,6 +291,10 @@ def write_report(evaluation: Evaluation, out: Path, model_name: str) -> Path:
         *[f"Identical maps: {' = '.join(group)} (their curves coincide)." for group in evaluation.identical],
         "",
         "![deletion and insertion curves](curves.png)",
+        "",
+        "## How to read it",
+        "",
+        *[f"- {title}: {READING[column]}." for column, title, _ in present_columns(evaluation.summary)],
     ]
     if evaluation.errors:
         lines += ["", "Skipped images:", *[f"- {error}" for error in evaluation.errors]]
@@ -281,7 +304,8 @@ def write_report(evaluation: Evaluation, out: Path, model_name: str) -> Path:
                "verdict": verdict}  # fmt: skip
     (out / "results.json").write_text(json.dumps(payload, indent=1))
     plot_curves(evaluation.curves, out / "curves.png", evaluation.identical)
-    page = evaluation_page(model_name, table, evaluation.errors, evaluation.identical, verdict["text"])
+    reading = [(title, READING[column]) for column, title, _ in present_columns(evaluation.summary)]
+    page = evaluation_page(model_name, table, evaluation.errors, evaluation.identical, verdict["text"], reading)
     (out / "report.html").write_text(page, encoding="utf-8")
     return out / "report.html"
 

@@ -273,10 +273,16 @@ def _cell(text: str) -> str:
 
 
 def evaluation_page(
-    model: str, table_markdown: str, errors: list[str], identical: Sequence[Sequence[str]] = (), verdict: str = ""
+    model: str,
+    table_markdown: str,
+    errors: list[str],
+    identical: Sequence[Sequence[str]] = (),
+    verdict: str = "",
+    reading: Sequence[tuple[str, str]] = (),
 ) -> str:
-    """``report.html``: the evaluation table (the best value of each column in bold), the identical maps
-    and the curves, one page."""
+    """``report.html``: the evaluation table (the best value of each column in bold), the identical maps,
+    the curves and what each column measures (``reading``: title, meaning), one page."""
+    guide = "".join(f"<dt>{html.escape(title)}</dt><dd>{html.escape(meaning)}</dd>" for title, meaning in reading)
     lines = [line for line in table_markdown.splitlines() if line.startswith("|") and not line.startswith("|---")]
     # cells split on the table's own bars, not on an escaped "\|" inside a title ("|r|")
     cells = [[c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])] for line in lines]
@@ -287,11 +293,12 @@ def evaluation_page(
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>gradcam evaluation: {html.escape(model)}</title>
 <style>{_STYLE}</style></head><body><header><h1>gradcam evaluation: {html.escape(model)}</h1>
-<div class="controls">Top-1 class of each photo; see docs/evaluation.md for how to read it.</div></header>
+<div class="controls">Top-1 class of each photo; how to read each column: at the end.</div></header>
 <nav>{f"<h2>Verdict</h2><p>{html.escape(verdict)}</p>" if verdict else ""}<h2>Metrics</h2><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
 {f"<h2>Identical maps</h2><ul>{same}</ul>" if same else ""}
 <h2>Deletion and insertion curves</h2><img src="curves.png" alt="deletion and insertion curves" style="max-width:100%">
-{f"<h2>Skipped images</h2><ul>{skipped}</ul>" if skipped else ""}</nav></body></html>
+{f"<h2>Skipped images</h2><ul>{skipped}</ul>" if skipped else ""}
+{f"<h2>How to read it</h2><dl>{guide}</dl>" if guide else ""}</nav></body></html>
 """
 
 
