@@ -322,7 +322,7 @@ def test_serve_loads_a_yolo_checkpoint_only_when_the_operator_trusts_it(tmp_path
     with pytest.raises(ModelLoadError, match="--trust-weights"):
         web.ModelShelf([f"yolo:{tmp_path / 'best.pt'}"]).get(f"yolo:{tmp_path / 'best.pt'}")
     shelves = []
-    monkeypatch.setattr(web, "serve", lambda host, port, examples, models: shelves.append(models))
+    monkeypatch.setattr(web, "serve", lambda host, port, examples, models, **_: shelves.append(models))
     assert main(["serve", "--models", "yolo:yolov8n.yaml", "--trust-weights"]) == 0
     assert shelves[-1].trust_weights and not web.ModelShelf(["yolo:yolov8n.yaml"]).trust_weights
 

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from ..io.images import DEFAULT_MAX_MEGAPIXELS, read_image
-from ..render.viz import overlay_image
+from ..render.viz import overlay_image, smooth_for_drawing
 from ..targets import class_index
 from .web_state import AppError
 
@@ -35,6 +35,8 @@ class AnyClass:
         index = class_index(name, self.labels) if not name.strip().isdigit() else int(name)
         if not 0 <= index < len(self.raw):
             raise AppError(f"class {index} is out of range for a model with {len(self.raw)} classes")
-        heat = normalise(upsample(self.raw[index][None, None].float(), self.geometry.crop))[0, 0]
+        grid = (int(self.raw.shape[-2]), int(self.raw.shape[-1]))
+        heat = normalise(upsample(self.raw[index][None, None].float(), self.geometry.crop))
+        heat = smooth_for_drawing(heat, grid)[0, 0]  # drawn as the overlays are (render.viz)
         photo = read_image(Path(self.path), max_megapixels=DEFAULT_MAX_MEGAPIXELS)
         return overlay_image(photo, heat, self.geometry, self.alpha, self.colormap)
