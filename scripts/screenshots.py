@@ -34,7 +34,7 @@ def main_() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "out"
         argv = ["explain", str(ROOT / "examples"), "--out", str(out), "--per-channel", "8", "--target", "top2"]
-        assert main([*argv, "--quiet", "--legend", "--format", "png"]) == 0  # the README shows PNGs
+        assert main([*argv, "--quiet", "--format", "png"]) == 0  # the README shows PNGs (legends by default)
         shutil.copy(out / "chelsea.gradcam.282-tiger_cat.png", docs / "chelsea-overlay.png")
         shutil.copy(out / "chelsea.gradcam.282-tiger_cat.channels.png", docs / "chelsea-channels.png")
         shutil.copy(out / "coffee.gradcam.967-espresso.png", docs / "coffee-overlay.png")

@@ -48,7 +48,9 @@ def test_explain_one_photo_writes_overlay_map_grid_and_manifest(tmp_path):
     assert abs(sum(p["probability"] for p in entry["predictions"])) <= 1.0
     files = entry["targets"][0]["files"]
     overlay = Image.open(files["overlay"])
-    assert overlay.size == Image.open(EXAMPLES / "chelsea.jpg").size  # the photo's own resolution
+    photo = Image.open(EXAMPLES / "chelsea.jpg")
+    # the photo's own resolution, and below it the legend a picture shared alone needs (#27 item 3)
+    assert overlay.width == photo.width and photo.height < overlay.height < photo.height + 80
     heatmap = np.load(files["map"])
     assert heatmap.dtype == np.float32 and heatmap.shape == (224, 224)
     assert heatmap.min() >= 0 and heatmap.max() == pytest.approx(1.0)
@@ -111,7 +113,7 @@ def test_odd_image_modes(tmp_path):
     Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(folder / "sixteen.png")
     Image.fromarray(rgb).convert("CMYK").save(folder / "cmyk.jpg")
     out = tmp_path / "out"
-    assert run(str(folder), "--out", str(out)) == 0
+    assert run(str(folder), "--out", str(out), "--no-legend") == 0
     assert {e["status"] for e in manifest(out)["images"]} == {"ok"}
     sixteen = Image.open(out / "sixteen.gradcam.{}.jpg".format(_target_of(out, "sixteen.png")))
     assert sixteen.size == (96, 64)
@@ -144,7 +146,7 @@ def test_exif_rotated_jpeg_matches_what_a_viewer_shows(tmp_path):
     path = tmp_path / "rotated.jpg"
     image.save(path, exif=exif)
     out = tmp_path / "out"
-    assert run(str(path), "--out", str(out)) == 0
+    assert run(str(path), "--out", str(out), "--no-legend") == 0
     entry = manifest(out)["images"][0]
     assert entry["size"] == [60, 120]
     assert Image.open(entry["targets"][0]["files"]["overlay"]).size == (60, 120)

@@ -64,7 +64,7 @@ def test_a_spectrogram_npy_is_a_signal_unless_kind_image(tmp_path, capsys):
     np.save(tmp_path / "spec.npy", spectrogram)
     out = tmp_path / "out"
     code = main(["explain", str(tmp_path / "spec.npy"), "--kind", "image", "--out", str(out), "--quiet",
-                 "--save", "overlay,map", "--target", "espresso,tabby"])  # fmt: skip
+                 "--save", "overlay,map", "--target", "espresso,tabby", "--no-legend"])  # fmt: skip
     assert code == 0
     manifest = validate(out / "results.json")
     assert manifest["kind"] == "image"

@@ -24,7 +24,9 @@ def jpeg(folder: Path, name: str, size: tuple[int, int], orientation: int = 1) -
 
 
 def explain(*argv: str) -> int:
-    return main(["explain", *argv, "--workers", "0", "--quiet"])
+    """``gradcam explain`` without the legend footer (these tests measure the overlay against the photo,
+    pixel for pixel) unless ``argv`` asks for it."""
+    return main(["explain", "--no-legend", *argv, "--workers", "0", "--quiet"])
 
 
 @pytest.mark.parametrize("size", [(640, 512), (512, 600), (4032, 3024)])

@@ -324,8 +324,8 @@ class BatchExplainer:
         options = self.options
         return WriteOptions(
             out=options.out, method=options.method, save=saved_outputs(options), format=options.format,
-            alpha=options.alpha,
-            colormap=options.colormap, tint=options.tint, legend=options.legend, per_channel=options.per_channel,
+            alpha=options.alpha, colormap=options.colormap, tint=options.tint, legend=options.legend is not False,
+            per_channel=options.per_channel,
             counterfactual=options.counterfactual, prompts=bool(options.prompts),
             overwrite=options.overwrite or self.replace_unrecorded, preprocessing=self.bundle.preprocessing,
             scale=options.scale, untrained=untrained_warning(self.bundle.name, self.bundle.source) is not None,

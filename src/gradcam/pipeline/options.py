@@ -117,7 +117,8 @@ class RunOptions:
     max_side: int | None = None
     frame: str = "crop"
     tint: str = "flat"
-    legend: bool = False
+    legend: bool | None = None  # None: a footer where the kind draws photos' overlays (a picture shared alone says
+    # what it shows, #27 item 3); True/False: asked for (refused by kinds that draw none) or not
     scale: str = "own"  # own: each map to its own maximum; shared: a photo's maps to its strongest one
     counterfactual: bool = False
     eigen_smooth: bool = False

@@ -199,8 +199,11 @@ class PhotoExplanation:
         kind = "against " if self.explanation.counterfactual else ""
         return f"{self.explanation.method}: {kind}{self.names[k]} (score {float(self.scores[0, k]):.3g})"
 
-    def save(self, folder: str | Path, stem: str | None = None, overwrite: bool = False) -> list[Path]:
-        """Write ``{stem}.{method}.{index}-{name}.png`` (overlay) and ``.npy`` (map) per target and
+    def save(
+        self, folder: str | Path, stem: str | None = None, overwrite: bool = False, legend: bool = True
+    ) -> list[Path]:
+        """Write ``{stem}.{method}.{index}-{name}.png`` (overlay, with ``legend`` a footer saying what it
+        shows, as ``gradcam explain`` draws it) and ``.npy`` (map) per target and
         ``{stem}.json`` (the manifest, as ``gradcam explain`` writes it) through the same writer as the
         command line; ``stem`` is the photo's file name without its suffix (``"photo"`` for a photo given
         as an image), so several photos saved into one folder keep their own files. An existing file is an
@@ -216,7 +219,7 @@ class PhotoExplanation:
         folder.mkdir(parents=True, exist_ok=True)
         options = WriteOptions(out=folder, method=self.explanation.method, save=frozenset({"overlay", "map"}),
                                format="png", counterfactual=self.explanation.counterfactual, thumbnail=False,
-                               overwrite=overwrite)  # fmt: skip
+                               overwrite=overwrite, legend=legend)  # fmt: skip
         writer = PhotoWriter(options, self.labels)
         files, _ = writer.plan(stem, self.explanation, 0)
         manifest_path = folder / f"{stem}.json"

@@ -194,8 +194,11 @@ def add_parser(commands: Any) -> None:
     )
     outputs.add_argument(
         "--legend",
-        action="store_true",
-        help="add a footer to each overlay: what it shows (class, score, probability) and the colour scale",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a footer under each photo's overlay: what it shows (class, score, probability) and the colour scale, "
+        "so that a picture shared on its own says what it is (the default for photos); --no-legend: the overlay "
+        "at the photo's own size only",
     )
     outputs.add_argument(
         "--max-side",
