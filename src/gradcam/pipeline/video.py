@@ -35,7 +35,7 @@ from ..io.models import LoadedModel
 from ..io.video import VideoReadError, VideoWriter, read_frames, video_info
 from ..render.captions import caption
 from ..render.video import contact_sheet, with_frame_caption
-from ..render.viz import overlay_image
+from ..render.viz import overlay_image, smooth_for_drawing
 from ..result import normalise
 from .naming import label_of, target_stem
 from .options import RunOptions, UsageError, parse_target
@@ -193,7 +193,11 @@ def _explain_group(
         maps = list(ex.maps[0, 0].cpu().unbind(0))
         return maps, [(classes[0], chances[0])] * len(maps)
     maps = []
-    for heat, class_id in zip(ex.maps[:, 0].cpu(), classes, strict=True):
+    # drawn as the photos' overlays are: a coarse grid's map smoothed, not creased (render.viz)
+    drawn = (
+        smooth_for_drawing(ex.maps, (int(ex.raw.shape[-2]), int(ex.raw.shape[-1]))) if ex.raw.dim() == 4 else ex.maps
+    )
+    for heat, class_id in zip(drawn[:, 0].cpu(), classes, strict=True):
         smoothing = options.video.smoothing
         if smoothing and state["previous"] is not None and state["previous_class"] == class_id:
             heat = normalise(smoothing * state["previous"] + (1 - smoothing) * heat)  # never two classes' maps
