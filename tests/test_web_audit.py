@@ -149,6 +149,7 @@ def test_the_audit_tab_in_a_real_browser(planted_audit, tmp_path, capfd):
             page.locator("#audit-status").get_by_text("Audited pets.zip").wait_for(timeout=120_000)
             table = page.locator("#audit-table").inner_text()
             assert "Egyptian cat" in table and "espresso" in table
+            assert page.locator("#audit-choice input").input_value() == ""  # no longer says "planted"
             page.screenshot(path=str(tmp_path / "audit-zip.png"), full_page=True)
     finally:
         app.close()

@@ -236,11 +236,12 @@ def audit_tab(shelf: Any, choices: list[str], new_folder: Any, audits: dict[str,
                 raise AppError("choose a zip of photos first (one folder per class for the true classes)")
             bundle = shelf.get(model_name)
             out = yield from in_background(
-                lambda: audit_upload(archive, bundle, new_folder(), by_class), (gr.skip(),) * 5
+                lambda: audit_upload(archive, bundle, new_folder(), by_class), (gr.skip(),) * 6
             )
-            yield shown(read_audit(out), f"Audited {escape(Path(archive).name)} with {escape(model_name)}.")
+            said = f"Audited {escape(Path(archive).name)} with {escape(model_name)}."
+            yield *shown(read_audit(out), said), gr.update(value=None)  # the view is the zip's, not a listed audit
         except Exception as error:  # noqa: BLE001
-            yield nothing(failure(error))
+            yield *nothing(failure(error)), gr.skip()
 
     gr.Markdown(
         "What does the model rely on across a whole dataset? Open an audit (`gradcam serve --audit FOLDER`), or "
@@ -262,8 +263,8 @@ def audit_tab(shelf: Any, choices: list[str], new_folder: Any, audits: dict[str,
     details = gr.HTML(elem_id="audit-details")
     files = gr.File(label="Downloads: audit.html, audit.json", file_count="multiple", elem_id="audit-files")
     outputs = [status, summary, table, details, files]
-    opened.change(on_open, inputs=[opened], outputs=outputs)
-    run.click(on_upload, inputs=[archive, model, by_class], outputs=outputs)
+    opened.input(on_open, inputs=[opened], outputs=outputs)  # the user's choice only, not the menu's reset
+    run.click(on_upload, inputs=[archive, model, by_class], outputs=[*outputs, opened])
 
 
 def audit_folders(folders: Sequence[Path]) -> dict[str, Path]:
