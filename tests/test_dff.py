@@ -234,3 +234,22 @@ def test_concepts_are_numbered_the_same_whatever_the_photos_order():
     torch.testing.assert_close(forward.vectors, backward.vectors, atol=1e-3, rtol=1e-3)
     held = forward.raw.flatten(2).sum(dim=(0, 2))
     assert (held[:-1] >= held[1:]).all()  # largest first
+
+
+def test_a_concept_coloured_like_the_photo_still_shows():
+    """#27 item 7: the espresso concept's light blue on a light photo was nearly invisible (the tint blended
+    into pixels of its own colour). The photo is now drawn in grey under the colours."""
+    from PIL import Image
+
+    from gradcam.render.concepts import colour_of, concept_picture
+
+    light_blue = colour_of(1)
+    photo = Image.new("RGB", (64, 48), light_blue)
+    maps = torch.zeros(2, 48, 64)
+    maps[1, 8:40, 8:56] = 1.0  # concept 2 (light blue) holds the middle of the photo
+    picture = np.asarray(concept_picture(photo, maps, ["1  a", "2  b"]).convert("RGB"), dtype=np.float32)[:48]
+    inside = picture[16:32, 20:44].mean(axis=(0, 1))
+    # the tinted region does not look like the untouched photo (a tint the photo's own colour left it as it
+    # was: no sign of the concept at all), and it is the concept's hue, bluer than red
+    assert np.abs(inside - np.asarray(light_blue, dtype=np.float32)).max() > 20
+    assert inside[2] - inside[0] > 60
