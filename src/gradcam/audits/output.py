@@ -110,10 +110,7 @@ def write_outputs(
         for cluster in entry["clusters"]:
             cluster["picture"] = f"maps/{name}-cluster-{cluster['index']}.png"
             save_picture(heat_picture(cluster["mean_map"]), out / cluster["picture"], "png")
-        evidence = entry.get("evidence")
-        if evidence is not None and entry["index"] in (evidence_pictures or {}):
-            evidence["picture"] = f"maps/{name}-experiment.png"
-            save_picture(evidence_pictures[entry["index"]], out / evidence["picture"], "png")  # type: ignore[index]
+        _save_experiment(entry, evidence_pictures, out, name)
     if head.get("followed"):
         save_npy_atomic(findings.measured.models[0].followed_grids, out / "followed_maps.npy")
     for entry in head.get("followed", []):
@@ -124,10 +121,7 @@ def write_outputs(
         if entry["mean_map"] is not None:
             entry["picture"] = f"maps/{name}-mean.png"
             save_picture(heat_picture(entry["mean_map"]), out / entry["picture"], "png")
-        evidence = entry.get("evidence")
-        if evidence is not None and entry["index"] in (followed_pictures or {}):
-            evidence["picture"] = f"maps/{name}-experiment.png"
-            save_picture(followed_pictures[entry["index"]], out / evidence["picture"], "png")  # type: ignore[index]
+        _save_experiment(entry, followed_pictures, out, name)
     for entry in head.get("comparison", {}).get("classes", []):
         name = f"class-{entry['index']}-{slug(entry['name'])}"
         entry["compared_picture"] = f"maps/{name}-compared-mean.png"
@@ -137,6 +131,15 @@ def write_outputs(
 
     html = audit_page(head, page_lists(findings), _Pictures(out, bundles, findings, frame))
     write_atomic(out / "audit.html", lambda temporary: temporary.write_text(html, encoding="utf-8"))
+
+
+def _save_experiment(entry: dict[str, Any], pictures: dict[int, Image.Image] | None, out: Path, name: str) -> None:
+    """The picture of ``entry``'s experiment (a class's or a followed class's, by its index in ``pictures``)
+    as ``maps/NAME-experiment.png``, named in its ``evidence``."""
+    evidence = entry.get("evidence")
+    if evidence is not None and pictures and entry["index"] in pictures:
+        evidence["picture"] = f"maps/{name}-experiment.png"
+        save_picture(pictures[entry["index"]], out / evidence["picture"], "png")
 
 
 def page_lists(findings: Findings) -> dict[str, Any]:
