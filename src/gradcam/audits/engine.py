@@ -241,18 +241,12 @@ class AuditExplainer:
             else torch.zeros(frame)
             for item, d in zip(items, decoded, strict=True)
         ])  # fmt: skip
-        maps = ex.maps[:, 0].detach().float().cpu()
-        shares = energy_shares(maps, masks)
-        grids = grid_maps(maps).to(torch.float16).numpy()
-        predicted_grids = grid_maps(ex.maps[:, 1].detach().float().cpu()).to(torch.float16).numpy()
-        control_grids = grid_maps(ex.maps[:, 2].detach().float().cpu()).to(torch.float16).numpy()
-        followed = ex.maps[:, 3:].detach().float().cpu()
-        count, grid = followed.shape[1], grids.shape[-1]
-        followed_grids = (
-            grid_maps(followed.flatten(0, 1)).reshape(len(items), count, grid, grid)
-            if count
-            else (torch.zeros(len(items), 0, grid, grid))
-        )
+        every = ex.maps.detach().float().cpu()  # [explained, predicted, runner-up, followed classes...]
+        shares = energy_shares(every[:, 0], masks)
+        # every target's map on the grid at once
+        all_grids = grid_maps(every.flatten(0, 1)).reshape(*every.shape[:2], GRID, GRID).to(torch.float16).numpy()
+        grids, predicted_grids, control_grids = all_grids[:, 0], all_grids[:, 1], all_grids[:, 2]
+        count = all_grids.shape[1] - 3
         box_area = masks.flatten(1).mean(dim=1)
         differs = (predicted != explained).numpy()
         predicted_rows = np.full(len(items), -1, dtype=np.int32)
@@ -269,7 +263,7 @@ class AuditExplainer:
             box_area=torch.where(box_area > 0, box_area, nan).numpy().astype(np.float32),
             peak=shares.peak.numpy().astype(np.float32), empty=shares.empty.numpy(), grids=grids,
             control=runner_up(logits, explained).cpu().numpy().astype(np.int32), control_grids=control_grids,
-            followed_grids=followed_grids.to(torch.float16).numpy(),
+            followed_grids=all_grids[:, 3:],
             followed_probability=probabilities[:, self.followed].numpy().astype(np.float32).reshape(len(items), count),
             predicted_rows=predicted_rows, predicted_grids=predicted_grids[differs],
         )  # fmt: skip

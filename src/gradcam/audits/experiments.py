@@ -39,7 +39,7 @@ from ..pipeline.decode import decode
 from ..pipeline.naming import label_of
 from ..render.viz import to_pil
 from ..targets import select_logits
-from .follow import followed_centre
+from .follow import control_maps, followed_centre
 
 PROOF_PHOTOS = 24
 MAX_REGION = 0.3
@@ -302,7 +302,7 @@ def prove_followed(
         half = min(PROOF_PHOTOS, len(ranked) // 2)  # two different sets of photos
         strongest, weakest = ranked[:half], _spread(ranked[half:][::-1].copy(), view.explained)
         grids = torch.from_numpy(view.followed_grids[others, number].astype(np.float32))
-        centre = followed_centre(view.grids[others], view.control_grids[others[view.control[others] != index]])
+        centre = followed_centre(view.grids[others], control_maps(view, others, index))
         region = suspected_region(grids.mean(0), centre)
         paths = [findings.measured.item(int(r)).path for r in strongest]
         donors_of = [findings.measured.item(int(r)).path for r in weakest]

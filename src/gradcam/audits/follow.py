@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from ..pipeline.naming import label_of
-from .engine import Measured
+from .engine import Columns, Measured
 from .findings import _NO_REGIONS, FIXED_RADIUS, MIN_FLAG_SIZE, _class, _grid_list, _number, agreement_figures, flags
 from .measure import CORNERS, agreement, energy_shares, peak_of
 
@@ -65,12 +65,21 @@ def usable_maps(grids: np.ndarray) -> torch.Tensor:
     return maps[maps.flatten(1).sum(1) > 0]
 
 
+def control_maps(view: Columns, rows: np.ndarray, index: int) -> np.ndarray:
+    """The runner-up maps of ``rows`` (photos of other classes) whose runner-up is not followed class
+    ``index`` itself (that map is the followed map: no control of itself)."""
+    return view.control_grids[rows[view.control[rows] != index]]
+
+
 def followed_centre(own_maps: np.ndarray, runner_up_maps: np.ndarray) -> torch.Tensor:
     """What a followed class's maps on other classes' photos are measured around: the mean of the same
     photos' runner-up maps (maps of another class the photo does not show: what such maps share, a centre
     bias or a diffuse spread, is no agreement), or, with under ``2 * MIN_FLAG_SIZE`` of them (the followed
     class is the runner-up of most photos), the mean of the photos' own classes' maps."""
-    control = usable_maps(runner_up_maps)
+    return _centre(usable_maps(runner_up_maps), own_maps)
+
+
+def _centre(control: torch.Tensor, own_maps: np.ndarray) -> torch.Tensor:
     if len(control) >= 2 * MIN_FLAG_SIZE:
         return control.mean(0)
     own = usable_maps(own_maps)
@@ -82,9 +91,9 @@ def followed_agreement(maps: np.ndarray, own_maps: np.ndarray, runner_up_maps: n
     :func:`followed_centre`, and, as the control, the same photos' runner-up maps' agreement among
     themselves, each half around the other half's mean (cross-fitted: around their own mean the estimate
     is -1/(n-1) whatever the maps); None with under ``2 * MIN_FLAG_SIZE`` runner-up maps."""
-    centre = followed_centre(own_maps, runner_up_maps)
-    figures = agreement_figures(maps, maps[:0], centre, centre)
     control = usable_maps(runner_up_maps)
+    centre = _centre(control, own_maps)
+    figures = agreement_figures(maps, maps[:0], centre, centre)
     figures["runner_up_maps"] = None
     if len(control) >= 2 * MIN_FLAG_SIZE:
         first, second = control[0::2], control[1::2]
@@ -106,7 +115,7 @@ def followed_entry(measured: Measured, number: int, index: int, labels: Any) -> 
     grids = view.followed_grids[:, number].astype(np.float32)
     probability = view.followed_probability[:, number]
     maps = torch.from_numpy(grids[others])
-    full = maps[maps.flatten(1).sum(1) > 0]
+    full = usable_maps(grids[others])
     mean_map = maps.mean(0) if len(maps) else torch.zeros(grids.shape[-2:])
     entry: dict[str, Any] = {
         "index": index, "name": label_of(labels, index), "photos": len(own), "other_photos": len(others),
@@ -124,15 +133,11 @@ def followed_entry(measured: Measured, number: int, index: int, labels: Any) -> 
     }  # fmt: skip
     if len(others) < MIN_FLAG_SIZE:
         return entry
-    runner_up = view.control_grids[others[view.control[others] != index]]
-    agreed = followed_agreement(grids[others], view.grids[others], runner_up)
-    shares = energy_shares(full) if len(full) else None
-    figures = {
-        "energy_border": _number(shares.border.mean()) if shares is not None else None,
-        "energy_corners": {name: _number(shares.corners[:, i].mean()) if shares is not None else None
-                           for i, name in enumerate(CORNERS)},
-        "energy_in_boxes": None, "box_area": None,
-    }  # fmt: skip
+    agreed = followed_agreement(grids[others], view.grids[others], control_maps(view, others, index))
+    shares = energy_shares(full) if len(full) else None  # reported for reading; the flag is the agreement's
+    border = _number(shares.border.mean()) if shares is not None else None
+    corners = {name: _number(shares.corners[:, i].mean()) if shares is not None else None
+               for i, name in enumerate(CORNERS)}  # fmt: skip
     y, x = peak_of(mean_map[None])[0].tolist()
     consistency = None
     if shares is not None:
@@ -140,7 +145,7 @@ def followed_entry(measured: Measured, number: int, index: int, labels: Any) -> 
         consistency = float(near.float().mean())
     reasons, score = flags(_NO_REGIONS, None, (y, x), agreed)
     entry.update(
-        agreement=agreed, energy_border=figures["energy_border"], energy_corners=figures["energy_corners"],
+        agreement=agreed, energy_border=border, energy_corners=corners,
         peak=[_number(y), _number(x)], peak_consistency=_number(consistency), flagged=bool(reasons),
         reasons=[f"on {len(others)} photos of other classes: {reason}" for reason in reasons],
         shortcut_score=_number(score),
