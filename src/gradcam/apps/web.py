@@ -203,6 +203,7 @@ def explain_photo(
     top5: dict[str, float] = {}
     every: AnyClass | None = None
     failures: list[str] = []
+    ran: list[str] = []  # the methods that explained the photo (a failed one is in failures)
     for number, (method, configured) in enumerate(zip(methods, built, strict=True)):
         # the first method also keeps every class's map, from the same forward pass, for the any-class menu
         keep_all = number == 0 and _keeps_every_class(bundle, configured, targets)
@@ -239,6 +240,7 @@ def explain_photo(
         if not record.ok:
             raise AppError(str(record.error).replace(str(out_dir), "the scratch folder"))
         records.append(record)
+        ran.append(method)
         for k, picture in enumerate(pictures):
             index = int(ex.targets[0, k]) if ex.targets is not None else k
             overlays.append((picture, _caption(ex, k, index, prompt, method, label_of(names, index))))
@@ -248,7 +250,6 @@ def explain_photo(
             grid = record.targets[0].files["channels"]
     if not records:
         raise AppError("; ".join(failures))
-    ran = [m for m in methods if not any(f.startswith(f"{m}: ") for f in failures)]
     asked = RunOptions(
         out=out_dir,
         method=str(ran[0]),

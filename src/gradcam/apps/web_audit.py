@@ -67,15 +67,25 @@ def _picture(folder: Path, relative: Any, caption: str, pictures: list[tuple[Ima
             pictures.append((image.convert("RGB"), caption))
 
 
+def read_report(folder: Path) -> dict[str, Any]:
+    """``folder``'s ``audit.json`` with the parts the tab shows (``summary``, ``classes``); an
+    :class:`AppError` (one line) when there is none or it cannot be read."""
+    report_path = folder / "audit.json"
+    try:
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+        if not isinstance(report["summary"], dict) or not isinstance(report["classes"], list):
+            raise TypeError("summary or classes")
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise AppError(f"{report_path}: not a readable gradcam audit ({type(error).__name__})") from None
+    return report
+
+
 def read_audit(folder: Path) -> AuditView:
     """The view of the audit written in ``folder`` (``audit.json`` and its pictures); an :class:`AppError`
     (one line) when there is none or it cannot be read."""
     report_path = folder / "audit.json"
-    try:
-        report = json.loads(report_path.read_text(encoding="utf-8"))
-        summary, classes = report["summary"], report["classes"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise AppError(f"{report_path}: not a readable gradcam audit ({type(error).__name__})") from None
+    report = read_report(folder)
+    summary, classes = report["summary"], report["classes"]
     flagged = [c for c in classes if c.get("flagged")]
     lines = [
         f"<b>{escape(str(report.get('model')))}</b>: {summary.get('audited')} photos, {summary.get('classes')} "
@@ -268,11 +278,12 @@ def audit_tab(shelf: Any, choices: list[str], new_folder: Any, audits: dict[str,
 
 
 def audit_folders(folders: Sequence[Path]) -> dict[str, Path]:
-    """The audits offered, by folder name (numbered when two share one); each is read once now, so a folder
-    without a readable audit is refused before the server listens (an :class:`AppError`)."""
+    """The audits offered, by folder name (numbered when two share one); each report is read once now (its
+    pictures when opened), so a folder without a readable audit is refused before the server listens (an
+    :class:`AppError`)."""
     named: dict[str, Path] = {}
     for folder in folders:
-        read_audit(Path(folder))
+        read_report(Path(folder))
         name = Path(folder).resolve().name
         named[name if name not in named else f"{name} ({len(named) + 1})"] = Path(folder)
     return named
