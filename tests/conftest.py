@@ -81,6 +81,21 @@ def _planted(tmp_path_factory, kind: str) -> PlantedShortcut:
     return PlantedShortcut(folder, photos, weights, labels)
 
 
+def audit_planted(data: PlantedShortcut, out: Path, *extra: str, photos: Path | None = None) -> dict:
+    """``gradcam audit`` of ``photos`` (default: the planted dataset) with the planted model, the photos'
+    folders as the true classes, in this process; its ``audit.json``, validated against the schema."""
+    import json
+
+    from gradcam.apps.cli import main
+    from manifest_check import validate_audit
+
+    photos = photos or data.photos
+    code = main(["audit", str(photos), "--weights", str(data.weights), "--labels", str(data.labels), "--truth",
+                 str(photos), "--out", str(out), "--quiet", "--workers", "0", *extra])  # fmt: skip
+    assert code == 0
+    return validate_audit(json.loads((out / "audit.json").read_text()))
+
+
 @pytest.fixture(scope="session")
 def planted_shortcut(tmp_path_factory) -> PlantedShortcut:
     return _planted(tmp_path_factory, "corner")

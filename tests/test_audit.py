@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import gradcam
+from conftest import audit_planted
 from gradcam.apps.cli import main
 from gradcam.audits import AuditError
 from gradcam.audits.clusters import spectral_clusters
@@ -125,10 +126,7 @@ def test_each_rule_flags_with_its_reason_and_a_centred_object_is_not_flagged():
 def planted_audit(planted_shortcut, tmp_path_factory):
     out = tmp_path_factory.mktemp("audit") / "audit"
     data = planted_shortcut
-    code = main(["audit", str(data.photos), "--weights", str(data.weights), "--labels", str(data.labels),
-                 "--truth", str(data.photos), "--out", str(out), "--quiet", "--workers", "0"])  # fmt: skip
-    assert code == 0
-    return out, validate(json.loads((out / "audit.json").read_text()))
+    return out, audit_planted(data, out)
 
 
 def test_the_planted_shortcut_is_flagged_in_its_corner_and_clean_classes_are_not(planted_audit):

@@ -3,18 +3,16 @@ and asks where the model finds evidence for it in photos that do not show it."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import gradcam
-from gradcam.apps.cli import main
+from conftest import audit_planted
 from gradcam.audits import AuditError
 from gradcam.audits.engine import AuditItem, Columns, Measured
 from gradcam.audits.follow import MAX_FOLLOWED, follow_budget, followed_entry
-from manifest_check import validate_audit
 
 GRID = 16
 
@@ -106,11 +104,7 @@ def followed(planted_shortcut, tmp_path_factory):
     for variant in ("marked", "clean"):
         photos = _other_classes_photos(root / variant, variant == "marked")
         out = root / f"audit-{variant}"
-        model = ["--weights", str(data.weights), "--labels", str(data.labels)]
-        code = main(["audit", str(photos), *model, "--truth", str(photos), "--out", str(out), "--quiet",
-                     "--workers", "0", "--classes", "stamped,cat"])  # fmt: skip
-        assert code == 0
-        reports[variant] = (out, validate_audit(json.loads((out / "audit.json").read_text())))
+        reports[variant] = (out, audit_planted(data, out, "--classes", "stamped,cat", photos=photos))
     return reports
 
 

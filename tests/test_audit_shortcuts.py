@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import gradcam
+from conftest import audit_planted
 from gradcam.apps.cli import main
 from gradcam.audits import accuracy_hints
 from gradcam.audits.experiments import filled, random_region, suspected_region
@@ -99,11 +100,7 @@ def test_a_class_far_below_the_others_gets_a_preprocessing_hint():
 def centre_audit(planted_in_the_centre, tmp_path_factory):
     out = tmp_path_factory.mktemp("centre") / "audit"
     data = planted_in_the_centre
-    code = main(["audit", str(data.photos), "--weights", str(data.weights), "--labels", str(data.labels),
-                 "--truth", str(data.photos), "--out", str(out), "--quiet", "--workers", "0",
-                 "--prove", "cat"])  # fmt: skip
-    assert code == 0
-    return out, validate_audit(json.loads((out / "audit.json").read_text()))
+    return out, audit_planted(data, out, "--prove", "cat")
 
 
 def test_a_shortcut_in_the_centre_is_flagged_by_what_its_maps_do(centre_audit):

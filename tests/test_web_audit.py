@@ -14,6 +14,7 @@ from PIL import Image
 gradio = pytest.importorskip("gradio", reason="the web extra is not installed (pip install 'gradcam[web]')")
 
 from browser import headless_page  # noqa: E402
+from conftest import audit_planted  # noqa: E402
 from gradcam.apps.cli import main  # noqa: E402
 from gradcam.apps.web import build_app  # noqa: E402
 from gradcam.apps.web_audit import (  # noqa: E402
@@ -33,10 +34,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 def planted_audit(planted_shortcut, tmp_path_factory):
     data = planted_shortcut
     out = tmp_path_factory.mktemp("web-audit") / "planted"
-    model = ["--weights", str(data.weights), "--labels", str(data.labels)]
-    code = main(["audit", str(data.photos), *model, "--truth", str(data.photos), "--out", str(out), "--quiet",
-                 "--workers", "0", "--prove", "cat"])  # fmt: skip
-    assert code == 0
+    audit_planted(data, out, "--prove", "cat")
     return out
 
 
