@@ -374,3 +374,80 @@ def test_a_segment_model_gets_its_boxes_explained_the_same_way(photo):
     plain = YoloDetector(classes=80)  # not bound to the head: the score read from the output itself
     for detection, score in zip(found.detections, found.explanation.scores[0], strict=True):
         assert float(plain.score(detection)(output)) == pytest.approx(float(score), rel=1e-5)
+
+
+def _gradcam_by_hand_on_logits(net, x, layer, label):
+    """Grad-CAM of logit ``label`` at ``layer`` with one plain forward hook (no gradcam code)."""
+    captured = {}
+    handle = net.get_submodule(layer).register_forward_hook(lambda m, i, o: captured.setdefault("a", o))
+    try:
+        with torch.enable_grad():
+            probabilities, logits = net(x)
+            (grad,) = torch.autograd.grad(logits[0, label], captured["a"])
+    finally:
+        handle.remove()
+    raw = F.relu((grad.mean(dim=(2, 3), keepdim=True) * captured["a"]).sum(1, keepdim=True))
+    return normalise(F.interpolate(raw, size=x.shape[2:], mode="bilinear", align_corners=False)[0, 0].detach())
+
+
+def test_a_classify_model_is_explained_on_its_logits_like_any_classifier(photo):
+    """#29 item 6: ``yolo:yolov8n-cls.yaml`` is a classifier. Its Classify head returns (softmax, logits) in
+    eval mode; the map explains the logit of the top class at the head's last convolution, equal to Grad-CAM by
+    hand on the Ultralytics model itself, and the model is left as it was."""
+    import gradcam
+    from gradcam.io.yolo import YoloClassifier
+
+    torch.manual_seed(3)
+    bundle = gradcam.load_model("yolo:yolov8n-cls.yaml")
+    assert isinstance(bundle.model, YoloClassifier) and bundle.extra["task"] == "classify"
+    assert not bundle.is_detector and bundle.default_layer == "model.9.conv"
+    assert bundle.preprocessing.crop == (224, 224) and bundle.preprocessing.mean == (0.0, 0.0, 0.0)
+    assert bundle.labels[285] == "Egyptian cat"  # a config's 1,000 placeholder names are ImageNet's
+    net = bundle.model._net
+    assert [n for n, _ in bundle.model.named_parameters()] == [n for n, _ in net.named_parameters()]
+    x = torch.rand(1, 3, 224, 224)
+    with torch.no_grad():
+        probabilities, logits = net(x)
+    torch.testing.assert_close(bundle.model(x), logits)
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    ex = gradcam.explain(bundle.model, x, "gradcam", bundle.default_layer)
+    label = int(logits.argmax())
+    assert ex.targets[0].tolist() == [label]
+    assert float(ex.scores[0, 0]) == pytest.approx(float(logits[0, label]), rel=1e-5)  # the logit, not p
+    torch.testing.assert_close(ex.maps[0, 0], _gradcam_by_hand_on_logits(net, x, "model.9.conv", label),
+                               atol=1e-5, rtol=1e-4)  # fmt: skip
+    assert not net.training and all(p.grad is None for p in net.parameters())
+    assert all(torch.equal(before[n], p) for n, p in net.named_parameters())
+
+
+def test_the_cli_explains_a_photo_with_a_classify_model(tmp_path, photo):
+    """The classify model runs the photo path: an overlay and a record with the class name."""
+    photo.save(tmp_path / "a.png")
+    out = tmp_path / "o"
+    code = main(["explain", str(tmp_path / "a.png"), "--model", "yolo:yolov8n-cls.yaml", "--out", str(out),
+                 "--no-legend"])  # fmt: skip
+    assert code == 0
+    manifest = json.loads((out / "results.json").read_text())
+    validate(manifest)
+    (record,) = manifest["images"]
+    assert record["status"] == "ok" and record["layer"] == "model.9.conv"
+    overlay = Path(record["targets"][0]["files"]["overlay"])
+    assert Image.open(overlay).size == photo.size
+
+
+def test_a_classify_checkpoint_whose_name_says_nothing_runs_as_a_classifier(tmp_path, photo, capsys):
+    """A ``best.pt`` of a classify run looks like a detector by its name; once loaded it is known to classify,
+    and the run is a photo run (its --target is taken) instead of a refusal or boxes."""
+    from ultralytics import YOLO
+
+    torch.manual_seed(4)
+    YOLO("yolov8n-cls.yaml").save(str(tmp_path / "best.pt"))
+    photo.save(tmp_path / "a.png")
+    out = tmp_path / "o"
+    code = main(["explain", str(tmp_path / "a.png"), "--model", f"yolo:{tmp_path / 'best.pt'}", "--trust-weights",
+                 "--target", "tabby", "--out", str(out)])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    manifest = json.loads((out / "results.json").read_text())
+    (record,) = manifest["images"]
+    assert manifest["kind"] == "photo" and record["targets"][0]["label"] == "tabby"
+    assert "box" not in record["targets"][0]

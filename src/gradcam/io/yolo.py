@@ -1,6 +1,8 @@
-"""Ultralytics YOLO detectors (v5u, v8, 11 layouts: detect and segment heads): ``yolo:CONFIG.yaml`` (the
-architecture with random weights, offline: ``yolo:yolov8n.yaml``) or ``yolo:FILE.pt`` (a trained
-checkpoint; Ultralytics saves whole pickled models, so it loads only with ``--trust-weights``).
+"""Ultralytics YOLO models (v5u, v8, 11 layouts: detect, segment and classify heads): ``yolo:CONFIG.yaml``
+(the architecture with random weights, offline: ``yolo:yolov8n.yaml``) or ``yolo:FILE.pt`` (a trained
+checkpoint; Ultralytics saves whole pickled models, so it loads only with ``--trust-weights``). Detect and
+segment models get a map per box (:mod:`gradcam.detection`); a classify model is a classifier like any other
+(:class:`YoloClassifier`: its logits, photos resized and centre-cropped as Ultralytics classifies).
 
 Ultralytics is AGPL-3.0 licensed; it is the optional ``yolo`` extra (``pip install gradcam[yolo]``) and is
 imported only when a ``yolo:`` model is asked for.
@@ -183,12 +185,17 @@ def load_yolo(spec: str, trusted: bool, size: int | None = None) -> LoadedModel:
     except Exception as error:  # a missing or broken config, a checkpoint of another library
         raise ModelLoadError(f"--model yolo:{spec}: cannot load it ({type(error).__name__}: {error})") from None
     trained = loaded.overrides.get("imgsz") if isinstance(getattr(loaded, "overrides", None), dict) else None
-    if size is None:
-        size = int(max(trained) if isinstance(trained, (list, tuple)) else trained or 640)
+    trained_size = int(max(trained) if isinstance(trained, (list, tuple)) else trained or 0) or None
     head = net.model[-1]
     task = getattr(net, "task", "detect")
+    source = "random weights (an Ultralytics config)" if spec.endswith((".yaml", ".yml")) else "Ultralytics checkpoint"
+    if task == "classify" and hasattr(head, "linear"):
+        return _classifier_bundle(spec, net, source, size or trained_size or 224)
     if task not in ("detect", "segment") or not hasattr(head, "nc"):
-        raise ModelLoadError(f"--model yolo:{spec}: a {task} model; gradcam explains YOLO detect and segment heads")
+        raise ModelLoadError(
+            f"--model yolo:{spec}: a {task} model; gradcam explains YOLO detect, segment and classify heads"
+        )
+    size = size or trained_size or 640
     net = net.float().eval()
     labels = _class_names(net.names, head.nc)
     detector = YoloDetector(classes=head.nc)
@@ -198,16 +205,57 @@ def load_yolo(spec: str, trusted: bool, size: int | None = None) -> LoadedModel:
         preprocessing=Preprocessing(resize=size, crop=(size, size), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)),
         labels=labels,
         default_layer=",".join(detector.default_layer(net)),
-        source="random weights (an Ultralytics config)"
-        if spec.endswith((".yaml", ".yml"))
-        else "Ultralytics checkpoint",
+        source=source,
         extra={"detector": detector, "frame": partial(letterbox, size=size), "task": task},
     )
 
 
+class YoloClassifier(torch.nn.Module):
+    """An Ultralytics classification model whose output is its logits: in eval mode its ``Classify`` head
+    returns (probabilities, logits), and a map explains the logit (as for any classifier), not the softmax.
+    Its layers keep Ultralytics' names (``model.9.conv`` is the head's last convolution), and it is the same
+    module tree: training it or moving it moves the Ultralytics model.
+
+    Example:
+        >>> bundle = gradcam.load_model("yolo:yolov8n-cls.yaml")                 # doctest: +SKIP
+        >>> bundle.model(torch.rand(1, 3, 224, 224)).shape, bundle.default_layer
+        (torch.Size([1, 1000]), 'model.9.conv')
+    """
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = net.model  # the layers (registered here, so named as Ultralytics names them)
+        object.__setattr__(self, "_net", net)  # runs them, with its own routing; not a second child
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        output = self._net(x)
+        return output[1] if isinstance(output, (tuple, list)) else output
+
+
+def _classifier_bundle(spec: str, net: Any, source: str, size: int) -> LoadedModel:
+    """A ``classify`` model: Ultralytics' own preprocessing (the shorter side to ``size``, a centre crop,
+    bilinear, pixels in [0, 1] unnormalised); the map at the head's last convolution, before its pooling."""
+    net = net.float().eval()
+    head = net.model[-1]
+    return LoadedModel(
+        name=f"yolo:{Path(spec).name}",
+        model=YoloClassifier(net).eval(),
+        preprocessing=Preprocessing(resize=size, crop=(size, size), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)),
+        labels=_class_names(net.names, int(head.linear.out_features)),
+        default_layer=f"model.{len(net.model) - 1}.conv",
+        source=source,
+        extra={"task": "classify"},
+    )
+
+
 def _class_names(names: Any, count: int) -> list[str]:
-    """The model's class names; a config's placeholder names ("0", "1", ...) for 80 classes are COCO's."""
+    """The model's class names; a config's placeholder names ("0", "1", ...) are COCO's for 80 classes and
+    ImageNet's for 1,000 (the datasets Ultralytics' configs are made for)."""
     listed = [str(names[i]) for i in range(count)] if isinstance(names, dict) else [str(n) for n in names]
+    if count == 1000 and listed == [str(i) for i in range(1000)]:
+        from ..targets import imagenet_labels
+
+        return list(imagenet_labels())
     if count == 80 and listed == [str(i) for i in range(80)]:
         import ultralytics
         import yaml

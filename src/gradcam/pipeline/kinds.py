@@ -116,19 +116,47 @@ DETECTION = InputKind(
     "detection", "a detector's photos", tuple(sorted(IMAGE_SUFFIXES)), _DETECTION_TAKES, False,
     "a detector explains each box it keeps, one photo at a time",
 )  # fmt: skip
-DETECTORS = ("yolo:",)  # model sources whose models are detectors
+def _known_detector(model: str) -> bool:
+    """Whether ``model`` names a detector before it is loaded: a ``yolo:`` config or checkpoint that is not a
+    classify model by its name (Ultralytics' own rule: ``-cls`` in the name, or a ``classify`` folder), an
+    ``hf:`` folder of an object-detection checkpoint. What the name cannot tell (a ``best.pt``, a hub name) is
+    settled once the model is loaded (:func:`after_loading`)."""
+    from ..io.hf_detection import is_detection_folder
+
+    if model.startswith("yolo:"):
+        path = Path(model[5:])
+        return "-cls" not in path.stem and "classify" not in path.parts and not undecided(model)
+    return model.startswith("hf:") and is_detection_folder(model[3:])
+
+
+def undecided(model: str) -> bool:
+    """Whether only loading ``model`` tells whether it detects or classifies: a ``yolo:`` checkpoint (its task
+    is inside the pickle), an ``hf:`` hub name (its config is on the hub). Its options are checked once it is
+    loaded."""
+    if model.startswith("yolo:"):
+        return model.endswith(".pt")
+    return model.startswith("hf:") and not Path(model[3:]).is_dir()
 
 
 def for_model(kind: InputKind, model: str) -> InputKind:
     """The kind a run has with ``model``: photos given to a detector (``yolo:``, an ``hf:`` folder of an
     object-detection checkpoint) are a detection run; other inputs are refused for a detector in one line."""
-    from ..io.hf_detection import is_detection_folder
-
-    if not model.startswith(DETECTORS) and not (model.startswith("hf:") and is_detection_folder(model[3:])):
+    if not _known_detector(model):
         return kind
     if kind.name != "photo":
         raise UsageError(f"--model {model}: a detector explains photos, not {kind.plural}")
     return DETECTION
+
+
+def after_loading(kind: InputKind, is_detector: bool) -> InputKind:
+    """The kind once the model is loaded and known: a hub detector's photos become a detection run, and a
+    ``yolo:`` model its name took for a detector but that classifies (a ``best.pt`` of a classify run) a
+    photo run again."""
+    if is_detector and kind.name == "photo":
+        return DETECTION
+    if not is_detector and kind is DETECTION:
+        return PHOTO
+    return kind
 
 
 # kinds that may share one run: they are run by the same loop and written to the same manifest

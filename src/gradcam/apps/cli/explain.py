@@ -17,7 +17,16 @@ from typing import Any
 from ...io.images import DEFAULT_MAX_MEGAPIXELS
 from ...io.models import DEFAULT_MODEL, MODEL_SOURCES, LoadedModel, ModelLoadError
 from ...methods import methods
-from ...pipeline.kinds import DETECTION, KINDS, FoundInputs, InputKind, find_inputs, for_model, refuse_unsupported
+from ...pipeline.kinds import (
+    KINDS,
+    FoundInputs,
+    InputKind,
+    after_loading,
+    find_inputs,
+    for_model,
+    refuse_unsupported,
+    undecided,
+)
 from ...pipeline.options import RunOptions, UsageError, parse_target
 from ...render.report import untrained_warning
 from .console import (
@@ -238,7 +247,8 @@ def run(args: argparse.Namespace) -> int:
         options = options_from_args(args)
         inputs = find_inputs(args.paths, exclude=[Path(args.out)], override=args.kind)
         inputs = replace(inputs, kind=for_model(inputs.kind, args.model))
-        refuse_unsupported(inputs.kind, options)
+        if not undecided(args.model):  # else once the model is loaded and its kind known
+            refuse_unsupported(inputs.kind, options)
     except UsageError as problem:
         return usage_error(str(problem))
     if not inputs.found.paths:  # nothing to explain: one line says why
@@ -249,9 +259,10 @@ def run(args: argparse.Namespace) -> int:
     report_missing(inputs.found)
     try:
         bundle = load_bundle(args, images=inputs.kind.images)
-        if bundle.is_detector and inputs.kind.name == "photo":  # a hub detector, known now
-            inputs = replace(inputs, kind=DETECTION)
-            refuse_unsupported(DETECTION, options)
+        known = after_loading(inputs.kind, bundle.is_detector)
+        if known is not inputs.kind or undecided(args.model):  # a hub detector, a yolo: checkpoint that classifies
+            inputs = replace(inputs, kind=known)
+            refuse_unsupported(known, options)
         check_targets(bundle, inputs.kind, options)
         said = untrained_warning(bundle.name, bundle.source)
         if said:
