@@ -111,3 +111,77 @@ def test_sigmoid_heads_keep_the_top_query_class_pairs():
     assert [(d.anchor, d.label) for d in found] == [(0, 0), (1, 1)]
     assert found[0].box == pytest.approx((8.0, 4.0, 12.0, 6.0))
     assert found[0].confidence == pytest.approx(float(torch.sigmoid(torch.tensor(2.0))))
+
+
+@pytest.fixture(scope="module")
+def rtdetr_folder(tmp_path_factory):
+    from transformers import RTDetrConfig, RTDetrForObjectDetection, RTDetrResNetConfig
+
+    torch.manual_seed(0)
+    backbone = RTDetrResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1],
+                                  out_features=["stage2", "stage3", "stage4"], layer_type="basic")  # fmt: skip
+    config = RTDetrConfig(
+        backbone_config=backbone, encoder_hidden_dim=32, encoder_in_channels=[32, 64, 128], d_model=32,
+        encoder_ffn_dim=64, decoder_ffn_dim=64, decoder_layers=1, encoder_layers=1, num_queries=20, num_labels=3,
+        decoder_in_channels=[32, 32, 32], num_feature_levels=3, encoder_attention_heads=2, decoder_attention_heads=2,
+        id2label={0: "cat", 1: "dog", 2: "cup"}, label2id={"cat": 0, "dog": 1, "cup": 2},
+    )  # fmt: skip
+    folder = tmp_path_factory.mktemp("rtdetr")
+    RTDetrForObjectDetection(config).save_pretrained(folder)
+    # RT-DETR's processor resizes to a fixed height and width (640 x 640 for the published checkpoints)
+    (folder / "preprocessor_config.json").write_text(json.dumps({"size": {"height": 128, "width": 96},
+                                                                 "do_normalize": False}))  # fmt: skip
+    return folder
+
+
+def _leaf_gradcam(net, x, layer_names, score_of):
+    """Grad-CAM of ``score_of(output)`` with plain hooks, each layer's output a leaf of its own, raw maps summed."""
+    captured = {}
+
+    def leaf(module, inputs, output, name):
+        captured[name] = output.detach().requires_grad_()
+        return captured[name]
+
+    handles = [net.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: leaf(m, i, o, n)) for n in layer_names]
+    try:
+        with torch.enable_grad():
+            score = score_of(net(pixel_values=x))
+            grads = torch.autograd.grad(score, [captured[n] for n in layer_names], allow_unused=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    total = 0
+    for name, grad in zip(layer_names, grads, strict=True):
+        if grad is not None:
+            raw = F.relu((grad.mean(dim=(2, 3), keepdim=True) * captured[name]).sum(1, keepdim=True))
+            total = total + F.interpolate(raw, size=x.shape[2:], mode="bilinear", align_corners=False)
+    return normalise(total[0, 0].detach())
+
+
+def test_rt_detr_from_a_config_boxes_equal_its_post_processing_and_gradcam_by_hand(rtdetr_folder, photo):
+    """#29 item 7: RT-DETR (a sigmoid head reading three scales) built from a config: the photo squashed to the
+    processor's height and width (it was resized by its shorter side, and the model failed on the odd size), the
+    boxes are its own processor's, every scale's projection is explained, and each box's map equals Grad-CAM by
+    hand at its query's class probability."""
+    import gradcam
+
+    bundle = gradcam.load_model(f"hf:{rtdetr_folder}")
+    assert bundle.extra["detector"].sigmoid
+    layers = bundle.default_layer.split(",")
+    assert layers == ["model.encoder_input_proj.0", "model.encoder_input_proj.1", "model.encoder_input_proj.2"]
+    x, frame = bundle.extra["frame"](photo)
+    assert x.shape == (3, 128, 96) and frame.box_to_photo((0, 0, 96, 128)) == pytest.approx((0, 0, 160, 120))
+    found = explain_boxes(bundle.model, x[None], HfDetector(sigmoid=True, conf=0.0, max_boxes=3))
+    assert len(found.detections) == 3
+    with torch.no_grad():
+        output = bundle.model(pixel_values=x[None])
+    processor = transformers.RTDetrImageProcessor()
+    theirs = processor.post_process_object_detection(output, threshold=0.0, target_sizes=[(128, 96)])[0]
+    order = theirs["scores"].argsort(descending=True)[:3]
+    assert [d.confidence for d in found.detections] == pytest.approx(theirs["scores"][order].tolist(), rel=1e-5)
+    assert [d.label for d in found.detections] == theirs["labels"][order].tolist()
+    for detection, box in zip(found.detections, theirs["boxes"][order].tolist(), strict=True):
+        assert detection.box == pytest.approx(tuple(box), abs=1e-3)
+    for k, d in enumerate(found.detections):
+        expected = _leaf_gradcam(bundle.model, x[None], layers, lambda o, d=d: o.logits[0, d.anchor, d.label].sigmoid())
+        torch.testing.assert_close(found.maps[k], expected, atol=1e-4, rtol=1e-4)

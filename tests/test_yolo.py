@@ -451,3 +451,32 @@ def test_a_classify_checkpoint_whose_name_says_nothing_runs_as_a_classifier(tmp_
     (record,) = manifest["images"]
     assert manifest["kind"] == "photo" and record["targets"][0]["label"] == "tabby"
     assert "box" not in record["targets"][0]
+
+
+def test_a_segment_models_instances_carry_their_masks_as_ultralytics_makes_them(photo, tmp_path):
+    """#29 item 8: each box of a segment model is an instance with its own mask (coefficients x prototypes,
+    cropped to its box), equal to Ultralytics' ``process_mask``; the pictures outline it and the record says
+    how much of the image it covers."""
+    from ultralytics.utils.ops import process_mask
+
+    import gradcam
+
+    torch.manual_seed(5)
+    bundle = gradcam.load_model("yolo:yolov8n-seg.yaml")
+    x, _ = letterbox(photo, 320)
+    detector = replace(bundle.extra["detector"], conf=0.0, max_boxes=4)
+    with torch.no_grad():
+        output = bundle.model(x[None])
+    found = detector.detect(output, tuple(x.shape[1:]))[0]
+    assert len(found) == 4 and all(d.region is not None for d in found)
+    predictions, prototypes = output[0]
+    coefficients = torch.stack([predictions[0, 84:, d.anchor] for d in found])
+    boxes = torch.tensor([d.box for d in found])
+    theirs = process_mask(prototypes[0], coefficients, boxes, tuple(x.shape[1:]), upsample=False) > 0
+    assert torch.equal(torch.stack([d.region for d in found]), theirs)
+    photo.save(tmp_path / "a.png")
+    code = main(["explain", str(tmp_path / "a.png"), "--model", "yolo:yolov8n-seg.yaml", "--conf", "0",
+                 "--max-boxes", "2", "--out", str(tmp_path / "o")])  # fmt: skip
+    assert code == 0
+    (record,) = json.loads((tmp_path / "o" / "results.json").read_text())["images"]
+    assert all(0 <= t["area"] <= 1 for t in record["targets"])

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -43,12 +43,15 @@ from .targets import NoTargets, TargetsFromOutput
 @dataclass(frozen=True)
 class Detection:
     """One kept box: ``box`` (x1, y1, x2, y2) in the model's input pixels, its class ``label``, the
-    detector's ``confidence`` and the ``anchor`` (the prediction's position in the raw output)."""
+    detector's ``confidence`` and the ``anchor`` (the prediction's position in the raw output). A segmentation
+    model's class region also has its ``region``: the (h, w) mask of the pixels painted with that class, at the
+    output's resolution (:mod:`gradcam.segmentation`)."""
 
     box: tuple[float, float, float, float]
     label: int
     confidence: float
     anchor: int
+    region: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
 
 class Detector(Protocol):

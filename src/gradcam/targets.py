@@ -319,7 +319,7 @@ def select_logits(output: Any) -> torch.Tensor:
 @dataclass(frozen=True)
 class SegmentationScore:
     """Semantic segmentation: the summed score of class ``index`` over a pixel ``mask`` (H, W), for
-    outputs (B, classes, H, W) (torchvision's ``{"out": ...}`` is unwrapped).
+    outputs (B, classes, H, W) (torchvision's ``{"out": ...}`` and Hugging Face's ``.logits`` are unwrapped).
 
     Example:
         >>> target = SegmentationScore(15, mask=(logits.argmax(1)[0] == 15).float())   # doctest: +SKIP
@@ -330,7 +330,7 @@ class SegmentationScore:
     mask: torch.Tensor
 
     def __call__(self, output: Any) -> torch.Tensor:
-        maps = output["out"] if isinstance(output, dict) else select_logits(output)
+        maps = output["out"] if isinstance(output, dict) and "out" in output else select_logits(output)
         return (maps[:, self.index] * self.mask.to(maps.device, maps.dtype)).sum(dim=(-2, -1))
 
 

@@ -78,8 +78,16 @@ def load_hf(spec: str, weights: str | None, file: WeightsFile | None, trust_code
                 f"hf:{spec}: an image-text model takes no --weights; save it as a folder, pass hf:FOLDER"
             )
         return load_hf_image_text(spec, config, where, bounded(processor_preprocessing(spec, config, where), spec))
-    detector = any(str(name).endswith("ForObjectDetection") for name in getattr(config, "architectures", None) or [])
-    auto = transformers.AutoModelForObjectDetection if detector else transformers.AutoModelForImageClassification
+    architectures = [str(name) for name in getattr(config, "architectures", None) or []]
+    detector = any(name.endswith("ForObjectDetection") for name in architectures)
+    segmenter = any(name.endswith("ForSemanticSegmentation") for name in architectures)
+    auto = (
+        transformers.AutoModelForObjectDetection
+        if detector
+        else transformers.AutoModelForSemanticSegmentation
+        if segmenter
+        else transformers.AutoModelForImageClassification
+    )
     if weights is None:
         try:
             model = auto.from_pretrained(spec, **where)
@@ -102,6 +110,8 @@ def load_hf(spec: str, weights: str | None, file: WeightsFile | None, trust_code
             source = f"weights from {weights}"
     if detector:
         return _detection_bundle(spec, model.eval(), config, where, source)
+    if segmenter:
+        return _segmentation_bundle(spec, model.eval(), config, where, source)
     return LoadedModel(
         name=f"hf:{spec}",
         model=model.eval(),
@@ -118,16 +128,43 @@ def _detection_bundle(spec: str, model: nn.Module, config: Any, where: dict, sou
 
     extra = detection_extra(config, processor_dict(spec, where))
     frame = extra["frame"].keywords
-    shortest = frame["shortest"]
+    size = frame.get("size") or (frame["shortest"], frame["shortest"])
     return LoadedModel(
         name=f"hf:{spec}",
         model=model,
-        preprocessing=Preprocessing(shortest, (shortest, shortest), frame["mean"], frame["std"]),
+        preprocessing=bounded(
+            Preprocessing(max(size), size, frame["mean"], frame["std"], squash="size" in frame), spec
+        ),
         labels=_id2label(config),
         default_layer=extra["detector"].default_layer(model),
         source=source,
         extra=extra,
     )
+
+
+def _segmentation_bundle(spec: str, model: nn.Module, config: Any, where: dict, source: str) -> LoadedModel:
+    """A semantic segmentation model (``...ForSemanticSegmentation``): one map per class it paints."""
+    from .hf_detection import processor_dict, segmentation_extra, segmentation_layer
+
+    extra = segmentation_extra(processor_dict(spec, where), int(getattr(config, "image_size", 512) or 512))
+    preprocessing = _frame_preprocessing(extra, spec)
+    return LoadedModel(
+        name=f"hf:{spec}",
+        model=model,
+        preprocessing=preprocessing,
+        labels=_id2label(config),
+        default_layer=segmentation_layer(model, preprocessing.crop),
+        source=source,
+        extra=extra,
+    )
+
+
+def _frame_preprocessing(extra: dict, spec: str) -> Preprocessing:
+    """What a detector's or segmenter's frame function does to a photo, as the run records it (and bounded:
+    a processor config cannot ask for more than ``MAX_INPUT_PIXELS``)."""
+    frame = extra["frame"].keywords
+    size = tuple(frame.get("size") or (frame["shortest"], frame["shortest"]))
+    return bounded(Preprocessing(max(size), size, frame["mean"], frame["std"], squash="size" in frame), spec)
 
 
 CODE_FILES = ("config.json", "preprocessor_config.json", "tokenizer_config.json", "processor_config.json")

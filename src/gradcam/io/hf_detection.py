@@ -1,5 +1,7 @@
 """Hugging Face object detectors (DETR, Conditional/Deformable DETR, RT-DETR, YOLOS, Table Transformer, ...):
-``hf:FOLDER`` or ``hf:ORG/NAME`` of a ``...ForObjectDetection`` checkpoint gets one map per box.
+``hf:FOLDER`` or ``hf:ORG/NAME`` of a ``...ForObjectDetection`` checkpoint gets one map per box; a
+``...ForSemanticSegmentation`` checkpoint (SegFormer, BEiT, DPT, UperNet, MobileViT) one map per class it
+paints (:mod:`gradcam.segmentation`).
 
 Their outputs hold per query ``logits`` (B, Q, classes [+ 1 "no object"]) and ``pred_boxes`` (B, Q, 4: centre
 x, centre y, width, height, relative to the input). The boxes are kept as the models' own post-processing
@@ -25,12 +27,14 @@ from typing import Any
 import torch
 
 from ..detection import Detection
-from .letterbox import shorter_side
+from ..segmentation import SegmentationDetector
+from .letterbox import shorter_side, squashed
 
 SIGMOID_HEADS = frozenset(
     {"conditional_detr", "deformable_detr", "rt_detr", "rt_detr_v2", "dab_detr", "d_fine", "deta"}
 )
 MAX_CONFIG_BYTES = 1_000_000
+REGION_ARCHITECTURES = ("ForObjectDetection", "ForSemanticSegmentation")  # explained box by box, class by class
 
 
 @dataclass(frozen=True)
@@ -78,20 +82,22 @@ class HfDetector:
         return box_score
 
     def default_layer(self, model: Any) -> str | None:
-        """The feature map the transformer reads: DETR's ``input_projection`` (a 1x1 convolution on the
-        backbone's last stage), or the last one of a multi-scale model's projections."""
+        """The feature maps the transformer reads: DETR's ``input_projection`` (a 1x1 convolution on the
+        backbone's last stage), or every scale's projection of a multi-scale model (RT-DETR's
+        ``model.encoder_input_proj.0,1,2``: a query may come from any scale; their maps are summed as YOLO's)."""
         names = [name for name, _ in model.named_modules()]
-        for wanted in ("model.input_projection", "model.input_proj.0"):
-            if wanted in names:
-                return wanted
-        projections = [n for n in names if n.startswith(("model.input_proj.", "model.encoder_input_proj."))]
-        last = sorted({".".join(n.split(".")[:3]) for n in projections})
-        return last[-1] if last else None
+        if "model.input_projection" in names:
+            return "model.input_projection"
+        for stem in ("model.encoder_input_proj.", "model.input_proj."):
+            scales = sorted({int(n.split(".")[2]) for n in names if n.startswith(stem) and n.split(".")[2].isdigit()})
+            if scales:
+                return ",".join(f"{stem}{scale}" for scale in scales)
+        return None
 
 
 def is_detection_folder(spec: str) -> bool:
-    """Whether ``hf:FOLDER``'s ``config.json`` names a ``...ForObjectDetection`` architecture (read without
-    importing transformers; a hub name is asked of its config when loaded)."""
+    """Whether ``hf:FOLDER``'s ``config.json`` names a ``...ForObjectDetection`` or ``...ForSemanticSegmentation``
+    architecture (read without importing transformers; a hub name is asked of its config when loaded)."""
     config = Path(spec) / "config.json"
     try:
         if not config.is_file() or config.stat().st_size > MAX_CONFIG_BYTES:
@@ -99,25 +105,27 @@ def is_detection_folder(spec: str) -> bool:
         architectures = json.loads(config.read_text()).get("architectures") or []
     except (OSError, ValueError, AttributeError):
         return False
-    return any(str(name).endswith("ForObjectDetection") for name in architectures)
+    return any(str(name).endswith(REGION_ARCHITECTURES) for name in architectures)
 
 
 def detection_extra(config: Any, processor: dict) -> dict[str, Any]:
     """The bundle's ``extra`` for a detector: the :class:`HfDetector` and how a photo becomes its input
-    (the processor's shorter/longer side and normalisation; DETR's 800/1333 and ImageNet's by default)."""
+    (the processor's shorter/longer side and normalisation, DETR's 800/1333 and ImageNet's by default; a
+    ``size`` of height and width is a resize to exactly that, as RT-DETR's processor does)."""
     size = processor.get("size") or {}
-    shortest = int(size.get("shortest_edge") or size.get("height") or 800)
-    longest = int(size.get("longest_edge") or max(shortest, size.get("width") or 1333))
     mean = tuple(processor.get("image_mean") or (0.485, 0.456, 0.406))
     std = tuple(processor.get("image_std") or (0.229, 0.224, 0.225))
     if not processor.get("do_normalize", True):
         mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
     detector = HfDetector(sigmoid=getattr(config, "model_type", "") in SIGMOID_HEADS)
-    return {
-        "detector": detector,
-        "frame": partial(shorter_side, shortest=shortest, longest=longest, mean=mean, std=std),
-        "task": "detect",
-    }
+    frame: Callable
+    if size.get("height") and size.get("width") and not size.get("shortest_edge"):  # RT-DETR: 640 x 640, squashed
+        frame = partial(squashed, size=(int(size["height"]), int(size["width"])), mean=mean, std=std)
+    else:
+        shortest = int(size.get("shortest_edge") or 800)
+        longest = int(size.get("longest_edge") or max(shortest, 1333))
+        frame = partial(shorter_side, shortest=shortest, longest=longest, mean=mean, std=std)
+    return {"detector": detector, "frame": frame, "task": "detect"}
 
 
 def processor_dict(spec: str, where: dict) -> dict:
@@ -138,3 +146,37 @@ def processor_dict(spec: str, where: dict) -> dict:
         return processor.to_dict()
     except Exception:  # no processor in the checkpoint: the DETR defaults
         return {}
+
+
+def segmentation_extra(processor: dict, fallback: int) -> dict[str, Any]:
+    """The bundle's ``extra`` for a semantic segmentation model: the :class:`SegmentationDetector` and how a
+    photo becomes its input: the processor's ``size`` {height, width} (a squash, as SegFormer's), or
+    ``{shortest_edge}`` (the shorter side, aspect kept); ``fallback`` px square without a processor."""
+    size = processor.get("size") or {}
+    if isinstance(size, int):
+        size = {"height": size, "width": size}
+    mean = tuple(processor.get("image_mean") or (0.485, 0.456, 0.406))
+    std = tuple(processor.get("image_std") or (0.229, 0.224, 0.225))
+    if not processor.get("do_normalize", True):
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    if size.get("shortest_edge") and not size.get("height"):
+        shortest = int(size["shortest_edge"])
+        frame: Callable = partial(shorter_side, shortest=shortest, longest=4 * shortest, mean=mean, std=std)
+    else:
+        height, width = int(size.get("height") or fallback), int(size.get("width") or fallback)
+        frame = partial(squashed, size=(height, width), mean=mean, std=std)
+    return {"detector": SegmentationDetector(), "frame": frame, "task": "segment"}
+
+
+def segmentation_layer(model: Any, size: tuple[int, int]) -> str | None:
+    """The last feature map of the segmentation model's backbone (its base model: ``segformer.stages.3``),
+    found on one blank input of ``size``; the decode head's own layers would explain the painting by itself."""
+    from ..layers import auto_layer
+
+    prefix = getattr(model, "base_model_prefix", "")
+    base = getattr(model, prefix, None) if prefix else None
+    if base is None:
+        return None
+    parameter = next(model.parameters())
+    inside = auto_layer(base, torch.zeros(1, 3, *size, device=parameter.device, dtype=parameter.dtype))
+    return f"{prefix}.{inside}" if inside else None

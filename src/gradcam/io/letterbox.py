@@ -24,13 +24,15 @@ PAD_VALUE = 114  # Ultralytics' letterbox grey
 @dataclass(frozen=True)
 class Letterbox:
     """How a photo (``original`` height, width) became the letterboxed input: scaled by ``scale`` to
-    ``inner`` (height, width), placed at ``offset`` (top, left) in an input of ``size`` (height, width)."""
+    ``inner`` (height, width), placed at ``offset`` (top, left) in an input of ``size`` (height, width).
+    ``scale_x`` where the width was scaled otherwise (a photo squashed to a fixed size)."""
 
     original: tuple[int, int]
     scale: float
     inner: tuple[int, int]
     offset: tuple[int, int]
     size: tuple[int, int]
+    scale_x: float | None = None
 
     def inside(self, maps: torch.Tensor) -> torch.Tensor:
         """(K, H, W) maps on the input -> (K, h, w) on the photo's area of it (the padding cut away), at the
@@ -47,7 +49,8 @@ class Letterbox:
         """(x1, y1, x2, y2) on the input -> on the photo, clipped to it."""
         top, left = self.offset
         height, width = self.original
-        x1, y1, x2, y2 = ((v - (left if i % 2 == 0 else top)) / self.scale for i, v in enumerate(box))
+        scale_x = self.scale if self.scale_x is None else self.scale_x
+        x1, y1, x2, y2 = ((v - left) / scale_x if i % 2 == 0 else (v - top) / self.scale for i, v in enumerate(box))
         return (min(max(x1, 0), width), min(max(y1, 0), height), min(max(x2, 0), width), min(max(y2, 0), height))
 
 
@@ -84,3 +87,15 @@ def shorter_side(
     pixels = image_tensor(resized).float() / 255.0
     pixels = (pixels - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
     return pixels, Letterbox((height, width), scale, inner, (0, 0), inner)
+
+
+def squashed(
+    photo: Image.Image, size: tuple[int, int], mean: Sequence[float], std: Sequence[float]
+) -> tuple[torch.Tensor, Letterbox]:
+    """The photo resized to ``size`` (height, width) whatever its aspect ratio, bilinear, normalised by
+    ``mean``/``std``: as SegFormer's and BEiT's Hugging Face processors feed a segmentation model."""
+    width, height = photo.size
+    resized = photo.convert("RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    pixels = image_tensor(resized).float() / 255.0
+    pixels = (pixels - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    return pixels, Letterbox((height, width), size[0] / height, size, (0, 0), size, scale_x=size[1] / width)

@@ -53,15 +53,21 @@ class YoloDetector:
         kept, anchors = non_max_suppression(
             predictions, self.conf, self.iou, nc=self.classes, max_det=self.max_boxes, return_idxs=True
         )
-        return [
-            [
-                Detection((float(x1), float(y1), float(x2), float(y2)), int(label), float(confidence), int(anchor))
-                for (x1, y1, x2, y2, confidence, label), anchor in zip(
-                    boxes[:, :6].tolist(), index.view(-1).tolist(), strict=True
-                )
-            ]
-            for boxes, index in zip(kept, anchors, strict=True)
-        ]
+        prototypes = _prototypes(output)
+        found = []
+        for image, (boxes, index) in enumerate(zip(kept, anchors, strict=True)):
+            detections = []
+            for (x1, y1, x2, y2, confidence, label), anchor in zip(
+                boxes[:, :6].tolist(), index.view(-1).tolist(), strict=True
+            ):
+                box = (float(x1), float(y1), float(x2), float(y2))
+                region = None
+                if prototypes is not None:
+                    coefficients = predictions[image, 4 + self.classes :, anchor]
+                    region = instance_mask(coefficients, prototypes[image], box, size or predictions.shape[-2:])
+                detections.append(Detection(box, int(label), float(confidence), int(anchor), region=region))
+            found.append(detections)
+        return found
 
     def prepare(self, model: Any) -> YoloDetector:
         """This detector bound to ``model``'s head, for :meth:`score`'s local path (where its class branches
@@ -149,6 +155,31 @@ def _local_class_score(
             return head.cv3[scale](window)[:, label, row - top, column - left].sigmoid()
         start += height * width
     raise ValueError(f"anchor {anchor} is beyond the head's {start} positions")
+
+
+def _prototypes(output: Any) -> torch.Tensor | None:
+    """A segment head's mask prototypes (B, 32, h, w) from its eval-mode output ``((y, prototypes), extras)``;
+    None for a detect head."""
+    first = output[0] if isinstance(output, (tuple, list)) and output else None
+    if isinstance(first, (tuple, list)) and len(first) > 1 and isinstance(first[1], torch.Tensor):
+        return first[1].detach()
+    return None
+
+
+def instance_mask(
+    coefficients: torch.Tensor, prototypes: torch.Tensor, box: tuple[float, float, float, float], size: Any
+) -> torch.Tensor:
+    """A YOLO segment model's mask of one instance, (h, w) bool at the prototypes' resolution: the sigmoid of its
+    coefficients times the prototypes, above 0.5 inside its box (the box scaled from the input's ``size``), as
+    Ultralytics' ``process_mask`` makes it before upsampling."""
+    channels, height, width = prototypes.shape
+    logits = (coefficients.detach().float() @ prototypes.float().view(channels, -1)).view(height, width)
+    scale_x, scale_y = width / float(size[1]), height / float(size[0])
+    x1, y1, x2, y2 = box
+    columns = torch.arange(width, device=logits.device)[None, :].float()
+    rows = torch.arange(height, device=logits.device)[:, None].float()
+    inside = (columns >= x1 * scale_x) & (columns < x2 * scale_x) & (rows >= y1 * scale_y) & (rows < y2 * scale_y)
+    return (logits.sigmoid() > 0.5) & inside
 
 
 def _predictions(output: Any) -> torch.Tensor:

@@ -1,6 +1,7 @@
-"""Explain one photo with a detector (``yolo:`` models): every box it keeps gets its own map, from one
-forward pass; written as one picture of all boxes, one picture per box and the maps as an array, with a
-record per box (class, confidence, box on the photo) in the run's manifest.
+"""Explain one photo with a detector (``yolo:`` models, Hugging Face detectors) or a segmentation model: every
+box it keeps (every class it paints) gets its own map, from one forward pass; written as one picture of all
+boxes, one picture per box and the maps as an array, with a record per box (class, confidence, box on the
+photo) in the run's manifest. A class region is drawn by its outline, its caption saying how much it covers.
 
 Example:
     >>> record = explain_detections(bundle, Path("street.jpg"), "street", RunOptions(out=Path("out")))  # doctest: +SKIP
@@ -10,17 +11,20 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from ..detection import explain_boxes
+from ..detection import Detection, explain_boxes
 from ..io.images import read_image
 from ..io.models import LoadedModel
 from ..render.detections import box_picture, boxes_picture
+from ..segmentation import SegmentationDetector
 from .naming import label_of, target_stem
 from .options import RunOptions
 from .records import PhotoRecord, TargetRecord
@@ -43,9 +47,15 @@ def explain_detections(
                           counterfactual=options.counterfactual)  # fmt: skip
     options.out.mkdir(parents=True, exist_ok=True)
     maps = box.map_to_photo(found.maps.detach().float().cpu()) if found.detections else torch.zeros(0)
+    regions = _regions_on_photo(found.detections, box, tuple(pixels.shape[1:]))
+    semantic = isinstance(detector, SegmentationDetector)  # a class's region, not an instance in its box
     boxes = [box.box_to_photo(d.box) for d in found.detections]
     names = [label_of(bundle.labels, d.label) for d in found.detections]
-    captions = [f"{name} {_confidence(d.confidence)}" for name, d in zip(names, found.detections, strict=True)]
+    empty = [not bool(heat.any()) for heat in maps] if found.detections else []
+    captions = [
+        f"{name} {_confidence(d.confidence)}{_share(d)}{', empty map' if blank else ''}"
+        for name, d, blank in zip(names, found.detections, empty, strict=True)
+    ]
     all_boxes = options.out / f"{key}.{options.method}.boxes.png"
     map_file = options.out / f"{key}.{options.method}.maps.npy"
     stems = [
@@ -59,20 +69,42 @@ def explain_detections(
     if found.detections:
         small = box.inside(found.maps.detach().float().cpu())  # (K, h, w) at the model's resolution
         save_npy_atomic(small.numpy().astype(np.float16), map_file)
-        save_picture(boxes_picture(photo, maps, boxes, captions, options.alpha), all_boxes, "png")
+        save_picture(boxes_picture(photo, maps, boxes, captions, options.alpha, regions, semantic), all_boxes, "png")
     for k, detection in enumerate(found.detections):
-        save_picture(box_picture(photo, maps[k], boxes[k], captions[k], options.alpha), stems[k], "png")
+        region = None if regions is None else regions[k]
+        picture = box_picture(photo, maps[k], boxes[k], captions[k], options.alpha, region, frame=not semantic)
+        save_picture(picture, stems[k], "png")
         files = {"overlay": str(stems[k]), "boxes": str(all_boxes), "map": str(map_file)}
         targets.append(TargetRecord(index=detection.label, label=names[k], score=round(detection.confidence, 6),
-                                    files=files, box=_rounded(boxes[k])))  # fmt: skip
+                                    files=files, box=_rounded(boxes[k]), area=_area(detection)))  # fmt: skip
     layer_name = layer if isinstance(layer, str) else None
     return PhotoRecord(path=str(path), status="ok", method=options.method, layer=layer_name,
                        size=(photo.width, photo.height), targets=tuple(targets), kind="detection")  # fmt: skip
 
 
+def _regions_on_photo(detections: Sequence[Detection], box: Any, size: tuple[int, int]) -> list[torch.Tensor] | None:
+    """A segmentation model's class regions (each (h, w) at its output's resolution) on the photo's pixels:
+    widened to the input's ``size`` by nearest neighbours, then carried back as the maps are; None for boxes."""
+    if not detections or any(d.region is None for d in detections):
+        return None
+    masks = torch.stack([d.region for d in detections if d.region is not None]).float().cpu()
+    on_input = F.interpolate(masks[None], size=size, mode="nearest")[0]
+    return list(box.map_to_photo(on_input) >= 0.5)
+
+
 def _rounded(box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
     x1, y1, x2, y2 = (round(v, 2) for v in box)
     return (x1, y1, x2, y2)
+
+
+def _area(detection: Detection) -> float | None:
+    """The share of the image a segmentation model painted with the class (None for a box)."""
+    return None if detection.region is None else round(float(detection.region.float().mean()), 4)
+
+
+def _share(detection: Detection) -> str:
+    area = _area(detection)
+    return "" if area is None else f", {area:.0%} of the image"
 
 
 def _confidence(value: float) -> str:

@@ -116,6 +116,8 @@ DETECTION = InputKind(
     "detection", "a detector's photos", tuple(sorted(IMAGE_SUFFIXES)), _DETECTION_TAKES, False,
     "a detector explains each box it keeps, one photo at a time",
 )  # fmt: skip
+
+
 def _known_detector(model: str) -> bool:
     """Whether ``model`` names a detector before it is loaded: a ``yolo:`` config or checkpoint that is not a
     classify model by its name (Ultralytics' own rule: ``-cls`` in the name, or a ``classify`` folder), an

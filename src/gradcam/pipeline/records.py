@@ -87,6 +87,7 @@ class TargetRecord:
     map: StoredMap | None = None
     box: tuple[float, float, float, float] | None = None  # a detector's box (x1, y1, x2, y2) on the photo
     raw_max: float | None = None  # the map's maximum before scaling to [0, 1]; 0: an empty map (photos)
+    area: float | None = None  # a segmentation class's (an instance mask's) share of the image
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,7 @@ class PhotoRecord:
                     else None,
                     box=tuple(t["box"]) if t.get("box") else None,  # type: ignore[arg-type]
                     raw_max=t.get("raw_max"),
+                    area=t.get("area"),
                 )
                 for t in data.get("targets", [])
             ),

@@ -95,7 +95,9 @@ function card(entry) {
   for (const t of entry.targets) {
     const row = el('div', {class: 'target maps'});
     const what = `${t.label} (${t.index})`;
-    const score = t.box ? `confidence ${t.score >= 0.01 ? t.score.toFixed(2) : t.score.toExponential(0)}, box ${t.box.map(Math.round).join(', ')}`
+    const confidence = t.score >= 0.01 ? t.score.toFixed(2) : t.score.toExponential(0);
+    const score = t.area != null ? `mean probability ${confidence} over ${Math.round(100 * t.area)}% of the image, region's box ${t.box.map(Math.round).join(', ')}`
+      : t.box ? `confidence ${confidence}, box ${t.box.map(Math.round).join(', ')}`
       : `score ${t.score.toFixed(2)}${probabilityOf(entry, t.index)}`;
     row.append(el('h3', {}, `${what}: ${score}`));
     const method = entry.method || data.method;
