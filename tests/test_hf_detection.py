@@ -185,3 +185,40 @@ def test_rt_detr_from_a_config_boxes_equal_its_post_processing_and_gradcam_by_ha
     for k, d in enumerate(found.detections):
         expected = _leaf_gradcam(bundle.model, x[None], layers, lambda o, d=d: o.logits[0, d.anchor, d.label].sigmoid())
         torch.testing.assert_close(found.maps[k], expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore:.*zero")
+def test_yolos_boxes_equal_gradcam_by_hand_on_its_patch_tokens_only(photo):
+    """#29 item 7: YOLOS (a ViT whose tokens are a class token, the patches, then its detection tokens) built
+    from a config. Before, its tokens were laid on a grid by guessing a prefix of 11 (the 10 detection tokens
+    taken for a prefix, every patch shifted); now the detection tokens trail the grid, and each box's map equals
+    Grad-CAM by hand on the patch tokens alone, at the last block's first norm."""
+    import gradcam
+    from transformers import YolosConfig, YolosForObjectDetection
+
+    torch.manual_seed(0)
+    config = YolosConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                         image_size=[96, 128], patch_size=16, num_detection_tokens=10, num_labels=3)  # fmt: skip
+    net = YolosForObjectDetection(config).eval()
+    x = torch.rand(1, 3, 96, 144)  # 6 x 9 patches: 1 + 54 + 10 tokens
+    detector = HfDetector(conf=0.0, max_boxes=3)
+    layer = detector.default_layer(net)
+    assert layer == "vit.encoder.layer.1.layernorm_before"
+    found = explain_boxes(net, x, detector)
+    assert len(found.detections) == 3
+    captured = {}
+    handle = net.get_submodule(layer).register_forward_hook(lambda m, i, o: captured.setdefault("a", o))
+    try:
+        output = net(pixel_values=x)
+    finally:
+        handle.remove()
+    tokens = captured["a"]
+    assert tokens.shape[1] == 65
+    for k, d in enumerate(found.detections):
+        score = output.logits.softmax(-1)[0, d.anchor, d.label]
+        (grad,) = torch.autograd.grad(score, tokens, retain_graph=True)
+        patches = tokens[:, 1:55].reshape(1, 6, 9, 32).permute(0, 3, 1, 2)
+        weights = grad[:, 1:55].reshape(1, 6, 9, 32).permute(0, 3, 1, 2).mean(dim=(2, 3), keepdim=True)
+        raw = F.relu((weights * patches).sum(1, keepdim=True))
+        expected = normalise(F.interpolate(raw, size=(96, 144), mode="bilinear", align_corners=False)[0, 0])
+        torch.testing.assert_close(found.maps[k], expected.detach(), atol=1e-4, rtol=1e-4)

@@ -116,9 +116,11 @@ def explain_boxes(
         if hasattr(detector, "prepare"):  # bound to this model (a new instance: the given one is shared)
             detector = detector.prepare(model) or detector
     boxes = _ChosenBoxes(detector, (int(image.shape[2]), int(image.shape[3])))
+    layout = detector.token_layout(model, boxes.size) if hasattr(detector, "token_layout") else None
+    prefix_tokens, grid = layout if layout is not None else (None, None)
     try:
         ex = explain(model, image, chosen, layer, boxes, eigen_smooth=eigen_smooth, counterfactual=counterfactual,
-                     layers_apart=True)  # fmt: skip
+                     layers_apart=True, prefix_tokens=prefix_tokens, grid=grid)  # fmt: skip
     except NoTargets:
         return BoxExplanation((), image.new_zeros((0, *image.shape[2:])), None)
     size = tuple(image.shape[2:])

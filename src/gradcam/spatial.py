@@ -43,22 +43,26 @@ class ChannelsLast:
 
 @dataclass(frozen=True)
 class TokenGrid:
-    """(B, prefix + h * w, C): ``prefix`` class/distillation/register tokens, then the patch tokens row by row."""
+    """(B, prefix + h * w + suffix, C): ``prefix`` class/distillation/register tokens, the patch tokens row by
+    row, then ``suffix`` tokens (YOLOS's detection tokens)."""
 
     prefix: int
     height: int
     width: int
+    suffix: int = 0
 
     def to_spatial(self, tensor: torch.Tensor) -> torch.Tensor:
         batch, _, channels = tensor.shape
-        patches = tensor[:, self.prefix :]
+        patches = tensor[:, self.prefix : self.prefix + self.height * self.width]
         return patches.reshape(batch, self.height, self.width, channels).permute(0, 3, 1, 2)
 
     def from_spatial(self, spatial: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
         batch, channels = spatial.shape[:2]
         patches = spatial.permute(0, 2, 3, 1).reshape(batch, self.height * self.width, channels)
         prefix = original[:, : self.prefix].expand(batch, -1, -1) if self.prefix else patches[:, :0]
-        return torch.cat([prefix.to(patches.dtype), patches], dim=1)
+        end = self.prefix + self.height * self.width
+        suffix = original[:, end:].expand(batch, -1, -1) if self.suffix else patches[:, :0]
+        return torch.cat([prefix.to(patches.dtype), patches, suffix.to(patches.dtype)], dim=1)
 
 
 @dataclass(frozen=True)
@@ -186,6 +190,8 @@ def infer_layout(
         if grid is not None:
             if grid[0] * grid[1] == count:
                 return TokenGrid(prefix, *grid)
+            if prefix_tokens is not None and count > grid[0] * grid[1]:  # both given: the rest trails the patches
+                return TokenGrid(prefix, *grid, suffix=count - grid[0] * grid[1])
             continue
         height = max(1, round(math.sqrt(count * aspect)))
         for h in (height, height - 1, height + 1):

@@ -81,11 +81,19 @@ class HfDetector:
 
         return box_score
 
+    def token_layout(self, model: Any, size: tuple[int, int]) -> tuple[int, tuple[int, int]] | None:
+        """The token layout of a transformer detector whose tokens are not a plain grid (YOLOS)."""
+        return yolos_layout(model, size)
+
     def default_layer(self, model: Any) -> str | None:
         """The feature maps the transformer reads: DETR's ``input_projection`` (a 1x1 convolution on the
         backbone's last stage), or every scale's projection of a multi-scale model (RT-DETR's
         ``model.encoder_input_proj.0,1,2``: a query may come from any scale; their maps are summed as YOLO's)."""
         names = [name for name, _ in model.named_modules()]
+        if getattr(getattr(model, "config", None), "model_type", "") == "yolos":  # a ViT: its last block's input
+            blocks = sorted({int(n.split(".")[3]) for n in names if n.startswith("vit.encoder.layer.") and
+                             n.split(".")[3].isdigit()})  # fmt: skip
+            return f"vit.encoder.layer.{blocks[-1]}.layernorm_before" if blocks else None
         if "model.input_projection" in names:
             return "model.input_projection"
         for stem in ("model.encoder_input_proj.", "model.input_proj."):
@@ -93,6 +101,16 @@ class HfDetector:
             if scales:
                 return ",".join(f"{stem}{scale}" for scale in scales)
         return None
+
+
+def yolos_layout(model: Any, size: tuple[int, int]) -> tuple[int, tuple[int, int]] | None:
+    """How YOLOS lays its tokens for an input of ``size``: a class token, the patches row by row, then its
+    detection tokens (the prefix and the patch grid; the rest trails); None for other models."""
+    config = getattr(model, "config", None)
+    if getattr(config, "model_type", "") != "yolos":
+        return None
+    patch = int(getattr(config, "patch_size", 16))
+    return 1, (size[0] // patch, size[1] // patch)
 
 
 def is_detection_folder(spec: str) -> bool:
