@@ -193,7 +193,6 @@ def test_yolos_boxes_equal_gradcam_by_hand_on_its_patch_tokens_only(photo):
     from a config. Before, its tokens were laid on a grid by guessing a prefix of 11 (the 10 detection tokens
     taken for a prefix, every patch shifted); now the detection tokens trail the grid, and each box's map equals
     Grad-CAM by hand on the patch tokens alone, at the last block's first norm."""
-    import gradcam
     from transformers import YolosConfig, YolosForObjectDetection
 
     torch.manual_seed(0)
@@ -222,3 +221,75 @@ def test_yolos_boxes_equal_gradcam_by_hand_on_its_patch_tokens_only(photo):
         raw = F.relu((weights * patches).sum(1, keepdim=True))
         expected = normalise(F.interpolate(raw, size=(96, 144), mode="bilinear", align_corners=False)[0, 0])
         torch.testing.assert_close(found.maps[k], expected.detach(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def owl_folder(tmp_path_factory):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = ["[PAD]", "[UNK]", "[EOS]", "a", "cat", "cup", "of", "coffee", "tree"]
+    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]",
+                                                eos_token="[EOS]", model_max_length=16)  # fmt: skip
+    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=16,
+                max_position_embeddings=16, bos_token_id=1, eos_token_id=2, pad_token_id=0)  # fmt: skip
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=64,
+                  patch_size=16)  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.OwlViTForObjectDetection(
+        transformers.OwlViTConfig(text_config=text, vision_config=vision, projection_dim=32)
+    )
+    folder = tmp_path_factory.mktemp("owlvit")
+    model.save_pretrained(folder)
+    fast.save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps({"size": {"height": 64, "width": 64}}))
+    return folder
+
+
+def test_owl_vit_text_queries_are_its_classes_and_each_box_is_gradcam_by_hand(owl_folder, photo):
+    """#29 item 7: OWL-ViT from a config with text queries: the queries are the classes, the boxes the top
+    (patch, query) pairs of its sigmoid head, each box's map Grad-CAM by hand at its patch's probability for its
+    query, on the image tower's patch tokens; the model is the OWL model's own modules (nothing copied)."""
+    import gradcam
+    from gradcam.io.hf_owl import TextQueries
+
+    bundle = gradcam.load_model(f"hf:{owl_folder}")
+    assert bundle.default_layer == "owlvit.vision_model.encoder.layers.1.layer_norm1"
+    net = bundle.extra["queries"](["a cat", "a cup of coffee"])
+    assert isinstance(net, TextQueries) and net.owlvit is bundle.model.owlvit
+    x, frame = bundle.extra["frame"](photo)
+    assert x.shape == (3, 64, 64)
+    found = explain_boxes(net, x[None], HfDetector(sigmoid=True, conf=0.0, max_boxes=3), layer=bundle.default_layer)
+    assert len(found.detections) == 3 and {d.label for d in found.detections} <= {0, 1}
+    layer = bundle.model.get_submodule(bundle.default_layer)
+    for k, d in enumerate(found.detections):
+        captured: dict = {}
+        handle = layer.register_forward_hook(lambda m, i, o, captured=captured: captured.setdefault("a", o))
+        try:
+            output = bundle.model(input_ids=net.input_ids, pixel_values=x[None], attention_mask=net.attention_mask)
+        finally:
+            handle.remove()
+        assert float(output.logits[0, d.anchor, d.label].sigmoid()) == pytest.approx(d.confidence, rel=1e-5)
+        tokens = captured["a"]  # a class token, then 4 x 4 patches
+        (grad,) = torch.autograd.grad(output.logits[0, d.anchor, d.label].sigmoid(), tokens)
+        patches = tokens[:, 1:].reshape(1, 4, 4, 32).permute(0, 3, 1, 2)
+        weights = grad[:, 1:].reshape(1, 4, 4, 32).permute(0, 3, 1, 2).mean(dim=(2, 3), keepdim=True)
+        raw = F.relu((weights * patches).sum(1, keepdim=True))
+        expected = normalise(F.interpolate(raw, size=(64, 64), mode="bilinear", align_corners=False)[0, 0])
+        torch.testing.assert_close(found.maps[k], expected.detach(), atol=1e-4, rtol=1e-4)
+
+
+def test_the_cli_explains_an_owl_vit_folder_for_its_prompts(owl_folder, photo, tmp_path, capsys):
+    photo.save(tmp_path / "room.png")
+    out = tmp_path / "out"
+    code = main(["explain", str(tmp_path / "room.png"), "--model", f"hf:{owl_folder}", "--prompt", "a cat",
+                 "--prompt", "a tree", "--conf", "0", "--max-boxes", "2", "--out", str(out), "--quiet"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    data = json.loads((out / "results.json").read_text())
+    validate(data)
+    assert {t["label"] for t in data["images"][0]["targets"]} <= {"a cat", "a tree"}
+    assert len(data["images"][0]["targets"]) == 2
+    code = main(["explain", str(tmp_path / "room.png"), "--model", f"hf:{owl_folder}", "--out", str(tmp_path / "b")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--prompt" in err and len(err.splitlines()) == 1

@@ -78,11 +78,16 @@ def load_hf(spec: str, weights: str | None, file: WeightsFile | None, trust_code
                 f"hf:{spec}: an image-text model takes no --weights; save it as a folder, pass hf:FOLDER"
             )
         return load_hf_image_text(spec, config, where, bounded(processor_preprocessing(spec, config, where), spec))
+    from .hf_owl import OWL_TYPES
+
+    owl = getattr(config, "model_type", "") in OWL_TYPES
     architectures = [str(name) for name in getattr(config, "architectures", None) or []]
     detector = any(name.endswith("ForObjectDetection") for name in architectures)
     segmenter = any(name.endswith("ForSemanticSegmentation") for name in architectures)
     auto = (
-        transformers.AutoModelForObjectDetection
+        transformers.AutoModelForZeroShotObjectDetection
+        if owl
+        else transformers.AutoModelForObjectDetection
         if detector
         else transformers.AutoModelForSemanticSegmentation
         if segmenter
@@ -108,6 +113,11 @@ def load_hf(spec: str, weights: str | None, file: WeightsFile | None, trust_code
         if file is not None:
             file.load_into(model)
             source = f"weights from {weights}"
+    if owl:
+        from .hf_detection import processor_dict
+        from .hf_owl import load_owl
+
+        return load_owl(spec, config, where, model.eval(), source, processor_dict(spec, where))
     if detector:
         return _detection_bundle(spec, model.eval(), config, where, source)
     if segmenter:

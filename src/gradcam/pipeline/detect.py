@@ -42,7 +42,10 @@ def explain_detections(
     pixels, box = bundle.extra["frame"](photo)  # the detector's own resizing (a letterbox for YOLO)
     detector = replace(bundle.extra["detector"], conf=options.detection.conf, max_boxes=options.detection.max_boxes)
     layer = bundle.layer_for(options.layer)
-    found = explain_boxes(bundle.model, pixels[None].to(parameter.device, parameter.dtype), detector,
+    net, labels = bundle.model, bundle.labels
+    if "queries" in bundle.extra:  # an open-vocabulary detector: the text queries are its classes
+        net, labels = bundle.extra["queries"](options.prompts), list(options.prompts)
+    found = explain_boxes(net, pixels[None].to(parameter.device, parameter.dtype), detector,
                           options.cam_method(), layer, eigen_smooth=options.eigen_smooth,
                           counterfactual=options.counterfactual)  # fmt: skip
     options.out.mkdir(parents=True, exist_ok=True)
@@ -50,7 +53,7 @@ def explain_detections(
     regions = _regions_on_photo(found.detections, box, tuple(pixels.shape[1:]))
     semantic = isinstance(detector, SegmentationDetector)  # a class's region, not an instance in its box
     boxes = [box.box_to_photo(d.box) for d in found.detections]
-    names = [label_of(bundle.labels, d.label) for d in found.detections]
+    names = [label_of(labels, d.label) for d in found.detections]
     empty = [not bool(heat.any()) for heat in maps] if found.detections else []
     captions = [
         f"{name} {_confidence(d.confidence)}{_share(d)}{', empty map' if blank else ''}"

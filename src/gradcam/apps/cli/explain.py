@@ -285,7 +285,7 @@ def run(args: argparse.Namespace) -> int:
 def check_targets(bundle: LoadedModel, kind: InputKind, options: RunOptions) -> None:
     """Before anything runs: the prompts fit the model, the targets name its classes, the layer exists, and
     the kind takes the target (a video one class, volumes and signals no ``all``)."""
-    image_text = bool(bundle.extra.get("image_text"))
+    image_text = bool(bundle.extra.get("image_text") or bundle.extra.get("queries"))
     if image_text and not options.prompts:
         raise UsageError(f"{bundle.name} is an image-text model: say what to look for with --prompt TEXT")
     if options.prompts and not image_text:
