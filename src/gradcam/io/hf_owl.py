@@ -76,7 +76,7 @@ def load_owl(spec: str, config: Any, where: dict, model: nn.Module, source: str,
             "the processor with the model (processor.save_pretrained(FOLDER))"
         ) from None
     size: dict[str, Any] = dict(processor.get("size") or {})
-    side = int(size.get("height") or size.get("shortest_edge") or getattr(config.vision_config, "image_size", 768))
+    side = int(size.get("height", 0) or size.get("shortest_edge", 0) or config.vision_config.image_size or 768)
     width = int(size.get("width") or side)
     mean = tuple(processor.get("image_mean") or (0.48145466, 0.4578275, 0.40821073))
     std = tuple(processor.get("image_std") or (0.26862954, 0.26130258, 0.27577711))
