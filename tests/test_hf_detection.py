@@ -293,3 +293,14 @@ def test_the_cli_explains_an_owl_vit_folder_for_its_prompts(owl_folder, photo, t
     code = main(["explain", str(tmp_path / "room.png"), "--model", f"hf:{owl_folder}", "--out", str(tmp_path / "b")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "--prompt" in err and len(err.splitlines()) == 1
+
+
+def test_an_owlv2_folder_is_refused_in_one_line(tmp_path):
+    import gradcam
+    from gradcam.io.models import ModelLoadError
+
+    (tmp_path / "config.json").write_text(
+        json.dumps({"model_type": "owlv2", "architectures": ["Owlv2ForObjectDetection"]})
+    )
+    with pytest.raises(ModelLoadError, match="OWLv2 is not supported yet"):
+        gradcam.load_model(f"hf:{tmp_path}")
