@@ -304,3 +304,20 @@ def test_an_owlv2_folder_is_refused_in_one_line(tmp_path):
     )
     with pytest.raises(ModelLoadError, match="OWLv2 is not supported yet"):
         gradcam.load_model(f"hf:{tmp_path}")
+
+
+def test_the_web_app_looks_for_an_owl_vit_s_text_queries(owl_folder, photo, tmp_path, monkeypatch):
+    """OWL-ViT in the web app: the queries are typed in Target (separated by ;), as for CLIP; none is a message."""
+    pytest.importorskip("gradio")
+    from gradcam.apps import web
+    from gradcam.apps.web_state import AppError
+
+    photo.save(tmp_path / "room.png")
+    name = f"hf:{owl_folder}"
+    monkeypatch.setattr(web, "SHELF", web.ModelShelf([name]))
+    result = web.explain_photo(str(tmp_path / "room.png"), name, ["gradcam"], None, "a cat; a tree", 0.5, "jet",
+                               out_dir=tmp_path / "out", method_options="conf=0 max_boxes=2")  # fmt: skip
+    assert len(result.overlays) == 3 and all(label.split(" (box")[0] in ("a cat", "a tree") for label in result.top5)
+    with pytest.raises(AppError, match="type it in Target"):
+        web.explain_photo(str(tmp_path / "room.png"), name, ["gradcam"], None, "", 0.5, "jet",
+                          out_dir=tmp_path / "o2", method_options="conf=0")  # fmt: skip

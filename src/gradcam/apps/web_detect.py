@@ -56,10 +56,15 @@ def explain_detector_photo(
     colormap: str,
     out_dir: Path,
     method_options: str = "",
+    target: str | None = None,
 ) -> tuple[list[tuple[str, str]], dict[str, float], list[str], str]:
     """For each method: the picture of every box, then one per box (their captions), the boxes found (a
-    caption per box, the confidence), the files written (pictures, maps, the run's JSON) and the layer."""
+    caption per box, the confidence), the files written (pictures, maps, the run's JSON) and the layer. An
+    open-vocabulary detector (OWL-ViT) looks for the text queries typed in ``target`` (separated by ;)."""
     settings, rest = detection_settings(method_options)
+    prompts = tuple(p.strip() for p in re.split(r"[;\n]", target or "") if p.strip())
+    if "queries" in bundle.extra and not prompts:
+        raise AppError(f"{model_name} finds what you name: type it in Target (text queries separated by ;).")
     try:
         built = methods_with_options(methods, rest, WEB_BOUNDS)  # bounded before any work
     except UsageError as error:
@@ -71,7 +76,8 @@ def explain_detector_photo(
     for method, configured in zip(methods, built, strict=True):
         name = configured if isinstance(configured, str) else configured.name
         options = RunOptions(out=out_dir, method=name, alpha=alpha, colormap=colormap, overwrite=True,
-                             method_options=pairs, detection=settings)  # fmt: skip
+                             method_options=pairs, detection=settings,
+                             prompts=prompts if "queries" in bundle.extra else ())  # fmt: skip
         try:
             record = explain_detections(bundle, file, file.stem, options)
         except (ValueError, TypeError, ImageReadError) as error:
