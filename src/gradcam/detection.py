@@ -36,7 +36,7 @@ from .explain import explain
 from .hooks import model_lock
 from .layers import LayerSpec
 from .methods import CAMMethod, get_method
-from .result import Explanation, normalise, upsample
+from .result import Explanation
 from .targets import NoTargets, TargetsFromOutput
 
 
@@ -123,13 +123,11 @@ def explain_boxes(
                      layers_apart=True, prefix_tokens=prefix_tokens, grid=grid)  # fmt: skip
     except NoTargets:
         return BoxExplanation((), image.new_zeros((0, *image.shape[2:])), None)
-    size = tuple(image.shape[2:])
-    summed = torch.stack([upsample(r.raw, size) for r in ex.layer_results]).sum(0)
-    empty = [k for k in range(summed.shape[1]) if not bool(summed[0, k].any())]
+    empty = [k for k in range(ex.maps.shape[1]) if not bool(ex.maps[0, k].any())]  # raw maps summed, normalised
     if empty and chosen.uses_gradients:
         warnings.warn(
             f"box {empty[0]}: its map is zero at every layer (its score's gradient is zero, or every weighted "
             "sum is negative there); pick another layer or method",
             stacklevel=2,
         )
-    return BoxExplanation(tuple(boxes.found), normalise(summed)[0], ex)
+    return BoxExplanation(tuple(boxes.found), ex.maps[0], ex)

@@ -28,7 +28,7 @@ from .methods import CAMMethod, get_method
 from .methods.attention import attention_beside
 from .methods.base import LayerContext
 from .methods.perturbation import Probe
-from .result import Explanation, LayerResult, normalise, upsample
+from .result import Explanation, LayerResult, fuse, normalise, upsample
 from .spatial import Volume, infer_layout
 from .targets import (
     NoTargets,
@@ -363,7 +363,8 @@ def _explain_once(
             context = replace(context, probe=probe)
         result = method.layer_result(context)
         results.append(_laid_back(result, layout) if isinstance(layout, Volume) else result)
-    maps = _fuse([upsample(result.raw, size) for result in results], method.fusion, len(size))
+    fusion = "sum" if settings.layers_apart else method.fusion  # layers apart: each target's own layer counts
+    maps = fuse([upsample(result.raw, size) for result in results], fusion, len(size))
     return Explanation(
         maps=maps,
         targets=resolved.indices,
@@ -452,15 +453,6 @@ def _hessian_corrected(gradient: torch.Tensor | None, activation: torch.Tensor, 
     (hvp,) = torch.autograd.grad(gradient, activation, grad_outputs=activation.detach(), retain_graph=keep,
                                  allow_unused=True)  # fmt: skip
     return (gradient - 0.5 * hvp).detach() if hvp is not None else gradient.detach()
-
-
-def _fuse(maps: list[torch.Tensor], fusion: str = "mean", spatial_dims: int = 2) -> torch.Tensor:
-    """Normalise each layer's upsampled maps and average them (Layer-CAM's fusion across layers), or
-    multiply them (``fusion="product"``, Refine-CAM: a region stays only where every layer agrees)."""
-    if len(maps) == 1:
-        return normalise(maps[0], spatial_dims)
-    stacked = torch.stack([normalise(m, spatial_dims) for m in maps])
-    return normalise(stacked.prod(dim=0) if fusion == "product" else stacked.mean(dim=0), spatial_dims)
 
 
 def _laid_back(result: LayerResult, layout: Volume) -> LayerResult:

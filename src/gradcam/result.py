@@ -31,6 +31,22 @@ def upsample(maps: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     return F.interpolate(maps, size=size, mode=INTERPOLATION[len(size)], align_corners=False)
 
 
+def fuse(maps: list[torch.Tensor], fusion: str = "mean", spatial_dims: int = 2) -> torch.Tensor:
+    """Normalise each layer's upsampled maps and average them (Layer-CAM's fusion across layers), or
+    multiply them (``fusion="product"``, Refine-CAM: a region stays only where every layer agrees), or sum the
+    raw maps before normalising (``"sum"``, layers apart: a detector's box is read from one scale, and a
+    normalised zero map of the other scales must not count)."""
+    if len(maps) == 1:
+        return normalise(maps[0], spatial_dims)
+    if fusion == "sum":
+        total = maps[0].clone()
+        for more in maps[1:]:
+            total += more
+        return normalise(total, spatial_dims)
+    stacked = torch.stack([normalise(m, spatial_dims) for m in maps])
+    return normalise(stacked.prod(dim=0) if fusion == "product" else stacked.mean(dim=0), spatial_dims)
+
+
 @dataclass(frozen=True)
 class LayerResult:
     """One layer's share of an explanation.

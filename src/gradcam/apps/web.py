@@ -162,9 +162,9 @@ def explain_photo(
     try:
         bundle = cached_model(model_name)
         if bundle.is_detector:  # one map per box, as the command line draws them
+            folder = out_dir or scratch().new_folder()
             boxes, found, files, chosen = explain_detector_photo(
-                bundle, model_name, file, methods, alpha, colormap, out_dir or scratch().new_folder(), method_options,
-                target,
+                bundle, model_name, file, methods, alpha, colormap, folder, method_options, target
             )
             return PhotoResult(boxes, None, found, files, chosen, len(boxes) // len(methods), "")
         names = bundle.labels
