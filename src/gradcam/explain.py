@@ -112,7 +112,7 @@ def explain(
         layers_apart: with several layers, each layer's gradient comes only by paths that pass no other of
             them (every layer starts its own graph): a detector's scales, where each box is explained at the
             feature map its head reads (:func:`gradcam.detection.explain_boxes`), and the backward pass of a
-            target stops there.
+            target stops there; the layers' raw maps are then summed before scaling (not averaged).
 
     Returns:
         an :class:`Explanation`; ``maps`` is (B, K, H, W) in [0, 1].
