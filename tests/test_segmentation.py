@@ -230,3 +230,55 @@ def test_an_empty_map_is_drawn_as_the_photo_and_said_in_the_caption(tmp_path):
     background = next(t for t in record.targets if t.label == "background")
     shown = Image.open(background.files["overlay"]).convert("RGB")
     assert shown.getpixel((50, 50)) == Image.open(tmp_path / "scene.png").convert("RGB").getpixel((50, 50))
+
+
+def test_a_torchvision_segmentation_model_agrees_with_pytorch_grad_cam(tmp_path):
+    """torchvision's segmentation models by name (``--weights none`` here: offline) are explained class by class;
+    each class's map equals pytorch-grad-cam's semantic segmentation path (GradCAM with a
+    SemanticSegmentationTarget on the painted mask, at the same layer), the reference its tutorial uses."""
+    import gradcam
+
+    pytest.importorskip("pytorch_grad_cam")
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
+
+    torch.manual_seed(0)
+    bundle = gradcam.load_model("lraspp_mobilenet_v3_large", weights="none")
+    with torch.no_grad():  # random heads paint one class everywhere: sharpened, they paint several
+        bundle.model.classifier.high_classifier.weight.mul_(30)
+        bundle.model.classifier.low_classifier.weight.mul_(30)
+    assert bundle.is_detector and bundle.extra["task"] == "segment" and bundle.default_layer == "backbone.16"
+    assert bundle.labels is not None and bundle.labels[0] == "__background__" and len(bundle.labels) == 21
+    photo = Image.fromarray((torch.rand(60, 80, 3) * 255).byte().numpy())
+    x, frame = bundle.extra["frame"](photo)
+    assert x.shape[1] == 520  # the shorter side to 520, as its weights' transforms resize
+    found = explain_boxes(bundle.model, x[None], SegmentationDetector(conf=0.0, min_area=0.0), layer="backbone.16")
+    with torch.no_grad():
+        painted = bundle.model(x[None])["out"].argmax(1)[0]
+    assert len(found.detections) == len(painted.unique()) >= 5
+
+    class Out(nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, images):
+            return self.net(images)["out"]
+
+    peer = GradCAM(Out(bundle.model), [bundle.model.get_submodule("backbone.16")])
+    for k, detection in enumerate(found.detections):
+        mask = (painted == detection.label).float().numpy()
+        theirs = torch.from_numpy(peer(x[None], targets=[SemanticSegmentationTarget(detection.label, mask)])[0])
+        assert torch.corrcoef(torch.stack([found.maps[k].flatten(), theirs.flatten()]))[0, 1] > 0.999
+
+
+def test_a_torchvision_segmentation_model_runs_from_the_command_line(tmp_path):
+    photo = Image.fromarray((torch.rand(60, 80, 3) * 255).byte().numpy())
+    photo.save(tmp_path / "a.png")
+    code = main(["explain", str(tmp_path / "a.png"), "--model", "lraspp_mobilenet_v3_large", "--weights", "none",
+                 "--conf", "0", "--out", str(tmp_path / "o"), "--quiet"])  # fmt: skip
+    assert code == 0
+    data = json.loads((tmp_path / "o" / "results.json").read_text())
+    validate(data)
+    assert data["kind"] == "detection" and data["images"][0]["layer"] == "backbone.16"
+    assert all(0 < t["area"] <= 1 for t in data["images"][0]["targets"])

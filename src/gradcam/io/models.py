@@ -246,6 +246,10 @@ def load_model(
         source = next((s for s in MODEL_SOURCES if name.startswith(s.prefix)), None)
         if source is not None:
             bundle = source.load(name.removeprefix(source.prefix), weights, file, trust_weights)
+        elif name in _segmentation_models():
+            from .tv_segmentation import load_tv_segmentation
+
+            bundle = load_tv_segmentation(name, weights, file)
         else:
             bundle = _load_torchvision(name, weights, file)
     bundle.model = bundle.model.to(device).eval()
@@ -407,6 +411,12 @@ def _load_efficientnet_lite0(weights: str | None, file: WeightsFile | None) -> L
         default_layer=None,
         source=source,
     )
+
+
+def _segmentation_models() -> list[str]:
+    from .tv_segmentation import segmentation_models
+
+    return segmentation_models()
 
 
 def torchvision_classifiers() -> list[str]:

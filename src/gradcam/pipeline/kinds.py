@@ -125,6 +125,10 @@ def _known_detector(model: str) -> bool:
     settled once the model is loaded (:func:`after_loading`)."""
     from ..io.hf_detection import is_detection_folder
 
+    if "." not in model and ":" not in model:  # a torchvision name: its segmentation models paint classes
+        from ..io.tv_segmentation import segmentation_models
+
+        return model in segmentation_models()
     if model.startswith("yolo:"):
         path = Path(model[5:])
         return "-cls" not in path.stem and "classify" not in path.parts and not undecided(model)

