@@ -181,7 +181,11 @@ def test_the_cli_explains_every_painted_class(segformer_folder, photo, tmp_path)
         assert 0 <= x1 < x2 <= 200 and 0 <= y1 < y2 <= 150  # the region's box on the photo
         assert Image.open(target["files"]["overlay"]).size == (200, 150)
     assert (out / "street.gradcam.boxes.png").is_file()
-    assert "street.gradcam.boxes.png" in (out / "index.html").read_text()
+    page = (out / "index.html").read_text()
+    assert "street.gradcam.boxes.png" in page
+    # the page said every detector's photo was letterboxed (SegFormer's is squashed) and scored by box confidence
+    assert "letterboxed" not in page and "as the model&#x27;s own predictor resizes it" in page
+    assert "mean probability over the pixels" in page
 
 
 def test_the_web_app_explains_a_segmentation_model_class_by_class(segformer_folder, photo, tmp_path):

@@ -159,7 +159,10 @@ FRAME_NOTES = {
     "squash": "frame: the whole photo resized to the model's input",
 }
 SCORE_NOTE = "the explained logit, before the softmax (p = its class probability)"
-DETECTION_NOTE = "the detector's confidence in the box's class; each box explained on its own"
+DETECTION_NOTE = (
+    "the detector's confidence in the box's class (a segmentation class: its mean probability over the pixels "
+    "painted with it); each box or class explained on its own"
+)
 PROMPT_NOTE = "the cosine similarity of the photo to the prompt"
 
 
@@ -211,8 +214,8 @@ def explain_page(manifest: dict[str, Any], out: Path) -> str:
     detection = manifest.get("kind") == "detection"
     arrays_only = bool(images) and all(entry.get("kind") or entry.get("status") != "ok" for entry in images)
     frame = "volumes and signals as stored" if arrays_only else FRAME_NOTES.get(manifest.get("frame") or "crop", "")
-    if detection:
-        frame = "frame: the whole photo, letterboxed as the detector's own predictor does"
+    if detection:  # YOLO letterboxes, DETR keeps the aspect ratio, SegFormer and RT-DETR squash
+        frame = "frame: the whole photo, as the model's own predictor resizes it"
     note = DETECTION_NOTE if detection else PROMPT_NOTE if manifest.get("prompts") else SCORE_NOTE
     subtitle = (
         f"layer {manifest.get('layer')}, {frame}; {summary.get('ok', 0)} explained, {summary.get('failed', 0)} "
