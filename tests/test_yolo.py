@@ -480,3 +480,21 @@ def test_a_segment_models_instances_carry_their_masks_as_ultralytics_makes_them(
     assert code == 0
     (record,) = json.loads((tmp_path / "o" / "results.json").read_text())["images"]
     assert all(0 <= t["area"] <= 1 for t in record["targets"])
+
+
+@pytest.mark.parametrize(("config", "layers"), [("yolo11n.yaml", "model.16,model.19,model.22"),
+                                                ("yolov5nu.yaml", "model.17,model.20,model.23")])  # fmt: skip
+def test_the_v5u_and_11_layouts_give_gradcam_by_hand_at_each_anchor(photo, config, layers):
+    """#29 item 6: the v5u and 11 layouts (not only v8): the head's inputs by default, each box's map Grad-CAM
+    by hand at its anchor."""
+    import gradcam
+
+    torch.manual_seed(6)
+    bundle = gradcam.load_model(f"yolo:{config}")
+    assert bundle.default_layer == layers
+    x, _ = letterbox(photo, 320)
+    found = explain_boxes(bundle.model, x[None], YoloDetector(classes=80, conf=0.0, max_boxes=6))
+    assert len(found.detections) == 6
+    for k, detection in enumerate(found.detections):
+        expected = _by_hand(bundle.model, x[None], layers.split(","), 4 + detection.label, detection.anchor)
+        torch.testing.assert_close(found.maps[k], expected, atol=1e-4, rtol=1e-4)
