@@ -86,10 +86,10 @@ def explain_detector_photo(
         if not record.targets:
             raise AppError(f"{model_name} kept no box at conf {settings.conf:g}; lower it (Method options: conf=0.05)")
         overlays.append((record.targets[0].files["boxes"], f"{method}: every box ({len(record.targets)})"))
-        for k, target in enumerate(record.targets):
-            where = f"box {k}" if target.area is None else f"region {k}, {target.area:.0%} of the image"
-            overlays.append((target.files["overlay"], f"{method}: {target.label} {target.score:.2f} ({where})"))
-            found.setdefault(f"{target.label} ({where})", float(target.score))
+        for k, kept in enumerate(record.targets):
+            where = f"box {k}" if kept.area is None else f"region {k}, {kept.area:.0%} of the image"
+            overlays.append((kept.files["overlay"], f"{method}: {kept.label} {kept.score:.2f} ({where})"))
+            found.setdefault(f"{kept.label} ({where})", float(kept.score))
     asked = RunOptions(out=out_dir, method=str(methods[0]), format="png", save=("map", "overlay"), detection=settings)
     manifest = run_manifest("web", model_name, bundle.source, asked, records, kind="detection", layer=records[0].layer,
                             started=None, finished=now(), methods=[str(m) for m in methods],

@@ -259,7 +259,8 @@ class YoloClassifier(torch.nn.Module):
         object.__setattr__(self, "_net", net)  # runs them, with its own routing; not a second child
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        output = self._net(x)
+        net: Any = self._net
+        output = net(x)
         return output[1] if isinstance(output, (tuple, list)) else output
 
 
