@@ -223,8 +223,8 @@ def test_yolos_boxes_equal_gradcam_by_hand_on_its_patch_tokens_only(photo):
         torch.testing.assert_close(found.maps[k], expected.detach(), atol=1e-4, rtol=1e-4)
 
 
-@pytest.fixture(scope="module")
-def owl_folder(tmp_path_factory):
+def owl_folder(folder, kind="owlvit"):
+    """A tiny OWL-ViT or OWLv2 saved from a config, with a small word-level tokenizer (offline)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     words = ["[PAD]", "[UNK]", "[EOS]", "a", "cat", "cup", "of", "coffee", "tree"]
@@ -237,24 +237,31 @@ def owl_folder(tmp_path_factory):
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=64,
                   patch_size=16)  # fmt: skip
     torch.manual_seed(0)
-    model = transformers.OwlViTForObjectDetection(
-        transformers.OwlViTConfig(text_config=text, vision_config=vision, projection_dim=32)
-    )
-    folder = tmp_path_factory.mktemp("owlvit")
+    if kind == "owlv2":
+        config = transformers.Owlv2Config(text_config=text, vision_config=vision, projection_dim=32)
+        model = transformers.Owlv2ForObjectDetection(config)
+    else:
+        config = transformers.OwlViTConfig(text_config=text, vision_config=vision, projection_dim=32)
+        model = transformers.OwlViTForObjectDetection(config)
     model.save_pretrained(folder)
     fast.save_pretrained(folder)
     (folder / "preprocessor_config.json").write_text(json.dumps({"size": {"height": 64, "width": 64}}))
     return folder
 
 
-def test_owl_vit_text_queries_are_its_classes_and_each_box_is_gradcam_by_hand(owl_folder, photo):
+@pytest.fixture(scope="module")
+def owlvit_folder(tmp_path_factory):
+    return owl_folder(tmp_path_factory.mktemp("owlvit"))
+
+
+def test_owl_vit_text_queries_are_its_classes_and_each_box_is_gradcam_by_hand(owlvit_folder, photo):
     """#29 item 7: OWL-ViT from a config with text queries: the queries are the classes, the boxes the top
     (patch, query) pairs of its sigmoid head, each box's map Grad-CAM by hand at its patch's probability for its
     query, on the image tower's patch tokens; the model is the OWL model's own modules (nothing copied)."""
     import gradcam
     from gradcam.io.hf_owl import TextQueries
 
-    bundle = gradcam.load_model(f"hf:{owl_folder}")
+    bundle = gradcam.load_model(f"hf:{owlvit_folder}")
     assert bundle.default_layer == "owlvit.vision_model.encoder.layers.1.layer_norm1"
     net = bundle.extra["queries"](["a cat", "a cup of coffee"])
     assert isinstance(net, TextQueries) and net.owlvit is bundle.model.owlvit
@@ -280,40 +287,64 @@ def test_owl_vit_text_queries_are_its_classes_and_each_box_is_gradcam_by_hand(ow
         torch.testing.assert_close(found.maps[k], expected.detach(), atol=1e-4, rtol=1e-4)
 
 
-def test_the_cli_explains_an_owl_vit_folder_for_its_prompts(owl_folder, photo, tmp_path, capsys):
+def test_the_cli_explains_an_owl_vit_folder_for_its_prompts(owlvit_folder, photo, tmp_path, capsys):
     photo.save(tmp_path / "room.png")
     out = tmp_path / "out"
-    code = main(["explain", str(tmp_path / "room.png"), "--model", f"hf:{owl_folder}", "--prompt", "a cat",
+    code = main(["explain", str(tmp_path / "room.png"), "--model", f"hf:{owlvit_folder}", "--prompt", "a cat",
                  "--prompt", "a tree", "--conf", "0", "--max-boxes", "2", "--out", str(out), "--quiet"])  # fmt: skip
     assert code == 0, capsys.readouterr().err
     data = json.loads((out / "results.json").read_text())
     validate(data)
     assert {t["label"] for t in data["images"][0]["targets"]} <= {"a cat", "a tree"}
     assert len(data["images"][0]["targets"]) == 2
-    code = main(["explain", str(tmp_path / "room.png"), "--model", f"hf:{owl_folder}", "--out", str(tmp_path / "b")])
+    code = main(["explain", str(tmp_path / "room.png"), "--model", f"hf:{owlvit_folder}", "--out", str(tmp_path / "b")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "--prompt" in err and len(err.splitlines()) == 1
 
 
-def test_an_owlv2_folder_is_refused_in_one_line(tmp_path):
+def test_owlv2_pads_the_photo_to_a_square_and_its_boxes_are_gradcam_by_hand(tmp_path):
+    """OWLv2 (it was refused): its processor pads the photo at the bottom and right to a square, then resizes; the
+    frame does the same (tested against Owlv2ImageProcessor's pixels), boxes and maps come back to the photo, and
+    each box's map equals Grad-CAM by hand on its image tower's patch tokens."""
     import gradcam
-    from gradcam.io.models import ModelLoadError
 
-    (tmp_path / "config.json").write_text(
-        json.dumps({"model_type": "owlv2", "architectures": ["Owlv2ForObjectDetection"]})
-    )
-    with pytest.raises(ModelLoadError, match="OWLv2 is not supported yet"):
-        gradcam.load_model(f"hf:{tmp_path}")
+    owl_folder(tmp_path, "owlv2")
+    bundle = gradcam.load_model(f"hf:{tmp_path}")
+    assert bundle.default_layer == "owlv2.vision_model.encoder.layers.1.layer_norm1"
+    photo = Image.fromarray((torch.rand(30, 60, 3) * 255).byte().numpy())
+    x, frame = bundle.extra["frame"](photo)
+    theirs = transformers.Owlv2ImageProcessor(size={"height": 64, "width": 64})(photo, return_tensors="pt")
+    assert x.shape == (3, 64, 64) and frame.inner == (32, 64)
+    assert (x[:, 34:] - theirs["pixel_values"][0, :, 34:]).abs().max() < 1e-4  # the padding, below the photo
+    assert (x[:, :30] - theirs["pixel_values"][0, :, :30]).abs().mean() < 0.1  # PIL's resize, not torchvision's
+    assert frame.box_to_photo((0, 0, 64, 32)) == pytest.approx((0, 0, 60, 30))
+    net = bundle.extra["queries"](["a cat"])
+    found = explain_boxes(net, x[None], HfDetector(sigmoid=True, conf=0.0, max_boxes=2), layer=bundle.default_layer)
+    layer = bundle.model.get_submodule(bundle.default_layer)
+    for k, d in enumerate(found.detections):
+        captured: dict = {}
+        handle = layer.register_forward_hook(lambda m, i, o, captured=captured: captured.setdefault("a", o))
+        try:
+            output = bundle.model(input_ids=net.input_ids, pixel_values=x[None], attention_mask=net.attention_mask)
+        finally:
+            handle.remove()
+        score = output.logits[0, d.anchor, d.label].sigmoid()
+        (grad,) = torch.autograd.grad(score, captured["a"])
+        patches = captured["a"][:, 1:].reshape(1, 4, 4, 32).permute(0, 3, 1, 2)
+        weights = grad[:, 1:].reshape(1, 4, 4, 32).permute(0, 3, 1, 2).mean(dim=(2, 3), keepdim=True)
+        raw = F.relu((weights * patches).sum(1, keepdim=True))
+        expected = normalise(F.interpolate(raw, size=(64, 64), mode="bilinear", align_corners=False)[0, 0])
+        torch.testing.assert_close(found.maps[k], expected.detach(), atol=1e-4, rtol=1e-4)
 
 
-def test_the_web_app_looks_for_an_owl_vit_s_text_queries(owl_folder, photo, tmp_path, monkeypatch):
+def test_the_web_app_looks_for_an_owl_vit_s_text_queries(owlvit_folder, photo, tmp_path, monkeypatch):
     """OWL-ViT in the web app: the queries are typed in Target (separated by ;), as for CLIP; none is a message."""
     pytest.importorskip("gradio")
     from gradcam.apps import web
     from gradcam.apps.web_state import AppError
 
     photo.save(tmp_path / "room.png")
-    name = f"hf:{owl_folder}"
+    name = f"hf:{owlvit_folder}"
     monkeypatch.setattr(web, "SHELF", web.ModelShelf([name]))
     result = web.explain_photo(str(tmp_path / "room.png"), name, ["gradcam"], None, "a cat; a tree", 0.5, "jet",
                                out_dir=tmp_path / "out", method_options="conf=0 max_boxes=2")  # fmt: skip

@@ -81,11 +81,6 @@ def load_hf(spec: str, weights: str | None, file: WeightsFile | None, trust_code
     from .hf_owl import OWL_TYPES
 
     owl = getattr(config, "model_type", "") in OWL_TYPES
-    if getattr(config, "model_type", "") == "owlv2":
-        raise ModelLoadError(
-            f"hf:{spec}: OWLv2 is not supported yet (its processor pads each photo to a square first); use an "
-            "OWL-ViT checkpoint (owlvit)"
-        )
     architectures = [str(name) for name in getattr(config, "architectures", None) or []]
     detector = any(name.endswith("ForObjectDetection") for name in architectures)
     segmenter = any(name.endswith("ForSemanticSegmentation") for name in architectures)

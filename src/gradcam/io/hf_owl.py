@@ -1,5 +1,5 @@
-"""OWL-ViT (an open-vocabulary detector): ``hf:FOLDER`` of an ``OwlViTForObjectDetection`` checkpoint with
-text queries (``--prompt "a cat"``, repeatable): every box it keeps
+"""OWL-ViT and OWLv2 (open-vocabulary detectors): ``hf:FOLDER`` of an ``OwlViTForObjectDetection`` or
+``Owlv2ForObjectDetection`` checkpoint with text queries (``--prompt "a cat"``, repeatable): every box it keeps
 for a query gets its own map, as any detector's (:mod:`gradcam.detection`).
 
 OWL-ViT scores each image patch against each query: ``logits`` (B, patches, queries), a sigmoid head, a box per
@@ -23,10 +23,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .letterbox import squashed
+from .letterbox import padded_square, squashed
 from .models import LoadedModel, ModelLoadError, Preprocessing
 
-OWL_TYPES = ("owlvit",)  # OWLv2 pads photos to a square first: not built
+OWL_TYPES = ("owlvit", "owlv2")
 MAX_QUERIES = 32
 
 
@@ -63,7 +63,8 @@ def with_queries(model: nn.Module, tokenizer: Any, prompts: Sequence[str]) -> Te
 def load_owl(spec: str, config: Any, where: dict, model: nn.Module, source: str, processor: dict) -> LoadedModel:
     """The bundle of an OWL detector: its ``extra["queries"](prompts)`` makes the model to explain, the
     detector is a sigmoid head's (a patch's probability for a query, ``--conf`` 0.1 by default, as OWL-ViT's
-    own examples threshold it), photos are resized to the processor's square (768 for OWL-ViT B/32)."""
+    own examples threshold it), photos are resized to the processor's square (768 for OWL-ViT B/32; OWLv2's
+    960, the photo padded to a square first)."""
     from .hf import _import_transformers, bounded
     from .hf_detection import HfDetector
 
@@ -81,16 +82,22 @@ def load_owl(spec: str, config: Any, where: dict, model: nn.Module, source: str,
     mean = tuple(processor.get("image_mean") or (0.48145466, 0.4578275, 0.40821073))
     std = tuple(processor.get("image_std") or (0.26862954, 0.26130258, 0.27577711))
     blocks = int(config.vision_config.num_hidden_layers)
+    v2 = config.model_type == "owlv2"  # OWLv2 pads the photo to a square first, OWL-ViT squashes it
+    frame = (
+        partial(padded_square, side=side, mean=mean, std=std)
+        if v2
+        else partial(squashed, size=(side, width), mean=mean, std=std)
+    )
     return LoadedModel(
         name=f"hf:{spec}",
         model=model,
-        preprocessing=bounded(Preprocessing(max(side, width), (side, width), mean, std, squash=True), spec),
+        preprocessing=bounded(Preprocessing(max(side, width), (side, width), mean, std, squash=not v2), spec),
         labels=None,
-        default_layer=f"owlvit.vision_model.encoder.layers.{blocks - 1}.layer_norm1",
+        default_layer=f"{config.model_type}.vision_model.encoder.layers.{blocks - 1}.layer_norm1",
         source=source,
         extra={
             "detector": HfDetector(sigmoid=True, conf=0.1),
-            "frame": partial(squashed, size=(side, width), mean=mean, std=std),
+            "frame": frame,
             "task": "detect",
             "queries": partial(with_queries, model, tokenizer),
         },

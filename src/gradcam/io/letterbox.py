@@ -99,3 +99,19 @@ def squashed(
     pixels = image_tensor(resized).float() / 255.0
     pixels = (pixels - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
     return pixels, Letterbox((height, width), size[0] / height, size, (0, 0), size, scale_x=size[1] / width)
+
+
+def padded_square(
+    photo: Image.Image, side: int, mean: Sequence[float], std: Sequence[float]
+) -> tuple[torch.Tensor, Letterbox]:
+    """The photo as OWLv2's Hugging Face processor feeds it: padded at the bottom and right to a square with
+    black (0 before normalising), then resized to ``side`` x ``side``; here the photo's longer side is resized
+    to ``side`` and placed at the top left of a black square (the same geometry), then normalised."""
+    width, height = photo.size
+    scale = side / max(height, width)
+    inner = (max(1, round(height * scale)), max(1, round(width * scale)))
+    canvas = Image.new("RGB", (side, side), (0, 0, 0))
+    canvas.paste(photo.convert("RGB").resize((inner[1], inner[0]), Image.Resampling.BILINEAR), (0, 0))
+    pixels = image_tensor(canvas).float() / 255.0
+    pixels = (pixels - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    return pixels, Letterbox((height, width), scale, inner, (0, 0), (side, side))

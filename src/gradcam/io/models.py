@@ -443,9 +443,31 @@ def cached_weights_path(name: str) -> Path | None:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(enum.DEFAULT.url)
 
 
-def _load_torchvision(name: str, weights: str | None, file: WeightsFile | None) -> LoadedModel:
+def torchvision_model(name: str, weights: str | None, file: WeightsFile | None, **random: Any) -> tuple[Any, ...]:
+    """``name``'s torchvision model, whether resized to a file's head, a description of its weights and its
+    default weights' entry: the default weights (downloaded by torchvision; one line when that fails), a
+    weights ``file``, or random weights (``random``: more arguments for the random build, such as
+    ``weights_backbone=None``)."""
     import torchvision
 
+    default = torchvision.models.get_model_weights(name).DEFAULT
+    if weights is None:
+        try:
+            model = torchvision.models.get_model(name, weights=default)
+        except Exception as error:  # URLError, socket errors, HTTP errors
+            raise ModelLoadError(
+                f"cannot download the {name} weights ({default.url}): {type(error).__name__}. Put the file at "
+                f"{cached_weights_path(name)}, or pass --weights FILE (or --weights none for random weights)"
+            ) from error
+        return model, False, f"torchvision {default}", default
+    model, resized = _sized_to(file, partial(torchvision.models.get_model, name, weights=None, **random), name)
+    if file is None:
+        return model, resized, "random weights", default
+    file.load_into(model)
+    return model, resized, f"weights from {weights}", default
+
+
+def _load_torchvision(name: str, weights: str | None, file: WeightsFile | None) -> LoadedModel:
     names = torchvision_classifiers()
     if name not in names:
         import difflib
@@ -455,24 +477,7 @@ def _load_torchvision(name: str, weights: str | None, file: WeightsFile | None) 
         raise ModelLoadError(
             f"unknown model {name!r}{hint} (list them with `gradcam models`; timm models as timm:NAME)"
         )
-    default = torchvision.models.get_model_weights(name).DEFAULT
-    resized = False
-    if weights is None:
-        cached = cached_weights_path(name)
-        try:
-            model = torchvision.models.get_model(name, weights=default)
-        except Exception as error:  # URLError, socket errors, HTTP errors
-            raise ModelLoadError(
-                f"cannot download the {name} weights ({default.url}): {type(error).__name__}. "
-                f"Put the file at {cached}, or pass --weights FILE (or --weights none for random weights)"
-            ) from error
-        source = f"torchvision {default}"
-    else:
-        model, resized = _sized_to(file, partial(torchvision.models.get_model, name, weights=None), name)
-        source = "random weights"
-        if file is not None:
-            file.load_into(model)
-            source = f"weights from {weights}"
+    model, resized, source, default = torchvision_model(name, weights, file)
     transforms = default.transforms()
     crop = transforms.crop_size[0]
     preprocessing = Preprocessing(

@@ -19,7 +19,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from .letterbox import shorter_side
-from .weights import ModelLoadError, WeightsFile, _sized_to
+from .weights import WeightsFile
 
 if TYPE_CHECKING:
     from .models import LoadedModel
@@ -34,29 +34,10 @@ def segmentation_models() -> list[str]:
 def load_tv_segmentation(name: str, weights: str | None, file: WeightsFile | None) -> LoadedModel:
     """``name``'s model with its default weights (downloaded by torchvision), a weights ``file``, or random
     weights (``weights="none"``: the backbone random too, nothing downloaded)."""
-    import torchvision
-
     from ..segmentation import SegmentationDetector
-    from .models import LoadedModel, Preprocessing, cached_weights_path  # noqa: F811 (the run-time import)
+    from .models import LoadedModel, Preprocessing, torchvision_model  # noqa: F811 (the run-time import)
 
-    default = torchvision.models.get_model_weights(name).DEFAULT
-    resized = False
-    if weights is None:
-        try:
-            model = torchvision.models.get_model(name, weights=default)
-        except Exception as error:  # URLError, socket errors, HTTP errors
-            raise ModelLoadError(
-                f"cannot download the {name} weights ({default.url}): {type(error).__name__}. Put the file at "
-                f"{cached_weights_path(name)}, or pass --weights FILE (or --weights none for random weights)"
-            ) from error
-        source = f"torchvision {default}"
-    else:
-        build = partial(torchvision.models.get_model, name, weights=None, weights_backbone=None)
-        model, resized = _sized_to(file, build, name)
-        source = "random weights"
-        if file is not None:
-            file.load_into(model)
-            source = f"weights from {weights}"
+    model, resized, source, default = torchvision_model(name, weights, file, weights_backbone=None)
     transforms = default.transforms()
     shortest = int(transforms.resize_size[0])
     mean, std = tuple(transforms.mean), tuple(transforms.std)
