@@ -286,3 +286,23 @@ def test_a_torchvision_segmentation_model_runs_from_the_command_line(tmp_path):
     validate(data)
     assert data["kind"] == "detection" and data["images"][0]["layer"] == "backbone.16"
     assert all(0 < t["area"] <= 1 for t in data["images"][0]["targets"])
+
+
+def test_a_masking_method_scores_its_copies_on_the_region_first_painted():
+    """Score-CAM's masked copies are scored over the pixels painted on the photo itself (a fixed mask, as
+    pytorch-grad-cam's SemanticSegmentationTarget); the region was painted again from each copy's output, so a
+    copy that painted the class elsewhere was scored somewhere else."""
+    net = TwoColours().eval()
+    x = _scene((8, 8), (40, 36))
+    with torch.no_grad():
+        output = net(x)
+    (red,) = [d for d in SegmentationDetector(conf=0.0).detect(output, (64, 64))[0] if d.label == 1]
+    moved = _scene((40, 8), (8, 36))  # the red square elsewhere: its logits are high outside the first region
+    with torch.no_grad():
+        other = net(moved)["out"]
+    expected = (other[0, 1] * red.region.float()).sum()
+    assert float(SegmentationDetector().score(red)({"out": other})) == pytest.approx(float(expected), rel=1e-6)
+    found = explain_boxes(net, x, SegmentationDetector(conf=0.0), "scorecam", layer="features")
+    by_label = {d.label: k for k, d in enumerate(found.detections)}
+    heat = found.maps[by_label[1]]
+    assert heat[8:24, 8:24].mean() > 4 * heat.mean()

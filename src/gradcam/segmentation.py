@@ -7,7 +7,8 @@ A segmentation model outputs per-pixel class scores ``Y`` (B, classes, h, w). It
 ``S_c = sum_{p in R_c} Y_c,p`` (the semantic-segmentation target of Vinogradova et al., "Towards
 Interpretable Semantic Segmentation via Gradient-weighted Class Activation Mapping", AAAI 2020), and its map is
 Grad-CAM of ``S_c`` at a layer ``A``: ``ReLU(sum_k w_k A_k)``, ``w_k = mean_ij dS_c / dA_k,ij``. The region is
-recomputed from the same forward pass's output, so a class's score is exactly what the model painted.
+the one painted in the explained forward pass and stays fixed: the masking methods (Score-CAM, Ablation-CAM)
+score their changed copies on the same pixels.
 
 Classes are kept largest region first, those covering at least ``min_area`` of the image and whose mean
 probability over their region is at least ``conf``, at most ``max_boxes`` of them. Each is a
@@ -79,11 +80,14 @@ class SegmentationDetector:
         return found
 
     def score(self, detection: Detection) -> Callable[[Any], torch.Tensor]:
-        label = detection.label
+        """The class's logits summed over the region painted on the explained image: a fixed mask, so a
+        perturbation method's masked copies are scored on the same pixels (as pytorch-grad-cam's
+        ``SemanticSegmentationTarget``); a detection without its region is painted again from each output."""
+        label, painted = detection.label, detection.region
 
         def region_score(output: Any) -> torch.Tensor:
             scores = class_scores(output)
-            region = (scores.detach().argmax(1) == label).to(scores.dtype)
-            return (scores[:, label] * region).sum(dim=(-2, -1))
+            region = painted if painted is not None else scores.detach().argmax(1) == label
+            return (scores[:, label] * region.to(scores.device, scores.dtype)).sum(dim=(-2, -1))
 
         return region_score
