@@ -306,3 +306,37 @@ def test_a_masking_method_scores_its_copies_on_the_region_first_painted():
     by_label = {d.label: k for k, d in enumerate(found.detections)}
     heat = found.maps[by_label[1]]
     assert heat[8:24, 8:24].mean() > 4 * heat.mean()
+
+
+def test_a_region_s_area_is_its_share_of_the_photo_not_of_the_padded_input(tmp_path):
+    """A letterboxed input has padding; a class painted on the whole photo covers 100% of it (it was counted
+    against the padded input: 50% here)."""
+    from functools import partial
+
+    from gradcam.io.letterbox import letterbox
+    from gradcam.io.models import LoadedModel, Preprocessing
+    from gradcam.pipeline.detect import explain_detections
+    from gradcam.pipeline.options import DetectionSettings, RunOptions
+
+    class RedAnywhere(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Conv2d(3, 2, 1)
+            with torch.no_grad():
+                self.features.weight.zero_()
+                self.features.weight[1, 0] = 1.0  # class 1 where red > 0.5: the photo, not the grey padding
+                self.features.bias.copy_(torch.tensor([0.0, -0.5]))
+
+        def forward(self, x):
+            return {"out": self.features(x)}
+
+    Image.new("RGB", (64, 32), (255, 0, 0)).save(tmp_path / "red.png")
+    frame = partial(letterbox, size=64, stride=64)  # 64 x 32 photo in a 64 x 64 input
+    bundle = LoadedModel("red", RedAnywhere().eval(), Preprocessing(64, (64, 64), (0.0,) * 3, (1.0,) * 3),
+                         labels=["background", "red"], default_layer="features",
+                         extra={"detector": SegmentationDetector(), "frame": frame})  # fmt: skip
+    with pytest.warns(UserWarning):
+        record = explain_detections(bundle, tmp_path / "red.png", "red",
+                                    RunOptions(out=tmp_path / "o", detection=DetectionSettings(0.0, 5)))  # fmt: skip
+    red = next(t for t in record.targets if t.label == "red")
+    assert red.area == 1.0 and red.box == (0, 0, 64, 32)

@@ -55,9 +55,12 @@ def explain_detections(
     boxes = [box.box_to_photo(d.box) for d in found.detections]
     names = [label_of(labels, d.label) for d in found.detections]
     empty = [not bool(heat.any()) for heat in maps] if found.detections else []
+    areas: list[float | None] = (
+        [round(float(r.float().mean()), 4) for r in regions] if regions is not None else [None] * len(boxes)
+    )
     captions = [
-        f"{name} {_confidence(d.confidence)}{_share(d)}{', empty map' if blank else ''}"
-        for name, d, blank in zip(names, found.detections, empty, strict=True)
+        f"{name} {_confidence(d.confidence)}{_share(area)}{', empty map' if blank else ''}"
+        for name, d, area, blank in zip(names, found.detections, areas, empty, strict=True)
     ]
     all_boxes = options.out / f"{key}.{options.method}.boxes.png"
     map_file = options.out / f"{key}.{options.method}.maps.npy"
@@ -79,7 +82,7 @@ def explain_detections(
         save_picture(picture, stems[k], "png")
         files = {"overlay": str(stems[k]), "boxes": str(all_boxes), "map": str(map_file)}
         targets.append(TargetRecord(index=detection.label, label=names[k], score=round(detection.confidence, 6),
-                                    files=files, box=_rounded(boxes[k]), area=_area(detection)))  # fmt: skip
+                                    files=files, box=_rounded(boxes[k]), area=areas[k]))  # fmt: skip
     layer_name = layer if isinstance(layer, str) else None
     return PhotoRecord(path=str(path), status="ok", method=options.method, layer=layer_name,
                        size=(photo.width, photo.height), targets=tuple(targets), kind="detection")  # fmt: skip
@@ -87,7 +90,8 @@ def explain_detections(
 
 def _regions_on_photo(detections: Sequence[Detection], box: Any, size: tuple[int, int]) -> list[torch.Tensor] | None:
     """A segmentation model's class regions (each (h, w) at its output's resolution) on the photo's pixels:
-    widened to the input's ``size`` by nearest neighbours, then carried back as the maps are; None for boxes."""
+    widened to the input's ``size`` by nearest neighbours, then carried back as the maps are (a letterbox's
+    padding cut away); None for boxes."""
     if not detections or any(d.region is None for d in detections):
         return None
     masks = torch.stack([d.region for d in detections if d.region is not None]).float().cpu()
@@ -100,13 +104,8 @@ def _rounded(box: tuple[float, float, float, float]) -> tuple[float, float, floa
     return (x1, y1, x2, y2)
 
 
-def _area(detection: Detection) -> float | None:
-    """The share of the image a segmentation model painted with the class (None for a box)."""
-    return None if detection.region is None else round(float(detection.region.float().mean()), 4)
-
-
-def _share(detection: Detection) -> str:
-    area = _area(detection)
+def _share(area: float | None) -> str:
+    """How much of the photo a segmentation class (an instance's mask) covers; nothing for a box."""
     return "" if area is None else f", {area:.0%} of the image"
 
 
