@@ -103,7 +103,8 @@ def add_parser(commands: Any) -> None:
         default=None,
         metavar="TEXT",
         help="with an image-text model (clip:ARCH, a Hugging Face CLIP/SigLIP): explain the similarity of the photo "
-        "to this text; repeat for several prompts (one forward pass for all)",
+        "to this text; with an OWL-ViT/OWLv2 detector: a text query, its boxes explained; repeat for several "
+        "prompts (one forward pass for all)",
     )
     method.add_argument(
         "--counterfactual", action="store_true", help="show what speaks against the target (negated gradients)"
@@ -228,7 +229,8 @@ def add_parser(commands: Any) -> None:
     )
     detectors.add_argument(
         "--conf", type=float, default=0.25, metavar="C",
-        help="keep the boxes the detector is at least C confident of (0 to 1), after its own non-maximum suppression",
+        help="keep the boxes the detector is at least C confident of (0 to 1), after its own non-maximum "
+        "suppression; a segmentation model's classes whose mean probability over their region is at least C",
     )  # fmt: skip
     detectors.add_argument("--max-boxes", type=int, default=10, metavar="N", help="explain at most N boxes a photo")
     inputs.add_argument(
