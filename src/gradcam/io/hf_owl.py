@@ -61,10 +61,10 @@ def with_queries(model: nn.Module, tokenizer: Any, prompts: Sequence[str]) -> Te
 
 
 def load_owl(spec: str, config: Any, where: dict, model: nn.Module, source: str, processor: dict) -> LoadedModel:
-    """The bundle of an OWL detector: its ``extra["queries"](prompts)`` makes the model to explain, the
+    """The bundle of an OWL detector: its ``extra["queries"](prompts)`` makes the model to explain; the
     detector is a sigmoid head's (a patch's probability for a query; 0.1 from Python, as OWL-ViT's own examples
-    threshold it; the command line's ``--conf``, 0.25 unless given), photos are resized to the processor's square (768 for OWL-ViT B/32; OWLv2's
-    960, the photo padded to a square first)."""
+    threshold it; the command line's ``--conf``, 0.25 unless given); photos are resized to the processor's
+    square (768 for OWL-ViT B/32; OWLv2's 960, the photo padded to a square first)."""
     from .hf import _import_transformers, bounded
     from .hf_detection import HfDetector
 
