@@ -349,6 +349,7 @@ def test_the_web_app_looks_for_an_owl_vit_s_text_queries(owlvit_folder, photo, t
     result = web.explain_photo(str(tmp_path / "room.png"), name, ["gradcam"], None, "a cat; a tree", 0.5, "jet",
                                out_dir=tmp_path / "out", method_options="conf=0 max_boxes=2")  # fmt: skip
     assert len(result.overlays) == 3 and all(label.split(" (box")[0] in ("a cat", "a tree") for label in result.top5)
+    assert result.frame == "the whole photo, as the model's own predictor resizes it"  # not the Frame choice's
     with pytest.raises(AppError, match="type it in Target"):
         web.explain_photo(str(tmp_path / "room.png"), name, ["gradcam"], None, "", 0.5, "jet",
                           out_dir=tmp_path / "o2", method_options="conf=0")  # fmt: skip

@@ -136,6 +136,7 @@ class PhotoResult:
     grid_label: str = "Feature maps contributing most"
     every: AnyClass | None = None  # every class's map of the first method, for the "any class" menu
     failures: tuple[str, ...] = ()  # one line per method that could not explain this photo (the others shown)
+    frame: str | None = None  # what the model saw, where the Frame choice does not apply (a detector's own resize)
 
 
 def explain_photo(
@@ -166,7 +167,8 @@ def explain_photo(
             boxes, found, files, chosen = explain_detector_photo(
                 bundle, model_name, file, methods, alpha, colormap, folder, method_options, target
             )
-            return PhotoResult(boxes, None, found, files, chosen, len(boxes) // len(methods), "")
+            seen = "the whole photo, as the model's own predictor resizes it"
+            return PhotoResult(boxes, None, found, files, chosen, len(boxes) // len(methods), "", frame=seen)
         names = bundle.labels
         targets: Any
         if bundle.extra.get("image_text"):
@@ -365,7 +367,7 @@ def build_app(
         shown = len(chosen_methods) - len(result.failures)
         layout = f"{shown} method(s) by row, {result.targets} target(s) by column" if result.targets > 1 else (
             f"{shown} method(s), one target: side by side")  # fmt: skip
-        status = f"{layout}; layer `{result.layer}`; frame: {FRAMES_SHOWN[frame]}" + "".join(
+        status = f"{layout}; layer `{result.layer}`; frame: {result.frame or FRAMES_SHOWN[frame]}" + "".join(
             f"  \n**Not shown:** {as_text(failure)}" for failure in result.failures
         )
         menu = gr.update(choices=list(result.every.labels), value=None, interactive=True) if result.every else \
@@ -376,7 +378,8 @@ def build_app(
         rows = -(-len(result.overlays) // columns)
         height = rows * (OVERLAYS_WIDTH // columns + 56) + 24
         yield (gr.update(value=result.overlays, columns=columns, height=height, selected_index=None),
-               gr.update(value=result.grid, label=result.grid_label), result.top5, result.files, status,
+               gr.update(value=result.grid, label=result.grid_label, visible=result.grid is not None), result.top5,
+               result.files, status,
                result.every, menu)  # fmt: skip
 
     def on_class(every, name):
