@@ -353,3 +353,14 @@ def test_the_web_app_looks_for_an_owl_vit_s_text_queries(owlvit_folder, photo, t
     with pytest.raises(AppError, match="type it in Target"):
         web.explain_photo(str(tmp_path / "room.png"), name, ["gradcam"], None, "", 0.5, "jet",
                           out_dir=tmp_path / "o2", method_options="conf=0")  # fmt: skip
+
+
+def test_only_the_named_classes_boxes_are_kept_by_either_head():
+    logits = torch.tensor([[[2.0, -3.0], [0.5, 1.5], [-4.0, -4.0]]])  # 3 queries, 2 classes
+    boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.25, 0.25, 0.5, 0.5], [0.9, 0.9, 0.1, 0.1]]])
+    output = {"logits": logits, "pred_boxes": boxes}
+    sigmoid = HfDetector(sigmoid=True, conf=0.0, max_boxes=2, only=(1,)).detect(output, (10, 20))[0]
+    assert [(d.anchor, d.label) for d in sigmoid] == [(1, 1), (0, 1)]
+    with_no_object = {"logits": torch.cat([logits, torch.zeros(1, 3, 1)], -1), "pred_boxes": boxes}
+    softmax = HfDetector(conf=0.0, max_boxes=3, only=(1,)).detect(with_no_object, (10, 20))[0]
+    assert [(d.anchor, d.label) for d in softmax] == [(1, 1)]  # query 0's best class is 0: not re-labelled

@@ -340,3 +340,11 @@ def test_a_region_s_area_is_its_share_of_the_photo_not_of_the_padded_input(tmp_p
                                     RunOptions(out=tmp_path / "o", detection=DetectionSettings(0.0, 5)))  # fmt: skip
     red = next(t for t in record.targets if t.label == "red")
     assert red.area == 1.0 and red.box == (0, 0, 64, 32)
+
+
+def test_only_the_named_classes_regions_are_explained():
+    net = TwoColours().eval()
+    with torch.no_grad():
+        output = net(_scene((8, 8), (40, 36)))
+    assert sorted(d.label for d in SegmentationDetector(conf=0.0).detect(output, (64, 64))[0]) == [0, 1, 2]
+    assert [d.label for d in SegmentationDetector(conf=0.0, only=(2,)).detect(output, (64, 64))[0]] == [2]

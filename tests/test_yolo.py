@@ -175,7 +175,7 @@ def test_the_cli_explains_every_box_and_writes_a_valid_manifest(tmp_path, photo)
 @pytest.mark.parametrize(
     ("extra", "said"),
     [
-        (["--target", "person"], "--target: not for a detector's photos"),
+        (["--target", "top3"], "name the classes to keep"),
         (["--per-channel", "4"], "--per-channel: not for a detector's photos"),
         (["--conf", "1.5"], "--conf 1.5: between 0 and 1"),
     ],
@@ -308,6 +308,9 @@ def test_the_web_app_explains_every_box_of_a_detector(tmp_path, monkeypatch, pho
     with pytest.raises(AppError, match="kept no box at conf 0.99"):
         web.explain_photo(str(tmp_path / "street.png"), "yolo:yolov8n.yaml", ["gradcam"], None, "", 0.5, "jet",
                           out_dir=tmp_path / "o2", method_options="conf=0.99")  # fmt: skip
+    kept = web.explain_photo(str(tmp_path / "street.png"), "yolo:yolov8n.yaml", ["gradcam"], None, "person", 0.5,
+                             "jet", out_dir=tmp_path / "o4", method_options="conf=0 max_boxes=2")  # fmt: skip
+    assert len(kept.top5) == 2 and all(label.startswith("person (box") for label in kept.top5)  # Target: classes
     with pytest.raises(AppError, match="max_boxes between 1 and 12"):
         web.explain_photo(str(tmp_path / "street.png"), "yolo:yolov8n.yaml", ["gradcam"], None, "", 0.5, "jet",
                           out_dir=tmp_path / "o3", method_options="max_boxes=50")  # fmt: skip
@@ -498,3 +501,15 @@ def test_the_v5u_and_11_layouts_give_gradcam_by_hand_at_each_anchor(photo, confi
     for k, detection in enumerate(found.detections):
         expected = _by_hand(bundle.model, x[None], layers.split(","), 4 + detection.label, detection.anchor)
         torch.testing.assert_close(found.maps[k], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_target_keeps_only_the_named_classes_boxes(tmp_path, photo):
+    """``--target person,dog`` for a detector keeps those classes' boxes (Ultralytics' NMS told the classes, so
+    --max-boxes counts them alone); it was refused for detectors."""
+    photo.save(tmp_path / "a.png")
+    out = tmp_path / "o"
+    code = main(["explain", str(tmp_path / "a.png"), "--model", "yolo:yolov8n.yaml", "--conf", "0", "--max-boxes",
+                 "4", "--target", "person,dog", "--out", str(out), "--quiet"])  # fmt: skip
+    assert code == 0
+    (record,) = json.loads((out / "results.json").read_text())["images"]
+    assert len(record["targets"]) == 4 and {t["label"] for t in record["targets"]} <= {"person", "dog"}

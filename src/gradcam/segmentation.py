@@ -53,6 +53,7 @@ class SegmentationDetector:
     conf: float = 0.25
     max_boxes: int = 10
     min_area: float = 0.005
+    only: tuple[int, ...] = ()  # explain only these classes (empty: every class painted)
 
     def detect(self, output: Any, size: tuple[int, int]) -> list[list[Detection]]:
         scores = class_scores(output).detach().float()
@@ -67,6 +68,8 @@ class SegmentationDetector:
             kept: list[Detection] = []
             for label, count in zip(classes[order].tolist(), counts[order].tolist(), strict=True):
                 if count < self.min_area * height * width or len(kept) == self.max_boxes:
+                    continue
+                if self.only and label not in self.only:
                     continue
                 region = image_painted == label
                 confidence = float(image_probabilities[label][region].mean())

@@ -437,8 +437,8 @@ def build_app(
                 model = gr.Dropdown(choices, value=choices[0], label="Model", elem_id="model")
                 chosen = gr.Dropdown(method_choices(choices[0]), value=["gradcam"], multiselect=True, elem_id="methods",
                                      label="Methods (side by side; those this model runs)")  # fmt: skip
-                target = gr.Textbox(label="Target: empty for the top-1, a class name or index, top3; for an "
-                                    "image-text model (CLIP), prompts separated by ;", elem_id="target")  # fmt: skip
+                target = gr.Textbox(label="Target: empty for the top-1, a class name or index, top3; a detector: "
+                                    "classes to keep; CLIP, OWL-ViT: prompts split by ;", elem_id="target")  # fmt: skip
                 button = gr.Button("Explain", variant="primary", elem_id="explain")
                 layer = gr.Dropdown(layers, value=default_layer, label="Layer (default selected)", elem_id="layer")
                 method_options = gr.Textbox(label="Method options: KEY=VALUE or METHOD:KEY=VALUE, separated by ; "

@@ -65,6 +65,7 @@ def explain_detector_photo(
     prompts = tuple(p.strip() for p in re.split(r"[;\n]", target or "") if p.strip())
     if "queries" in bundle.extra and not prompts:
         raise AppError(f"{model_name} finds what you name: type it in Target (text queries separated by ;).")
+    keep = None if "queries" in bundle.extra or not prompts else ",".join(prompts)  # the classes whose boxes to keep
     try:
         built = methods_with_options(methods, rest, WEB_BOUNDS)  # bounded before any work
     except UsageError as error:
@@ -76,11 +77,11 @@ def explain_detector_photo(
     for method, configured in zip(methods, built, strict=True):
         name = configured if isinstance(configured, str) else configured.name
         options = RunOptions(out=out_dir, method=name, alpha=alpha, colormap=colormap, overwrite=True,
-                             method_options=pairs, detection=settings,
+                             method_options=pairs, detection=settings, target=keep,
                              prompts=prompts if "queries" in bundle.extra else ())  # fmt: skip
         try:
             record = explain_detections(bundle, file, file.stem, options)
-        except (ValueError, TypeError, ImageReadError) as error:
+        except (ValueError, TypeError, ImageReadError, UsageError) as error:
             raise AppError(str(error).replace(str(file), file.name)) from None
         records.append(record)
         if not record.targets:

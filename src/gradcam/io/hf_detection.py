@@ -44,6 +44,7 @@ class HfDetector:
     sigmoid: bool = False
     conf: float = 0.5
     max_boxes: int = 10
+    only: tuple[int, ...] = ()  # keep only these classes' boxes (empty: every class)
 
     def probabilities(self, output: Any) -> torch.Tensor:
         """(B, Q, classes): each query's class probabilities ("no object" dropped for softmax heads)."""
@@ -55,12 +56,16 @@ class HfDetector:
         boxes = (output["pred_boxes"] if isinstance(output, dict) else output.pred_boxes).detach().float()
         height, width = size
         found = []
+        left_out = torch.full((probabilities.shape[-1],), bool(self.only), device=probabilities.device)
+        left_out[list(self.only)] = False  # with ``only``, every other class; without it, none
         for probs, relative in zip(probabilities, boxes, strict=True):
             if self.sigmoid:
+                probs = probs.masked_fill(left_out, -1.0)
                 values, flat = probs.flatten().topk(min(self.max_boxes, probs.numel()))
                 queries, labels = flat // probs.shape[1], flat % probs.shape[1]
             else:
-                best, classes = probs.max(-1)
+                best, classes = probs.max(-1)  # each query's best class, kept only if it is one asked for
+                best = best.masked_fill(left_out[classes], -1.0)
                 values, queries = best.topk(min(self.max_boxes, len(best)))
                 labels = classes[queries]
             kept = []

@@ -43,6 +43,7 @@ class YoloDetector:
     conf: float = 0.25
     iou: float = 0.45
     max_boxes: int = 10
+    only: tuple[int, ...] = ()  # keep only these classes' boxes (empty: every class)
     head: Any = field(default=None, compare=False, repr=False)  # bound by prepare(): the model's Detect head
     radii: tuple[int, ...] = ()  # each scale's class branch: how far an anchor's score reads around it
 
@@ -51,8 +52,9 @@ class YoloDetector:
 
         predictions = _predictions(output)
         kept, anchors = non_max_suppression(
-            predictions, self.conf, self.iou, nc=self.classes, max_det=self.max_boxes, return_idxs=True
-        )
+            predictions, self.conf, self.iou, classes=list(self.only) or None, nc=self.classes,
+            max_det=self.max_boxes, return_idxs=True,
+        )  # fmt: skip
         prototypes = _prototypes(output)
         found = []
         for image, (boxes, index) in enumerate(zip(kept, anchors, strict=True)):

@@ -26,7 +26,7 @@ from ..io.models import LoadedModel
 from ..render.detections import box_picture, boxes_picture
 from ..segmentation import SegmentationDetector
 from .naming import label_of, target_stem
-from .options import RunOptions
+from .options import RunOptions, UsageError, parse_target
 from .records import PhotoRecord, TargetRecord
 from .writer import save_npy_atomic, save_picture
 
@@ -40,11 +40,12 @@ def explain_detections(
     photo = read_image(path, max_megapixels=options.max_megapixels, name=str(path))
     parameter = next(bundle.model.parameters())
     pixels, box = bundle.extra["frame"](photo)  # the detector's own resizing (a letterbox for YOLO)
-    detector = replace(bundle.extra["detector"], conf=options.detection.conf, max_boxes=options.detection.max_boxes)
-    layer = bundle.layer_for(options.layer)
     net, labels = bundle.model, bundle.labels
     if "queries" in bundle.extra:  # an open-vocabulary detector: the text queries are its classes
         net, labels = bundle.extra["queries"](options.prompts), list(options.prompts)
+    detector = replace(bundle.extra["detector"], conf=options.detection.conf, max_boxes=options.detection.max_boxes,
+                       only=detection_classes(options.target, labels))  # fmt: skip
+    layer = bundle.layer_for(options.layer)
     found = explain_boxes(net, pixels[None].to(parameter.device, parameter.dtype), detector,
                           options.cam_method(), layer, eigen_smooth=options.eigen_smooth,
                           counterfactual=options.counterfactual)  # fmt: skip
@@ -86,6 +87,17 @@ def explain_detections(
     layer_name = layer if isinstance(layer, str) else None
     return PhotoRecord(path=str(path), status="ok", method=options.method, layer=layer_name,
                        size=(photo.width, photo.height), targets=tuple(targets), kind="detection")  # fmt: skip
+
+
+def detection_classes(target: str | None, labels: Sequence[str] | None) -> tuple[int, ...]:
+    """``--target`` for a detector: the classes whose boxes (a segmentation model's regions) to keep, by name or
+    index, comma-separated; () keeps every class. ``top3`` and ``all`` mean nothing here: a UsageError."""
+    if target is None or not target.strip():
+        return ()
+    chosen = parse_target(target, labels, len(labels) if labels is not None else None)
+    if not isinstance(chosen, list):
+        raise UsageError(f"--target {target}: a detector keeps its own boxes; name the classes to keep (person,car)")
+    return tuple(chosen)
 
 
 def _regions_on_photo(detections: Sequence[Detection], box: Any, size: tuple[int, int]) -> list[torch.Tensor] | None:

@@ -49,7 +49,7 @@ _ARRAY_TAKES = frozenset({
 })  # fmt: skip
 _DETECTION_TAKES = frozenset({
     "layer", "alpha", "colormap", "max_megapixels", "counterfactual", "eigen_smooth", "perturbation_batch",
-    "method_options", "top_channels", "prompts", *_DETECTION_ONLY,  # prompts: an OWL-ViT's text queries
+    "method_options", "top_channels", "prompts", "target", *_DETECTION_ONLY,  # prompts: OWL's text queries
 })  # fmt: skip
 
 

@@ -298,6 +298,10 @@ def check_targets(bundle: LoadedModel, kind: InputKind, options: RunOptions) -> 
         from ...pipeline.video import video_target
 
         video_target(options, bundle.labels)
+    elif kind.name == "detection":  # the classes whose boxes are kept
+        from ...pipeline.detect import detection_classes
+
+        detection_classes(options.target, list(options.prompts) if bundle.extra.get("queries") else bundle.labels)
     elif options.target != "all":
         parse_target(options.target, bundle.labels, len(bundle.labels) if bundle.labels is not None else None)
     if options.layer is not None and kind.batched:
