@@ -348,3 +348,15 @@ def test_only_the_named_classes_regions_are_explained():
         output = net(_scene((8, 8), (40, 36)))
     assert sorted(d.label for d in SegmentationDetector(conf=0.0).detect(output, (64, 64))[0]) == [0, 1, 2]
     assert [d.label for d in SegmentationDetector(conf=0.0, only=(2,)).detect(output, (64, 64))[0]] == [2]
+
+
+def test_the_default_model_s_kind_is_decided_without_importing_torchvision():
+    """Asking whether a plain name is one of torchvision's segmentation models imported torchvision (1.5 s) on
+    every run of the embedded model, which never needs it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from gradcam.pipeline.kinds import PHOTO, for_model; "
+            "for_model(PHOTO, 'efficientnet_lite0'); print('torchvision' in sys.modules)")  # fmt: skip
+    seen = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert seen.strip() == "False"

@@ -30,7 +30,7 @@ from typing import Any
 from ..io.arrays import array_dimensions
 from ..io.image_arrays import IMAGE_ARRAY_SUFFIXES, is_high_precision_tiff
 from ..io.images import IMAGE_SUFFIXES, FoundImages, find_images
-from ..io.models import LoadedModel, Preprocessing
+from ..io.models import DEFAULT_MODEL, LoadedModel, Preprocessing
 from ..io.video import VIDEO_SUFFIXES
 from .options import EVERY_KIND_TAKES, OPTION_FLAGS, RunOptions, UsageError, given_options, saved_outputs
 
@@ -125,6 +125,8 @@ def _known_detector(model: str) -> bool:
     settled once the model is loaded (:func:`after_loading`)."""
     from ..io.hf_detection import is_detection_folder
 
+    if model == DEFAULT_MODEL:  # embedded, a classifier: no torchvision import (1.5 s) on its way to a run
+        return False
     if "." not in model and ":" not in model:  # a torchvision name: its segmentation models paint classes
         from ..io.tv_segmentation import segmentation_models
 
