@@ -136,10 +136,7 @@ def detection_extra(config: Any, processor: dict) -> dict[str, Any]:
     (the processor's shorter/longer side and normalisation, DETR's 800/1333 and ImageNet's by default; a
     ``size`` of height and width is a resize to exactly that, as RT-DETR's processor does)."""
     size = processor.get("size") or {}
-    mean = tuple(processor.get("image_mean") or (0.485, 0.456, 0.406))
-    std = tuple(processor.get("image_std") or (0.229, 0.224, 0.225))
-    if not processor.get("do_normalize", True):
-        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    mean, std = normalisation(processor)
     detector = HfDetector(sigmoid=getattr(config, "model_type", "") in SIGMOID_HEADS)
     frame: Callable
     if size.get("height") and size.get("width") and not size.get("shortest_edge"):  # RT-DETR: 640 x 640, squashed
@@ -149,6 +146,14 @@ def detection_extra(config: Any, processor: dict) -> dict[str, Any]:
         longest = int(size.get("longest_edge") or max(shortest, 1333))
         frame = partial(shorter_side, shortest=shortest, longest=longest, mean=mean, std=std)
     return {"detector": detector, "frame": frame, "task": "detect"}
+
+
+def normalisation(processor: dict) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The processor's mean and std (ImageNet's when it names none; 0 and 1 when it does not normalise)."""
+    if not processor.get("do_normalize", True):
+        return (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    mean = tuple(processor.get("image_mean") or (0.485, 0.456, 0.406))
+    return mean, tuple(processor.get("image_std") or (0.229, 0.224, 0.225))
 
 
 def processor_dict(spec: str, where: dict) -> dict:
@@ -178,10 +183,7 @@ def segmentation_extra(processor: dict, fallback: int) -> dict[str, Any]:
     size = processor.get("size") or {}
     if isinstance(size, int):
         size = {"height": size, "width": size}
-    mean = tuple(processor.get("image_mean") or (0.485, 0.456, 0.406))
-    std = tuple(processor.get("image_std") or (0.229, 0.224, 0.225))
-    if not processor.get("do_normalize", True):
-        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    mean, std = normalisation(processor)
     if size.get("shortest_edge") and not size.get("height"):
         shortest = int(size["shortest_edge"])
         frame: Callable = partial(shorter_side, shortest=shortest, longest=4 * shortest, mean=mean, std=std)

@@ -84,9 +84,7 @@ def shorter_side(
     scale = min(shortest / min(height, width), longest / max(height, width))
     inner = (max(1, round(height * scale)), max(1, round(width * scale)))
     resized = photo.convert("RGB").resize((inner[1], inner[0]), Image.Resampling.BILINEAR)
-    pixels = image_tensor(resized).float() / 255.0
-    pixels = (pixels - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
-    return pixels, Letterbox((height, width), scale, inner, (0, 0), inner)
+    return _normalised(resized, mean, std), Letterbox((height, width), scale, inner, (0, 0), inner)
 
 
 def squashed(
@@ -96,9 +94,8 @@ def squashed(
     ``mean``/``std``: as SegFormer's and BEiT's Hugging Face processors feed a segmentation model."""
     width, height = photo.size
     resized = photo.convert("RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR)
-    pixels = image_tensor(resized).float() / 255.0
-    pixels = (pixels - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
-    return pixels, Letterbox((height, width), size[0] / height, size, (0, 0), size, scale_x=size[1] / width)
+    frame = Letterbox((height, width), size[0] / height, size, (0, 0), size, scale_x=size[1] / width)
+    return _normalised(resized, mean, std), frame
 
 
 def padded_square(
@@ -112,6 +109,10 @@ def padded_square(
     inner = (max(1, round(height * scale)), max(1, round(width * scale)))
     canvas = Image.new("RGB", (side, side), (0, 0, 0))
     canvas.paste(photo.convert("RGB").resize((inner[1], inner[0]), Image.Resampling.BILINEAR), (0, 0))
-    pixels = image_tensor(canvas).float() / 255.0
-    pixels = (pixels - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
-    return pixels, Letterbox((height, width), scale, inner, (0, 0), (side, side))
+    return _normalised(canvas, mean, std), Letterbox((height, width), scale, inner, (0, 0), (side, side))
+
+
+def _normalised(picture: Image.Image, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """(3, H, W) float: the RGB picture scaled to [0, 1], then normalised by ``mean``/``std``."""
+    pixels = image_tensor(picture).float() / 255.0
+    return (pixels - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
