@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from by_hand import leaf_gradcam, token_gradcam
 from gradcam.apps.cli import main
 from gradcam.detection import explain_boxes
 from gradcam.io.hf_detection import HfDetector
-from gradcam.result import normalise
 from manifest_check import validate
 
 transformers = pytest.importorskip("transformers")
@@ -72,19 +72,13 @@ def test_detr_boxes_equal_gradcam_by_hand_and_its_own_post_processing(detr_folde
         assert detection.box == pytest.approx(tuple(box), abs=1e-3)
         assert detection.confidence == pytest.approx(float(best.values[detection.anchor]), rel=1e-5)
     # each map: Grad-CAM by hand with a plain hook at the query's class probability
-    layer = bundle.model.get_submodule("model.input_projection")
     for k, detection in enumerate(found.detections):
-        captured: dict = {}
-        handle = layer.register_forward_hook(lambda m, i, o, captured=captured: captured.setdefault("a", o))
-        try:
-            out = bundle.model(pixel_values=x[None])
-        finally:
-            handle.remove()
-        score = out.logits.softmax(-1)[0, detection.anchor, detection.label]
-        (grad,) = torch.autograd.grad(score, captured["a"])
-        raw = F.relu((grad.mean(dim=(2, 3), keepdim=True) * captured["a"]).sum(1, keepdim=True))
-        expected = normalise(F.interpolate(raw, size=x.shape[1:], mode="bilinear", align_corners=False)[0, 0])
-        torch.testing.assert_close(found.maps[k], expected.detach(), atol=1e-4, rtol=1e-4)
+
+        def score(d=detection):
+            return bundle.model(pixel_values=x[None]).logits.softmax(-1)[0, d.anchor, d.label]
+
+        expected = leaf_gradcam(bundle.model, ["model.input_projection"], score, tuple(x.shape[1:]))
+        torch.testing.assert_close(found.maps[k], expected, atol=1e-4, rtol=1e-4)
 
 
 def test_the_cli_explains_a_detr_folder_box_by_box(detr_folder, photo, tmp_path):
@@ -134,30 +128,6 @@ def rtdetr_folder(tmp_path_factory):
     return folder
 
 
-def _leaf_gradcam(net, x, layer_names, score_of):
-    """Grad-CAM of ``score_of(output)`` with plain hooks, each layer's output a leaf of its own, raw maps summed."""
-    captured = {}
-
-    def leaf(module, inputs, output, name):
-        captured[name] = output.detach().requires_grad_()
-        return captured[name]
-
-    handles = [net.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: leaf(m, i, o, n)) for n in layer_names]
-    try:
-        with torch.enable_grad():
-            score = score_of(net(pixel_values=x))
-            grads = torch.autograd.grad(score, [captured[n] for n in layer_names], allow_unused=True)
-    finally:
-        for handle in handles:
-            handle.remove()
-    total = 0
-    for name, grad in zip(layer_names, grads, strict=True):
-        if grad is not None:
-            raw = F.relu((grad.mean(dim=(2, 3), keepdim=True) * captured[name]).sum(1, keepdim=True))
-            total = total + F.interpolate(raw, size=x.shape[2:], mode="bilinear", align_corners=False)
-    return normalise(total[0, 0].detach())
-
-
 def test_rt_detr_from_a_config_boxes_equal_its_post_processing_and_gradcam_by_hand(rtdetr_folder, photo):
     """#29 item 7: RT-DETR (a sigmoid head reading three scales) built from a config: the photo squashed to the
     processor's height and width (it was resized by its shorter side, and the model failed on the odd size), the
@@ -183,7 +153,9 @@ def test_rt_detr_from_a_config_boxes_equal_its_post_processing_and_gradcam_by_ha
     for detection, box in zip(found.detections, theirs["boxes"][order].tolist(), strict=True):
         assert detection.box == pytest.approx(tuple(box), abs=1e-3)
     for k, d in enumerate(found.detections):
-        expected = _leaf_gradcam(bundle.model, x[None], layers, lambda o, d=d: o.logits[0, d.anchor, d.label].sigmoid())
+        expected = leaf_gradcam(bundle.model, layers,
+                                lambda d=d: bundle.model(pixel_values=x[None]).logits[0, d.anchor, d.label].sigmoid(),
+                                tuple(x.shape[1:]))  # fmt: skip
         torch.testing.assert_close(found.maps[k], expected, atol=1e-4, rtol=1e-4)
 
 
@@ -216,11 +188,8 @@ def test_yolos_boxes_equal_gradcam_by_hand_on_its_patch_tokens_only(photo):
     for k, d in enumerate(found.detections):
         score = output.logits.softmax(-1)[0, d.anchor, d.label]
         (grad,) = torch.autograd.grad(score, tokens, retain_graph=True)
-        patches = tokens[:, 1:55].reshape(1, 6, 9, 32).permute(0, 3, 1, 2)
-        weights = grad[:, 1:55].reshape(1, 6, 9, 32).permute(0, 3, 1, 2).mean(dim=(2, 3), keepdim=True)
-        raw = F.relu((weights * patches).sum(1, keepdim=True))
-        expected = normalise(F.interpolate(raw, size=(96, 144), mode="bilinear", align_corners=False)[0, 0])
-        torch.testing.assert_close(found.maps[k], expected.detach(), atol=1e-4, rtol=1e-4)
+        expected = token_gradcam(tokens, grad, (6, 9), (96, 144))  # the 10 detection tokens after the grid left out
+        torch.testing.assert_close(found.maps[k], expected, atol=1e-4, rtol=1e-4)
 
 
 def owl_folder(folder, kind="owlvit"):
@@ -254,6 +223,21 @@ def owlvit_folder(tmp_path_factory):
     return owl_folder(tmp_path_factory.mktemp("owlvit"))
 
 
+def _owl_box_by_hand(bundle, net, x, detection):
+    """A box's probability and its Grad-CAM by hand: one plain hook on the image tower's last block's first norm,
+    whose tokens are a class token, then 4 x 4 patches."""
+    captured: dict = {}
+    layer = bundle.model.get_submodule(bundle.default_layer)
+    handle = layer.register_forward_hook(lambda m, i, o: captured.setdefault("a", o))
+    try:
+        output = bundle.model(input_ids=net.input_ids, pixel_values=x[None], attention_mask=net.attention_mask)
+    finally:
+        handle.remove()
+    score = output.logits[0, detection.anchor, detection.label].sigmoid()
+    (grad,) = torch.autograd.grad(score, captured["a"])
+    return float(score), token_gradcam(captured["a"], grad, (4, 4), tuple(x.shape[1:]))
+
+
 def test_owl_vit_text_queries_are_its_classes_and_each_box_is_gradcam_by_hand(owlvit_folder, photo):
     """#29 item 7: OWL-ViT from a config with text queries: the queries are the classes, the boxes the top
     (patch, query) pairs of its sigmoid head, each box's map Grad-CAM by hand at its patch's probability for its
@@ -269,22 +253,10 @@ def test_owl_vit_text_queries_are_its_classes_and_each_box_is_gradcam_by_hand(ow
     assert x.shape == (3, 64, 64)
     found = explain_boxes(net, x[None], HfDetector(sigmoid=True, conf=0.0, max_boxes=3), layer=bundle.default_layer)
     assert len(found.detections) == 3 and {d.label for d in found.detections} <= {0, 1}
-    layer = bundle.model.get_submodule(bundle.default_layer)
     for k, d in enumerate(found.detections):
-        captured: dict = {}
-        handle = layer.register_forward_hook(lambda m, i, o, captured=captured: captured.setdefault("a", o))
-        try:
-            output = bundle.model(input_ids=net.input_ids, pixel_values=x[None], attention_mask=net.attention_mask)
-        finally:
-            handle.remove()
-        assert float(output.logits[0, d.anchor, d.label].sigmoid()) == pytest.approx(d.confidence, rel=1e-5)
-        tokens = captured["a"]  # a class token, then 4 x 4 patches
-        (grad,) = torch.autograd.grad(output.logits[0, d.anchor, d.label].sigmoid(), tokens)
-        patches = tokens[:, 1:].reshape(1, 4, 4, 32).permute(0, 3, 1, 2)
-        weights = grad[:, 1:].reshape(1, 4, 4, 32).permute(0, 3, 1, 2).mean(dim=(2, 3), keepdim=True)
-        raw = F.relu((weights * patches).sum(1, keepdim=True))
-        expected = normalise(F.interpolate(raw, size=(64, 64), mode="bilinear", align_corners=False)[0, 0])
-        torch.testing.assert_close(found.maps[k], expected.detach(), atol=1e-4, rtol=1e-4)
+        score, expected = _owl_box_by_hand(bundle, net, x, d)
+        assert score == pytest.approx(d.confidence, rel=1e-5)
+        torch.testing.assert_close(found.maps[k], expected, atol=1e-4, rtol=1e-4)
 
 
 def test_the_cli_explains_an_owl_vit_folder_for_its_prompts(owlvit_folder, photo, tmp_path, capsys):
@@ -320,21 +292,9 @@ def test_owlv2_pads_the_photo_to_a_square_and_its_boxes_are_gradcam_by_hand(tmp_
     assert frame.box_to_photo((0, 0, 64, 32)) == pytest.approx((0, 0, 60, 30))
     net = bundle.extra["queries"](["a cat"])
     found = explain_boxes(net, x[None], HfDetector(sigmoid=True, conf=0.0, max_boxes=2), layer=bundle.default_layer)
-    layer = bundle.model.get_submodule(bundle.default_layer)
     for k, d in enumerate(found.detections):
-        captured: dict = {}
-        handle = layer.register_forward_hook(lambda m, i, o, captured=captured: captured.setdefault("a", o))
-        try:
-            output = bundle.model(input_ids=net.input_ids, pixel_values=x[None], attention_mask=net.attention_mask)
-        finally:
-            handle.remove()
-        score = output.logits[0, d.anchor, d.label].sigmoid()
-        (grad,) = torch.autograd.grad(score, captured["a"])
-        patches = captured["a"][:, 1:].reshape(1, 4, 4, 32).permute(0, 3, 1, 2)
-        weights = grad[:, 1:].reshape(1, 4, 4, 32).permute(0, 3, 1, 2).mean(dim=(2, 3), keepdim=True)
-        raw = F.relu((weights * patches).sum(1, keepdim=True))
-        expected = normalise(F.interpolate(raw, size=(64, 64), mode="bilinear", align_corners=False)[0, 0])
-        torch.testing.assert_close(found.maps[k], expected.detach(), atol=1e-4, rtol=1e-4)
+        _, expected = _owl_box_by_hand(bundle, net, x, d)
+        torch.testing.assert_close(found.maps[k], expected, atol=1e-4, rtol=1e-4)
 
 
 def test_the_web_app_looks_for_an_owl_vit_s_text_queries(owlvit_folder, photo, tmp_path, monkeypatch):

@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from by_hand import leaf_gradcam
 from gradcam.apps.cli import main
 from gradcam.detection import explain_boxes
 from gradcam.io.letterbox import squashed
-from gradcam.result import normalise
 from gradcam.segmentation import SegmentationDetector
 from gradcam.targets import SegmentationScore
 from manifest_check import validate
@@ -50,17 +50,12 @@ def photo():
 
 def _seg_gradcam_by_hand(net, x, layer, label):
     """Grad-CAM of class ``label``'s logits summed over the pixels the model paints with it, one plain hook."""
-    captured = {}
-    handle = net.get_submodule(layer).register_forward_hook(lambda m, i, o: captured.setdefault("a", o))
-    try:
-        with torch.enable_grad():
-            logits = net(x).logits
-            painted = (logits.argmax(1) == label).float()
-            (grad,) = torch.autograd.grad((logits[:, label] * painted).sum(), captured["a"])
-    finally:
-        handle.remove()
-    raw = F.relu((grad.mean(dim=(2, 3), keepdim=True) * captured["a"]).sum(1, keepdim=True))
-    return normalise(F.interpolate(raw, size=x.shape[2:], mode="bilinear", align_corners=False)[0, 0].detach())
+
+    def region_score():
+        logits = net(x).logits
+        return (logits[:, label] * (logits.argmax(1) == label).float()).sum()
+
+    return leaf_gradcam(net, [layer], region_score, tuple(x.shape[2:]))
 
 
 def test_each_class_map_is_seg_gradcam_by_hand_over_its_painted_region(segformer_folder, photo):

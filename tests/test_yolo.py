@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from by_hand import leaf_gradcam
 from gradcam.apps.cli import main
 from gradcam.detection import explain_boxes
 from gradcam.io.letterbox import letterbox
 from gradcam.io.yolo import YoloDetector
-from gradcam.result import normalise
 from manifest_check import validate
 
 pytest.importorskip("ultralytics")
@@ -43,31 +43,7 @@ def photo():
 def _by_hand(net, x, layer_names, row, anchor):
     """Grad-CAM of ``output[0][:, row, anchor]`` with plain forward hooks, each layer's raw map summed; every
     layer's output handed on as a leaf of its own, so a box's gradient stops at the first one it meets."""
-    captured = {}
-
-    def leaf(module, inputs, output, name):
-        captured[name] = output.detach().requires_grad_()
-        return captured[name]
-
-    handles = [
-        net.get_submodule(name).register_forward_hook(lambda m, i, o, name=name: leaf(m, i, o, name))
-        for name in layer_names
-    ]
-    try:
-        with torch.enable_grad():
-            score = net(x)[0][0, row, anchor]
-            grads = torch.autograd.grad(score, [captured[n] for n in layer_names], allow_unused=True)
-    finally:
-        for handle in handles:
-            handle.remove()
-    total = 0
-    for name, grad in zip(layer_names, grads, strict=True):
-        if grad is None:  # another scale's box: nothing of this score passes this map
-            continue
-        weights = grad.mean(dim=(2, 3), keepdim=True)
-        raw = F.relu((weights * captured[name]).sum(1, keepdim=True))
-        total = total + F.interpolate(raw, size=x.shape[2:], mode="bilinear", align_corners=False)
-    return normalise(total[0, 0].detach())
+    return leaf_gradcam(net, layer_names, lambda: net(x)[0][0, row, anchor], tuple(x.shape[2:]))
 
 
 @pytest.mark.filterwarnings("ignore:.*zero")  # model.21 alone: the P3 and P4 boxes have no gradient there
@@ -381,16 +357,7 @@ def test_a_segment_model_gets_its_boxes_explained_the_same_way(photo):
 
 def _gradcam_by_hand_on_logits(net, x, layer, label):
     """Grad-CAM of logit ``label`` at ``layer`` with one plain forward hook (no gradcam code)."""
-    captured = {}
-    handle = net.get_submodule(layer).register_forward_hook(lambda m, i, o: captured.setdefault("a", o))
-    try:
-        with torch.enable_grad():
-            probabilities, logits = net(x)
-            (grad,) = torch.autograd.grad(logits[0, label], captured["a"])
-    finally:
-        handle.remove()
-    raw = F.relu((grad.mean(dim=(2, 3), keepdim=True) * captured["a"]).sum(1, keepdim=True))
-    return normalise(F.interpolate(raw, size=x.shape[2:], mode="bilinear", align_corners=False)[0, 0].detach())
+    return leaf_gradcam(net, [layer], lambda: net(x)[1][0, label], tuple(x.shape[2:]))
 
 
 def test_a_classify_model_is_explained_on_its_logits_like_any_classifier(photo):
