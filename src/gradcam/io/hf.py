@@ -137,14 +137,10 @@ def _detection_bundle(spec: str, model: nn.Module, config: Any, where: dict, sou
     from .hf_detection import detection_extra, processor_dict
 
     extra = detection_extra(config, processor_dict(spec, where))
-    frame = extra["frame"].keywords
-    size = frame.get("size") or (frame["shortest"], frame["shortest"])
     return LoadedModel(
         name=f"hf:{spec}",
         model=model,
-        preprocessing=bounded(
-            Preprocessing(max(size), size, frame["mean"], frame["std"], squash="size" in frame), spec
-        ),
+        preprocessing=_frame_preprocessing(extra, spec),
         labels=_id2label(config),
         default_layer=extra["detector"].default_layer(model),
         source=source,
