@@ -444,6 +444,8 @@ def test_a_segment_models_instances_carry_their_masks_as_ultralytics_makes_them(
     boxes = torch.tensor([d.box for d in found])
     theirs = process_mask(prototypes[0], coefficients, boxes, tuple(x.shape[1:]), upsample=False) > 0
     assert torch.equal(torch.stack([d.region for d in found]), theirs)
+    unsized = detector.detect(output)[0]  # without the input's size (it read the raw output's shape as one)
+    assert torch.equal(torch.stack([d.region for d in unsized]), theirs)
     photo.save(tmp_path / "a.png")
     code = main(["explain", str(tmp_path / "a.png"), "--model", "yolo:yolov8n-seg.yaml", "--conf", "0",
                  "--max-boxes", "2", "--out", str(tmp_path / "o")])  # fmt: skip

@@ -56,6 +56,8 @@ class YoloDetector:
             max_det=self.max_boxes, return_idxs=True,
         )  # fmt: skip
         prototypes = _prototypes(output)
+        if prototypes is not None and size is None:  # Ultralytics' prototypes lie at a quarter of the input's size
+            size = (4 * prototypes.shape[-2], 4 * prototypes.shape[-1])
         found = []
         for image, (boxes, index) in enumerate(zip(kept, anchors, strict=True)):
             detections = []
@@ -66,7 +68,7 @@ class YoloDetector:
                 region = None
                 if prototypes is not None:
                     coefficients = predictions[image, 4 + self.classes :, anchor]
-                    region = instance_mask(coefficients, prototypes[image], box, size or predictions.shape[-2:])
+                    region = instance_mask(coefficients, prototypes[image], box, size)
                 detections.append(Detection(box, int(label), float(confidence), int(anchor), region=region))
             found.append(detections)
         return found
