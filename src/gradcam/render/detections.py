@@ -56,10 +56,13 @@ def boxes_picture(
     photo elsewhere, and every box with its caption; ``regions`` (K masks (H, W)) are outlined, and with
     ``fill_regions`` (a segmentation model's classes) each map is drawn within its own region, without boxes."""
     height, width = heats.shape[1:]
+    filled = regions if regions is not None and fill_regions else None
     combined, weight = torch.zeros(height, width), torch.zeros(height, width)
     for k, (heat, box) in enumerate(zip(heats, boxes, strict=True)):
-        if regions is not None and fill_regions:
-            inside = regions[k].float()
+        if not bool(heat.any()):  # an empty map is not drawn (its caption says so): the photo shows there
+            continue
+        if filled is not None:
+            inside = filled[k].float()
         else:
             x1, y1, x2, y2 = box
             grow_x, grow_y = AROUND * (x2 - x1), AROUND * (y2 - y1)
@@ -67,8 +70,6 @@ def boxes_picture(
             right, bottom = min(width, int(np.ceil(x2 + grow_x))), min(height, int(np.ceil(y2 + grow_y)))
             inside = torch.zeros(height, width)
             inside[top:bottom, left:right] = 1
-        if not bool(heat.any()):  # an empty map is not drawn (its caption says so): the photo shows there
-            continue
         combined = torch.maximum(combined, heat.float() * inside)
         weight = torch.maximum(weight, inside)
     picture = _blend(photo, combined, weight, alpha)
@@ -77,7 +78,7 @@ def boxes_picture(
         colour = BOX_COLOURS[index % len(BOX_COLOURS)]
         if regions is not None:
             _draw_outline(picture, regions[index], colour)
-        _draw_box(picture, box, caption, colour, frame=not (regions is not None and fill_regions), taken=taken)
+        _draw_box(picture, box, caption, colour, frame=filled is None, taken=taken)
     return picture
 
 
