@@ -187,6 +187,51 @@ def test_sigterm_stops_like_ctrl_c_and_resume_finishes(tmp_path, replicas):
     assert json.loads((out / "results.json").read_text())["summary"] == {"images": 40, "ok": 40, "failed": 0}
 
 
+_ABANDONED_SHARE = """
+import os, socket, sys, time
+from multiprocessing import resource_sharer
+if sys.argv[1] == "worker":
+    from gradcam.pipeline.replicas import decoding_worker
+    decoding_worker(0)
+reader, _ = os.pipe()
+resource_sharer.DupFd(reader)  # a tensor's storage being handed to the main process
+peer = socket.socket(socket.AF_UNIX)
+peer.connect(resource_sharer._resource_sharer._address)
+peer.close()  # the main process stopped by SIGTERM while fetching it
+time.sleep(0.5)
+"""
+
+
+def test_a_decoding_worker_stays_quiet_when_the_stopped_run_abandons_a_batch():
+    """CI, session 13: SIGTERM during a run printed a worker's BrokenPipeError traceback (its resource
+    sharer found the main process gone) under the one-line "interrupted" message."""
+    import subprocess
+    import sys
+
+    def stderr(role: str) -> str:
+        return subprocess.run([sys.executable, "-c", _ABANDONED_SHARE, role], capture_output=True, text=True,
+                              timeout=60, check=True).stderr  # fmt: skip
+
+    assert "BrokenPipeError" in stderr("plain")  # what a worker printed before
+    assert stderr("worker") == ""
+
+
+def test_a_decoding_worker_passes_every_other_error_on(monkeypatch):
+    from gradcam.pipeline.replicas import decoding_worker
+
+    seen = []
+    monkeypatch.setattr("sys.excepthook", lambda kind, error, trace: seen.append(kind))
+    decoding_worker(0)
+    import sys
+
+    try:
+        raise BrokenPipeError("a pipe of the user's own")
+    except BrokenPipeError as error:
+        sys.excepthook(BrokenPipeError, error, error.__traceback__)
+    sys.excepthook(ValueError, ValueError("x"), None)
+    assert seen == [BrokenPipeError, ValueError]
+
+
 def test_sigkill_before_the_first_manifest_then_resume_redoes_and_cleans(tmp_path):
     """#26 item 8: killed before its first manifest, a run left outputs that --resume then reported as
     failures ("exists; pass --overwrite") while its .tmp files survived. The manifest is now written before

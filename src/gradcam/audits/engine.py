@@ -25,6 +25,7 @@ from ..io.images import DEFAULT_MAX_MEGAPIXELS
 from ..io.models import LoadedModel, Preprocessing
 from ..methods import get_method
 from ..pipeline.decode import DecodedPhoto, decode
+from ..pipeline.replicas import decoding_worker
 from ..targets import select_logits
 from .measure import GRID, box_mask, energy_shares, grid_maps
 
@@ -325,7 +326,7 @@ def run_local(
     specs = [explainer.bundle.preprocessing for explainer in explainers]
     loader = DataLoader(
         _AuditPhotos(items, specs, max_megapixels, explainers[0].frame), batch_size=batch_size, num_workers=workers,
-        collate_fn=_collate, persistent_workers=False,
+        collate_fn=_collate, persistent_workers=False, worker_init_fn=decoding_worker,
     )  # fmt: skip
     for batch in loader:
         positions = [index for index, _ in batch]

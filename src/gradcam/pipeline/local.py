@@ -46,6 +46,7 @@ from .replicas import (  # noqa: F401 (WRITER_THREADS, MAX_WRITER_THREADS: this 
     MAX_WRITER_THREADS,
     WRITER_THREADS,
     batch_ranges,
+    decoding_worker,
     explain_side_by_side,
     lower_priority,
     replica_count,
@@ -233,7 +234,7 @@ class Runner:
             num_workers=workers,
             collate_fn=collate,
             prefetch_factor=2 if workers > 0 else None,
-            worker_init_fn=lower_priority,
+            worker_init_fn=decoding_worker,
         )
         for items in loader:
             written_before = len(self.in_flight)

@@ -18,8 +18,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import sys
 import threading
+import traceback
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TypeVar
 
 import torch
@@ -155,6 +158,35 @@ def lower_priority(*_: object) -> None:
     inference)."""
     with contextlib.suppress(AttributeError, OSError):
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), SIDE_WORK_NICENESS)
+
+
+def decoding_worker(*_: object) -> None:
+    """What each decoding worker process (a DataLoader's ``worker_init_fn``) does first: lower its priority
+    (:func:`lower_priority`) and keep quiet when the main process abandons a tensor it was sending.
+
+    A worker hands each decoded batch's tensors over through ``multiprocessing``'s resource sharer; when
+    Ctrl-C or SIGTERM stops the main process while it is fetching one, the sharer's thread in the worker
+    finds the connection gone and printed a ``BrokenPipeError`` traceback under the run's own one-line
+    "interrupted" message. Only that error, from that thread, is silenced; every other goes to the hook
+    that was there before."""
+    lower_priority()
+    previous = sys.excepthook
+
+    def hook(kind: type[BaseException], error: BaseException, trace: object) -> None:
+        if not abandoned_sharing(kind, trace):
+            previous(kind, error, trace)  # type: ignore[arg-type]
+
+    sys.excepthook = hook
+
+
+def abandoned_sharing(kind: type[BaseException], trace: object) -> bool:
+    """Whether an uncaught error is the resource sharer finding its peer gone (a broken connection raised
+    inside ``multiprocessing/resource_sharer.py``)."""
+    if not issubclass(kind, (BrokenPipeError, ConnectionResetError, EOFError)) or trace is None:
+        return False
+    frames = traceback.extract_tb(trace)  # type: ignore[arg-type]
+    return any(Path(frame.filename).name == "resource_sharer.py" and "multiprocessing" in frame.filename
+               for frame in frames)  # fmt: skip
 
 
 def writer_threads(workers: int, replicas: int) -> int:
