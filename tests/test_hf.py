@@ -121,10 +121,12 @@ def test_placeholder_label_names_are_not_names(tmp_path):
 
 
 def test_offline_hub_id_fails_at_once_naming_it(unreachable_hub):
-    start = time.monotonic()
     with pytest.raises(ModelLoadError, match=r"hf:nobody/no-such-model .*--weights FILE"):
         load_model("hf:nobody/no-such-model")
-    assert time.monotonic() - start < 2
+    start = time.monotonic()  # again, with transformers imported: what is timed is the hub's answer alone
+    with pytest.raises(ModelLoadError):
+        load_model("hf:nobody/no-such-model")
+    assert time.monotonic() - start < 2  # no client retries
     with pytest.raises(ModelLoadError, match="no such folder"):
         load_model("hf:./not/a/folder")
 

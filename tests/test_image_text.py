@@ -161,10 +161,12 @@ def test_cli_prompts_on_an_open_clip_architecture(tmp_path, capsys):
 
 
 def test_offline_clip_weights_fail_at_once(unreachable_hub):
-    start = time.monotonic()
     with pytest.raises(ModelLoadError, match=r"clip:ViT-B-32@openai weights .*--weights FILE"):
         load_model("clip:ViT-B-32")
-    assert time.monotonic() - start < 2
+    start = time.monotonic()  # again, with open_clip imported: what is timed is the hub's answer alone
+    with pytest.raises(ModelLoadError):
+        load_model("clip:ViT-B-32")
+    assert time.monotonic() - start < 2  # no client retries
     with pytest.raises(ModelLoadError, match="did you mean"):
         load_model("clip:ViT-B-33")
 

@@ -387,12 +387,13 @@ class Pause(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         import time
 
-        time.sleep(0.05)
+        time.sleep(0.2)
         return x
 
 
 class Slow(torch.nn.Module):
-    """A served model whose head takes 50 ms a pass (scorecam runs the head once per chunk of channels)."""
+    """A served model whose head takes 200 ms a pass (scorecam runs the head once per chunk of channels: 64
+    channels one at a time take 12.8 s, far from the bounds the tests below hold on a loaded machine)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -421,7 +422,7 @@ def test_one_request_cannot_hold_the_server_past_its_budget(monkeypatch):
     start = time.monotonic()
     outputs = list(run.fn(str(EXAMPLES / "coffee.jpg"), name, ["scorecam"], "features", "", 0.5, "jet", "crop",
                           "batch_size=1"))[-1]  # fmt: skip
-    assert time.monotonic() - start < 5  # 64 channels one at a time would take over 3 s
+    assert time.monotonic() - start < 6  # 64 channels one at a time would take 12.8 s
     assert "ran past its 0.5 s budget" in outputs[4].replace("\\", "")
     fine = list(run.fn(str(EXAMPLES / "coffee.jpg"), name, ["gradcam"], "features", "", 0.5, "jet", "crop", ""))[-1]
     assert "1 method(s), one target" in fine[4]  # the next request has its own budget
@@ -441,12 +442,12 @@ def test_closing_the_page_stops_the_work(monkeypatch):
     run = next(fn for fn in app.fns.values() if getattr(fn, "name", "") == "run")
     updates = run.fn(str(EXAMPLES / "coffee.jpg"), name, ["scorecam"], "features", "", 0.5, "jet", "crop",
                      "batch_size=1")  # fmt: skip
-    next(updates)  # the work is under way (64 head passes of 50 ms each: over 3 s)
+    next(updates)  # the work is under way (64 head passes of 200 ms each: 12.8 s)
     (worker,) = [t for t in threading.enumerate() if t.name == "gradcam-web-request"]
     start = time.monotonic()
     updates.close()  # what Gradio does when the page is closed
-    worker.join(timeout=5)
-    assert not worker.is_alive() and time.monotonic() - start < 1.0
+    worker.join(timeout=10)
+    assert not worker.is_alive() and time.monotonic() - start < 3.0  # at its next forward pass
 
 
 def test_sigterm_removes_the_scratch_folder(tmp_path):
