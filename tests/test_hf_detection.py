@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -257,6 +258,22 @@ def test_owl_vit_text_queries_are_its_classes_and_each_box_is_gradcam_by_hand(ow
         score, expected = _owl_box_by_hand(bundle, net, x, d)
         assert score == pytest.approx(d.confidence, rel=1e-5)
         torch.testing.assert_close(found.maps[k], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_an_owl_processor_that_does_not_normalise_is_followed(tmp_path, photo):
+    """The OWL loader read the processor's mean and std itself and ignored ``do_normalize: false`` (every other
+    Hugging Face loader follows it); where the processor names none, CLIP's, as OWL's processors do."""
+    import gradcam
+
+    folder = owl_folder(tmp_path)
+    assert gradcam.load_model(f"hf:{folder}").preprocessing.mean == transformers.OwlViTImageProcessor().image_mean
+    (folder / "preprocessor_config.json").write_text(json.dumps({"size": {"height": 64, "width": 64},
+                                                                 "do_normalize": False}))  # fmt: skip
+    bundle = gradcam.load_model(f"hf:{folder}")
+    assert (bundle.preprocessing.mean, bundle.preprocessing.std) == ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    x, _ = bundle.extra["frame"](photo)
+    plain = torch.from_numpy(np.asarray(photo.convert("RGB").resize((64, 64), Image.BICUBIC))).permute(2, 0, 1) / 255
+    assert x.min() >= 0 and (x - plain).abs().mean() < 0.02  # the photo's own pixels, squashed, not normalised
 
 
 def test_the_cli_explains_an_owl_vit_folder_for_its_prompts(owlvit_folder, photo, tmp_path, capsys):

@@ -148,12 +148,17 @@ def detection_extra(config: Any, processor: dict) -> dict[str, Any]:
     return {"detector": detector, "frame": frame, "task": "detect"}
 
 
-def normalisation(processor: dict) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The processor's mean and std (ImageNet's when it names none; 0 and 1 when it does not normalise)."""
+IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def normalisation(
+    processor: dict, defaults: tuple[tuple[float, ...], tuple[float, ...]] = IMAGENET_MEAN_STD
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The processor's mean and std (``defaults`` where it names none, ImageNet's unless given; 0 and 1 when it
+    does not normalise)."""
     if not processor.get("do_normalize", True):
         return (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-    mean = tuple(processor.get("image_mean") or (0.485, 0.456, 0.406))
-    return mean, tuple(processor.get("image_std") or (0.229, 0.224, 0.225))
+    return tuple(processor.get("image_mean") or defaults[0]), tuple(processor.get("image_std") or defaults[1])
 
 
 def processor_dict(spec: str, where: dict) -> dict:

@@ -28,6 +28,7 @@ from .models import LoadedModel, ModelLoadError, Preprocessing
 
 OWL_TYPES = ("owlvit", "owlv2")
 MAX_QUERIES = 32
+CLIP_MEAN_STD = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))  # OWL processors' own
 
 
 class TextQueries(nn.Module):
@@ -66,7 +67,7 @@ def load_owl(spec: str, config: Any, where: dict, model: nn.Module, source: str,
     threshold it; the command line's ``--conf``, 0.25 unless given); photos are resized to the processor's
     square (768 for OWL-ViT B/32; OWLv2's 960, the photo padded to a square first)."""
     from .hf import _import_transformers, bounded
-    from .hf_detection import HfDetector
+    from .hf_detection import HfDetector, normalisation
 
     transformers = _import_transformers()
     try:
@@ -79,8 +80,7 @@ def load_owl(spec: str, config: Any, where: dict, model: nn.Module, source: str,
     size: dict[str, Any] = dict(processor.get("size") or {})
     side = int(size.get("height", 0) or size.get("shortest_edge", 0) or config.vision_config.image_size or 768)
     width = int(size.get("width") or side)
-    mean = tuple(processor.get("image_mean") or (0.48145466, 0.4578275, 0.40821073))
-    std = tuple(processor.get("image_std") or (0.26862954, 0.26130258, 0.27577711))
+    mean, std = normalisation(processor, CLIP_MEAN_STD)
     blocks = int(config.vision_config.num_hidden_layers)
     v2 = config.model_type == "owlv2"  # OWLv2 pads the photo to a square first, OWL-ViT squashes it
     frame = (
