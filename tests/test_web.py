@@ -18,6 +18,7 @@ from gradcam.apps.web import (  # noqa: E402
     PAGE_CSS,
     AppError,
     build_app,
+    cached_model,
     explain_photo,
     model_choices,
     photo_concepts_picture,
@@ -259,13 +260,14 @@ def test_any_class_is_drawn_from_the_kept_maps_without_running_the_model(tmp_pat
 
 
 def test_concepts_of_one_photo():
-    picture, caption = photo_concepts_picture(str(EXAMPLES / "coffee.jpg"), "efficientnet_lite0", 3, None)
+    coffee = str(EXAMPLES / "coffee.jpg")
+    picture, caption = photo_concepts_picture(coffee, "efficientnet_lite0", 3, None, load=cached_model)
     assert caption == "3 concepts of this photo at layer bn2 (Deep Feature Factorization)"
     assert picture.width == 600 and picture.height > 400  # the photo at its own size, the legend below
     with pytest.raises(AppError, match="Upload, paste or pick a photo first"):
-        photo_concepts_picture(None, "efficientnet_lite0", 3, None)
+        photo_concepts_picture(None, "efficientnet_lite0", 3, None, load=cached_model)
     with pytest.raises(AppError, match="between 1 and 8"):
-        photo_concepts_picture(str(EXAMPLES / "coffee.jpg"), "efficientnet_lite0", 20, None)
+        photo_concepts_picture(coffee, "efficientnet_lite0", 20, None, load=cached_model)
 
 
 def test_method_options_reach_the_methods(tmp_path):

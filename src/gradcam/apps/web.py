@@ -50,11 +50,22 @@ from ..render.report import untrained_warning
 from ..targets import TextPrompt
 from .web_any_class import AnyClass
 from .web_audit import audit_folders, audit_tab
+from .web_concepts import MAX_CONCEPTS, photo_concepts_picture
 from .web_detect import explain_detector_photo
 from .web_files import FRAMES_SHOWN, KIND_GUESSED, colour_scale_html, example_photos, explain_upload
-from .web_state import AppError, ModelShelf, ScratchSpace, as_text, failure, in_background, one_line, request_budget
+from .web_state import (
+    MAX_UPLOAD_MB,
+    AppError,
+    ModelShelf,
+    ScratchSpace,
+    as_text,
+    failure,
+    in_background,
+    one_line,
+    request_budget,
+    uploaded_photo,
+)
 
-MAX_UPLOAD_MB = 20
 MAX_TARGETS = 10  # per method; top1000 would write 2,000 files
 MAX_OVERLAYS = 30  # methods x targets in one request
 GRADIO_CACHE_SWEEP = (600, 3600)  # every 10 minutes, delete Gradio's cached files older than an hour
@@ -153,13 +164,9 @@ def explain_photo(
     method_options: str = "",
 ) -> PhotoResult:
     """Everything the page shows for one photo; every failure is an :class:`AppError` with a message."""
-    if not path:
-        raise AppError("Upload, paste or pick a photo first.")
+    file = uploaded_photo(path)
     if not methods:
         raise AppError("Choose at least one method.")
-    file = Path(path)
-    if file.stat().st_size > MAX_UPLOAD_MB * 1024 * 1024:
-        raise AppError(f"{file.name} is over {MAX_UPLOAD_MB} MB; use the command line for large files.")
     try:
         bundle = cached_model(model_name)
         if bundle.is_detector:  # one map per box, as the command line draws them
@@ -274,42 +281,6 @@ def explain_photo(
     return PhotoResult(overlays, grid, top5, files, records[0].layer or "", count, grid_label, every, tuple(failures))
 
 
-MAX_CONCEPTS = 8
-
-
-def photo_concepts_picture(
-    path: str | None, model_name: str, k: int, layer: str | None, frame: str = "crop"
-) -> tuple[Any, str]:
-    """Deep Feature Factorization of one photo: its picture (each place coloured by its strongest of ``k``
-    concepts, a legend of each concept's classes and share) and a one-line caption; errors are
-    :class:`AppError` messages."""
-    from ..dff import concepts
-    from ..render.concepts import photo_concepts
-
-    if not path:
-        raise AppError("Upload, paste or pick a photo first.")
-    if not 1 <= int(k) <= MAX_CONCEPTS:
-        raise AppError(f"Concepts: choose between 1 and {MAX_CONCEPTS}.")
-    file = Path(path)
-    if file.stat().st_size > MAX_UPLOAD_MB * 1024 * 1024:
-        raise AppError(f"{file.name} is over {MAX_UPLOAD_MB} MB; use the command line for large files.")
-    try:
-        bundle = cached_model(model_name)
-        photo = read_image(file, max_megapixels=DEFAULT_MAX_MEGAPIXELS)
-    except (ModelLoadError, ImageReadError) as error:
-        raise AppError(str(error).replace(str(file), file.name)) from None
-    if bundle.extra.get("image_text"):
-        raise AppError(f"{model_name} is an image-text model: concepts need a classifier's head to name them.")
-    pixels, geometry = preprocess(photo, framed(bundle.preprocessing, frame, photo.size))
-    x = pixels[None].to(next(bundle.model.parameters()).device)
-    try:
-        found = concepts(bundle.model, x, int(k), bundle.layer_for(layer, x), labels=bundle.labels)
-    except ValueError as error:
-        raise AppError(str(error).splitlines()[0]) from None
-    picture = photo_concepts(photo, found.maps[0], geometry, found.top_classes(2), found.shares()[0].tolist())
-    return picture, f"{int(k)} concepts of this photo at layer {found.layer} (Deep Feature Factorization)"
-
-
 def _keeps_every_class(bundle: LoadedModel, method: Any, targets: Any) -> bool:
     """Whether the first method's explanation also keeps every class's map (one forward pass for both):
     a classifier with class names and a method whose maps are one gradient per class (explain's own check)."""
@@ -393,7 +364,7 @@ def build_app(
     def on_concepts(path, model_name, k, layer, frame):
         try:
             with request_budget():
-                picture, caption = photo_concepts_picture(path, model_name, k, layer, frame)
+                picture, caption = photo_concepts_picture(path, model_name, k, layer, frame, load=cached_model)
         except Exception as error:  # noqa: BLE001
             return gr.update(value=None, label=f"Could not find concepts: {one_line(error)}")
         return gr.update(value=picture, label=caption)

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from ..io.models import DEFAULT_MODEL, LoadedModel, load_bundle
 
 SCRATCH_FOLDERS = 64  # requests whose files stay downloadable
+MAX_UPLOAD_MB = 20
 
 
 class AppError(ValueError):
@@ -188,3 +189,13 @@ def failure(error: BaseException) -> str:
     if not isinstance(error, (AppError, BudgetExceeded)):
         print(f"gradcam serve: a request failed: {one_line(error)}", file=sys.stderr)
     return "**Could not explain:** " + as_text(one_line(error))
+
+
+def uploaded_photo(path: str | None) -> Path:
+    """The uploaded photo's file; :class:`AppError` when there is none or it is over ``MAX_UPLOAD_MB``."""
+    if not path:
+        raise AppError("Upload, paste or pick a photo first.")
+    file = Path(path)
+    if file.stat().st_size > MAX_UPLOAD_MB * 1024 * 1024:
+        raise AppError(f"{file.name} is over {MAX_UPLOAD_MB} MB; use the command line for large files.")
+    return file
