@@ -116,7 +116,7 @@ def test_odd_image_modes(tmp_path):
     assert run(str(folder), "--out", str(out), "--no-legend") == 0
     assert {e["status"] for e in manifest(out)["images"]} == {"ok"}
     sixteen = Image.open(out / "sixteen.gradcam.{}.jpg".format(_target_of(out, "sixteen.png")))
-    assert sixteen.size == (96, 64)
+    assert sixteen.size == (384, 256)  # the 96 x 64 photo drawn 4x (enlarged_for_drawing), each pixel a block
 
 
 def kept_map(entry: dict) -> np.ndarray:
@@ -149,7 +149,7 @@ def test_exif_rotated_jpeg_matches_what_a_viewer_shows(tmp_path):
     assert run(str(path), "--out", str(out), "--no-legend") == 0
     entry = manifest(out)["images"][0]
     assert entry["size"] == [60, 120]
-    assert Image.open(entry["targets"][0]["files"]["overlay"]).size == (60, 120)
+    assert Image.open(entry["targets"][0]["files"]["overlay"]).size == (360, 720)  # upright, drawn 6x (small)
 
 
 def test_huge_png_is_refused_without_memory_blow_up(tmp_path):

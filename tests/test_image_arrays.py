@@ -72,7 +72,7 @@ def test_a_spectrogram_npy_is_a_signal_unless_kind_image(tmp_path, capsys):
     assert record["kind"] == "image" and record["shape"] == [80, 120] and record["size"] == [120, 80]
     assert [t["label"] for t in record["targets"]] == ["espresso", "tabby"]
     overlay = Image.open(record["targets"][0]["files"]["overlay"])
-    assert overlay.size == (120, 80)  # drawn on the array itself, at its own size
+    assert overlay.size == (360, 240)  # drawn on the array itself, each value a 3 x 3 block (a small picture)
     assert np.load(record["targets"][0]["files"]["map"]).shape == (224, 224)
     page = (out / "index.html").read_text()
     assert "spec" in page

@@ -63,6 +63,46 @@ def test_max_side_makes_smaller_overlays_and_keeps_the_real_size(tmp_path, capsy
     assert "--max-side 3: give at least 16 pixels" in capsys.readouterr().err
 
 
+def test_a_small_photo_is_drawn_enlarged_with_its_pixels_as_blocks(tmp_path):
+    """A 32 x 32 photo (CIFAR's size) was drawn at 32 pixels: a smudge above a caption wrapped to two letters a
+    line. It is drawn 320 wide, each pixel a 10 x 10 block (nothing the photo lacks is invented); the record
+    keeps its own size and says the size drawn; ``--max-side`` still bounds it."""
+    import numpy as np
+
+    path = tmp_path / "cifar.png"
+    Image.open(EXAMPLES / "chelsea.jpg").convert("RGB").resize((32, 32)).save(path)
+    out = tmp_path / "out"
+    assert explain(str(path), "--out", str(out), "--frame", "full", "--alpha", "0", "--format", "png") == 0
+    entry = json.loads((out / "results.json").read_text())["images"][0]
+    assert entry["size"] == [32, 32] and entry["overlay_size"] == [320, 320]
+    drawn = np.asarray(Image.open(entry["targets"][0]["files"]["overlay"]).convert("RGB"))
+    expected = np.asarray(Image.open(path).resize((320, 320), Image.Resampling.NEAREST))
+    assert (drawn == expected).all()  # alpha 0: the photo alone, enlarged block by block
+    assert explain(str(path), "--out", str(tmp_path / "legend"), "--legend") == 0
+    legend = json.loads((tmp_path / "legend" / "results.json").read_text())["images"][0]
+    assert Image.open(legend["targets"][0]["files"]["overlay"]).width == 320
+    assert explain(str(path), "--out", str(tmp_path / "bounded"), "--max-side", "100") == 0
+    bounded = json.loads((tmp_path / "bounded" / "results.json").read_text())["images"][0]
+    assert bounded["overlay_size"] == [96, 96]  # the largest whole factor within --max-side
+
+
+def test_enlarging_for_drawing_keeps_wide_photos_and_bounds_long_ones():
+    from gradcam.io.images import Geometry
+    from gradcam.render.viz import enlarged_for_drawing
+
+    wide = Image.new("RGB", (640, 20))
+    geometry = Geometry(original=(20, 640), resized=(224, 224), crop_origin=(0, 0), crop=(224, 224))
+    assert enlarged_for_drawing(wide, geometry) == (wide, geometry)
+    strip, placed = enlarged_for_drawing(Image.new("RGB", (10, 1000)), replace_original(geometry, (1000, 10)))
+    assert strip.size == (40, 4000) and placed.original == (4000, 40)  # its longer side within 4,096
+
+
+def replace_original(geometry, original):
+    from dataclasses import replace
+
+    return replace(geometry, original=original)
+
+
 def test_the_web_app_draws_on_the_photo_at_its_own_size(tmp_path):
     pytest.importorskip("gradio")
     from gradcam.apps.web import explain_photo

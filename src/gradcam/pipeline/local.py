@@ -330,6 +330,7 @@ class BatchExplainer:
             counterfactual=options.counterfactual, prompts=bool(options.prompts),
             overwrite=options.overwrite or self.replace_unrecorded, preprocessing=self.bundle.preprocessing,
             scale=options.scale, untrained=untrained_warning(self.bundle.name, self.bundle.source) is not None,
+            max_side=options.max_side,
         )  # fmt: skip
 
     def explain(self, photos: list[tuple[str, str, DecodedPhoto]]) -> list[PhotoRecord]:

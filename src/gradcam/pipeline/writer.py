@@ -32,6 +32,7 @@ from ..io.models import Preprocessing
 from ..render.captions import caption
 from ..render.viz import (
     channel_grid,
+    enlarged_for_drawing,
     heat_plane,
     overlay_image,
     smooth_for_drawing,
@@ -80,6 +81,7 @@ class WriteOptions:
     overwrite: bool = False  # replace a photo's existing files (--overwrite, or a resumed run's leftovers)
     preprocessing: Preprocessing | None = field(default=None, compare=False)
     untrained: bool = False  # the model has random weights: every picture says so (stamp_untrained)
+    max_side: int | None = None  # --max-side: a small photo is not drawn enlarged beyond it
 
 
 def save_picture(picture: Image.Image | torch.Tensor, path: Path, format: str = "png") -> None:
@@ -246,6 +248,7 @@ class PhotoWriter:
                 return PhotoRecord.failed(path, f"{existing[0]}: exists; pass --overwrite to replace it")
         (options.out / key).parent.mkdir(parents=True, exist_ok=True)
         image = Image.fromarray(photo.photo.permute(1, 2, 0).cpu().numpy())
+        image, geometry = enlarged_for_drawing(image, geometry, options.max_side)  # a 32 px photo, legible
         thumbnail = own[0] if options.thumbnail else None
         if thumbnail is not None:
             save_thumbnail(image, thumbnail)

@@ -10,6 +10,7 @@ import base64
 import io
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from functools import lru_cache
 
 import numpy as np
@@ -125,6 +126,33 @@ def overlay_image(
     if seen is not None:
         frame_view(picture, seen)
     return picture
+
+
+MIN_DRAWN_WIDTH = 320  # a narrower photo is drawn enlarged, so its caption and colour scale stay legible
+MAX_ENLARGED_SIDE = 4096
+
+
+def enlarged_for_drawing(
+    photo: Image.Image, geometry: Geometry, max_side: int | None = None
+) -> tuple[Image.Image, Geometry]:
+    """A photo narrower than ``MIN_DRAWN_WIDTH`` (CIFAR's 32 x 32, MNIST's 28 x 28, a thumbnail) enlarged by
+    the smallest whole factor that makes it that wide (its longer side at most ``MAX_ENLARGED_SIDE``, or the
+    user's ``max_side``), each pixel a square block (nearest neighbour: no detail the photo lacks is invented), with its
+    :class:`Geometry` onto the enlarged picture; a wider photo as it is. Drawn at its own 32 pixels, the
+    overlay was a smudge under a caption wrapped to two letters a line.
+
+    Example:
+        >>> picture, geometry = enlarged_for_drawing(photo_32px, geometry)   # doctest: +SKIP
+        >>> picture.size
+        (320, 320)
+    """
+    width, height = photo.size
+    longest = min(MAX_ENLARGED_SIDE, max_side or MAX_ENLARGED_SIDE)
+    factor = min(math.ceil(MIN_DRAWN_WIDTH / max(1, width)), longest // max(1, width, height))
+    if factor <= 1:
+        return photo, geometry
+    enlarged = photo.resize((width * factor, height * factor), Image.Resampling.NEAREST)
+    return enlarged, replace(geometry, original=(height * factor, width * factor))
 
 
 @lru_cache(maxsize=1)
