@@ -105,8 +105,8 @@ class PhotoRecord:
     """What happened to one photo. ``status`` is ``"ok"`` or ``"error"`` (then only ``error`` says more).
 
     ``size`` is the photo's own (width, height); ``overlay_size`` the size drawn (smaller with
-    ``--max-side``, a whole multiple for a photo under 320 px wide); ``geometry`` how the photo became the model's input (see
-    :class:`gradcam.io.images.Geometry`), which :func:`full_map` uses to place the maps on it."""
+    ``--max-side``, a whole multiple for a photo under 320 px wide); ``geometry`` how the photo became the
+    model's input (see :class:`gradcam.io.images.Geometry`), which :func:`full_map` uses to place the maps on it."""
 
     path: str
     status: Literal["ok", "error"]
