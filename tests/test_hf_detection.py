@@ -95,8 +95,8 @@ def test_the_cli_explains_a_detr_folder_box_by_box(detr_folder, photo, tmp_path)
     assert {t["label"] for t in record["targets"]} <= {"cat", "dog", "cup"}
     for target in record["targets"]:
         x1, y1, x2, y2 = target["box"]
-        assert 0 <= x1 <= x2 <= 160 and 0 <= y1 <= y2 <= 120
-        assert Image.open(target["files"]["overlay"]).size == (160, 120)
+        assert 0 <= x1 <= x2 <= 160 and 0 <= y1 <= y2 <= 120  # on the photo's own pixels
+        assert Image.open(target["files"]["overlay"]).size == (320, 240)  # a 160 px photo drawn 2x, legible
 
 
 def test_sigmoid_heads_keep_the_top_query_class_pairs():

@@ -174,7 +174,7 @@ def test_the_cli_explains_every_painted_class(segformer_folder, photo, tmp_path)
         assert target["label"] in NAMES.values() and 0 < target["area"] <= 1
         x1, y1, x2, y2 = target["box"]
         assert 0 <= x1 < x2 <= 200 and 0 <= y1 < y2 <= 150  # the region's box on the photo
-        assert Image.open(target["files"]["overlay"]).size == (200, 150)
+        assert Image.open(target["files"]["overlay"]).size == (400, 300)  # a 200 px photo drawn 2x, legible
     assert (out / "street.gradcam.boxes.png").is_file()
     page = (out / "index.html").read_text()
     assert "street.gradcam.boxes.png" in page
@@ -228,7 +228,10 @@ def test_an_empty_map_is_drawn_as_the_photo_and_said_in_the_caption(tmp_path):
                                     RunOptions(out=tmp_path / "o", detection=DetectionSettings(0.0, 5)))  # fmt: skip
     background = next(t for t in record.targets if t.label == "background")
     shown = Image.open(background.files["overlay"]).convert("RGB")
-    assert shown.getpixel((50, 50)) == Image.open(tmp_path / "scene.png").convert("RGB").getpixel((50, 50))
+    scene = Image.open(tmp_path / "scene.png").convert("RGB")
+    factor = shown.width // scene.width  # a small photo is drawn enlarged, each pixel a block
+    assert factor >= 2 and shown.size == (scene.width * factor, scene.height * factor)
+    assert shown.getpixel((50 * factor, 50 * factor)) == scene.getpixel((50, 50))
 
 
 def test_a_torchvision_segmentation_model_agrees_with_pytorch_grad_cam(tmp_path):

@@ -12,18 +12,20 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from ..detection import Detection, explain_boxes
 from ..io.images import read_image
 from ..io.models import LoadedModel
 from ..render.detections import box_picture, boxes_picture
+from ..render.viz import drawing_factor
 from ..segmentation import SegmentationDetector
 from .naming import label_of, target_stem
 from .options import RunOptions, UsageError, parse_target
@@ -76,17 +78,44 @@ def explain_detections(
     if found.detections:
         small = box.inside(found.maps.detach().float().cpu())  # (K, h, w) at the model's resolution
         save_npy_atomic(small.numpy().astype(np.float16), map_file)
-        save_picture(boxes_picture(photo, maps, boxes, captions, options.alpha, regions, semantic), all_boxes, "png")
-    for k, detection in enumerate(found.detections):
-        region = None if regions is None else regions[k]
-        picture = box_picture(photo, maps[k], boxes[k], captions[k], options.alpha, region, frame=not semantic)
-        save_picture(picture, stems[k], "png")
-        files = {"overlay": str(stems[k]), "boxes": str(all_boxes), "map": str(map_file)}
-        targets.append(TargetRecord(index=detection.label, label=names[k], score=round(detection.confidence, 6),
-                                    files=files, box=_rounded(boxes[k]), area=areas[k]))  # fmt: skip
+        drawn = _enlarged(photo, maps, boxes, regions)  # a small photo is drawn larger, legible
+        picture = boxes_picture(drawn.photo, drawn.maps, drawn.boxes, captions, options.alpha, drawn.regions, semantic)
+        save_picture(picture, all_boxes, "png")
+        for k, detection in enumerate(found.detections):
+            region = None if drawn.regions is None else drawn.regions[k]
+            picture = box_picture(drawn.photo, drawn.maps[k], drawn.boxes[k], captions[k], options.alpha, region,
+                                  frame=not semantic)  # fmt: skip
+            save_picture(picture, stems[k], "png")
+            files = {"overlay": str(stems[k]), "boxes": str(all_boxes), "map": str(map_file)}
+            targets.append(TargetRecord(index=detection.label, label=names[k], score=round(detection.confidence, 6),
+                                        files=files, box=_rounded(boxes[k]), area=areas[k]))  # fmt: skip
     layer_name = layer if isinstance(layer, str) else None
     return PhotoRecord(path=str(path), status="ok", method=options.method, layer=layer_name,
                        size=(photo.width, photo.height), targets=tuple(targets), kind="detection")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Drawn:
+    """What a detector's pictures are drawn on: the photo, its maps (K, H, W), boxes and regions, enlarged
+    together by a whole factor when the photo is small (:func:`gradcam.render.viz.drawing_factor`)."""
+
+    photo: Image.Image
+    maps: torch.Tensor
+    boxes: list[tuple[float, float, float, float]]
+    regions: list[torch.Tensor] | None
+
+
+def _enlarged(photo: Image.Image, maps: torch.Tensor, boxes: list, regions: list[torch.Tensor] | None) -> _Drawn:
+    factor = drawing_factor(photo.size)
+    if factor == 1:
+        return _Drawn(photo, maps, boxes, regions)
+    size = (photo.height * factor, photo.width * factor)
+    return _Drawn(
+        photo.resize((size[1], size[0]), Image.Resampling.NEAREST),
+        F.interpolate(maps[None], size=size, mode="bilinear", align_corners=False)[0],
+        [(x1 * factor, y1 * factor, x2 * factor, y2 * factor) for x1, y1, x2, y2 in boxes],
+        None if regions is None else [r.repeat_interleave(factor, 0).repeat_interleave(factor, 1) for r in regions],
+    )
 
 
 def detection_classes(target: str | None, labels: Sequence[str] | None) -> tuple[int, ...]:

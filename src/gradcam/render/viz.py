@@ -132,6 +132,15 @@ MIN_DRAWN_WIDTH = 320  # a narrower photo is drawn enlarged, so its caption and 
 MAX_ENLARGED_SIDE = 4096
 
 
+def drawing_factor(size: tuple[int, int], max_side: int | None = None) -> int:
+    """The whole factor a photo of ``size`` (width, height) is drawn enlarged by: the smallest that makes it
+    ``MIN_DRAWN_WIDTH`` wide, its longer side at most ``MAX_ENLARGED_SIDE`` (or ``max_side``); 1 for a photo
+    that wide already."""
+    width, height = size
+    longest = min(MAX_ENLARGED_SIDE, max_side or MAX_ENLARGED_SIDE)
+    return max(1, min(math.ceil(MIN_DRAWN_WIDTH / max(1, width)), longest // max(1, width, height)))
+
+
 def enlarged_for_drawing(
     photo: Image.Image, geometry: Geometry, max_side: int | None = None
 ) -> tuple[Image.Image, Geometry]:
@@ -147,8 +156,7 @@ def enlarged_for_drawing(
         (320, 320)
     """
     width, height = photo.size
-    longest = min(MAX_ENLARGED_SIDE, max_side or MAX_ENLARGED_SIDE)
-    factor = min(math.ceil(MIN_DRAWN_WIDTH / max(1, width)), longest // max(1, width, height))
+    factor = drawing_factor(photo.size, max_side)
     if factor <= 1:
         return photo, geometry
     enlarged = photo.resize((width * factor, height * factor), Image.Resampling.NEAREST)
