@@ -74,9 +74,9 @@ def test_a_video_classifier_explains_a_clip_into_a_video_and_a_contact_sheet(tmp
     assert record["frames"] == 20 and record["layer"] == "layer4" and record["fps"] == 10.0
     files = record["targets"][0]["files"]
     written = video_info(files["video"])
-    assert written.frames == 20 and written.size == SIZE  # two clips of 16, the second padded and cut
-    sheet = Image.open(files["contact_sheet"])
-    assert sheet.width == 4 * 160 and sheet.height > 120
+    assert written.frames == 20 and written.size == (320, 240)  # two clips of 16, the second padded and cut;
+    sheet = Image.open(files["contact_sheet"])  # a 160 px video is drawn 2x, its captions legible
+    assert sheet.width == 4 * 320 and sheet.height > 240 and record["overlay_size"] == [320, 240]
     assert "<video" in (out / "index.html").read_text() or "video" in (out / "index.html").read_text()
 
 
@@ -93,10 +93,11 @@ def test_frame_by_frame_the_map_follows_the_moving_square(tmp_path):
     overlays = [np.asarray(frame, dtype=np.int16) for _, frame in read_frames(record["targets"][0]["files"]["video"])]
     assert len(overlays) == 12
     for i, drawn in enumerate(overlays):
-        left, top, right, bottom = square_at(i, 12)
+        left, top, right, bottom = (2 * v for v in square_at(i, 12))  # the 160 px video is drawn 2x
         red = drawn[..., 0] - drawn[..., 2]  # jet: hot is red, cold is blue
-        inside = red[top + 8 : bottom - 8, left + 8 : right - 8].mean()
-        outside = np.concatenate([red[:, : max(1, left - 20)].ravel(), red[:, min(SIZE[0] - 1, right + 20) :].ravel()])
+        inside = red[top + 16 : bottom - 16, left + 16 : right - 16].mean()
+        beyond = min(2 * SIZE[0] - 1, right + 40)
+        outside = np.concatenate([red[:, : max(1, left - 40)].ravel(), red[:, beyond:].ravel()])
         assert inside > outside.mean() + 40, i
 
 
@@ -250,13 +251,13 @@ def test_without_a_target_each_frame_is_explained_for_its_own_top_class(tmp_path
     assert Path(target["files"]["video"]).name == "square.gradcam.top-class.mp4"
     frames = [np.asarray(frame, dtype=np.int16) for _, frame in read_frames(target["files"]["video"])]
     for i in (0, 11):  # the square on the left, then on the right: the map follows the class that wins
-        left, top, right, bottom = square_at(i, 12)
+        left, top, right, bottom = (2 * v for v in square_at(i, 12))  # the 160 px video is drawn 2x
         red = frames[i][..., 0] - frames[i][..., 2]
-        assert red[top + 8 : bottom - 8, left + 8 : right - 8].mean() > red[60:, :].mean() + 40, i
+        assert red[top + 16 : bottom - 16, left + 16 : right - 16].mean() > red[120:, :].mean() + 40, i
         corner = frames[i][2:8, 2:40]  # the caption tile: dark, with light letters
         assert corner.mean() < 120 and corner.max() > 180
     sheet = Image.open(target["files"]["contact_sheet"])
-    assert sheet.width == 4 * 160
+    assert sheet.width == 4 * 320
     with_target = explain_video(bundle, path, "fixed", RunOptions(out=tmp_path / "out", layer="features",
                                                                   batch_size=5, target="left")).to_json()  # fmt: skip
     assert with_target["targets"][0]["index"] == 0 and with_target["targets"][0]["label"] == "left"
