@@ -103,6 +103,22 @@ def replace_original(geometry, original):
     return replace(geometry, original=original)
 
 
+def test_a_small_photo_in_a_notebook_is_shown_in_blocks_not_as_a_speck():
+    """The notebook view drew a 32 x 32 photo's overlay as a 32-pixel image; it shows what the files show."""
+    import base64
+    import io
+    import re
+
+    import gradcam
+
+    photo = Image.open(EXAMPLES / "chelsea.jpg").convert("RGB").resize((32, 32))
+    ex = gradcam.explain_image(photo)
+    assert ex.overlay(0).size == (32, 32)  # the photo's own resolution, as documented
+    assert ex.overlay(0, enlarge=True).size == (320, 320)
+    shown = re.search(r'src="data:image/png;base64,([^"]+)"', ex._repr_html_())
+    assert shown is not None and Image.open(io.BytesIO(base64.b64decode(shown.group(1)))).size == (320, 320)
+
+
 def test_the_web_app_draws_on_the_photo_at_its_own_size(tmp_path):
     pytest.importorskip("gradio")
     from gradcam.apps.web import explain_photo

@@ -29,7 +29,7 @@ from torch import nn
 from ..explain import explain
 from ..io.images import Geometry, framed, image_tensor, preprocess, read_image, to_rgb
 from ..io.models import DEFAULT_MODEL, LoadedModel, Preprocessing, load_bundle
-from ..render.viz import data_uri, overlay_image, to_pil
+from ..render.viz import data_uri, enlarged_for_drawing, overlay_image, to_pil
 from ..result import Explanation
 from ..targets import Similarity, TargetSpec, TextPrompt
 
@@ -177,15 +177,23 @@ class PhotoExplanation:
         indices = self.targets[0].tolist() if self.targets is not None else list(range(count))
         return [self.labels[i] if self.labels is not None and i < len(self.labels) else str(i) for i in indices]
 
-    def overlay(self, k: int = 0, alpha: float = 0.5, colormap: str = "jet", tint: str = "flat") -> Image.Image:
-        """Target ``k``'s map over the photo, at the photo's own resolution (PIL image)."""
+    def overlay(
+        self, k: int = 0, alpha: float = 0.5, colormap: str = "jet", tint: str = "flat", enlarge: bool = False
+    ) -> Image.Image:
+        """Target ``k``'s map over the photo, at the photo's own resolution (PIL image); ``enlarge=True``: a
+        photo under 320 px wide drawn larger by a whole factor, each pixel a block, as the saved files and the
+        notebook view show it (:func:`gradcam.render.viz.enlarged_for_drawing`)."""
         heat = self.maps[0, k].detach().cpu()
-        return overlay_image(to_pil(self.photo), heat, self.geometry, alpha, colormap, tint)
+        photo, geometry = to_pil(self.photo), self.geometry
+        if enlarge:
+            photo, geometry = enlarged_for_drawing(photo, geometry)
+        return overlay_image(photo, heat, geometry, alpha, colormap, tint)
 
     def show(self, **kwargs: Any) -> None:
         """Show every target's overlay, captioned, with matplotlib."""
         import matplotlib.pyplot as plt
 
+        kwargs.setdefault("enlarge", True)  # a 32 px photo shown in blocks, not blurred by matplotlib
         count = self.maps.shape[1]
         figure, axes = plt.subplots(1, count, figsize=(5 * count, 5), squeeze=False)
         for k, axis in enumerate(axes[0]):
@@ -251,7 +259,7 @@ class PhotoExplanation:
     def _strip(self, height: int = 320) -> Image.Image:
         tiles = []
         for k in range(self.maps.shape[1]):
-            tile = self.overlay(k)
+            tile = self.overlay(k, enlarge=True)
             tiles.append(tile.resize((max(1, round(tile.width * height / tile.height)), height)))
         strip = Image.new("RGB", (sum(t.width for t in tiles) + 8 * (len(tiles) - 1), height), "white")
         x = 0
@@ -268,7 +276,7 @@ class PhotoExplanation:
     def _repr_html_(self) -> str:
         figures = []
         for k in range(self.maps.shape[1]):
-            tile = self.overlay(k)
+            tile = self.overlay(k, enlarge=True)
             tile.thumbnail((480, 480))
             figures.append(
                 f'<figure style="display:inline-block;margin:4px"><img src="{data_uri(tile, "PNG")}">'
