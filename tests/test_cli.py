@@ -457,3 +457,17 @@ def test_several_layers_on_the_command_line_are_fused(tmp_path):
     argv = ["explain", photo, "--model", "resnet18", "--weights", "none", "--method", "refinecam"]
     assert main([*argv, "--layer", "layer3,layer4", "--out", str(out), "--workers", "0", "--quiet"]) == 0
     assert json.loads((out / "results.json").read_text())["images"][0]["layer"] == "layer3+layer4"
+
+
+def test_a_path_first_is_short_for_explain(tmp_path, capsys):
+    """The original request ran `main.py <PATH_TO_IMAGE>`; `gradcam cat.jpg` was "invalid choice". A first word
+    that names an input (a file, a folder, a glob, a name with a suffix) now explains it; a mistyped command
+    is still argparse's error listing the commands."""
+    out = tmp_path / "out"
+    assert main([str(EXAMPLES / "coffee.jpg"), "--out", str(out), "--quiet", "--workers", "0"]) == 0
+    assert manifest(out)["images"][0]["predictions"][0]["label"] == "espresso"
+    assert main([str(tmp_path / "missing.jpg"), "--out", str(tmp_path / "o2"), "--quiet"]) == 2
+    assert "missing.jpg: no such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["explian", str(EXAMPLES / "coffee.jpg")])
+    assert "invalid choice: 'explian'" in capsys.readouterr().err

@@ -5,6 +5,7 @@
     gradcam audit PATH... [--truth CSV|FOLDER] [--boxes FILE] [--compare MODEL2] [--out DIR]
     gradcam concepts PATH... [--k 5]
     gradcam serve | gradcam models | gradcam layers MODEL
+    gradcam PATH... [options]         # short for gradcam explain PATH... (the original `main.py IMAGE`)
 
 Exit codes: 0 all inputs explained, 1 some failed, 2 usage error, 130 interrupted (Ctrl-C), 143 terminated
 (SIGTERM; recorded like an interruption).
@@ -21,6 +22,7 @@ import sys
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from types import ModuleType
 
 from .summaries import EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, SUMMARIES, Formatter
@@ -42,7 +44,8 @@ def build_parser(only: str | None = "every") -> argparse.ArgumentParser:
         prog="gradcam",
         description="Why did the image model decide that? Grad-CAM-family heatmaps for PyTorch vision models.",
         formatter_class=Formatter,
-        epilog="Run `gradcam COMMAND -h` for the options of each command.",
+        epilog="Run `gradcam COMMAND -h` for the options of each command. `gradcam PATH...` is short for "
+        "`gradcam explain PATH...`.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
@@ -55,6 +58,8 @@ def build_parser(only: str | None = "every") -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments and arguments[0] not in COMMANDS and names_an_input(arguments[0]):
+        arguments.insert(0, "explain")  # `gradcam cat.jpg`: what the original `main.py <PATH_TO_IMAGE>` did
     chosen = next((a for a in arguments if not a.startswith("-")), None)
     parser = build_parser(chosen if chosen in COMMANDS else None)
     args = parser.parse_args(arguments)
@@ -66,6 +71,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.showwarning = one_line_warning
         code = _dispatch(args)
     return EXIT_TERMINATED if stopped.is_set() else code
+
+
+def names_an_input(word: str) -> bool:
+    """Whether the first word of a command line is an input rather than a command: a file or folder that
+    exists, a glob, or a name with a folder or a suffix (``cat.jpg``: explain then says it is missing). A
+    mistyped command (``explian``) is none of these and stays argparse's error, with the commands listed."""
+    if word.startswith("-"):
+        return False
+    path = Path(word)
+    return path.exists() or any(c in word for c in "*?[") or os.sep in word or "/" in word or bool(path.suffix)
 
 
 @contextlib.contextmanager
