@@ -145,10 +145,9 @@ def enlarged_for_drawing(
     photo: Image.Image, geometry: Geometry, max_side: int | None = None
 ) -> tuple[Image.Image, Geometry]:
     """A photo narrower than ``MIN_DRAWN_WIDTH`` (CIFAR's 32 x 32, MNIST's 28 x 28, a thumbnail) enlarged by
-    the smallest whole factor that makes it that wide (its longer side at most ``MAX_ENLARGED_SIDE``, or the
-    user's ``max_side``), each pixel a square block (nearest neighbour: no detail the photo lacks is invented), with its
-    :class:`Geometry` onto the enlarged picture; a wider photo as it is. Drawn at its own 32 pixels, the
-    overlay was a smudge under a caption wrapped to two letters a line.
+    :func:`drawing_factor`, each pixel a square block (nearest neighbour: no detail the photo lacks is
+    invented), with its :class:`Geometry` onto the enlarged picture; a wider photo as it is. Drawn at its own
+    32 pixels, the overlay was a smudge under a caption wrapped to two letters a line.
 
     Example:
         >>> picture, geometry = enlarged_for_drawing(photo_32px, geometry)   # doctest: +SKIP
