@@ -253,3 +253,21 @@ def test_a_concept_coloured_like_the_photo_still_shows():
     # was: no sign of the concept at all), and it is the concept's hue, bluer than red
     assert np.abs(inside - np.asarray(light_blue, dtype=np.float32)).max() > 20
     assert inside[2] - inside[0] > 60
+
+
+def test_a_small_photo_s_concepts_are_drawn_wide_enough_for_their_legend():
+    """A 32 x 32 photo's concept picture was 32 pixels wide, its legend cut to a letter; drawn enlarged, as
+    overlays are."""
+    import torch
+
+    from gradcam.io.images import Geometry
+    from gradcam.render.concepts import photo_concepts
+
+    photo = Image.open(EXAMPLES / "chelsea.jpg").convert("RGB").resize((32, 32))
+    geometry = Geometry(original=(32, 32), resized=(224, 224), crop_origin=(0, 0), crop=(224, 224))
+    maps = torch.zeros(2, 7, 7)
+    maps[0, :, :3], maps[1, :, 4:] = 1.0, 1.0
+    picture = photo_concepts(photo, maps, geometry, [[("tabby", 0.6)], [("tiger cat", 0.3)]], [0.5, 0.5])
+    assert picture.width == 320 and picture.height > 320  # each pixel a 10 x 10 block, the legend below
+    left, right = picture.getpixel((40, 160)), picture.getpixel((280, 160))
+    assert left != right  # the two concepts' colours, each on its own side

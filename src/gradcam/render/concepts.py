@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .viz import _font
+from .viz import _font, enlarged_for_drawing
 
 # ten colours told apart by most colour-blind readers too (Okabe-Ito, then Tableau's extra hues)
 PALETTE = [
@@ -61,6 +61,7 @@ def photo_concepts(
 
     if (photo.height, photo.width) != tuple(geometry.original):
         photo = photo.resize((geometry.original[1], geometry.original[0]))
+    photo, geometry = enlarged_for_drawing(photo, geometry)  # a 32 px photo: its legend needs the width
     on_photo, _ = to_original(maps, geometry)
     legend = [f"{j + 1}  {classes_text(top)}  ({float(shares[j]):.0%} of this photo)" for j, top in enumerate(tops)]
     legend.append(SHARE_NOTE)
