@@ -263,8 +263,11 @@ def preprocess(image: Image.Image, spec: Preprocessing) -> tuple[torch.Tensor, G
     resized = geometry.resized
     resample = Image.Resampling.BICUBIC if spec.interpolation == "bicubic" else Image.Resampling.BILINEAR
     small = reduced_like_a_draft(image, resized).resize((resized[1], resized[0]), resample=resample)
-    pixels = _cropped(image_tensor(small), geometry).float() / 255.0
-    return _normalised(pixels, spec), geometry
+    if len(spec.mean) == 1:  # a grey model (MNIST's): the photo's luminance, one channel
+        pixels = _cropped(torch.from_numpy(np.array(small.convert("L"), dtype=np.uint8))[None], geometry)
+    else:
+        pixels = _cropped(image_tensor(small), geometry)
+    return _normalised(pixels.float() / 255.0, spec), geometry
 
 
 def preprocess_tensor(values: torch.Tensor, spec: Preprocessing) -> tuple[torch.Tensor, Geometry]:
@@ -331,10 +334,12 @@ def framed(spec: Preprocessing, frame: str, size: tuple[int, int], multiple: int
 
 
 def model_view(pixels: torch.Tensor, spec: Preprocessing) -> torch.Tensor:
-    """The photo as the model sees it: normalised (3, h, w) input back to (3, h, w) uint8."""
-    mean = torch.tensor(spec.mean, device=pixels.device).view(3, 1, 1)
-    std = torch.tensor(spec.std, device=pixels.device).view(3, 1, 1)
-    return ((pixels.float() * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)
+    """The photo as the model sees it: normalised (3, h, w) input back to (3, h, w) uint8 (a grey model's
+    one channel repeated)."""
+    mean = torch.tensor(spec.mean, device=pixels.device).view(-1, 1, 1)
+    std = torch.tensor(spec.std, device=pixels.device).view(-1, 1, 1)
+    view = ((pixels.float() * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)
+    return view.expand(3, -1, -1) if view.shape[0] == 1 else view
 
 
 def to_original(maps: torch.Tensor, geometry: Geometry) -> tuple[torch.Tensor, torch.Tensor]:

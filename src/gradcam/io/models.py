@@ -52,7 +52,8 @@ class Preprocessing:
             else (f"resize the shorter side to {self.resize}, centre crop {height} x {width}")
         )
         numbers = lambda values: " ".join(f"{v:g}" for v in values)  # noqa: E731
-        return f"{size} ({self.interpolation}), mean {numbers(self.mean)}, std {numbers(self.std)}"
+        grey = ", grey (one channel)" if len(self.mean) == 1 else ""
+        return f"{size} ({self.interpolation}){grey}, mean {numbers(self.mean)}, std {numbers(self.std)}"
 
     def to_json(self) -> dict[str, Any]:
         """As the manifest records it (``results.json``: ``preprocessing``)."""
@@ -146,7 +147,8 @@ def probe_output(bundle: LoadedModel) -> Any:
     from ..hooks import ForwardError, preserved_state, run_model
 
     model = bundle.model
-    example = torch.zeros(1, 3, *bundle.preprocessing.crop, device=next(model.parameters()).device)
+    channels = len(bundle.preprocessing.mean)  # 3, or 1 for a grey model
+    example = torch.zeros(1, channels, *bundle.preprocessing.crop, device=next(model.parameters()).device)
     try:
         with preserved_state(model), torch.inference_mode():
             return run_model(model, example)
@@ -253,7 +255,9 @@ def load_model(
         else:
             bundle = _load_torchvision(name, weights, file)
     bundle.model = bundle.model.to(device).eval()
-    return bundle
+    from .grey import grey_if_one_channel
+
+    return grey_if_one_channel(bundle)
 
 
 @dataclass(frozen=True)

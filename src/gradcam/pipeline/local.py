@@ -396,9 +396,6 @@ class BatchExplainer:
         device = next(model.parameters()).device
         dtype = next(model.parameters()).dtype
         inputs = torch.stack([_input(item) for _, _, _, item in good]).to(device=device, dtype=dtype)
-        if self.layer is None:
-            self.layer = self.bundle.layer_for(None, inputs)
-        layer = layer_spec(self.layer)
         every = None
         targets: Any = None if self.options.target == "all" else parse_target(self.options.target, self.bundle.labels)
         if self.options.prompts:
@@ -406,6 +403,9 @@ class BatchExplainer:
         elif isinstance(targets, list):
             targets = [targets] * len(good)
         try:
+            if self.layer is None:  # its probe runs the model: a model that fails on the photos is one line
+                self.layer = self.bundle.layer_for(None, inputs)
+            layer = layer_spec(self.layer)
             if self.options.target == "all":  # every class: the raw maps kept, the top classes drawn
                 every = explain_all(
                     model, inputs, self.options.cam_method(), layer, labels=self.bundle.labels,

@@ -92,7 +92,8 @@ def _per_channel(flag: str, values: tuple[float, ...] | None, channels: int) -> 
     if len(values) == 1:
         values = values * channels
     if len(values) != channels:
-        raise UsageError(f"{flag}: {len(values)} values for a model of {channels} channels; give 1 or {channels}")
+        what = f"{channels} channels; give 1 or {channels}" if channels > 1 else "one channel (grey); give 1"
+        raise UsageError(f"{flag}: {len(values)} values for a model of {what}")
     return values
 
 

@@ -27,6 +27,7 @@ from PIL import Image
 from torch import nn
 
 from ..explain import explain
+from ..io.grey import grey_if_one_channel
 from ..io.images import Geometry, framed, image_tensor, preprocess, read_image, to_rgb
 from ..io.models import DEFAULT_MODEL, LoadedModel, Preprocessing, load_bundle
 from ..render.viz import data_uri, enlarged_for_drawing, overlay_image, to_pil
@@ -58,7 +59,8 @@ def explain_image(
         photo: a file path, a PIL image, or a (3, H, W) tensor (uint8, or float in [0, 1]).
         model: None (the embedded ImageNet model, offline), a name as for ``gradcam explain --model``
             (loaded once per process), a :class:`LoadedModel`, or an ``nn.Module`` (its preprocessing is
-            ``preprocess_with``, by default ImageNet's: resize 256, crop 224, ImageNet mean/std).
+            ``preprocess_with``, by default ImageNet's: resize 256, crop 224, ImageNet mean/std; the photo's
+            luminance for a model whose first convolution takes one channel).
         method, layer, targets: as for :func:`gradcam.explain` (``gradcam.TextPrompt`` on an image-text model).
         weights: a weights file for a model given by name (``"none"``: random weights).
         labels: class names (default: the model's own).
@@ -114,7 +116,8 @@ def _bundle(
     if isinstance(model, LoadedModel):
         return model
     if isinstance(model, nn.Module):
-        return LoadedModel(type(model).__name__, model, spec or IMAGENET)
+        bundle = LoadedModel(type(model).__name__, model, spec or IMAGENET)
+        return bundle if spec is not None else grey_if_one_channel(bundle)  # an MNIST model: one channel
     name = model or DEFAULT_MODEL
     key = (name, weights, str(device or "cpu"))
     with _LOADED_LOCK:
