@@ -43,7 +43,7 @@ _PUBLIC = {
     "list_layers": ".layers",
     "load_model": ".io.models",
     "methods": ".methods",
-    "read_labels": ".io.models",
+    "read_labels": ".io.labels",
     "register": ".methods",
     "with_labels": ".io.models",
 }

@@ -112,7 +112,7 @@ def _target_count(targets: Any) -> int:
 @lru_cache(maxsize=8)
 def layer_choices(name: str) -> tuple[list[str], str]:
     bundle = cached_model(name)
-    example = torch.zeros(1, 3, *bundle.preprocessing.crop)
+    example = bundle.black_image("cpu")
     infos = list_layers(bundle.model, example)
     default = bundle.layer_for(None, example) or infos[-1].name
     names = [i.name for i in infos]

@@ -21,10 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .weights import MAX_CLASSES, ModelLoadError, WeightsFile, _sized_to
+from .labels import read_labels
+from .weights import ModelLoadError, WeightsFile, _sized_to
 
 DEFAULT_MODEL = "efficientnet_lite0"
-MAX_LABELS_BYTES = 64_000_000
 IMAGENET_LABELS = "imagenet"  # --labels imagenet: ImageNet's 1,000 class names (a model of your own trained on it)
 
 
@@ -85,6 +85,13 @@ class LoadedModel:
         """Whether the model is a detector explained box by box (``extra["detector"]``: yolo:, hf: detection)."""
         return self.extra.get("detector") is not None
 
+    def black_image(self, device: str | torch.device | None = None, wider: int = 0) -> torch.Tensor:
+        """One black image of the model's input size, ``wider`` pixels wider: (1, C, h, w + wider), C being 3,
+        or 1 for a grey model (one mean in its preprocessing), on ``device`` (the model's by default)."""
+        height, width = self.preprocessing.crop
+        where = device if device is not None else next(self.model.parameters()).device
+        return torch.zeros(1, len(self.preprocessing.mean), height, width + wider, device=where)
+
     def layer_for(self, requested: str | None, example: torch.Tensor | None = None) -> str | None:
         """The one place that decides which layer is explained: ``requested`` when given, else the model
         family's default (``features.35`` for VGG-19, ``bn2`` for EfficientNet-Lite, ...), else, given an
@@ -98,57 +105,13 @@ class LoadedModel:
         return auto_layer(self.model, example)
 
 
-def read_labels(path: str | Path) -> list[str]:
-    """Class names from a file: one name per line (line i names class i), a JSON list, or a JSON object
-    ``{"index": "name"}`` (classes it leaves out are named by their index).
-
-    Example:
-        >>> read_labels("names.txt")          # doctest: +SKIP
-        ['cat', 'dog', 'horse']
-    """
-    import json
-
-    path = Path(path)
-    try:
-        if path.stat().st_size > MAX_LABELS_BYTES:
-            raise ModelLoadError(f"--labels {path}: over {MAX_LABELS_BYTES // 1_000_000} MB; not a class-names file")
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as error:
-        raise ModelLoadError(f"--labels {path}: cannot read it ({type(error).__name__})") from None
-    if path.suffix.lower() == ".json" or text.lstrip().startswith(("{", "[")):
-        try:
-            data = json.loads(text)
-            if isinstance(data, list):
-                names = [str(name) for name in data]
-            else:
-                indexed = {int(index): str(name) for index, name in data.items()}
-                if min(indexed, default=0) < 0:
-                    raise ValueError("a negative class index")
-                if max(indexed, default=0) >= MAX_CLASSES:  # {"1000000000000": "x"}: 23 bytes, a trillion names
-                    raise ValueError(f"class index {max(indexed)}; a model has at most {MAX_CLASSES:,} classes")
-                names = [indexed.get(i, str(i)) for i in range(max(indexed, default=-1) + 1)]
-        except (ValueError, AttributeError, TypeError, RecursionError) as error:
-            reason = "nested too deeply" if isinstance(error, RecursionError) else str(error)[:80]
-            raise ModelLoadError(f"--labels {path}: not a JSON list or {{index: name}} object ({reason})") from None
-    else:
-        names = [line.strip() for line in text.splitlines()]
-        while names and not names[-1]:
-            names.pop()
-    if len(names) > MAX_CLASSES:
-        raise ModelLoadError(f"--labels {path}: {len(names):,} names; a model has at most {MAX_CLASSES:,} classes")
-    if not names:
-        raise ModelLoadError(f"--labels {path}: no class names in it")
-    return names
-
-
 def probe_output(bundle: LoadedModel) -> Any:
     """The model's output (in eval mode, the model left as it was) for one black image of its input size;
     None for a model that does not take images (a volume's, a signal's)."""
     from ..hooks import ForwardError, preserved_state, run_model
 
     model = bundle.model
-    channels = len(bundle.preprocessing.mean)  # 3, or 1 for a grey model
-    example = torch.zeros(1, channels, *bundle.preprocessing.crop, device=next(model.parameters()).device)
+    example = bundle.black_image()
     try:
         with preserved_state(model), torch.inference_mode():
             return run_model(model, example)

@@ -74,7 +74,7 @@ def resolve_frame(bundle: LoadedModel, options: RunOptions) -> RunOptions:
         return options
     height, width = bundle.preprocessing.crop
     model = bundle.model
-    probe = torch.zeros(1, 3, height, width + 96, device=next(model.parameters()).device)
+    probe = bundle.black_image(wider=96)
     try:
         with preserved_state(model), torch.inference_mode():
             run_model(model, probe)

@@ -59,7 +59,6 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     from ...explain import explain
     from ...hooks import is_out_of_memory
@@ -96,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
             f"{bundle.name} is an image-text model; gradcam evaluate measures classifiers (prompts: not yet)"
         )
     layers: list[str | None] = [name.strip() for name in args.layers.split(",")] if args.layers else [None]
-    probe = torch.zeros(1, 3, *bundle.preprocessing.crop, device=args.device)
+    probe = bundle.black_image(args.device)
     try:
         for name in layers:
             if name is not None:

@@ -24,7 +24,6 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     from ...layers import list_layers
 
@@ -32,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
         bundle = load_model(args.model, args.weights, trust_weights=args.trust_weights)
     except ModelLoadError as error:
         return usage_error(str(error))
-    example = torch.zeros(1, 3, *bundle.preprocessing.crop)
+    example = bundle.black_image()
     try:
         infos = list_layers(bundle.model, example)
     except ValueError as error:
