@@ -109,3 +109,13 @@ def test_the_python_api_and_labels_take_a_grey_model(nets, digit):
     assert ex.maps.shape[-2:] == (224, 224) and ex.overlay(0).size == (28, 28)
     plain = gradcam.explain_image(digit, model=bundle.model)  # a bare module: its one channel is seen
     assert plain.maps.shape[-2:] == (224, 224)
+
+
+def test_gradcam_layers_and_frame_full_probe_a_grey_model_with_one_channel(nets, digit, tmp_path, capsys):
+    """Their probes were black three-channel images: `gradcam layers` failed on a grey model."""
+    assert main(["layers", f"py:{nets}:Grey"]) == 0
+    listed = capsys.readouterr().out
+    assert "features.0  (8, 224, 224)" in listed and "<- default" in listed
+    code = main([str(digit), "--model", f"py:{nets}:Grey", "--frame", "full", "--out", str(tmp_path / "o"), "--quiet",
+                 "--workers", "0"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
