@@ -119,3 +119,14 @@ def test_gradcam_layers_and_frame_full_probe_a_grey_model_with_one_channel(nets,
     code = main([str(digit), "--model", f"py:{nets}:Grey", "--frame", "full", "--out", str(tmp_path / "o"), "--quiet",
                  "--workers", "0"])  # fmt: skip
     assert code == 0, capsys.readouterr().err
+
+
+def test_evaluate_skips_a_method_that_refuses_the_layer_and_measures_the_others(nets, digit, tmp_path, capsys):
+    """This net keeps a 111 x 111 map at 224 px: kpcacam's kernel would be 1.1 GB a photo, and `gradcam evaluate`
+    (kpcacam is in its default list) was killed for memory. kpcacam now refuses in one line; the rest is measured."""
+    code = main(["evaluate", str(digit), "--model", f"py:{nets}:Grey", "--methods", "gradcam,kpcacam", "--steps", "4",
+                 "--out", str(tmp_path / "eval")])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 1 and "kpcacam: the layer's map has 111 x 111" in captured.err
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert {row["method"] for row in results["summary"]} == {"gradcam"}

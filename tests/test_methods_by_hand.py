@@ -476,3 +476,25 @@ def test_kpcacam_of_a_numerically_constant_kernel_is_an_empty_map():
     tiny, _ = method.combine(activations * 1e-7, None)
     healthy, _ = method.combine(activations, None)
     assert not tiny.any() and healthy.clamp(min=0).std() > 0
+
+
+def test_kpcacam_of_a_large_map_is_scikit_learn_s_kernel_pca():
+    """A 32 x 32 map (1,024 positions) takes the LOBPCG path; its component is scikit-learn's KernelPCA's."""
+    from sklearn.decomposition import KernelPCA
+
+    torch.manual_seed(0)
+    activations = torch.relu(torch.randn(2, 16, 32, 32)) + torch.linspace(0, 2, 32)  # a horizontal trend
+    ours, _ = gradcam.get_method("kpcacam").combine(activations, None)
+    for image in range(2):
+        samples = activations[image].reshape(16, -1).T.double().numpy()
+        samples = samples - samples.mean(axis=0)  # the positions centred first, as the peer does
+        theirs = KernelPCA(1, kernel="sigmoid", gamma=1 / 16, eigen_solver="dense").fit_transform(samples)[:, 0]
+        theirs = torch.from_numpy(theirs) * (1 if theirs[abs(theirs).argmax()] > 0 else -1)
+        torch.testing.assert_close(ours[image].flatten().double(), theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_kpcacam_refuses_a_map_whose_kernel_would_not_fit():
+    """A 111 x 111 map (an MNIST-sized net without pooling, at 224 px) built 1.2 GB kernels and O(n^3) products
+    per image: `gradcam evaluate` was killed for memory. Now one line naming the cost and what to do."""
+    with pytest.raises(ValueError, match=r"111 x 111 = 12,321 positions.*1\.1 GB.*coarser layer"):
+        gradcam.get_method("kpcacam").combine(torch.rand(1, 4, 111, 111), None)

@@ -105,7 +105,13 @@ def evaluate(
             for start in range(0, len(loaded), 8):
                 chunk = loaded[start : start + 8]
                 x = torch.stack([pixels for _, pixels, _ in chunk]).to(device)
-                ex = explain(model, x, method, bundle.layer_for(layer), labels=bundle.labels)
+                try:
+                    ex = explain(model, x, method, bundle.layer_for(layer), labels=bundle.labels)
+                except ValueError as error:  # a method that refuses this layer (kpcacam's kernel): the rest go on
+                    errors.append(str(error).splitlines()[0])
+                    if progress:
+                        progress(len(loaded) - start)
+                    break
                 assert ex.targets is not None  # top-1 class targets
                 key = key or f"{ex.method} @ {ex.layer}"  # the layer used, also when it was chosen automatically
                 maps, classes = ex.maps[:, 0], ex.targets[:, 0]

@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     for message in evaluation.errors:
         print(f"gradcam: {message}", file=sys.stderr)
     if not evaluation.rows:
-        return usage_error("no image could be read")
+        return usage_error("nothing was measured: no image could be read, or every method refused (above)")
     try:
         report = write_report(evaluation, out, bundle.name)
     except OSError as error:
