@@ -130,3 +130,19 @@ def test_evaluate_skips_a_method_that_refuses_the_layer_and_measures_the_others(
     assert code == 1 and "kpcacam: the layer's map has 111 x 111" in captured.err
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert {row["method"] for row in results["summary"]} == {"gradcam"}
+
+
+def test_evaluate_and_concepts_take_the_model_s_preprocessing(nets, digit, tmp_path, capsys):
+    """explain and audit took --resize/--crop/--mean/--std; evaluate and concepts refused them, so a 28 px model
+    was measured at 224 px. At 28 px this net's map is 27 x 27, within kpcacam's bound: every method measured."""
+    sized = ["--resize", "28", "--crop", "28", "--mean", "0.13", "--std", "0.31"]
+    code = main(["evaluate", str(digit), "--model", f"py:{nets}:Grey", "--methods", "gradcam,kpcacam", "--steps", "4",
+                 "--out", str(tmp_path / "eval"), *sized])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert {row["method"] for row in results["summary"]} == {"gradcam", "kpcacam"}
+    code = main(["concepts", str(digit), "--model", f"py:{nets}:Grey", "--k", "2", "--out", str(tmp_path / "c"),
+                 "--quiet", *sized])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    assert main(["evaluate", str(digit), "--crop", "7", "--out", str(tmp_path / "bad")]) == 2
+    assert "--crop '7': give N or HxW, at least 16 pixels" in capsys.readouterr().err

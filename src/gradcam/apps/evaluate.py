@@ -303,7 +303,8 @@ def write_report(evaluation: Evaluation, out: Path, model_name: str) -> Path:
         *[f"- {title}: {READING[column]}." for column, title, _ in present_columns(evaluation.summary)],
     ]
     if evaluation.errors:
-        lines += ["", "Skipped images:", *[f"- {error}" for error in evaluation.errors]]
+        lines += ["", "Skipped (photos that could not be read, methods that refused the layer):",
+                  *[f"- {error}" for error in evaluation.errors]]  # fmt: skip
     markdown.write_text("\n".join(lines) + "\n")
     payload = {"model": model_name, "summary": evaluation.summary, "images": evaluation.rows,
                "curves": evaluation.curves, "errors": evaluation.errors, "identical": evaluation.identical,

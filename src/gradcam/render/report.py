@@ -302,7 +302,7 @@ def evaluation_page(
 <nav>{f"<h2>Verdict</h2><p>{html.escape(verdict)}</p>" if verdict else ""}<h2>Metrics</h2><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
 {f"<h2>Identical maps</h2><ul>{same}</ul>" if same else ""}
 <h2>Deletion and insertion curves</h2><img src="curves.png" alt="deletion and insertion curves" style="max-width:100%">
-{f"<h2>Skipped images</h2><ul>{skipped}</ul>" if skipped else ""}
+{f"<h2>Skipped</h2><p>Photos that could not be read, methods that refused the layer.</p><ul>{skipped}</ul>" if skipped else ""}
 {f"<h2>How to read it</h2><dl>{guide}</dl>" if guide else ""}</nav></body></html>
 """
 

@@ -16,7 +16,15 @@ from typing import Any
 import torch
 
 from ...io.images import DEFAULT_MAX_MEGAPIXELS
-from .console import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Formatter, add_photos_and_model
+from .console import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    Formatter,
+    add_photos_and_model,
+    add_preprocessing_options,
+    with_preprocessing,
+)
 from .summaries import SUMMARIES
 
 DEFAULT_MAX_PHOTOS = 256
@@ -51,6 +59,7 @@ def add_parser(commands: Any) -> None:
         "--max-megapixels", type=float, default=DEFAULT_MAX_MEGAPIXELS, help="refuse photos larger than this"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    add_preprocessing_options(parser.add_argument_group("preprocessing (as the model was trained; as for explain)"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         bundle = load_bundle(args.model, args.weights, args.device, trust_weights=args.trust_weights,
                              labels=args.labels)  # fmt: skip
-    except (ModelLoadError, ValueError, OSError) as error:
+        bundle = with_preprocessing(bundle, args)
+    except (ModelLoadError, ValueError, OSError) as error:  # UsageError is a ValueError
         return _error(str(error))
 
     inputs, kept, failed = [], [], []

@@ -8,6 +8,7 @@ import contextlib
 import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from ...io.images import FoundImages, find_images
@@ -102,6 +103,12 @@ def preprocess_settings(args: argparse.Namespace) -> PreprocessSettings:
     return PreprocessSettings(resize=args.resize, crop=crop, mean=_numbers("--mean", args.mean),
                               std=_numbers("--std", args.std, positive=True),
                               interpolation=args.interpolation)  # fmt: skip
+
+
+def with_preprocessing(bundle: LoadedModel, args: argparse.Namespace) -> LoadedModel:
+    """``bundle`` with the --resize, --crop, --mean, --std and --interpolation given (a UsageError naming the
+    option for a value that is not one or does not fit the model), for the commands other than explain."""
+    return replace(bundle, preprocessing=preprocess_settings(args).applied_to(bundle.preprocessing))
 
 
 def _numbers(flag: str, text: str | None, positive: bool = False) -> tuple[float, ...] | None:

@@ -15,9 +15,11 @@ from .console import (
     EXIT_OK,
     Formatter,
     add_photos_and_model,
+    add_preprocessing_options,
     find_reporting_missing,
     load_bundle,
     usage_error,
+    with_preprocessing,
 )
 from .summaries import SUMMARIES
 
@@ -56,6 +58,7 @@ def add_parser(commands: Any) -> None:
     judge.add_argument("--sanity", action="store_true", help="also run the cascading model-randomisation check")
     judge.add_argument("--device", default="cpu", help="cpu, cuda, ...")
     judge.add_argument("--out", default="gradcam-eval", help="report folder")
+    add_preprocessing_options(judge.add_argument_group("preprocessing (as the model was trained; as for explain)"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,8 +90,8 @@ def run(args: argparse.Namespace) -> int:
     if not found.paths:
         return usage_error("no images found in " + ", ".join(args.paths))
     try:
-        bundle = load_bundle(args)
-    except ModelLoadError as error:
+        bundle = with_preprocessing(load_bundle(args), args)
+    except (ModelLoadError, UsageError) as error:
         return usage_error(str(error))
     if bundle.extra.get("image_text"):
         return usage_error(
