@@ -35,7 +35,7 @@ from ..io.models import LoadedModel
 from ..io.video import VideoReadError, VideoWriter, read_frames, video_info
 from ..render.captions import caption
 from ..render.video import contact_sheet, with_frame_caption
-from ..render.viz import drawing_factor, enlarged_for_drawing, overlay_image, smooth_for_drawing
+from ..render.viz import enlarged_for_drawing, enlarged_size, overlay_image, smooth_for_drawing
 from ..result import normalise
 from .naming import label_of, target_stem
 from .options import RunOptions, UsageError, parse_target
@@ -105,7 +105,7 @@ def explain_video(
             _refuse_existing(video_file, options.overwrite)
             base.parent.mkdir(parents=True, exist_ok=True)
             writer = VideoWriter(video_file.with_name(video_file.name + ".partial.mp4"), info.fps / every,
-                                 _enlarged_size(pictures[0].size, options.max_side))  # fmt: skip
+                                 enlarged_size(pictures[0].size, options.max_side))  # fmt: skip
         for (index, _), picture, heat, (class_id, probability) in zip(group, pictures, maps, said, strict=False):
             shown, placed = enlarged_for_drawing(picture, _on(geometry, picture), options.max_side)  # a small video
             drawn = overlay_image(shown, heat, placed, options.alpha, options.colormap, options.tint)
@@ -130,7 +130,7 @@ def explain_video(
         f"{options.method} for {PER_FRAME} (above each frame: its class and probability)")  # fmt: skip
     picture = contact_sheet(sheet, info.fps, title, options.colormap)
     save_picture(picture, sheet_file, "png")
-    drawn_size = _enlarged_size(pictures[0].size, options.max_side)
+    drawn_size = enlarged_size(pictures[0].size, options.max_side)
     return _record(bundle, str(path), info, options, state, video_file, sheet_file, done, drawn_size)
 
 
@@ -143,12 +143,6 @@ def _groups(frames: Any, size: int) -> Any:
             group = []
     if group:
         yield group
-
-
-def _enlarged_size(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
-    """The (width, height) a frame of ``size`` is drawn at (a small video's frames enlarged, legible)."""
-    factor = drawing_factor(size, max_side)
-    return (size[0] * factor, size[1] * factor)
 
 
 def _drawn_size(frame: Image.Image, max_side: int | None) -> Image.Image:

@@ -141,6 +141,12 @@ def drawing_factor(size: tuple[int, int], max_side: int | None = None) -> int:
     return max(1, min(math.ceil(MIN_DRAWN_WIDTH / max(1, width)), longest // max(1, width, height)))
 
 
+def enlarged_size(size: tuple[int, int], max_side: int | None = None) -> tuple[int, int]:
+    """The (width, height) a photo of ``size`` is drawn at: enlarged by :func:`drawing_factor`."""
+    factor = drawing_factor(size, max_side)
+    return (size[0] * factor, size[1] * factor)
+
+
 def enlarged_for_drawing(
     photo: Image.Image, geometry: Geometry, max_side: int | None = None
 ) -> tuple[Image.Image, Geometry]:
@@ -154,12 +160,10 @@ def enlarged_for_drawing(
         >>> picture.size
         (320, 320)
     """
-    width, height = photo.size
-    factor = drawing_factor(photo.size, max_side)
-    if factor <= 1:
+    width, height = enlarged_size(photo.size, max_side)
+    if (width, height) == photo.size:
         return photo, geometry
-    enlarged = photo.resize((width * factor, height * factor), Image.Resampling.NEAREST)
-    return enlarged, replace(geometry, original=(height * factor, width * factor))
+    return photo.resize((width, height), Image.Resampling.NEAREST), replace(geometry, original=(height, width))
 
 
 @lru_cache(maxsize=1)
