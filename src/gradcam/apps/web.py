@@ -63,6 +63,7 @@ from .web_state import (
     in_background,
     one_line,
     request_budget,
+    typed_prompts,
     uploaded_photo,
 )
 
@@ -179,7 +180,7 @@ def explain_photo(
         names = bundle.labels
         targets: Any
         if bundle.extra.get("image_text"):
-            prompts = tuple(p.strip() for p in re.split(r"[;\n]", target or "") if p.strip())
+            prompts = typed_prompts(target)
             if not prompts:
                 raise AppError(
                     f"{model_name} is an image-text model: type what to look for in Target (prompts separated by ;)."

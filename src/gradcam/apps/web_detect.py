@@ -23,7 +23,7 @@ from ..pipeline.kinds import DETECTION
 from ..pipeline.manifest import now, run_manifest
 from ..pipeline.method_options import WEB_BOUNDS, methods_with_options
 from ..pipeline.options import DetectionSettings, RunOptions, UsageError
-from .web_state import AppError
+from .web_state import AppError, typed_prompts
 
 MAX_BOXES = 12  # the page draws at most this many boxes a method
 
@@ -62,7 +62,7 @@ def explain_detector_photo(
     caption per box, the confidence), the files written (pictures, maps, the run's JSON) and the layer. An
     open-vocabulary detector (OWL-ViT) looks for the text queries typed in ``target`` (separated by ;)."""
     settings, rest = detection_settings(method_options)
-    prompts = tuple(p.strip() for p in re.split(r"[;\n]", target or "") if p.strip())
+    prompts = typed_prompts(target)
     if "queries" in bundle.extra and not prompts:
         raise AppError(f"{model_name} finds what you name: type it in Target (text queries separated by ;).")
     keep = None if "queries" in bundle.extra or not prompts else ",".join(prompts)  # the classes whose boxes to keep

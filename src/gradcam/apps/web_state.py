@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import contextvars
+import re
 import shutil
 import sys
 import tempfile
@@ -199,3 +200,9 @@ def uploaded_photo(path: str | None) -> Path:
     if file.stat().st_size > MAX_UPLOAD_MB * 1024 * 1024:
         raise AppError(f"{file.name} is over {MAX_UPLOAD_MB} MB; use the command line for large files.")
     return file
+
+
+def typed_prompts(target: str | None) -> tuple[str, ...]:
+    """The prompts (an image-text model's) or text queries (OWL-ViT's) typed in Target, separated by ; or
+    new lines."""
+    return tuple(p.strip() for p in re.split(r"[;\n]", target or "") if p.strip())
