@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .grey import grey_if_one_channel
 from .labels import read_labels
 from .weights import ModelLoadError, WeightsFile, _sized_to
 
@@ -218,8 +219,6 @@ def load_model(
         else:
             bundle = _load_torchvision(name, weights, file)
     bundle.model = bundle.model.to(device).eval()
-    from .grey import grey_if_one_channel
-
     return grey_if_one_channel(bundle)
 
 
