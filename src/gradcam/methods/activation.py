@@ -130,8 +130,8 @@ def _first_eigenpair(
     matrix: torch.Tensor, guess: Callable[[], torch.Tensor] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The largest eigenvalue of a symmetric (n, n) matrix and its unit eigenvector. Above ``EIGH_SIZE``
-    rows by LOBPCG (matrix-vector products; a 64 x 64 map's kernel: 1.7 s instead of 9.2 s on 2 cores,
-    the same vector to 1e-10), started from ``guess()`` (the positions' first linear principal component: a
+    rows by LOBPCG (matrix-vector products instead of a full decomposition: docs/benchmarks.md, "KPCA-CAM on a
+    fine layer"; the same vector to 1e-10), started from ``guess()`` (the positions' first linear principal component: a
     sigmoid kernel of small dot products is nearly linear), checked by its residual, else by a full
     eigendecomposition."""
     if len(matrix) > EIGH_SIZE:
